@@ -1,0 +1,64 @@
+//! Named crash points. With the `crash-points` feature (tests only), a process
+//! whose environment has `CF_CRASH_AT=<name>` (or `<name>@<n>`: the n-th time,
+//! counting from 1) sends itself `SIGKILL` when it reaches that point, so a test
+//! can kill a real process at an exact step of a protocol. Without the feature
+//! every crash point compiles to nothing.
+
+/// Every crash point in the protocols, for tests to iterate over.
+pub const CRASH_POINTS: &[&str] = &[
+    // lock.rs: acquire (record written, then word) and release (word, then record)
+    "acquire.after_record",
+    "acquire.after_word",
+    "release.after_word",
+    // lock.rs: the latched resource-level path
+    "slow.latched",
+    "slow.granted_before_unlatch",
+    "slow_release.latched",
+    "slow_release.after_unlatch",
+    // recovery.rs: cleanup of a dead member
+    "cleanup.claimed",
+    "cleanup.entry_latched",
+    "cleanup.entry_unlatched",
+    "cleanup.before_final_state",
+    // connector.rs
+    "connect.latched",
+    "disconnect.released_some",
+];
+
+#[cfg(feature = "crash-points")]
+mod imp {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+
+    static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+
+    fn target() -> &'static Option<(String, u64)> {
+        TARGET.get_or_init(|| {
+            let spec = std::env::var("CF_CRASH_AT").ok()?;
+            match spec.split_once('@') {
+                Some((name, n)) => Some((name.to_string(), n.parse().unwrap_or(1).max(1))),
+                None => Some((spec, 1)),
+            }
+        })
+    }
+
+    pub fn hit(name: &str) {
+        if let Some((want, nth)) = target() {
+            if want == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
+                // SAFETY: raise() has no memory-safety preconditions.
+                unsafe {
+                    libc::raise(libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// Mark a crash point. See the module docs.
+#[inline(always)]
+pub(crate) fn point(name: &'static str) {
+    debug_assert!(CRASH_POINTS.contains(&name), "unlisted crash point {name}");
+    #[cfg(feature = "crash-points")]
+    imp::hit(name);
+}

@@ -1,0 +1,107 @@
+//! Typed errors of the library. Binaries print them as one line (`Display`).
+
+use std::path::PathBuf;
+
+/// Why a region could not be created or opened.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    #[error("plex directory {path}: {source}")]
+    PlexDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} already exists (destroy the plex first)")]
+    AlreadyExists { path: PathBuf },
+    #[error("{path}: no region here (create one with `cfctl create`)")]
+    NotFound { path: PathBuf },
+    #[error("{path} is a symbolic link; refusing to follow it")]
+    Symlink { path: PathBuf },
+    #[error("{path} is not a regular file")]
+    NotRegularFile { path: PathBuf },
+    #[error("{path} is owned by uid {owner}, not by this user (uid {me})")]
+    ForeignOwner { path: PathBuf, owner: u32, me: u32 },
+    #[error("{path}: wrong magic number: not a coupling-facility region")]
+    BadMagic { path: PathBuf },
+    #[error("{path}: layout version {found}, this program reads version {expected}")]
+    BadVersion {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error(
+        "{path}: file is {actual} bytes but its header says {expected} (truncated or extended)"
+    )]
+    SizeMismatch {
+        path: PathBuf,
+        actual: u64,
+        expected: u64,
+    },
+    #[error("{path}: header checksum mismatch (stored {stored:#018x}, computed {computed:#018x})")]
+    BadChecksum {
+        path: PathBuf,
+        stored: u64,
+        computed: u64,
+    },
+    #[error("{path}: header is inconsistent: {what}")]
+    BadHeader { path: PathBuf, what: String },
+    #[error("invalid size option: {0}")]
+    BadOption(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Something read from the shared region failed a bounds or consistency check.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CorruptError {
+    #[error("lock table index {index} out of range (table has {len} entries)")]
+    EntryOutOfRange { index: u64, len: u64 },
+    #[error("connector id {id} out of range (table has {len} connectors)")]
+    ConnectorOutOfRange { id: u64, len: u64 },
+    #[error("record slot {slot} of connector {member}: {what}")]
+    BadRecord {
+        member: u32,
+        slot: u32,
+        what: String,
+    },
+    #[error("connector {id}: {what}")]
+    BadConnector { id: u32, what: String },
+}
+
+/// Errors of connect / disconnect.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("member name {0:?} is invalid: {1}")]
+    BadName(String, &'static str),
+    #[error("member {name:?} is already connected (pid {pid})")]
+    NameInUse { name: String, pid: u32 },
+    #[error("member {0:?} is not failed-persistent: nothing to recover")]
+    NotFailed(String),
+    #[error("all {0} connector slots are in use")]
+    TableFull(u32),
+    #[error("timed out waiting for the connect latch (held by pid {0})")]
+    LatchTimeout(u32),
+    #[error("reading this process's identity: {0}")]
+    Identity(std::io::Error),
+    #[error("region is damaged: {0}")]
+    Corrupt(#[from] CorruptError),
+}
+
+/// Errors of lock requests.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("resource is empty or longer than {max} bytes ({len})")]
+    BadResource { len: usize, max: usize },
+    #[error("record area of this member is full ({0} records)")]
+    RecordsFull(u32),
+    #[error("lock not held by this holder (slot {0})")]
+    NotHeld(u32),
+    #[error("cannot disconnect while holders (threads) are still open")]
+    HoldersOpen,
+    #[error("this connector is no longer active (it was cleaned up as dead)")]
+    Disconnected,
+    #[error("region is damaged: {0}")]
+    Corrupt(#[from] CorruptError),
+}

@@ -1,0 +1,371 @@
+//! Read-only views of a region for the operator (`cfctl display`, `verify`).
+//! Nothing here changes the region; everything read is checked, and damage is
+//! reported as a problem, never a panic.
+
+use crate::connector::{self, MemberState};
+use crate::error::CorruptError;
+use crate::layout::StructureKind;
+use crate::lockword::{self, Word};
+use crate::records::{self, Mode, RecordView, BLK_CONTENTION, BLK_FALSE, BLK_OWNER, BLK_REQUESTS};
+use crate::region::Region;
+use crate::sync::Ordering;
+use std::collections::HashMap;
+
+/// One connector slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberView {
+    pub id: u32,
+    pub name: String,
+    pub state: MemberState,
+    pub generation: u32,
+    pub pid: u32,
+    pub start_time: u64,
+    /// Is the recorded process running (same PID and start time)?
+    pub alive: bool,
+    pub held: usize,
+    pub retained: usize,
+    pub connected_unix_ns: u64,
+    pub failed_unix_ns: u64,
+}
+
+/// One held (or pending) lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockView {
+    pub member: String,
+    pub member_id: u32,
+    pub resource: String,
+    pub mode: Mode,
+    pub entry: u32,
+    pub slot: u32,
+    /// False for a request still waiting (pending record).
+    pub held: bool,
+    /// Held by a failed-persistent or recovering member in modify mode.
+    pub retained: bool,
+}
+
+/// Lock-structure activity, summed over live holders, connectors and the past.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub requests: u64,
+    pub contention: u64,
+    pub false_contention: u64,
+}
+
+/// One structure of the directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StructureView {
+    pub name: String,
+    pub kind: &'static str,
+    pub offset: u64,
+    pub size: u64,
+    /// Lock structure only.
+    pub lock_entries: Option<u32>,
+    pub entries_in_use: Option<u64>,
+    pub counters: Option<Counters>,
+    /// Connectors only.
+    pub members: Option<u32>,
+    pub records_per_member: Option<u32>,
+}
+
+pub fn members(region: &Region) -> Result<Vec<MemberView>, CorruptError> {
+    let mut out = Vec::new();
+    for id in 0..region.members() {
+        let st = connector::load_state(region, id)?;
+        if st.state == MemberState::Free {
+            continue;
+        }
+        let p = connector::process_of(region, id);
+        let recs = records::all_records(region, id)?;
+        let held = recs.iter().filter(|r| r.held).count();
+        let retained = if st.state.retains() {
+            recs.iter().filter(|r| r.held && r.mode.is_modify()).count()
+        } else {
+            0
+        };
+        out.push(MemberView {
+            id,
+            name: connector::name_of(region, id),
+            state: st.state,
+            generation: st.generation,
+            pid: p.pid,
+            start_time: p.start_time,
+            alive: connector::is_alive(region, id, st),
+            held,
+            retained,
+            connected_unix_ns: region
+                .connector_field(id, connector::F_CONNECTED_NS)
+                .load(Ordering::Relaxed),
+            failed_unix_ns: region
+                .connector_field(id, connector::F_FAILED_NS)
+                .load(Ordering::Relaxed),
+        });
+    }
+    Ok(out)
+}
+
+fn view(region: &Region, r: &RecordView, name: &str, state: MemberState) -> LockView {
+    let _ = region;
+    LockView {
+        member: name.to_string(),
+        member_id: r.member,
+        resource: r.resource.display(),
+        mode: r.mode,
+        entry: r.entry,
+        slot: r.slot,
+        held: r.held,
+        retained: r.held && r.mode.is_modify() && state.retains(),
+    }
+}
+
+/// Every record of every non-free member.
+pub fn locks(region: &Region) -> Result<Vec<LockView>, CorruptError> {
+    let mut out = Vec::new();
+    for id in 0..region.members() {
+        let st = connector::load_state(region, id)?;
+        if st.state == MemberState::Free {
+            continue;
+        }
+        let name = connector::name_of(region, id);
+        for r in records::all_records(region, id)? {
+            out.push(view(region, &r, &name, st.state));
+        }
+    }
+    Ok(out)
+}
+
+/// The retained locks only.
+pub fn retained(region: &Region) -> Result<Vec<LockView>, CorruptError> {
+    Ok(locks(region)?.into_iter().filter(|l| l.retained).collect())
+}
+
+pub fn counters(region: &Region) -> Counters {
+    let mut c = Counters {
+        requests: region.lock_counter(0).load(Ordering::Relaxed),
+        contention: region.lock_counter(1).load(Ordering::Relaxed),
+        false_contention: region.lock_counter(2).load(Ordering::Relaxed),
+    };
+    for id in 0..region.members() {
+        c.requests += region
+            .connector_field(id, connector::F_REQUESTS)
+            .load(Ordering::Relaxed);
+        c.contention += region
+            .connector_field(id, connector::F_CONTENTION)
+            .load(Ordering::Relaxed);
+        c.false_contention += region
+            .connector_field(id, connector::F_FALSE)
+            .load(Ordering::Relaxed);
+        for b in 0..region.blocks_per_member() {
+            if region.block_field(id, b, BLK_OWNER).load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            c.requests += region
+                .block_field(id, b, BLK_REQUESTS)
+                .load(Ordering::Relaxed);
+            c.contention += region
+                .block_field(id, b, BLK_CONTENTION)
+                .load(Ordering::Relaxed);
+            c.false_contention += region.block_field(id, b, BLK_FALSE).load(Ordering::Relaxed);
+        }
+    }
+    c
+}
+
+pub fn structures(region: &Region) -> Vec<StructureView> {
+    let h = region.header();
+    let mut out = Vec::new();
+    for d in h.dir.iter() {
+        let mut v = StructureView {
+            name: d.name_str(),
+            kind: "",
+            offset: d.offset,
+            size: d.size,
+            lock_entries: None,
+            entries_in_use: None,
+            counters: None,
+            members: None,
+            records_per_member: None,
+        };
+        match d.kind {
+            k if k == StructureKind::Connectors as u32 => {
+                v.kind = "connector table";
+                v.members = Some(region.members());
+            }
+            k if k == StructureKind::Lock as u32 => {
+                v.kind = "lock structure";
+                v.lock_entries = Some(region.lock_entries());
+                v.entries_in_use = Some(
+                    (0..region.lock_entries())
+                        .filter(|&e| {
+                            region
+                                .word(e)
+                                .map(|w| w.load(Ordering::Relaxed) != 0)
+                                .unwrap_or(false)
+                        })
+                        .count() as u64,
+                );
+                v.counters = Some(counters(region));
+            }
+            k if k == StructureKind::LockTable as u32 => v.kind = "lock table",
+            k if k == StructureKind::MemberAreas as u32 => {
+                v.kind = "record areas";
+                v.records_per_member = Some(region.records_per_member());
+            }
+            _ => v.kind = "unknown",
+        }
+        out.push(v);
+    }
+    out
+}
+
+/// Check the invariants that can be checked at rest. Returns the problems
+/// found (empty: clean). Meant for a quiet region: a lock being taken while
+/// `verify` runs may show as a passing inconsistency.
+pub fn verify(region: &Region) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut held: Vec<(RecordView, MemberState)> = Vec::new();
+    let mut states = Vec::new();
+    for id in 0..region.members() {
+        let st = match connector::load_state(region, id) {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(e.to_string());
+                states.push(None);
+                continue;
+            }
+        };
+        states.push(Some(st.state));
+        let name = connector::name_of(region, id);
+        let hwm = region
+            .connector_field(id, connector::F_HWM)
+            .load(Ordering::Relaxed);
+        if hwm > region.blocks_per_member() as u64 {
+            problems.push(format!(
+                "connector {id}: record high-water mark {hwm} beyond {} blocks",
+                region.blocks_per_member()
+            ));
+        }
+        let recs = match records::all_records(region, id) {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(e.to_string());
+                continue;
+            }
+        };
+        match st.state {
+            MemberState::Free => {
+                if !recs.is_empty() {
+                    problems.push(format!(
+                        "connector {id} is free but has {} records",
+                        recs.len()
+                    ));
+                }
+                continue;
+            }
+            s if s.has_process() && !connector::is_alive(region, id, st) => {
+                problems.push(format!(
+                    "member {name} (connector {id}, pid {}) is {} but its process is dead: not yet cleaned up",
+                    connector::process_of(region, id).pid,
+                    s.as_str()
+                ));
+            }
+            MemberState::Cleaning => {
+                problems.push(format!(
+                    "member {name} (connector {id}) is being cleaned up"
+                ));
+            }
+            MemberState::FailedPersistent => {
+                if !recs.iter().any(|r| r.held && r.mode.is_modify()) {
+                    problems.push(format!(
+                        "member {name} is failed-persistent but retains no lock"
+                    ));
+                }
+                if let Some(r) = recs.iter().find(|r| !r.mode.is_modify() || !r.held) {
+                    problems.push(format!(
+                        "failed-persistent member {name} has a {} {} record on {}",
+                        if r.held { "held" } else { "pending" },
+                        r.mode,
+                        r.resource.display()
+                    ));
+                }
+            }
+            _ => {}
+        }
+        for r in recs {
+            if !r.held {
+                continue;
+            }
+            let word = match region.word(r.entry) {
+                Ok(w) => lockword::load(w),
+                Err(e) => {
+                    problems.push(e.to_string());
+                    continue;
+                }
+            };
+            if word.named() & lockword::bit(id) == 0 {
+                problems.push(format!(
+                    "member {name} holds {} ({}) on entry {} but the lock word does not name it",
+                    r.resource.display(),
+                    r.mode,
+                    r.entry
+                ));
+            }
+            held.push((r, st.state));
+        }
+    }
+    // Lock words: known bits, named connectors hold something there, no stale latch.
+    let mut holds_on: HashMap<(u32, u32), usize> = HashMap::new();
+    for (r, _) in &held {
+        *holds_on.entry((r.member, r.entry)).or_default() += 1;
+    }
+    for e in 0..region.lock_entries() {
+        let Ok(w) = region.word(e) else { continue };
+        let w = Word(w.load(Ordering::Relaxed));
+        if w.0 == 0 {
+            continue;
+        }
+        if w.has_unknown_bits() {
+            problems.push(format!("lock entry {e}: unknown bits set in {:#018x}", w.0));
+        }
+        if w.is_mixed() {
+            if let Some(h) = w.holder() {
+                problems.push(format!(
+                    "lock entry {e} is latched by connector {h} at rest"
+                ));
+            }
+        }
+        for c in crate::lock::bits(w.named()) {
+            if c >= region.members() {
+                problems.push(format!(
+                    "lock entry {e} names connector {c}, beyond the table of {}",
+                    region.members()
+                ));
+            } else if !holds_on.contains_key(&(c, e)) {
+                problems.push(format!(
+                    "lock entry {e} names connector {c}, which holds nothing there"
+                ));
+            }
+        }
+    }
+    // Mutual exclusion on each resource.
+    let mut by_res: HashMap<Vec<u8>, Vec<&RecordView>> = HashMap::new();
+    for (r, _) in &held {
+        by_res.entry(r.resource.bytes()).or_default().push(r);
+    }
+    for (res, rs) in by_res {
+        for (i, a) in rs.iter().enumerate() {
+            for b in &rs[i + 1..] {
+                if !a.mode.compatible(b.mode) {
+                    problems.push(format!(
+                        "resource {} held {} by connector {} and {} by connector {}",
+                        String::from_utf8_lossy(&res),
+                        a.mode,
+                        a.member,
+                        b.mode,
+                        b.member
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}

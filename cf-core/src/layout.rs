@@ -1,0 +1,322 @@
+//! The region's layout: the header, the structure directory and the offsets of
+//! every area. Everything here is computed from the header's size fields, which
+//! are covered by the header checksum; `Layout::from_header` checks that the
+//! areas fit in the file before anything is mapped as an atomic.
+//!
+//! ```text
+//! offset 0        header (this struct) + structure directory   one page, checksummed
+//! connectors      [ConnectorSlot; members]                     256 bytes each
+//! lock structure  LockStructHeader (counters)                  one page
+//! lock table      [AtomicU64; lock_entries]                    the lock words
+//! member areas    per member: block headers, tags, records     see records.rs
+//! ```
+
+use bytemuck::{Pod, Zeroable};
+
+/// "CFEMUREG" in ASCII.
+pub const MAGIC: [u8; 8] = *b"CFEMUREG";
+/// Bump on any change of this file or of the slot layouts.
+pub const LAYOUT_VERSION: u32 = 1;
+/// The header and the directory live in the first page.
+pub const HEADER_PAGE: u64 = 4096;
+/// Connector ids are bit positions in the 32-bit share/interest mask of a lock word.
+pub const MAX_MEMBERS: u32 = 32;
+/// Longest resource name, in bytes.
+pub const MAX_RESOURCE: usize = 64;
+/// Records are handed to holders (threads) in blocks of this many slots.
+pub const BLOCK_SLOTS: u32 = 64;
+/// Size of one connector slot.
+pub const CONNECTOR_SLOT_SIZE: u64 = 256;
+/// Size of one record body: 9 words (meta + 64 bytes of resource name).
+pub const RECORD_SIZE: u64 = 72;
+/// Size of one block header (owner, counters).
+pub const BLOCK_HEADER_SIZE: u64 = 64;
+/// Largest lock table (the tag packs the entry index in 30 bits).
+pub const MAX_LOCK_ENTRIES: u32 = 1 << 30;
+/// Names in the directory.
+pub const DIR_ENTRIES: usize = 4;
+
+/// Defaults for `cfctl create`.
+pub const DEFAULT_LOCK_ENTRIES: u32 = 1 << 20;
+pub const DEFAULT_MEMBERS: u32 = 32;
+pub const DEFAULT_RECORDS_PER_MEMBER: u32 = 16384;
+
+/// Kinds of named structures in the directory.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StructureKind {
+    Connectors = 1,
+    Lock = 2,
+    LockTable = 3,
+    MemberAreas = 4,
+}
+
+impl StructureKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StructureKind::Connectors => "connectors",
+            StructureKind::Lock => "lock",
+            StructureKind::LockTable => "lock-table",
+            StructureKind::MemberAreas => "member-areas",
+        }
+    }
+}
+
+/// One entry of the structure directory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: [u8; 16],
+    pub kind: u32,
+    pub _pad: u32,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl DirEntry {
+    pub fn name_str(&self) -> String {
+        let end = self.name.iter().position(|&b| b == 0).unwrap_or(16);
+        String::from_utf8_lossy(&self.name[..end]).into_owned()
+    }
+}
+
+/// The region header. Immutable after creation; covered by `checksum`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct Header {
+    pub magic: [u8; 8],
+    pub version: u32,
+    pub header_size: u32,
+    pub total_size: u64,
+    pub lock_entries: u32,
+    pub members: u32,
+    pub records_per_member: u32,
+    pub block_slots: u32,
+    pub created_unix_ns: u64,
+    pub dir: [DirEntry; DIR_ENTRIES],
+    pub checksum: u64,
+}
+
+/// Sizes chosen at creation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    pub lock_entries: u32,
+    pub members: u32,
+    pub records_per_member: u32,
+}
+
+impl Default for Sizes {
+    fn default() -> Self {
+        Sizes {
+            lock_entries: DEFAULT_LOCK_ENTRIES,
+            members: DEFAULT_MEMBERS,
+            records_per_member: DEFAULT_RECORDS_PER_MEMBER,
+        }
+    }
+}
+
+impl Sizes {
+    /// Check the options; the error text names the bad one.
+    pub fn check(&self) -> Result<(), String> {
+        let e = self.lock_entries;
+        if !(16..=MAX_LOCK_ENTRIES).contains(&e) || !e.is_power_of_two() {
+            return Err(format!(
+                "lock entries must be a power of two from 16 to 2^30, got {e}"
+            ));
+        }
+        if !(1..=MAX_MEMBERS).contains(&self.members) {
+            return Err(format!(
+                "members must be 1 to {MAX_MEMBERS}, got {}",
+                self.members
+            ));
+        }
+        let r = self.records_per_member;
+        if r < BLOCK_SLOTS || r % BLOCK_SLOTS != 0 || r > (1 << 24) {
+            return Err(format!(
+                "records per member must be a multiple of {BLOCK_SLOTS} from {BLOCK_SLOTS} to 2^24, got {r}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Byte offsets of every area, derived from the sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub sizes: Sizes,
+    pub connectors: u64,
+    pub lock_struct: u64,
+    pub lock_table: u64,
+    pub member_areas: u64,
+    /// Bytes of one member's area.
+    pub member_area_size: u64,
+    /// Offsets inside one member area.
+    pub area_blocks: u64,
+    pub area_tags: u64,
+    pub area_records: u64,
+    pub total_size: u64,
+}
+
+const fn align_up(x: u64, a: u64) -> u64 {
+    x.div_ceil(a) * a
+}
+
+impl Layout {
+    pub fn blocks_per_member(&self) -> u32 {
+        self.sizes.records_per_member / BLOCK_SLOTS
+    }
+
+    pub fn compute(sizes: Sizes) -> Layout {
+        let connectors = HEADER_PAGE;
+        let lock_struct = align_up(
+            connectors + CONNECTOR_SLOT_SIZE * sizes.members as u64,
+            4096,
+        );
+        let lock_table = lock_struct + 4096;
+        let member_areas = align_up(lock_table + 8 * sizes.lock_entries as u64, 4096);
+        let r = sizes.records_per_member as u64;
+        let blocks = r / BLOCK_SLOTS as u64;
+        let area_blocks = 0;
+        let area_tags = align_up(blocks * BLOCK_HEADER_SIZE, 64);
+        let area_records = align_up(area_tags + 4 * r, 64);
+        let member_area_size = align_up(area_records + RECORD_SIZE * r, 4096);
+        let total_size = member_areas + member_area_size * sizes.members as u64;
+        Layout {
+            sizes,
+            connectors,
+            lock_struct,
+            lock_table,
+            member_areas,
+            member_area_size,
+            area_blocks,
+            area_tags,
+            area_records,
+            total_size,
+        }
+    }
+
+    /// Build the header for these sizes, checksum included.
+    pub fn header(&self, created_unix_ns: u64) -> Header {
+        let mut h = Header::zeroed();
+        h.magic = MAGIC;
+        h.version = LAYOUT_VERSION;
+        h.header_size = std::mem::size_of::<Header>() as u32;
+        h.total_size = self.total_size;
+        h.lock_entries = self.sizes.lock_entries;
+        h.members = self.sizes.members;
+        h.records_per_member = self.sizes.records_per_member;
+        h.block_slots = BLOCK_SLOTS;
+        h.created_unix_ns = created_unix_ns;
+        let dir = [
+            (
+                StructureKind::Connectors,
+                self.connectors,
+                self.lock_struct - self.connectors,
+            ),
+            (StructureKind::Lock, self.lock_struct, 4096),
+            (
+                StructureKind::LockTable,
+                self.lock_table,
+                8 * self.sizes.lock_entries as u64,
+            ),
+            (
+                StructureKind::MemberAreas,
+                self.member_areas,
+                self.total_size - self.member_areas,
+            ),
+        ];
+        for (slot, (kind, offset, size)) in h.dir.iter_mut().zip(dir) {
+            let mut name = [0u8; 16];
+            name[..kind.name().len()].copy_from_slice(kind.name().as_bytes());
+            *slot = DirEntry {
+                name,
+                kind: kind as u32,
+                _pad: 0,
+                offset,
+                size,
+            };
+        }
+        h.checksum = checksum(&h);
+        h
+    }
+
+    /// Recompute the layout from a header already checked for magic, version and
+    /// checksum, and check that it is the layout this program would build.
+    pub fn from_header(h: &Header) -> Result<Layout, String> {
+        let sizes = Sizes {
+            lock_entries: h.lock_entries,
+            members: h.members,
+            records_per_member: h.records_per_member,
+        };
+        sizes.check()?;
+        if h.block_slots != BLOCK_SLOTS {
+            return Err(format!(
+                "block size {} (expected {BLOCK_SLOTS})",
+                h.block_slots
+            ));
+        }
+        if h.header_size as usize != std::mem::size_of::<Header>() {
+            return Err(format!("header size {}", h.header_size));
+        }
+        let layout = Layout::compute(sizes);
+        if layout.total_size != h.total_size {
+            return Err(format!(
+                "total size {} does not match the sizes (expected {})",
+                h.total_size, layout.total_size
+            ));
+        }
+        let expected = layout.header(h.created_unix_ns);
+        if expected.dir != h.dir {
+            return Err("structure directory does not match the sizes".into());
+        }
+        Ok(layout)
+    }
+}
+
+/// FNV-1a 64 over the header with the checksum field zeroed.
+pub fn checksum(h: &Header) -> u64 {
+    let mut copy = *h;
+    copy.checksum = 0;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytemuck::bytes_of(&copy) {
+        hash ^= b as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_layout_is_consistent() {
+        let l = Layout::compute(Sizes::default());
+        assert!(l.connectors >= HEADER_PAGE);
+        assert!(l.lock_table >= l.lock_struct + 4096);
+        assert_eq!(l.member_areas % 4096, 0);
+        assert_eq!(l.total_size % 4096, 0);
+        let h = l.header(7);
+        assert_eq!(Layout::from_header(&h).unwrap(), l);
+        assert_eq!(checksum(&h), h.checksum);
+        assert!(std::mem::size_of::<Header>() as u64 <= HEADER_PAGE);
+    }
+
+    #[test]
+    fn sizes_are_checked() {
+        let s = Sizes { lock_entries: 1000, ..Default::default() };
+        assert!(s.check().unwrap_err().contains("power of two"));
+        let s = Sizes { members: 33, ..Default::default() };
+        assert!(s.check().is_err());
+        let s = Sizes { records_per_member: 100, ..Default::default() };
+        assert!(s.check().is_err());
+    }
+
+    #[test]
+    fn tampered_header_is_rejected() {
+        let l = Layout::compute(Sizes::default());
+        let mut h = l.header(1);
+        h.total_size += 4096;
+        assert!(Layout::from_header(&h).is_err());
+    }
+}

@@ -1,0 +1,333 @@
+//! The lock-word protocol: one atomic `u64` per lock table entry.
+//!
+//! ```text
+//!  63      40  39     38       37..32        31 .. 0
+//! [ unused ] [MIXED][WAITERS][ holder+1 ] [ connector mask ]
+//! ```
+//!
+//! The word has two modes.
+//!
+//! * **Fast mode** (`MIXED` clear): the word alone decides. `holder` is the one
+//!   connector holding the entry exclusively (0: none); the mask holds one bit per
+//!   connector holding it in share mode. Invariants: `holder != 0` implies
+//!   `mask == 0`; every named connector has exactly the holding that put it
+//!   there; `WAITERS` is clear (waiters always put the entry in mixed mode).
+//!   Acquire and release are one compare-and-swap each ([`try_fast_exclusive`],
+//!   [`try_fast_share`], [`try_fast_release_exclusive`],
+//!   [`try_fast_release_share`]) and touch nothing else.
+//! * **Mixed mode** (`MIXED` set): the truth is in the record entries of the
+//!   connectors named in the mask (their *interest*); `holder` is the connector
+//!   holding the entry's *latch* (0: unlatched). Every change on a mixed entry is
+//!   made under the latch by the resource-level path in `lock.rs`, which reads
+//!   the named connectors' records to tell a real conflict (same resource) from
+//!   false contention (another resource hashed to the same entry). Invariant:
+//!   outside a latch, bit `c` is set iff connector `c` has a held record on the
+//!   entry. Any request that cannot be settled by one fast CAS latches the entry
+//!   ([`try_latch`]); latching a fast-mode word converts it, naming its exclusive
+//!   holder in the mask. The last unlatch that leaves the mask empty returns the
+//!   entry to fast mode (`0`).
+//!
+//! **Waiting.** A waiter sets `WAITERS` in the same CAS that drops its latch (or,
+//! waiting for a latch, in a CAS of its own) and then sleeps with a futex on the
+//! high half of the word, expecting the value it wrote. Every unlatch clears
+//! `WAITERS` (changing the high half) and, if it was set, wakes every sleeper:
+//! a waiter that has not yet gone to sleep finds the high half changed and does
+//! not sleep, so no wake-up is lost. Waiters spin briefly before sleeping and
+//! sleep in bounded slices so a dead holder is noticed even with no monitor.
+//!
+//! **Crash windows.** A process can die holding a word in any state: as the
+//! fast-mode holder, in the mask, or holding the latch. All are repaired by the
+//! recovery protocol (`recovery.rs`), which latches the entry (stealing a latch
+//! whose holder is dead with [`try_steal_latch`]) and recomputes the dead
+//! connector's bit from its records. The order of word and record writes that
+//! makes that possible is described in `lock.rs`.
+
+use crate::sync::{spin_hint, AtomicU64, Ordering};
+use std::time::Duration;
+
+pub(crate) const MASK_BITS: u64 = 0xffff_ffff;
+pub(crate) const HOLDER_SHIFT: u32 = 32;
+pub(crate) const HOLDER_BITS: u64 = 0x3f << HOLDER_SHIFT;
+pub(crate) const WAITERS: u64 = 1 << 38;
+pub(crate) const MIXED: u64 = 1 << 39;
+
+/// A decoded lock word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Word(pub u64);
+
+impl Word {
+    /// Connector mask: share holders (fast mode) or interest (mixed mode).
+    #[inline]
+    pub fn mask(self) -> u32 {
+        (self.0 & MASK_BITS) as u32
+    }
+    /// Holder field as a connector id: exclusive owner (fast) or latch holder (mixed).
+    /// `Some(id)` may be out of range if the region is damaged: callers check it.
+    #[inline]
+    pub fn holder(self) -> Option<u32> {
+        let h = ((self.0 & HOLDER_BITS) >> HOLDER_SHIFT) as u32;
+        h.checked_sub(1)
+    }
+    #[inline]
+    pub fn is_mixed(self) -> bool {
+        self.0 & MIXED != 0
+    }
+    #[inline]
+    pub fn has_waiters(self) -> bool {
+        self.0 & WAITERS != 0
+    }
+    /// Every connector the word names as having an interest in the entry:
+    /// the mask, plus the exclusive holder in fast mode.
+    #[inline]
+    pub fn named(self) -> u64 {
+        let mut named = self.mask() as u64;
+        if !self.is_mixed() {
+            if let Some(h) = self.holder() {
+                named |= 1u64.checked_shl(h).unwrap_or(0);
+            }
+        }
+        named
+    }
+    #[inline]
+    fn high(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+    /// Unused bits set: the region is damaged.
+    pub fn has_unknown_bits(self) -> bool {
+        self.0 & !(MASK_BITS | HOLDER_BITS | WAITERS | MIXED) != 0
+    }
+}
+
+#[inline]
+pub(crate) fn holder_field(id: u32) -> u64 {
+    ((id as u64 + 1) << HOLDER_SHIFT) & HOLDER_BITS
+}
+
+#[inline]
+pub(crate) fn bit(id: u32) -> u64 {
+    1u64 << id
+}
+
+/// Fast exclusive acquire: free entry to "held exclusively by `me`".
+#[inline]
+pub(crate) fn try_fast_exclusive(word: &AtomicU64, me: u32) -> bool {
+    word.compare_exchange(0, holder_field(me), Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok()
+}
+
+/// Fast exclusive release: only if the word is exactly "held exclusively by me".
+#[inline]
+pub(crate) fn try_fast_release_exclusive(word: &AtomicU64, me: u32) -> bool {
+    word.compare_exchange(holder_field(me), 0, Ordering::Release, Ordering::Relaxed)
+        .is_ok()
+}
+
+/// Fast share acquire: fast mode, no exclusive holder, my bit not yet set.
+#[inline]
+pub(crate) fn try_fast_share(word: &AtomicU64, me: u32) -> bool {
+    let mut cur = word.load(Ordering::Relaxed);
+    loop {
+        if cur & (MIXED | HOLDER_BITS | bit(me)) != 0 {
+            return false;
+        }
+        match word.compare_exchange_weak(cur, cur | bit(me), Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => return true,
+            Err(now) => cur = now,
+        }
+    }
+}
+
+/// Fast share release: fast mode and my bit set.
+#[inline]
+pub(crate) fn try_fast_release_share(word: &AtomicU64, me: u32) -> bool {
+    let mut cur = word.load(Ordering::Relaxed);
+    loop {
+        if cur & MIXED != 0 || cur & bit(me) == 0 {
+            return false;
+        }
+        match word.compare_exchange_weak(cur, cur & !bit(me), Ordering::Release, Ordering::Relaxed)
+        {
+            Ok(_) => return true,
+            Err(now) => cur = now,
+        }
+    }
+}
+
+/// Outcome of one latch attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Latch {
+    /// Latched; `named` is the set of connectors the word named (as a bit set).
+    Latched { named: u64 },
+    /// Another connector holds the latch; the word as seen.
+    Busy { holder: u32, seen: Word },
+}
+
+/// Try once to latch the entry for `me` (converting a fast-mode word).
+pub(crate) fn try_latch(word: &AtomicU64, me: u32) -> Latch {
+    let mut cur = word.load(Ordering::Acquire);
+    loop {
+        let w = Word(cur);
+        let new = if w.is_mixed() {
+            match w.holder() {
+                Some(h) => return Latch::Busy { holder: h, seen: w },
+                None => cur | holder_field(me),
+            }
+        } else {
+            // Conversion: the exclusive holder joins the mask.
+            MIXED | (cur & WAITERS) | holder_field(me) | (w.named() & MASK_BITS)
+        };
+        match word.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                return Latch::Latched {
+                    named: Word(new).mask() as u64,
+                }
+            }
+            Err(now) => cur = now,
+        }
+    }
+}
+
+/// Take over the latch of a mixed entry whose latch holder `dead` has died.
+pub(crate) fn try_steal_latch(word: &AtomicU64, dead: u32, me: u32) -> Option<u64> {
+    let cur = word.load(Ordering::Acquire);
+    let w = Word(cur);
+    if !w.is_mixed() || w.holder() != Some(dead) {
+        return None;
+    }
+    let new = (cur & !HOLDER_BITS) | holder_field(me);
+    word.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Relaxed)
+        .ok()
+        .map(|_| Word(new).mask() as u64)
+}
+
+/// Drop the latch held by `me`, publishing `mask` as the entry's interest.
+/// An empty mask returns the entry to fast mode. Wakes sleepers if any.
+pub(crate) fn unlatch(word: &AtomicU64, mask: u32) {
+    let new = if mask == 0 { 0 } else { MIXED | mask as u64 };
+    let old = word.swap(new, Ordering::AcqRel);
+    if old & WAITERS != 0 {
+        crate::futex::wake_all_high(word);
+    }
+}
+
+/// Drop the latch held by `me` and announce that we will sleep: returns the
+/// high half to pass to [`sleep`]. `mask` must be non-empty (someone holds a
+/// conflicting lock, which is why we wait).
+pub(crate) fn unlatch_to_wait(word: &AtomicU64, mask: u32) -> u32 {
+    debug_assert!(mask != 0);
+    let new = MIXED | WAITERS | mask as u64;
+    let old = word.swap(new, Ordering::AcqRel);
+    if old & WAITERS != 0 {
+        // Others were asleep: our unlatch may be the change they wait for.
+        crate::futex::wake_all_high(word);
+    }
+    Word(new).high()
+}
+
+/// Announce a sleeper on a word whose latch is busy. Returns the high half to
+/// sleep on, or `None` if the word changed (re-check instead of sleeping).
+pub(crate) fn announce_waiter(word: &AtomicU64, seen: Word) -> Option<u32> {
+    let new = seen.0 | WAITERS;
+    match word.compare_exchange(seen.0, new, Ordering::AcqRel, Ordering::Relaxed) {
+        Ok(_) => Some(Word(new).high()),
+        Err(_) => None,
+    }
+}
+
+/// Spin up to `spins` times for the word to differ from `seen`; true if it did.
+pub(crate) fn spin_for_change(word: &AtomicU64, seen: u64, spins: u32) -> bool {
+    for _ in 0..spins {
+        if word.load(Ordering::Relaxed) != seen {
+            return true;
+        }
+        spin_hint();
+    }
+    false
+}
+
+/// Sleep on the word's high half while it equals `expected_high`.
+pub(crate) fn sleep(word: &AtomicU64, expected_high: u32, slice: Duration) {
+    crate::futex::wait_high(word, expected_high, slice);
+}
+
+/// Read the word.
+#[inline]
+pub(crate) fn load(word: &AtomicU64) -> Word {
+    Word(word.load(Ordering::Acquire))
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exclusive_round_trip() {
+        let w = AtomicU64::new(0);
+        assert!(try_fast_exclusive(&w, 3));
+        assert_eq!(load(&w).holder(), Some(3));
+        assert!(!try_fast_exclusive(&w, 4));
+        assert!(!try_fast_share(&w, 4));
+        assert!(!try_fast_release_exclusive(&w, 4));
+        assert!(try_fast_release_exclusive(&w, 3));
+        assert_eq!(load(&w), Word(0));
+    }
+
+    #[test]
+    fn fast_share_counts_members_once() {
+        let w = AtomicU64::new(0);
+        assert!(try_fast_share(&w, 0));
+        assert!(try_fast_share(&w, 31));
+        assert!(
+            !try_fast_share(&w, 0),
+            "a second share by one member goes slow"
+        );
+        assert!(!try_fast_exclusive(&w, 5));
+        assert_eq!(load(&w).mask(), 1 | 1 << 31);
+        assert!(try_fast_release_share(&w, 0));
+        assert!(!try_fast_release_share(&w, 0));
+        assert!(try_fast_release_share(&w, 31));
+        assert_eq!(load(&w), Word(0));
+    }
+
+    #[test]
+    fn latch_converts_and_names_the_exclusive_holder() {
+        let w = AtomicU64::new(0);
+        assert!(try_fast_exclusive(&w, 7));
+        assert_eq!(try_latch(&w, 2), Latch::Latched { named: 1 << 7 });
+        let seen = load(&w);
+        assert!(seen.is_mixed());
+        assert_eq!(seen.holder(), Some(2));
+        // The fast paths are closed while mixed.
+        assert!(!try_fast_release_exclusive(&w, 7));
+        assert!(!try_fast_share(&w, 1));
+        assert!(matches!(try_latch(&w, 1), Latch::Busy { holder: 2, .. }));
+        unlatch(&w, 1 << 7);
+        assert_eq!(load(&w), Word(MIXED | 1 << 7));
+        assert_eq!(try_latch(&w, 7), Latch::Latched { named: 1 << 7 });
+        unlatch(&w, 0);
+        assert_eq!(load(&w), Word(0));
+    }
+
+    #[test]
+    fn steal_only_from_the_named_latch_holder() {
+        let w = AtomicU64::new(0);
+        assert!(matches!(try_latch(&w, 4), Latch::Latched { .. }));
+        assert_eq!(try_steal_latch(&w, 5, 1), None);
+        assert_eq!(try_steal_latch(&w, 4, 1), Some(0));
+        assert_eq!(load(&w).holder(), Some(1));
+    }
+
+    #[test]
+    fn waiters_bit_is_cleared_by_unlatch() {
+        let w = AtomicU64::new(0);
+        assert!(matches!(try_latch(&w, 0), Latch::Latched { .. }));
+        let high = unlatch_to_wait(&w, 1 << 3);
+        assert!(load(&w).has_waiters());
+        assert!(matches!(try_latch(&w, 1), Latch::Latched { .. }));
+        unlatch(&w, 1 << 3);
+        assert!(!load(&w).has_waiters());
+        // The high half changed, so a late sleeper returns at once.
+        assert_ne!(load(&w).high(), high);
+        sleep(&w, high, Duration::from_secs(5));
+    }
+}

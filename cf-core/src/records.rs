@@ -1,0 +1,357 @@
+//! Record entries: every held lock has one in its holder's own member area,
+//! naming the resource exactly. This is what `display locks` shows, what the
+//! resource-level path reads to tell real from false contention, and what
+//! recovery walks (so recovery costs what the member held, not the table size).
+//!
+//! A member area holds `records_per_member` slots, handed out to holders
+//! (threads) in blocks of `BLOCK_SLOTS`, so the hot path allocates a slot from a
+//! holder-local free list without any shared atomic. Each slot is a 32-bit
+//! *tag* (state and lock table index, in a dense array that scans fast) and a
+//! 72-byte *body* (length, mode, flags, resource bytes).
+//!
+//! Tag: `[state:2][entry:30]`, state FREE 0, PENDING 1 (a request waiting on
+//! the resource-level path: does not hold), HELD 2. A body is written before
+//! its tag is published (release) and is rewritten only after the tag is FREE.
+
+use crate::error::CorruptError;
+use crate::layout::{BLOCK_SLOTS, MAX_RESOURCE};
+use crate::region::Region;
+use crate::sync::Ordering;
+
+pub(crate) const TAG_FREE: u32 = 0;
+pub(crate) const TAG_PENDING: u32 = 1 << 30;
+pub(crate) const TAG_HELD: u32 = 2 << 30;
+const TAG_STATE: u32 = 3 << 30;
+const TAG_ENTRY: u32 = !TAG_STATE;
+
+/// Block header fields.
+pub(crate) const BLK_OWNER: u32 = 0;
+pub(crate) const BLK_REQUESTS: u32 = 1;
+pub(crate) const BLK_CONTENTION: u32 = 2;
+pub(crate) const BLK_FALSE: u32 = 3;
+/// Block owner value for a block that holds retained records of a dead member.
+pub(crate) const BLOCK_RETAINED: u64 = u64::MAX;
+
+const FLAG_MODIFY: u64 = 1;
+
+/// Lock modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Share (read) interest: compatible with other share holders.
+    Share,
+    /// Exclusive, not modify: released when its holder dies.
+    Exclusive,
+    /// Exclusive, taken to change the data it protects: retained when its holder dies.
+    Modify,
+}
+
+impl Mode {
+    pub fn is_exclusive(self) -> bool {
+        !matches!(self, Mode::Share)
+    }
+    pub fn is_modify(self) -> bool {
+        matches!(self, Mode::Modify)
+    }
+    pub fn compatible(self, other: Mode) -> bool {
+        !self.is_exclusive() && !other.is_exclusive()
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Share => "share",
+            Mode::Exclusive => "exclusive",
+            Mode::Modify => "modify",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A resource name (1 to 64 bytes), padded into words, with its hash.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Resource {
+    len: u8,
+    words: [u64; 8],
+}
+
+impl std::fmt::Debug for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Resource({})", self.display())
+    }
+}
+
+impl Resource {
+    /// A resource from its bytes; `None` if empty or longer than 64 bytes.
+    #[inline]
+    pub fn new(bytes: &[u8]) -> Option<Resource> {
+        if bytes.is_empty() || bytes.len() > MAX_RESOURCE {
+            return None;
+        }
+        let mut words = [0u64; 8];
+        for (i, chunk) in bytes.chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            words[i] = u64::from_le_bytes(w);
+        }
+        Some(Resource {
+            len: bytes.len() as u8,
+            words,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut out: Vec<u8> = self.words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        out.truncate(self.len as usize);
+        out
+    }
+
+    /// Printable form: the text if it is printable UTF-8, else `0x` and hex.
+    pub fn display(&self) -> String {
+        let b = self.bytes();
+        match std::str::from_utf8(&b) {
+            Ok(s) if s.chars().all(|c| !c.is_control()) => s.to_string(),
+            _ => format!(
+                "0x{}",
+                b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+            ),
+        }
+    }
+
+    /// A fixed (unseeded) hash: every member must map a resource to the same entry.
+    #[inline]
+    pub fn hash(&self) -> u64 {
+        let n = (self.len as usize).div_ceil(8);
+        let mut h = 0x9e37_79b9_7f4a_7c15u64 ^ self.len as u64;
+        for &w in &self.words[..n] {
+            h = (h ^ w).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            h ^= h >> 31;
+        }
+        h ^= h >> 29;
+        h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^ (h >> 32)
+    }
+
+    /// The lock table entry this resource maps to in a table of `entries` (a power of two).
+    pub fn entry(&self, entries: u32) -> u32 {
+        (self.hash() & (entries as u64 - 1)) as u32
+    }
+}
+
+#[inline]
+pub(crate) fn tag_state(tag: u32) -> u32 {
+    tag & TAG_STATE
+}
+#[inline]
+pub(crate) fn tag_entry(tag: u32) -> u32 {
+    tag & TAG_ENTRY
+}
+
+/// Write a record body (before its tag is published).
+#[inline]
+pub(crate) fn write_body(region: &Region, member: u32, slot: u32, res: &Resource, mode: Mode) {
+    let (m, flags) = match mode {
+        Mode::Share => (0u64, 0u64),
+        Mode::Exclusive => (1, 0),
+        Mode::Modify => (1, FLAG_MODIFY),
+    };
+    region
+        .record_word(member, slot, 0)
+        .store(res.len as u64 | m << 8 | flags << 16, Ordering::Relaxed);
+    let n = (res.len as usize).div_ceil(8);
+    for i in 0..n {
+        region
+            .record_word(member, slot, 1 + i as u32)
+            .store(res.words[i], Ordering::Relaxed);
+    }
+}
+
+/// A record as read from the region, checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordView {
+    pub member: u32,
+    pub slot: u32,
+    pub entry: u32,
+    pub held: bool,
+    pub mode: Mode,
+    pub resource: Resource,
+}
+
+/// Read and check the body of a slot whose tag was just read as `tag`.
+pub(crate) fn read_record(
+    region: &Region,
+    member: u32,
+    slot: u32,
+    tag: u32,
+) -> Result<RecordView, CorruptError> {
+    let bad = |what: String| CorruptError::BadRecord { member, slot, what };
+    let entry = tag_entry(tag);
+    if entry >= region.lock_entries() {
+        return Err(bad(format!(
+            "lock table index {entry} out of range ({} entries)",
+            region.lock_entries()
+        )));
+    }
+    let held = match tag_state(tag) {
+        TAG_HELD => true,
+        TAG_PENDING => false,
+        s => return Err(bad(format!("state {:#x} is not pending or held", s >> 30))),
+    };
+    let meta = region.record_word(member, slot, 0).load(Ordering::Relaxed);
+    let len = (meta & 0xff) as usize;
+    if len == 0 || len > MAX_RESOURCE {
+        return Err(bad(format!("resource length {len}")));
+    }
+    let mode = match ((meta >> 8) & 0xff, (meta >> 16) & 0xff) {
+        (0, 0) => Mode::Share,
+        (1, 0) => Mode::Exclusive,
+        (1, FLAG_MODIFY) => Mode::Modify,
+        (m, f) => return Err(bad(format!("mode {m} flags {f}"))),
+    };
+    let mut words = [0u64; 8];
+    for (i, w) in words.iter_mut().enumerate().take(len.div_ceil(8)) {
+        *w = region
+            .record_word(member, slot, 1 + i as u32)
+            .load(Ordering::Relaxed);
+    }
+    // Bytes past the length must not leak into comparisons.
+    let tail = len % 8;
+    if tail != 0 {
+        words[len / 8] &= (1u64 << (8 * tail)) - 1;
+    }
+    Ok(RecordView {
+        member,
+        slot,
+        entry,
+        held,
+        mode,
+        resource: Resource {
+            len: len as u8,
+            words,
+        },
+    })
+}
+
+/// How many slots of `member` may be in use (high-water mark in blocks, checked).
+pub(crate) fn scan_limit(region: &Region, member: u32) -> u32 {
+    let hwm = region
+        .connector_field(member, crate::connector::F_HWM)
+        .load(Ordering::Acquire)
+        .min(region.blocks_per_member() as u64) as u32;
+    hwm * BLOCK_SLOTS
+}
+
+/// Every non-free record of `member` on `entry` (held, or pending if `pending`).
+pub(crate) fn records_on(
+    region: &Region,
+    member: u32,
+    entry: u32,
+    pending: bool,
+) -> Result<Vec<RecordView>, CorruptError> {
+    let mut out = Vec::new();
+    for slot in 0..scan_limit(region, member) {
+        let tag = region.tag(member, slot).load(Ordering::Acquire);
+        if tag_state(tag) == TAG_FREE || tag_entry(tag) != entry {
+            continue;
+        }
+        if tag_state(tag) == TAG_PENDING && !pending {
+            continue;
+        }
+        out.push(read_record(region, member, slot, tag)?);
+    }
+    Ok(out)
+}
+
+/// Every non-free record of `member`.
+pub fn all_records(region: &Region, member: u32) -> Result<Vec<RecordView>, CorruptError> {
+    let member = region.check_member(member)?;
+    let mut out = Vec::new();
+    for slot in 0..scan_limit(region, member) {
+        let tag = region.tag(member, slot).load(Ordering::Acquire);
+        if tag_state(tag) != TAG_FREE {
+            out.push(read_record(region, member, slot, tag)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Claim a free block of `member`'s area for a holder identified by `token`.
+pub(crate) fn claim_block(region: &Region, member: u32, token: u64) -> Option<u32> {
+    for b in 0..region.blocks_per_member() {
+        let owner = region.block_field(member, b, BLK_OWNER);
+        if owner.load(Ordering::Relaxed) == 0
+            && owner
+                .compare_exchange(0, token, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            region
+                .connector_field(member, crate::connector::F_HWM)
+                .fetch_max(b as u64 + 1, Ordering::AcqRel);
+            return Some(b);
+        }
+    }
+    None
+}
+
+/// Give a block back, folding its counters into the connector's totals.
+pub(crate) fn release_block(region: &Region, member: u32, block: u32) {
+    fold_block_counters(region, member, block);
+    region
+        .block_field(member, block, BLK_OWNER)
+        .store(0, Ordering::Release);
+}
+
+pub(crate) fn fold_block_counters(region: &Region, member: u32, block: u32) {
+    for (bf, cf) in [
+        (BLK_REQUESTS, crate::connector::F_REQUESTS),
+        (BLK_CONTENTION, crate::connector::F_CONTENTION),
+        (BLK_FALSE, crate::connector::F_FALSE),
+    ] {
+        let v = region
+            .block_field(member, block, bf)
+            .swap(0, Ordering::Relaxed);
+        region
+            .connector_field(member, cf)
+            .fetch_add(v, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_round_trip_and_hash_is_stable() {
+        let r = Resource::new(b"account:000042").unwrap();
+        assert_eq!(r.bytes(), b"account:000042");
+        assert_eq!(r.display(), "account:000042");
+        assert_eq!(r.hash(), Resource::new(b"account:000042").unwrap().hash());
+        assert_ne!(r.hash(), Resource::new(b"account:000043").unwrap().hash());
+        assert!(Resource::new(b"").is_none());
+        assert!(Resource::new(&[1u8; 65]).is_none());
+        assert!(Resource::new(&[1u8; 64]).is_some());
+        assert_eq!(Resource::new(&[0, 1]).unwrap().display(), "0x0001");
+        // Trailing zero bytes are part of the name.
+        assert_ne!(Resource::new(b"a").unwrap(), Resource::new(b"a\0").unwrap());
+    }
+
+    #[test]
+    fn mode_compatibility() {
+        assert!(Mode::Share.compatible(Mode::Share));
+        for m in [Mode::Exclusive, Mode::Modify] {
+            assert!(!m.compatible(Mode::Share));
+            assert!(!Mode::Share.compatible(m));
+            assert!(!m.compatible(m));
+        }
+    }
+}
