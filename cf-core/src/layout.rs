@@ -304,11 +304,20 @@ mod tests {
 
     #[test]
     fn sizes_are_checked() {
-        let s = Sizes { lock_entries: 1000, ..Default::default() };
+        let s = Sizes {
+            lock_entries: 1000,
+            ..Default::default()
+        };
         assert!(s.check().unwrap_err().contains("power of two"));
-        let s = Sizes { members: 33, ..Default::default() };
+        let s = Sizes {
+            members: 33,
+            ..Default::default()
+        };
         assert!(s.check().is_err());
-        let s = Sizes { records_per_member: 100, ..Default::default() };
+        let s = Sizes {
+            records_per_member: 100,
+            ..Default::default()
+        };
         assert!(s.check().is_err());
     }
 

@@ -1,1 +1,80 @@
-fn main() {}
+//! `cfctl`: the operator's and experimenter's tool for a coupling-facility plex.
+
+mod display;
+mod locks;
+mod plex;
+mod stress;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "cfctl",
+    version,
+    about = "Operate a shared-memory coupling facility (a \"plex\")",
+    long_about = "Operate a shared-memory coupling facility (a \"plex\"): a directory holding the \
+region file that stands in for a Parallel Sysplex coupling facility. Member processes take locks \
+in it; when one is killed its modify locks are retained until it is recovered.\n\n\
+The plex is --plex DIR, else $CF_PLEX, else /dev/shm/cf-plex-<uid>."
+)]
+struct Cli {
+    /// Plex directory (default: $CF_PLEX, else /dev/shm/cf-plex-<uid>)
+    #[arg(long, global = true, value_name = "DIR")]
+    plex: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a plex: its directory (0700) and region file (0600, never over an existing one)
+    Create(plex::CreateArgs),
+    /// Remove a plex's region (refuses while live members are connected, unless --force)
+    Destroy(plex::DestroyArgs),
+    /// Check the region's integrity and the invariants that hold at rest
+    Verify(plex::VerifyArgs),
+    /// Show what the region holds now
+    Display(display::DisplayArgs),
+    /// Connect as a member, take locks, and hold them until SIGTERM/SIGINT
+    Hold(locks::HoldArgs),
+    /// Connect as a member, make one try request, print the answer, disconnect
+    ///
+    /// Exit status: 0 granted, 2 contention, 3 retained, 1 error.
+    Try(locks::TryArgs),
+    /// Clean up every member whose process is dead (retaining its modify locks)
+    Cleanup(locks::CleanupArgs),
+    /// Hammer resources from this process and check mutual exclusion in a shared counter file
+    Stress(stress::StressArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let plex = cf_core::Plex::resolve(cli.plex.as_deref());
+    let result = match cli.cmd {
+        Cmd::Create(a) => plex::create(&plex, a),
+        Cmd::Destroy(a) => plex::destroy(&plex, a),
+        Cmd::Verify(a) => plex::verify(&plex, a),
+        Cmd::Display(a) => display::run(&plex, a),
+        Cmd::Hold(a) => locks::hold(&plex, a),
+        Cmd::Try(a) => locks::try_once(&plex, a),
+        Cmd::Cleanup(a) => locks::cleanup(&plex, a),
+        Cmd::Stress(a) => stress::run(&plex, a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cfctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Print a JSON value as one document on stdout.
+pub(crate) fn print_json(v: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into())
+    );
+}

@@ -1,0 +1,221 @@
+//! `hold`, `try`, `cleanup`: lock requests from the command line.
+
+use anyhow::{bail, Context, Result};
+use cf_core::{HolderInfo, LockId, Member, Mode, Plex, Region, TryOutcome, WaitError};
+use clap::Args;
+use serde_json::{json, Value};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct HoldArgs {
+    /// Member name to connect as
+    #[arg(long)]
+    member: String,
+    /// Resource to hold in share mode (repeatable)
+    #[arg(long = "s", value_name = "RES")]
+    share: Vec<String>,
+    /// Resource to hold exclusively (repeatable; released if this member dies)
+    #[arg(long = "x", value_name = "RES")]
+    exclusive: Vec<String>,
+    /// Resource to hold exclusively for modification (repeatable; retained if this member dies)
+    #[arg(long = "modify", value_name = "RES")]
+    modify: Vec<String>,
+    /// How long to wait for each lock held by a live member, in milliseconds
+    #[arg(long, default_value_t = 30_000)]
+    timeout_ms: u64,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+fn requests(a: &HoldArgs) -> Vec<(String, Mode)> {
+    let mut v: Vec<(String, Mode)> = Vec::new();
+    v.extend(a.share.iter().map(|r| (r.clone(), Mode::Share)));
+    v.extend(a.exclusive.iter().map(|r| (r.clone(), Mode::Exclusive)));
+    v.extend(a.modify.iter().map(|r| (r.clone(), Mode::Modify)));
+    v
+}
+
+fn holder_json(h: &HolderInfo) -> Value {
+    json!({ "member": h.name, "id": h.id, "pid": h.pid, "mode": h.mode.as_str() })
+}
+
+/// Block SIGTERM and SIGINT now, so they wait for `sigwait` instead of killing us.
+fn block_stop_signals() -> Result<nix::sys::signal::SigSet> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+        .context("blocking signals")?;
+    Ok(set)
+}
+
+pub fn hold(plex: &Plex, a: HoldArgs) -> Result<ExitCode> {
+    let wanted = requests(&a);
+    if wanted.is_empty() {
+        bail!("nothing to hold: give --s, --x or --modify");
+    }
+    let signals = block_stop_signals()?;
+    let region = Arc::new(Region::open(plex)?);
+    let member = Member::connect(region, &a.member)?;
+    let mut holder = member.holder()?;
+    let mut held: Vec<(LockId, String)> = Vec::new();
+    let mut failure = None;
+    for (res, mode) in &wanted {
+        match holder.lock(res.as_bytes(), *mode, Duration::from_millis(a.timeout_ms))? {
+            Ok(id) => held.push((id, res.clone())),
+            Err(e) => {
+                failure = Some(format!("{res} ({mode}): {e}"));
+                break;
+            }
+        }
+    }
+    if let Some(f) = failure {
+        for (id, _) in held {
+            holder.unlock(id)?;
+        }
+        drop(holder);
+        member.disconnect()?;
+        bail!("could not take {f}");
+    }
+    if a.json {
+        let locks: Vec<Value> = held
+            .iter()
+            .map(|(id, r)| json!({ "resource": r, "mode": id.mode.as_str(), "entry": id.entry }))
+            .collect();
+        println!(
+            "{}",
+            json!({ "holding": locks, "member": member.name(), "id": member.id(), "pid": std::process::id() })
+        );
+    } else {
+        println!(
+            "holding {} lock(s) as {} (connector {}, pid {}); SIGTERM or Ctrl-C releases them",
+            held.len(),
+            member.name(),
+            member.id(),
+            std::process::id()
+        );
+    }
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let sig = signals.wait().context("waiting for a signal")?;
+    for (id, _) in held {
+        holder.unlock(id)?;
+    }
+    drop(holder);
+    let report = member.disconnect()?;
+    if !a.json {
+        println!(
+            "{sig}: released, disconnected ({} more released at disconnect)",
+            report.released
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct TryArgs {
+    /// Member name to connect as
+    #[arg(long)]
+    member: String,
+    /// Ask for a share lock
+    #[arg(long = "s", value_name = "RES", group = "request")]
+    share: Option<String>,
+    /// Ask for an exclusive lock
+    #[arg(long = "x", value_name = "RES", group = "request")]
+    exclusive: Option<String>,
+    /// Ask for an exclusive modify lock
+    #[arg(long = "modify", value_name = "RES", group = "request")]
+    modify: Option<String>,
+    /// Print the answer as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn try_once(plex: &Plex, a: TryArgs) -> Result<ExitCode> {
+    let (res, mode) = match (&a.share, &a.exclusive, &a.modify) {
+        (Some(r), None, None) => (r.clone(), Mode::Share),
+        (None, Some(r), None) => (r.clone(), Mode::Exclusive),
+        (None, None, Some(r)) => (r.clone(), Mode::Modify),
+        _ => bail!("give exactly one of --s, --x, --modify"),
+    };
+    let region = Arc::new(Region::open(plex)?);
+    let member = Member::connect(region, &a.member)?;
+    let mut holder = member.holder()?;
+    let outcome = holder.try_lock(res.as_bytes(), mode)?;
+    let (doc, text, code) = match &outcome {
+        TryOutcome::Granted(id) => (
+            json!({ "result": "granted", "resource": res, "mode": mode.as_str(), "entry": id.entry }),
+            format!("granted: {res} ({mode}) on lock entry {}", id.entry),
+            ExitCode::SUCCESS,
+        ),
+        TryOutcome::Contention(hs) => (
+            json!({ "result": "contention", "resource": res, "mode": mode.as_str(),
+                    "holders": hs.iter().map(holder_json).collect::<Vec<_>>() }),
+            format!(
+                "contention: {res} is held by {}",
+                WaitError::Timeout(hs.clone())
+                    .to_string()
+                    .trim_start_matches("timed out; held by ")
+            ),
+            ExitCode::from(2),
+        ),
+        TryOutcome::Retained(h) => (
+            json!({ "result": "retained", "resource": res, "mode": mode.as_str(),
+                    "member": h.name, "id": h.id }),
+            format!(
+                "retained: {res} is retained by failed member {} until its recovery ends",
+                h.name
+            ),
+            ExitCode::from(3),
+        ),
+    };
+    if let TryOutcome::Granted(id) = outcome {
+        holder.unlock(id)?;
+    }
+    drop(holder);
+    member.disconnect()?;
+    if a.json {
+        crate::print_json(&doc);
+    } else {
+        println!("{text}");
+    }
+    Ok(code)
+}
+
+#[derive(Args)]
+pub struct CleanupArgs {
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn cleanup(plex: &Plex, a: CleanupArgs) -> Result<ExitCode> {
+    let region = Region::open(plex)?;
+    let done = cf_core::recovery::cleanup_all_dead(&region)?;
+    if a.json {
+        let v: Vec<Value> = done
+            .iter()
+            .map(|r| json!({ "member": r.name, "id": r.member, "released": r.released,
+                             "retained": r.retained, "discarded": r.discarded, "state": r.state.as_str() }))
+            .collect();
+        crate::print_json(&Value::Array(v));
+    } else if done.is_empty() {
+        println!("no dead member to clean up");
+    } else {
+        for r in &done {
+            println!(
+                "cleaned up {}: {} released, {} retained, {} discarded; now {}",
+                r.name,
+                r.released,
+                r.retained,
+                r.discarded,
+                r.state.as_str()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

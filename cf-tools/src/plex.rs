@@ -1,0 +1,125 @@
+//! `create`, `destroy`, `verify`.
+
+use anyhow::{bail, Context, Result};
+use cf_core::{inspect, CreateOptions, Plex, Region, Sizes};
+use clap::Args;
+use serde_json::json;
+use std::process::ExitCode;
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// Lock table entries (a power of two; 16 makes false contention easy to provoke)
+    #[arg(long, default_value_t = cf_core::layout::DEFAULT_LOCK_ENTRIES)]
+    lock_entries: u32,
+    /// Connector slots (1 to 32)
+    #[arg(long, default_value_t = cf_core::layout::DEFAULT_MEMBERS)]
+    members: u32,
+    /// Record entries per member: how many locks one member can hold at once (multiple of 64)
+    #[arg(long, default_value_t = cf_core::layout::DEFAULT_RECORDS_PER_MEMBER)]
+    records: u32,
+    /// Let the owning group read and write the plex (files 0660, directory 0770)
+    #[arg(long)]
+    group_mode: bool,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
+    let opts = CreateOptions {
+        sizes: Sizes {
+            lock_entries: a.lock_entries,
+            members: a.members,
+            records_per_member: a.records,
+        },
+        group_access: a.group_mode,
+    };
+    let region = Region::create(plex, &opts)?;
+    let l = region.layout();
+    if a.json {
+        crate::print_json(&json!({
+            "plex": plex.dir, "region": region.path(), "size": l.total_size,
+            "lock_entries": a.lock_entries, "members": a.members, "records_per_member": a.records,
+        }));
+    } else {
+        println!(
+            "created plex {}: region {} bytes, {} lock entries, {} members, {} records per member",
+            plex.dir.display(),
+            l.total_size,
+            a.lock_entries,
+            a.members,
+            a.records
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct DestroyArgs {
+    /// Destroy even if live members are connected (they will fail)
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn destroy(plex: &Plex, a: DestroyArgs) -> Result<ExitCode> {
+    let path = plex.region_path();
+    match Region::open(plex) {
+        Ok(region) => {
+            let live: Vec<_> = inspect::members(&region)?
+                .into_iter()
+                .filter(|m| m.alive)
+                .collect();
+            if !live.is_empty() && !a.force {
+                let names: Vec<_> = live
+                    .iter()
+                    .map(|m| format!("{} (pid {})", m.name, m.pid))
+                    .collect();
+                bail!(
+                    "live members are connected: {}; stop them or use --force",
+                    names.join(", ")
+                );
+            }
+        }
+        Err(cf_core::RegionError::NotFound { .. }) => bail!("no region at {}", path.display()),
+        // A damaged region can still be destroyed, but never through a symlink
+        // or another user's file.
+        Err(
+            e @ (cf_core::RegionError::Symlink { .. } | cf_core::RegionError::ForeignOwner { .. }),
+        ) => return Err(e.into()),
+        Err(_) => {}
+    }
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    // Remove the directory if nothing else is left in it.
+    let _ = std::fs::remove_dir(&plex.dir);
+    println!("destroyed plex {}", plex.dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Print the result as JSON: {"ok": bool, "problems": [...]}
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn verify(plex: &Plex, a: VerifyArgs) -> Result<ExitCode> {
+    let region = Region::open(plex)?;
+    let problems = inspect::verify(&region);
+    if a.json {
+        crate::print_json(&json!({ "ok": problems.is_empty(), "problems": problems }));
+    } else if problems.is_empty() {
+        println!("region {} is consistent", region.path().display());
+    } else {
+        for p in &problems {
+            println!("problem: {p}");
+        }
+    }
+    if problems.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        if !a.json {
+            eprintln!("cfctl: verify found {} problem(s)", problems.len());
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
