@@ -163,7 +163,8 @@ fn set_name(region: &Region, id: u32, name: &str) {
     }
 }
 
-pub(crate) fn now_ns() -> u64 {
+/// Wall-clock time in nanoseconds since the Unix epoch (event timestamps).
+pub fn now_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -325,4 +326,35 @@ pub(crate) fn vacate(region: &Region, id: u32) {
         .store(0, Ordering::Relaxed);
     let generation = load_state(region, id).map(|s| s.generation).unwrap_or(0);
     store_state(region, id, MemberState::Free, generation);
+}
+
+/// A light, public view of one connector slot (for monitors that poll the
+/// table often; `inspect::members` also reads every record).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotView {
+    pub id: u32,
+    pub state: MemberState,
+    pub generation: u32,
+    pub process: ProcessId,
+    pub name: String,
+}
+
+/// Read connector slot `id` (checked).
+pub fn slot_view(region: &Region, id: u32) -> Result<SlotView, CorruptError> {
+    let id = region.check_member(id)?;
+    let st = load_state(region, id)?;
+    Ok(SlotView {
+        id,
+        state: st.state,
+        generation: st.generation,
+        process: process_of(region, id),
+        name: name_of(region, id),
+    })
+}
+
+impl SlotView {
+    /// Is the recorded process of a slot that should have one still running?
+    pub fn is_alive(&self) -> bool {
+        self.state.has_process() && self.process.is_alive()
+    }
 }

@@ -23,6 +23,15 @@ pub const CRASH_POINTS: &[&str] = &[
     // connector.rs
     "connect.latched",
     "disconnect.released_some",
+    // cf-node: restart light (restart_light.rs) and the request handler (monitor.rs)
+    "restart_light.connected",
+    "restart_light.backed_out_some",
+    "restart_light.backed_out",
+    "restart_light.released_some",
+    "restart_light.disconnected",
+    "handler.claimed",
+    // cf-node: a transaction between its two legs (bank.rs)
+    "bank.between_legs",
 ];
 
 #[cfg(feature = "crash-points")]
@@ -57,7 +66,7 @@ mod imp {
 
 /// Mark a crash point. See the module docs.
 #[inline(always)]
-pub(crate) fn point(name: &'static str) {
+pub fn point(name: &'static str) {
     debug_assert!(CRASH_POINTS.contains(&name), "unlisted crash point {name}");
     #[cfg(feature = "crash-points")]
     imp::hit(name);

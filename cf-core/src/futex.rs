@@ -74,3 +74,37 @@ pub(crate) fn wake_all_high(_word: &AtomicU64) {
     let _guard = lock.lock().unwrap();
     cv.notify_all();
 }
+
+/// Sleep while a 32-bit word in the shared mapping equals `expected`.
+#[cfg(not(loom))]
+pub(crate) fn wait_u32(word: &crate::sync::AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: as in `wait_high`: a live, aligned 32-bit atomic; the kernel
+    // only reads it. The result is ignored because callers re-check.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word as *const crate::sync::AtomicU32,
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+        );
+    }
+}
+
+/// Wake every process sleeping on a 32-bit word.
+#[cfg(not(loom))]
+pub(crate) fn wake_all_u32(word: &crate::sync::AtomicU32) {
+    // SAFETY: FUTEX_WAKE does not access the memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word as *const crate::sync::AtomicU32,
+            libc::FUTEX_WAKE,
+            i32::MAX,
+        );
+    }
+}

@@ -25,6 +25,14 @@ impl ProcessId {
         }
     }
 
+    /// The process now running under `pid`, if any.
+    pub fn of(pid: u32) -> io::Result<Option<ProcessId>> {
+        Ok(read_stat(pid)?.map(|s| ProcessId {
+            pid,
+            start_time: s.start_time,
+        }))
+    }
+
     /// Is this exact process still running? A zombie (dead, not yet reaped)
     /// counts as dead; a different process with the same PID counts as dead.
     pub fn is_alive(&self) -> bool {

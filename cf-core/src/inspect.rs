@@ -274,11 +274,6 @@ pub fn verify(region: &Region) -> Vec<String> {
                 ));
             }
             MemberState::FailedPersistent => {
-                if !recs.iter().any(|r| r.held && r.mode.is_modify()) {
-                    problems.push(format!(
-                        "member {name} is failed-persistent but retains no lock"
-                    ));
-                }
                 if let Some(r) = recs.iter().find(|r| !r.mode.is_modify() || !r.held) {
                     problems.push(format!(
                         "failed-persistent member {name} has a {} {} record on {}",

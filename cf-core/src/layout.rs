@@ -8,6 +8,8 @@
 //! connectors      [ConnectorSlot; members]                     256 bytes each
 //! lock structure  LockStructHeader (counters)                  one page
 //! lock table      [AtomicU64; lock_entries]                    the lock words
+//! restart list    header + [RequestEntry; members]             64 bytes each
+//! events          header page + [Event; EVENT_CAPACITY]        128 bytes each
 //! member areas    per member: block headers, tags, records     see records.rs
 //! ```
 
@@ -34,7 +36,13 @@ pub const BLOCK_HEADER_SIZE: u64 = 64;
 /// Largest lock table (the tag packs the entry index in 30 bits).
 pub const MAX_LOCK_ENTRIES: u32 = 1 << 30;
 /// Names in the directory.
-pub const DIR_ENTRIES: usize = 4;
+pub const DIR_ENTRIES: usize = 6;
+/// Size of one restart-request list entry, and of the list's header.
+pub const REQUEST_SIZE: u64 = 64;
+/// Events kept in the event ring (older ones are overwritten).
+pub const EVENT_CAPACITY: u64 = 4096;
+/// Size of one event.
+pub const EVENT_SIZE: u64 = 128;
 
 /// Defaults for `cfctl create`.
 pub const DEFAULT_LOCK_ENTRIES: u32 = 1 << 20;
@@ -49,6 +57,8 @@ pub enum StructureKind {
     Lock = 2,
     LockTable = 3,
     MemberAreas = 4,
+    RestartList = 5,
+    Events = 6,
 }
 
 impl StructureKind {
@@ -58,6 +68,8 @@ impl StructureKind {
             StructureKind::Lock => "lock",
             StructureKind::LockTable => "lock-table",
             StructureKind::MemberAreas => "member-areas",
+            StructureKind::RestartList => "restart",
+            StructureKind::Events => "events",
         }
     }
 }
@@ -147,6 +159,10 @@ pub struct Layout {
     pub connectors: u64,
     pub lock_struct: u64,
     pub lock_table: u64,
+    /// The restart-request list: a header, then one entry per connector.
+    pub restart_list: u64,
+    /// The event ring: a header page, then `EVENT_CAPACITY` events.
+    pub events: u64,
     pub member_areas: u64,
     /// Bytes of one member's area.
     pub member_area_size: u64,
@@ -173,7 +189,12 @@ impl Layout {
             4096,
         );
         let lock_table = lock_struct + 4096;
-        let member_areas = align_up(lock_table + 8 * sizes.lock_entries as u64, 4096);
+        let restart_list = align_up(lock_table + 8 * sizes.lock_entries as u64, 4096);
+        let events = align_up(
+            restart_list + REQUEST_SIZE * (1 + sizes.members as u64),
+            4096,
+        );
+        let member_areas = events + 4096 + EVENT_SIZE * EVENT_CAPACITY;
         let r = sizes.records_per_member as u64;
         let blocks = r / BLOCK_SLOTS as u64;
         let area_blocks = 0;
@@ -186,6 +207,8 @@ impl Layout {
             connectors,
             lock_struct,
             lock_table,
+            restart_list,
+            events,
             member_areas,
             member_area_size,
             area_blocks,
@@ -218,6 +241,16 @@ impl Layout {
                 StructureKind::LockTable,
                 self.lock_table,
                 8 * self.sizes.lock_entries as u64,
+            ),
+            (
+                StructureKind::RestartList,
+                self.restart_list,
+                REQUEST_SIZE * (1 + self.sizes.members as u64),
+            ),
+            (
+                StructureKind::Events,
+                self.events,
+                4096 + EVENT_SIZE * EVENT_CAPACITY,
             ),
             (
                 StructureKind::MemberAreas,

@@ -17,6 +17,8 @@
 pub mod claim;
 pub(crate) mod futex;
 pub mod lockword;
+#[cfg(all(test, loom))]
+mod loom_models;
 pub(crate) mod sync;
 
 #[cfg(not(loom))]
@@ -25,6 +27,8 @@ pub mod connector;
 pub mod crash;
 #[cfg(not(loom))]
 pub mod error;
+#[cfg(not(loom))]
+pub mod events;
 #[cfg(not(loom))]
 pub mod identity;
 #[cfg(not(loom))]
@@ -41,6 +45,8 @@ pub mod records;
 pub mod recovery;
 #[cfg(not(loom))]
 pub mod region;
+#[cfg(not(loom))]
+pub mod requests;
 
 #[cfg(not(loom))]
 pub use {
@@ -102,6 +108,14 @@ pub mod testing {
     pub fn write_connector_state(region: &Region, member: u32, value: u64) {
         region
             .connector_field(member, crate::connector::F_STATE)
+            .store(value, Ordering::Relaxed);
+    }
+
+    /// Overwrite word `i` (< 9; 0 is length/mode/flags, 1.. the resource bytes)
+    /// of the body of record slot `slot` of `member` (damage injection).
+    pub fn write_record_word(region: &Region, member: u32, slot: u32, i: u32, value: u64) {
+        region
+            .record_word(member, slot, i)
             .store(value, Ordering::Relaxed);
     }
 }

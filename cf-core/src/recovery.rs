@@ -3,7 +3,8 @@
 //! Cleanup marks the member failed-persistent, releases its non-modify locks,
 //! keeps its modify locks as *retained* (held by the failed member, answered
 //! "retained by MEMBER"), frees any request it had pending, and wakes waiters.
-//! If it retains nothing, the connector slot is freed instead.
+//! The member stays failed-persistent (even if it retains nothing) until it is
+//! restarted, light or normally, which frees its slot.
 //!
 //! # Invariants
 //! * **Exactly one cleaner.** The claim is one CAS on the member's `cleanup`
@@ -77,7 +78,7 @@ pub struct CleanupReport {
     pub retained: usize,
     /// Pending requests and half-made records freed.
     pub discarded: usize,
-    /// Final state: failed-persistent (retains locks) or free.
+    /// Final state (failed-persistent).
     pub state: MemberState,
 }
 
@@ -204,15 +205,13 @@ fn walk(region: &Region, c: u32, generation: u32) -> Result<CleanupReport, Corru
             what: e.to_string(),
         }
     })?;
-    if report.retained > 0 {
-        region
-            .connector_field(c, F_FAILED_NS)
-            .store(connector::now_ns(), Ordering::Relaxed);
-        connector::store_state(region, c, MemberState::FailedPersistent, generation);
-    } else {
-        report.state = MemberState::Free;
-        connector::vacate(region, c);
-    }
+    // Failed-persistent even with nothing retained: the member is restarted
+    // (light or normally) all the same, since its log may hold work to back
+    // out, and that restart frees the slot.
+    region
+        .connector_field(c, F_FAILED_NS)
+        .store(connector::now_ns(), Ordering::Relaxed);
+    connector::store_state(region, c, MemberState::FailedPersistent, generation);
     Ok(report)
 }
 

@@ -347,6 +347,44 @@ impl Region {
         self.atomic_at(self.layout.lock_struct + 64)
     }
 
+    // ---- the restart-request list and the event ring ----
+
+    /// Word `field` (< 8) of the restart list header.
+    #[inline]
+    pub(crate) fn list_header(&self, field: u32) -> &AtomicU64 {
+        assert!(field < 8);
+        self.atomic_at(self.layout.restart_list + 8 * field as u64)
+    }
+
+    /// The list's 32-bit sequence word (futex-waited on by every member).
+    #[inline]
+    pub(crate) fn list_sequence(&self) -> &AtomicU32 {
+        self.atomic_at(self.layout.restart_list + 8 * 7)
+    }
+
+    /// Word `field` (< 8) of the restart request for connector `id` (checked by caller).
+    #[inline]
+    pub(crate) fn request_field(&self, id: u32, field: u32) -> &AtomicU64 {
+        assert!(id < self.members() && field < 8);
+        self.atomic_at(
+            self.layout.restart_list + layout::REQUEST_SIZE * (1 + id as u64) + 8 * field as u64,
+        )
+    }
+
+    /// Word `field` (< 8) of the event ring header.
+    #[inline]
+    pub(crate) fn events_header(&self, field: u32) -> &AtomicU64 {
+        assert!(field < 8);
+        self.atomic_at(self.layout.events + 8 * field as u64)
+    }
+
+    /// Word `field` (< 16) of event ring slot `slot` (< EVENT_CAPACITY).
+    #[inline]
+    pub(crate) fn event_field(&self, slot: u64, field: u32) -> &AtomicU64 {
+        assert!(slot < layout::EVENT_CAPACITY && (field as u64) < layout::EVENT_SIZE / 8);
+        self.atomic_at(self.layout.events + 4096 + layout::EVENT_SIZE * slot + 8 * field as u64)
+    }
+
     // ---- connectors ----
 
     #[inline]

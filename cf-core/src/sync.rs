@@ -16,3 +16,10 @@ pub(crate) fn spin_hint() {
     #[cfg(not(loom))]
     std::hint::spin_loop();
 }
+
+/// An acquire fence (seqlock-style reads: fields, fence, re-read the sequence).
+#[cfg(not(loom))]
+#[inline]
+pub(crate) fn fence_acquire() {
+    std::sync::atomic::fence(Ordering::Acquire);
+}

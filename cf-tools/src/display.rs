@@ -17,6 +17,12 @@ pub enum What {
     Locks,
     /// Locks retained by failed members
     Retained,
+    /// Outstanding restart requests
+    Requests,
+    /// The recorded steps of failures and recoveries
+    Events,
+    /// The shared accounts file: number of accounts and their total
+    Accounts,
 }
 
 #[derive(Args)]
@@ -29,12 +35,19 @@ pub struct DisplayArgs {
 }
 
 pub fn run(plex: &Plex, a: DisplayArgs) -> Result<ExitCode> {
+    if let What::Accounts = a.what {
+        crate::recovery_view::accounts(plex, a.json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let region = Region::open(plex)?;
     match a.what {
         What::Structures => structures(&region, a.json),
         What::Members => members(&region, a.json)?,
         What::Locks => locks(inspect::locks(&region)?, a.json, "no locks held"),
         What::Retained => locks(inspect::retained(&region)?, a.json, "no retained locks"),
+        What::Requests => crate::recovery_view::requests(&region, a.json)?,
+        What::Events => crate::recovery_view::events(&region, a.json)?,
+        What::Accounts => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@
 mod display;
 mod locks;
 mod plex;
+mod recovery_view;
 mod stress;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +46,11 @@ enum Cmd {
     Try(locks::TryArgs),
     /// Clean up every member whose process is dead (retaining its modify locks)
     Cleanup(locks::CleanupArgs),
+    /// Post a restart request for a failed-persistent member by hand
+    RestartLight {
+        /// The failed member
+        member: String,
+    },
     /// Hammer resources from this process and check mutual exclusion in a shared counter file
     Stress(stress::StressArgs),
 }
@@ -61,6 +67,9 @@ fn main() -> ExitCode {
         Cmd::Try(a) => locks::try_once(&plex, a),
         Cmd::Cleanup(a) => locks::cleanup(&plex, a),
         Cmd::Stress(a) => stress::run(&plex, a),
+        Cmd::RestartLight { member } => {
+            recovery_view::post(&plex, &member).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

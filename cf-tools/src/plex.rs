@@ -20,6 +20,12 @@ pub struct CreateArgs {
     /// Let the owning group read and write the plex (files 0660, directory 0770)
     #[arg(long)]
     group_mode: bool,
+    /// Also create the shared accounts file with this many accounts (for the bank workload)
+    #[arg(long, value_name = "N")]
+    accounts: Option<u64>,
+    /// Initial balance of every account
+    #[arg(long, default_value_t = 1000, requires = "accounts")]
+    balance: i64,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -35,11 +41,18 @@ pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
         group_access: a.group_mode,
     };
     let region = Region::create(plex, &opts)?;
+    if let Some(n) = a.accounts {
+        if let Err(e) = cf_node::store::Store::create(&plex.dir, n, a.balance, a.group_mode) {
+            let _ = std::fs::remove_file(region.path());
+            return Err(e.into());
+        }
+    }
     let l = region.layout();
     if a.json {
         crate::print_json(&json!({
             "plex": plex.dir, "region": region.path(), "size": l.total_size,
             "lock_entries": a.lock_entries, "members": a.members, "records_per_member": a.records,
+            "accounts": a.accounts, "balance": a.accounts.map(|_| a.balance),
         }));
     } else {
         println!(
@@ -50,6 +63,9 @@ pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
             a.members,
             a.records
         );
+        if let Some(n) = a.accounts {
+            println!("created {n} accounts of {} each", a.balance);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -89,6 +105,19 @@ pub fn destroy(plex: &Plex, a: DestroyArgs) -> Result<ExitCode> {
         Err(_) => {}
     }
     std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    // The shared data and the members' logs.
+    let _ = std::fs::remove_file(cf_node::store::Store::path_in(&plex.dir));
+    if let Ok(dir) = std::fs::read_dir(&plex.dir) {
+        for entry in dir.flatten() {
+            let is_log = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("log."));
+            if is_log && entry.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
     // Remove the directory if nothing else is left in it.
     let _ = std::fs::remove_dir(&plex.dir);
     println!("destroyed plex {}", plex.dir.display());

@@ -1,0 +1,215 @@
+//! The event ring: every step of a failure and its recovery is recorded in the
+//! region (who died, who detected it and when, the restart request, the claim,
+//! restart light, what it backed out and released), so that `cfctl display
+//! events` can show it after the fact.
+//!
+//! A ring of `EVENT_CAPACITY` slots of 16 words; the header's word 0 counts
+//! events ever written. A writer takes a sequence number with one fetch_add,
+//! zeroes the slot's first word (marking it invalid), writes the fields, then
+//! publishes `seq + 1` in the first word. A reader accepts a slot only if the
+//! first word is the same nonzero value before and after it read the fields.
+//! A writer killed halfway leaves a slot marked invalid: it is skipped.
+
+use crate::connector::{now_ns, MAX_NAME};
+use crate::layout::EVENT_CAPACITY;
+use crate::region::Region;
+use crate::sync::Ordering;
+
+/// Kinds of events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A member's death was noticed (`a`: the dead process's PID).
+    Detected,
+    /// The dead member was cleaned up (`a` released, `b` retained, `c` discarded).
+    CleanedUp,
+    /// A restart request was posted.
+    RequestPosted,
+    /// A request was claimed (`a`: the claimer's PID; `b`: 1 if taken over from a dead claimer).
+    Claimed,
+    /// Restart light started (`a`: its PID).
+    RestartLightStarted,
+    /// Uncommitted work backed out (`a` transactions, `b` updates undone).
+    BackedOut,
+    /// Retained locks released (`a` locks).
+    Released,
+    /// Restart light disconnected and ended normally (`a` peak RSS in KiB, `b` its run time in ns).
+    TerminatedNormally,
+    /// A restart-light process failed or was killed (`a`: exit code, or 128 + signal).
+    RestartLightFailed,
+    /// A member connected (`a`: PID).
+    Connected,
+    /// A member disconnected normally.
+    Disconnected,
+    /// A member restarted normally and recovered itself (`a` transactions backed out, `b` locks released).
+    RecoveredAtRestart,
+}
+
+const KINDS: [EventKind; 12] = [
+    EventKind::Detected,
+    EventKind::CleanedUp,
+    EventKind::RequestPosted,
+    EventKind::Claimed,
+    EventKind::RestartLightStarted,
+    EventKind::BackedOut,
+    EventKind::Released,
+    EventKind::TerminatedNormally,
+    EventKind::RestartLightFailed,
+    EventKind::Connected,
+    EventKind::Disconnected,
+    EventKind::RecoveredAtRestart,
+];
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Detected => "detected",
+            EventKind::CleanedUp => "cleaned_up",
+            EventKind::RequestPosted => "request_posted",
+            EventKind::Claimed => "claimed",
+            EventKind::RestartLightStarted => "restart_light_started",
+            EventKind::BackedOut => "backed_out",
+            EventKind::Released => "released",
+            EventKind::TerminatedNormally => "terminated_normally",
+            EventKind::RestartLightFailed => "restart_light_failed",
+            EventKind::Connected => "connected",
+            EventKind::Disconnected => "disconnected",
+            EventKind::RecoveredAtRestart => "recovered_at_restart",
+        }
+    }
+    fn code(self) -> u64 {
+        KINDS
+            .iter()
+            .position(|k| *k == self)
+            .map_or(0, |i| i as u64 + 1)
+    }
+    fn from_code(c: u64) -> Option<EventKind> {
+        KINDS.get((c as usize).checked_sub(1)?).copied()
+    }
+}
+
+/// One event as read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub seq: u64,
+    pub kind: EventKind,
+    /// The member the event is about.
+    pub member: String,
+    /// The member that acted, where one did.
+    pub by: Option<String>,
+    pub time_ns: u64,
+    pub a: u64,
+    pub b: u64,
+    pub c: u64,
+}
+
+const F_SEQ: u32 = 0;
+const F_KIND: u32 = 1;
+const F_TIME: u32 = 2;
+const F_A: u32 = 3;
+const F_NAME: u32 = 6;
+const F_BY: u32 = 10;
+
+fn name_words(name: &str) -> [u64; 4] {
+    let mut bytes = [0u8; MAX_NAME];
+    let n = name.len().min(MAX_NAME);
+    bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
+    let mut w = [0u64; 4];
+    for (i, chunk) in bytes.chunks(8).enumerate() {
+        w[i] = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+    }
+    w
+}
+
+fn words_name(w: [u64; 4]) -> String {
+    let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(MAX_NAME);
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Record an event now. `payload` is `[a, b, c]`.
+pub fn record(region: &Region, kind: EventKind, member: &str, by: Option<&str>, payload: [u64; 3]) {
+    record_at(region, kind, member, by, payload, now_ns());
+}
+
+/// Record an event with an explicit time (e.g. the moment a death was seen).
+pub fn record_at(
+    region: &Region,
+    kind: EventKind,
+    member: &str,
+    by: Option<&str>,
+    payload: [u64; 3],
+    time_ns: u64,
+) {
+    let seq = region.events_header(0).fetch_add(1, Ordering::AcqRel);
+    let slot = seq % EVENT_CAPACITY;
+    let f = |i| region.event_field(slot, i);
+    f(F_SEQ).store(0, Ordering::Release);
+    f(F_KIND).store(kind.code() | (by.is_some() as u64) << 32, Ordering::Relaxed);
+    f(F_TIME).store(time_ns, Ordering::Relaxed);
+    for (i, v) in payload.iter().enumerate() {
+        f(F_A + i as u32).store(*v, Ordering::Relaxed);
+    }
+    for (i, w) in name_words(member).iter().enumerate() {
+        f(F_NAME + i as u32).store(*w, Ordering::Relaxed);
+    }
+    for (i, w) in name_words(by.unwrap_or("")).iter().enumerate() {
+        f(F_BY + i as u32).store(*w, Ordering::Relaxed);
+    }
+    f(F_SEQ).store(seq + 1, Ordering::Release);
+}
+
+/// Every readable event still in the ring, oldest first.
+pub fn read_all(region: &Region) -> Vec<Event> {
+    read_since(region, 0)
+}
+
+/// Events with sequence number >= `from`, oldest first.
+pub fn read_since(region: &Region, from: u64) -> Vec<Event> {
+    let head = region.events_header(0).load(Ordering::Acquire);
+    let start = head.saturating_sub(EVENT_CAPACITY).max(from);
+    let mut out = Vec::new();
+    for seq in start..head {
+        let slot = seq % EVENT_CAPACITY;
+        let f = |i| region.event_field(slot, i);
+        let s1 = f(F_SEQ).load(Ordering::Acquire);
+        if s1 != seq + 1 {
+            continue;
+        }
+        let kind_word = f(F_KIND).load(Ordering::Relaxed);
+        let time_ns = f(F_TIME).load(Ordering::Relaxed);
+        let abc = [
+            f(F_A).load(Ordering::Relaxed),
+            f(F_A + 1).load(Ordering::Relaxed),
+            f(F_A + 2).load(Ordering::Relaxed),
+        ];
+        let name = words_name(std::array::from_fn(|i| {
+            f(F_NAME + i as u32).load(Ordering::Relaxed)
+        }));
+        let by = words_name(std::array::from_fn(|i| {
+            f(F_BY + i as u32).load(Ordering::Relaxed)
+        }));
+        crate::sync::fence_acquire();
+        if f(F_SEQ).load(Ordering::Relaxed) != s1 {
+            continue;
+        }
+        let Some(kind) = EventKind::from_code(kind_word & 0xffff_ffff) else {
+            continue;
+        };
+        out.push(Event {
+            seq,
+            kind,
+            member: name,
+            by: (kind_word >> 32 & 1 == 1).then_some(by),
+            time_ns,
+            a: abc[0],
+            b: abc[1],
+            c: abc[2],
+        });
+    }
+    out
+}
+
+/// Sequence number the next event will get.
+pub fn next_seq(region: &Region) -> u64 {
+    region.events_header(0).load(Ordering::Acquire)
+}

@@ -1,0 +1,187 @@
+//! The bank workload: transfers between random accounts. Both legs are made
+//! under modify locks (taken in account order, so members never deadlock), each
+//! leg logged before the account changes, then a commit record, then the locks
+//! are released. The total of all balances never changes; `--pause-us` pauses
+//! between the legs so that a kill often lands inside a transaction.
+
+use crate::bufpool::{BufferPool, PAGE};
+use crate::store::Store;
+use crate::wal::{LogRecord, LogWriter};
+use cf_core::{Holder, Mode, WaitError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Settings of the workload.
+#[derive(Clone, Debug)]
+pub struct BankConfig {
+    pub pause: Duration,
+    pub lock_timeout: Duration,
+    pub max_amount: i64,
+    /// Checkpoint (truncate) the log when it grows past this many bytes.
+    pub checkpoint_bytes: u64,
+}
+
+/// Counters of one member's workload.
+#[derive(Debug, Default)]
+pub struct BankStats {
+    pub committed: AtomicU64,
+    /// Transfers not started because a lock was retained or timed out.
+    pub skipped_retained: AtomicU64,
+    pub skipped_timeout: AtomicU64,
+}
+
+/// What the worker threads of one member share.
+pub struct Bank {
+    pub store: Store,
+    pub log: LogWriter,
+    pub pool: Option<Mutex<BufferPool>>,
+    pub config: BankConfig,
+    pub stats: BankStats,
+    pub stop: AtomicBool,
+    next_txid: AtomicU64,
+}
+
+/// A small xorshift generator (no need for cryptographic randomness here).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+impl Bank {
+    pub fn new(store: Store, log: LogWriter, pool: Option<BufferPool>, config: BankConfig) -> Bank {
+        let seed = cf_core::connector::now_ns();
+        Bank {
+            store,
+            log,
+            pool: pool.map(Mutex::new),
+            config,
+            stats: BankStats::default(),
+            stop: AtomicBool::new(false),
+            next_txid: AtomicU64::new(seed),
+        }
+    }
+
+    /// Read an account through the buffer pool, refreshing its page (we hold its lock).
+    fn read(&self, account: u64) -> anyhow::Result<i64> {
+        let value = self.store.balance(account)?;
+        if let Some(pool) = &self.pool {
+            let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+            let page = account * 16 / PAGE as u64;
+            let off = (account * 16 % PAGE as u64) as usize;
+            let frame = pool.frame(page, true, |f| {
+                f[off..off + 8].copy_from_slice(&value.to_le_bytes())
+            });
+            return Ok(i64::from_le_bytes(
+                frame[off..off + 8].try_into().unwrap_or([0; 8]),
+            ));
+        }
+        Ok(value)
+    }
+
+    /// Log and apply one leg (write-through the buffer pool).
+    fn leg(
+        &self,
+        txid: u64,
+        account: u64,
+        before: i64,
+        after: i64,
+        first: bool,
+    ) -> anyhow::Result<()> {
+        self.log.append(
+            &LogRecord::Update {
+                txid,
+                account,
+                before,
+                after,
+            },
+            first,
+            false,
+        )?;
+        self.store.set(account, after, txid)?;
+        if let Some(pool) = &self.pool {
+            let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+            let off = (account * 16 % PAGE as u64) as usize;
+            let frame = pool.frame(account * 16 / PAGE as u64, false, |_| {});
+            frame[off..off + 8].copy_from_slice(&after.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    /// One transfer. Returns false if it was skipped (a lock retained or busy).
+    pub fn transfer(&self, h: &mut Holder, rng: &mut Rng) -> anyhow::Result<bool> {
+        let n = self.store.count();
+        if n < 2 {
+            anyhow::bail!("the bank needs at least two accounts");
+        }
+        let from = rng.below(n);
+        let to = (from + 1 + rng.below(n - 1)) % n;
+        let (lo, hi) = (from.min(to), from.max(to));
+        let mut held = Vec::with_capacity(2);
+        for acct in [lo, hi] {
+            match h.lock(
+                Store::resource(acct).as_bytes(),
+                Mode::Modify,
+                self.config.lock_timeout,
+            )? {
+                Ok(id) => held.push(id),
+                Err(e) => {
+                    for id in held {
+                        h.unlock(id)?;
+                    }
+                    match e {
+                        WaitError::Retained(_) => {
+                            self.stats.skipped_retained.fetch_add(1, Ordering::Relaxed);
+                            // The retaining member is being recovered: give it a moment.
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        WaitError::Timeout(_) => {
+                            self.stats.skipped_timeout.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    return Ok(false);
+                }
+            }
+        }
+        let txid = self.next_txid.fetch_add(1, Ordering::Relaxed);
+        let amount = 1 + rng.below(self.config.max_amount.max(1) as u64) as i64;
+        let a = self.read(from)?;
+        let b = self.read(to)?;
+        self.leg(txid, from, a, a - amount, true)?;
+        cf_core::crash::point("bank.between_legs");
+        if !self.config.pause.is_zero() {
+            std::thread::sleep(self.config.pause);
+        }
+        self.leg(txid, to, b, b + amount, false)?;
+        self.log.append(&LogRecord::Commit { txid }, false, true)?;
+        for id in held {
+            h.unlock(id)?;
+        }
+        self.stats.committed.fetch_add(1, Ordering::Relaxed);
+        self.log.checkpoint(self.config.checkpoint_bytes)?;
+        Ok(true)
+    }
+
+    /// A worker thread's loop: transfer until told to stop.
+    pub fn run_worker(&self, mut h: Holder, seed: u64) -> anyhow::Result<()> {
+        let mut rng = Rng::seeded(seed);
+        while !self.stop.load(Ordering::Relaxed) {
+            self.transfer(&mut h, &mut rng)?;
+        }
+        Ok(())
+    }
+}

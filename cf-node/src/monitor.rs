@@ -1,0 +1,324 @@
+//! The peer monitor of a member: failure detection and restart requests.
+//!
+//! * **Watcher** (one thread): holds a pidfd for every other connected member,
+//!   opened and then checked against the slot's recorded start time (so a
+//!   reused PID is never taken for the member), and polls them all. When one
+//!   polls readable, or a slot names a process that is gone, it runs the
+//!   cf-core cleanup; the member that wins the cleanup claim records
+//!   `detected` (with the moment it noticed) and `cleaned_up`, and posts the
+//!   restart request. The slot table is re-read every poll timeout (20 ms), so
+//!   new members are watched within that time.
+//! * **Restarter** (one thread): sleeps on the request list's sequence word
+//!   (futex), wakes on any change, claims each request that needs a handler
+//!   (exactly one member wins each claim) and starts `cf-node restart-light`
+//!   as its child, waiting for it. A restart light that fails is started
+//!   again (up to `MAX_ATTEMPTS`, then the claim is given back). The restarter
+//!   also posts a request for any failed-persistent member that has none (its
+//!   detector died before posting, or every member was dead at once).
+
+use crate::pidfd;
+use cf_core::connector::{now_ns, slot_view};
+use cf_core::events::{self, EventKind};
+use cf_core::requests::{self, ClaimOutcome, RequestState};
+use cf_core::{cleanup_member, CleanupOutcome, MemberState, ProcessId, Region};
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const POLL: Duration = Duration::from_millis(20);
+const MAX_ATTEMPTS: u64 = 5;
+
+/// Settings and identity of the monitoring member.
+pub struct Monitor {
+    pub region: Arc<Region>,
+    pub plex_dir: PathBuf,
+    pub me_id: u32,
+    pub me_name: String,
+    pub me: ProcessId,
+    /// Wait this long after a request is posted before claiming it.
+    pub claim_delay: Duration,
+    /// The cf-node binary to start in restart-light mode.
+    pub exe: PathBuf,
+    pub stop: AtomicBool,
+    pub detections: AtomicU64,
+    pub restarts: AtomicU64,
+}
+
+impl Monitor {
+    pub fn spawn(self: &Arc<Self>) -> std::io::Result<()> {
+        let w = self.clone();
+        std::thread::Builder::new()
+            .name("watcher".into())
+            .spawn(move || w.watch())?;
+        let r = self.clone();
+        std::thread::Builder::new()
+            .name("restarter".into())
+            .spawn(move || r.restart_loop())?;
+        Ok(())
+    }
+
+    fn log_err<T>(&self, what: &str, r: anyhow::Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("cf-node {}: {what}: {e:#}", self.me_name);
+                None
+            }
+        }
+    }
+
+    // ---- detection ----
+
+    fn watch(&self) {
+        let mut peers: HashMap<u32, (u32, OwnedFd)> = HashMap::new();
+        while !self.stop.load(Ordering::Relaxed) {
+            self.rescan(&mut peers);
+            let ids: Vec<u32> = peers.keys().copied().collect();
+            let fds: Vec<&OwnedFd> = ids.iter().map(|i| &peers[i].1).collect();
+            let ready = match pidfd::poll_readable(&fds, POLL) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cf-node {}: poll: {e}", self.me_name);
+                    std::thread::sleep(POLL);
+                    continue;
+                }
+            };
+            let seen = now_ns();
+            for i in ready {
+                let id = ids[i];
+                peers.remove(&id);
+                self.on_death(id, seen);
+            }
+        }
+    }
+
+    /// Watch every slot with a process; notice the ones already dead.
+    fn rescan(&self, peers: &mut HashMap<u32, (u32, OwnedFd)>) {
+        for id in 0..self.region.members() {
+            if id == self.me_id {
+                continue;
+            }
+            let Some(slot) = self.log_err(
+                "reading the connector table",
+                slot_view(&self.region, id).map_err(Into::into),
+            ) else {
+                continue;
+            };
+            if !slot.state.has_process() && slot.state != MemberState::Cleaning {
+                peers.remove(&id);
+                continue;
+            }
+            if peers.get(&id).is_some_and(|(g, _)| *g == slot.generation) {
+                continue;
+            }
+            if slot.state == MemberState::Cleaning {
+                // A cleaner died halfway: finish its job.
+                self.on_death(id, now_ns());
+                continue;
+            }
+            match pidfd::open(slot.process.pid) {
+                // Opened: the fd is tied to whatever process has that PID now,
+                // so check it is the member's (same start time, not a zombie).
+                Ok(fd) if slot.process.is_alive() => {
+                    peers.insert(id, (slot.generation, fd));
+                }
+                _ => self.on_death(id, now_ns()),
+            }
+        }
+    }
+
+    fn on_death(&self, id: u32, seen_ns: u64) {
+        let Ok(slot) = slot_view(&self.region, id) else {
+            return;
+        };
+        let outcome = match cleanup_member(&self.region, id) {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("cf-node {}: cleaning up connector {id}: {e}", self.me_name);
+                return;
+            }
+        };
+        if let CleanupOutcome::Cleaned(rep) = outcome {
+            self.detections.fetch_add(1, Ordering::Relaxed);
+            let me = Some(self.me_name.as_str());
+            events::record_at(
+                &self.region,
+                EventKind::Detected,
+                &rep.name,
+                me,
+                [slot.process.pid as u64, 0, 0],
+                seen_ns,
+            );
+            events::record(
+                &self.region,
+                EventKind::CleanedUp,
+                &rep.name,
+                me,
+                [
+                    rep.released as u64,
+                    rep.retained as u64,
+                    rep.discarded as u64,
+                ],
+            );
+            self.post(id, &rep.name);
+        }
+    }
+
+    fn post(&self, id: u32, name: &str) {
+        let _ = requests::post(&self.region, id, Some(self.me_id), || {
+            events::record(
+                &self.region,
+                EventKind::RequestPosted,
+                name,
+                Some(&self.me_name),
+                [0, 0, 0],
+            )
+        });
+    }
+
+    // ---- restart requests ----
+
+    fn restart_loop(&self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let seq = requests::sequence(&self.region);
+            let mut soonest = Duration::from_millis(100);
+            for id in 0..self.region.members() {
+                if self.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Some(wait) = self.consider(id) {
+                    soonest = soonest.min(wait);
+                }
+            }
+            requests::wait_for_change(&self.region, seq, soonest);
+        }
+    }
+
+    /// Look at member `id`: post a missing request, claim and handle one that
+    /// needs a handler. Returns how long to wait before looking again, if soon.
+    fn consider(&self, id: u32) -> Option<Duration> {
+        let slot = slot_view(&self.region, id).ok()?;
+        let reqs = requests::list(&self.region).ok()?;
+        let req = reqs.iter().find(|r| r.member_id == id);
+        if slot.state == MemberState::FailedPersistent && req.is_none() {
+            self.post(id, &slot.name);
+            return Some(Duration::ZERO);
+        }
+        let req = req?;
+        if !requests::needs_handler(&self.region, id).ok()? {
+            return None;
+        }
+        if req.state == RequestState::Pending {
+            let ready_at = req.posted_unix_ns + self.claim_delay.as_nanos() as u64;
+            let now = now_ns();
+            if now < ready_at {
+                return Some(Duration::from_nanos(ready_at - now));
+            }
+        }
+        match requests::claim(&self.region, id, self.me_id, &self.me) {
+            Ok(ClaimOutcome::Claimed { taken_over }) => {
+                events::record(
+                    &self.region,
+                    EventKind::Claimed,
+                    &slot.name,
+                    Some(&self.me_name),
+                    [self.me.pid as u64, taken_over as u64, 0],
+                );
+                cf_core::crash::point("handler.claimed");
+                self.handle(id, &slot.name);
+                Some(Duration::ZERO)
+            }
+            _ => None,
+        }
+    }
+
+    /// Drive the claimed request for `id` until its member needs no restart.
+    fn handle(&self, id: u32, name: &str) {
+        let mut attempts = 0;
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                let _ = requests::unclaim(&self.region, id, &self.me);
+                return;
+            }
+            let Ok(slot) = slot_view(&self.region, id) else {
+                return;
+            };
+            if slot.name != name || slot.state == MemberState::Free {
+                // Recovered (and perhaps the slot reused): nothing left to do.
+                let _ = requests::complete(&self.region, id);
+                return;
+            }
+            match slot.state {
+                MemberState::FailedPersistent => {}
+                MemberState::Active if slot.is_alive() => {
+                    // Restarted normally: it recovers itself.
+                    let _ = requests::complete(&self.region, id);
+                    return;
+                }
+                MemberState::Recovering | MemberState::Connecting if slot.is_alive() => {
+                    // A restart light started by a claimer that died: let it finish.
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+                _ => {
+                    // Dead but not cleaned up (e.g. a restart light killed): clean it.
+                    if let Ok(CleanupOutcome::InProgress { .. }) = cleanup_member(&self.region, id)
+                    {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    continue;
+                }
+            }
+            if attempts >= MAX_ATTEMPTS {
+                eprintln!("cf-node {}: restart light of {name} failed {attempts} times; giving the request back", self.me_name);
+                let _ = requests::unclaim(&self.region, id, &self.me);
+                return;
+            }
+            attempts += 1;
+            self.restarts.fetch_add(1, Ordering::Relaxed);
+            let child = Command::new(&self.exe)
+                .arg("restart-light")
+                .arg("--plex")
+                .arg(&self.plex_dir)
+                .arg("--member")
+                .arg(name)
+                .arg("--by")
+                .arg(&self.me_name)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .spawn();
+            let mut child = match child {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("cf-node {}: starting restart light: {e}", self.me_name);
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            if let Ok(Some(p)) = ProcessId::of(child.id()) {
+                let _ = requests::set_worker(&self.region, id, &p);
+            }
+            match child.wait() {
+                Ok(st) if st.success() => {}
+                Ok(st) => {
+                    let code = st
+                        .code()
+                        .map_or_else(|| 128 + st.signal().unwrap_or(0) as u64, |c| c as u64);
+                    events::record(
+                        &self.region,
+                        EventKind::RestartLightFailed,
+                        name,
+                        Some(&self.me_name),
+                        [code, 0, 0],
+                    );
+                }
+                Err(e) => eprintln!("cf-node {}: waiting for restart light: {e}", self.me_name),
+            }
+        }
+    }
+}

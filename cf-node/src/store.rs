@@ -1,0 +1,317 @@
+//! The shared accounts file: the data that member transactions change under
+//! modify locks. One file in the plex (`accounts`), mapped `MAP_SHARED` by
+//! every member, little-endian throughout:
+//!
+//! ```text
+//! offset  size  field
+//! 0       8     magic "CFACCT01"
+//! 8       4     version (1)
+//! 12      4     record size (16)
+//! 16      8     number of accounts N
+//! 24      8     initial balance per account (i64)
+//! 32      8     FNV-1a 64 checksum of bytes 0..32
+//! 40      24    zero
+//! 64      16*N  records: balance (i64), id of the last transaction that changed it (u64)
+//! ```
+//! The file is exactly `64 + 16 * N` bytes. Like the region, it is untrusted:
+//! it is opened without following symlinks, must belong to this user, and every
+//! account index is checked.
+
+use memmap2::MmapMut;
+use std::fs::OpenOptions;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+pub const ACCOUNTS_FILE: &str = "accounts";
+const MAGIC: &[u8; 8] = b"CFACCT01";
+const VERSION: u32 = 1;
+const HEADER: u64 = 64;
+const RECORD: u64 = 16;
+/// Most accounts a file may hold.
+pub const MAX_ACCOUNTS: u64 = 1 << 26;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}: no accounts file (create one with `cfctl create --accounts N`)")]
+    NotFound(PathBuf),
+    #[error("{0} already exists")]
+    Exists(PathBuf),
+    #[error("{0} is a symbolic link; refusing to follow it")]
+    Symlink(PathBuf),
+    #[error("{path} is owned by uid {owner}, not by this user")]
+    ForeignOwner { path: PathBuf, owner: u32 },
+    #[error("{path}: not an accounts file: {what}")]
+    Bad { path: PathBuf, what: String },
+    #[error("account {index} out of range ({count} accounts)")]
+    OutOfRange { index: u64, count: u64 },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The mapped accounts file.
+pub struct Store {
+    map: MmapMut,
+    count: u64,
+    initial: i64,
+    path: PathBuf,
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn header_bytes(count: u64, initial: i64) -> [u8; 64] {
+    let mut h = [0u8; 64];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&(RECORD as u32).to_le_bytes());
+    h[16..24].copy_from_slice(&count.to_le_bytes());
+    h[24..32].copy_from_slice(&initial.to_le_bytes());
+    let sum = fnv(&h[..32]);
+    h[32..40].copy_from_slice(&sum.to_le_bytes());
+    h
+}
+
+impl Store {
+    pub fn path_in(plex_dir: &Path) -> PathBuf {
+        plex_dir.join(ACCOUNTS_FILE)
+    }
+
+    /// Create the accounts file with `count` accounts of `balance` each.
+    pub fn create(
+        plex_dir: &Path,
+        count: u64,
+        balance: i64,
+        group_access: bool,
+    ) -> Result<Store, StoreError> {
+        let path = Self::path_in(plex_dir);
+        if count == 0 || count > MAX_ACCOUNTS {
+            return Err(StoreError::Bad {
+                path,
+                what: format!("account count {count} (1 to {MAX_ACCOUNTS})"),
+            });
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(if group_access { 0o660 } else { 0o600 })
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => StoreError::Exists(path.clone()),
+                _ => StoreError::Io {
+                    path: path.clone(),
+                    source: e,
+                },
+            })?;
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        file.set_len(HEADER + RECORD * count).map_err(io)?;
+        // SAFETY: a new file of ours with the right length; shared with other
+        // processes, which is why records are only accessed through atomics.
+        let map = unsafe { MmapMut::map_mut(&file) }.map_err(io)?;
+        let mut store = Store {
+            map,
+            count,
+            initial: balance,
+            path,
+        };
+        for i in 0..count {
+            store.balance_cell(i).store(balance, Ordering::Relaxed);
+        }
+        // Header (magic included) last: a half-made file is refused by open.
+        store.map[8..64].copy_from_slice(&header_bytes(count, balance)[8..]);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        store.map[..8].copy_from_slice(MAGIC);
+        Ok(store)
+    }
+
+    /// Open and validate the accounts file of a plex.
+    pub fn open(plex_dir: &Path) -> Result<Store, StoreError> {
+        let path = Self::path_in(plex_dir);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(path))
+            }
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        if meta.file_type().is_symlink() {
+            return Err(StoreError::Symlink(path));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        let meta = file.metadata().map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(StoreError::ForeignOwner {
+                path,
+                owner: meta.uid(),
+            });
+        }
+        let bad = |what: String| StoreError::Bad {
+            path: path.clone(),
+            what,
+        };
+        if !meta.file_type().is_file() || meta.len() < HEADER {
+            return Err(bad(format!(
+                "{} bytes, shorter than the header",
+                meta.len()
+            )));
+        }
+        // SAFETY: as in `create`; the size is checked against the header below
+        // before any record is touched.
+        let map = unsafe { MmapMut::map_mut(&file) }.map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if &map[..8] != MAGIC {
+            return Err(bad("wrong magic".into()));
+        }
+        let u32_at = |o: usize| u32::from_le_bytes(map[o..o + 4].try_into().unwrap_or([0; 4]));
+        let u64_at = |o: usize| u64::from_le_bytes(map[o..o + 8].try_into().unwrap_or([0; 8]));
+        if u32_at(8) != VERSION || u32_at(12) != RECORD as u32 {
+            return Err(bad(format!(
+                "version {} record size {}",
+                u32_at(8),
+                u32_at(12)
+            )));
+        }
+        if fnv(&map[..32]) != u64_at(32) {
+            return Err(bad("header checksum mismatch".into()));
+        }
+        let count = u64_at(16);
+        if count == 0 || count > MAX_ACCOUNTS || map.len() as u64 != HEADER + RECORD * count {
+            return Err(bad(format!("{} bytes for {count} accounts", map.len())));
+        }
+        let initial = u64_at(24) as i64;
+        Ok(Store {
+            map,
+            count,
+            initial,
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+    pub fn initial_balance(&self) -> i64 {
+        self.initial
+    }
+    /// The total the bank must always add up to.
+    pub fn expected_total(&self) -> i128 {
+        self.initial as i128 * self.count as i128
+    }
+
+    fn balance_cell(&self, i: u64) -> &AtomicI64 {
+        assert!(i < self.count, "internal: account index checked by callers");
+        let off = (HEADER + RECORD * i) as usize;
+        // SAFETY: `off` is inside the mapping (i < count and the length is
+        // 64 + 16 * count) and 8-aligned (the mapping is page-aligned); an
+        // AtomicI64 is valid for any bits and lives as long as &self.
+        unsafe { &*(self.map.as_ptr().add(off) as *const AtomicI64) }
+    }
+
+    fn txid_cell(&self, i: u64) -> &AtomicU64 {
+        assert!(i < self.count, "internal: account index checked by callers");
+        let off = (HEADER + RECORD * i + 8) as usize;
+        // SAFETY: as in `balance_cell`, 8 bytes further, still inside record i.
+        unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU64) }
+    }
+
+    fn check(&self, i: u64) -> Result<u64, StoreError> {
+        if i < self.count {
+            Ok(i)
+        } else {
+            Err(StoreError::OutOfRange {
+                index: i,
+                count: self.count,
+            })
+        }
+    }
+
+    pub fn balance(&self, i: u64) -> Result<i64, StoreError> {
+        Ok(self.balance_cell(self.check(i)?).load(Ordering::Acquire))
+    }
+
+    /// Set a balance (the caller holds the account's modify lock and has
+    /// logged the change).
+    pub fn set(&self, i: u64, value: i64, txid: u64) -> Result<(), StoreError> {
+        let i = self.check(i)?;
+        self.txid_cell(i).store(txid, Ordering::Relaxed);
+        self.balance_cell(i).store(value, Ordering::Release);
+        Ok(())
+    }
+
+    /// Sum of all balances (exact while no transaction is in flight).
+    pub fn total(&self) -> i128 {
+        (0..self.count)
+            .map(|i| self.balance_cell(i).load(Ordering::Acquire) as i128)
+            .sum()
+    }
+
+    /// The resource name of an account's lock.
+    pub fn resource(i: u64) -> String {
+        format!("acct:{i}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_open_and_refuse_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path(), 10, 100, false).unwrap();
+        assert_eq!(s.total(), 1000);
+        s.set(3, 150, 7).unwrap();
+        assert!(matches!(
+            s.set(10, 1, 1),
+            Err(StoreError::OutOfRange { .. })
+        ));
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.balance(3).unwrap(), 150);
+        assert_eq!(s.expected_total(), 1000);
+        assert!(matches!(
+            Store::create(dir.path(), 10, 100, false),
+            Err(StoreError::Exists(_))
+        ));
+        let f = OpenOptions::new()
+            .write(true)
+            .open(Store::path_in(dir.path()))
+            .unwrap();
+        f.set_len(64 + 16 * 9).unwrap();
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Bad { .. })
+        ));
+    }
+}
