@@ -58,7 +58,7 @@ pub use {
     lock::{HolderInfo, LockId, TryOutcome, WaitError},
     member::{ConnectMode, DisconnectReport, Member},
     records::{Mode, Resource},
-    recovery::{cleanup_member, CleanupOutcome, CleanupReport},
+    recovery::{cleanup_member, cleanup_member_as, CleanupOutcome, CleanupReport},
     region::{CreateOptions, Plex, Region},
 };
 

@@ -273,7 +273,7 @@ impl Holder {
         let give_up = |tag: &crate::sync::AtomicU32| tag.store(TAG_FREE, Ordering::Release);
         loop {
             self.m.check_still_connected()?;
-            let named = match latch_entry(region, entry, me, deadline) {
+            let named = match latch_entry(region, entry, me, deadline, Some(me)) {
                 Ok(named) => named,
                 Err(LatchWait::TimedOut(holder)) => {
                     give_up(tag);
@@ -335,7 +335,7 @@ impl Holder {
                 // Check the holders' processes before answering "contention".
                 let mut cleaned = false;
                 for r in &conflicts {
-                    cleaned |= crate::recovery::clean_if_dead(region, r.member)?;
+                    cleaned |= crate::recovery::clean_if_dead(region, r.member, Some(me))?;
                 }
                 if cleaned {
                     continue;
@@ -358,7 +358,7 @@ impl Holder {
                 if word.load(Ordering::Relaxed) == seen {
                     // Nothing changed for a whole slice: are the holders alive?
                     for r in &conflicts {
-                        crate::recovery::clean_if_dead(region, r.member)?;
+                        crate::recovery::clean_if_dead(region, r.member, Some(me))?;
                     }
                     slice = (slice * 2).min(MAX_SLICE);
                 }
@@ -467,12 +467,14 @@ impl From<CorruptError> for LatchWait {
 }
 
 /// Latch `entry` as connector `as_id`, waiting for a live latch holder and
-/// cleaning up a dead one. Returns the connectors the word named.
+/// cleaning up a dead one (on behalf of member `by`, for the events). Returns
+/// the connectors the word named.
 pub(crate) fn latch_entry(
     region: &Region,
     entry: u32,
     as_id: u32,
     deadline: Option<Instant>,
+    by: Option<u32>,
 ) -> Result<u64, LatchWait> {
     let word = region.word(entry)?;
     let mut slice = Duration::from_micros(50);
@@ -499,7 +501,7 @@ pub(crate) fn latch_entry(
                     lockword::sleep(word, high, slice);
                 }
                 if word.load(Ordering::Relaxed) == seen.0 | lockword::WAITERS {
-                    crate::recovery::clean_if_dead(region, holder)?;
+                    crate::recovery::clean_if_dead(region, holder, by)?;
                     slice = (slice * 2).min(MAX_SLICE);
                 }
             }
@@ -557,7 +559,7 @@ pub(crate) fn release_slow(
     entry: u32,
 ) -> Result<(), LockError> {
     let word = region.word(entry)?;
-    let named = match latch_entry(region, entry, member, None) {
+    let named = match latch_entry(region, entry, member, None, Some(member)) {
         Ok(n) => n,
         Err(LatchWait::Corrupt(e)) => return Err(e.into()),
         Err(LatchWait::TimedOut(_)) => unreachable!("no deadline"),

@@ -43,11 +43,13 @@
 use crate::claim::{self, Claim};
 use crate::connector::{self, ConnectLatch, MemberState, F_CLEANUP, F_FAILED_NS};
 use crate::error::CorruptError;
+use crate::events::{self, EventKind};
 use crate::identity::ProcessId;
 use crate::lock::{bits, latch_entry, LatchWait};
 use crate::lockword;
 use crate::records::{self, BLK_OWNER, BLOCK_RETAINED, TAG_FREE};
 use crate::region::Region;
+use crate::requests;
 use crate::sync::Ordering;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -105,10 +107,14 @@ pub(crate) fn may_steal_latch(region: &Region, holder: u32) -> bool {
 /// If connector `c`'s process is dead, make sure it is cleaned up (by us or by
 /// the cleaner already at work). True if its state changed so that a request
 /// should look again.
-pub(crate) fn clean_if_dead(region: &Region, c: u32) -> Result<bool, CorruptError> {
+pub(crate) fn clean_if_dead(
+    region: &Region,
+    c: u32,
+    by: Option<u32>,
+) -> Result<bool, CorruptError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match cleanup_member(region, c)? {
+        match cleanup_member_as(region, c, by, None)? {
             CleanupOutcome::Cleaned(_) => return Ok(true),
             CleanupOutcome::NotDead | CleanupOutcome::AlreadyDone => return Ok(false),
             CleanupOutcome::InProgress { .. } => {
@@ -127,6 +133,64 @@ pub(crate) fn clean_if_dead(region: &Region, c: u32) -> Result<bool, CorruptErro
 
 /// Clean up connector `c` if its process is dead. See the module docs.
 pub fn cleanup_member(region: &Region, c: u32) -> Result<CleanupOutcome, CorruptError> {
+    cleanup_member_as(region, c, None, None)
+}
+
+/// Clean up connector `c` if its process is dead, on behalf of member `by`
+/// (recorded in the events with `seen_ns`, the moment the death was noticed,
+/// or now). The cleaner that wins records `detected` and `cleaned_up` and
+/// posts the restart request (`request_posted`).
+pub fn cleanup_member_as(
+    region: &Region,
+    c: u32,
+    by: Option<u32>,
+    seen_ns: Option<u64>,
+) -> Result<CleanupOutcome, CorruptError> {
+    let seen_ns = seen_ns.unwrap_or_else(connector::now_ns);
+    let dead_pid = connector::process_of(region, region.check_member(c)?).pid;
+    let outcome = cleanup_claimed(region, c, by)?;
+    if let CleanupOutcome::Cleaned(rep) = &outcome {
+        let by_name = by
+            .and_then(|b| connector::slot_view(region, b).ok())
+            .map(|s| s.name);
+        let by_name = by_name.as_deref();
+        events::record_at(
+            region,
+            EventKind::Detected,
+            &rep.name,
+            by_name,
+            [dead_pid as u64, 0, 0],
+            seen_ns,
+        );
+        events::record(
+            region,
+            EventKind::CleanedUp,
+            &rep.name,
+            by_name,
+            [
+                rep.released as u64,
+                rep.retained as u64,
+                rep.discarded as u64,
+            ],
+        );
+        requests::post(region, c, by, || {
+            events::record(
+                region,
+                EventKind::RequestPosted,
+                &rep.name,
+                by_name,
+                [0, 0, 0],
+            )
+        })?;
+    }
+    Ok(outcome)
+}
+
+fn cleanup_claimed(
+    region: &Region,
+    c: u32,
+    by: Option<u32>,
+) -> Result<CleanupOutcome, CorruptError> {
     let c = region.check_member(c)?;
     let st = connector::load_state(region, c)?;
     match st.state {
@@ -158,14 +222,19 @@ pub fn cleanup_member(region: &Region, c: u32) -> Result<CleanupOutcome, Corrupt
     connector::store_state(region, c, MemberState::Cleaning, st.generation);
     crate::crash::point("cleanup.claimed");
     CLEANING.with(|s| s.borrow_mut().insert(c));
-    let result = walk(region, c, st.generation);
+    let result = walk(region, c, st.generation, by);
     CLEANING.with(|s| s.borrow_mut().remove(&c));
     // Success or a damaged region: either way this process stops cleaning.
     claim::release(claim, me);
     Ok(CleanupOutcome::Cleaned(result?))
 }
 
-fn walk(region: &Region, c: u32, generation: u32) -> Result<CleanupReport, CorruptError> {
+fn walk(
+    region: &Region,
+    c: u32,
+    generation: u32,
+    by: Option<u32>,
+) -> Result<CleanupReport, CorruptError> {
     let mut report = CleanupReport {
         member: c,
         name: connector::name_of(region, c),
@@ -180,7 +249,7 @@ fn walk(region: &Region, c: u32, generation: u32) -> Result<CleanupReport, Corru
         .map(|r| r.entry)
         .collect();
     for e in entries {
-        settle_entry(region, c, e, &mut report)?;
+        settle_entry(region, c, e, &mut report, by)?;
     }
     crate::crash::point("cleanup.before_final_state");
     let left = records::all_records(region, c)?;
@@ -221,9 +290,10 @@ fn settle_entry(
     c: u32,
     e: u32,
     report: &mut CleanupReport,
+    by: Option<u32>,
 ) -> Result<(), CorruptError> {
     let word = region.word(e)?;
-    let named = match latch_entry(region, e, c, None) {
+    let named = match latch_entry(region, e, c, None, by) {
         Ok(n) => n,
         Err(LatchWait::Corrupt(err)) => return Err(err),
         Err(LatchWait::TimedOut(_)) => unreachable!("no deadline"),

@@ -73,7 +73,7 @@ pub fn backout(
             }
         }
     }
-    todo.sort_by(|a, b| b.0.cmp(&a.0));
+    todo.sort_by_key(|t| std::cmp::Reverse(t.0));
     for (lsn, txid, account, before) in todo {
         store.set(account, before, txid)?;
         log.append(

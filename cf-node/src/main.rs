@@ -252,20 +252,23 @@ fn run(a: RunArgs) -> Result<()> {
         .as_ref()
         .map_or(0, |b| b.stats.skipped_retained.load(Ordering::Relaxed));
     let rss = peak_rss_kib().unwrap_or(0);
-    if a.json {
-        println!(
+    let mut out = std::io::stdout().lock();
+    let _ = if a.json {
+        writeln!(
+            out,
             "{{\"member\":\"{}\",\"committed\":{committed},\"skipped_retained\":{skipped},\"detections\":{},\"restarts\":{},\"peak_rss_kib\":{rss}}}",
             a.member,
             monitor.detections.load(Ordering::Relaxed),
             monitor.restarts.load(Ordering::Relaxed)
-        );
+        )
     } else {
-        println!(
+        writeln!(
+            out,
             "member {} stopped by {sig}: {committed} transfers committed, {skipped} skipped on retained locks, {} deaths detected, {} restarts run; peak RSS {rss} KiB",
             a.member,
             monitor.detections.load(Ordering::Relaxed),
             monitor.restarts.load(Ordering::Relaxed)
-        );
-    }
+        )
+    };
     Ok(())
 }

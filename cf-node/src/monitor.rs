@@ -20,7 +20,7 @@ use crate::pidfd;
 use cf_core::connector::{now_ns, slot_view};
 use cf_core::events::{self, EventKind};
 use cf_core::requests::{self, ClaimOutcome, RequestState};
-use cf_core::{cleanup_member, CleanupOutcome, MemberState, ProcessId, Region};
+use cf_core::{cleanup_member_as, CleanupOutcome, MemberState, ProcessId, Region};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
@@ -133,39 +133,13 @@ impl Monitor {
     }
 
     fn on_death(&self, id: u32, seen_ns: u64) {
-        let Ok(slot) = slot_view(&self.region, id) else {
-            return;
-        };
-        let outcome = match cleanup_member(&self.region, id) {
-            Ok(o) => o,
-            Err(e) => {
-                eprintln!("cf-node {}: cleaning up connector {id}: {e}", self.me_name);
-                return;
+        // The cleanup records `detected`, `cleaned_up` and posts the request.
+        match cleanup_member_as(&self.region, id, Some(self.me_id), Some(seen_ns)) {
+            Ok(CleanupOutcome::Cleaned(_)) => {
+                self.detections.fetch_add(1, Ordering::Relaxed);
             }
-        };
-        if let CleanupOutcome::Cleaned(rep) = outcome {
-            self.detections.fetch_add(1, Ordering::Relaxed);
-            let me = Some(self.me_name.as_str());
-            events::record_at(
-                &self.region,
-                EventKind::Detected,
-                &rep.name,
-                me,
-                [slot.process.pid as u64, 0, 0],
-                seen_ns,
-            );
-            events::record(
-                &self.region,
-                EventKind::CleanedUp,
-                &rep.name,
-                me,
-                [
-                    rep.released as u64,
-                    rep.retained as u64,
-                    rep.discarded as u64,
-                ],
-            );
-            self.post(id, &rep.name);
+            Ok(_) => {}
+            Err(e) => eprintln!("cf-node {}: cleaning up connector {id}: {e}", self.me_name),
         }
     }
 
@@ -267,7 +241,8 @@ impl Monitor {
                 }
                 _ => {
                     // Dead but not cleaned up (e.g. a restart light killed): clean it.
-                    if let Ok(CleanupOutcome::InProgress { .. }) = cleanup_member(&self.region, id)
+                    if let Ok(CleanupOutcome::InProgress { .. }) =
+                        cleanup_member_as(&self.region, id, Some(self.me_id), None)
                     {
                         std::thread::sleep(Duration::from_millis(1));
                     }

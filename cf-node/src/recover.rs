@@ -7,7 +7,8 @@
 //! 2. back out losers (`backout.rs`: data, then CLR, then ABORT);
 //! 3. release the retained locks one by one (a death here leaves the rest
 //!    retained; the next recovery releases them);
-//! 4. truncate the log (everything in it is now committed or aborted);
+//! 4. truncate the log (everything in it is now committed or aborted).
+//!
 //! Restart light then disconnects and completes the restart request.
 
 use crate::backout::{backout, BackoutReport};

@@ -1,5 +1,6 @@
 //! `cfctl`: the operator's and experimenter's tool for a coupling-facility plex.
 
+mod demo;
 mod display;
 mod locks;
 mod plex;
@@ -30,6 +31,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the demo: three members, one killed inside a transaction, recovered by restart light
+    Demo(demo::DemoArgs),
     /// Create a plex: its directory (0700) and region file (0600, never over an existing one)
     Create(plex::CreateArgs),
     /// Remove a plex's region (refuses while live members are connected, unless --force)
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let plex = cf_core::Plex::resolve(cli.plex.as_deref());
     let result = match cli.cmd {
+        Cmd::Demo(a) => demo::run(cli.plex.as_deref(), a),
         Cmd::Create(a) => plex::create(&plex, a),
         Cmd::Destroy(a) => plex::destroy(&plex, a),
         Cmd::Verify(a) => plex::verify(&plex, a),
