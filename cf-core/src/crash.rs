@@ -1,8 +1,11 @@
 //! Named crash points. With the `crash-points` feature (tests only), a process
 //! whose environment has `CF_CRASH_AT=<name>` (or `<name>@<n>`: the n-th time,
 //! counting from 1) sends itself `SIGKILL` when it reaches that point, so a test
-//! can kill a real process at an exact step of a protocol. Without the feature
-//! every crash point compiles to nothing.
+//! can kill a real process at an exact step of a protocol. Children inherit the
+//! environment; with `CF_CRASH_ONCE=<path>` as well, only the first process to
+//! reach the point (the one that creates `<path>`) is killed, so a retry by a
+//! child of the same parent runs through. Without the feature every crash point
+//! compiles to nothing.
 
 /// Every crash point in the protocols, for tests to iterate over.
 pub const CRASH_POINTS: &[&str] = &[
@@ -52,9 +55,21 @@ mod imp {
         })
     }
 
+    /// With CF_CRASH_ONCE=<path>: true only for the process that creates <path>.
+    fn first_process() -> bool {
+        match std::env::var_os("CF_CRASH_ONCE") {
+            None => true,
+            Some(path) => std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .is_ok(),
+        }
+    }
+
     pub fn hit(name: &str) {
         if let Some((want, nth)) = target() {
-            if want == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
+            if want == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *nth && first_process() {
                 // SAFETY: raise() has no memory-safety preconditions.
                 unsafe {
                     libc::raise(libc::SIGKILL);

@@ -58,7 +58,10 @@ fn cf_node_binary() -> Result<PathBuf> {
     let me = std::env::current_exe().context("finding cfctl's own path")?;
     let p = me.with_file_name("cf-node");
     if !p.exists() {
-        bail!("cf-node not found next to cfctl ({}): build the whole workspace", p.display());
+        bail!(
+            "cf-node not found next to cfctl ({}): build the whole workspace",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -71,7 +74,15 @@ fn start_member(
     claim_delay_ms: u64,
 ) -> Result<(Child, BufReader<std::process::ChildStdout>)> {
     let mut child = Command::new(exe)
-        .args(["run", "--member", name, "--threads", "1", "--buffer-pool-mb", "64"])
+        .args([
+            "run",
+            "--member",
+            name,
+            "--threads",
+            "1",
+            "--buffer-pool-mb",
+            "64",
+        ])
         .arg("--pause-us")
         .arg(pause_us.to_string())
         .arg("--claim-delay-ms")
@@ -104,10 +115,19 @@ fn ms(ns: u64) -> String {
 }
 
 /// Wait for an event about `member` of `kind`, up to `limit`.
-fn wait_event(region: &Region, from: u64, member: &str, kind: EventKind, limit: Duration) -> Result<Event> {
+fn wait_event(
+    region: &Region,
+    from: u64,
+    member: &str,
+    kind: EventKind,
+    limit: Duration,
+) -> Result<Event> {
     let t = Instant::now();
     loop {
-        if let Some(e) = events::read_since(region, from).into_iter().find(|e| e.kind == kind && e.member == member) {
+        if let Some(e) = events::read_since(region, from)
+            .into_iter()
+            .find(|e| e.kind == kind && e.member == member)
+        {
             return Ok(e);
         }
         if t.elapsed() > limit {
@@ -130,16 +150,27 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
         dir
     };
     let plex = Plex { dir: dir.clone() };
-    let _cleanup = Plexdir { dir: dir.clone(), keep: a.keep || plex_arg.is_some() };
+    let _cleanup = Plexdir {
+        dir: dir.clone(),
+        keep: a.keep || plex_arg.is_some(),
+    };
     println!("== cfctl demo: a member dies holding modify locks; a peer restarts it light ==\n");
     let opts = CreateOptions {
-        sizes: Sizes { lock_entries: 1 << 16, members: 8, records_per_member: 1024 },
+        sizes: Sizes {
+            lock_entries: 1 << 16,
+            members: 8,
+            records_per_member: 1024,
+        },
         group_access: false,
     };
     let region = Region::create(&plex, &opts)?;
     Store::create(&dir, a.accounts, 1000, false)?;
     let expected = a.accounts as i128 * 1000;
-    println!("1. Created plex {} (the coupling facility) and {} accounts of 1000 (total {expected}).", dir.display(), a.accounts);
+    println!(
+        "1. Created plex {} (the coupling facility) and {} accounts of 1000 (total {expected}).",
+        dir.display(),
+        a.accounts
+    );
 
     let mut members = Members(Vec::new());
     for (name, pause) in [("SYSA", 200u64), ("SYSB", 20_000), ("SYSC", 200)] {
@@ -147,7 +178,9 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
         members.0.push((name.to_string(), child, out));
     }
     println!("2. Started members SYSA, SYSB, SYSC (cf-node run --workload bank); each transfer takes two");
-    println!("   modify locks, logs each leg, commits, releases. SYSB pauses 20 ms between its legs.");
+    println!(
+        "   modify locks, logs each leg, commits, releases. SYSB pauses 20 ms between its legs."
+    );
     std::thread::sleep(Duration::from_millis(600));
 
     // Kill SYSB between the two legs of a transfer: its log ends with an UPDATE.
@@ -165,7 +198,10 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
             let from = events::next_seq(&region);
             let t = cf_core::connector::now_ns();
             let pid = members.0[1].1.id();
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)?;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )?;
             let _ = members.0[1].1.wait();
             break ((locks, from), t);
         }
@@ -180,17 +216,38 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
         println!("      {} (lock table entry {})", l.resource, l.entry);
     }
 
-    let det = wait_event(&region, from, victim, EventKind::Detected, Duration::from_secs(10))?;
+    let det = wait_event(
+        &region,
+        from,
+        victim,
+        EventKind::Detected,
+        Duration::from_secs(10),
+    )?;
     println!(
         "\n4. {} (+{} after the kill)",
         event_text(&det),
         ms(det.time_ns.saturating_sub(t_kill))
     );
-    let clean = wait_event(&region, from, victim, EventKind::CleanedUp, Duration::from_secs(10))?;
-    println!("   {} (+{})", event_text(&clean), ms(clean.time_ns.saturating_sub(t_kill)));
+    let clean = wait_event(
+        &region,
+        from,
+        victim,
+        EventKind::CleanedUp,
+        Duration::from_secs(10),
+    )?;
+    println!(
+        "   {} (+{})",
+        event_text(&clean),
+        ms(clean.time_ns.saturating_sub(t_kill))
+    );
     println!("\n5. Retained locks now (cfctl display retained):");
     for l in inspect::retained(&region)? {
-        println!("      {:<12} {:<10} retained by {}", l.resource, l.mode.as_str(), l.member);
+        println!(
+            "      {:<12} {:<10} retained by {}",
+            l.resource,
+            l.mode.as_str(),
+            l.member
+        );
     }
     let probe = Member::connect(std::sync::Arc::new(Region::open(&plex)?), "PROBE")?;
     let mut h = probe.holder()?;
@@ -205,18 +262,34 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
     drop(h);
     probe.disconnect()?;
 
-    let done = wait_event(&region, from, victim, EventKind::TerminatedNormally, Duration::from_secs(30))?;
+    let done = wait_event(
+        &region,
+        from,
+        victim,
+        EventKind::TerminatedNormally,
+        Duration::from_secs(30),
+    )?;
     println!("\n6. Recovery, as recorded in the region (cfctl display events):");
     for e in events::read_since(&region, from) {
         if e.member != victim || e.seq > done.seq {
             continue;
         }
-        println!("   +{:>10}  {}", ms(e.time_ns.saturating_sub(t_kill)), event_text(&e));
+        println!(
+            "   +{:>10}  {}",
+            ms(e.time_ns.saturating_sub(t_kill)),
+            event_text(&e)
+        );
     }
     if a.claim_delay_ms > 0 {
-        println!("   (the claim waited the demo's {} ms claim delay, so you could see step 5)", a.claim_delay_ms);
+        println!(
+            "   (the claim waited the demo's {} ms claim delay, so you could see step 5)",
+            a.claim_delay_ms
+        );
     }
-    println!("\n   Retained locks left: {}", inspect::retained(&region)?.len());
+    println!(
+        "\n   Retained locks left: {}",
+        inspect::retained(&region)?.len()
+    );
 
     // Stop the survivors normally, then check the bank.
     let mut summaries = Vec::new();
@@ -224,7 +297,10 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
         if name == victim {
             continue;
         }
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let mut line = String::new();
         let _ = out.read_line(&mut line);
         let _ = c.wait();
@@ -233,15 +309,35 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
     members.0.clear();
     let store = Store::open(&dir)?;
     let total = store.total();
-    println!("\n7. Stopped SYSA and SYSC normally. Bank total: {total} (expected {expected}): {}.",
-        if total == expected { "unchanged" } else { "CHANGED" });
+    println!(
+        "\n7. Stopped SYSA and SYSC normally. Bank total: {total} (expected {expected}): {}.",
+        if total == expected {
+            "unchanged"
+        } else {
+            "CHANGED"
+        }
+    );
     for s in &summaries {
         println!("   {s}");
     }
     let problems = inspect::verify(&region);
-    println!("   Region check (cfctl verify): {}.", if problems.is_empty() { "consistent".to_string() } else { problems.join("; ") });
-    println!("\nDone in {:.1} s.{}", t_start.elapsed().as_secs_f64(),
-        if a.keep { format!(" The plex is kept at {}.", dir.display()) } else { String::new() });
+    println!(
+        "   Region check (cfctl verify): {}.",
+        if problems.is_empty() {
+            "consistent".to_string()
+        } else {
+            problems.join("; ")
+        }
+    );
+    println!(
+        "\nDone in {:.1} s.{}",
+        t_start.elapsed().as_secs_f64(),
+        if a.keep {
+            format!(" The plex is kept at {}.", dir.display())
+        } else {
+            String::new()
+        }
+    );
     if total != expected || !problems.is_empty() {
         bail!("the demo found a broken invariant");
     }
