@@ -32,6 +32,8 @@ pub(crate) const F_CONTENTION: u32 = 10;
 pub(crate) const F_FALSE: u32 = 11;
 pub(crate) const F_CONNECTED_NS: u32 = 12;
 pub(crate) const F_FAILED_NS: u32 = 13;
+/// Transactions the member's application reported committed (see `Member::add_committed`).
+pub(crate) const F_COMMITTED: u32 = 14;
 
 /// Longest member name.
 pub const MAX_NAME: usize = 32;
@@ -300,7 +302,14 @@ pub(crate) fn occupy(
         .store(now_ns(), Ordering::Relaxed);
     if fresh {
         set_name(region, id, name);
-        for f in [F_HWM, F_REQUESTS, F_CONTENTION, F_FALSE, F_FAILED_NS] {
+        for f in [
+            F_HWM,
+            F_REQUESTS,
+            F_CONTENTION,
+            F_FALSE,
+            F_FAILED_NS,
+            F_COMMITTED,
+        ] {
             region.connector_field(id, f).store(0, Ordering::Relaxed);
         }
     }
@@ -311,7 +320,10 @@ pub(crate) fn occupy(
 /// Return a slot to FREE, folding its counters into the structure's totals
 /// (under the connect latch).
 pub(crate) fn vacate(region: &Region, id: u32) {
-    for (i, f) in [F_REQUESTS, F_CONTENTION, F_FALSE].into_iter().enumerate() {
+    for (i, f) in [F_REQUESTS, F_CONTENTION, F_FALSE, F_COMMITTED]
+        .into_iter()
+        .enumerate()
+    {
         let v = region.connector_field(id, f).swap(0, Ordering::Relaxed);
         region
             .lock_counter(i as u32)

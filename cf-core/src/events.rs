@@ -42,9 +42,11 @@ pub enum EventKind {
     Disconnected,
     /// A member restarted normally and recovered itself (`a` transactions backed out, `b` locks released).
     RecoveredAtRestart,
+    /// The restart request of a member was completed: its recovery is over (once per request).
+    RecoveryCompleted,
 }
 
-const KINDS: [EventKind; 12] = [
+const KINDS: [EventKind; 13] = [
     EventKind::Detected,
     EventKind::CleanedUp,
     EventKind::RequestPosted,
@@ -57,6 +59,7 @@ const KINDS: [EventKind; 12] = [
     EventKind::Connected,
     EventKind::Disconnected,
     EventKind::RecoveredAtRestart,
+    EventKind::RecoveryCompleted,
 ];
 
 impl EventKind {
@@ -74,6 +77,7 @@ impl EventKind {
             EventKind::Connected => "connected",
             EventKind::Disconnected => "disconnected",
             EventKind::RecoveredAtRestart => "recovered_at_restart",
+            EventKind::RecoveryCompleted => "recovery_completed",
         }
     }
     fn code(self) -> u64 {

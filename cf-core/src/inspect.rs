@@ -170,6 +170,18 @@ pub fn counters(region: &Region) -> Counters {
     c
 }
 
+/// Transactions applications reported committed (`Member::add_committed`),
+/// over every member past and present.
+pub fn committed_total(region: &Region) -> u64 {
+    let mut n = region.lock_counter(3).load(Ordering::Relaxed);
+    for id in 0..region.members() {
+        n += region
+            .connector_field(id, connector::F_COMMITTED)
+            .load(Ordering::Relaxed);
+    }
+    n
+}
+
 pub fn structures(region: &Region) -> Vec<StructureView> {
     let h = region.header();
     let mut out = Vec::new();

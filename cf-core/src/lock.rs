@@ -188,6 +188,14 @@ impl Holder {
         self.m.id
     }
 
+    /// Count `n` transactions committed by this member (see `Member::add_committed`).
+    pub fn add_committed(&self, n: u64) {
+        self.m
+            .region
+            .connector_field(self.m.id, connector::F_COMMITTED)
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Ask for `resource` in `mode` once: granted, contention (naming the
     /// holders) or retained (naming the retaining member). Never waits for a
     /// live holder; a dead one is cleaned up first.

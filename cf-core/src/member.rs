@@ -165,6 +165,15 @@ impl Member {
         &self.inner.region
     }
 
+    /// Count `n` transactions committed by this member's application (kept in
+    /// the region, so they survive the member's death; `inspect::committed_total`).
+    pub fn add_committed(&self, n: u64) {
+        self.inner
+            .region
+            .connector_field(self.inner.id, connector::F_COMMITTED)
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
     /// A holder for the calling thread (each thread takes its own).
     pub fn holder(&self) -> Result<Holder, LockError> {
         self.inner.check_still_connected()?;

@@ -234,12 +234,21 @@ pub fn unclaim(region: &Region, id: u32, me: &ProcessId) -> Result<(), CorruptEr
     Ok(())
 }
 
-/// The request for `id` is done: its member is no longer failed-persistent.
-pub fn complete(region: &Region, id: u32) -> Result<(), CorruptError> {
+/// The request for `id` (member `member`) is done: the member is no longer failed-persistent.
+/// Records `recovery_completed` (by `by`) if this call completed it, so every
+/// request is completed, and recorded, exactly once.
+pub fn complete(region: &Region, id: u32, member: &str, by: &str) -> Result<(), CorruptError> {
     let id = region.check_member(id)?;
     let st = region.request_field(id, R_STATE);
     if st.swap(0, Ordering::AcqRel) != 0 {
         region.list_header(1).fetch_add(1, Ordering::Relaxed);
+        crate::events::record(
+            region,
+            crate::events::EventKind::RecoveryCompleted,
+            member,
+            Some(by),
+            [0, 0, 0],
+        );
     }
     region
         .request_field(id, R_CLAIM)

@@ -172,6 +172,7 @@ impl Bank {
             h.unlock(id)?;
         }
         self.stats.committed.fetch_add(1, Ordering::Relaxed);
+        h.add_committed(1);
         self.log.checkpoint(self.config.checkpoint_bytes)?;
         Ok(true)
     }

@@ -142,10 +142,11 @@ fn connect(region: &Arc<Region>, name: &str) -> Result<Member> {
             Err(cf_core::ConnectError::NameInUse { .. })
                 if std::time::Instant::now() < deadline =>
             {
-                let busy = cf_core::inspect::members(region)?
+                // Wait out a restart light of this name; refuse a running member.
+                let running = cf_core::inspect::members(region)?
                     .iter()
-                    .any(|m| m.name == name && m.state == cf_core::MemberState::Recovering);
-                if !busy {
+                    .any(|m| m.name == name && m.state == cf_core::MemberState::Active && m.alive);
+                if running {
                     anyhow::bail!("member {name} is already running");
                 }
                 std::thread::sleep(Duration::from_millis(5));
@@ -161,13 +162,6 @@ fn run(a: RunArgs) -> Result<()> {
     let plex = Plex::resolve(a.plex.as_deref());
     let region = Arc::new(Region::open(&plex)?);
     let member = connect(&region, &a.member)?;
-    events::record(
-        &region,
-        EventKind::Connected,
-        &a.member,
-        None,
-        [std::process::id() as u64, 0, 0],
-    );
     // Reconnected as a failed member: recover ourselves first (a normal restart).
     if !member.held_records()?.is_empty()
         || cf_node::wal::read_log(&cf_node::wal::log_path(&plex.dir, &a.member))?
@@ -184,8 +178,16 @@ fn run(a: RunArgs) -> Result<()> {
                 [rep.backout.transactions, rep.released, 0],
             );
         }
-        let _ = cf_core::requests::complete(&region, member.id());
+        let _ = cf_core::requests::complete(&region, member.id(), &a.member, &a.member);
     }
+    // Recorded after any self-recovery, so the events of the previous life come first.
+    events::record(
+        &region,
+        EventKind::Connected,
+        &a.member,
+        None,
+        [std::process::id() as u64, 0, 0],
+    );
     let monitor = Arc::new(Monitor {
         region: region.clone(),
         plex_dir: plex.dir.clone(),

@@ -224,14 +224,14 @@ impl Monitor {
             };
             if slot.name != name || slot.state == MemberState::Free {
                 // Recovered (and perhaps the slot reused): nothing left to do.
-                let _ = requests::complete(&self.region, id);
+                let _ = requests::complete(&self.region, id, name, &self.me_name);
                 return;
             }
             match slot.state {
                 MemberState::FailedPersistent => {}
                 MemberState::Active if slot.is_alive() => {
                     // Restarted normally: it recovers itself.
-                    let _ = requests::complete(&self.region, id);
+                    let _ = requests::complete(&self.region, id, name, &self.me_name);
                     return;
                 }
                 MemberState::Recovering | MemberState::Connecting if slot.is_alive() => {

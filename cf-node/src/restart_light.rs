@@ -37,6 +37,15 @@ pub fn run(plex_dir: &Path, member: &str, by: Option<&str>) -> anyhow::Result<Su
         by,
         [std::process::id() as u64, 0, 0],
     );
+    // Name ourselves as the request's worker at once (our claimer may die
+    // before it does), so no other member starts a second restart light.
+    if let Ok(me) = cf_core::ProcessId::current() {
+        for id in 0..region.members() {
+            if cf_core::connector::slot_view(&region, id).is_ok_and(|s| s.name == member) {
+                let _ = cf_core::requests::set_worker(&region, id, &me);
+            }
+        }
+    }
     let m = match Member::connect_with(region.clone(), member, ConnectMode::Recovery) {
         Ok(m) => m,
         Err(ConnectError::NotFailed(_)) => {
@@ -72,7 +81,6 @@ pub fn run(plex_dir: &Path, member: &str, by: Option<&str>) -> anyhow::Result<Su
     let id = m.id();
     m.disconnect()?;
     cf_core::crash::point("restart_light.disconnected");
-    cf_core::requests::complete(&region, id)?;
     let peak = crate::bufpool::peak_rss_kib().unwrap_or(0);
     let elapsed = t0.elapsed().as_nanos() as u64;
     events::record(
@@ -82,6 +90,7 @@ pub fn run(plex_dir: &Path, member: &str, by: Option<&str>) -> anyhow::Result<Su
         Some(member),
         [peak, elapsed, 0],
     );
+    cf_core::requests::complete(&region, id, member, member)?;
     Ok(Summary {
         member: member.into(),
         transactions: report.backout.transactions,

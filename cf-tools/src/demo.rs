@@ -2,16 +2,16 @@
 //! members on the bank workload, one of them killed with SIGKILL inside a
 //! transaction, and every step of its recovery shown as it happens.
 
+use crate::procs::{cf_node_binary, MemberProc, TempPlex};
 use crate::recovery_view::event_text;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use cf_core::events::{self, Event, EventKind};
 use cf_core::{inspect, CreateOptions, Member, Mode, Plex, Region, Sizes, TryOutcome};
 use cf_node::store::Store;
 use cf_node::wal::{self, LogRecord};
 use clap::Args;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::Path;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 #[derive(Args)]
@@ -26,84 +26,6 @@ pub struct DemoArgs {
     /// so that the retained locks can be seen (0 in normal operation)
     #[arg(long, default_value_t = 1000)]
     claim_delay_ms: u64,
-}
-
-/// Members started by the demo (with the rest of their stdout): killed and
-/// reaped if the demo stops early.
-struct Members(Vec<(String, Child, BufReader<std::process::ChildStdout>)>);
-
-impl Drop for Members {
-    fn drop(&mut self) {
-        for (_, c, _) in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-struct Plexdir {
-    dir: PathBuf,
-    keep: bool,
-}
-
-impl Drop for Plexdir {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn cf_node_binary() -> Result<PathBuf> {
-    let me = std::env::current_exe().context("finding cfctl's own path")?;
-    let p = me.with_file_name("cf-node");
-    if !p.exists() {
-        bail!(
-            "cf-node not found next to cfctl ({}): build the whole workspace",
-            p.display()
-        );
-    }
-    Ok(p)
-}
-
-fn start_member(
-    exe: &Path,
-    plex: &Path,
-    name: &str,
-    pause_us: u64,
-    claim_delay_ms: u64,
-) -> Result<(Child, BufReader<std::process::ChildStdout>)> {
-    let mut child = Command::new(exe)
-        .args([
-            "run",
-            "--member",
-            name,
-            "--threads",
-            "1",
-            "--buffer-pool-mb",
-            "64",
-        ])
-        .arg("--pause-us")
-        .arg(pause_us.to_string())
-        .arg("--claim-delay-ms")
-        .arg(claim_delay_ms.to_string())
-        .arg("--plex")
-        .arg(plex)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("starting {}", exe.display()))?;
-    let out = child.stdout.take().context("member stdout")?;
-    let mut reader = BufReader::new(out);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    if !line.contains("running") {
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!("member {name} did not start");
-    }
-    Ok((child, reader))
 }
 
 fn ms(ns: u64) -> String {
@@ -140,20 +62,13 @@ fn wait_event(
 pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
     let t_start = Instant::now();
     let exe = cf_node_binary()?;
-    let dir = match plex_arg {
-        Some(p) => p.to_path_buf(),
-        None => std::env::temp_dir().join(format!("cf-demo-{}", std::process::id())),
-    };
-    let dir = if plex_arg.is_none() && Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm").join(dir.file_name().unwrap_or_default())
-    } else {
-        dir
-    };
+    let mut tmp = TempPlex::fresh("demo");
+    if let Some(p) = plex_arg {
+        tmp.dir = p.to_path_buf();
+    }
+    tmp.keep = a.keep || plex_arg.is_some();
+    let dir = tmp.dir.clone();
     let plex = Plex { dir: dir.clone() };
-    let _cleanup = Plexdir {
-        dir: dir.clone(),
-        keep: a.keep || plex_arg.is_some(),
-    };
     println!("== cfctl demo: a member dies holding modify locks; a peer restarts it light ==\n");
     let opts = CreateOptions {
         sizes: Sizes {
@@ -172,10 +87,17 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
         a.accounts
     );
 
-    let mut members = Members(Vec::new());
+    let mut members = Vec::new();
     for (name, pause) in [("SYSA", 200u64), ("SYSB", 20_000), ("SYSC", 200)] {
-        let (child, out) = start_member(&exe, &dir, name, pause, a.claim_delay_ms)?;
-        members.0.push((name.to_string(), child, out));
+        let args = [
+            "--threads".to_string(),
+            "1".into(),
+            "--pause-us".into(),
+            pause.to_string(),
+            "--claim-delay-ms".into(),
+            a.claim_delay_ms.to_string(),
+        ];
+        members.push(MemberProc::start(&exe, &dir, name, &args)?);
     }
     println!("2. Started members SYSA, SYSB, SYSC (cf-node run --workload bank); each transfer takes two");
     println!(
@@ -197,12 +119,7 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
         if in_tx && locks.len() == 2 {
             let from = events::next_seq(&region);
             let t = cf_core::connector::now_ns();
-            let pid = members.0[1].1.id();
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            )?;
-            let _ = members.0[1].1.wait();
+            members[1].kill9();
             break ((locks, from), t);
         }
         if Instant::now() > deadline {
@@ -293,20 +210,10 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
 
     // Stop the survivors normally, then check the bank.
     let mut summaries = Vec::new();
-    for (name, c, out) in members.0.iter_mut() {
-        if name == victim {
-            continue;
-        }
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(c.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let mut line = String::new();
-        let _ = out.read_line(&mut line);
-        let _ = c.wait();
-        summaries.push(line.trim().to_string());
+    for m in members.iter_mut().filter(|m| m.name != victim) {
+        summaries.push(m.stop().0);
     }
-    members.0.clear();
+    members.clear();
     let store = Store::open(&dir)?;
     let total = store.total();
     println!(

@@ -4,7 +4,9 @@ mod demo;
 mod display;
 mod locks;
 mod plex;
+mod procs;
 mod recovery_view;
+mod sim;
 mod stress;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +35,8 @@ struct Cli {
 enum Cmd {
     /// Run the demo: three members, one killed inside a transaction, recovered by restart light
     Demo(demo::DemoArgs),
+    /// Run N members, kill them from a seeded schedule, and report whether every invariant held
+    Sim(sim::SimArgs),
     /// Create a plex: its directory (0700) and region file (0600, never over an existing one)
     Create(plex::CreateArgs),
     /// Remove a plex's region (refuses while live members are connected, unless --force)
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
     let plex = cf_core::Plex::resolve(cli.plex.as_deref());
     let result = match cli.cmd {
         Cmd::Demo(a) => demo::run(cli.plex.as_deref(), a),
+        Cmd::Sim(a) => sim::run(cli.plex.as_deref(), a),
         Cmd::Create(a) => plex::create(&plex, a),
         Cmd::Destroy(a) => plex::destroy(&plex, a),
         Cmd::Verify(a) => plex::verify(&plex, a),

@@ -117,7 +117,7 @@ pub fn event_json(e: &Event) -> Value {
             o["transactions"] = json!(e.a);
             o["locks"] = json!(e.b);
         }
-        EventKind::RequestPosted | EventKind::Disconnected => {}
+        EventKind::RequestPosted | EventKind::Disconnected | EventKind::RecoveryCompleted => {}
     }
     o
 }
@@ -148,6 +148,7 @@ pub fn event_text(e: &Event) -> String {
         EventKind::RestartLightFailed => format!("restart light of {m} failed (status {})", e.a),
         EventKind::Connected => format!("{m} connected (pid {})", e.a),
         EventKind::Disconnected => format!("{m} disconnected normally"),
+        EventKind::RecoveryCompleted => format!("restart request for {m} completed by {by}: recovery over"),
         EventKind::RecoveredAtRestart => format!("{m} restarted normally and recovered itself: {} transaction(s) backed out, {} lock(s) released", e.a, e.b),
     }
 }
