@@ -138,6 +138,7 @@ pub fn retained(region: &Region) -> Result<Vec<LockView>, CorruptError> {
     Ok(locks(region)?.into_iter().filter(|l| l.retained).collect())
 }
 
+/// Counters are summed saturating: they are read from the (untrusted) region.
 pub fn counters(region: &Region) -> Counters {
     let mut c = Counters {
         requests: region.lock_counter(0).load(Ordering::Relaxed),
@@ -145,26 +146,38 @@ pub fn counters(region: &Region) -> Counters {
         false_contention: region.lock_counter(2).load(Ordering::Relaxed),
     };
     for id in 0..region.members() {
-        c.requests += region
-            .connector_field(id, connector::F_REQUESTS)
-            .load(Ordering::Relaxed);
-        c.contention += region
-            .connector_field(id, connector::F_CONTENTION)
-            .load(Ordering::Relaxed);
-        c.false_contention += region
-            .connector_field(id, connector::F_FALSE)
-            .load(Ordering::Relaxed);
+        c.requests = c.requests.saturating_add(
+            region
+                .connector_field(id, connector::F_REQUESTS)
+                .load(Ordering::Relaxed),
+        );
+        c.contention = c.contention.saturating_add(
+            region
+                .connector_field(id, connector::F_CONTENTION)
+                .load(Ordering::Relaxed),
+        );
+        c.false_contention = c.false_contention.saturating_add(
+            region
+                .connector_field(id, connector::F_FALSE)
+                .load(Ordering::Relaxed),
+        );
         for b in 0..region.blocks_per_member() {
             if region.block_field(id, b, BLK_OWNER).load(Ordering::Relaxed) == 0 {
                 continue;
             }
-            c.requests += region
-                .block_field(id, b, BLK_REQUESTS)
-                .load(Ordering::Relaxed);
-            c.contention += region
-                .block_field(id, b, BLK_CONTENTION)
-                .load(Ordering::Relaxed);
-            c.false_contention += region.block_field(id, b, BLK_FALSE).load(Ordering::Relaxed);
+            c.requests = c.requests.saturating_add(
+                region
+                    .block_field(id, b, BLK_REQUESTS)
+                    .load(Ordering::Relaxed),
+            );
+            c.contention = c.contention.saturating_add(
+                region
+                    .block_field(id, b, BLK_CONTENTION)
+                    .load(Ordering::Relaxed),
+            );
+            c.false_contention = c
+                .false_contention
+                .saturating_add(region.block_field(id, b, BLK_FALSE).load(Ordering::Relaxed));
         }
     }
     c
@@ -175,9 +188,11 @@ pub fn counters(region: &Region) -> Counters {
 pub fn committed_total(region: &Region) -> u64 {
     let mut n = region.lock_counter(3).load(Ordering::Relaxed);
     for id in 0..region.members() {
-        n += region
-            .connector_field(id, connector::F_COMMITTED)
-            .load(Ordering::Relaxed);
+        n = n.saturating_add(
+            region
+                .connector_field(id, connector::F_COMMITTED)
+                .load(Ordering::Relaxed),
+        );
     }
     n
 }

@@ -55,6 +55,14 @@ const SPINS: u32 = 2000;
 /// Longest single futex sleep: a waiter re-checks its holders' liveness at
 /// least this often, so a dead holder is found even with no monitor running.
 const MAX_SLICE: Duration = Duration::from_millis(20);
+/// Longest a try request waits for an entry's latch (normally held for
+/// microseconds; longer means a stopped process or a damaged lock word). It
+/// then answers "contention", naming the latch holder, instead of hanging.
+const TRY_LATCH_WAIT: Duration = Duration::from_secs(1);
+/// Longest a request without a deadline (a release, a cleanup) waits for a
+/// latch held by a live connector while the word does not change at all: then
+/// the word is taken as damaged (a typed error) instead of waiting forever.
+const LATCH_STUCK: Duration = Duration::from_secs(30);
 
 /// A lock held by a [`Holder`]: pass it back to [`Holder::unlock`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,7 +264,16 @@ impl Holder {
         tag.store(TAG_PENDING | entry, Ordering::Release);
         let out = self.slow_acquire(res, mode, slot, entry, deadline);
         if !matches!(out, Ok(TryOutcome::Granted(_))) {
-            // The record was freed by slow_acquire after it dropped the latch.
+            // The record was freed by slow_acquire after it dropped the latch;
+            // an error on a damaged region may have left it pending: free it
+            // (nothing is latched any more). Not if we were cleaned up: the
+            // slot is no longer ours to write.
+            if matches!(&out, Err(e) if !matches!(e, LockError::Disconnected)) {
+                self.m
+                    .region
+                    .tag(me, slot)
+                    .store(TAG_FREE, Ordering::Release);
+            }
             self.free.push(slot);
         }
         self.publish_counters();
@@ -279,9 +296,11 @@ impl Holder {
         let mut counted_contention = false;
         let mut slice = Duration::from_micros(50);
         let give_up = |tag: &crate::sync::AtomicU32| tag.store(TAG_FREE, Ordering::Release);
+        // A try does not wait for the latch forever either.
+        let latch_deadline = deadline.unwrap_or_else(|| Instant::now() + TRY_LATCH_WAIT);
         loop {
             self.m.check_still_connected()?;
-            let named = match latch_entry(region, entry, me, deadline, Some(me)) {
+            let named = match latch_entry(region, entry, me, Some(latch_deadline), Some(me)) {
                 Ok(named) => named,
                 Err(LatchWait::TimedOut(holder)) => {
                     give_up(tag);
@@ -325,7 +344,14 @@ impl Holder {
             let mut retained = None;
             let mut maybe_dead = Vec::new();
             for r in &conflicts {
-                let st = connector::load_state(region, r.member)?;
+                let st = match connector::load_state(region, r.member) {
+                    Ok(st) => st,
+                    Err(e) => {
+                        lockword::unlatch(word, named as u32);
+                        give_up(tag);
+                        return Err(e.into());
+                    }
+                };
                 if st.state.retains() && r.mode.is_modify() {
                     retained = Some(holder_info(region, r.member, r.mode));
                 } else if st.state == MemberState::Cleaning || !st.state.has_process() {
@@ -396,6 +422,8 @@ impl Holder {
             crate::crash::point("release.after_word");
             tag.store(TAG_FREE, Ordering::Release);
         } else {
+            // A process declared dead must not release what is now retained.
+            self.m.check_still_connected()?;
             release_slow(region, me, id.slot, id.entry)?;
         }
         self.free.push(id.slot);
@@ -486,6 +514,8 @@ pub(crate) fn latch_entry(
 ) -> Result<u64, LatchWait> {
     let word = region.word(entry)?;
     let mut slice = Duration::from_micros(50);
+    // The busy word (waiters bit aside) and since when it has not changed.
+    let mut unchanged: Option<(u64, Instant)> = None;
     loop {
         match lockword::try_latch(word, as_id) {
             Latch::Latched { named } => return Ok(named),
@@ -505,16 +535,65 @@ pub(crate) fn latch_entry(
                         return Err(LatchWait::TimedOut(holder));
                     }
                 }
+                let key = seen.0 & !lockword::WAITERS;
+                match unchanged {
+                    Some((k, since)) if k == key => {
+                        if deadline.is_none() && since.elapsed() >= LATCH_STUCK {
+                            return Err(LatchWait::Corrupt(CorruptError::BadConnector {
+                                id: holder,
+                                what: format!(
+                                    "has held the latch of lock entry {entry} for over {} s \
+                                     (damaged lock word, or a stopped process)",
+                                    LATCH_STUCK.as_secs()
+                                ),
+                            }));
+                        }
+                    }
+                    _ => unchanged = Some((key, Instant::now())),
+                }
                 if let Some(high) = lockword::announce_waiter(word, seen) {
                     lockword::sleep(word, high, slice);
                 }
                 if word.load(Ordering::Relaxed) == seen.0 | lockword::WAITERS {
                     crate::recovery::clean_if_dead(region, holder, by)?;
+                    check_latch_holder(region, entry, word, holder)?;
                     slice = (slice * 2).min(MAX_SLICE);
                 }
             }
         }
     }
+}
+
+/// A latch held in the name of a connector that is free or failed-persistent
+/// can never be dropped: only a connected member latches in its own name, and
+/// a cleaner in the name of the member it cleans, which stays CLEANING until
+/// every entry is settled. Seen with the state word unchanged around the
+/// reading of the lock word (a reconnect changes the generation), it is damage.
+fn check_latch_holder(
+    region: &Region,
+    entry: u32,
+    word: &crate::sync::AtomicU64,
+    holder: u32,
+) -> Result<(), CorruptError> {
+    let before = connector::load_state(region, holder)?;
+    if !matches!(
+        before.state,
+        MemberState::Free | MemberState::FailedPersistent
+    ) {
+        return Ok(());
+    }
+    let w = lockword::load(word);
+    let after = connector::load_state(region, holder)?;
+    if before == after && w.is_mixed() && w.holder() == Some(holder) {
+        return Err(CorruptError::BadConnector {
+            id: holder,
+            what: format!(
+                "is {} but holds the latch of lock entry {entry}",
+                before.state.as_str()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Under the latch: does `res` in `mode` conflict with a held record of a
@@ -573,9 +652,14 @@ pub(crate) fn release_slow(
         Err(LatchWait::TimedOut(_)) => unreachable!("no deadline"),
     };
     crate::crash::point("slow_release.latched");
-    let others = records::records_on(region, member, entry, false)?
-        .iter()
-        .any(|r| r.slot != slot);
+    let others = match records::records_on(region, member, entry, false) {
+        Ok(recs) => recs.iter().any(|r| r.slot != slot),
+        Err(e) => {
+            // Damaged: decide nothing, drop the latch, keep the record.
+            lockword::unlatch(word, named as u32);
+            return Err(e.into());
+        }
+    };
     let mask = if others {
         named | lockword::bit(member)
     } else {
@@ -585,4 +669,35 @@ pub(crate) fn release_slow(
     crate::crash::point("slow_release.after_unlatch");
     region.tag(member, slot).store(TAG_FREE, Ordering::Release);
     Ok(())
+}
+
+/// Release every record of `member` (held or pending), entry by entry: one
+/// latch per entry, the member's bit cleared (it keeps nothing there), the
+/// latch dropped, then the tags freed (the record covers the word until the
+/// end). One pass over the member's records: cost linear in what it held.
+/// `after_entry` runs after each entry (a crash point for restart light).
+/// Returns the number of held locks released.
+pub(crate) fn release_all(
+    region: &Region,
+    member: u32,
+    mut after_entry: impl FnMut(),
+) -> Result<usize, LockError> {
+    let recs = records::slots_by_entry(region, member);
+    let mut released = 0;
+    for group in recs.chunk_by(|a, b| a.0 == b.0) {
+        let entry = group[0].0;
+        let word = region.word(entry)?;
+        let named = match latch_entry(region, entry, member, None, Some(member)) {
+            Ok(n) => n,
+            Err(LatchWait::Corrupt(e)) => return Err(e.into()),
+            Err(LatchWait::TimedOut(_)) => unreachable!("no deadline"),
+        };
+        lockword::unlatch(word, (named & !lockword::bit(member)) as u32);
+        for &(_, slot, tag) in group {
+            region.tag(member, slot).store(TAG_FREE, Ordering::Release);
+            released += (records::tag_state(tag) == TAG_HELD) as usize;
+        }
+        after_entry();
+    }
+    Ok(released)
 }

@@ -244,20 +244,25 @@ fn walk(
         state: MemberState::FailedPersistent,
     };
     // Every entry the member may have touched has one of its records on it.
-    let entries: BTreeSet<u32> = records::all_records(region, c)?
-        .iter()
-        .map(|r| r.entry)
-        .collect();
-    for e in entries {
-        settle_entry(region, c, e, &mut report, by)?;
+    // The member is dead, so only its cleaner changes its records: read them
+    // once, grouped by entry (one pass: cost linear in what it held).
+    let slots = records::slots_by_entry(region, c);
+    for group in slots.chunk_by(|a, b| a.0 == b.0) {
+        let recs = group
+            .iter()
+            .map(|&(_, slot, tag)| records::read_record(region, c, slot, tag))
+            .collect::<Result<Vec<_>, _>>()?;
+        settle_entry(region, c, group[0].0, &recs, &mut report, by)?;
     }
     crate::crash::point("cleanup.before_final_state");
     let left = records::all_records(region, c)?;
     report.retained = left.len();
+    let used_blocks: BTreeSet<u32> = left
+        .iter()
+        .map(|r| r.slot / crate::layout::BLOCK_SLOTS)
+        .collect();
     for b in 0..region.blocks_per_member() {
-        let used = left
-            .iter()
-            .any(|r| r.slot / crate::layout::BLOCK_SLOTS == b);
+        let used = used_blocks.contains(&b);
         let owner = region.block_field(c, b, BLK_OWNER);
         if owner.load(Ordering::Relaxed) != 0 || used {
             records::fold_block_counters(region, c, b);
@@ -289,6 +294,7 @@ fn settle_entry(
     region: &Region,
     c: u32,
     e: u32,
+    recs: &[records::RecordView],
     report: &mut CleanupReport,
     by: Option<u32>,
 ) -> Result<(), CorruptError> {
@@ -303,14 +309,14 @@ fn settle_entry(
     let mut free = Vec::new();
     let mut keep = 0usize;
     let outcome = (|| -> Result<(), CorruptError> {
-        for r in records::records_on(region, c, e, true)? {
+        for r in recs {
             if !r.held || !c_named {
                 report.discarded += 1;
                 free.push(r.slot);
             } else if !r.mode.is_modify() {
                 report.released += 1;
                 free.push(r.slot);
-            } else if conflicts_with_other(region, named, c, &r)? {
+            } else if conflicts_with_other(region, named, c, r)? {
                 report.discarded += 1;
                 free.push(r.slot);
             } else {
@@ -319,7 +325,11 @@ fn settle_entry(
         }
         Ok(())
     })();
-    let mask = if keep > 0 {
+    let mask = if outcome.is_err() {
+        // Damaged: nothing was decided (no record is freed), so the word keeps
+        // the interest it had; dropping c's bit would later free a retained lock.
+        named
+    } else if keep > 0 {
         named | lockword::bit(c)
     } else {
         named & !lockword::bit(c)
@@ -363,4 +373,12 @@ pub fn cleanup_all_dead(region: &Region) -> Result<Vec<CleanupReport>, CorruptEr
         }
     }
     Ok(out)
+}
+
+/// Is a live process cleaning member `c` up right now? (Its cleaner posts the
+/// restart request when done; others should not post for it meanwhile.)
+pub fn cleanup_in_progress(region: &Region, c: u32) -> Result<bool, CorruptError> {
+    let c = region.check_member(c)?;
+    let t = region.connector_field(c, F_CLEANUP).load(Ordering::Acquire);
+    Ok(t != 0 && ProcessId::token_is_alive(t))
 }

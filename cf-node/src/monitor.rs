@@ -74,12 +74,12 @@ impl Monitor {
 
     // ---- detection ----
 
-    fn watch(&self) {
-        let mut peers: HashMap<u32, (u32, OwnedFd)> = HashMap::new();
+    fn watch(self: Arc<Self>) {
+        let mut peers: HashMap<u32, (u32, ProcessId, OwnedFd)> = HashMap::new();
         while !self.stop.load(Ordering::Relaxed) {
             self.rescan(&mut peers);
             let ids: Vec<u32> = peers.keys().copied().collect();
-            let fds: Vec<&OwnedFd> = ids.iter().map(|i| &peers[i].1).collect();
+            let fds: Vec<&OwnedFd> = ids.iter().map(|i| &peers[i].2).collect();
             let ready = match pidfd::poll_readable(&fds, POLL) {
                 Ok(r) => r,
                 Err(e) => {
@@ -92,13 +92,21 @@ impl Monitor {
             for i in ready {
                 let id = ids[i];
                 peers.remove(&id);
-                self.on_death(id, seen);
+                // Each cleanup on its own thread: a member that held a million
+                // locks must not delay noticing the next death.
+                let me = self.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("cleanup".into())
+                    .spawn(move || me.on_death(id, seen));
+                if spawned.is_err() {
+                    self.on_death(id, seen);
+                }
             }
         }
     }
 
     /// Watch every slot with a process; notice the ones already dead.
-    fn rescan(&self, peers: &mut HashMap<u32, (u32, OwnedFd)>) {
+    fn rescan(&self, peers: &mut HashMap<u32, (u32, ProcessId, OwnedFd)>) {
         for id in 0..self.region.members() {
             if id == self.me_id {
                 continue;
@@ -113,7 +121,13 @@ impl Monitor {
                 peers.remove(&id);
                 continue;
             }
-            if peers.get(&id).is_some_and(|(g, _)| *g == slot.generation) {
+            // Watched already, as the same connection of the same process? (A
+            // slot whose recorded identity changed is checked again: the
+            // pidfd we hold is for another process.)
+            if peers
+                .get(&id)
+                .is_some_and(|(g, p, _)| *g == slot.generation && *p == slot.process)
+            {
                 continue;
             }
             if slot.state == MemberState::Cleaning {
@@ -125,7 +139,7 @@ impl Monitor {
                 // Opened: the fd is tied to whatever process has that PID now,
                 // so check it is the member's (same start time, not a zombie).
                 Ok(fd) if slot.process.is_alive() => {
-                    peers.insert(id, (slot.generation, fd));
+                    peers.insert(id, (slot.generation, slot.process, fd));
                 }
                 _ => self.on_death(id, now_ns()),
             }
@@ -179,7 +193,10 @@ impl Monitor {
         let slot = slot_view(&self.region, id).ok()?;
         let reqs = requests::list(&self.region).ok()?;
         let req = reqs.iter().find(|r| r.member_id == id);
-        if slot.state == MemberState::FailedPersistent && req.is_none() {
+        if slot.state == MemberState::FailedPersistent
+            && req.is_none()
+            && !cf_core::recovery::cleanup_in_progress(&self.region, id).unwrap_or(true)
+        {
             self.post(id, &slot.name);
             return Some(Duration::ZERO);
         }

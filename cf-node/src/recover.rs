@@ -43,11 +43,8 @@ pub fn recover(
     }
     progress(Step::BackedOut(report.backout));
     cf_core::crash::point("restart_light.backed_out");
-    for r in member.held_records()? {
-        member.release_record(r.slot)?;
-        report.released += 1;
-        cf_core::crash::point("restart_light.released_some");
-    }
+    report.released =
+        member.release_all_held(|| cf_core::crash::point("restart_light.released_some"))? as u64;
     progress(Step::Released(report.released));
     wal::truncate(plex_dir, member.name())?;
     Ok(report)

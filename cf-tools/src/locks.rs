@@ -22,6 +22,10 @@ pub struct HoldArgs {
     /// Resource to hold exclusively for modification (repeatable; retained if this member dies)
     #[arg(long = "modify", value_name = "RES")]
     modify: Vec<String>,
+    /// Also hold N modify locks named <MEMBER>:<i>, each on its own lock table entry (names
+    /// that would share an entry are skipped); the region needs N records per member
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    modify_many: u64,
     /// How long to wait for each lock held by a live member, in milliseconds
     #[arg(long, default_value_t = 30_000)]
     timeout_ms: u64,
@@ -30,12 +34,33 @@ pub struct HoldArgs {
     json: bool,
 }
 
-fn requests(a: &HoldArgs) -> Vec<(String, Mode)> {
+fn requests(a: &HoldArgs, entries: u32) -> Result<Vec<(String, Mode)>> {
     let mut v: Vec<(String, Mode)> = Vec::new();
     v.extend(a.share.iter().map(|r| (r.clone(), Mode::Share)));
     v.extend(a.exclusive.iter().map(|r| (r.clone(), Mode::Exclusive)));
     v.extend(a.modify.iter().map(|r| (r.clone(), Mode::Modify)));
-    v
+    if a.modify_many > entries as u64 {
+        bail!(
+            "--modify-many {} is more than the {entries} lock table entries",
+            a.modify_many
+        );
+    }
+    // Distinct entries, so that acquiring them never goes through the
+    // resource-level path (whose cost grows with what the member holds).
+    let mut used = vec![false; entries as usize];
+    let mut i = 0u64;
+    while (v.len() as u64)
+        < a.modify_many + (a.share.len() + a.exclusive.len() + a.modify.len()) as u64
+    {
+        let name = format!("{}:{i}", a.member);
+        i += 1;
+        let e = cf_core::Resource::new(name.as_bytes()).map_or(0, |r| r.entry(entries)) as usize;
+        if !used[e] {
+            used[e] = true;
+            v.push((name, Mode::Modify));
+        }
+    }
+    Ok(v)
 }
 
 fn holder_json(h: &HolderInfo) -> Value {
@@ -54,12 +79,12 @@ fn block_stop_signals() -> Result<nix::sys::signal::SigSet> {
 }
 
 pub fn hold(plex: &Plex, a: HoldArgs) -> Result<ExitCode> {
-    let wanted = requests(&a);
-    if wanted.is_empty() {
-        bail!("nothing to hold: give --s, --x or --modify");
-    }
     let signals = block_stop_signals()?;
     let region = Arc::new(Region::open(plex)?);
+    let wanted = requests(&a, region.lock_entries())?;
+    if wanted.is_empty() {
+        bail!("nothing to hold: give --s, --x, --modify or --modify-many");
+    }
     let member = Member::connect(region, &a.member)?;
     let mut holder = member.holder()?;
     let mut held: Vec<(LockId, String)> = Vec::new();
