@@ -148,48 +148,62 @@ pub fn cleanup_member_as(
 ) -> Result<CleanupOutcome, CorruptError> {
     let seen_ns = seen_ns.unwrap_or_else(connector::now_ns);
     let dead_pid = connector::process_of(region, region.check_member(c)?).pid;
-    let outcome = cleanup_claimed(region, c, by)?;
-    if let CleanupOutcome::Cleaned(rep) = &outcome {
-        let by_name = by
-            .and_then(|b| connector::slot_view(region, b).ok())
-            .map(|s| s.name);
-        let by_name = by_name.as_deref();
-        events::record_at(
-            region,
-            EventKind::Detected,
-            &rep.name,
-            by_name,
-            [dead_pid as u64, 0, 0],
-            seen_ns,
-        );
+    cleanup_claimed(region, c, by, |rep| {
+        announce(region, c, by, rep, dead_pid, seen_ns)
+    })
+}
+
+/// Record `detected` and `cleaned_up` and post the restart request (with its
+/// `request_posted`), while the cleanup claim is still held: no other member's
+/// sweep can post for this member before these events are recorded.
+fn announce(
+    region: &Region,
+    c: u32,
+    by: Option<u32>,
+    rep: &CleanupReport,
+    dead_pid: u32,
+    seen_ns: u64,
+) -> Result<(), CorruptError> {
+    let by_name = by
+        .and_then(|b| connector::slot_view(region, b).ok())
+        .map(|s| s.name);
+    let by_name = by_name.as_deref();
+    events::record_at(
+        region,
+        EventKind::Detected,
+        &rep.name,
+        by_name,
+        [dead_pid as u64, 0, 0],
+        seen_ns,
+    );
+    events::record(
+        region,
+        EventKind::CleanedUp,
+        &rep.name,
+        by_name,
+        [
+            rep.released as u64,
+            rep.retained as u64,
+            rep.discarded as u64,
+        ],
+    );
+    requests::post(region, c, by, || {
         events::record(
             region,
-            EventKind::CleanedUp,
+            EventKind::RequestPosted,
             &rep.name,
             by_name,
-            [
-                rep.released as u64,
-                rep.retained as u64,
-                rep.discarded as u64,
-            ],
-        );
-        requests::post(region, c, by, || {
-            events::record(
-                region,
-                EventKind::RequestPosted,
-                &rep.name,
-                by_name,
-                [0, 0, 0],
-            )
-        })?;
-    }
-    Ok(outcome)
+            [0, 0, 0],
+        )
+    })?;
+    Ok(())
 }
 
 fn cleanup_claimed(
     region: &Region,
     c: u32,
     by: Option<u32>,
+    on_cleaned: impl FnOnce(&CleanupReport) -> Result<(), CorruptError>,
 ) -> Result<CleanupOutcome, CorruptError> {
     let c = region.check_member(c)?;
     let st = connector::load_state(region, c)?;
@@ -224,6 +238,7 @@ fn cleanup_claimed(
     CLEANING.with(|s| s.borrow_mut().insert(c));
     let result = walk(region, c, st.generation, by);
     CLEANING.with(|s| s.borrow_mut().remove(&c));
+    let result = result.and_then(|rep| on_cleaned(&rep).map(|()| rep));
     // Success or a damaged region: either way this process stops cleaning.
     claim::release(claim, me);
     Ok(CleanupOutcome::Cleaned(result?))
