@@ -98,7 +98,7 @@ pub enum LockError {
     RecordsFull(u32),
     #[error("lock not held by this holder (slot {0})")]
     NotHeld(u32),
-    #[error("cannot disconnect while holders (threads) are still open")]
+    #[error("holders (threads) of this member are still open: drop them first")]
     HoldersOpen,
     #[error("this connector is no longer active (it was cleaned up as dead)")]
     Disconnected,

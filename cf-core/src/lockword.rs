@@ -31,9 +31,18 @@
 //! waiting for a latch, in a CAS of its own) and then sleeps with a futex on the
 //! high half of the word, expecting the value it wrote. Every unlatch clears
 //! `WAITERS` (changing the high half) and, if it was set, wakes every sleeper:
-//! a waiter that has not yet gone to sleep finds the high half changed and does
-//! not sleep, so no wake-up is lost. Waiters spin briefly before sleeping and
-//! sleep in bounded slices so a dead holder is noticed even with no monitor.
+//! a waiter that has not yet gone to sleep normally finds the high half changed
+//! and does not sleep. Waiters spin briefly before sleeping and sleep in
+//! bounded slices (at most 20 ms) so a dead holder is noticed even with no
+//! monitor. Two known weaknesses, both found by the loom models (kept there as
+//! `#[ignore]`d failing models): (1) the high half can repeat (a release clears
+//! `WAITERS`, another waiter sets it again before the first sleeps), so a
+//! wake-up can be missed until the slice ends; (2) waiters for the holdings and
+//! waiters for the latch share one bit, so with three or more waiters they wake
+//! each other round and round while the holder keeps its lock (CPU, not
+//! correctness). The fix (an epoch in the free high bits and a second futex
+//! class with `FUTEX_WAKE_BITSET`) is designed but not yet landed: in its first
+//! form it let two waiters starve a releaser under loom's unfair schedules.
 //!
 //! **Crash windows.** A process can die holding a word in any state: as the
 //! fast-mode holder, in the mask, or holding the latch. All are repaired by the

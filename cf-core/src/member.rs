@@ -208,7 +208,11 @@ impl Member {
     /// locks taken back), entry by entry, in time linear in their number.
     /// `after_entry` runs after each lock table entry is done. Returns the
     /// number of locks released.
+    /// No holder may be open (their locks would be released under them).
     pub fn release_all_held(&self, after_entry: impl FnMut()) -> Result<usize, LockError> {
+        if Arc::strong_count(&self.inner) != 1 {
+            return Err(LockError::HoldersOpen);
+        }
         self.inner.check_still_connected()?;
         release_all(&self.inner.region, self.inner.id, after_entry)
     }
