@@ -33,8 +33,8 @@
 //!   still answer "retained" (to its own holders as well), and if it dies
 //!   they stay retained.
 //! * Dropping a holder releases its locks; `release_all_held` releases every
-//!   lock of the connection; disconnecting releases everything and frees the
-//!   slot.
+//!   lock of the connection once no holder is open (it is refused before);
+//!   disconnecting releases everything and frees the slot.
 
 use cf_core::{
     cleanup_member, inspect, testing, CleanupOutcome, ConnectError, ConnectMode, CreateOptions,
@@ -615,6 +615,16 @@ impl World {
 
     fn release_all(&mut self, m: usize) -> Res {
         let conn = self.conns[m].as_ref().unwrap();
+        if conn.holders.iter().any(|h| h.is_some()) {
+            // Refused while a holder (thread) is open: nothing changes.
+            let out = conn.member.release_all_held(|| {});
+            prop_assert!(
+                matches!(out, Err(cf_core::LockError::HoldersOpen)),
+                "release_all_held with holders open: {:?}",
+                out
+            );
+            return Ok(());
+        }
         let n = conn
             .member
             .release_all_held(|| {})
