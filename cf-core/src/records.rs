@@ -90,12 +90,10 @@ impl Resource {
         if bytes.is_empty() || bytes.len() > MAX_RESOURCE {
             return None;
         }
-        let mut words = [0u64; 8];
-        for (i, chunk) in bytes.chunks(8).enumerate() {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            words[i] = u64::from_le_bytes(w);
-        }
+        let mut buf = [0u8; MAX_RESOURCE];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        let words: [u64; 8] = bytemuck::cast(buf);
+        // Little-endian words (the layout is little-endian; see futex.rs).
         Some(Resource {
             len: bytes.len() as u8,
             words,

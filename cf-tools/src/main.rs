@@ -1,5 +1,6 @@
 //! `cfctl`: the operator's and experimenter's tool for a coupling-facility plex.
 
+mod bench;
 mod demo;
 mod display;
 mod locks;
@@ -60,6 +61,11 @@ enum Cmd {
     },
     /// Hammer resources from this process and check mutual exclusion in a shared counter file
     Stress(stress::StressArgs),
+    /// Measure the lock paths beside their peers (bare CAS, robust mutex, fcntl, flock, SysV
+    /// semaphore), across two processes, and recovery after SIGKILL; print a table or --json
+    ///
+    /// Works in a fresh directory under /dev/shm (not the plex), removed at the end.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +82,7 @@ fn main() -> ExitCode {
         Cmd::Try(a) => locks::try_once(&plex, a),
         Cmd::Cleanup(a) => locks::cleanup(&plex, a),
         Cmd::Stress(a) => stress::run(&plex, a),
+        Cmd::Bench(a) => bench::run(a),
         Cmd::RestartLight { member } => {
             recovery_view::post(&plex, &member).map(|()| ExitCode::SUCCESS)
         }

@@ -1,0 +1,500 @@
+//! `cfctl bench`: the lock paths and their peers, measured side by side in
+//! one run with one method (`stats.rs`), in a fresh directory under
+//! `/dev/shm` that is removed at the end.
+//!
+//! * `uncontended.rs`: acquire + release of one free lock in one process;
+//! * `across.rs`: two processes, one per CPU: throughput on disjoint and on
+//!   shared resources, and the hand-off latency of the product's lock;
+//! * `recovery.rs`: SIGKILL of a member holding N modify locks, to the
+//!   death being noticed and to all its retained locks being released.
+//!
+//! The multi-process parts start this binary again with a hidden
+//! `--worker SPEC` argument (a JSON [`WorkerSpec`]).
+
+mod across;
+mod guard;
+mod peers;
+mod recovery;
+mod stats;
+mod uncontended;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use stats::{fmt_ns, fmt_rate, Method, Stats};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// A short run (under 30 s on 2 cores): fewer, shorter repetitions; recovery up to 100,000 locks
+    #[arg(long)]
+    quick: bool,
+    /// Print one JSON document instead of the tables
+    #[arg(long)]
+    json: bool,
+    /// Run only these groups (comma-separated)
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Group>,
+    /// Internal: run as a worker process of a benchmark
+    #[arg(long, hide = true, value_name = "SPEC")]
+    worker: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Group {
+    /// Acquire + release of one free lock in one process
+    Uncontended,
+    /// Two processes: disjoint and shared resources, hand-off
+    Across,
+    /// SIGKILL of a lock holder to detection and to release
+    Recovery,
+}
+
+/// What a worker process is started to do.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum WorkerSpec {
+    Across(across::Spec),
+    Hold(recovery::HoldSpec),
+}
+
+/// One measured path.
+pub(crate) struct Row {
+    pub group: &'static str,
+    pub name: String,
+    pub what: String,
+    /// ns per operation over the repetitions.
+    pub ns: Stats,
+    /// Of the median.
+    pub ops_per_s: f64,
+    pub iters_per_rep: u64,
+}
+
+/// A ratio (or a figure) a target is about.
+struct Check {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    target: String,
+    met: Option<bool>,
+}
+
+struct Config {
+    uncontended: Method,
+    across: Method,
+    recovery: recovery::Plan,
+}
+
+fn config(quick: bool) -> Config {
+    if quick {
+        Config {
+            uncontended: Method {
+                warmup: Duration::from_millis(50),
+                rep_time: Duration::from_millis(20),
+                reps: 5,
+            },
+            across: Method {
+                warmup: Duration::from_millis(50),
+                rep_time: Duration::from_millis(40),
+                reps: 5,
+            },
+            recovery: recovery::Plan {
+                sizes: vec![(10, 5), (1_000, 5), (100_000, 3)],
+                floor_reps: 20,
+            },
+        }
+    } else {
+        Config {
+            uncontended: Method {
+                warmup: Duration::from_millis(300),
+                rep_time: Duration::from_millis(100),
+                reps: 11,
+            },
+            across: Method {
+                warmup: Duration::from_millis(200),
+                rep_time: Duration::from_millis(150),
+                reps: 9,
+            },
+            recovery: recovery::Plan {
+                sizes: vec![(10, 15), (1_000, 15), (100_000, 7), (1_000_000, 3)],
+                floor_reps: 100,
+            },
+        }
+    }
+}
+
+pub fn run(a: BenchArgs) -> Result<ExitCode> {
+    if let Some(w) = &a.worker {
+        return worker(w);
+    }
+    guard::catch_interrupts()?;
+    let started = Instant::now();
+    let when = utc_now();
+    let load_at_start = loadavg();
+    let cfg = config(a.quick);
+    let want = |g: Group| a.only.is_empty() || a.only.contains(&g);
+    let tmp = guard::TempDir::new()?;
+    let cpus = guard::allowed_cpus();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = |s: &str| {
+        if tty {
+            eprintln!("bench: {s}");
+        }
+    };
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut recovery_table = Vec::new();
+    if want(Group::Uncontended) {
+        progress("uncontended paths");
+        rows.extend(uncontended::run(tmp.path(), &cfg.uncontended)?);
+    }
+    if want(Group::Across) {
+        progress("two processes");
+        rows.extend(across::run(tmp.path(), &cfg.across, &cpus)?);
+    }
+    if want(Group::Recovery) {
+        progress("recovery");
+        let (r, t) = recovery::run(tmp.path(), &cfg.recovery)?;
+        rows.extend(r);
+        recovery_table = t;
+    }
+    let checks = checks(&rows, &recovery_table);
+    let elapsed = started.elapsed();
+    let command = format!(
+        "cfctl bench{}{}",
+        if a.quick { " --quick" } else { "" },
+        if a.only.is_empty() {
+            String::new()
+        } else {
+            let g: Vec<String> = a
+                .only
+                .iter()
+                .map(|g| format!("{g:?}").to_lowercase())
+                .collect();
+            format!(" --only {}", g.join(","))
+        }
+    );
+    let mut machine = machine(cpus.len());
+    machine["loadavg_1min_at_start"] = json!(load_at_start);
+    machine["loadavg_1min_at_end"] = json!(loadavg());
+    if a.json {
+        crate::print_json(&json!({
+            "command": command,
+            "date_utc": when,
+            "quick": a.quick,
+            "machine": machine,
+            "method": {
+                "uncontended": cfg.uncontended,
+                "across": cfg.across,
+                "note": "ns_per_op and ops_per_s are of the median repetition; min/max over repetitions; p99 nearest-rank",
+            },
+            "results": rows.iter().map(|r| json!({
+                "group": r.group,
+                "name": r.name,
+                "what": r.what,
+                "ns_per_op": r.ns.median,
+                "ops_per_s": r.ops_per_s,
+                "min_ns": r.ns.min,
+                "max_ns": r.ns.max,
+                "p99_ns": r.ns.p99,
+                "spread_pct": r.ns.spread_pct(),
+                "reps": r.ns.n,
+                "ops_per_rep": r.iters_per_rep,
+            })).collect::<Vec<_>>(),
+            "checks": checks.iter().map(|c| json!({
+                "name": c.name,
+                "value": c.value,
+                "unit": c.unit,
+                "target": c.target,
+                "met": c.met,
+            })).collect::<Vec<_>>(),
+            "recovery": recovery_table.iter().map(|r| json!({
+                "n": r.n,
+                "reps": r.reps,
+                "exit_median_ns": r.exited.median,
+                "detect_median_ns": r.detect.median,
+                "detect_p99_ns": r.detect.p99,
+                "cleaned_up_median_ns": r.cleaned.median,
+                "restart_light_started_median_ns": r.started.median,
+                "released_median_ns": r.released.median,
+                "released_p99_ns": r.released.p99,
+                "marginal_ns_per_lock": r.marginal_ns_per_lock,
+            })).collect::<Vec<_>>(),
+            "elapsed_s": elapsed.as_secs_f64(),
+        }));
+    } else {
+        print_tables(
+            &command,
+            &when,
+            &machine,
+            &cfg,
+            &rows,
+            &checks,
+            &recovery_table,
+            elapsed,
+        );
+    }
+    drop(tmp);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn worker(spec: &str) -> Result<ExitCode> {
+    let spec: WorkerSpec = serde_json::from_str(spec).context("bad worker spec")?;
+    match spec {
+        WorkerSpec::Across(s) => {
+            let out = across::worker(&s)?;
+            println!("{}", serde_json::to_string(&out)?);
+        }
+        WorkerSpec::Hold(s) => recovery::hold(&s)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn checks(rows: &[Row], rec: &[recovery::RecoveryRow]) -> Vec<Check> {
+    let ns = |n: &str| rows.iter().find(|r| r.name == n).map(|r| r.ns.median);
+    let rate = |n: &str| rows.iter().find(|r| r.name == n).map(|r| r.ops_per_s);
+    let mut out = Vec::new();
+    let mut at_most = |name: String, v: Option<f64>, max: f64| {
+        if let Some(v) = v {
+            out.push(Check {
+                name,
+                value: v,
+                unit: "x",
+                target: format!("<= {max}x"),
+                met: Some(v <= max),
+            });
+        }
+    };
+    let ratio = |a: &str, b: &str| Some(ns(a)? / ns(b)?);
+    at_most(
+        "cf_exclusive / cas_pair".into(),
+        ratio("cf_exclusive", "cas_pair"),
+        3.0,
+    );
+    at_most(
+        "cf_exclusive / pthread_robust_mutex".into(),
+        ratio("cf_exclusive", "pthread_robust_mutex"),
+        1.25,
+    );
+    at_most(
+        "cf_exclusive_modify / cas_pair".into(),
+        ratio("cf_exclusive_modify", "cas_pair"),
+        6.0,
+    );
+    for (peer, min) in [
+        ("fcntl_ofd", 20.0),
+        ("flock", 12.0),
+        ("sysv_sem_undo", 12.0),
+    ] {
+        for cf in ["cf_share", "cf_exclusive", "cf_exclusive_modify"] {
+            if let Some(v) = ratio(peer, cf) {
+                out.push(Check {
+                    name: format!("{peer} / {cf}"),
+                    value: v,
+                    unit: "x",
+                    target: format!(">= {min}x"),
+                    met: Some(v >= min),
+                });
+            }
+        }
+    }
+    for (kind, target) in [
+        ("cf_exclusive", Some(1.8)),
+        ("pthread_robust_mutex", None),
+        ("fcntl_ofd", None),
+    ] {
+        let v = (|| Some(rate(&format!("{kind}_2p_disjoint"))? / rate(&format!("{kind}_1p"))?))();
+        if let Some(v) = v {
+            out.push(Check {
+                name: format!("{kind}: 2-process disjoint / 1-process throughput"),
+                value: v,
+                unit: "x",
+                target: target.map_or("(peer)".into(), |t| format!(">= {t}x")),
+                met: target.map(|t| v >= t),
+            });
+        }
+    }
+    if let Some(v) = ns("cf_handoff_pingpong") {
+        out.push(Check {
+            name: "cf hand-off between 2 processes".into(),
+            value: v,
+            unit: "ns",
+            target: "well under 1 µs".into(),
+            met: Some(v < 1000.0),
+        });
+    }
+    // Marginal cost per retained lock over each interval of N. Per-lock
+    // cost falling with N (fixed costs amortised) is fine; rising by more
+    // than 2x from one interval to the next is worse than linear.
+    let marg: Vec<(u64, u64, f64)> = rec
+        .windows(2)
+        .filter_map(|w| Some((w[0].n, w[1].n, w[1].marginal_ns_per_lock?)))
+        .collect();
+    if let [.., (a0, a1, m1), (_, b1, m2)] = marg[..] {
+        let v = m2 / m1;
+        out.push(Check {
+            name: format!("recovery: ns/lock for N {a1}->{b1} / for N {a0}->{a1}"),
+            value: v,
+            unit: "x",
+            target: "<= 2x (not worse than linear)".into(),
+            met: Some(v <= 2.0),
+        });
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn print_tables(
+    command: &str,
+    when: &str,
+    machine: &serde_json::Value,
+    cfg: &Config,
+    rows: &[Row],
+    checks: &[Check],
+    rec: &[recovery::RecoveryRow],
+    elapsed: Duration,
+) {
+    println!("{command}");
+    println!(
+        "{} UTC; {}, {} CPU(s), Linux {}; load average (1 min) {} at start, {} at end",
+        when,
+        machine["cpu"].as_str().unwrap_or("?"),
+        machine["cpus"],
+        machine["kernel"].as_str().unwrap_or("?"),
+        machine["loadavg_1min_at_start"],
+        machine["loadavg_1min_at_end"],
+    );
+    let m = |m: &Method| {
+        format!(
+            "warm-up {} ms, {} repetitions of ~{} ms",
+            m.warmup.as_millis(),
+            m.reps,
+            m.rep_time.as_millis()
+        )
+    };
+    println!(
+        "method: uncontended: {} (paths interleaved); across: {}; figures: median [min .. max] over repetitions",
+        m(&cfg.uncontended),
+        m(&cfg.across)
+    );
+    println!();
+    println!(
+        "{:<12} {:<32} {:>10} {:>11} {:>23} {:>7}",
+        "group", "name", "median/op", "ops/s", "[min .. max]", "spread"
+    );
+    for r in rows {
+        println!(
+            "{:<12} {:<32} {:>10} {:>11} {:>23} {:>6.0}%",
+            r.group,
+            r.name,
+            fmt_ns(r.ns.median),
+            fmt_rate(r.ops_per_s),
+            format!("[{} .. {}]", fmt_ns(r.ns.min), fmt_ns(r.ns.max)),
+            r.ns.spread_pct()
+        );
+    }
+    if !checks.is_empty() {
+        println!();
+        println!("Targets");
+        println!("{:<64} {:>9} {:>18}  verdict", "ratio", "value", "target");
+        for c in checks {
+            let v = if c.unit == "ns" {
+                fmt_ns(c.value)
+            } else {
+                format!("{:.2}x", c.value)
+            };
+            let verdict = match c.met {
+                Some(true) => "met",
+                Some(false) => "MISSED",
+                None => "-",
+            };
+            println!("{:<64} {:>9} {:>18}  {verdict}", c.name, v, c.target);
+        }
+    }
+    if !rec.is_empty() {
+        println!();
+        println!("Recovery: times after SIGKILL (t0) of a member holding N modify locks, from the region's events:");
+        println!("exit = its pidfd readable here (kernel exit done); detected = death noticed by the monitoring member;");
+        println!("cleaned = its locks marked retained; RL start = restart light started;");
+        println!("released = restart light ended normally, every retained lock released (medians unless p99)");
+        println!(
+            "{:>9} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>13}",
+            "N locks",
+            "reps",
+            "exit",
+            "detect",
+            "detect p99",
+            "cleaned",
+            "RL start",
+            "released",
+            "released p99",
+            "marginal/lock"
+        );
+        for r in rec {
+            println!(
+                "{:>9} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>13}",
+                r.n,
+                r.reps,
+                fmt_ns(r.exited.median),
+                fmt_ns(r.detect.median),
+                fmt_ns(r.detect.p99),
+                fmt_ns(r.cleaned.median),
+                fmt_ns(r.started.median),
+                fmt_ns(r.released.median),
+                fmt_ns(r.released.p99),
+                r.marginal_ns_per_lock.map_or("-".into(), fmt_ns)
+            );
+        }
+        println!("(p99 is nearest-rank: with fewer than 100 repetitions it is the maximum)");
+    }
+    println!();
+    println!("total run time {:.1} s", elapsed.as_secs_f64());
+}
+
+fn machine(cpus: usize) -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    json!({ "cpu": cpu, "cpus": cpus, "kernel": kernel })
+}
+
+/// The 1-minute load average (other work on the machine skews every figure).
+fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// "YYYY-MM-DD HH:MM:SS" (UTC) from the realtime clock.
+fn utc_now() -> String {
+    let secs = cf_core::connector::now_ns() / 1_000_000_000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!(
+        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
