@@ -745,7 +745,22 @@ impl World {
         }
         want.sort();
         prop_assert_eq!(got, want, "inspect::members (left) vs the model (right)");
-        prop_assert_eq!(inspect::counters(region), self.counters, "counters");
+        // Contention and false contention are published by every slow-path
+        // request; the request count of a holder's fast path every 64 requests,
+        // so the region may lag behind (and a dead holder's last few are lost).
+        let c = inspect::counters(region);
+        prop_assert_eq!(c.contention, self.counters.contention, "contention");
+        prop_assert_eq!(
+            c.false_contention,
+            self.counters.false_contention,
+            "false contention"
+        );
+        prop_assert!(
+            c.requests <= self.counters.requests,
+            "requests {:?} vs {:?}",
+            c,
+            self.counters
+        );
         // verify: clean, except for reporting members not yet cleaned up.
         let problems = inspect::verify(region);
         let dead = self
