@@ -227,7 +227,7 @@ impl Holder {
             max: crate::layout::MAX_RESOURCE,
         })?;
         Ok(
-            match self.acquire(&res, mode, Some(Instant::now() + timeout))? {
+            match self.acquire(&res, mode, Some(timeout))? {
                 TryOutcome::Granted(id) => Ok(id),
                 TryOutcome::Contention(h) => Err(WaitError::Timeout(h)),
                 TryOutcome::Retained(h) => Err(WaitError::Retained(h)),
@@ -240,7 +240,7 @@ impl Holder {
         &mut self,
         res: &Resource,
         mode: Mode,
-        deadline: Option<Instant>,
+        timeout: Option<Duration>,
     ) -> Result<TryOutcome, LockError> {
         let slot = self.alloc_slot()?;
         let region = &*self.m.region;
@@ -267,6 +267,8 @@ impl Holder {
             return Ok(TryOutcome::Granted(LockId { slot, entry, mode }));
         }
         tag.store(TAG_PENDING | entry, Ordering::Release);
+        // The clock is read only here: the fast path needs no deadline.
+        let deadline = timeout.map(|t| Instant::now() + t);
         let out = self.slow_acquire(res, mode, slot, entry, deadline);
         if !matches!(out, Ok(TryOutcome::Granted(_))) {
             // The record was freed by slow_acquire after it dropped the latch;
