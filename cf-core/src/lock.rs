@@ -226,13 +226,11 @@ impl Holder {
             len: resource.len(),
             max: crate::layout::MAX_RESOURCE,
         })?;
-        Ok(
-            match self.acquire(&res, mode, Some(timeout))? {
-                TryOutcome::Granted(id) => Ok(id),
-                TryOutcome::Contention(h) => Err(WaitError::Timeout(h)),
-                TryOutcome::Retained(h) => Err(WaitError::Retained(h)),
-            },
-        )
+        Ok(match self.acquire(&res, mode, Some(timeout))? {
+            TryOutcome::Granted(id) => Ok(id),
+            TryOutcome::Contention(h) => Err(WaitError::Timeout(h)),
+            TryOutcome::Retained(h) => Err(WaitError::Retained(h)),
+        })
     }
 
     #[inline]
