@@ -15,6 +15,8 @@
 //!   a different resource on the same entry, so every request and release goes
 //!   through the latched resource-level path.
 //!
+//! Group `recovery_scan`: cleanup of a dead member holding N modify locks.
+//!
 //! Group `contended_threads`: time per lock + unlock of a thread that takes one
 //! resource exclusively (waiting up to 10 s) while a partner thread hammers the
 //! same resource: `same_member_2_threads` (two holders of one member) and
@@ -158,5 +160,70 @@ fn contended_threads(c: &mut Criterion) {
     dir.close().expect("remove the temporary directory");
 }
 
-criterion_group!(benches, uncontended, contended_threads);
+/// Group `recovery_scan`: the cleanup of a dead member holding N modify locks
+/// (in one process: the death is simulated by faking a reused PID), i.e. the
+/// walk that marks its locks retained, for N = 100, 1,000 and 10,000. Each
+/// iteration's setup reconnects the failed member (taking its locks back),
+/// disconnects it, connects again and takes N locks on distinct entries.
+fn recovery_scan(c: &mut Criterion) {
+    let dir = ShmDir::new().expect("temporary directory in /dev/shm");
+    let sizes = Sizes {
+        lock_entries: 1 << 20,
+        members: 4,
+        records_per_member: 16384,
+    };
+    let fx = Fixture::new(&dir, "recovery", sizes).expect("region");
+    let mut g = c.benchmark_group("recovery_scan");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .sample_size(20);
+    for n in [100usize, 1_000, 10_000] {
+        // Names on distinct entries (see `cfctl hold --modify-many`).
+        let mut used = std::collections::HashSet::new();
+        let names: Vec<Vec<u8>> = (0..)
+            .map(|i| format!("rec:{i}").into_bytes())
+            .filter(|r| {
+                used.insert(
+                    cf_core::Resource::new(r)
+                        .expect("name")
+                        .entry(sizes.lock_entries),
+                )
+            })
+            .take(n)
+            .collect();
+        g.bench_function(format!("cleanup_{n}_modify_locks"), |bch| {
+            bch.iter_batched(
+                || {
+                    // Leave no failed member behind from the previous iteration.
+                    if let Ok(m) = cf_core::Member::connect(fx.region.clone(), "DEAD") {
+                        m.disconnect().expect("disconnect the recovered member");
+                    }
+                    let m = fx.connect("DEAD");
+                    let mut h = m.holder().expect("holder");
+                    for r in &names {
+                        try_granted(&mut h, r, Mode::Modify);
+                    }
+                    let id = m.id();
+                    cf_core::testing::fake_reused_pid(&fx.region, id);
+                    // The "dead process" keeps its handles: never released.
+                    std::mem::forget(h);
+                    std::mem::forget(m);
+                    id
+                },
+                |id| {
+                    let out = cf_core::cleanup_member(&fx.region, id).expect("cleanup");
+                    assert!(
+                        matches!(out, cf_core::CleanupOutcome::Cleaned(ref r) if r.retained == n)
+                    );
+                },
+                criterion::BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+    drop(fx);
+    dir.close().expect("remove the temporary directory");
+}
+
+criterion_group!(benches, uncontended, contended_threads, recovery_scan);
 criterion_main!(benches);
