@@ -8,7 +8,7 @@
 //! connectors      [ConnectorSlot; members]                     256 bytes each
 //! lock structure  LockStructHeader (counters)                  one page
 //! lock table      [AtomicU64; lock_entries]                    the lock words
-//! restart list    header + [RequestEntry; members]             64 bytes each
+//! restart list    header + [RequestEntry; members]             128 bytes each
 //! events          header page + [Event; EVENT_CAPACITY]        128 bytes each
 //! member areas    per member: block headers, tags, records     see records.rs
 //! ```
@@ -38,7 +38,7 @@ pub const MAX_LOCK_ENTRIES: u32 = 1 << 30;
 /// Names in the directory.
 pub const DIR_ENTRIES: usize = 6;
 /// Size of one restart-request list entry, and of the list's header.
-pub const REQUEST_SIZE: u64 = 64;
+pub const REQUEST_SIZE: u64 = 128;
 /// Events kept in the event ring (older ones are overwritten).
 pub const EVENT_CAPACITY: u64 = 4096;
 /// Size of one event.

@@ -366,7 +366,7 @@ impl Region {
     /// Word `field` (< 8) of the restart request for connector `id` (checked by caller).
     #[inline]
     pub(crate) fn request_field(&self, id: u32, field: u32) -> &AtomicU64 {
-        assert!(id < self.members() && field < 8);
+        assert!(id < self.members() && field < 16);
         self.atomic_at(
             self.layout.restart_list + layout::REQUEST_SIZE * (1 + id as u64) + 8 * field as u64,
         )

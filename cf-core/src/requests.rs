@@ -38,6 +38,9 @@ const R_POSTED_NS: u32 = 3;
 const R_CLAIMED_NS: u32 = 4;
 const R_WHO: u32 = 5;
 const R_ATTEMPTS: u32 = 6;
+/// Four words: the member's name, kept with the request (its slot's name is
+/// cleared when a restart light disconnects, before the request completes).
+const R_NAME: u32 = 8;
 
 /// Request states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +76,33 @@ pub struct RequestView {
     pub worker_pid: u32,
     pub worker_alive: bool,
     pub attempts: u64,
+    /// The name of the member to restart.
+    pub name: String,
+}
+
+fn store_name(region: &Region, id: u32, name: &str) {
+    let mut bytes = [0u8; 32];
+    let n = name.len().min(32);
+    bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
+    for (i, chunk) in bytes.chunks(8).enumerate() {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        region
+            .request_field(id, R_NAME + i as u32)
+            .store(w, Ordering::Relaxed);
+    }
+}
+
+fn load_name(region: &Region, id: u32) -> String {
+    let bytes: Vec<u8> = (0..4)
+        .flat_map(|i| {
+            region
+                .request_field(id, R_NAME + i)
+                .load(Ordering::Relaxed)
+                .to_le_bytes()
+        })
+        .collect();
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(32);
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
 fn state(region: &Region, id: u32) -> Result<RequestState, CorruptError> {
@@ -133,6 +163,7 @@ pub fn post(
     region
         .request_field(id, R_ATTEMPTS)
         .store(0, Ordering::Relaxed);
+    store_name(region, id, &crate::connector::name_of(region, id));
     region
         .request_field(id, R_CLAIMED_NS)
         .store(0, Ordering::Relaxed);
@@ -242,10 +273,16 @@ pub fn complete(region: &Region, id: u32, member: &str, by: &str) -> Result<(), 
     let st = region.request_field(id, R_STATE);
     if st.swap(0, Ordering::AcqRel) != 0 {
         region.list_header(1).fetch_add(1, Ordering::Relaxed);
+        let stored = load_name(region, id);
+        let name = if stored.is_empty() {
+            member
+        } else {
+            stored.as_str()
+        };
         crate::events::record(
             region,
             crate::events::EventKind::RecoveryCompleted,
-            member,
+            name,
             Some(by),
             [0, 0, 0],
         );
@@ -288,6 +325,7 @@ pub fn list(region: &Region) -> Result<Vec<RequestView>, CorruptError> {
             worker_pid: worker as u32,
             worker_alive: ProcessId::token_is_alive(worker),
             attempts: region.request_field(id, R_ATTEMPTS).load(Ordering::Relaxed),
+            name: load_name(region, id),
         });
     }
     Ok(out)
@@ -299,4 +337,15 @@ pub fn totals(region: &Region) -> (u64, u64) {
         region.list_header(0).load(Ordering::Relaxed),
         region.list_header(1).load(Ordering::Relaxed),
     )
+}
+
+/// Complete every outstanding request for the member named `name` (it was
+/// restarted normally, perhaps in another slot than the one it died in).
+pub fn complete_for_name(region: &Region, name: &str, by: &str) -> Result<(), CorruptError> {
+    for id in 0..region.members() {
+        if state(region, id)? != RequestState::Free && load_name(region, id) == name {
+            complete(region, id, name, by)?;
+        }
+    }
+    Ok(())
 }

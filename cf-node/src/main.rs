@@ -178,8 +178,9 @@ fn run(a: RunArgs) -> Result<()> {
                 [rep.backout.transactions, rep.released, 0],
             );
         }
-        let _ = cf_core::requests::complete(&region, member.id(), &a.member, &a.member);
     }
+    // A restart request left for our previous life is over: we are restarted.
+    let _ = cf_core::requests::complete_for_name(&region, &a.member, &a.member);
     // Recorded after any self-recovery, so the events of the previous life come first.
     events::record(
         &region,

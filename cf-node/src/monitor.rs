@@ -211,17 +211,23 @@ impl Monitor {
                 return Some(Duration::from_nanos(ready_at - now));
             }
         }
+        // The request keeps the member's name (its slot's may be cleared already).
+        let name = if req.name.is_empty() {
+            slot.name.clone()
+        } else {
+            req.name.clone()
+        };
         match requests::claim(&self.region, id, self.me_id, &self.me) {
             Ok(ClaimOutcome::Claimed { taken_over }) => {
                 events::record(
                     &self.region,
                     EventKind::Claimed,
-                    &slot.name,
+                    &name,
                     Some(&self.me_name),
                     [self.me.pid as u64, taken_over as u64, 0],
                 );
                 cf_core::crash::point("handler.claimed");
-                self.handle(id, &slot.name);
+                self.handle(id, &name);
                 Some(Duration::ZERO)
             }
             _ => None,

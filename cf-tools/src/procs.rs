@@ -30,6 +30,17 @@ impl MemberProc {
     /// Start `cf-node run --plex DIR --member NAME ARGS...` and wait for its
     /// "running" line.
     pub fn start(exe: &Path, plex: &Path, name: &str, args: &[String]) -> Result<MemberProc> {
+        Self::start_with_env(exe, plex, name, args, &[])
+    }
+
+    /// As [`MemberProc::start`], with extra environment variables.
+    pub fn start_with_env(
+        exe: &Path,
+        plex: &Path,
+        name: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<MemberProc> {
         let mut child = Command::new(exe)
             .arg("run")
             .arg("--plex")
@@ -37,6 +48,7 @@ impl MemberProc {
             .arg("--member")
             .arg(name)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -56,6 +68,11 @@ impl MemberProc {
             child,
             out,
         })
+    }
+
+    /// Has the process ended by itself (e.g. at a crash point)? Reaps it if so.
+    pub fn ended(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     /// SIGKILL and reap.

@@ -45,7 +45,7 @@ pub fn requests(region: &Region, as_json: bool) -> Result<()> {
             .iter()
             .map(|r| {
                 json!({
-                    "member": name_of(region, r.member_id), "member_id": r.member_id, "state": r.state.as_str(),
+                    "member": if r.name.is_empty() { name_of(region, r.member_id) } else { r.name.clone() }, "member_id": r.member_id, "state": r.state.as_str(),
                     "posted_unix_ns": r.posted_unix_ns, "claimed_unix_ns": r.claimed_unix_ns,
                     "posted_by": r.posted_by.map(|i| name_of(region, i)),
                     "claimed_by": r.claimed_by.map(|i| name_of(region, i)),
@@ -69,7 +69,11 @@ pub fn requests(region: &Region, as_json: bool) -> Result<()> {
     for r in &list {
         println!(
             "{:<20} {:<8} {:<16} {:<16} {:>8} {:>8}",
-            name_of(region, r.member_id),
+            if r.name.is_empty() {
+                name_of(region, r.member_id)
+            } else {
+                r.name.clone()
+            },
             r.state.as_str(),
             r.posted_by
                 .map(|i| name_of(region, i))

@@ -51,10 +51,27 @@ pub struct SimArgs {
     /// Keep the plex afterwards (it is always kept when an invariant breaks)
     #[arg(long)]
     keep: bool,
+    /// Also let members die at named crash points inside the protocols: one member start in
+    /// four (and the restart lights it starts) dies once at a point drawn from the seed
+    /// (bank.between_legs, handler.claimed, restart_light.*). Needs a build with the
+    /// `crash-points` feature; without it the points are inert
+    #[arg(long)]
+    crash_points: bool,
     /// Print the report as one JSON document
     #[arg(long)]
     json: bool,
 }
+
+/// The crash points `--crash-points` draws from (cf-node's recovery and workload).
+const SIM_CRASH_POINTS: &[&str] = &[
+    "bank.between_legs",
+    "handler.claimed",
+    "restart_light.connected",
+    "restart_light.backed_out_some",
+    "restart_light.backed_out",
+    "restart_light.released_some",
+    "restart_light.disconnected",
+];
 
 /// What a scheduled fault kills.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +144,13 @@ struct Sim<'a> {
     /// Restart-light processes killed (their member's death is already in `kills`).
     light_kills: u64,
     normal_rss: Vec<u64>,
+    /// `--crash-points`: a seeded generator for the points, and how many starts so far.
+    crash_rng: Option<Rng>,
+    starts: u64,
+    /// The faults are over: members are started unarmed.
+    final_phase: bool,
+    /// When each member was last seen running (a crash-point death happened after).
+    last_seen: Vec<u64>,
     clean_stops: u64,
     failed_stops: u64,
 }
@@ -142,6 +166,37 @@ impl Sim<'_> {
 
     fn name(i: usize) -> String {
         format!("M{i}")
+    }
+
+    /// Start member `i` (armed with a crash point drawn from the seed, with --crash-points).
+    fn start(&mut self, i: usize) -> Result<MemberProc> {
+        let mut env = Vec::new();
+        // One start in four is armed, and none once the faults are over.
+        let armed = !self.final_phase && self.crash_rng.as_mut().is_some_and(|r| r.below(4) == 0);
+        if let Some(rng) = self.crash_rng.as_mut().filter(|_| armed) {
+            let point = SIM_CRASH_POINTS[rng.below(SIM_CRASH_POINTS.len() as u64) as usize];
+            self.starts += 1;
+            let once = self.dir.join(format!("crash-once-{}", self.starts));
+            env.push(("CF_CRASH_AT".to_string(), point.to_string()));
+            env.push(("CF_CRASH_ONCE".to_string(), once.display().to_string()));
+        }
+        self.last_seen[i] = cf_core::connector::now_ns();
+        MemberProc::start_with_env(&self.exe, self.dir, &Self::name(i), &self.args, &env)
+    }
+
+    /// Members that died by themselves (at a crash point) count as kills.
+    fn reap_crashed(&mut self) {
+        let now = cf_core::connector::now_ns();
+        for i in 0..self.members.len() {
+            let ended = self.members[i].as_mut().is_some_and(|m| m.ended());
+            if ended {
+                self.members[i] = None;
+                self.kills.push((Self::name(i), self.last_seen[i]));
+                *self.kinds.entry("crash_point").or_default() += 1;
+            } else {
+                self.last_seen[i] = now;
+            }
+        }
     }
 
     fn alive_indices(&self) -> Vec<usize> {
@@ -182,11 +237,7 @@ impl Sim<'_> {
             .iter()
             .any(|m| m.name == name);
         let req = requests::list(&self.region)?;
-        let pending = req.iter().any(|r| {
-            cf_core::connector::slot_view(&self.region, r.member_id)
-                .map(|s| s.name == name)
-                .unwrap_or(false)
-        });
+        let pending = req.iter().any(|r| r.name == name);
         Ok(!busy && !pending)
     }
 
@@ -195,25 +246,27 @@ impl Sim<'_> {
         let dead: Vec<usize> = (0..self.members.len())
             .filter(|&i| self.members[i].is_none())
             .collect();
-        let all_dead = self.alive_indices().is_empty();
         for i in dead {
             let name = Self::name(i);
-            // With every member dead nobody recovers them: start one back first,
-            // it recovers the others (and itself, if it was failed).
-            if !all_dead {
-                while !self.recovered(&name)? {
-                    if t.elapsed() > limit {
-                        return Ok(false);
-                    }
-                    self.pump();
-                    std::thread::sleep(Duration::from_millis(1));
+            // Wait for its recovery, unless nobody is left alive to recover it
+            // (every member dead, also by crash points meanwhile): then start it
+            // back at once, and it recovers the others and itself.
+            loop {
+                self.reap_crashed();
+                if self.alive_indices().is_empty() || self.recovered(&name)? {
+                    break;
                 }
+                if t.elapsed() > limit {
+                    return Ok(false);
+                }
+                self.pump();
+                std::thread::sleep(Duration::from_millis(1));
             }
             // A start can race with a restart light of the same name still
             // finishing; try a few times.
             let mut started = None;
             for _ in 0..20 {
-                match MemberProc::start(&self.exe, self.dir, &name, &self.args) {
+                match self.start(i) {
                     Ok(m) => {
                         started = Some(m);
                         break;
@@ -327,18 +380,24 @@ pub fn run(plex_arg: Option<&Path>, a: SimArgs) -> Result<ExitCode> {
         kinds: HashMap::new(),
         light_kills: 0,
         normal_rss: Vec::new(),
+        crash_rng: a.crash_points.then(|| Rng::seeded(a.seed ^ 0xc0ffee)),
+        starts: 0,
+        final_phase: false,
+        last_seen: vec![0; a.members as usize],
         clean_stops: 0,
         failed_stops: 0,
     };
     for i in 0..a.members as usize {
-        let m = MemberProc::start(&sim.exe, &dir, &Sim::name(i), &sim.args)?;
-        sim.members.push(Some(m));
+        sim.members.push(None);
+        let m = sim.start(i)?;
+        sim.members[i] = Some(m);
     }
     let t0 = Instant::now();
     let mut liveness_ok = true;
     for (at, fault) in &plan {
         while t0.elapsed() < *at {
             sim.pump();
+            sim.reap_crashed();
             std::thread::sleep(Duration::from_millis(2));
         }
         sim.inject(*fault)?;
@@ -362,9 +421,23 @@ pub fn run(plex_arg: Option<&Path>, a: SimArgs) -> Result<ExitCode> {
         sim.pump();
         std::thread::sleep(Duration::from_millis(5));
     }
-    // Let the last recoveries finish, then stop everyone normally.
+    // Let the last recoveries finish (restarting, unarmed, any member that
+    // died at a crash point meanwhile), then stop everyone normally.
+    sim.final_phase = true;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !requests::list(&sim.region)?.is_empty() && Instant::now() < deadline {
+    loop {
+        sim.pump();
+        sim.reap_crashed();
+        if sim.members.iter().any(|m| m.is_none()) {
+            if !sim.restart_dead(Duration::from_secs(30))? {
+                liveness_ok = false;
+                break;
+            }
+            continue;
+        }
+        if requests::list(&sim.region)?.is_empty() || Instant::now() > deadline {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(2));
     }
     let elapsed = t0.elapsed();

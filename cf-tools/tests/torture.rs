@@ -1,6 +1,7 @@
 //! The kill torture test: `cfctl sim` with at least 200 kills of members,
-//! restarters, restart-light processes and every member at once, on three
-//! members, and every invariant checked. A longer run is `#[ignore]`d (run it
+//! restarters, restart-light processes and every member at once, some at
+//! named crash points (`--crash-points`), on three members, and every
+//! invariant checked. A longer run is `#[ignore]`d (run it
 //! with `cargo test --release -p cf-tools --test torture -- --ignored`, or use
 //! the soak script).
 
@@ -62,10 +63,23 @@ fn two_hundred_kills_keep_every_invariant() {
         "300",
         "--buffer-pool-mb",
         "4",
+        "--crash-points",
     ]);
     check(&doc, 200);
     let kinds = &doc["kills_by_kind"];
-    for k in ["member", "restarter", "restart_light", "all_members"] {
+    // Crash points need the crash-points feature (the test command enables it).
+    let kinds_wanted: &[&str] = if cfg!(feature = "crash-points") {
+        &[
+            "member",
+            "restarter",
+            "restart_light",
+            "all_members",
+            "crash_point",
+        ]
+    } else {
+        &["member", "restarter", "restart_light", "all_members"]
+    };
+    for k in kinds_wanted {
         assert!(kinds[k].as_u64().unwrap_or(0) > 0, "no {k} fault: {kinds}");
     }
 }
