@@ -5,11 +5,8 @@ use std::path::PathBuf;
 /// Why a region could not be created or opened.
 #[derive(Debug, thiserror::Error)]
 pub enum RegionError {
-    #[error("plex directory {path}: {source}")]
-    PlexDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("plex directory {path}: {err}")]
+    PlexDir { path: PathBuf, err: std::io::Error },
     #[error("{path} already exists (destroy the plex first)")]
     AlreadyExists { path: PathBuf },
     #[error("{path}: no region here (create one with `cfctl create`)")]
@@ -46,11 +43,8 @@ pub enum RegionError {
     BadHeader { path: PathBuf, what: String },
     #[error("invalid size option: {0}")]
     BadOption(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
 }
 
 /// Something read from the shared region failed a bounds or consistency check.

@@ -74,7 +74,7 @@ impl std::fmt::Debug for Region {
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RegionError + '_ {
     move |source| RegionError::Io {
         path: path.to_path_buf(),
-        source,
+        err: source,
     }
 }
 
@@ -92,13 +92,13 @@ fn ensure_plex_dir(dir: &Path, group_access: bool) -> Result<(), RegionError> {
         Err(source) => {
             return Err(RegionError::PlexDir {
                 path: dir.into(),
-                source,
+                err: source,
             })
         }
     }
     let meta = std::fs::symlink_metadata(dir).map_err(|source| RegionError::PlexDir {
         path: dir.into(),
-        source,
+        err: source,
     })?;
     if meta.file_type().is_symlink() {
         return Err(RegionError::Symlink { path: dir.into() });
@@ -136,7 +136,7 @@ impl Region {
                 }
                 _ => RegionError::Io {
                     path: path.clone(),
-                    source: e,
+                    err: e,
                 },
             })?;
         let layout = Layout::compute(opts.sizes);
@@ -179,12 +179,15 @@ impl Region {
             Err(e) => {
                 return Err(RegionError::Io {
                     path: path.into(),
-                    source: e,
+                    err: e,
                 })
             }
         };
         if meta.file_type().is_symlink() {
             return Err(RegionError::Symlink { path: path.into() });
+        }
+        if !meta.file_type().is_file() {
+            return Err(RegionError::NotRegularFile { path: path.into() });
         }
         let mut file: File = OpenOptions::new()
             .read(true)
@@ -197,7 +200,7 @@ impl Region {
                 } else {
                     RegionError::Io {
                         path: path.into(),
-                        source: e,
+                        err: e,
                     }
                 }
             })?;

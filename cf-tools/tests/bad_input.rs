@@ -386,7 +386,7 @@ fn region_owned_by_another_user() {
 fn directory_where_the_region_should_be() {
     let s = Scratch::new();
     std::fs::create_dir_all(s.region_path()).unwrap();
-    assert_refused(&s.plex(), "directory", "directory");
+    assert_refused(&s.plex(), "is not a regular file", "directory");
 }
 
 #[test]
