@@ -6,6 +6,11 @@
 //! reach the point (the one that creates `<path>`) is killed, so a retry by a
 //! child of the same parent runs through. Without the feature every crash point
 //! compiles to nothing.
+//!
+//! Under `--cfg loom` a model thread arms a point with [`model::arm`]; reaching
+//! it marks the thread's modelled process dead and unwinds the thread (caught
+//! by the model), and [`killed`] tells destructors not to act: a SIGKILLed
+//! process runs no more code.
 
 /// Every crash point in the protocols, for tests to iterate over.
 pub const CRASH_POINTS: &[&str] = &[
@@ -25,7 +30,6 @@ pub const CRASH_POINTS: &[&str] = &[
     "cleanup.before_final_state",
     // connector.rs
     "connect.latched",
-    "disconnect.released_some",
     // cf-node: restart light (restart_light.rs) and the request handler (monitor.rs)
     "restart_light.connected",
     "restart_light.backed_out_some",
@@ -37,7 +41,7 @@ pub const CRASH_POINTS: &[&str] = &[
     "bank.between_legs",
 ];
 
-#[cfg(feature = "crash-points")]
+#[cfg(all(feature = "crash-points", not(loom)))]
 mod imp {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
@@ -83,6 +87,75 @@ mod imp {
 #[inline(always)]
 pub fn point(name: &'static str) {
     debug_assert!(CRASH_POINTS.contains(&name), "unlisted crash point {name}");
-    #[cfg(feature = "crash-points")]
+    #[cfg(all(feature = "crash-points", not(loom)))]
     imp::hit(name);
+    #[cfg(loom)]
+    model::hit(name);
+}
+
+/// Was this thread killed at a crash point? (Only under loom: a real SIGKILL
+/// leaves no thread to ask.)
+#[inline(always)]
+pub(crate) fn killed() -> bool {
+    #[cfg(loom)]
+    return model::killed();
+    #[cfg(not(loom))]
+    false
+}
+
+/// Crash points in the loom models.
+#[cfg(loom)]
+pub mod model {
+    use std::cell::{Cell, RefCell};
+
+    /// The payload a killed model thread unwinds with.
+    #[derive(Debug)]
+    pub struct Killed;
+
+    loom::thread_local! {
+        static ARMED: RefCell<Option<(&'static str, u32)>> = const { RefCell::new(None) };
+        static KILLED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Kill this model thread's process at the `nth` hit (from 1) of `name`.
+    pub fn arm(name: &'static str, nth: u32) {
+        assert!(
+            super::CRASH_POINTS.contains(&name),
+            "unlisted crash point {name}"
+        );
+        ARMED.with(|a| *a.borrow_mut() = Some((name, nth.max(1))));
+    }
+
+    pub(super) fn killed() -> bool {
+        KILLED.with(|k| k.get())
+    }
+
+    pub(super) fn hit(name: &'static str) {
+        let fire = ARMED.with(|a| {
+            let mut a = a.borrow_mut();
+            match a.as_mut() {
+                Some((n, left)) if *n == name => {
+                    *left -= 1;
+                    *left == 0
+                }
+                _ => false,
+            }
+        });
+        if fire {
+            KILLED.with(|k| k.set(true));
+            crate::connector::identity::model::kill(crate::connector::identity::model::current());
+            std::panic::resume_unwind(Box::new(Killed));
+        }
+    }
+
+    /// Run `f` as model process `pid`; true if it ran to the end, false if it
+    /// was killed at its armed crash point.
+    pub fn run_as(pid: u32, f: impl FnOnce()) -> bool {
+        crate::connector::identity::model::enter(pid);
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(()) => true,
+            Err(p) if p.is::<Killed>() => false,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    }
 }

@@ -73,6 +73,11 @@ pub enum ConnectError {
     NameInUse { name: String, pid: u32 },
     #[error("member {0:?} is not failed-persistent: nothing to recover")]
     NotFailed(String),
+    #[error(
+        "member {0:?} is failed-persistent: its locks stay retained until its log is recovered \
+         (start `cf-node run --member {0}`, or post `cfctl restart-light {0}`)"
+    )]
+    FailedPersistent(String),
     #[error("all {0} connector slots are in use")]
     TableFull(u32),
     #[error("timed out waiting for the connect latch (held by pid {0})")]

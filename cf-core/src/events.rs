@@ -10,9 +10,10 @@
 //! first word is the same nonzero value before and after it read the fields.
 //! A writer killed halfway leaves a slot marked invalid: it is skipped.
 
-use crate::connector::{now_ns, MAX_NAME};
-use crate::layout::EVENT_CAPACITY;
-use crate::region::Region;
+use crate::connector::now_ns;
+use crate::shm::layout::EVENT_CAPACITY;
+use crate::shm::region::Region;
+use crate::shm::slots;
 use crate::sync::Ordering;
 
 /// Kinds of events.
@@ -106,28 +107,8 @@ pub struct Event {
     pub c: u64,
 }
 
-const F_SEQ: u32 = 0;
-const F_KIND: u32 = 1;
-const F_TIME: u32 = 2;
-const F_A: u32 = 3;
-const F_NAME: u32 = 6;
-const F_BY: u32 = 10;
-
-fn name_words(name: &str) -> [u64; 4] {
-    let mut bytes = [0u8; MAX_NAME];
-    let n = name.len().min(MAX_NAME);
-    bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
-    let mut w = [0u64; 4];
-    for (i, chunk) in bytes.chunks(8).enumerate() {
-        w[i] = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
-    }
-    w
-}
-
-fn words_name(w: [u64; 4]) -> String {
-    let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(MAX_NAME);
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+fn words_name(w: &[crate::sync::AtomicU64; 4]) -> String {
+    String::from_utf8_lossy(&slots::load_name_bytes(w)).into_owned()
 }
 
 /// Record an event now. `payload` is `[a, b, c]`.
@@ -144,22 +125,18 @@ pub fn record_at(
     payload: [u64; 3],
     time_ns: u64,
 ) {
-    let seq = region.events_header(0).fetch_add(1, Ordering::AcqRel);
-    let slot = seq % EVENT_CAPACITY;
-    let f = |i| region.event_field(slot, i);
-    f(F_SEQ).store(0, Ordering::Release);
-    f(F_KIND).store(kind.code() | (by.is_some() as u64) << 32, Ordering::Relaxed);
-    f(F_TIME).store(time_ns, Ordering::Relaxed);
-    for (i, v) in payload.iter().enumerate() {
-        f(F_A + i as u32).store(*v, Ordering::Relaxed);
+    let seq = region.event_header().head.fetch_add(1, Ordering::AcqRel);
+    let e = &region.event_slots()[(seq % EVENT_CAPACITY) as usize];
+    e.seq.store(0, Ordering::Release);
+    e.kind
+        .store(kind.code() | (by.is_some() as u64) << 32, Ordering::Relaxed);
+    e.time_ns.store(time_ns, Ordering::Relaxed);
+    for (w, v) in e.payload.iter().zip(payload) {
+        w.store(v, Ordering::Relaxed);
     }
-    for (i, w) in name_words(member).iter().enumerate() {
-        f(F_NAME + i as u32).store(*w, Ordering::Relaxed);
-    }
-    for (i, w) in name_words(by.unwrap_or("")).iter().enumerate() {
-        f(F_BY + i as u32).store(*w, Ordering::Relaxed);
-    }
-    f(F_SEQ).store(seq + 1, Ordering::Release);
+    slots::store_name(&e.member, member.as_bytes());
+    slots::store_name(&e.by, by.unwrap_or("").as_bytes());
+    e.seq.store(seq.wrapping_add(1), Ordering::Release);
 }
 
 /// Every readable event still in the ring, oldest first.
@@ -169,31 +146,22 @@ pub fn read_all(region: &Region) -> Vec<Event> {
 
 /// Events with sequence number >= `from`, oldest first.
 pub fn read_since(region: &Region, from: u64) -> Vec<Event> {
-    let head = region.events_header(0).load(Ordering::Acquire);
+    let head = region.event_header().head.load(Ordering::Acquire);
     let start = head.saturating_sub(EVENT_CAPACITY).max(from);
     let mut out = Vec::new();
     for seq in start..head {
-        let slot = seq % EVENT_CAPACITY;
-        let f = |i| region.event_field(slot, i);
-        let s1 = f(F_SEQ).load(Ordering::Acquire);
-        if s1 != seq + 1 {
+        let e = &region.event_slots()[(seq % EVENT_CAPACITY) as usize];
+        let s1 = e.seq.load(Ordering::Acquire);
+        if s1 != seq.wrapping_add(1) {
             continue;
         }
-        let kind_word = f(F_KIND).load(Ordering::Relaxed);
-        let time_ns = f(F_TIME).load(Ordering::Relaxed);
-        let abc = [
-            f(F_A).load(Ordering::Relaxed),
-            f(F_A + 1).load(Ordering::Relaxed),
-            f(F_A + 2).load(Ordering::Relaxed),
-        ];
-        let name = words_name(std::array::from_fn(|i| {
-            f(F_NAME + i as u32).load(Ordering::Relaxed)
-        }));
-        let by = words_name(std::array::from_fn(|i| {
-            f(F_BY + i as u32).load(Ordering::Relaxed)
-        }));
+        let kind_word = e.kind.load(Ordering::Relaxed);
+        let time_ns = e.time_ns.load(Ordering::Relaxed);
+        let abc = [0, 1, 2].map(|i| e.payload[i].load(Ordering::Relaxed));
+        let name = words_name(&e.member);
+        let by = words_name(&e.by);
         crate::sync::fence_acquire();
-        if f(F_SEQ).load(Ordering::Relaxed) != s1 {
+        if e.seq.load(Ordering::Relaxed) != s1 {
             continue;
         }
         let Some(kind) = EventKind::from_code(kind_word & 0xffff_ffff) else {
@@ -215,5 +183,5 @@ pub fn read_since(region: &Region, from: u64) -> Vec<Event> {
 
 /// Sequence number the next event will get.
 pub fn next_seq(region: &Region) -> u64 {
-    region.events_header(0).load(Ordering::Acquire)
+    region.event_header().head.load(Ordering::Acquire)
 }

@@ -5,8 +5,9 @@
 use crate::connector::{self, MemberState};
 use crate::error::CorruptError;
 use crate::layout::StructureKind;
-use crate::lockword::{self, Word};
-use crate::records::{self, Mode, RecordView, BLK_CONTENTION, BLK_FALSE, BLK_OWNER, BLK_REQUESTS};
+use crate::lock::entry::bits;
+use crate::lock::records::{self, Mode, RecordView};
+use crate::lock::word::{self as lockword, Word};
 use crate::region::Region;
 use crate::sync::Ordering;
 use std::collections::HashMap;
@@ -70,11 +71,13 @@ pub struct StructureView {
 pub fn members(region: &Region) -> Result<Vec<MemberView>, CorruptError> {
     let mut out = Vec::new();
     for id in 0..region.members() {
-        let st = connector::load_state(region, id)?;
+        let snap = connector::snapshot(region, id)?;
+        let st = snap.st;
         if st.state == MemberState::Free {
             continue;
         }
-        let p = connector::process_of(region, id);
+        let p = snap.process;
+        let slot = region.connector(id)?;
         let recs = records::all_records(region, id)?;
         let held = recs.iter().filter(|r| r.held).count();
         let retained = if st.state.retains() {
@@ -89,15 +92,11 @@ pub fn members(region: &Region) -> Result<Vec<MemberView>, CorruptError> {
             generation: st.generation,
             pid: p.pid,
             start_time: p.start_time,
-            alive: connector::is_alive(region, id, st),
+            alive: snap.is_alive(),
             held,
             retained,
-            connected_unix_ns: region
-                .connector_field(id, connector::F_CONNECTED_NS)
-                .load(Ordering::Relaxed),
-            failed_unix_ns: region
-                .connector_field(id, connector::F_FAILED_NS)
-                .load(Ordering::Relaxed),
+            connected_unix_ns: slot.connected_ns.load(Ordering::Relaxed),
+            failed_unix_ns: slot.failed_ns.load(Ordering::Relaxed),
         });
     }
     Ok(out)
@@ -140,44 +139,27 @@ pub fn retained(region: &Region) -> Result<Vec<LockView>, CorruptError> {
 
 /// Counters are summed saturating: they are read from the (untrusted) region.
 pub fn counters(region: &Region) -> Counters {
+    let t = &region.lock_header().counters;
     let mut c = Counters {
-        requests: region.lock_counter(0).load(Ordering::Relaxed),
-        contention: region.lock_counter(1).load(Ordering::Relaxed),
-        false_contention: region.lock_counter(2).load(Ordering::Relaxed),
+        requests: t[0].load(Ordering::Relaxed),
+        contention: t[1].load(Ordering::Relaxed),
+        false_contention: t[2].load(Ordering::Relaxed),
     };
+    let mut add =
+        |r: &crate::sync::AtomicU64, n: &crate::sync::AtomicU64, f: &crate::sync::AtomicU64| {
+            c.requests = c.requests.saturating_add(r.load(Ordering::Relaxed));
+            c.contention = c.contention.saturating_add(n.load(Ordering::Relaxed));
+            c.false_contention = c.false_contention.saturating_add(f.load(Ordering::Relaxed));
+        };
     for id in 0..region.members() {
-        c.requests = c.requests.saturating_add(
-            region
-                .connector_field(id, connector::F_REQUESTS)
-                .load(Ordering::Relaxed),
-        );
-        c.contention = c.contention.saturating_add(
-            region
-                .connector_field(id, connector::F_CONTENTION)
-                .load(Ordering::Relaxed),
-        );
-        c.false_contention = c.false_contention.saturating_add(
-            region
-                .connector_field(id, connector::F_FALSE)
-                .load(Ordering::Relaxed),
-        );
-        for b in 0..region.blocks_per_member() {
-            if region.block_field(id, b, BLK_OWNER).load(Ordering::Relaxed) == 0 {
-                continue;
+        let Ok(slot) = region.connector(id) else {
+            continue;
+        };
+        add(&slot.requests, &slot.contention, &slot.false_contention);
+        for b in region.blocks(id).unwrap_or(&[]) {
+            if b.owner.load(Ordering::Relaxed) != 0 {
+                add(&b.requests, &b.contention, &b.false_contention);
             }
-            c.requests = c.requests.saturating_add(
-                region
-                    .block_field(id, b, BLK_REQUESTS)
-                    .load(Ordering::Relaxed),
-            );
-            c.contention = c.contention.saturating_add(
-                region
-                    .block_field(id, b, BLK_CONTENTION)
-                    .load(Ordering::Relaxed),
-            );
-            c.false_contention = c
-                .false_contention
-                .saturating_add(region.block_field(id, b, BLK_FALSE).load(Ordering::Relaxed));
         }
     }
     c
@@ -186,13 +168,11 @@ pub fn counters(region: &Region) -> Counters {
 /// Transactions applications reported committed (`Member::add_committed`),
 /// over every member past and present.
 pub fn committed_total(region: &Region) -> u64 {
-    let mut n = region.lock_counter(3).load(Ordering::Relaxed);
+    let mut n = region.lock_header().counters[3].load(Ordering::Relaxed);
     for id in 0..region.members() {
-        n = n.saturating_add(
-            region
-                .connector_field(id, connector::F_COMMITTED)
-                .load(Ordering::Relaxed),
-        );
+        if let Ok(slot) = region.connector(id) {
+            n = n.saturating_add(slot.committed.load(Ordering::Relaxed));
+        }
     }
     n
 }
@@ -263,8 +243,8 @@ pub fn verify(region: &Region) -> Vec<String> {
         states.push(Some(st.state));
         let name = connector::name_of(region, id);
         let hwm = region
-            .connector_field(id, connector::F_HWM)
-            .load(Ordering::Relaxed);
+            .connector(id)
+            .map_or(0, |c| c.hwm.load(Ordering::Relaxed));
         if hwm > region.blocks_per_member() as u64 {
             problems.push(format!(
                 "connector {id}: record high-water mark {hwm} beyond {} blocks",
@@ -288,7 +268,9 @@ pub fn verify(region: &Region) -> Vec<String> {
                 }
                 continue;
             }
-            s if s.has_process() && !connector::is_alive(region, id, st) => {
+            s if s.has_process()
+                && !connector::snapshot(region, id).is_ok_and(|s| s.is_alive()) =>
+            {
                 problems.push(format!(
                     "member {name} (connector {id}, pid {}) is {} but its process is dead: not yet cleaned up",
                     connector::process_of(region, id).pid,
@@ -355,7 +337,7 @@ pub fn verify(region: &Region) -> Vec<String> {
                 ));
             }
         }
-        for c in crate::lock::bits(w.named()) {
+        for c in bits(w.named()) {
             if c >= region.members() {
                 problems.push(format!(
                     "lock entry {e} names connector {c}, beyond the table of {}",
@@ -368,10 +350,16 @@ pub fn verify(region: &Region) -> Vec<String> {
             }
         }
     }
-    // Mutual exclusion on each resource.
+    // Mutual exclusion on each resource, between live holders. A retained
+    // record beside a live holder of the same resource is not damage: a
+    // member that died inside a second request on an entry it was named on
+    // keeps that record (it may have been granted), which only refuses
+    // requests until its recovery releases it (`lock/entry.rs`).
     let mut by_res: HashMap<Vec<u8>, Vec<&RecordView>> = HashMap::new();
-    for (r, _) in &held {
-        by_res.entry(r.resource.bytes()).or_default().push(r);
+    for (r, st) in &held {
+        if !st.retains() {
+            by_res.entry(r.resource.bytes()).or_default().push(r);
+        }
     }
     for (res, rs) in by_res {
         for (i, a) in rs.iter().enumerate() {

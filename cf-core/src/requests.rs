@@ -1,46 +1,45 @@
 //! The restart-request list: a list structure in the region with one entry
 //! per connector slot, so a failed member has at most one request at a time.
 //!
-//! Entry words: `state` (FREE 0, PENDING 1, CLAIMED 2), `claim` (token of the
-//! member process handling it), `worker` (token of the restart-light process
-//! it started), times, and who posted and claimed it. The list header holds a
-//! 32-bit *sequence* word that every change bumps and every member futex-waits
-//! on, so members react to a new request without polling.
+//! An entry (`shm/slots.rs`, `RequestEntry`) has a state word
+//! `[epoch:32][unused:24][state:8]` (FREE 0, PENDING 1, CLAIMED 2), a claim
+//! word (token of the member process handling it), a worker word (token of the
+//! restart-light process it started), times, and who posted and claimed it.
+//! The list header holds a 32-bit *sequence* word that every change bumps and
+//! every member futex-waits on, so members react to a new request without
+//! polling.
 //!
 //! # Protocol and crash windows
-//! * **Post**: CAS state FREE → PENDING. Posting twice is harmless (the second
-//!   finds it pending). A poster that dies before its CAS posted nothing; the
-//!   member stays failed-persistent and the periodic sweep of any member posts
-//!   again.
+//! * **Post**: one CAS of the state word from FREE to PENDING with the next
+//!   epoch. Posting twice is harmless (the second finds it pending). A poster
+//!   that dies before its CAS posted nothing; the member stays
+//!   failed-persistent and the periodic sweep of any member posts again.
 //! * **Claim**: `claim::try_claim` on the claim word, allowed only if the
-//!   previous claimer *and* the restart-light process it started are both dead:
-//!   a restart light orphaned by its claimer's death is left to finish.
-//!   Exactly one claimer wins (one CAS).
-//! * **Complete**: the restart-light process sets the entry FREE after its
-//!   member is disconnected. A restart light killed before that leaves the
-//!   entry CLAIMED with a dead worker: its claimer starts another, or, if the
-//!   claimer is dead too, another member takes the claim over. A handler always
-//!   looks at the member first: a member no longer failed-persistent needs no
-//!   restart, and the request is completed.
+//!   previous claimer *and* the restart-light process it started are both
+//!   dead (a restart light orphaned by its claimer's death is left to finish);
+//!   then one CAS of the state word from what was seen (same epoch) to
+//!   CLAIMED. Exactly one claimer wins.
+//! * **Every later step names the epoch** it works for: a restart light, a
+//!   handler and a completion act only on the request they were started for.
+//!   [`complete`] is one CAS from (PENDING or CLAIMED, that epoch) to FREE, so
+//!   a late completion (a restart light or handler finishing after the request
+//!   was completed and a new one posted for the slot's next occupant) changes
+//!   nothing and records nothing: every request is completed, and
+//!   `recovery_completed` recorded, exactly once.
+//! * A restart light killed before completing leaves the entry CLAIMED with a
+//!   dead worker: its claimer starts another, or, if the claimer is dead too,
+//!   another member takes the claim over. A handler always looks at the
+//!   member first: a member no longer failed-persistent needs no restart, and
+//!   the request is completed.
 
-use crate::claim::{self, Claim};
+use crate::connector::claim::{self, Claim};
+use crate::connector::identity::ProcessId;
 use crate::connector::now_ns;
 use crate::error::CorruptError;
-use crate::identity::ProcessId;
-use crate::region::Region;
+use crate::shm::region::Region;
+use crate::shm::slots::{self, RequestEntry};
 use crate::sync::Ordering;
 use std::time::Duration;
-
-const R_STATE: u32 = 0;
-const R_CLAIM: u32 = 1;
-const R_WORKER: u32 = 2;
-const R_POSTED_NS: u32 = 3;
-const R_CLAIMED_NS: u32 = 4;
-const R_WHO: u32 = 5;
-const R_ATTEMPTS: u32 = 6;
-/// Four words: the member's name, kept with the request (its slot's name is
-/// cleared when a restart light disconnects, before the request completes).
-const R_NAME: u32 = 8;
 
 /// Request states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +57,26 @@ impl RequestState {
             RequestState::Claimed => "claimed",
         }
     }
+    fn code(self) -> u64 {
+        match self {
+            RequestState::Free => 0,
+            RequestState::Pending => 1,
+            RequestState::Claimed => 2,
+        }
+    }
+}
+
+/// A decoded state word: the state and the epoch of the request it is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StateWord {
+    state: RequestState,
+    epoch: u32,
+}
+
+impl StateWord {
+    fn encode(self) -> u64 {
+        self.state.code() | (self.epoch as u64) << 32
+    }
 }
 
 /// A request as read back.
@@ -66,6 +85,8 @@ pub struct RequestView {
     /// Connector id of the member to restart.
     pub member_id: u32,
     pub state: RequestState,
+    /// Which request of this slot it is (changes at every post).
+    pub epoch: u32,
     pub posted_unix_ns: u64,
     pub claimed_unix_ns: u64,
     /// Connector ids of the poster and the claimer, where known.
@@ -80,115 +101,114 @@ pub struct RequestView {
     pub name: String,
 }
 
-fn store_name(region: &Region, id: u32, name: &str) {
-    let mut bytes = [0u8; 32];
-    let n = name.len().min(32);
-    bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
-    for (i, chunk) in bytes.chunks(8).enumerate() {
-        let w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
-        region
-            .request_field(id, R_NAME + i as u32)
-            .store(w, Ordering::Relaxed);
-    }
-}
-
-fn load_name(region: &Region, id: u32) -> String {
-    let bytes: Vec<u8> = (0..4)
-        .flat_map(|i| {
-            region
-                .request_field(id, R_NAME + i)
-                .load(Ordering::Relaxed)
-                .to_le_bytes()
-        })
-        .collect();
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(32);
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
-
-fn state(region: &Region, id: u32) -> Result<RequestState, CorruptError> {
-    match region.request_field(id, R_STATE).load(Ordering::Acquire) {
-        0 => Ok(RequestState::Free),
-        1 => Ok(RequestState::Pending),
-        2 => Ok(RequestState::Claimed),
-        s => Err(CorruptError::BadConnector {
+fn load(id: u32, e: &RequestEntry) -> Result<StateWord, CorruptError> {
+    let raw = e.state.load(Ordering::Acquire);
+    let state = match raw & 0xff {
+        0 => RequestState::Free,
+        1 => RequestState::Pending,
+        2 => RequestState::Claimed,
+        s => {
+            return Err(CorruptError::BadConnector {
+                id,
+                what: format!("restart request state {s}"),
+            })
+        }
+    };
+    if raw & 0xffff_ff00 != 0 {
+        return Err(CorruptError::BadConnector {
             id,
-            what: format!("restart request state {s}"),
-        }),
+            what: format!("unknown bits in restart request state {raw:#018x}"),
+        });
     }
+    Ok(StateWord {
+        state,
+        epoch: (raw >> 32) as u32,
+    })
+}
+
+fn cas(e: &RequestEntry, from: StateWord, to: StateWord) -> bool {
+    e.state
+        .compare_exchange(
+            from.encode(),
+            to.encode(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_ok()
+}
+
+fn load_name(e: &RequestEntry) -> String {
+    String::from_utf8_lossy(&slots::load_name_bytes(&e.name)).into_owned()
 }
 
 fn bump(region: &Region) {
-    region.list_sequence().fetch_add(1, Ordering::AcqRel);
-    crate::futex::wake_all_u32(region.list_sequence());
+    let seq = &region.request_header().sequence;
+    seq.fetch_add(1, Ordering::AcqRel);
+    crate::lock::futex::wake_all_u32(seq);
 }
 
 /// The list's sequence word, to pass to [`wait_for_change`].
 pub fn sequence(region: &Region) -> u32 {
-    region.list_sequence().load(Ordering::Acquire)
+    region.request_header().sequence.load(Ordering::Acquire)
 }
 
 /// Sleep until the list changes from `seen` (or `timeout` passes).
 pub fn wait_for_change(region: &Region, seen: u32, timeout: Duration) {
-    crate::futex::wait_u32(region.list_sequence(), seen, timeout);
+    crate::lock::futex::wait_u32(&region.request_header().sequence, seen, timeout);
 }
 
 /// Post a request to restart member `id` (by connector `by`, if a member).
-/// Returns false if one was already pending or claimed. `on_posted` runs once
-/// the request is posted and before any member is woken for it (so an event
-/// recorded there comes before the claim's).
+/// Returns the new request's epoch, or `None` if one was already pending or
+/// claimed. `on_posted` runs once the request is posted and before any member
+/// is woken for it (so an event recorded there comes before the claim's).
 pub fn post(
     region: &Region,
     id: u32,
     by: Option<u32>,
     on_posted: impl FnOnce(),
-) -> Result<bool, CorruptError> {
-    let id = region.check_member(id)?;
-    state(region, id)?;
-    let st = region.request_field(id, R_STATE);
-    if st.load(Ordering::Acquire) != 0 {
-        return Ok(false);
+) -> Result<Option<u32>, CorruptError> {
+    let e = region.request(id)?;
+    let now = load(id, e)?;
+    if now.state != RequestState::Free {
+        return Ok(None);
     }
-    if st
-        .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
-        .is_err()
-    {
-        return Ok(false);
+    // The request's fields are written before the state publishes it; a
+    // reader sees them with the state (Release/Acquire).
+    e.claim.store(0, Ordering::Relaxed);
+    e.worker.store(0, Ordering::Relaxed);
+    e.attempts.store(0, Ordering::Relaxed);
+    slots::store_name(&e.name, crate::connector::name_of(region, id).as_bytes());
+    e.claimed_ns.store(0, Ordering::Relaxed);
+    e.posted_ns.store(now_ns(), Ordering::Relaxed);
+    e.who
+        .store(by.map_or(0, |b| b as u64 + 1), Ordering::Relaxed);
+    let epoch = now.epoch.wrapping_add(1);
+    let posted = StateWord {
+        state: RequestState::Pending,
+        epoch,
+    };
+    if !cas(e, now, posted) {
+        return Ok(None);
     }
     region
-        .request_field(id, R_CLAIM)
-        .store(0, Ordering::Relaxed);
-    region
-        .request_field(id, R_WORKER)
-        .store(0, Ordering::Relaxed);
-    region
-        .request_field(id, R_ATTEMPTS)
-        .store(0, Ordering::Relaxed);
-    store_name(region, id, &crate::connector::name_of(region, id));
-    region
-        .request_field(id, R_CLAIMED_NS)
-        .store(0, Ordering::Relaxed);
-    region
-        .request_field(id, R_POSTED_NS)
-        .store(now_ns(), Ordering::Relaxed);
-    region
-        .request_field(id, R_WHO)
-        .store(by.map_or(0, |b| b as u64 + 1), Ordering::Release);
-    region.list_header(0).fetch_add(1, Ordering::Relaxed);
+        .request_header()
+        .posted
+        .fetch_add(1, Ordering::Relaxed);
     on_posted();
     bump(region);
-    Ok(true)
+    Ok(Some(epoch))
 }
 
 /// Is a request for `id` waiting for a (new) handler? Pending, or claimed by
 /// a dead claimer whose restart light is dead too.
 pub fn needs_handler(region: &Region, id: u32) -> Result<bool, CorruptError> {
-    Ok(match state(region, id)? {
+    let e = region.request(id)?;
+    Ok(match load(id, e)?.state {
         RequestState::Free => false,
         RequestState::Pending => true,
         RequestState::Claimed => {
-            let c = region.request_field(id, R_CLAIM).load(Ordering::Acquire);
-            let w = region.request_field(id, R_WORKER).load(Ordering::Acquire);
-            !ProcessId::token_is_alive(c) && !ProcessId::token_is_alive(w)
+            !ProcessId::token_is_alive(e.claim.load(Ordering::Acquire))
+                && !ProcessId::token_is_alive(e.worker.load(Ordering::Acquire))
         }
     })
 }
@@ -196,8 +216,8 @@ pub fn needs_handler(region: &Region, id: u32) -> Result<bool, CorruptError> {
 /// Outcome of a claim attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClaimOutcome {
-    /// We hold the request; `taken_over` if from a dead claimer.
-    Claimed { taken_over: bool },
+    /// We hold request `epoch`; `taken_over` if from a dead claimer.
+    Claimed { taken_over: bool, epoch: u32 },
     /// Nothing to claim, or someone alive holds it.
     NotClaimed,
 }
@@ -209,123 +229,163 @@ pub fn claim(
     by: u32,
     me: &ProcessId,
 ) -> Result<ClaimOutcome, CorruptError> {
-    let id = region.check_member(id)?;
-    if state(region, id)? == RequestState::Free {
+    let e = region.request(id)?;
+    if load(id, e)?.state == RequestState::Free {
         return Ok(ClaimOutcome::NotClaimed);
     }
-    let worker = region.request_field(id, R_WORKER);
     let alive = |t: u64| {
-        ProcessId::token_is_alive(t) || ProcessId::token_is_alive(worker.load(Ordering::Acquire))
+        ProcessId::token_is_alive(t) || ProcessId::token_is_alive(e.worker.load(Ordering::Acquire))
     };
-    match claim::try_claim(region.request_field(id, R_CLAIM), me.token(), alive) {
-        Claim::Busy(_) => Ok(ClaimOutcome::NotClaimed),
-        Claim::Claimed { previous } => {
-            // Completed between our look and our claim? Then give it back.
-            if state(region, id)? == RequestState::Free {
-                claim::release(region.request_field(id, R_CLAIM), me.token());
-                return Ok(ClaimOutcome::NotClaimed);
-            }
-            worker.store(0, Ordering::Relaxed);
-            region
-                .request_field(id, R_CLAIMED_NS)
-                .store(now_ns(), Ordering::Relaxed);
-            let who = region.request_field(id, R_WHO);
-            let posted_by = who.load(Ordering::Relaxed) & 0xffff_ffff;
-            who.store(posted_by | (by as u64 + 1) << 32, Ordering::Relaxed);
-            region
-                .request_field(id, R_STATE)
-                .store(2, Ordering::Release);
-            bump(region);
-            Ok(ClaimOutcome::Claimed {
-                taken_over: previous != 0,
-            })
+    let previous = match claim::try_claim(&e.claim, me.token(), alive) {
+        Claim::Busy(_) => return Ok(ClaimOutcome::NotClaimed),
+        Claim::Claimed { previous } => previous,
+    };
+    // Under the claim: completed (and perhaps reposted) since we looked?
+    let now = load(id, e)?;
+    let claimed = StateWord {
+        state: RequestState::Claimed,
+        epoch: now.epoch,
+    };
+    if now.state == RequestState::Free || !cas(e, now, claimed) {
+        claim::release(&e.claim, me.token());
+        return Ok(ClaimOutcome::NotClaimed);
+    }
+    e.worker.store(0, Ordering::Relaxed);
+    e.claimed_ns.store(now_ns(), Ordering::Relaxed);
+    let posted_by = e.who.load(Ordering::Relaxed) & 0xffff_ffff;
+    e.who
+        .store(posted_by | (by as u64 + 1) << 32, Ordering::Relaxed);
+    bump(region);
+    Ok(ClaimOutcome::Claimed {
+        taken_over: previous != 0,
+        epoch: now.epoch,
+    })
+}
+
+/// Record `worker` (a restart-light process) as working on request `epoch`
+/// of `id`. Returns the number of attempts so far, or `None` if that request
+/// is no longer outstanding (then nothing is recorded).
+pub fn set_worker(
+    region: &Region,
+    id: u32,
+    epoch: u32,
+    worker: &ProcessId,
+) -> Result<Option<u64>, CorruptError> {
+    let e = region.request(id)?;
+    let now = load(id, e)?;
+    if now.state == RequestState::Free || now.epoch != epoch {
+        return Ok(None);
+    }
+    e.worker.store(worker.token(), Ordering::Release);
+    Ok(Some(
+        e.attempts.fetch_add(1, Ordering::AcqRel).wrapping_add(1),
+    ))
+}
+
+/// Give claimed request `epoch` of `id` back (pending again) so another
+/// member may take it.
+pub fn unclaim(region: &Region, id: u32, epoch: u32, me: &ProcessId) -> Result<(), CorruptError> {
+    let e = region.request(id)?;
+    let _ = cas(
+        e,
+        StateWord {
+            state: RequestState::Claimed,
+            epoch,
+        },
+        StateWord {
+            state: RequestState::Pending,
+            epoch,
+        },
+    );
+    claim::release(&e.claim, me.token());
+    bump(region);
+    Ok(())
+}
+
+/// Request `epoch` of `id` (member `member`) is done: the member is no longer
+/// failed-persistent. Records `recovery_completed` (by `by`) if this call
+/// completed it and returns true; a request already completed, or a newer
+/// one, is left alone (false).
+pub fn complete(
+    region: &Region,
+    id: u32,
+    epoch: u32,
+    member: &str,
+    by: &str,
+) -> Result<bool, CorruptError> {
+    let e = region.request(id)?;
+    let now = load(id, e)?;
+    if now.state == RequestState::Free || now.epoch != epoch {
+        return Ok(false);
+    }
+    // Read the name before the entry can be reposted.
+    let stored = load_name(e);
+    let free = StateWord {
+        state: RequestState::Free,
+        epoch,
+    };
+    if !cas(e, now, free) {
+        return Ok(false);
+    }
+    region
+        .request_header()
+        .completed
+        .fetch_add(1, Ordering::Relaxed);
+    let name = if stored.is_empty() {
+        member
+    } else {
+        stored.as_str()
+    };
+    crate::events::record(
+        region,
+        crate::events::EventKind::RecoveryCompleted,
+        name,
+        Some(by),
+        [epoch as u64, 0, 0],
+    );
+    bump(region);
+    Ok(true)
+}
+
+/// The outstanding request (id, epoch) for the member named `name`, if any.
+pub fn find(region: &Region, name: &str) -> Result<Option<(u32, u32)>, CorruptError> {
+    for id in 0..region.members() {
+        let e = region.request(id)?;
+        let st = load(id, e)?;
+        if st.state != RequestState::Free && load_name(e) == name {
+            return Ok(Some((id, st.epoch)));
         }
     }
-}
-
-/// Record the restart-light process working on the request for `id`.
-pub fn set_worker(region: &Region, id: u32, worker: &ProcessId) -> Result<u64, CorruptError> {
-    let id = region.check_member(id)?;
-    region
-        .request_field(id, R_WORKER)
-        .store(worker.token(), Ordering::Release);
-    Ok(region
-        .request_field(id, R_ATTEMPTS)
-        .fetch_add(1, Ordering::AcqRel)
-        + 1)
-}
-
-/// Give a claimed request back (pending again) so another member may take it.
-pub fn unclaim(region: &Region, id: u32, me: &ProcessId) -> Result<(), CorruptError> {
-    let id = region.check_member(id)?;
-    let st = region.request_field(id, R_STATE);
-    let _ = st.compare_exchange(2, 1, Ordering::AcqRel, Ordering::Relaxed);
-    claim::release(region.request_field(id, R_CLAIM), me.token());
-    bump(region);
-    Ok(())
-}
-
-/// The request for `id` (member `member`) is done: the member is no longer failed-persistent.
-/// Records `recovery_completed` (by `by`) if this call completed it, so every
-/// request is completed, and recorded, exactly once.
-pub fn complete(region: &Region, id: u32, member: &str, by: &str) -> Result<(), CorruptError> {
-    let id = region.check_member(id)?;
-    let st = region.request_field(id, R_STATE);
-    if st.swap(0, Ordering::AcqRel) != 0 {
-        region.list_header(1).fetch_add(1, Ordering::Relaxed);
-        let stored = load_name(region, id);
-        let name = if stored.is_empty() {
-            member
-        } else {
-            stored.as_str()
-        };
-        crate::events::record(
-            region,
-            crate::events::EventKind::RecoveryCompleted,
-            name,
-            Some(by),
-            [0, 0, 0],
-        );
-    }
-    region
-        .request_field(id, R_CLAIM)
-        .store(0, Ordering::Release);
-    region
-        .request_field(id, R_WORKER)
-        .store(0, Ordering::Release);
-    bump(region);
-    Ok(())
+    Ok(None)
 }
 
 /// Every request that is not free.
 pub fn list(region: &Region) -> Result<Vec<RequestView>, CorruptError> {
     let mut out = Vec::new();
     for id in 0..region.members() {
-        let state = state(region, id)?;
-        if state == RequestState::Free {
+        let e = region.request(id)?;
+        let st = load(id, e)?;
+        if st.state == RequestState::Free {
             continue;
         }
-        let who = region.request_field(id, R_WHO).load(Ordering::Relaxed);
+        let who = e.who.load(Ordering::Relaxed);
         let ids = |v: u64| (v & 0xffff_ffff).checked_sub(1).map(|x| x as u32);
-        let claim = region.request_field(id, R_CLAIM).load(Ordering::Relaxed);
-        let worker = region.request_field(id, R_WORKER).load(Ordering::Relaxed);
+        let claim = e.claim.load(Ordering::Relaxed);
+        let worker = e.worker.load(Ordering::Relaxed);
         out.push(RequestView {
             member_id: id,
-            state,
-            posted_unix_ns: region
-                .request_field(id, R_POSTED_NS)
-                .load(Ordering::Relaxed),
-            claimed_unix_ns: region
-                .request_field(id, R_CLAIMED_NS)
-                .load(Ordering::Relaxed),
+            state: st.state,
+            epoch: st.epoch,
+            posted_unix_ns: e.posted_ns.load(Ordering::Relaxed),
+            claimed_unix_ns: e.claimed_ns.load(Ordering::Relaxed),
             posted_by: ids(who),
             claimed_by: ids(who >> 32),
             claimer_pid: claim as u32,
             claimer_alive: ProcessId::token_is_alive(claim),
             worker_pid: worker as u32,
             worker_alive: ProcessId::token_is_alive(worker),
-            attempts: region.request_field(id, R_ATTEMPTS).load(Ordering::Relaxed),
-            name: load_name(region, id),
+            attempts: e.attempts.load(Ordering::Relaxed),
+            name: load_name(e),
         });
     }
     Ok(out)
@@ -333,19 +393,22 @@ pub fn list(region: &Region) -> Result<Vec<RequestView>, CorruptError> {
 
 /// Requests posted and completed since the region was created.
 pub fn totals(region: &Region) -> (u64, u64) {
+    let h = region.request_header();
     (
-        region.list_header(0).load(Ordering::Relaxed),
-        region.list_header(1).load(Ordering::Relaxed),
+        h.posted.load(Ordering::Relaxed),
+        h.completed.load(Ordering::Relaxed),
     )
 }
 
-/// Complete every outstanding request for the member named `name` (it was
-/// restarted normally, perhaps in another slot than the one it died in).
-pub fn complete_for_name(region: &Region, name: &str, by: &str) -> Result<(), CorruptError> {
-    for id in 0..region.members() {
-        if state(region, id)? != RequestState::Free && load_name(region, id) == name {
-            complete(region, id, name, by)?;
+/// Complete every outstanding request for the member named `name` (it
+/// restarted normally and recovered itself, perhaps in another slot than the
+/// one it died in). Returns how many it completed.
+pub fn complete_for_name(region: &Region, name: &str, by: &str) -> Result<usize, CorruptError> {
+    let mut n = 0;
+    for r in list(region)? {
+        if r.name == name && complete(region, r.member_id, r.epoch, name, by)? {
+            n += 1;
         }
     }
-    Ok(())
+    Ok(n)
 }

@@ -1,6 +1,6 @@
-//! Atomics and threads, from `loom` when the crate is model-checked (`--cfg loom`)
-//! and from `std` otherwise. The protocol modules (`lockword`, `claim`, `futex`)
-//! use only these, so the same code runs in the region and under loom.
+//! Atomics, spinning, sleeping and the clock, from `loom` when the crate is
+//! model-checked (`--cfg loom`) and from `std` otherwise. Every protocol module
+//! uses only these, so the code that ships is the code loom explores.
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -8,7 +8,9 @@ pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-/// Hint to the CPU that we are spinning.
+use std::time::Duration;
+
+/// Hint to the CPU that we are spinning (under loom: let another thread run).
 #[inline]
 pub(crate) fn spin_hint() {
     #[cfg(loom)]
@@ -17,9 +19,31 @@ pub(crate) fn spin_hint() {
     std::hint::spin_loop();
 }
 
+/// Wait a little before looking again (under loom: let another thread run;
+/// loom does not model time).
+pub(crate) fn pause(d: Duration) {
+    #[cfg(loom)]
+    {
+        let _ = d;
+        loom::thread::yield_now();
+    }
+    #[cfg(not(loom))]
+    std::thread::sleep(d);
+}
+
 /// An acquire fence (seqlock-style reads: fields, fence, re-read the sequence).
-#[cfg(not(loom))]
 #[inline]
 pub(crate) fn fence_acquire() {
+    #[cfg(loom)]
+    loom::sync::atomic::fence(Ordering::Acquire);
+    #[cfg(not(loom))]
     std::sync::atomic::fence(Ordering::Acquire);
 }
+
+/// How many times a loop spins on a word before it sleeps: a futex wake costs
+/// microseconds here, and a short hold is usually over within this many loads.
+/// Under loom every load is a scheduling point, so the models spin once.
+#[cfg(not(loom))]
+pub(crate) const SPINS: u32 = 2000;
+#[cfg(loom)]
+pub(crate) const SPINS: u32 = 1;

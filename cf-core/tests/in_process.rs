@@ -216,9 +216,18 @@ fn dead_member_modify_locks_are_retained_others_released() {
     assert_eq!(ret.len(), 1);
     assert_eq!(ret[0].resource.as_bytes(), &r1[..]);
     assert!(inspect::verify(&r).is_empty(), "{:?}", inspect::verify(&r));
-    // Reconnecting as A takes the retained lock back; disconnect frees it.
-    let a2 = Member::connect(r.clone(), "A").unwrap();
+    // A lock-only reconnect as A is refused; a recovery connect (restart
+    // light) takes the retained lock back, still retained; disconnect frees it.
+    assert!(matches!(
+        Member::connect(r.clone(), "A"),
+        Err(cf_core::ConnectError::FailedPersistent(_))
+    ));
+    let a2 = Member::connect_with(r.clone(), "A", cf_core::ConnectMode::Recovery).unwrap();
     assert_eq!(a2.id(), dead.id);
+    match hb.try_lock(&r1, Mode::Share).unwrap() {
+        TryOutcome::Retained(h) => assert_eq!(h.name, "A"),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(a2.held_records().unwrap().len(), 1);
     a2.disconnect().unwrap();
     assert!(inspect::retained(&r).unwrap().is_empty());
@@ -239,7 +248,7 @@ fn hammering_threads_never_overlap() {
             threads.push(std::thread::spawn(move || {
                 let mut h = m.holder().unwrap();
                 for n in 0..2000u32 {
-                    let res: &[u8] = if (n + t + i as u32) % 3 == 0 {
+                    let res: &[u8] = if (n + t + i as u32).is_multiple_of(3) {
                         b"other"
                     } else {
                         b"shared"

@@ -27,11 +27,14 @@
 //!   and exclusive locks are released, they become failed-persistent. Then:
 //!   granted if nothing conflicts, "retained by M" if M retains the resource,
 //!   else "contention" naming each conflicting member once.
-//! * Reconnecting under a dead member's name takes its retained locks back
-//!   (held by the new connection, no longer retained). In recovery mode they
-//!   are taken back too, but the connection is RECOVERING: its modify locks
-//!   still answer "retained" (to its own holders as well), and if it dies
-//!   they stay retained.
+//! * A lock-only (normal) connect under a dead member's name cleans it up and
+//!   is refused: only a connection that recovers the member's log may take its
+//!   retained locks back (SPEC invariant 5). A recovery connect (restart
+//!   light) or a restart connect (a normal start that backs out first) takes
+//!   them back in the RECOVERING state: its modify locks still answer
+//!   "retained" (to its own holders as well), and if it dies they stay
+//!   retained. A restart connect that finishes its recovery becomes active:
+//!   what it took back is then held by the member (plain contention).
 //! * Dropping a holder releases its locks; `release_all_held` releases every
 //!   lock of the connection once no holder is open (it is refused before);
 //!   disconnecting releases everything and frees the slot.
@@ -105,7 +108,7 @@ fn entry_of(name: &str) -> u32 {
 /// One step of a sequence.
 #[derive(Clone, Debug)]
 enum Op {
-    /// Connect `NAMES[m]`: fresh, or a reconnect if it is dead; refused if live.
+    /// Connect `NAMES[m]` lock-only: fresh; refused if live or failed.
     Connect(usize),
     /// `try_lock` (or, if `wait`, `lock` with a 1 ms timeout) by holder `h`
     /// of the `m`-th live member (in name order; a no-op if none is live).
@@ -124,9 +127,11 @@ enum Op {
     Die(usize),
     /// `cleanup_member` on the member's connector.
     Cleanup(usize),
-    /// Connect under the name of one of the dead members, normally or in
-    /// recovery mode (restart light).
+    /// Connect under the name of one of the dead members in recovery mode
+    /// (restart light) or restart mode (a normal start that recovers first).
     Reconnect { pick: usize, recovery: bool },
+    /// A member reconnected in restart mode finishes its recovery.
+    FinishRecovery(usize),
     /// Drop the member's holders (releasing their locks), then disconnect.
     Disconnect(usize),
     /// `Member::release_all_held` on the `m`-th live member (what restart
@@ -311,13 +316,14 @@ impl World {
                 let mode = if recovery {
                     ConnectMode::Recovery
                 } else {
-                    ConnectMode::Normal
+                    ConnectMode::Restart
                 };
                 if !dead.is_empty() {
                     self.connect(dead[pick % dead.len()], mode)?;
                 }
             }
             Op::Disconnect(m) => self.disconnect(m)?,
+            Op::FinishRecovery(m) => self.finish_recovery(m)?,
             Op::ReleaseAll(m) => {
                 let live: Vec<usize> = (0..NAMES.len()).filter(|&x| self.alive(x)).collect();
                 if !live.is_empty() {
@@ -371,6 +377,18 @@ impl World {
                     holders: (0..HOLDERS).map(|_| None).collect(),
                 });
             }
+            Some(Life::Dead { .. } | Life::Failed) if mode == ConnectMode::Normal => {
+                let out = connect();
+                let mm = self.model[m].as_mut().unwrap();
+                if mm.life.dead_uncleaned() {
+                    mm.clean();
+                }
+                match out {
+                    Err(ConnectError::FailedPersistent(n)) => prop_assert_eq!(n, name),
+                    Err(e) => prop_assert!(false, "lock-only connect of failed {name}: {e}"),
+                    Ok(_) => prop_assert!(false, "lock-only connect of failed {name} succeeded"),
+                }
+            }
             Some(Life::Dead { .. } | Life::Failed) => {
                 let member =
                     connect().map_err(|e| TestCaseError::fail(format!("reconnect {name}: {e}")))?;
@@ -379,10 +397,7 @@ impl World {
                     mm.clean();
                 }
                 prop_assert_eq!(member.id(), mm.id, "reconnect {} in another slot", name);
-                mm.life = match mode {
-                    ConnectMode::Normal => Life::Live,
-                    ConnectMode::Recovery => Life::Recovering,
-                };
+                mm.life = Life::Recovering;
                 for h in &mut mm.holds {
                     h.owner = Owner::TakenBack;
                 }
@@ -636,6 +651,18 @@ impl World {
         Ok(())
     }
 
+    fn finish_recovery(&mut self, m: usize) -> Res {
+        if !self.alive(m) {
+            return Ok(());
+        }
+        let conn = self.conns[m].as_ref().unwrap();
+        conn.member
+            .finish_recovery()
+            .map_err(|e| TestCaseError::fail(format!("finish_recovery {}: {e}", NAMES[m])))?;
+        self.model[m].as_mut().unwrap().life = Life::Live;
+        Ok(())
+    }
+
     fn disconnect(&mut self, m: usize) -> Res {
         if !self.alive(m) {
             return Ok(());
@@ -799,7 +826,7 @@ impl World {
     fn shut_down(&mut self) -> Res {
         for m in 0..NAMES.len() {
             if matches!(self.life(m), Some(Life::Dead { .. } | Life::Failed)) {
-                self.connect(m, ConnectMode::Normal)?;
+                self.connect(m, ConnectMode::Restart)?;
                 self.check()?;
             }
             self.disconnect(m)?;
@@ -845,6 +872,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..n).prop_map(Op::Cleanup),
         1 => (0..n, prop::bool::weighted(0.4))
             .prop_map(|(pick, recovery)| Op::Reconnect { pick, recovery }),
+        1 => (0..n).prop_map(Op::FinishRecovery),
         1 => (0..n).prop_map(Op::Disconnect),
         1 => (0..n).prop_map(Op::ReleaseAll),
         1 => (0..n, 0..HOLDERS).prop_map(|(m, h)| Op::DropHolder { m, h }),
@@ -941,8 +969,18 @@ fn death_with_share_and_modify_on_colliding_resources() {
     assert_eq!(retained_by(w.lock_now(1, 1, b, Mode::Modify)), "M0");
     assert_eq!(contention_names(w.lock_now(2, 0, c, Mode::Share)), ["M1"]);
     assert_eq!(inspect::retained(&w.region).unwrap().len(), 1);
-    // Reconnecting takes `b` back: now plain contention, with the new M0.
+    // A lock-only connect under M0's name is refused: its log is not recovered.
     w.step(Op::Connect(0));
+    assert_eq!(w.life(0), Some(Life::Failed));
+    assert_eq!(retained_by(w.lock_now(2, 0, b, Mode::Share)), "M0");
+    // A restart (a normal start that recovers first) takes `b` back, still
+    // retained until it finishes its recovery; then plain contention.
+    w.step(Op::Reconnect {
+        pick: 0,
+        recovery: false,
+    });
+    assert_eq!(retained_by(w.lock_now(2, 0, b, Mode::Share)), "M0");
+    w.step(Op::FinishRecovery(0));
     assert!(inspect::retained(&w.region).unwrap().is_empty());
     assert_eq!(contention_names(w.lock_now(2, 0, b, Mode::Share)), ["M0"]);
     // M0's own holder contends with the lock it took back.
@@ -976,8 +1014,10 @@ fn reconnect_uncleaned_member_then_die_again() {
     assert!(is_granted(w.lock_now(0, 1, alone, Mode::Share)));
     assert!(is_granted(w.lock_now(1, 0, alone, Mode::Share)));
     w.step(Op::Die(0));
-    // Reconnecting under the dead name cleans it up first.
+    // A lock-only connect under the dead name cleans it up first, then is refused.
     w.step(Op::Connect(0));
+    assert_eq!(w.life(0), Some(Life::Failed));
+    restart(&mut w, 0);
     assert_eq!(
         w.conns[0]
             .as_ref()
@@ -1006,7 +1046,7 @@ fn reconnect_uncleaned_member_then_die_again() {
         contention_names(w.lock_now(1, 1, alone, Mode::Exclusive)),
         ["M1"]
     );
-    w.step(Op::Connect(0));
+    restart(&mut w, 0);
     assert_eq!(
         w.conns[0]
             .as_ref()
@@ -1052,6 +1092,17 @@ fn holders_of_one_member_and_false_contention_with_the_dead() {
     assert_eq!(w.life(1), Some(Life::Failed));
     assert!(inspect::retained(&w.region).unwrap().is_empty());
     w.shut_down().unwrap();
+}
+
+/// Restart dead member `m` (the only dead one) as a normal start does: a
+/// restart connect, then the end of its recovery.
+fn restart(w: &mut World, m: usize) {
+    w.step(Op::Reconnect {
+        pick: 0,
+        recovery: false,
+    });
+    assert_eq!(w.life(m), Some(Life::Recovering));
+    w.step(Op::FinishRecovery(m));
 }
 
 /// The `Op::Unlock` that releases the (first) holding of member `m` on `r`.

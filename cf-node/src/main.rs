@@ -137,7 +137,7 @@ fn block_stop_signals() -> Result<nix::sys::signal::SigSet> {
 fn connect(region: &Arc<Region>, name: &str) -> Result<Member> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match Member::connect(region.clone(), name) {
+        match Member::connect_with(region.clone(), name, cf_core::ConnectMode::Restart) {
             Ok(m) => return Ok(m),
             Err(cf_core::ConnectError::NameInUse { .. })
                 if std::time::Instant::now() < deadline =>
@@ -162,8 +162,11 @@ fn run(a: RunArgs) -> Result<()> {
     let plex = Plex::resolve(a.plex.as_deref());
     let region = Arc::new(Region::open(&plex)?);
     let member = connect(&region, &a.member)?;
-    // Reconnected as a failed member: recover ourselves first (a normal restart).
-    if !member.held_records()?.is_empty()
+    // Reconnected as a failed member: recover ourselves first (a normal
+    // restart; our retained locks answer "retained" to others until then).
+    let recovering = member.is_recovering()?;
+    if recovering
+        || !member.held_records()?.is_empty()
         || cf_node::wal::read_log(&cf_node::wal::log_path(&plex.dir, &a.member))?
             .iter()
             .any(|_| true)
@@ -178,6 +181,9 @@ fn run(a: RunArgs) -> Result<()> {
                 [rep.backout.transactions, rep.released, 0],
             );
         }
+    }
+    if recovering {
+        member.finish_recovery()?;
     }
     // A restart request left for our previous life is over: we are restarted.
     let _ = cf_core::requests::complete_for_name(&region, &a.member, &a.member);

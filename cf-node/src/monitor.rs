@@ -218,7 +218,7 @@ impl Monitor {
             req.name.clone()
         };
         match requests::claim(&self.region, id, self.me_id, &self.me) {
-            Ok(ClaimOutcome::Claimed { taken_over }) => {
+            Ok(ClaimOutcome::Claimed { taken_over, epoch }) => {
                 events::record(
                     &self.region,
                     EventKind::Claimed,
@@ -227,19 +227,19 @@ impl Monitor {
                     [self.me.pid as u64, taken_over as u64, 0],
                 );
                 cf_core::crash::point("handler.claimed");
-                self.handle(id, &name);
+                self.handle(id, epoch, &name);
                 Some(Duration::ZERO)
             }
             _ => None,
         }
     }
 
-    /// Drive the claimed request for `id` until its member needs no restart.
-    fn handle(&self, id: u32, name: &str) {
+    /// Drive claimed request `epoch` of `id` until its member needs no restart.
+    fn handle(&self, id: u32, epoch: u32, name: &str) {
         let mut attempts = 0;
         loop {
             if self.stop.load(Ordering::Relaxed) {
-                let _ = requests::unclaim(&self.region, id, &self.me);
+                let _ = requests::unclaim(&self.region, id, epoch, &self.me);
                 return;
             }
             let Ok(slot) = slot_view(&self.region, id) else {
@@ -247,17 +247,17 @@ impl Monitor {
             };
             if slot.name != name || slot.state == MemberState::Free {
                 // Recovered (and perhaps the slot reused): nothing left to do.
-                let _ = requests::complete(&self.region, id, name, &self.me_name);
+                let _ = requests::complete(&self.region, id, epoch, name, &self.me_name);
                 return;
             }
             match slot.state {
                 MemberState::FailedPersistent => {}
                 MemberState::Active if slot.is_alive() => {
                     // Restarted normally: it recovers itself.
-                    let _ = requests::complete(&self.region, id, name, &self.me_name);
+                    let _ = requests::complete(&self.region, id, epoch, name, &self.me_name);
                     return;
                 }
-                MemberState::Recovering | MemberState::Connecting if slot.is_alive() => {
+                MemberState::Recovering if slot.is_alive() => {
                     // A restart light started by a claimer that died: let it finish.
                     std::thread::sleep(Duration::from_millis(2));
                     continue;
@@ -274,7 +274,7 @@ impl Monitor {
             }
             if attempts >= MAX_ATTEMPTS {
                 eprintln!("cf-node {}: restart light of {name} failed {attempts} times; giving the request back", self.me_name);
-                let _ = requests::unclaim(&self.region, id, &self.me);
+                let _ = requests::unclaim(&self.region, id, epoch, &self.me);
                 return;
             }
             attempts += 1;
@@ -299,7 +299,7 @@ impl Monitor {
                 }
             };
             if let Ok(Some(p)) = ProcessId::of(child.id()) {
-                let _ = requests::set_worker(&self.region, id, &p);
+                let _ = requests::set_worker(&self.region, id, epoch, &p);
             }
             match child.wait() {
                 Ok(st) if st.success() => {}

@@ -39,12 +39,11 @@ pub fn run(plex_dir: &Path, member: &str, by: Option<&str>) -> anyhow::Result<Su
     );
     // Name ourselves as the request's worker at once (our claimer may die
     // before it does), so no other member starts a second restart light.
-    if let Ok(me) = cf_core::ProcessId::current() {
-        for id in 0..region.members() {
-            if cf_core::connector::slot_view(&region, id).is_ok_and(|s| s.name == member) {
-                let _ = cf_core::requests::set_worker(&region, id, &me);
-            }
-        }
+    if let (Ok(Some((id, epoch))), Ok(me)) = (
+        cf_core::requests::find(&region, member),
+        cf_core::ProcessId::current(),
+    ) {
+        let _ = cf_core::requests::set_worker(&region, id, epoch, &me);
     }
     let m = match Member::connect_with(region.clone(), member, ConnectMode::Recovery) {
         Ok(m) => m,
@@ -78,7 +77,9 @@ pub fn run(plex_dir: &Path, member: &str, by: Option<&str>) -> anyhow::Result<Su
             [n, 0, 0],
         ),
     })?;
-    let id = m.id();
+    // The request this recovery completes: the one outstanding now, while we
+    // hold the member's slot (no newer failure of it can be posted meanwhile).
+    let request = cf_core::requests::find(&region, member)?;
     m.disconnect()?;
     cf_core::crash::point("restart_light.disconnected");
     let peak = crate::bufpool::peak_rss_kib().unwrap_or(0);
@@ -90,7 +91,9 @@ pub fn run(plex_dir: &Path, member: &str, by: Option<&str>) -> anyhow::Result<Su
         Some(member),
         [peak, elapsed, 0],
     );
-    cf_core::requests::complete(&region, id, member, member)?;
+    if let Some((id, epoch)) = request {
+        cf_core::requests::complete(&region, id, epoch, member, member)?;
+    }
     Ok(Summary {
         member: member.into(),
         transactions: report.backout.transactions,

@@ -86,25 +86,35 @@ pub fn hold(plex: &Plex, a: HoldArgs) -> Result<ExitCode> {
         bail!("nothing to hold: give --s, --x, --modify or --modify-many");
     }
     let member = Member::connect(region, &a.member)?;
+    // Whatever happens after the connect, the connector is given back.
+    let held = take_and_hold(&member, &a, &wanted, signals);
+    let report = member.disconnect();
+    let (sig, n) = held?;
+    let report = report?;
+    if !a.json {
+        println!(
+            "{sig}: released {n} lock(s), disconnected ({} more released at disconnect)",
+            report.released
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Take `wanted`, report them, hold them until a stop signal, release them.
+/// Returns the signal and how many were held.
+fn take_and_hold(
+    member: &Member,
+    a: &HoldArgs,
+    wanted: &[(String, Mode)],
+    signals: nix::sys::signal::SigSet,
+) -> Result<(nix::sys::signal::Signal, usize)> {
     let mut holder = member.holder()?;
     let mut held: Vec<(LockId, String)> = Vec::new();
-    let mut failure = None;
-    for (res, mode) in &wanted {
+    for (res, mode) in wanted {
         match holder.lock(res.as_bytes(), *mode, Duration::from_millis(a.timeout_ms))? {
             Ok(id) => held.push((id, res.clone())),
-            Err(e) => {
-                failure = Some(format!("{res} ({mode}): {e}"));
-                break;
-            }
+            Err(e) => bail!("could not take {res} ({mode}): {e}"),
         }
-    }
-    if let Some(f) = failure {
-        for (id, _) in held {
-            holder.unlock(id)?;
-        }
-        drop(holder);
-        member.disconnect()?;
-        bail!("could not take {f}");
     }
     if a.json {
         let locks: Vec<Value> = held
@@ -127,18 +137,11 @@ pub fn hold(plex: &Plex, a: HoldArgs) -> Result<ExitCode> {
     use std::io::Write;
     std::io::stdout().flush()?;
     let sig = signals.wait().context("waiting for a signal")?;
+    let n = held.len();
     for (id, _) in held {
         holder.unlock(id)?;
     }
-    drop(holder);
-    let report = member.disconnect()?;
-    if !a.json {
-        println!(
-            "{sig}: released, disconnected ({} more released at disconnect)",
-            report.released
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok((sig, n))
 }
 
 #[derive(Args)]
@@ -169,9 +172,25 @@ pub fn try_once(plex: &Plex, a: TryArgs) -> Result<ExitCode> {
     };
     let region = Arc::new(Region::open(plex)?);
     let member = Member::connect(region, &a.member)?;
+    // Whatever happens after the connect, the connector is given back.
+    let answer = ask_once(&member, &res, mode);
+    let disconnected = member.disconnect();
+    let (doc, text, code) = answer?;
+    disconnected?;
+    if a.json {
+        crate::print_json(&doc);
+    } else {
+        println!("{text}");
+    }
+    Ok(code)
+}
+
+/// One try request (released at once if granted): the answer as JSON, text
+/// and exit status.
+fn ask_once(member: &Member, res: &str, mode: Mode) -> Result<(Value, String, ExitCode)> {
     let mut holder = member.holder()?;
     let outcome = holder.try_lock(res.as_bytes(), mode)?;
-    let (doc, text, code) = match &outcome {
+    let answer = match &outcome {
         TryOutcome::Granted(id) => (
             json!({ "result": "granted", "resource": res, "mode": mode.as_str(), "entry": id.entry }),
             format!("granted: {res} ({mode}) on lock entry {}", id.entry),
@@ -190,10 +209,10 @@ pub fn try_once(plex: &Plex, a: TryArgs) -> Result<ExitCode> {
         ),
         TryOutcome::Retained(h) => (
             json!({ "result": "retained", "resource": res, "mode": mode.as_str(),
-                    "member": h.name, "id": h.id }),
+                    "member": h.name, "id": h.id, "holder_mode": h.mode.as_str() }),
             format!(
-                "retained: {res} is retained by failed member {} until its recovery ends",
-                h.name
+                "retained: {res} is retained ({}) by failed member {} until its recovery ends",
+                h.mode, h.name
             ),
             ExitCode::from(3),
         ),
@@ -201,14 +220,7 @@ pub fn try_once(plex: &Plex, a: TryArgs) -> Result<ExitCode> {
     if let TryOutcome::Granted(id) = outcome {
         holder.unlock(id)?;
     }
-    drop(holder);
-    member.disconnect()?;
-    if a.json {
-        crate::print_json(&doc);
-    } else {
-        println!("{text}");
-    }
-    Ok(code)
+    Ok(answer)
 }
 
 #[derive(Args)]

@@ -203,7 +203,9 @@ pub fn post(plex: &Plex, member: &str) -> Result<()> {
             Some("cfctl"),
             [0, 0, 0],
         )
-    })? {
+    })?
+    .is_some()
+    {
         println!("restart request for {member} posted; a live member will claim it");
     } else {
         println!("a restart request for {member} is already outstanding");

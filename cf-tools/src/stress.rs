@@ -341,18 +341,14 @@ pub fn run(plex: &Plex, a: StressArgs) -> Result<ExitCode> {
     let counter = Counter::open(&a.counter)?;
     let stop = stop_on_signals()?;
     let region = Arc::new(Region::open(plex)?);
+    // A lock-only connection: refused under a failed member's name.
     let member = Member::connect(region, &a.member)?;
-    // Retained locks taken back by a reconnect: nothing to recover here.
-    let mut taken_back = 0usize;
-    for r in member.held_records()? {
-        member.release_record(r.slot)?;
-        taken_back += 1;
-    }
-    let mut holder = member.holder()?;
     let started = Instant::now();
-    let outcome = hammer(&mut holder, &resources, &a, &counter, &stop);
+    let outcome = member
+        .holder()
+        .map_err(anyhow::Error::from)
+        .and_then(|mut holder| hammer(&mut holder, &resources, &a, &counter, &stop));
     let elapsed = started.elapsed().as_secs_f64();
-    drop(holder);
     let disconnected = member.disconnect();
     let run = outcome?;
     disconnected.context("disconnecting")?;
@@ -380,7 +376,6 @@ pub fn run(plex: &Plex, a: StressArgs) -> Result<ExitCode> {
             "counter": a.counter.display().to_string(),
             "counter_total": total,
             "violations": 0,
-            "retained_released": taken_back,
             "interrupted": signal_name,
         }));
     } else {
@@ -395,11 +390,6 @@ pub fn run(plex: &Plex, a: StressArgs) -> Result<ExitCode> {
             elapsed,
             per_second
         );
-        if taken_back > 0 {
-            line.push_str(&format!(
-                "; released {taken_back} retained lock(s) taken back on reconnect"
-            ));
-        }
         if let Some(s) = &signal_name {
             line.push_str(&format!("; stopped by {s}"));
         }

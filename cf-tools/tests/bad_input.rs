@@ -167,7 +167,8 @@ fn wrong_magic() {
 fn wrong_layout_version() {
     let s = Scratch::new();
     let path = s.create();
-    for v in [0u32, 2, 99, u32::MAX] {
+    let current = cf_core::layout::LAYOUT_VERSION;
+    for v in [0u32, current - 1, current + 1, 99, u32::MAX] {
         patch(&path, offset_of!(Header, version), &v.to_le_bytes());
         assert_refused(
             &s.plex(),

@@ -283,32 +283,10 @@ fn killed_holder_modify_locks_are_retained_and_the_rest_released() {
     plex.assert_granted("B", "modify", &neighbour);
     plex.assert_verify_clean();
 
-    // A normal reconnect under the same name takes the retained locks back.
-    let mut again = plex.hold("A", &[("s", "fresh")]);
-    let mut locks = plex.locks();
-    locks.sort_by(|x, y| x.resource.cmp(&y.resource));
-    let summary: Vec<_> = locks
-        .iter()
-        .map(|l| {
-            (
-                l.member.as_str(),
-                l.resource.as_str(),
-                l.mode.as_str(),
-                l.state.as_str(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        summary,
-        vec![
-            ("A", "c", "modify", "held"),
-            ("A", "d", "modify", "held"),
-            ("A", "fresh", "share", "held"),
-        ]
-    );
-    plex.assert_contention("B", "s", "c", &["A"]);
-    again.term();
-    again.expect_exit_ok();
+    // Only restart light (or a normal restart that backs out first) may take
+    // the retained locks back: a lock-only connect is refused, and restart
+    // light releases exactly them.
+    plex.recover_light("A", &["c", "d"]);
     plex.assert_empty_and_clean();
     for r in ["a", "b", "c", "d"] {
         plex.assert_granted("B", "modify", r);
@@ -346,7 +324,7 @@ fn a_reused_pid_is_not_taken_for_the_member() {
     assert_eq!(plex.retained().len(), 1);
     a.kill_and_reap();
 
-    plex.reconnect_and_release("A", &["m"]);
+    plex.recover_light("A", &["m"]);
     plex.assert_empty_and_clean();
 }
 
@@ -387,7 +365,7 @@ fn a_waiter_on_a_killed_holder_gets_the_lock() {
     );
     b.term();
     b.expect_exit_ok();
-    plex.reconnect_and_release("A", &[]);
+    plex.recover_light("A", &[]);
     plex.assert_empty_and_clean();
 }
 
@@ -413,7 +391,7 @@ fn a_waiter_on_a_killed_modify_holder_is_told_it_is_retained() {
     assert_eq!(r.len(), 1, "{r:?}");
     assert_eq!((r[0].member.as_str(), r[0].resource.as_str()), ("A", "r"));
     assert!(plex.member("B").is_none(), "B gave up and disconnected");
-    plex.reconnect_and_release("A", &["r"]);
+    plex.recover_light("A", &["r"]);
     plex.assert_empty_and_clean();
 }
 
@@ -624,7 +602,7 @@ fn a_contender_killed_at_random_times_never_stalls_the_other() {
 }
 
 #[test]
-fn stress_under_a_failed_members_name_releases_what_it_took_back() {
+fn stress_under_a_failed_members_name_is_refused() {
     let plex = TestPlex::new(None);
     let mut a = plex.hold("S", &[("modify", "a"), ("x", "b")]);
     a.kill_and_reap();
@@ -637,11 +615,11 @@ fn stress_under_a_failed_members_name_releases_what_it_took_back() {
         counter.to_str().unwrap(),
         "modify",
     ));
-    assert!(f.status.success(), "{f}");
-    let v = f.json();
-    assert_eq!(v["retained_released"], 1, "{f}");
-    assert_eq!(v["iterations"], 10, "{f}");
-    assert_eq!(read_counter(&counter), (0, 10));
+    assert_eq!(f.status.code(), Some(1), "{f}");
+    assert!(f.stderr.contains("failed-persistent"), "{f}");
+    assert_eq!(read_counter(&counter), (0, 0));
+    plex.assert_retained_by("P", "s", "a", "S");
+    plex.recover_light("S", &["a"]);
     plex.assert_empty_and_clean();
 }
 
@@ -672,35 +650,52 @@ fn two_members_killed_at_once_on_one_entry_each_retain_their_own() {
     plex.assert_retained_by("P", "s", &rb, "B");
     plex.assert_granted("P", "x", &rc);
     // Recovering one does not free the other's.
-    plex.reconnect_and_release("A", &[ra]);
+    plex.recover_light("A", &[ra]);
     plex.assert_retained_by("P", "x", &rb, "B");
     plex.assert_granted("P", "x", ra);
-    plex.reconnect_and_release("B", &[&rb]);
+    plex.recover_light("B", &[&rb]);
     plex.assert_empty_and_clean();
 }
 
 #[test]
-fn a_member_killed_again_after_its_reconnect_retains_old_and_new() {
+fn a_restart_light_killed_after_connecting_leaves_the_locks_retained() {
     let plex = TestPlex::new(None);
     let mut a = plex.hold("A", &[("modify", "old"), ("x", "gone")]);
     a.kill_and_reap();
     assert_eq!(plex.cleanup().len(), 1);
-    // Reconnected, it holds "old" again (taken back) and takes "new".
-    let mut again = plex.hold("A", &[("modify", "new"), ("s", "read")]);
-    plex.assert_contention("P", "s", "old", &["A"]);
-    again.kill_and_reap();
-    let reports = plex.cleanup();
-    assert_eq!(reports.len(), 1, "{reports:?}");
-    assert_eq!(
-        (&reports[0]["retained"], &reports[0]["released"]),
-        (&2.into(), &1.into()),
-        "{reports:?}"
-    );
-    plex.check_repaired(&common::Expect {
-        dead: "A",
-        retained: &["new", "old"],
-        free: &["gone", "read"],
-        live: &[],
-    });
+    // A lock-only connect is refused; a restart light that takes the locks
+    // back and dies before releasing them leaves them retained.
+    let f = plex.run(&["hold", "--member", "A", "--s", "read"]);
+    assert_eq!(f.status.code(), Some(1), "{f}");
+    let mut c = std::process::Command::new(common::cf_node());
+    c.args(["restart-light", "--member", "A", "--plex"])
+        .arg(plex.path())
+        .env("CF_CRASH_AT", "restart_light.connected")
+        .env_remove("CF_CRASH_ONCE")
+        .env_remove("CF_PLEX");
+    let f = common::Proc::spawn(c, "cf-node restart-light (killed)".into()).finish();
+    if cfg!(feature = "crash-points") {
+        f.assert_killed();
+        assert_eq!(
+            plex.member("A").map(|m| (m.state, m.alive)),
+            Some(("recovering".into(), false))
+        );
+        plex.assert_retained_by("P", "s", "old", "A");
+        let reports = plex.cleanup();
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert_eq!(
+            (&reports[0]["retained"], &reports[0]["released"]),
+            (&1.into(), &0.into()),
+            "{reports:?}"
+        );
+        plex.check_repaired(&common::Expect {
+            dead: "A",
+            retained: &["old"],
+            free: &["gone", "read"],
+            live: &[],
+        });
+    } else {
+        assert!(f.status.success(), "{f}");
+    }
     plex.assert_empty_and_clean();
 }

@@ -305,7 +305,7 @@ impl Ctl {
                 std::hint::spin_loop();
             } else {
                 std::thread::yield_now();
-                if spins % 4096 == 0 && Instant::now() > deadline {
+                if spins.is_multiple_of(4096) && Instant::now() > deadline {
                     bail!("the other bench worker never arrived");
                 }
             }
@@ -446,7 +446,7 @@ fn pingpong(spec: &Spec, ctl: &Ctl, h: &mut cf_core::Holder) -> Result<Out> {
             cur_id = next_id;
             ops += 1;
             if spec.index == 0 {
-                if ops % 16 == 0 && t.elapsed() >= limit {
+                if ops.is_multiple_of(16) && t.elapsed() >= limit {
                     stop.store(rep as u64 + 1, Ordering::Release);
                     break;
                 }

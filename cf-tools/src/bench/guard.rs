@@ -94,7 +94,7 @@ impl ShmFile {
     /// A raw pointer to byte `off`, checked to leave `size` bytes in the
     /// mapping and to be aligned to 8.
     pub fn ptr(&self, off: usize, size: usize) -> Result<*mut u8> {
-        if off % 8 != 0 || off.checked_add(size).is_none_or(|end| end > self.map.len()) {
+        if !off.is_multiple_of(8) || off.checked_add(size).is_none_or(|end| end > self.map.len()) {
             bail!(
                 "offset {off} (+{size}) outside a mapping of {}",
                 self.map.len()

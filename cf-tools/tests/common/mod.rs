@@ -24,6 +24,11 @@ use std::time::{Duration, Instant};
 /// The binary under test.
 pub const CFCTL: &str = env!("CARGO_BIN_EXE_cfctl");
 
+/// The member binary, built beside `cfctl` by the workspace build.
+pub fn cf_node() -> PathBuf {
+    Path::new(CFCTL).with_file_name("cf-node")
+}
+
 /// How long anything may take before the test gives up (a hang, not slowness).
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -289,39 +294,52 @@ impl TestPlex {
         p
     }
 
-    /// Reconnect under `member`'s name (taking back whatever it retains),
-    /// check what it took back, then SIGTERM: everything it had is released
-    /// and its connector freed.
-    pub fn reconnect_and_release(&self, member: &str, expect_taken_back: &[&str]) {
-        let probe = unique_resource("reconnect-probe");
-        let mut p = self.hold(member, &[("s", &probe)]);
-        let mut back: Vec<String> = self
-            .locks()
+    /// Recover failed member `member` as restart light does: first check that
+    /// a lock-only connection under its name is refused (only a process that
+    /// recovers its log may take its retained locks back), then run
+    /// `cf-node restart-light` and check it released exactly
+    /// `expect_released` and left nothing of the member behind.
+    pub fn recover_light(&self, member: &str, expect_released: &[&str]) {
+        let probe = unique_resource("lock-only-probe");
+        let f = self.run(&["try", "--member", member, "--s", &probe]);
+        assert_eq!(
+            f.status.code(),
+            Some(1),
+            "lock-only connect as {member}: {f}"
+        );
+        assert!(
+            f.stderr.contains("failed-persistent"),
+            "lock-only connect as {member}: {f}"
+        );
+        let mut retained: Vec<String> = self
+            .retained()
             .into_iter()
-            .filter(|l| l.member == member && l.resource != probe)
-            .map(|l| {
-                assert_eq!(l.state, "held", "taken back, not retained: {l:?}");
-                assert_eq!(l.mode, "modify", "only modify locks are retained: {l:?}");
-                l.resource
-            })
+            .filter(|l| l.member == member)
+            .map(|l| l.resource)
             .collect();
-        back.sort();
-        let mut want: Vec<String> = expect_taken_back.iter().map(|s| s.to_string()).collect();
+        retained.sort();
+        let mut want: Vec<String> = expect_released.iter().map(|s| s.to_string()).collect();
         want.sort();
-        assert_eq!(back, want, "locks {member} took back on reconnect");
-        let m = self.member(member).expect("reconnected member is listed");
-        assert_eq!(m.state, "active");
-        assert!(m.alive);
-        p.term();
-        p.expect_exit_ok();
+        assert_eq!(retained, want, "locks {member} retains before its recovery");
+        let mut c = Command::new(cf_node());
+        c.args(["restart-light", "--json", "--member", member, "--plex"])
+            .arg(self.path())
+            .env_remove("CF_CRASH_AT")
+            .env_remove("CF_CRASH_ONCE")
+            .env_remove("CF_PLEX");
+        let f = Proc::spawn(c, format!("cf-node restart-light --member {member}")).finish();
+        assert!(f.status.success(), "{f}");
+        let v = f.json();
+        assert_eq!(v["recovered"], true, "{f}");
+        assert_eq!(v["released"], want.len() as u64, "{f}");
         assert!(
             self.locks().iter().all(|l| l.member != member),
-            "{member} still holds something after its disconnect: {:?}",
+            "{member} still holds something after its recovery: {:?}",
             self.locks()
         );
         assert!(
             self.member(member).is_none(),
-            "{member} still has a connector after its disconnect"
+            "{member} still has a connector after its recovery"
         );
     }
 
@@ -466,7 +484,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(mut c: Command, what: String) -> Proc {
+    pub fn spawn(mut c: Command, what: String) -> Proc {
         c.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -746,9 +764,8 @@ impl TestPlex {
     /// Check the repaired outcome of a death: verify is clean; exactly the
     /// expected locks are retained (by the dead member, in modify mode, on
     /// their own entries) and answer "retained"; the free ones are granted;
-    /// the live holders still hold theirs; then a reconnect under the dead
-    /// name takes back exactly the retained locks, and its SIGTERM frees
-    /// everything of it. Leaves only the live holders' locks.
+    /// the live holders still hold theirs; then restart light recovers the
+    /// dead member, releasing exactly the retained locks. Leaves only the live holders' locks.
     pub fn check_repaired(&self, e: &Expect) {
         self.assert_verify_clean();
         let mut retained = self.retained();
@@ -802,7 +819,9 @@ impl TestPlex {
         for (m, r) in e.live {
             self.assert_contention("PROBE", "x", r, &[m]);
         }
-        self.reconnect_and_release(e.dead, e.retained);
+        if self.member(e.dead).is_some() {
+            self.recover_light(e.dead, e.retained);
+        }
         self.assert_verify_clean();
         for r in e.retained.iter().chain(e.free) {
             self.assert_granted("PROBE", "modify", r);

@@ -2,6 +2,15 @@
 //! identified by its PID and its start time (field 22 of `/proc/<pid>/stat`,
 //! in clock ticks since boot). A connector adds a generation number that
 //! changes on every connect.
+//!
+//! A SIGKILLed process's thread-group leader shows as a zombie as soon as it
+//! has exited, while its sibling threads may still be on their way out. The
+//! process is taken for dead only once no thread of it is left but the
+//! zombie leader (`/proc/<pid>/task` has one entry), so no thread of a
+//! "dead" member can still write to the region.
+//!
+//! Under `--cfg loom` processes are modelled (`model`): each model thread
+//! says which process it is, and a crash point marks its process dead.
 
 use std::io;
 
@@ -14,6 +23,7 @@ pub struct ProcessId {
 
 impl ProcessId {
     /// This process.
+    #[cfg(not(loom))]
     pub fn current() -> io::Result<ProcessId> {
         let pid = std::process::id();
         match read_stat(pid)? {
@@ -25,7 +35,17 @@ impl ProcessId {
         }
     }
 
+    /// This (modelled) process.
+    #[cfg(loom)]
+    pub fn current() -> io::Result<ProcessId> {
+        Ok(ProcessId {
+            pid: model::current(),
+            start_time: 1,
+        })
+    }
+
     /// The process now running under `pid`, if any.
+    #[cfg(not(loom))]
     pub fn of(pid: u32) -> io::Result<Option<ProcessId>> {
         Ok(read_stat(pid)?.map(|s| ProcessId {
             pid,
@@ -35,17 +55,26 @@ impl ProcessId {
 
     /// Is this exact process still running? A zombie (dead, not yet reaped)
     /// counts as dead; a different process with the same PID counts as dead.
+    #[cfg(not(loom))]
     pub fn is_alive(&self) -> bool {
         if self.pid == 0 {
             return false;
         }
         match read_stat(self.pid) {
-            Ok(Some(stat)) => stat.start_time == self.start_time && !stat.is_dead(),
+            Ok(Some(stat)) => {
+                stat.start_time == self.start_time && (!stat.is_dead() || threads_left(self.pid))
+            }
             Ok(None) => false,
             // /proc unreadable for another reason: do not declare a death we
             // cannot see.
             Err(_) => true,
         }
+    }
+
+    /// Is this exact (modelled) process still running?
+    #[cfg(loom)]
+    pub fn is_alive(&self) -> bool {
+        Self::token_is_alive(self.token())
     }
 
     /// Pack into one word for atomic claims: PID in the low 32 bits, the low 32
@@ -55,24 +84,91 @@ impl ProcessId {
     }
 
     /// Is the process named by a token still running?
+    #[cfg(not(loom))]
     pub fn token_is_alive(token: u64) -> bool {
         let pid = token as u32;
         if pid == 0 {
             return false;
         }
         match read_stat(pid) {
-            Ok(Some(stat)) => (stat.start_time & 0xffff_ffff) == token >> 32 && !stat.is_dead(),
+            Ok(Some(stat)) if (stat.start_time & 0xffff_ffff) != token >> 32 => false,
+            Ok(Some(stat)) => !stat.is_dead() || threads_left(pid),
             Ok(None) => false,
+            // /proc unreadable for another reason: do not declare a death we
+            // cannot see.
             Err(_) => true,
         }
     }
+
+    /// Is the process named by a token still running? (Modelled.)
+    #[cfg(loom)]
+    pub fn token_is_alive(token: u64) -> bool {
+        let pid = token as u32;
+        pid != 0 && model::is_alive(pid)
+    }
 }
 
+/// This process's PID (modelled under loom).
+pub(crate) fn current_pid() -> u32 {
+    #[cfg(loom)]
+    return model::current();
+    #[cfg(not(loom))]
+    std::process::id()
+}
+
+/// Does a process whose leader is a zombie still have other threads on their
+/// way out? (Then it may still run user code for a moment: not dead yet.)
+#[cfg(not(loom))]
+fn threads_left(pid: u32) -> bool {
+    match std::fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(d) => d.take(2).count() > 1,
+        Err(_) => false,
+    }
+}
+
+/// Modelled processes for the loom models: a model thread names the process
+/// it plays with [`model::enter`]; a crash point kills it ([`model::kill`]).
+#[cfg(loom)]
+pub mod model {
+    use loom::sync::atomic::{AtomicBool, Ordering};
+
+    /// Processes a model may have (PIDs 1 to MAX).
+    pub const MAX: u32 = 8;
+
+    loom::lazy_static! {
+        static ref DEAD: Vec<AtomicBool> = (0..=MAX).map(|_| AtomicBool::new(false)).collect();
+    }
+    loom::thread_local! {
+        static CURRENT: std::cell::Cell<u32> = const { std::cell::Cell::new(1) };
+    }
+
+    /// This model thread plays process `pid` (1 to MAX).
+    pub fn enter(pid: u32) {
+        assert!((1..=MAX).contains(&pid));
+        CURRENT.with(|c| c.set(pid));
+    }
+
+    pub fn current() -> u32 {
+        CURRENT.with(|c| c.get())
+    }
+
+    /// Process `pid` is dead from now on.
+    pub fn kill(pid: u32) {
+        DEAD[pid as usize].store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_alive(pid: u32) -> bool {
+        pid <= MAX && !DEAD[pid as usize].load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(not(loom))]
 struct Stat {
     state: u8,
     start_time: u64,
 }
 
+#[cfg(not(loom))]
 impl Stat {
     fn is_dead(&self) -> bool {
         matches!(self.state, b'Z' | b'X' | b'x')
@@ -80,6 +176,7 @@ impl Stat {
 }
 
 /// Parse `/proc/<pid>/stat`. `Ok(None)` if there is no such process.
+#[cfg(not(loom))]
 fn read_stat(pid: u32) -> io::Result<Option<Stat>> {
     let text = match std::fs::read(format!("/proc/{pid}/stat")) {
         Ok(t) => t,
@@ -94,6 +191,7 @@ fn read_stat(pid: u32) -> io::Result<Option<Stat>> {
 
 /// The command name (field 2) is in parentheses and may contain spaces and
 /// parentheses itself, so fields are counted after the *last* ')'.
+#[cfg(not(loom))]
 fn parse_stat(text: &[u8]) -> Option<Stat> {
     let close = text.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(text.get(close + 1..)?).ok()?;
@@ -104,7 +202,7 @@ fn parse_stat(text: &[u8]) -> Option<Stat> {
     Some(Stat { state, start_time })
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

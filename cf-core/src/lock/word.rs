@@ -18,7 +18,7 @@
 //! * **Mixed mode** (`MIXED` set): the truth is in the record entries of the
 //!   connectors named in the mask (their *interest*); `holder` is the connector
 //!   holding the entry's *latch* (0: unlatched). Every change on a mixed entry is
-//!   made under the latch by the resource-level path in `lock.rs`, which reads
+//!   made under the latch by the resource-level path in `entry.rs`, which reads
 //!   the named connectors' records to tell a real conflict (same resource) from
 //!   false contention (another resource hashed to the same entry). Invariant:
 //!   outside a latch, bit `c` is set iff connector `c` has a held record on the
@@ -46,10 +46,10 @@
 //!
 //! **Crash windows.** A process can die holding a word in any state: as the
 //! fast-mode holder, in the mask, or holding the latch. All are repaired by the
-//! recovery protocol (`recovery.rs`), which latches the entry (stealing a latch
-//! whose holder is dead with [`try_steal_latch`]) and recomputes the dead
-//! connector's bit from its records. The order of word and record writes that
-//! makes that possible is described in `lock.rs`.
+//! recovery protocol (`recovery.rs`), which latches the entry in the dead
+//! connector's name (taking over a latch held in that name) and recomputes
+//! its bit from its records. The order of word and record writes that makes
+//! that possible is described in `entry.rs`.
 
 use crate::sync::{spin_hint, AtomicU64, Ordering};
 use std::time::Duration;
@@ -196,26 +196,13 @@ pub(crate) fn try_latch(word: &AtomicU64, me: u32) -> Latch {
     }
 }
 
-/// Take over the latch of a mixed entry whose latch holder `dead` has died.
-pub(crate) fn try_steal_latch(word: &AtomicU64, dead: u32, me: u32) -> Option<u64> {
-    let cur = word.load(Ordering::Acquire);
-    let w = Word(cur);
-    if !w.is_mixed() || w.holder() != Some(dead) {
-        return None;
-    }
-    let new = (cur & !HOLDER_BITS) | holder_field(me);
-    word.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Relaxed)
-        .ok()
-        .map(|_| Word(new).mask() as u64)
-}
-
 /// Drop the latch held by `me`, publishing `mask` as the entry's interest.
 /// An empty mask returns the entry to fast mode. Wakes sleepers if any.
 pub(crate) fn unlatch(word: &AtomicU64, mask: u32) {
     let new = if mask == 0 { 0 } else { MIXED | mask as u64 };
     let old = word.swap(new, Ordering::AcqRel);
     if old & WAITERS != 0 {
-        crate::futex::wake_all_high(word);
+        crate::lock::futex::wake_all_high(word);
     }
 }
 
@@ -228,7 +215,7 @@ pub(crate) fn unlatch_to_wait(word: &AtomicU64, mask: u32) -> u32 {
     let old = word.swap(new, Ordering::AcqRel);
     if old & WAITERS != 0 {
         // Others were asleep: our unlatch may be the change they wait for.
-        crate::futex::wake_all_high(word);
+        crate::lock::futex::wake_all_high(word);
     }
     Word(new).high()
 }
@@ -256,7 +243,7 @@ pub(crate) fn spin_for_change(word: &AtomicU64, seen: u64, spins: u32) -> bool {
 
 /// Sleep on the word's high half while it equals `expected_high`.
 pub(crate) fn sleep(word: &AtomicU64, expected_high: u32, slice: Duration) {
-    crate::futex::wait_high(word, expected_high, slice);
+    crate::lock::futex::wait_high(word, expected_high, slice);
 }
 
 /// Read the word.
@@ -315,15 +302,6 @@ mod tests {
         assert_eq!(try_latch(&w, 7), Latch::Latched { named: 1 << 7 });
         unlatch(&w, 0);
         assert_eq!(load(&w), Word(0));
-    }
-
-    #[test]
-    fn steal_only_from_the_named_latch_holder() {
-        let w = AtomicU64::new(0);
-        assert!(matches!(try_latch(&w, 4), Latch::Latched { .. }));
-        assert_eq!(try_steal_latch(&w, 5, 1), None);
-        assert_eq!(try_steal_latch(&w, 4, 1), Some(0));
-        assert_eq!(load(&w).holder(), Some(1));
     }
 
     #[test]

@@ -1,75 +1,15 @@
-//! The region file: create, open and validate it, and hand out references to
-//! the atomics inside it. This is the only module that turns bytes of the
-//! mapping into typed references; every such conversion goes through
-//! [`Region::atomic_at`], which checks bounds and alignment.
-//!
-//! The region is untrusted input: another process (or a person with a hex
-//! editor) may write anything into it at any time. Everything in it is accessed
-//! through atomics, so concurrent writers are never a data race; indices and
-//! ids read from it are checked by the accessors below before they are used.
+//! Creating, opening and validating the region file. Each failed check on
+//! open is its own error ([`RegionError`]); nothing of the file is mapped as
+//! an atomic before its header, checksum and size have been checked.
 
-use crate::error::{CorruptError, RegionError};
-use crate::layout::{
-    self, Header, Layout, Sizes, BLOCK_HEADER_SIZE, CONNECTOR_SLOT_SIZE, RECORD_SIZE,
-};
-use crate::sync::{AtomicU32, AtomicU64};
+use crate::error::RegionError;
+use crate::shm::layout::{self, Header, Layout};
+use crate::shm::region::{CreateOptions, Plex, Region};
 use memmap2::MmapMut;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-
-/// File name of the region inside a plex directory.
-pub const REGION_FILE: &str = "region";
-
-/// Options for creating a region.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CreateOptions {
-    pub sizes: Sizes,
-    /// Create files 0660 instead of 0600 (and the directory 0770).
-    pub group_access: bool,
-}
-
-/// A plex directory: the region, and later the shared data and the logs.
-#[derive(Clone, Debug)]
-pub struct Plex {
-    pub dir: PathBuf,
-}
-
-impl Plex {
-    /// `--plex DIR`, else `$CF_PLEX`, else `/dev/shm/cf-plex-<uid>`.
-    pub fn resolve(explicit: Option<&Path>) -> Plex {
-        let dir = match explicit {
-            Some(p) => p.to_path_buf(),
-            None => match std::env::var_os("CF_PLEX") {
-                Some(p) if !p.is_empty() => PathBuf::from(p),
-                _ => PathBuf::from(format!("/dev/shm/cf-plex-{}", nix::unistd::geteuid())),
-            },
-        };
-        Plex { dir }
-    }
-
-    pub fn region_path(&self) -> PathBuf {
-        self.dir.join(REGION_FILE)
-    }
-}
-
-/// A mapped, validated region.
-pub struct Region {
-    map: MmapMut,
-    layout: Layout,
-    header: Header,
-    path: PathBuf,
-}
-
-impl std::fmt::Debug for Region {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Region")
-            .field("path", &self.path)
-            .field("layout", &self.layout)
-            .finish()
-    }
-}
+use std::path::Path;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RegionError + '_ {
     move |source| RegionError::Io {
@@ -156,12 +96,7 @@ impl Region {
         map.flush_range(0, bytes.len()).map_err(io_err(&path))?;
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         map[..8].copy_from_slice(&bytes[..8]);
-        Ok(Region {
-            map,
-            layout,
-            header,
-            path,
-        })
+        Ok(Region::from_mapping(map, layout, header, path))
     }
 
     /// Open and validate the region of `plex`.
@@ -270,207 +205,15 @@ impl Region {
                 expected: layout.total_size,
             });
         }
-        Ok(Region {
-            map,
-            layout,
-            header,
-            path: path.into(),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-    pub fn layout(&self) -> &Layout {
-        &self.layout
-    }
-    pub fn header(&self) -> &Header {
-        &self.header
-    }
-    pub fn sizes(&self) -> Sizes {
-        self.layout.sizes
-    }
-    pub fn base_ptr(&self) -> *const u8 {
-        self.map.as_ptr()
-    }
-
-    /// The one place where bytes of the mapping become an atomic. Panics only on
-    /// an internal bug (offsets come from the checked layout, never from the
-    /// region's contents).
-    #[inline]
-    fn atomic_at<T>(&self, offset: u64) -> &T {
-        let size = std::mem::size_of::<T>() as u64;
-        assert!(
-            offset % size == 0 && offset + size <= self.map.len() as u64,
-            "internal error: atomic at {offset} outside the region"
-        );
-        // SAFETY: the offset is in bounds and aligned for T (the mapping is
-        // page-aligned and offset is a multiple of T's size, which equals its
-        // alignment for AtomicU32/AtomicU64). T is an atomic integer, valid for
-        // any bit pattern, and the mapping lives as long as &self.
-        unsafe { &*(self.map.as_ptr().add(offset as usize) as *const T) }
-    }
-
-    // ---- the lock structure ----
-
-    /// Number of lock table entries (a power of two).
-    #[inline]
-    pub fn lock_entries(&self) -> u32 {
-        self.layout.sizes.lock_entries
-    }
-
-    /// The lock word of entry `e`, checked.
-    #[inline]
-    pub(crate) fn word(&self, e: u32) -> Result<&AtomicU64, CorruptError> {
-        if e >= self.lock_entries() {
-            return Err(CorruptError::EntryOutOfRange {
-                index: e as u64,
-                len: self.lock_entries() as u64,
-            });
-        }
-        Ok(self.atomic_at(self.layout.lock_table + 8 * e as u64))
-    }
-
-    /// The lock word of the entry for a hash (masked into range, so infallible).
-    #[inline]
-    pub(crate) fn word_for_hash(&self, hash: u64) -> (u32, &AtomicU64) {
-        let e = (hash & (self.lock_entries() as u64 - 1)) as u32;
-        (e, self.atomic_at(self.layout.lock_table + 8 * e as u64))
-    }
-
-    /// Structure-wide counter `i` (0 requests, 1 contention, 2 false contention,
-    /// 3 transactions committed by applications)
-    /// folded in from connectors that disconnected.
-    pub(crate) fn lock_counter(&self, i: u32) -> &AtomicU64 {
-        assert!(i < 4);
-        self.atomic_at(self.layout.lock_struct + 8 * i as u64)
-    }
-
-    /// The connect latch: token of the process changing the connector table.
-    pub(crate) fn connect_latch(&self) -> &AtomicU64 {
-        self.atomic_at(self.layout.lock_struct + 64)
-    }
-
-    // ---- the restart-request list and the event ring ----
-
-    /// Word `field` (< 8) of the restart list header.
-    #[inline]
-    pub(crate) fn list_header(&self, field: u32) -> &AtomicU64 {
-        assert!(field < 8);
-        self.atomic_at(self.layout.restart_list + 8 * field as u64)
-    }
-
-    /// The list's 32-bit sequence word (futex-waited on by every member).
-    #[inline]
-    pub(crate) fn list_sequence(&self) -> &AtomicU32 {
-        self.atomic_at(self.layout.restart_list + 8 * 7)
-    }
-
-    /// Word `field` (< 8) of the restart request for connector `id` (checked by caller).
-    #[inline]
-    pub(crate) fn request_field(&self, id: u32, field: u32) -> &AtomicU64 {
-        assert!(id < self.members() && field < 16);
-        self.atomic_at(
-            self.layout.restart_list + layout::REQUEST_SIZE * (1 + id as u64) + 8 * field as u64,
-        )
-    }
-
-    /// Word `field` (< 8) of the event ring header.
-    #[inline]
-    pub(crate) fn events_header(&self, field: u32) -> &AtomicU64 {
-        assert!(field < 8);
-        self.atomic_at(self.layout.events + 8 * field as u64)
-    }
-
-    /// Word `field` (< 16) of event ring slot `slot` (< EVENT_CAPACITY).
-    #[inline]
-    pub(crate) fn event_field(&self, slot: u64, field: u32) -> &AtomicU64 {
-        assert!(slot < layout::EVENT_CAPACITY && (field as u64) < layout::EVENT_SIZE / 8);
-        self.atomic_at(self.layout.events + 4096 + layout::EVENT_SIZE * slot + 8 * field as u64)
-    }
-
-    // ---- connectors ----
-
-    #[inline]
-    pub fn members(&self) -> u32 {
-        self.layout.sizes.members
-    }
-
-    /// Check a connector id read from the region.
-    #[inline]
-    pub(crate) fn check_member(&self, id: u32) -> Result<u32, CorruptError> {
-        if id < self.members() {
-            Ok(id)
-        } else {
-            Err(CorruptError::ConnectorOutOfRange {
-                id: id as u64,
-                len: self.members() as u64,
-            })
-        }
-    }
-
-    /// Field `field` (a word index < 32) of connector slot `id`; `id` must be checked.
-    #[inline]
-    pub(crate) fn connector_field(&self, id: u32, field: u32) -> &AtomicU64 {
-        assert!(id < self.members() && (field as u64) < CONNECTOR_SLOT_SIZE / 8);
-        self.atomic_at(self.layout.connectors + CONNECTOR_SLOT_SIZE * id as u64 + 8 * field as u64)
-    }
-
-    // ---- member areas ----
-
-    #[inline]
-    pub fn records_per_member(&self) -> u32 {
-        self.layout.sizes.records_per_member
-    }
-
-    #[inline]
-    pub fn blocks_per_member(&self) -> u32 {
-        self.layout.blocks_per_member()
-    }
-
-    #[inline]
-    fn area(&self, id: u32) -> u64 {
-        assert!(id < self.members());
-        self.layout.member_areas + self.layout.member_area_size * id as u64
-    }
-
-    /// Word `field` (< 8) of block header `block` of member `id`.
-    #[inline]
-    pub(crate) fn block_field(&self, id: u32, block: u32, field: u32) -> &AtomicU64 {
-        assert!(block < self.blocks_per_member() && field < 8);
-        self.atomic_at(
-            self.area(id)
-                + self.layout.area_blocks
-                + BLOCK_HEADER_SIZE * block as u64
-                + 8 * field as u64,
-        )
-    }
-
-    /// The tag of record slot `slot` of member `id`.
-    #[inline]
-    pub(crate) fn tag(&self, id: u32, slot: u32) -> &AtomicU32 {
-        assert!(slot < self.records_per_member());
-        self.atomic_at(self.area(id) + self.layout.area_tags + 4 * slot as u64)
-    }
-
-    /// Word `i` (< 9) of the body of record slot `slot` of member `id`.
-    #[inline]
-    pub(crate) fn record_word(&self, id: u32, slot: u32, i: u32) -> &AtomicU64 {
-        assert!(slot < self.records_per_member() && (i as u64) < RECORD_SIZE / 8);
-        self.atomic_at(
-            self.area(id) + self.layout.area_records + RECORD_SIZE * slot as u64 + 8 * i as u64,
-        )
-    }
-
-    /// Raw bytes of the header page (for tests that damage a region).
-    pub fn header_bytes(&self) -> &[u8] {
-        &self.map[..std::mem::size_of::<Header>()]
+        Ok(Region::from_mapping(map, layout, header, path.into()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shm::layout::Sizes;
+    use crate::shm::region::REGION_FILE;
     use std::io::{Seek, SeekFrom, Write};
 
     fn small() -> CreateOptions {

@@ -14,8 +14,9 @@
 //! its tag is published (release) and is rewritten only after the tag is FREE.
 
 use crate::error::CorruptError;
-use crate::layout::{BLOCK_SLOTS, MAX_RESOURCE};
-use crate::region::Region;
+use crate::shm::layout::{BLOCK_SLOTS, MAX_RESOURCE};
+use crate::shm::region::Region;
+use crate::shm::slots::BlockHeader;
 use crate::sync::Ordering;
 
 pub(crate) const TAG_FREE: u32 = 0;
@@ -24,11 +25,6 @@ pub(crate) const TAG_HELD: u32 = 2 << 30;
 const TAG_STATE: u32 = 3 << 30;
 const TAG_ENTRY: u32 = !TAG_STATE;
 
-/// Block header fields.
-pub(crate) const BLK_OWNER: u32 = 0;
-pub(crate) const BLK_REQUESTS: u32 = 1;
-pub(crate) const BLK_CONTENTION: u32 = 2;
-pub(crate) const BLK_FALSE: u32 = 3;
 /// Block owner value for a block that holds retained records of a dead member.
 pub(crate) const BLOCK_RETAINED: u64 = u64::MAX;
 
@@ -158,19 +154,20 @@ pub(crate) fn tag_entry(tag: u32) -> u32 {
 /// Write a record body (before its tag is published).
 #[inline]
 pub(crate) fn write_body(region: &Region, member: u32, slot: u32, res: &Resource, mode: Mode) {
+    let Ok(bodies) = region.bodies(member) else {
+        return;
+    };
+    let body = &bodies[slot as usize];
     let (m, flags) = match mode {
         Mode::Share => (0u64, 0u64),
         Mode::Exclusive => (1, 0),
         Mode::Modify => (1, FLAG_MODIFY),
     };
-    region
-        .record_word(member, slot, 0)
+    body.meta
         .store(res.len as u64 | m << 8 | flags << 16, Ordering::Relaxed);
     let n = (res.len as usize).div_ceil(8);
-    for i in 0..n {
-        region
-            .record_word(member, slot, 1 + i as u32)
-            .store(res.words[i], Ordering::Relaxed);
+    for (w, v) in body.name.iter().zip(&res.words[..n]) {
+        w.store(*v, Ordering::Relaxed);
     }
 }
 
@@ -205,7 +202,13 @@ pub(crate) fn read_record(
         TAG_PENDING => false,
         s => return Err(bad(format!("state {:#x} is not pending or held", s >> 30))),
     };
-    let meta = region.record_word(member, slot, 0).load(Ordering::Relaxed);
+    let body = region.bodies(member)?.get(slot as usize).ok_or_else(|| {
+        bad(format!(
+            "slot out of range ({} slots)",
+            region.records_per_member()
+        ))
+    })?;
+    let meta = body.meta.load(Ordering::Relaxed);
     let len = (meta & 0xff) as usize;
     if len == 0 || len > MAX_RESOURCE {
         return Err(bad(format!("resource length {len}")));
@@ -217,10 +220,8 @@ pub(crate) fn read_record(
         (m, f) => return Err(bad(format!("mode {m} flags {f}"))),
     };
     let mut words = [0u64; 8];
-    for (i, w) in words.iter_mut().enumerate().take(len.div_ceil(8)) {
-        *w = region
-            .record_word(member, slot, 1 + i as u32)
-            .load(Ordering::Relaxed);
+    for (w, src) in words.iter_mut().zip(&body.name).take(len.div_ceil(8)) {
+        *w = src.load(Ordering::Relaxed);
     }
     // Bytes past the length must not leak into comparisons.
     let tail = len % 8;
@@ -242,85 +243,132 @@ pub(crate) fn read_record(
 
 /// How many slots of `member` may be in use (high-water mark in blocks, checked).
 pub(crate) fn scan_limit(region: &Region, member: u32) -> u32 {
-    let hwm = region
-        .connector_field(member, crate::connector::F_HWM)
+    let Ok(slot) = region.connector(member) else {
+        return 0;
+    };
+    let hwm = slot
+        .hwm
         .load(Ordering::Acquire)
         .min(region.blocks_per_member() as u64) as u32;
     hwm * BLOCK_SLOTS
 }
 
-/// Every non-free record of `member` on `entry` (held, or pending if `pending`).
+/// Every non-free tag of `member` below its high-water mark, as `(slot, tag)`.
+fn live_tags(region: &Region, member: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
+    let tags = region.tags(member).unwrap_or(&[]);
+    let limit = (scan_limit(region, member) as usize).min(tags.len());
+    tags[..limit]
+        .iter()
+        .enumerate()
+        .map(|(slot, t)| (slot as u32, t.load(Ordering::Acquire)))
+        .filter(|&(_, tag)| tag_state(tag) != TAG_FREE)
+}
+
+/// Every non-free record of `member` on `entry` (held, or pending too if `pending`).
 pub(crate) fn records_on(
     region: &Region,
     member: u32,
     entry: u32,
     pending: bool,
 ) -> Result<Vec<RecordView>, CorruptError> {
-    let mut out = Vec::new();
-    for slot in 0..scan_limit(region, member) {
-        let tag = region.tag(member, slot).load(Ordering::Acquire);
-        if tag_state(tag) == TAG_FREE || tag_entry(tag) != entry {
-            continue;
-        }
-        if tag_state(tag) == TAG_PENDING && !pending {
-            continue;
-        }
-        out.push(read_record(region, member, slot, tag)?);
-    }
-    Ok(out)
+    let member = region.check_member(member)?;
+    // Anything but PENDING is read when only held records are wanted, so a
+    // tag in an unknown state is reported (by `read_record`), not skipped.
+    live_tags(region, member)
+        .filter(|&(_, tag)| tag_entry(tag) == entry && (pending || tag_state(tag) != TAG_PENDING))
+        .map(|(slot, tag)| read_record(region, member, slot, tag))
+        .collect()
+}
+
+/// Does `member` have a held record on `entry` other than slot `except`?
+/// (Reads only the tags: the bodies do not matter for the member's interest.)
+pub(crate) fn holds_other_on(
+    region: &Region,
+    member: u32,
+    entry: u32,
+    except: Option<u32>,
+) -> bool {
+    live_tags(region, member).any(|(slot, tag)| tag == TAG_HELD | entry && Some(slot) != except)
 }
 
 /// Every non-free record of `member`.
 pub fn all_records(region: &Region, member: u32) -> Result<Vec<RecordView>, CorruptError> {
     let member = region.check_member(member)?;
-    let mut out = Vec::new();
-    for slot in 0..scan_limit(region, member) {
-        let tag = region.tag(member, slot).load(Ordering::Acquire);
-        if tag_state(tag) != TAG_FREE {
-            out.push(read_record(region, member, slot, tag)?);
-        }
-    }
-    Ok(out)
+    live_tags(region, member)
+        .map(|(slot, tag)| read_record(region, member, slot, tag))
+        .collect()
+}
+
+/// The tag of slot `slot` of `member` (a slot this process owns or checked).
+#[inline]
+pub(crate) fn tag(
+    region: &Region,
+    member: u32,
+    slot: u32,
+) -> Result<&crate::sync::AtomicU32, CorruptError> {
+    region
+        .tags(member)?
+        .get(slot as usize)
+        .ok_or(CorruptError::BadRecord {
+            member,
+            slot,
+            what: format!("slot out of range ({} slots)", region.records_per_member()),
+        })
 }
 
 /// Claim a free block of `member`'s area for a holder identified by `token`.
 pub(crate) fn claim_block(region: &Region, member: u32, token: u64) -> Option<u32> {
-    for b in 0..region.blocks_per_member() {
-        let owner = region.block_field(member, b, BLK_OWNER);
-        if owner.load(Ordering::Relaxed) == 0
-            && owner
+    let blocks = region.blocks(member).ok()?;
+    for (b, h) in blocks.iter().enumerate() {
+        if h.owner.load(Ordering::Relaxed) == 0
+            && h.owner
                 .compare_exchange(0, token, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
         {
             region
-                .connector_field(member, crate::connector::F_HWM)
+                .connector(member)
+                .ok()?
+                .hwm
                 .fetch_max(b as u64 + 1, Ordering::AcqRel);
-            return Some(b);
+            return Some(b as u32);
         }
     }
     None
 }
 
-/// Give a block back, folding its counters into the connector's totals.
-pub(crate) fn release_block(region: &Region, member: u32, block: u32) {
-    fold_block_counters(region, member, block);
-    region
-        .block_field(member, block, BLK_OWNER)
-        .store(0, Ordering::Release);
+/// Does block `block` of `member` hold only free tags?
+pub(crate) fn block_is_empty(region: &Region, member: u32, block: u32) -> bool {
+    let first = (block * BLOCK_SLOTS) as usize;
+    region.tags(member).is_ok_and(|tags| {
+        tags.get(first..first + BLOCK_SLOTS as usize)
+            .is_some_and(|t| t.iter().all(|t| t.load(Ordering::Acquire) == TAG_FREE))
+    })
 }
 
-pub(crate) fn fold_block_counters(region: &Region, member: u32, block: u32) {
-    for (bf, cf) in [
-        (BLK_REQUESTS, crate::connector::F_REQUESTS),
-        (BLK_CONTENTION, crate::connector::F_CONTENTION),
-        (BLK_FALSE, crate::connector::F_FALSE),
+/// The header of block `block` of `member`.
+pub(crate) fn block(region: &Region, member: u32, block: u32) -> Option<&BlockHeader> {
+    region.blocks(member).ok()?.get(block as usize)
+}
+
+/// Give a block back, folding its counters into the connector's totals.
+pub(crate) fn release_block(region: &Region, member: u32, b: u32) {
+    fold_block_counters(region, member, b);
+    if let Some(h) = block(region, member, b) {
+        h.owner.store(0, Ordering::Release);
+    }
+}
+
+/// Fold block `b`'s counters into its connector's totals.
+pub(crate) fn fold_block_counters(region: &Region, member: u32, b: u32) {
+    let (Some(h), Ok(c)) = (block(region, member, b), region.connector(member)) else {
+        return;
+    };
+    for (from, to) in [
+        (&h.requests, &c.requests),
+        (&h.contention, &c.contention),
+        (&h.false_contention, &c.false_contention),
     ] {
-        let v = region
-            .block_field(member, block, bf)
-            .swap(0, Ordering::Relaxed);
-        region
-            .connector_field(member, cf)
-            .fetch_add(v, Ordering::Relaxed);
+        to.fetch_add(from.swap(0, Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
@@ -328,13 +376,9 @@ pub(crate) fn fold_block_counters(region: &Region, member: u32, block: u32) {
 /// one pass over the tags, 12 bytes per record, for walks that handle a
 /// member's records entry by entry (recovery, release of everything).
 pub(crate) fn slots_by_entry(region: &Region, member: u32) -> Vec<(u32, u32, u32)> {
-    let mut out = Vec::new();
-    for slot in 0..scan_limit(region, member) {
-        let tag = region.tag(member, slot).load(Ordering::Acquire);
-        if tag_state(tag) != TAG_FREE {
-            out.push((tag_entry(tag), slot, tag));
-        }
-    }
+    let mut out: Vec<(u32, u32, u32)> = live_tags(region, member)
+        .map(|(slot, tag)| (tag_entry(tag), slot, tag))
+        .collect();
     out.sort_unstable();
     out
 }

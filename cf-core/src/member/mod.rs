@@ -1,64 +1,52 @@
-//! A connection to the region under a member name: connect, reconnect as a
-//! failed-persistent member, take holders (one per thread), release retained
-//! locks, disconnect.
+//! A member's connection to the region: connect (fresh, or to recover a
+//! failed member's log), take holders (one per thread, `holder.rs`), release
+//! what a recovery took back, disconnect.
+//!
+//! # Who may take a failed member's retained locks back
+//! Only a process that recovers the failed member's log: restart light
+//! ([`ConnectMode::Recovery`]) or a normal restart that backs out first
+//! ([`ConnectMode::Restart`]). Both reconnect to the failed-persistent slot in
+//! the RECOVERING state, in which its modify locks still answer "retained" to
+//! everyone. A lock-only connection ([`ConnectMode::Normal`], what `cfctl try`
+//! and `hold` use) under a failed member's name is refused
+//! ([`ConnectError::FailedPersistent`]): taking the locks back without
+//! backing out the log would expose the dead member's uncommitted updates.
 
-use crate::connector::{self, ConnectLatch, MemberState, SlotChoice};
+mod connection;
+pub mod holder;
+
+use crate::connector::identity::ProcessId;
+use crate::connector::latch::ConnectLatch;
+use crate::connector::{self, MemberState, SlotChoice, StateWord};
 use crate::error::{ConnectError, LockError};
-use crate::identity::ProcessId;
-use crate::lock::{release_all, release_slow, Holder};
-use crate::records::{self, RecordView, TAG_HELD};
+use crate::lock::records::{self, RecordView, TAG_HELD};
 use crate::recovery::{cleanup_member, CleanupOutcome};
-use crate::region::Region;
+use crate::shm::region::Region;
 use crate::sync::Ordering;
-use std::sync::atomic::AtomicU64 as StdAtomicU64;
+use connection::Connection;
+use holder::Holder;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How a connection is made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnectMode {
-    /// A normal member. Reconnecting under the name of a failed-persistent
-    /// member takes its retained locks back as its own.
+    /// A lock-only member. Refused under the name of a failed-persistent
+    /// member (its log must be recovered first).
     Normal,
     /// Restart light: only a failed-persistent member may be reconnected this
-    /// way; its locks stay "retained" to others until released.
+    /// way, in the RECOVERING state; it ends with a disconnect.
     Recovery,
-}
-
-pub(crate) struct MemberInner {
-    pub(crate) region: Arc<Region>,
-    pub(crate) id: u32,
-    pub(crate) generation: u32,
-    pub(crate) name: String,
-    next_holder: StdAtomicU64,
-}
-
-impl MemberInner {
-    pub(crate) fn next_holder_token(&self) -> u64 {
-        // Nonzero, unique within this process; block owners are compared only
-        // with zero and with BLOCK_RETAINED.
-        (std::process::id() as u64) << 24
-            | (self.next_holder.fetch_add(1, Ordering::Relaxed) & 0xff_ffff)
-            | 1
-    }
-
-    /// Is our connector still ours? (A member is cleaned up only if its
-    /// process is dead or if someone tampered with the region.)
-    pub(crate) fn check_still_connected(&self) -> Result<(), LockError> {
-        let st = connector::load_state(&self.region, self.id)?;
-        if st.generation == self.generation
-            && matches!(st.state, MemberState::Active | MemberState::Recovering)
-        {
-            Ok(())
-        } else {
-            Err(LockError::Disconnected)
-        }
-    }
+    /// A normal member start that recovers its own log first: under the name
+    /// of a failed-persistent member it reconnects RECOVERING (see
+    /// [`Member::is_recovering`]) and becomes active with
+    /// [`Member::finish_recovery`]; otherwise it connects as `Normal`.
+    Restart,
 }
 
 /// A connected member.
 pub struct Member {
-    inner: Arc<MemberInner>,
+    inner: Arc<Connection>,
 }
 
 impl std::fmt::Debug for Member {
@@ -70,15 +58,19 @@ impl std::fmt::Debug for Member {
     }
 }
 
-/// What a reconnect found and what a disconnect did.
+/// What a disconnect did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DisconnectReport {
     pub released: usize,
 }
 
+/// How long a connect waits for the connect latch, or for another process's
+/// cleanup of a dead member of the same name.
+const CONNECT_WAIT: Duration = Duration::from_secs(30);
+
 impl Member {
-    /// Connect as `name`. A dead connector of the same name is cleaned up first;
-    /// a failed-persistent one is reconnected (its retained locks become ours).
+    /// Connect as `name` (a lock-only member). A dead connector of the same
+    /// name is cleaned up first; a failed-persistent one is refused.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -107,33 +99,33 @@ impl Member {
     ) -> Result<Member, ConnectError> {
         connector::check_name(name)?;
         let me = ProcessId::current().map_err(ConnectError::Identity)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + CONNECT_WAIT;
         loop {
-            let latch = ConnectLatch::take(&region, &me, Duration::from_secs(30))?;
+            let latch = ConnectLatch::take(&region, &me, CONNECT_WAIT)?;
             let (id, generation) = match connector::choose_slot(&region, name)? {
                 SlotChoice::Fresh(_) if mode == ConnectMode::Recovery => {
                     return Err(ConnectError::NotFailed(name.to_string()))
                 }
                 SlotChoice::Fresh(id) => (
                     id,
-                    connector::occupy(&region, id, name, &me, MemberState::Active, true),
+                    connector::occupy(&region, id, name, &me, MemberState::Active, true)?,
                 ),
-                SlotChoice::Reconnect(id) => {
-                    let state = match mode {
-                        ConnectMode::Normal => MemberState::Active,
-                        ConnectMode::Recovery => MemberState::Recovering,
-                    };
-                    (id, connector::occupy(&region, id, name, &me, state, false))
+                SlotChoice::Failed(_) if mode == ConnectMode::Normal => {
+                    return Err(ConnectError::FailedPersistent(name.to_string()))
                 }
+                SlotChoice::Failed(id) => (
+                    id,
+                    connector::occupy(&region, id, name, &me, MemberState::Recovering, false)?,
+                ),
                 SlotChoice::NeedsCleanup(id) => {
                     drop(latch);
                     if let CleanupOutcome::InProgress { .. } = cleanup_member(&region, id)? {
-                        std::thread::sleep(Duration::from_millis(1));
+                        crate::sync::pause(Duration::from_millis(1));
                     }
                     if Instant::now() > deadline {
                         return Err(ConnectError::NameInUse {
                             name: name.into(),
-                            pid: 0,
+                            pid: connector::process_of(&region, id).pid,
                         });
                     }
                     continue;
@@ -141,13 +133,7 @@ impl Member {
             };
             drop(latch);
             return Ok(Member {
-                inner: Arc::new(MemberInner {
-                    region,
-                    id,
-                    generation,
-                    name: name.to_string(),
-                    next_holder: StdAtomicU64::new(1),
-                }),
+                inner: Arc::new(Connection::new(region, id, generation, name)),
             });
         }
     }
@@ -165,13 +151,38 @@ impl Member {
         &self.inner.region
     }
 
+    /// Did this connection take over a failed member (RECOVERING: its modify
+    /// locks still answer "retained" until it finishes or disconnects)?
+    pub fn is_recovering(&self) -> Result<bool, LockError> {
+        Ok(
+            connector::load_state(&self.inner.region, self.inner.id)?.state
+                == MemberState::Recovering,
+        )
+    }
+
+    /// A normal restart has backed out its log and released what it took
+    /// back: become an active member.
+    pub fn finish_recovery(&self) -> Result<(), LockError> {
+        self.inner.check_still_connected()?;
+        let region = &self.inner.region;
+        let from = StateWord {
+            state: MemberState::Recovering,
+            generation: self.inner.generation,
+        };
+        let me = ProcessId::current().map_err(|_| LockError::Disconnected)?;
+        let _latch =
+            ConnectLatch::take(region, &me, CONNECT_WAIT).map_err(|_| LockError::Disconnected)?;
+        if connector::set_state(region, self.inner.id, from, MemberState::Active) {
+            Ok(())
+        } else {
+            self.inner.check_still_connected()
+        }
+    }
+
     /// Count `n` transactions committed by this member's application (kept in
     /// the region, so they survive the member's death; `inspect::committed_total`).
     pub fn add_committed(&self, n: u64) {
-        self.inner
-            .region
-            .connector_field(self.inner.id, connector::F_COMMITTED)
-            .fetch_add(n, Ordering::Relaxed);
+        self.inner.add_committed(n);
     }
 
     /// A holder for the calling thread (each thread takes its own).
@@ -194,14 +205,13 @@ impl Member {
     pub fn release_record(&self, slot: u32) -> Result<(), LockError> {
         self.inner.check_still_connected()?;
         let region = &self.inner.region;
-        if slot >= region.records_per_member() {
-            return Err(LockError::NotHeld(slot));
-        }
-        let tag = region.tag(self.inner.id, slot).load(Ordering::Acquire);
+        let tag = records::tag(region, self.inner.id, slot)
+            .map_err(|_| LockError::NotHeld(slot))?
+            .load(Ordering::Acquire);
         if records::tag_state(tag) != TAG_HELD {
             return Err(LockError::NotHeld(slot));
         }
-        release_slow(region, self.inner.id, slot, records::tag_entry(tag))
+        self.inner.release_slow(slot, records::tag_entry(tag))
     }
 
     /// Release every lock this connector holds (after a reconnect: the retained
@@ -214,7 +224,7 @@ impl Member {
             return Err(LockError::HoldersOpen);
         }
         self.inner.check_still_connected()?;
-        release_all(&self.inner.region, self.inner.id, after_entry)
+        self.inner.release_all(after_entry)
     }
 
     /// Release everything this connector holds and free its slot. Every
@@ -226,24 +236,23 @@ impl Member {
         self.inner.check_still_connected()?;
         let region = &self.inner.region;
         let id = self.inner.id;
+        // (Its windows are those of `restart_light.released_some`: the same walk.)
         let report = DisconnectReport {
-            released: release_all(region, id, || {
-                crate::crash::point("disconnect.released_some")
-            })?,
+            released: self.inner.release_all(|| {})?,
         };
         for b in 0..region.blocks_per_member() {
-            if region
-                .block_field(id, b, records::BLK_OWNER)
-                .load(Ordering::Relaxed)
-                != 0
-            {
+            if records::block(region, id, b).is_some_and(|h| h.owner.load(Ordering::Relaxed) != 0) {
                 records::release_block(region, id, b);
             }
         }
         let me = ProcessId::current().map_err(|_| LockError::Disconnected)?;
-        let _latch = ConnectLatch::take(region, &me, Duration::from_secs(30))
-            .map_err(|_| LockError::Disconnected)?;
-        connector::vacate(region, id);
+        let _latch =
+            ConnectLatch::take(region, &me, CONNECT_WAIT).map_err(|_| LockError::Disconnected)?;
+        let st = connector::load_state(region, id)?;
+        if st.generation != self.inner.generation {
+            return Err(LockError::Disconnected);
+        }
+        connector::vacate(region, id, st)?;
         Ok(report)
     }
 }

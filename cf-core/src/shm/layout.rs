@@ -10,15 +10,19 @@
 //! lock table      [AtomicU64; lock_entries]                    the lock words
 //! restart list    header + [RequestEntry; members]             128 bytes each
 //! events          header page + [Event; EVENT_CAPACITY]        128 bytes each
-//! member areas    per member: block headers, tags, records     see records.rs
+//! member areas    per member: block headers, tags, records     see lock/records.rs
 //! ```
+//!
+//! The structures inside the areas are typed (`slots.rs`), pinned by size and
+//! offset assertions.
 
 use bytemuck::{Pod, Zeroable};
 
 /// "CFEMUREG" in ASCII.
 pub const MAGIC: [u8; 8] = *b"CFEMUREG";
-/// Bump on any change of this file or of the slot layouts.
-pub const LAYOUT_VERSION: u32 = 1;
+/// Bump on any change of this file or of the slot layouts (`slots.rs`).
+/// 2: restart requests carry an epoch in their state word.
+pub const LAYOUT_VERSION: u32 = 2;
 /// The header and the directory live in the first page.
 pub const HEADER_PAGE: u64 = 4096;
 /// Connector ids are bit positions in the 32-bit share/interest mask of a lock word.
@@ -26,7 +30,11 @@ pub const MAX_MEMBERS: u32 = 32;
 /// Longest resource name, in bytes.
 pub const MAX_RESOURCE: usize = 64;
 /// Records are handed to holders (threads) in blocks of this many slots.
+#[cfg(not(loom))]
 pub const BLOCK_SLOTS: u32 = 64;
+/// Under loom every tag a scan reads is a scheduling point: tiny blocks.
+#[cfg(loom)]
+pub const BLOCK_SLOTS: u32 = 2;
 /// Size of one connector slot.
 pub const CONNECTOR_SLOT_SIZE: u64 = 256;
 /// Size of one record body: 9 words (meta + 64 bytes of resource name).
@@ -40,7 +48,10 @@ pub const DIR_ENTRIES: usize = 6;
 /// Size of one restart-request list entry, and of the list's header.
 pub const REQUEST_SIZE: u64 = 128;
 /// Events kept in the event ring (older ones are overwritten).
+#[cfg(not(loom))]
 pub const EVENT_CAPACITY: u64 = 4096;
+#[cfg(loom)]
+pub const EVENT_CAPACITY: u64 = 32;
 /// Size of one event.
 pub const EVENT_SIZE: u64 = 128;
 
@@ -143,7 +154,7 @@ impl Sizes {
             ));
         }
         let r = self.records_per_member;
-        if r < BLOCK_SLOTS || r % BLOCK_SLOTS != 0 || r > (1 << 24) {
+        if r < BLOCK_SLOTS || !r.is_multiple_of(BLOCK_SLOTS) || r > (1 << 24) {
             return Err(format!(
                 "records per member must be a multiple of {BLOCK_SLOTS} from {BLOCK_SLOTS} to 2^24, got {r}"
             ));

@@ -75,6 +75,23 @@ pub(crate) fn wake_all_high(_word: &AtomicU64) {
     cv.notify_all();
 }
 
+#[cfg(loom)]
+pub(crate) fn wait_u32(word: &crate::sync::AtomicU32, expected: u32, _timeout: Duration) {
+    use crate::sync::Ordering;
+    let (lock, cv) = &*model::BUCKET;
+    let guard = lock.lock().unwrap();
+    if word.load(Ordering::SeqCst) == expected {
+        drop(cv.wait(guard).unwrap());
+    }
+}
+
+#[cfg(loom)]
+pub(crate) fn wake_all_u32(_word: &crate::sync::AtomicU32) {
+    let (lock, cv) = &*model::BUCKET;
+    let _guard = lock.lock().unwrap();
+    cv.notify_all();
+}
+
 /// Sleep while a 32-bit word in the shared mapping equals `expected`.
 #[cfg(not(loom))]
 pub(crate) fn wait_u32(word: &crate::sync::AtomicU32, expected: u32, timeout: Duration) {

@@ -1,0 +1,14 @@
+//! Members and their identity: the connector table (`slot.rs`), process
+//! identity beyond the PID (`identity.rs`), the connect latch (`latch.rs`) and
+//! the one-word claim that survives its claimer's death (`claim.rs`).
+
+pub mod claim;
+pub mod identity;
+pub(crate) mod latch;
+mod slot;
+
+pub(crate) use slot::{
+    cas_state, choose_slot, load_state, name_of, occupy, process_of, set_state, snapshot, vacate,
+    SlotChoice,
+};
+pub use slot::{check_name, now_ns, slot_view, MemberState, SlotView, StateWord, MAX_NAME};

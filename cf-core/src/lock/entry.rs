@@ -1,0 +1,439 @@
+//! The latched entry protocol: everything on a lock table entry that one
+//! compare-and-swap of its word cannot settle. A request, a release and the
+//! cleanup of a dead member all take the entry's latch (`word.rs`), decide
+//! from the record entries of the connectors the word names (`records.rs`),
+//! and drop the latch publishing the entry's new interest mask. This module is
+//! the whole of that protocol; `member/holder.rs` (requests) and `recovery.rs`
+//! (cleanup) only drive it, and the loom models drive it directly.
+//!
+//! # Invariants
+//! 1. **The record covers the word.** A word names connector `c` (fast-mode
+//!    exclusive holder or mask bit), or `c` holds the entry's latch, only
+//!    while `c` has a non-free record on that entry. So walking a member's
+//!    records finds every word it may have touched. Hence: a request writes
+//!    its record (HELD) before its word CAS; a release gives up the word or the
+//!    latch before it frees the record, unless another held record of the same
+//!    member on the entry still covers the latch (then the record is freed
+//!    under the latch, so that no one reads a record that is no longer held).
+//! 2. **A HELD record may not be granted yet.** Between its record and its
+//!    word CAS a request's record says HELD although nothing is granted (its
+//!    CAS may still fail, and on a mixed entry it will). Nothing may conclude
+//!    from another connector's HELD record that it *holds* the resource in a
+//!    way that frees something else: a HELD record only ever makes a decision
+//!    more conservative (a conflict for a request, the member's bit kept, a
+//!    lock kept as retained). (The hole this rule closes: a cleanup once freed
+//!    a dead member's retained lock because a live member's half-made request
+//!    for the same resource looked like a live incompatible holder.)
+//! 3. **Outside a latch, bit `c` of a mixed word is set iff `c` has a HELD
+//!    record on the entry**, up to the half-made requests of rule 2, which
+//!    always latch afterwards and then recompute it. Every unlatch by a member
+//!    recomputes that member's own bit from its records ([`Latched::give_up`],
+//!    [`Latched::wait`], [`release`]), so the last one out clears it.
+//! 4. **Every decision on a mixed entry is made under its latch**, from the
+//!    HELD records of the named connectors, so two decisions never race. A
+//!    same-resource incompatible record is a conflict; a different resource is
+//!    *false contention*, resolved from the records and granted.
+//!
+//! # Cleanup of a dead member `c` on an entry ([`settle_dead`])
+//! Under the latch taken in `c`'s own name (a latch `c` died holding is then
+//! already "its own"; a cleaner that dies holding it leaves it held by a dead
+//! connector), each record of `c` on the entry is decided by what the word and
+//! the record say, never by other members' records (rule 2):
+//! * PENDING: a request not granted: freed.
+//! * HELD, `c` not named: `c` died between record and word on acquire, or
+//!   between word and record on release, or after a decided grant but before
+//!   its unlatch set the bit (that request never returned, so nothing used it):
+//!   freed.
+//! * HELD, named, not modify: released.
+//! * HELD, named, modify: **retained**, always. If it was a half-made second
+//!   request on an entry `c` was named on for another record, keeping it is an
+//!   *extra* retained lock: it refuses requests for that resource until
+//!   restart light releases it, which is safe (the dead member did nothing
+//!   under it), whereas freeing a lock that was granted would let another
+//!   member overwrite uncommitted data.
+//!
+//! # Crash windows (see `crash::CRASH_POINTS`)
+//! * `acquire.after_record`: tag HELD, word not changed: `c` not named for it,
+//!   freed by cleanup (or, if `c` is named for another record, kept if modify).
+//! * `acquire.after_word`: a held lock.
+//! * `release.after_word`: word released, tag still HELD: not named, freed.
+//! * `slow.latched`: a dead latch holder with a PENDING record: the cleaner
+//!   takes the latch over (it latches in `c`'s name) and frees the record.
+//! * `slow.granted_before_unlatch`: tag HELD under the latch, bit maybe unset:
+//!   decided by whether `c` was already named, as above.
+//! * `slow_release.latched`: nothing changed: the held record is settled as
+//!   held. `slow_release.after_unlatch`: latch dropped with `c`'s bit
+//!   recomputed; the record is freed or, if `c` is still named, kept.
+//! * `cleanup.entry_latched`: the entry is latched in `c`'s name; the next
+//!   cleaner of `c` takes it over. `cleanup.entry_unlatched`: the word is
+//!   settled and the remaining tags of freed records are freed by the next
+//!   cleanup (they are PENDING, or HELD and no longer named).
+
+use crate::connector::{self, MemberState};
+use crate::error::CorruptError;
+use crate::lock::records::{self, Mode, RecordView, Resource, TAG_FREE, TAG_HELD};
+use crate::lock::word::{self, Latch};
+use crate::shm::region::Region;
+use crate::sync::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Longest single futex sleep while waiting: a waiter re-checks its holders'
+/// liveness at least this often, so a dead holder is found with no monitor.
+pub(crate) const MAX_SLICE: Duration = Duration::from_millis(20);
+/// First sleep slice (doubling up to [`MAX_SLICE`]).
+pub(crate) const FIRST_SLICE: Duration = Duration::from_micros(50);
+/// Longest a latch wait without a deadline (a release, a cleanup) accepts a
+/// live latch holder whose word does not change at all; then the word is
+/// taken as damaged (a typed error) instead of waiting forever.
+const LATCH_STUCK: Duration = Duration::from_secs(30);
+
+/// How a latch is waited for.
+pub(crate) struct LatchWait<'a> {
+    /// Give up (with [`LatchError::TimedOut`]) after this.
+    pub deadline: Option<Instant>,
+    /// The connectors (a bit set) whose cleanup claims the caller holds: a
+    /// latch held in one of their names is taken over as the caller's own
+    /// (they are dead, and only their cleaner may act for them). Empty for
+    /// every request and release of a live member.
+    pub steal: u64,
+    /// Called with the latch holder when the word has not changed for a whole
+    /// sleep slice: the caller checks whether it is dead and cleans it up.
+    pub on_stuck: &'a mut dyn FnMut(u32) -> Result<(), CorruptError>,
+}
+
+/// Why a latch was not taken.
+#[derive(Debug)]
+pub(crate) enum LatchError {
+    TimedOut { holder: u32 },
+    Corrupt(CorruptError),
+}
+
+impl From<CorruptError> for LatchError {
+    fn from(e: CorruptError) -> Self {
+        LatchError::Corrupt(e)
+    }
+}
+
+/// An entry latched by connector `as_id`. The latch is dropped only through
+/// one of the methods below (a process killed holding it leaves it to the
+/// cleanup of `as_id`), each of which publishes the new interest mask.
+#[must_use = "an entry latch must be dropped with grant, give_up, wait or unlatch_unchanged"]
+pub(crate) struct Latched<'r> {
+    pub word: &'r AtomicU64,
+    pub entry: u32,
+    /// The connectors the word named when it was latched (a bit set).
+    pub named: u64,
+}
+
+/// Latch `entry` as connector `as_id`, waiting for a live latch holder.
+pub(crate) fn latch<'r>(
+    region: &'r Region,
+    entry: u32,
+    as_id: u32,
+    how: &mut LatchWait,
+) -> Result<Latched<'r>, LatchError> {
+    let word = region.word(entry)?;
+    let latched = |named| Latched { word, entry, named };
+    let mut slice = FIRST_SLICE;
+    // The busy word (waiters bit aside) and since when it has not changed.
+    let mut unchanged: Option<(u64, Instant)> = None;
+    loop {
+        let (holder, seen) = match word::try_latch(word, as_id) {
+            Latch::Latched { named } => return Ok(latched(named)),
+            Latch::Busy { holder, seen } => (region.check_member(holder)?, seen),
+        };
+        if how.steal & word::bit(holder) != 0 {
+            // Held in the name of a dead member whose cleanup we run: by the
+            // member itself or by one of its dead cleaners (never by us: a walk
+            // drops each latch before the next). Its decision is abandoned;
+            // while mixed and latched only WAITERS can change, so the mask
+            // seen is the entry's interest.
+            return Ok(latched(seen.mask() as u64));
+        }
+        if word::spin_for_change(word, seen.0, crate::sync::SPINS) {
+            continue;
+        }
+        if how.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(LatchError::TimedOut { holder });
+        }
+        let key = seen.0 & !word::WAITERS;
+        match unchanged {
+            Some((k, since)) if k == key => {
+                if how.deadline.is_none() && since.elapsed() >= LATCH_STUCK {
+                    return Err(LatchError::Corrupt(CorruptError::BadConnector {
+                        id: holder,
+                        what: format!(
+                            "has held the latch of lock entry {entry} for over {} s \
+                             (damaged lock word, or a stopped process)",
+                            LATCH_STUCK.as_secs()
+                        ),
+                    }));
+                }
+            }
+            _ => unchanged = Some((key, Instant::now())),
+        }
+        if let Some(high) = word::announce_waiter(word, seen) {
+            let left = how
+                .deadline
+                .map_or(slice, |d| d.saturating_duration_since(Instant::now()));
+            word::sleep(word, high, slice.min(left));
+        }
+        if word.load(Ordering::Relaxed) == seen.0 | word::WAITERS {
+            check_latch_holder(region, entry, word, holder)?;
+            (how.on_stuck)(holder)?;
+            slice = (slice * 2).min(MAX_SLICE);
+        }
+    }
+}
+
+/// A latch held in the name of a connector that is free or failed-persistent
+/// can never be dropped: only a connected member latches in its own name, and
+/// a cleaner in the name of the member it cleans, which stays CLEANING until
+/// every entry is settled. Seen with the state word unchanged around the
+/// reading of the lock word (a reconnect changes the generation), it is damage.
+fn check_latch_holder(
+    region: &Region,
+    entry: u32,
+    word: &AtomicU64,
+    holder: u32,
+) -> Result<(), CorruptError> {
+    let before = connector::load_state(region, holder)?;
+    if !matches!(
+        before.state,
+        MemberState::Free | MemberState::FailedPersistent
+    ) {
+        return Ok(());
+    }
+    let w = word::load(word);
+    let after = connector::load_state(region, holder)?;
+    if before == after && w.is_mixed() && w.holder() == Some(holder) {
+        return Err(CorruptError::BadConnector {
+            id: holder,
+            what: format!(
+                "is {} but holds the latch of lock entry {entry}",
+                before.state.as_str()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A request being decided on the resource-level path.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Request<'a> {
+    pub resource: &'a Resource,
+    pub mode: Mode,
+    pub member: u32,
+    /// The request's own (PENDING) record slot.
+    pub slot: u32,
+}
+
+/// What the latched path decided.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    Grant {
+        false_contention: bool,
+    },
+    /// The HELD records that conflict: same resource, incompatible mode.
+    Conflict(Vec<RecordView>),
+}
+
+/// Iterate the set bits of a connector mask.
+pub(crate) fn bits(mask: u64) -> impl Iterator<Item = u32> {
+    (0..64u32).filter(move |i| mask & (1u64 << i) != 0)
+}
+
+impl<'r> Latched<'r> {
+    /// Under the latch: does the request conflict with a HELD record of a
+    /// named connector (other than its own record)? A conflict is always
+    /// reported as one (rule 2: a HELD record may be half-made, which only
+    /// makes the requester wait).
+    pub(crate) fn decide(&self, region: &Region, req: &Request) -> Result<Decision, CorruptError> {
+        let mut conflicts = Vec::new();
+        let mut false_contention = false;
+        for c in bits(self.named) {
+            let c = region.check_member(c)?;
+            for r in records::records_on(region, c, self.entry, false)? {
+                if c == req.member && r.slot == req.slot {
+                    continue;
+                }
+                if req.mode.compatible(r.mode) {
+                    continue;
+                }
+                if r.resource == *req.resource {
+                    conflicts.push(r);
+                } else {
+                    false_contention = true;
+                }
+            }
+        }
+        Ok(if conflicts.is_empty() {
+            Decision::Grant { false_contention }
+        } else {
+            Decision::Conflict(conflicts)
+        })
+    }
+
+    /// The mask with `member`'s bit recomputed from its HELD records on the
+    /// entry other than `except` (rule 3).
+    fn mask_recomputed(&self, region: &Region, member: u32, except: Option<u32>) -> u32 {
+        let bit = word::bit(member);
+        let mask = if records::holds_other_on(region, member, self.entry, except) {
+            self.named | bit
+        } else {
+            self.named & !bit
+        };
+        mask as u32
+    }
+
+    /// Grant the request: its record becomes HELD, then the latch is dropped
+    /// with the member's bit set.
+    pub(crate) fn grant(self, region: &Region, req: &Request) -> Result<(), CorruptError> {
+        records::tag(region, req.member, req.slot)?.store(TAG_HELD | self.entry, Ordering::Release);
+        crate::crash::point("slow.granted_before_unlatch");
+        word::unlatch(self.word, (self.named | word::bit(req.member)) as u32);
+        Ok(())
+    }
+
+    /// The request is not granted and will not wait: drop the latch with the
+    /// member's bit recomputed, then free its PENDING record.
+    pub(crate) fn give_up(self, region: &Region, req: &Request) -> Result<(), CorruptError> {
+        let mask = self.mask_recomputed(region, req.member, Some(req.slot));
+        word::unlatch(self.word, mask);
+        records::tag(region, req.member, req.slot)?.store(TAG_FREE, Ordering::Release);
+        Ok(())
+    }
+
+    /// The request will wait (its PENDING record stays): drop the latch with
+    /// the member's bit recomputed and `WAITERS` set; returns the high half to
+    /// sleep on.
+    pub(crate) fn wait(self, region: &Region, req: &Request) -> u32 {
+        let mask = self.mask_recomputed(region, req.member, Some(req.slot));
+        word::unlatch_to_wait(self.word, mask)
+    }
+
+    /// Drop the latch to look elsewhere (the request's PENDING record stays,
+    /// the member's bit recomputed); the request will latch again.
+    pub(crate) fn step_out(self, region: &Region, req: &Request) {
+        let mask = self.mask_recomputed(region, req.member, Some(req.slot));
+        word::unlatch(self.word, mask);
+    }
+
+    /// Drop the latch publishing the mask as it was latched (nothing decided:
+    /// an error on a damaged region).
+    pub(crate) fn unlatch_unchanged(self) {
+        word::unlatch(self.word, self.named as u32);
+    }
+}
+
+/// Release record `slot` of `member` on `entry` on the latched path (the fast
+/// release CAS failed: the entry is mixed, or a second holding of the member).
+pub(crate) fn release(
+    region: &Region,
+    member: u32,
+    slot: u32,
+    entry: u32,
+    how: &mut LatchWait,
+) -> Result<(), LatchError> {
+    let tag = records::tag(region, member, slot)?;
+    let l = latch(region, entry, member, how)?;
+    crate::crash::point("slow_release.latched");
+    let bit = word::bit(member);
+    if records::holds_other_on(region, member, entry, Some(slot)) {
+        // Another held record of ours covers the latch: free this one first,
+        // so no decision reads a record that is no longer held.
+        tag.store(TAG_FREE, Ordering::Release);
+        word::unlatch(l.word, (l.named | bit) as u32);
+        crate::crash::point("slow_release.after_unlatch");
+    } else {
+        word::unlatch(l.word, (l.named & !bit) as u32);
+        crate::crash::point("slow_release.after_unlatch");
+        tag.store(TAG_FREE, Ordering::Release);
+    }
+    Ok(())
+}
+
+/// Release every record of `member` on `entry` (held or pending; `slots` as
+/// `(entry, slot, tag)` from `records::slots_by_entry`): one latch, the
+/// member's bit cleared, the latch dropped, then the tags freed. Returns how
+/// many were held. No other thread of the member may use the entry meanwhile.
+pub(crate) fn release_entry(
+    region: &Region,
+    member: u32,
+    entry: u32,
+    slots: &[(u32, u32, u32)],
+    how: &mut LatchWait,
+) -> Result<usize, LatchError> {
+    let l = latch(region, entry, member, how)?;
+    word::unlatch(l.word, (l.named & !word::bit(member)) as u32);
+    let tags = region.tags(member)?;
+    let mut held = 0;
+    for &(_, slot, tag) in slots {
+        if let Some(t) = tags.get(slot as usize) {
+            t.store(TAG_FREE, Ordering::Release);
+        }
+        held += (records::tag_state(tag) == TAG_HELD) as usize;
+    }
+    Ok(held)
+}
+
+/// What [`settle_dead`] did on one entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Settled {
+    /// Non-modify held locks released.
+    pub released: usize,
+    /// Modify locks kept as retained.
+    pub retained: usize,
+    /// Pending requests and records not named by the word, freed.
+    pub discarded: usize,
+}
+
+/// Settle every record of dead member `c` on `entry` (see the module docs).
+/// The caller holds `c`'s cleanup claim (`how.steal` has `c`'s bit, so it
+/// takes over a latch held in `c`'s name) and has read `recs` from `c`'s
+/// area; `c` being dead, only its cleaners change them.
+pub(crate) fn settle_dead(
+    region: &Region,
+    c: u32,
+    entry: u32,
+    recs: &[RecordView],
+    how: &mut LatchWait,
+) -> Result<Settled, LatchError> {
+    let tags = region.tags(c)?;
+    debug_assert!(how.steal & word::bit(c) != 0);
+    let l = latch(region, entry, c, how)?;
+    crate::crash::point("cleanup.entry_latched");
+    let c_named = l.named & word::bit(c) != 0;
+    let mut out = Settled::default();
+    let mut free = Vec::new();
+    for r in recs {
+        if !r.held || !c_named {
+            out.discarded += 1;
+            free.push(r.slot);
+        } else if !r.mode.is_modify() {
+            out.released += 1;
+            free.push(r.slot);
+        } else {
+            out.retained += 1;
+        }
+    }
+    let free_tags = |slots: &[u32]| {
+        for &s in slots {
+            if let Some(t) = tags.get(s as usize) {
+                t.store(TAG_FREE, Ordering::Release);
+            }
+        }
+    };
+    if out.retained > 0 {
+        // The retained records cover the latch: free the others before the
+        // unlatch, so waiters never see a record that is no longer held.
+        free_tags(&free);
+        word::unlatch(l.word, (l.named | word::bit(c)) as u32);
+        crate::crash::point("cleanup.entry_unlatched");
+    } else {
+        word::unlatch(l.word, (l.named & !word::bit(c)) as u32);
+        crate::crash::point("cleanup.entry_unlatched");
+        free_tags(&free);
+    }
+    Ok(out)
+}

@@ -1,0 +1,111 @@
+//! One connection of a member to the region, shared by the member handle and
+//! its holders (threads): its connector id and generation, and the few
+//! operations both need.
+
+use crate::connector::{self, MemberState};
+use crate::error::LockError;
+use crate::lock::entry::{self, LatchError, LatchWait};
+use crate::recovery;
+use crate::shm::region::Region;
+use crate::sync::Ordering;
+use std::sync::atomic::AtomicU64 as StdAtomicU64;
+use std::sync::Arc;
+
+pub(crate) struct Connection {
+    pub(crate) region: Arc<Region>,
+    pub(crate) id: u32,
+    pub(crate) generation: u32,
+    pub(crate) name: String,
+    next_holder: StdAtomicU64,
+}
+
+impl Connection {
+    pub(crate) fn new(region: Arc<Region>, id: u32, generation: u32, name: &str) -> Connection {
+        Connection {
+            region,
+            id,
+            generation,
+            name: name.to_string(),
+            next_holder: StdAtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn next_holder_token(&self) -> u64 {
+        // Nonzero, unique within this process; block owners are compared only
+        // with zero and with BLOCK_RETAINED.
+        (crate::connector::identity::current_pid() as u64) << 24
+            | (self
+                .next_holder
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                & 0xff_ffff)
+            | 1
+    }
+
+    /// Is our connector still ours? (A member is cleaned up only if its
+    /// process is dead or if someone tampered with the region.)
+    pub(crate) fn check_still_connected(&self) -> Result<(), LockError> {
+        let st = connector::load_state(&self.region, self.id)?;
+        if st.generation == self.generation
+            && matches!(st.state, MemberState::Active | MemberState::Recovering)
+        {
+            Ok(())
+        } else {
+            Err(LockError::Disconnected)
+        }
+    }
+
+    /// Count `n` transactions committed by this member's application.
+    pub(crate) fn add_committed(&self, n: u64) {
+        if let Ok(c) = self.region.connector(self.id) {
+            c.committed.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Release record `slot` on `entry` on the latched path.
+    pub(crate) fn release_slow(&self, slot: u32, entry: u32) -> Result<(), LockError> {
+        let region = &*self.region;
+        let me = self.id;
+        let mut on_stuck = |x: u32| recovery::try_clean(region, x, Some(me), 0).map(|_| ());
+        let mut how = LatchWait {
+            deadline: None,
+            steal: 0,
+            on_stuck: &mut on_stuck,
+        };
+        entry::release(region, me, slot, entry, &mut how).map_err(latch_error)
+    }
+
+    /// Release every record of this connector (held or pending), entry by
+    /// entry: cost linear in what it held. `after_entry` runs after each
+    /// entry (a crash point for restart light). Returns how many were held.
+    pub(crate) fn release_all(&self, mut after_entry: impl FnMut()) -> Result<usize, LockError> {
+        let region = &*self.region;
+        let me = self.id;
+        let recs = crate::lock::records::slots_by_entry(region, me);
+        let mut released = 0;
+        for group in recs.chunk_by(|a, b| a.0 == b.0) {
+            let mut on_stuck = |x: u32| recovery::try_clean(region, x, Some(me), 0).map(|_| ());
+            let mut how = LatchWait {
+                deadline: None,
+                steal: 0,
+                on_stuck: &mut on_stuck,
+            };
+            released += entry::release_entry(region, me, group[0].0, group, &mut how)
+                .map_err(latch_error)?;
+            after_entry();
+        }
+        Ok(released)
+    }
+}
+
+fn latch_error(e: LatchError) -> LockError {
+    match e {
+        LatchError::Corrupt(c) => c.into(),
+        // Only waits with a deadline time out; these have none.
+        LatchError::TimedOut { holder } => {
+            LockError::Corrupt(crate::error::CorruptError::BadConnector {
+                id: holder,
+                what: "latch wait timed out without a deadline".into(),
+            })
+        }
+    }
+}

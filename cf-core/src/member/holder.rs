@@ -1,0 +1,523 @@
+//! Lock requests of one thread of a member: the uncontended fast path on the
+//! lock word, and the policy around the latched entry protocol of
+//! `lock/entry.rs` (which holds the invariants and crash windows): when to
+//! wait, when to answer, and cleaning up a dead holder met on the way.
+//!
+//! * **Fast path**: write the record (HELD), one CAS on the word; release:
+//!   one CAS back, then free the record. No system call, no shared counter.
+//! * **Slow path**: a request one CAS cannot settle turns its record PENDING
+//!   and latches the entry; the decision is `entry::Latched::decide`.
+//!   A conflict with a modify record of a member that is failed-persistent,
+//!   recovering or being cleaned up (its named modify records are retained,
+//!   `entry.rs`) is answered "retained by M" at once. A conflict with a live
+//!   holder waits (a waiting `lock`) or is answered "contention" (a `try`),
+//!   after checking that the holders still live: a dead one is cleaned up
+//!   first, by this request if no one else is at it.
+//! * **Deadlines**: a `try` answers within [`TRY_WAIT`] and a `lock` within
+//!   its timeout, whatever latches or cleanups are in progress elsewhere; no
+//!   step of a request waits for another process except on the lock word,
+//!   under that deadline.
+
+use crate::connector::{self, MemberState};
+use crate::error::{CorruptError, LockError};
+use crate::lock::entry::{self, Decision, LatchError, LatchWait, Request};
+use crate::lock::records::{self, Mode, RecordView, Resource, TAG_FREE, TAG_HELD, TAG_PENDING};
+use crate::lock::word;
+use crate::member::connection::Connection;
+use crate::recovery::{self, CleanupOutcome};
+use crate::shm::region::Region;
+use crate::sync::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest a try request waits for anything (an entry's latch, normally held
+/// for microseconds; another process's cleanup of a dead holder). Longer
+/// means a stopped process or a damaged lock word: it then answers
+/// "contention", naming the holder, instead of hanging.
+pub const TRY_WAIT: Duration = Duration::from_secs(1);
+
+/// A lock held by a [`Holder`]: pass it back to [`Holder::unlock`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockId {
+    pub slot: u32,
+    pub entry: u32,
+    pub mode: Mode,
+}
+
+/// A connector named in an answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HolderInfo {
+    pub id: u32,
+    pub name: String,
+    pub pid: u32,
+    /// The mode that holder holds the resource in.
+    pub mode: Mode,
+}
+
+/// The answer to a try request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TryOutcome {
+    Granted(LockId),
+    /// Live holders of the same resource in an incompatible mode.
+    Contention(Vec<HolderInfo>),
+    /// The resource is retained by a failed member until its recovery ends.
+    Retained(HolderInfo),
+}
+
+/// The answer to a waiting request that was not granted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WaitError {
+    #[error("timed out; held by {}", names(.0))]
+    Timeout(Vec<HolderInfo>),
+    #[error("retained by {} (failed member, recovery pending)", .0.name)]
+    Retained(HolderInfo),
+}
+
+fn names(h: &[HolderInfo]) -> String {
+    h.iter()
+        .map(|h| h.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One thread's handle on a member: owns blocks of record slots so the fast
+/// path allocates without shared atomics. `Send`, not `Sync`: one per thread.
+pub struct Holder {
+    m: Arc<Connection>,
+    token: u64,
+    blocks: Vec<u32>,
+    free: Vec<u32>,
+    requests: u64,
+    contention: u64,
+    false_contention: u64,
+}
+
+impl std::fmt::Debug for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Holder")
+            .field("member", &self.m.id)
+            .field("blocks", &self.blocks)
+            .finish()
+    }
+}
+
+impl Holder {
+    pub(crate) fn new(m: Arc<Connection>) -> Result<Holder, LockError> {
+        let token = m.next_holder_token();
+        let mut h = Holder {
+            m,
+            token,
+            blocks: Vec::new(),
+            free: Vec::new(),
+            requests: 0,
+            contention: 0,
+            false_contention: 0,
+        };
+        h.grow()?;
+        Ok(h)
+    }
+
+    fn grow(&mut self) -> Result<(), LockError> {
+        let region = &self.m.region;
+        let b = records::claim_block(region, self.m.id, self.token)
+            .ok_or(LockError::RecordsFull(region.records_per_member()))?;
+        self.blocks.push(b);
+        let first = b * crate::shm::layout::BLOCK_SLOTS;
+        self.free
+            .extend((first..first + crate::shm::layout::BLOCK_SLOTS).rev());
+        Ok(())
+    }
+
+    #[inline]
+    fn alloc_slot(&mut self) -> Result<u32, LockError> {
+        match self.free.pop() {
+            Some(s) => Ok(s),
+            None => {
+                self.grow()?;
+                self.free
+                    .pop()
+                    .ok_or(LockError::RecordsFull(self.m.region.records_per_member()))
+            }
+        }
+    }
+
+    /// Publish the counters into this holder's first block (plain stores: only
+    /// this holder writes them). The fast path does it every 64 requests.
+    #[inline]
+    fn publish_counters(&self) {
+        let Some(b) = records::block(&self.m.region, self.m.id, self.blocks[0]) else {
+            return;
+        };
+        b.requests.store(self.requests, Ordering::Relaxed);
+        b.contention.store(self.contention, Ordering::Relaxed);
+        b.false_contention
+            .store(self.false_contention, Ordering::Relaxed);
+    }
+
+    /// The member this holder belongs to.
+    pub fn member_id(&self) -> u32 {
+        self.m.id
+    }
+
+    /// Count `n` transactions committed by this member (see `Member::add_committed`).
+    pub fn add_committed(&self, n: u64) {
+        self.m.add_committed(n);
+    }
+
+    /// Ask for `resource` in `mode` once: granted, contention (naming the
+    /// holders) or retained (naming the retaining member). Never waits for a
+    /// live holder; a dead one is cleaned up first. Answers within [`TRY_WAIT`].
+    pub fn try_lock(&mut self, resource: &[u8], mode: Mode) -> Result<TryOutcome, LockError> {
+        let res = Resource::new(resource).ok_or(LockError::BadResource {
+            len: resource.len(),
+            max: crate::shm::layout::MAX_RESOURCE,
+        })?;
+        self.acquire(&res, mode, None)
+    }
+
+    /// Ask for `resource` in `mode`, waiting up to `timeout` for live holders.
+    pub fn lock(
+        &mut self,
+        resource: &[u8],
+        mode: Mode,
+        timeout: Duration,
+    ) -> Result<Result<LockId, WaitError>, LockError> {
+        let res = Resource::new(resource).ok_or(LockError::BadResource {
+            len: resource.len(),
+            max: crate::shm::layout::MAX_RESOURCE,
+        })?;
+        Ok(match self.acquire(&res, mode, Some(timeout))? {
+            TryOutcome::Granted(id) => Ok(id),
+            TryOutcome::Contention(h) => Err(WaitError::Timeout(h)),
+            TryOutcome::Retained(h) => Err(WaitError::Retained(h)),
+        })
+    }
+
+    #[inline]
+    fn acquire(
+        &mut self,
+        res: &Resource,
+        mode: Mode,
+        timeout: Option<Duration>,
+    ) -> Result<TryOutcome, LockError> {
+        let slot = self.alloc_slot()?;
+        let m = self.m.clone();
+        let region = &*m.region;
+        let me = m.id;
+        let (entry, word) = region.word_for_hash(res.hash());
+        records::write_body(region, me, slot, res, mode);
+        let tag = records::tag(region, me, slot)?;
+        tag.store(TAG_HELD | entry, Ordering::Release);
+        crate::crash::point("acquire.after_record");
+        let fast = if mode.is_exclusive() {
+            word::try_fast_exclusive(word, me)
+        } else {
+            word::try_fast_share(word, me)
+        };
+        self.requests += 1;
+        if fast {
+            crate::crash::point("acquire.after_word");
+            // The fast path publishes its count every 64 requests (and the
+            // slow path and dropping the holder always do): readers of the
+            // counters see a live holder's count at most 63 requests late.
+            if self.requests.is_multiple_of(64) {
+                self.publish_counters();
+            }
+            return Ok(TryOutcome::Granted(LockId { slot, entry, mode }));
+        }
+        tag.store(TAG_PENDING | entry, Ordering::Release);
+        // The clock is read only here: the fast path needs no deadline.
+        let out = self.slow_acquire(res, mode, slot, entry, timeout);
+        if !matches!(out, Ok(TryOutcome::Granted(_))) {
+            // The record was freed by slow_acquire; an error may have left it
+            // pending: free it (nothing is latched any more). Not if we were
+            // cleaned up: the slot is no longer ours to write.
+            if matches!(&out, Err(e) if !matches!(e, LockError::Disconnected)) {
+                tag.store(TAG_FREE, Ordering::Release);
+            }
+            self.free.push(slot);
+        }
+        self.publish_counters();
+        out
+    }
+
+    #[cold]
+    fn slow_acquire(
+        &mut self,
+        res: &Resource,
+        mode: Mode,
+        slot: u32,
+        entry: u32,
+        timeout: Option<Duration>,
+    ) -> Result<TryOutcome, LockError> {
+        let region = &*self.m.region;
+        let me = self.m.id;
+        let word = region.word(entry)?;
+        let tag = records::tag(region, me, slot)?;
+        let req = Request {
+            resource: res,
+            mode,
+            member: me,
+            slot,
+        };
+        let wait_for_live = timeout.is_some();
+        let deadline = Instant::now() + timeout.unwrap_or(TRY_WAIT);
+        let mut counted_contention = false;
+        let mut slice = entry::FIRST_SLICE;
+        // The last sleep passed a whole slice without the word changing:
+        // check the holders' processes before waiting again.
+        let mut stale = false;
+        let free_record = || tag.store(TAG_FREE, Ordering::Release);
+        loop {
+            self.m.check_still_connected()?;
+            let mut on_stuck = |x: u32| recovery::try_clean(region, x, Some(me), 0).map(|_| ());
+            let mut how = LatchWait {
+                deadline: Some(deadline),
+                steal: 0,
+                on_stuck: &mut on_stuck,
+            };
+            let l = match entry::latch(region, entry, me, &mut how) {
+                Ok(l) => l,
+                Err(LatchError::TimedOut { holder }) => {
+                    free_record();
+                    return Ok(TryOutcome::Contention(vec![holder_info(
+                        region,
+                        holder,
+                        Mode::Exclusive,
+                    )]));
+                }
+                Err(LatchError::Corrupt(e)) => {
+                    free_record();
+                    return Err(e.into());
+                }
+            };
+            crate::crash::point("slow.latched");
+            let conflicts = match l.decide(region, &req) {
+                Ok(Decision::Grant { false_contention }) => {
+                    l.grant(region, &req)?;
+                    if false_contention {
+                        self.false_contention += 1;
+                    }
+                    return Ok(TryOutcome::Granted(LockId { slot, entry, mode }));
+                }
+                Ok(Decision::Conflict(c)) => c,
+                Err(e) => {
+                    l.unlatch_unchanged();
+                    free_record();
+                    return Err(e.into());
+                }
+            };
+            if !counted_contention {
+                counted_contention = true;
+                self.contention += 1;
+            }
+            let class = match classify(region, &conflicts) {
+                Ok(c) => c,
+                Err(e) => {
+                    l.unlatch_unchanged();
+                    free_record();
+                    return Err(e.into());
+                }
+            };
+            if let Some(h) = class.retained {
+                l.give_up(region, &req)?;
+                if class.retained_cleaning {
+                    // Its cleanup is under way, or its cleaner died: finish it
+                    // if nobody else is at it (never waiting for another).
+                    recovery::try_clean(region, h.id, Some(me), 0)?;
+                }
+                return Ok(TryOutcome::Retained(h));
+            }
+            let out_of_time = Instant::now() >= deadline;
+            if stale || out_of_time || !wait_for_live {
+                // Before answering or waiting on: are the holders alive?
+                // (Without the latch: their cleanup needs it.)
+                l.step_out(region, &req);
+                if clean_dead(region, me, &conflicts)? {
+                    stale = false;
+                    continue;
+                }
+                let waiting_for_cleanup = class.being_cleaned;
+                if out_of_time || (!wait_for_live && !waiting_for_cleanup) {
+                    free_record();
+                    return Ok(TryOutcome::Contention(dedup_holders(region, &conflicts)));
+                }
+                // Wait for the word to change (a release, a cleanup's unlatch).
+                let seen = word::load(word);
+                if let Some(high) = word::announce_waiter(word, seen) {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    word::sleep(word, high, slice.min(left));
+                }
+                stale = word.load(Ordering::Relaxed) == seen.0 | word::WAITERS;
+                slice = (slice * 2).min(entry::MAX_SLICE);
+                continue;
+            }
+            // Wait: announce ourselves in the unlatch, spin, then sleep.
+            let high = l.wait(region, &req);
+            let seen = word.load(Ordering::Relaxed);
+            if !word::spin_for_change(word, seen, crate::sync::SPINS) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                word::sleep(word, high, slice.min(left));
+                stale = word.load(Ordering::Relaxed) == seen;
+                slice = (slice * 2).min(entry::MAX_SLICE);
+            }
+        }
+    }
+
+    /// Release a lock this holder took.
+    #[inline]
+    pub fn unlock(&mut self, id: LockId) -> Result<(), LockError> {
+        let region = &*self.m.region;
+        let me = self.m.id;
+        if id.slot >= region.records_per_member() || !self.owns_slot(id.slot) {
+            return Err(LockError::NotHeld(id.slot));
+        }
+        let tag = records::tag(region, me, id.slot)?;
+        if tag.load(Ordering::Relaxed) != TAG_HELD | id.entry {
+            return Err(LockError::NotHeld(id.slot));
+        }
+        let word = region.word(id.entry)?;
+        let fast = if id.mode.is_exclusive() {
+            word::try_fast_release_exclusive(word, me)
+        } else {
+            word::try_fast_release_share(word, me)
+        };
+        if fast {
+            crate::crash::point("release.after_word");
+            tag.store(TAG_FREE, Ordering::Release);
+        } else {
+            // A process declared dead must not release what is now retained.
+            self.m.check_still_connected()?;
+            self.m.release_slow(id.slot, id.entry)?;
+        }
+        self.free.push(id.slot);
+        Ok(())
+    }
+
+    #[inline]
+    fn owns_slot(&self, slot: u32) -> bool {
+        self.blocks
+            .contains(&(slot / crate::shm::layout::BLOCK_SLOTS))
+    }
+
+    /// Release every lock this holder still holds (slow path, any order).
+    pub fn unlock_all(&mut self) -> Result<usize, LockError> {
+        let m = self.m.clone();
+        let tags = m.region.tags(m.id)?;
+        let mut n = 0;
+        for &b in &self.blocks.clone() {
+            let first = b * crate::shm::layout::BLOCK_SLOTS;
+            for slot in first..first + crate::shm::layout::BLOCK_SLOTS {
+                let Some(t) = tags.get(slot as usize) else {
+                    continue;
+                };
+                let tag = t.load(Ordering::Acquire);
+                if records::tag_state(tag) == TAG_HELD {
+                    m.release_slow(slot, records::tag_entry(tag))?;
+                    self.free.push(slot);
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if crate::crash::killed() {
+            return; // a killed process runs no more code
+        }
+        // Locks still held are released, then the blocks go back. If the
+        // member was cleaned up under us, there is nothing left to release.
+        if self.m.check_still_connected().is_ok() {
+            let _ = self.unlock_all();
+            if !self.blocks.is_empty() {
+                self.publish_counters();
+            }
+            // A block that still has a non-free record (a release that failed
+            // on a damaged region) stays claimed: handing it to another holder
+            // would overwrite a record that may still be held. The member's
+            // disconnect releases what is left.
+            for &b in &self.blocks {
+                if records::block_is_empty(&self.m.region, self.m.id, b) {
+                    records::release_block(&self.m.region, self.m.id, b);
+                }
+            }
+        }
+    }
+}
+
+/// The conflicting holders sorted by what they are.
+struct Classified {
+    /// A modify record of a member whose modify locks are retained (or are
+    /// being made so by its cleanup): answered at once.
+    retained: Option<HolderInfo>,
+    /// The retaining member is still being cleaned up.
+    retained_cleaning: bool,
+    /// A non-modify record of a member being cleaned up (it will be released).
+    being_cleaned: bool,
+}
+
+fn classify(region: &Region, conflicts: &[RecordView]) -> Result<Classified, CorruptError> {
+    let mut out = Classified {
+        retained: None,
+        retained_cleaning: false,
+        being_cleaned: false,
+    };
+    for r in conflicts {
+        let st = connector::load_state(region, r.member)?.state;
+        let cleaning = st == MemberState::Cleaning;
+        if r.mode.is_modify() && (st.retains() || cleaning) {
+            out.retained = Some(holder_info(region, r.member, r.mode));
+            out.retained_cleaning = cleaning;
+        } else if cleaning {
+            out.being_cleaned = true;
+        }
+    }
+    Ok(out)
+}
+
+/// Clean up the conflicting holders whose processes are dead. True if one was
+/// cleaned up (by us or, just now, by someone else) so that the request
+/// should look again.
+fn clean_dead(region: &Region, me: u32, conflicts: &[RecordView]) -> Result<bool, CorruptError> {
+    let mut changed = false;
+    let mut seen = 0u64;
+    for r in conflicts {
+        if seen & word::bit(r.member) != 0 {
+            continue;
+        }
+        seen |= word::bit(r.member);
+        let snap = connector::snapshot(region, r.member)?;
+        let dead = snap.st.state == MemberState::Cleaning
+            || (snap.st.state.has_process() && !snap.is_alive());
+        if !dead {
+            continue;
+        }
+        match recovery::try_clean(region, r.member, Some(me), 0)? {
+            CleanupOutcome::Cleaned(_) | CleanupOutcome::AlreadyDone => changed = true,
+            CleanupOutcome::NotDead | CleanupOutcome::InProgress { .. } => {}
+        }
+    }
+    Ok(changed)
+}
+
+fn dedup_holders(region: &Region, conflicts: &[RecordView]) -> Vec<HolderInfo> {
+    let mut out: Vec<HolderInfo> = Vec::new();
+    for r in conflicts {
+        if !out.iter().any(|h| h.id == r.member) {
+            out.push(holder_info(region, r.member, r.mode));
+        }
+    }
+    out
+}
+
+pub(crate) fn holder_info(region: &Region, id: u32, mode: Mode) -> HolderInfo {
+    HolderInfo {
+        id,
+        name: connector::name_of(region, id),
+        pid: connector::process_of(region, id).pid,
+        mode,
+    }
+}

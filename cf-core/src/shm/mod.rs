@@ -1,0 +1,11 @@
+//! Shared memory: the region's layout ([`layout`]), its typed structures
+//! (`slots.rs`), and the file and mapping that hold them ([`region`]).
+
+pub mod layout;
+pub mod region;
+pub(crate) mod slots;
+
+#[cfg(not(loom))]
+mod file;
+#[cfg(loom)]
+pub(crate) mod model;

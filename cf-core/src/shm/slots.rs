@@ -1,0 +1,185 @@
+//! The typed structures of the region: every one is `#[repr(C)]`, made only of
+//! atomics (another process, or a hostile one, may write any of them at any
+//! time), and pinned by size and offset assertions so the file layout cannot
+//! drift. `region.rs` is the only place that turns bytes of the mapping into
+//! references to them. Under `--cfg loom` the same structures are built from
+//! loom's atomics (and lose their padding), so the models run this code.
+
+use crate::sync::{AtomicU32, AtomicU64};
+
+/// One connector (member) slot: 256 bytes. See `connector/slot.rs`.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct ConnectorSlot {
+    /// `[generation:32][unused:24][state:8]`.
+    pub state: AtomicU64,
+    /// Cleanup claim: token of the process cleaning this member up (0: none).
+    pub cleanup: AtomicU64,
+    pub pid: AtomicU64,
+    /// Start time of the process (clock ticks since boot, `/proc/<pid>/stat` field 22).
+    pub start_time: AtomicU64,
+    /// Member name, NUL-padded, little-endian words.
+    pub name: [AtomicU64; 4],
+    /// Record high-water mark, in blocks.
+    pub hwm: AtomicU64,
+    pub requests: AtomicU64,
+    pub contention: AtomicU64,
+    pub false_contention: AtomicU64,
+    pub connected_ns: AtomicU64,
+    pub failed_ns: AtomicU64,
+    /// Transactions the member's application reported committed.
+    pub committed: AtomicU64,
+    #[cfg(not(loom))]
+    _reserved: [AtomicU64; 17],
+}
+
+/// The lock structure's header (the rest of its page is reserved).
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct LockHeader {
+    /// Folded in from connectors that left: requests, contention, false
+    /// contention, transactions committed.
+    pub counters: [AtomicU64; 4],
+    #[cfg(not(loom))]
+    _reserved: [AtomicU64; 4],
+    /// The connect latch: token of the process changing the connector table.
+    pub connect_latch: AtomicU64,
+}
+
+/// One block header of a member area: 64 bytes. See `lock/records.rs`.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct BlockHeader {
+    /// The holder owning the block (0: free; `BLOCK_RETAINED`: retained records).
+    pub owner: AtomicU64,
+    pub requests: AtomicU64,
+    pub contention: AtomicU64,
+    pub false_contention: AtomicU64,
+    #[cfg(not(loom))]
+    _reserved: [AtomicU64; 4],
+}
+
+/// One record body: 72 bytes (meta + 64 bytes of resource name).
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct RecordBody {
+    /// `len | mode << 8 | flags << 16`.
+    pub meta: AtomicU64,
+    pub name: [AtomicU64; 8],
+}
+
+/// The restart-request list's header: 128 bytes.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct RequestListHeader {
+    pub posted: AtomicU64,
+    pub completed: AtomicU64,
+    #[cfg(not(loom))]
+    _reserved: [AtomicU64; 5],
+    /// Bumped by every change; every member's restarter futex-waits on it.
+    pub sequence: AtomicU32,
+    #[cfg(not(loom))]
+    _pad: AtomicU32,
+    #[cfg(not(loom))]
+    _reserved2: [AtomicU64; 8],
+}
+
+/// One restart request: 128 bytes. See `requests.rs`.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct RequestEntry {
+    /// `[epoch:32][unused:24][state:8]`; the epoch changes at every post.
+    pub state: AtomicU64,
+    /// Token of the member process handling it.
+    pub claim: AtomicU64,
+    /// Token of the restart-light process it started.
+    pub worker: AtomicU64,
+    pub posted_ns: AtomicU64,
+    pub claimed_ns: AtomicU64,
+    /// Poster and claimer connector ids + 1 (`claimer << 32 | poster`).
+    pub who: AtomicU64,
+    pub attempts: AtomicU64,
+    #[cfg(not(loom))]
+    _reserved: AtomicU64,
+    /// The member's name (its slot's name is cleared when restart light disconnects).
+    pub name: [AtomicU64; 4],
+    #[cfg(not(loom))]
+    _reserved2: [AtomicU64; 4],
+}
+
+/// The event ring's header (the rest of its page is reserved).
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct EventHeader {
+    /// Events ever written (the next sequence number).
+    pub head: AtomicU64,
+}
+
+/// One event: 128 bytes. See `events.rs`.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct EventSlot {
+    /// `seq + 1` once complete, 0 while being written.
+    pub seq: AtomicU64,
+    /// `kind | has_by << 32`.
+    pub kind: AtomicU64,
+    pub time_ns: AtomicU64,
+    pub payload: [AtomicU64; 3],
+    pub member: [AtomicU64; 4],
+    pub by: [AtomicU64; 4],
+    #[cfg(not(loom))]
+    _reserved: [AtomicU64; 2],
+}
+
+#[cfg(not(loom))]
+mod pinned {
+    use super::*;
+    use crate::shm::layout::{
+        BLOCK_HEADER_SIZE, CONNECTOR_SLOT_SIZE, EVENT_SIZE, RECORD_SIZE, REQUEST_SIZE,
+    };
+    use std::mem::{offset_of, size_of};
+
+    const _: () = assert!(size_of::<ConnectorSlot>() as u64 == CONNECTOR_SLOT_SIZE);
+    const _: () = assert!(offset_of!(ConnectorSlot, name) == 32);
+    const _: () = assert!(offset_of!(ConnectorSlot, hwm) == 64);
+    const _: () = assert!(offset_of!(ConnectorSlot, committed) == 112);
+    const _: () = assert!(size_of::<LockHeader>() <= 4096);
+    const _: () = assert!(offset_of!(LockHeader, connect_latch) == 64);
+    const _: () = assert!(size_of::<BlockHeader>() as u64 == BLOCK_HEADER_SIZE);
+    const _: () = assert!(size_of::<RecordBody>() as u64 == RECORD_SIZE);
+    const _: () = assert!(size_of::<RequestListHeader>() as u64 == REQUEST_SIZE);
+    const _: () = assert!(offset_of!(RequestListHeader, sequence) == 56);
+    const _: () = assert!(size_of::<RequestEntry>() as u64 == REQUEST_SIZE);
+    const _: () = assert!(offset_of!(RequestEntry, name) == 64);
+    const _: () = assert!(size_of::<EventHeader>() <= 4096);
+    const _: () = assert!(size_of::<EventSlot>() as u64 == EVENT_SIZE);
+    const _: () = assert!(offset_of!(EventSlot, member) == 48);
+    const _: () = assert!(offset_of!(EventSlot, by) == 80);
+}
+
+/// Pack a name of at most 32 bytes into four little-endian words, NUL-padded.
+pub(crate) fn name_to_words(name: &[u8]) -> [u64; 4] {
+    let mut bytes = [0u8; 32];
+    let n = name.len().min(32);
+    bytes[..n].copy_from_slice(&name[..n]);
+    let words: [u64; 4] = bytemuck::cast(bytes);
+    words.map(u64::from_le)
+}
+
+/// Store a name (at most 32 bytes) into four words.
+pub(crate) fn store_name(dst: &[AtomicU64; 4], name: &[u8]) {
+    for (w, v) in dst.iter().zip(name_to_words(name)) {
+        w.store(v, crate::sync::Ordering::Relaxed);
+    }
+}
+
+/// The raw bytes of a name stored in four words, up to the first NUL.
+pub(crate) fn load_name_bytes(src: &[AtomicU64; 4]) -> Vec<u8> {
+    let mut bytes: Vec<u8> = src
+        .iter()
+        .flat_map(|w| w.load(crate::sync::Ordering::Relaxed).to_le_bytes())
+        .collect();
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    bytes.truncate(end);
+    bytes
+}
