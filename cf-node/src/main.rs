@@ -164,9 +164,9 @@ fn run(a: RunArgs) -> Result<()> {
     let member = connect(&region, &a.member)?;
     // Reconnected as a failed member: recover ourselves first (a normal restart).
     if !member.held_records()?.is_empty()
-        || cf_node::wal::read_log(&cf_node::wal::log_path(&plex.dir, &a.member))?
-            .iter()
-            .any(|_| true)
+        || !cf_node::wal::read_log(&cf_node::wal::log_path(&plex.dir, &a.member))?
+            .records
+            .is_empty()
     {
         let rep = recover(&member, &plex.dir, |_| {})?;
         if rep.backout.transactions > 0 || rep.released > 0 {

@@ -38,7 +38,7 @@ pub fn recover(
             })?;
         }
         // No data file: nothing was ever changed, so nothing to back out.
-        Err(StoreError::NotFound(_)) if wal::read_log(log.path())?.is_empty() => {}
+        Err(StoreError::NotFound(_)) if log.scan()?.records.is_empty() => {}
         Err(e) => return Err(e.into()),
     }
     progress(Step::BackedOut(report.backout));

@@ -232,6 +232,7 @@ impl TestPlex {
     pub fn log(&self, name: &str) -> Vec<LogRecord> {
         wal::read_log(&wal::log_path(self.path(), name))
             .expect("reading a log")
+            .records
             .into_iter()
             .map(|(_, r)| r)
             .collect()
