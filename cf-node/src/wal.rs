@@ -262,6 +262,10 @@ fn read_all(file: &mut File, path: &Path) -> Result<LogScan, LogError> {
     Ok(LogScan::parse(&bytes))
 }
 
+fn write_all(file: &mut File, bytes: &[u8], path: &Path) -> Result<(), LogError> {
+    file.write_all(bytes).map_err(io_err(path))
+}
+
 struct Inner {
     file: File,
     /// The end of the valid records (the next LSN).
@@ -318,20 +322,25 @@ impl LogWriter {
         &self.path
     }
 
-    /// Append one record with one `write`; returns its LSN. `begins`/`ends`
+    /// Append one record with one `write`; returns its LSN. (With the
+    /// `wal.torn_append` crash point armed, in two: see the body.) `begins`/`ends`
     /// keep the count of transactions in flight for checkpoints.
     pub fn append(&self, rec: &LogRecord, begins: bool, ends: bool) -> Result<u64, LogError> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let inner = &mut *g;
         inner.buf.clear();
         rec.encode(&mut inner.buf);
-        inner
-            .file
-            .write_all(&inner.buf)
-            .map_err(|source| LogError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+        if cf_core::crash::armed("wal.torn_append") {
+            // Fault injection (crash-points builds only): the first half of
+            // the record with one write, then the crash point; a process
+            // that survives it (not the chosen hit) writes the rest.
+            let half = inner.buf.len() / 2;
+            write_all(&mut inner.file, &inner.buf[..half], &self.path)?;
+            cf_core::crash::point("wal.torn_append");
+            write_all(&mut inner.file, &inner.buf[half..], &self.path)?;
+        } else {
+            write_all(&mut inner.file, &inner.buf, &self.path)?;
+        }
         let lsn = inner.end;
         inner.end += inner.buf.len() as u64;
         if begins {
