@@ -23,6 +23,7 @@
 //! back-out's CLRs and ABORT) from every reader, and the next back-out would
 //! undo the same transaction again, over changes committed meanwhile.
 
+use crate::history::{self, HistoryError, HistoryWriter};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -145,6 +146,14 @@ pub enum LogError {
     Symlink(PathBuf),
     #[error("{0} is not a regular file")]
     NotRegularFile(PathBuf),
+    #[error("archiving committed transactions: {0}")]
+    History(Box<HistoryError>),
+}
+
+impl From<HistoryError> for LogError {
+    fn from(e: HistoryError) -> LogError {
+        LogError::History(Box::new(e))
+    }
 }
 
 /// The path of a member's log.
@@ -273,6 +282,8 @@ struct Inner {
     /// Transactions begun and not yet committed or aborted.
     active: u64,
     buf: Vec<u8>,
+    /// The member's history file, if the plex keeps history.
+    history: Option<HistoryWriter>,
 }
 
 /// The writer of one member's log (shared by its worker threads).
@@ -287,7 +298,10 @@ impl LogWriter {
     /// Open (or create) a member's log for appending. A torn or unreadable
     /// tail is cut first, so what is appended follows the last valid record
     /// (see the module docs). The caller must be the only writer of this log
-    /// (the process connected as the member, or its restart light).
+    /// (the process connected as the member, or its restart light). If the
+    /// plex keeps history (`history/`), the member's history file is opened
+    /// too (its own torn tail cut), to archive committed transactions before
+    /// the log is truncated.
     pub fn open(plex_dir: &Path, member: &str, group_access: bool) -> Result<LogWriter, LogError> {
         let path = log_path(plex_dir, member);
         let mut file = open_log(&path, group_access)?;
@@ -295,6 +309,7 @@ impl LogWriter {
         if scan.torn_bytes() > 0 {
             file.set_len(scan.valid_end).map_err(io_err(&path))?;
         }
+        let history = HistoryWriter::open(plex_dir, member, group_access)?;
         Ok(LogWriter {
             cut: scan.torn_bytes(),
             inner: Mutex::new(Inner {
@@ -302,9 +317,19 @@ impl LogWriter {
                 end: scan.valid_end,
                 active: 0,
                 buf: Vec::with_capacity(64),
+                history,
             }),
             path,
         })
+    }
+
+    /// Does this log archive its committed transactions (history kept)?
+    pub fn keeps_history(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .history
+            .is_some()
     }
 
     /// How many torn bytes [`LogWriter::open`] cut from the end of the log.
@@ -353,32 +378,36 @@ impl LogWriter {
     }
 
     /// Truncate the log if no transaction is in flight and it is longer than
-    /// `threshold` bytes. Returns true if it truncated.
+    /// `threshold` bytes, archiving its committed transactions first (if
+    /// history is kept). Returns true if it truncated.
     pub fn checkpoint(&self, threshold: u64) -> Result<bool, LogError> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if g.active != 0 || g.end < threshold {
             return Ok(false);
         }
-        g.file.set_len(0).map_err(|source| LogError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
-        g.end = 0;
+        self.archive_and_truncate(&mut g)?;
         Ok(true)
     }
-}
 
-/// Truncate a member's log (after its recovery: nothing in it is in flight).
-pub fn truncate(plex_dir: &Path, member: &str) -> Result<(), LogError> {
-    let path = log_path(plex_dir, member);
-    match OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-    {
-        Ok(f) => f.set_len(0).map_err(|source| LogError::Io { path, source }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(LogError::Io { path, source }),
+    /// Truncate the log after a recovery (nothing in it is in flight: every
+    /// transaction is committed or backed out and aborted), archiving its
+    /// committed transactions first (if history is kept).
+    pub fn truncate(&self) -> Result<(), LogError> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        self.archive_and_truncate(&mut g)
+    }
+
+    /// Archive, *then* truncate: a death in between leaves the transactions
+    /// in both places (the checker counts each once), never in neither.
+    fn archive_and_truncate(&self, inner: &mut Inner) -> Result<(), LogError> {
+        if let Some(h) = &mut inner.history {
+            let scan = read_all(&mut inner.file, &self.path)?;
+            h.archive(&history::transactions(&scan.records).committed)?;
+        }
+        inner.file.set_len(0).map_err(io_err(&self.path))?;
+        inner.end = 0;
+        inner.active = 0;
+        Ok(())
     }
 }
 
