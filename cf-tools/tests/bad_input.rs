@@ -492,7 +492,10 @@ fn create_history_makes_the_directory_and_destroy_removes_it() {
     let out = cfctl(&t.plex(), &args);
     assert_one_line_error(&out, "symbolic link", "create --history over a symlink");
     assert!(!t.region_path().exists(), "no region left behind");
-    assert!(!t.plex().join("accounts").exists(), "no accounts left behind");
+    assert!(
+        !t.plex().join("accounts").exists(),
+        "no accounts left behind"
+    );
 }
 
 // ---------------------------------------------------------------------------
