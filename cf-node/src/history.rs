@@ -479,7 +479,7 @@ pub struct Counts {
     /// Non-zero means the check was run while work was in flight or a failed
     /// member was not yet recovered; a difference is then expected.
     pub unfinished: u64,
-    /// History files whose last record was torn (ignored).
+    /// History files and logs whose last record was torn (ignored).
     pub torn_tails: u64,
     /// Members whose history file or log was read.
     pub members: u64,
@@ -536,7 +536,7 @@ impl fmt::Display for Counts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} accounts, {} committed transactions ({} updates, {} duplicates left out) of {} members, {} unfinished, {} torn history tails",
+            "{} accounts, {} committed transactions ({} updates, {} duplicates left out) of {} members, {} unfinished, {} torn tails",
             self.accounts,
             self.transactions,
             self.updates,
@@ -681,6 +681,9 @@ pub fn check(plex_dir: &Path) -> Result<Check, HistoryError> {
         };
         check_member_name(member, &path)?;
         let scan = wal::read_log(&path)?;
+        if scan.torn_bytes() > 0 {
+            seen.counts.torn_tails += 1;
+        }
         for (lsn, r) in &scan.records {
             if let LogRecord::Update { account, .. } | LogRecord::Clr { account, .. } = *r {
                 if account >= count {
