@@ -39,6 +39,8 @@ pub const CRASH_POINTS: &[&str] = &[
     "handler.claimed",
     // cf-node: a transaction between its two legs (bank.rs)
     "bank.between_legs",
+    // cf-node: inside a log append, half the record written (wal.rs)
+    "wal.torn_append",
 ];
 
 #[cfg(all(feature = "crash-points", not(loom)))]
@@ -71,6 +73,10 @@ mod imp {
         }
     }
 
+    pub fn armed(name: &str) -> bool {
+        target().as_ref().is_some_and(|(want, _)| want == name)
+    }
+
     pub fn hit(name: &str) {
         if let Some((want, nth)) = target() {
             if want == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *nth && first_process() {
@@ -81,6 +87,18 @@ mod imp {
             }
         }
     }
+}
+
+/// Is `CF_CRASH_AT` naming this point (whichever hit it names)? For a point
+/// that needs a fault set up before it (a half-written record), so the fault
+/// is made only when the point may fire. Always false without the feature.
+#[inline(always)]
+pub fn armed(name: &'static str) -> bool {
+    debug_assert!(CRASH_POINTS.contains(&name), "unlisted crash point {name}");
+    #[cfg(all(feature = "crash-points", not(loom)))]
+    return imp::armed(name);
+    #[cfg(not(all(feature = "crash-points", not(loom))))]
+    false
 }
 
 /// Mark a crash point. See the module docs.

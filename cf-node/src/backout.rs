@@ -11,7 +11,7 @@
 //! member's retained modify locks until the caller releases them.
 
 use crate::store::Store;
-use crate::wal::{read_log, LogRecord, LogWriter};
+use crate::wal::{LogRecord, LogWriter};
 use std::collections::{BTreeMap, HashSet};
 
 /// What a back-out did.
@@ -32,7 +32,7 @@ pub fn backout(
     store: &Store,
     mut on_undo: impl FnMut(),
 ) -> anyhow::Result<BackoutReport> {
-    let records = read_log(log.path())?;
+    let records = log.scan()?.records;
     let mut updates: BTreeMap<u64, Vec<(u64, u64, i64)>> = BTreeMap::new(); // txid -> (lsn, account, before)
     let mut undone: HashSet<u64> = HashSet::new();
     let mut finished: HashSet<u64> = HashSet::new();
@@ -162,5 +162,62 @@ mod tests {
         let r = backout(&log, &store, || {}).unwrap();
         assert_eq!(r.transactions, 0);
         assert_eq!(store.total(), 400);
+    }
+
+    /// A torn tail (a member killed inside a log write) must not hide the
+    /// CLRs and ABORT of a first back-out from the next one: restart light
+    /// #1 backs out a loser, then dies before truncating the log; another
+    /// member commits a change to the same account; restart light #2 backs
+    /// out again. The committed change must survive.
+    #[test]
+    fn a_second_backout_after_a_torn_tail_keeps_a_later_committed_change() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path(), 4, 100, false).unwrap();
+        {
+            // The member: tx 7 logs and applies its first leg, then dies
+            // inside the write of the next record (half of it on disk).
+            let log = LogWriter::open(dir.path(), "A", false).unwrap();
+            log.append(
+                &LogRecord::Update {
+                    txid: 7,
+                    account: 1,
+                    before: 100,
+                    after: 60,
+                },
+                true,
+                false,
+            )
+            .unwrap();
+            store.set(1, 60, 7).unwrap();
+        }
+        let path = crate::wal::log_path(dir.path(), "A");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&[33, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 7, 0, 0])
+            .unwrap();
+        drop(f);
+
+        // Restart light #1: backs out tx 7 (and dies before truncating).
+        let log = LogWriter::open(dir.path(), "A", false).unwrap();
+        let r = backout(&log, &store, || {}).unwrap();
+        assert_eq!((r.transactions, r.updates_undone), (1, 1));
+        assert_eq!(store.balance(1).unwrap(), 100);
+        drop(log);
+
+        // Account 1 was released: member B commits 100 -> 130 on it.
+        store.set(1, 130, 99).unwrap();
+
+        // Restart light #2 finds tx 7 backed out already.
+        let log = LogWriter::open(dir.path(), "A", false).unwrap();
+        let r = backout(&log, &store, || {}).unwrap();
+        assert_eq!(
+            store.balance(1).unwrap(),
+            130,
+            "a second back-out undid tx 7 again, over B's committed change"
+        );
+        assert_eq!((r.transactions, r.updates_undone), (0, 0));
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! * `store.rs`: the shared accounts file (the data protected by locks);
 //! * `wal.rs`: the per-member write-ahead log;
+//! * `history.rs`: the archive of committed transactions and a checker of
+//!   every account against it;
 //! * `bufpool.rs`: a normal member's buffer pool;
 //! * `bank.rs`: the bank workload (transfers under modify locks);
 //! * `backout.rs`, `recover.rs`: backing out unfinished work, releasing retained locks;
@@ -11,6 +13,7 @@
 pub mod backout;
 pub mod bank;
 pub mod bufpool;
+pub mod history;
 pub mod monitor;
 pub mod pidfd;
 pub mod recover;

@@ -65,6 +65,9 @@ struct RunArgs {
     /// How long a transfer waits for a lock held by a live member, in milliseconds
     #[arg(long, default_value_t = 2000)]
     lock_timeout_ms: u64,
+    /// Checkpoint (truncate) the log when it grows past this many bytes (archiving its committed transactions first when the plex keeps history)
+    #[arg(long, default_value_t = 1 << 20)]
+    checkpoint_bytes: u64,
     /// Wait this long after a restart request is posted before claiming it (demos use it so the retained locks stay visible)
     #[arg(long, default_value_t = 0)]
     claim_delay_ms: u64,
@@ -167,9 +170,9 @@ fn run(a: RunArgs) -> Result<()> {
     let recovering = member.is_recovering()?;
     if recovering
         || !member.held_records()?.is_empty()
-        || cf_node::wal::read_log(&cf_node::wal::log_path(&plex.dir, &a.member))?
-            .iter()
-            .any(|_| true)
+        || !cf_node::wal::read_log(&cf_node::wal::log_path(&plex.dir, &a.member))?
+            .records
+            .is_empty()
     {
         let rep = recover(&member, &plex.dir, |_| {})?;
         if rep.backout.transactions > 0 || rep.released > 0 {
@@ -219,7 +222,7 @@ fn run(a: RunArgs) -> Result<()> {
                 pause: Duration::from_micros(a.pause_us),
                 lock_timeout: Duration::from_millis(a.lock_timeout_ms),
                 max_amount: 100,
-                checkpoint_bytes: 1 << 20,
+                checkpoint_bytes: a.checkpoint_bytes,
             };
             let bank = Arc::new(Bank::new(store, log, Some(pool), cfg));
             for t in 0..a.threads.max(1) {

@@ -7,13 +7,15 @@
 //! 2. back out losers (`backout.rs`: data, then CLR, then ABORT);
 //! 3. release the retained locks one by one (a death here leaves the rest
 //!    retained; the next recovery releases them);
-//! 4. truncate the log (everything in it is now committed or aborted).
+//! 4. truncate the log (everything in it is now committed or aborted),
+//!    archiving its committed transactions first if the plex keeps history
+//!    (`history.rs`).
 //!
 //! Restart light then disconnects and completes the restart request.
 
 use crate::backout::{backout, BackoutReport};
 use crate::store::{Store, StoreError};
-use crate::wal::{self, LogWriter};
+use crate::wal::LogWriter;
 use cf_core::Member;
 use std::path::Path;
 
@@ -38,7 +40,7 @@ pub fn recover(
             })?;
         }
         // No data file: nothing was ever changed, so nothing to back out.
-        Err(StoreError::NotFound(_)) if wal::read_log(log.path())?.is_empty() => {}
+        Err(StoreError::NotFound(_)) if log.scan()?.records.is_empty() => {}
         Err(e) => return Err(e.into()),
     }
     progress(Step::BackedOut(report.backout));
@@ -46,7 +48,8 @@ pub fn recover(
     report.released =
         member.release_all_held(|| cf_core::crash::point("restart_light.released_some"))? as u64;
     progress(Step::Released(report.released));
-    wal::truncate(plex_dir, member.name())?;
+    // Archives the committed transactions first if the plex keeps history.
+    log.truncate()?;
     Ok(report)
 }
 

@@ -1,7 +1,7 @@
 //! The write-ahead log: one file per member in the plex (`log.<member>`).
 //!
 //! ```text
-//! record  = len:u32 LE (payload bytes) | check:u32 LE (FNV-1a 32 of payload) | payload
+//! record  = len:u32 LE (payload bytes) | check:u32 LE (CRC-32C of payload) | payload
 //! payload = kind:u8 | txid:u64 LE | body
 //!   1 UPDATE  body = account:u64 | before:i64 | after:i64
 //!   2 COMMIT  body = (none)
@@ -15,9 +15,17 @@
 //! unreadable record (a writer killed inside a `write`); it never trusts a
 //! length it has not checked. The log is truncated only when no transaction is
 //! in flight (a checkpoint), so CLRs never refer across a truncation.
+//!
+//! **Torn tail.** Whoever opens a log for writing ([`LogWriter::open`]: a
+//! member starting, restart light, a member recovering itself) first cuts it
+//! back to the end of its last valid record ([`LogScan::valid_end`]) and only
+//! then appends. Appending after torn bytes would hide the new records (a
+//! back-out's CLRs and ABORT) from every reader, and the next back-out would
+//! undo the same transaction again, over changes committed meanwhile.
 
+use crate::history::{self, HistoryError, HistoryWriter};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -95,7 +103,7 @@ impl LogRecord {
             _ => {}
         }
         out.extend_from_slice(&(p.len() as u32).to_le_bytes());
-        out.extend_from_slice(&fnv32(&p).to_le_bytes());
+        out.extend_from_slice(&crc32c::crc32c(&p).to_le_bytes());
         out.extend_from_slice(&p);
     }
 
@@ -127,15 +135,6 @@ impl LogRecord {
     }
 }
 
-fn fnv32(bytes: &[u8]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for &b in bytes {
-        h ^= b as u32;
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("{path}: {source}")]
@@ -145,6 +144,16 @@ pub enum LogError {
     },
     #[error("{0} is a symbolic link; refusing to follow it")]
     Symlink(PathBuf),
+    #[error("{0} is not a regular file")]
+    NotRegularFile(PathBuf),
+    #[error("archiving committed transactions: {0}")]
+    History(Box<HistoryError>),
+}
+
+impl From<HistoryError> for LogError {
+    fn from(e: HistoryError) -> LogError {
+        LogError::History(Box::new(e))
+    }
 }
 
 /// The path of a member's log.
@@ -152,28 +161,98 @@ pub fn log_path(plex_dir: &Path, member: &str) -> PathBuf {
     plex_dir.join(format!("log.{member}"))
 }
 
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
+    move |source| LogError::Io {
+        path: path.into(),
+        source,
+    }
+}
+
 fn open_log(path: &Path, group_access: bool) -> Result<File, LogError> {
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
         return Err(LogError::Symlink(path.into()));
     }
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .append(true)
         .create(true)
         .mode(if group_access { 0o660 } else { 0o600 })
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        // O_NONBLOCK: a FIFO planted at the path must not hang the open.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
-        .map_err(|source| LogError::Io {
-            path: path.into(),
-            source,
-        })
+        .map_err(io_err(path))?;
+    check_regular(&file, path)?;
+    Ok(file)
 }
 
-/// Read every readable record with its LSN, stopping at a torn tail.
-pub fn read_log(path: &Path) -> Result<Vec<(u64, LogRecord)>, LogError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+fn check_regular(file: &File, path: &Path) -> Result<(), LogError> {
+    if file.metadata().map_err(io_err(path))?.file_type().is_file() {
+        Ok(())
+    } else {
+        Err(LogError::NotRegularFile(path.into()))
+    }
+}
+
+/// What a log holds: its readable records, and where they end.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogScan {
+    /// Every readable record with its LSN, in order.
+    pub records: Vec<(u64, LogRecord)>,
+    /// The end of the last valid record: where the next append must go.
+    pub valid_end: u64,
+    /// The length of the file (more than `valid_end` if the tail is torn).
+    pub len: u64,
+}
+
+impl LogScan {
+    /// Bytes after the last valid record (a torn or unreadable tail).
+    pub fn torn_bytes(&self) -> u64 {
+        self.len - self.valid_end
+    }
+
+    /// Parse a log's bytes, stopping at the first torn or unreadable record.
+    pub fn parse(bytes: &[u8]) -> LogScan {
+        let mut records = Vec::new();
+        let mut off = 0usize;
+        while let Some(header) = bytes.get(off..off + 8) {
+            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+            let check = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+            if len == 0 || len > MAX_PAYLOAD {
+                break;
+            }
+            let Some(payload) = bytes.get(off + 8..off + 8 + len as usize) else {
+                break;
+            };
+            if crc32c::crc32c(payload) != check {
+                break;
+            }
+            match LogRecord::decode(payload) {
+                Some(r) => records.push((off as u64, r)),
+                None => break,
+            }
+            off += 8 + len as usize;
+        }
+        LogScan {
+            records,
+            valid_end: off as u64,
+            len: bytes.len() as u64,
+        }
+    }
+}
+
+/// Read a log: every readable record with its LSN, stopping at a torn tail,
+/// and the offset where the valid records end. A missing log is empty.
+pub fn read_log(path: &Path) -> Result<LogScan, LogError> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(LogError::Symlink(path.into()));
+    }
+    let mut file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LogScan::default()),
         Err(source) => {
             return Err(LogError::Io {
                 path: path.into(),
@@ -181,82 +260,112 @@ pub fn read_log(path: &Path) -> Result<Vec<(u64, LogRecord)>, LogError> {
             })
         }
     };
-    let mut out = Vec::new();
-    let mut off = 0usize;
-    while off + 8 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap_or([0; 4]));
-        let check = u32::from_le_bytes(bytes[off + 4..off + 8].try_into().unwrap_or([0; 4]));
-        if len == 0 || len > MAX_PAYLOAD || off + 8 + len as usize > bytes.len() {
-            break;
-        }
-        let payload = &bytes[off + 8..off + 8 + len as usize];
-        if fnv32(payload) != check {
-            break;
-        }
-        match LogRecord::decode(payload) {
-            Some(r) => out.push((off as u64, r)),
-            None => break,
-        }
-        off += 8 + len as usize;
-    }
-    Ok(out)
+    check_regular(&file, path)?;
+    read_all(&mut file, path)
+}
+
+fn read_all(file: &mut File, path: &Path) -> Result<LogScan, LogError> {
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+    file.read_to_end(&mut bytes).map_err(io_err(path))?;
+    Ok(LogScan::parse(&bytes))
+}
+
+fn write_all(file: &mut File, bytes: &[u8], path: &Path) -> Result<(), LogError> {
+    file.write_all(bytes).map_err(io_err(path))
 }
 
 struct Inner {
     file: File,
-    /// Bytes written so far (the next LSN).
+    /// The end of the valid records (the next LSN).
     end: u64,
     /// Transactions begun and not yet committed or aborted.
     active: u64,
     buf: Vec<u8>,
+    /// The member's history file, if the plex keeps history.
+    history: Option<HistoryWriter>,
 }
 
 /// The writer of one member's log (shared by its worker threads).
 pub struct LogWriter {
     path: PathBuf,
     inner: Mutex<Inner>,
+    /// Torn bytes cut from the end of the log when it was opened.
+    cut: u64,
 }
 
 impl LogWriter {
+    /// Open (or create) a member's log for appending. A torn or unreadable
+    /// tail is cut first, so what is appended follows the last valid record
+    /// (see the module docs). The caller must be the only writer of this log
+    /// (the process connected as the member, or its restart light). If the
+    /// plex keeps history (`history/`), the member's history file is opened
+    /// too (its own torn tail cut), to archive committed transactions before
+    /// the log is truncated.
     pub fn open(plex_dir: &Path, member: &str, group_access: bool) -> Result<LogWriter, LogError> {
         let path = log_path(plex_dir, member);
-        let file = open_log(&path, group_access)?;
-        let end = file
-            .metadata()
-            .map_err(|source| LogError::Io {
-                path: path.clone(),
-                source,
-            })?
-            .len();
+        let mut file = open_log(&path, group_access)?;
+        let scan = read_all(&mut file, &path)?;
+        if scan.torn_bytes() > 0 {
+            file.set_len(scan.valid_end).map_err(io_err(&path))?;
+        }
+        let history = HistoryWriter::open(plex_dir, member, group_access)?;
         Ok(LogWriter {
-            path,
+            cut: scan.torn_bytes(),
             inner: Mutex::new(Inner {
                 file,
-                end,
+                end: scan.valid_end,
                 active: 0,
                 buf: Vec::with_capacity(64),
+                history,
             }),
+            path,
         })
+    }
+
+    /// Does this log archive its committed transactions (history kept)?
+    pub fn keeps_history(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .history
+            .is_some()
+    }
+
+    /// How many torn bytes [`LogWriter::open`] cut from the end of the log.
+    pub fn cut_at_open(&self) -> u64 {
+        self.cut
+    }
+
+    /// Read the log through this writer's descriptor.
+    pub fn scan(&self) -> Result<LogScan, LogError> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        read_all(&mut g.file, &self.path)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Append one record with one `write`; returns its LSN. `begins`/`ends`
+    /// Append one record with one `write`; returns its LSN. (With the
+    /// `wal.torn_append` crash point armed, in two: see the body.) `begins`/`ends`
     /// keep the count of transactions in flight for checkpoints.
     pub fn append(&self, rec: &LogRecord, begins: bool, ends: bool) -> Result<u64, LogError> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let inner = &mut *g;
         inner.buf.clear();
         rec.encode(&mut inner.buf);
-        inner
-            .file
-            .write_all(&inner.buf)
-            .map_err(|source| LogError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+        if cf_core::crash::armed("wal.torn_append") {
+            // Fault injection (crash-points builds only): the first half of
+            // the record with one write, then the crash point; a process
+            // that survives it (not the chosen hit) writes the rest.
+            let half = inner.buf.len() / 2;
+            write_all(&mut inner.file, &inner.buf[..half], &self.path)?;
+            cf_core::crash::point("wal.torn_append");
+            write_all(&mut inner.file, &inner.buf[half..], &self.path)?;
+        } else {
+            write_all(&mut inner.file, &inner.buf, &self.path)?;
+        }
         let lsn = inner.end;
         inner.end += inner.buf.len() as u64;
         if begins {
@@ -269,32 +378,36 @@ impl LogWriter {
     }
 
     /// Truncate the log if no transaction is in flight and it is longer than
-    /// `threshold` bytes. Returns true if it truncated.
+    /// `threshold` bytes, archiving its committed transactions first (if
+    /// history is kept). Returns true if it truncated.
     pub fn checkpoint(&self, threshold: u64) -> Result<bool, LogError> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if g.active != 0 || g.end < threshold {
             return Ok(false);
         }
-        g.file.set_len(0).map_err(|source| LogError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
-        g.end = 0;
+        self.archive_and_truncate(&mut g)?;
         Ok(true)
     }
-}
 
-/// Truncate a member's log (after its recovery: nothing in it is in flight).
-pub fn truncate(plex_dir: &Path, member: &str) -> Result<(), LogError> {
-    let path = log_path(plex_dir, member);
-    match OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-    {
-        Ok(f) => f.set_len(0).map_err(|source| LogError::Io { path, source }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(LogError::Io { path, source }),
+    /// Truncate the log after a recovery (nothing in it is in flight: every
+    /// transaction is committed or backed out and aborted), archiving its
+    /// committed transactions first (if history is kept).
+    pub fn truncate(&self) -> Result<(), LogError> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        self.archive_and_truncate(&mut g)
+    }
+
+    /// Archive, *then* truncate: a death in between leaves the transactions
+    /// in both places (the checker counts each once), never in neither.
+    fn archive_and_truncate(&self, inner: &mut Inner) -> Result<(), LogError> {
+        if let Some(h) = &mut inner.history {
+            let scan = read_all(&mut inner.file, &self.path)?;
+            h.archive(&history::transactions(&scan.records).committed)?;
+        }
+        inner.file.set_len(0).map_err(io_err(&self.path))?;
+        inner.end = 0;
+        inner.active = 0;
+        Ok(())
     }
 }
 
@@ -327,6 +440,7 @@ mod tests {
         }
         let read: Vec<_> = read_log(w.path())
             .unwrap()
+            .records
             .into_iter()
             .map(|(_, r)| r)
             .collect();
@@ -334,11 +448,70 @@ mod tests {
         // A torn tail (half a record) is ignored.
         let mut f = OpenOptions::new().append(true).open(w.path()).unwrap();
         f.write_all(&[33, 0, 0, 0, 1, 2]).unwrap();
-        assert_eq!(read_log(w.path()).unwrap().len(), 4);
+        let scan = read_log(w.path()).unwrap();
+        assert_eq!(scan.records.len(), 4);
+        assert_eq!(scan.torn_bytes(), 6);
         // A flipped byte ends the readable log there.
         let mut bytes = std::fs::read(w.path()).unwrap();
         bytes[8 + 3] ^= 0xff;
         std::fs::write(w.path(), &bytes).unwrap();
-        assert_eq!(read_log(w.path()).unwrap().len(), 0);
+        assert_eq!(read_log(w.path()).unwrap().records.len(), 0);
+    }
+
+    #[test]
+    fn open_cuts_a_torn_tail_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = LogWriter::open(dir.path(), "A", false).unwrap();
+        let u = LogRecord::Update {
+            txid: 1,
+            account: 3,
+            before: 10,
+            after: 5,
+        };
+        w.append(&u, true, false).unwrap();
+        let end = read_log(w.path()).unwrap().valid_end;
+        assert_eq!(end, 41);
+        drop(w);
+        // Half a record (a writer killed inside its write).
+        let mut half = Vec::new();
+        LogRecord::Commit { txid: 1 }.encode(&mut half);
+        half.truncate(half.len() / 2);
+        let path = log_path(dir.path(), "A");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&half).unwrap();
+        drop(f);
+        let scan = read_log(&path).unwrap();
+        assert_eq!((scan.valid_end, scan.len), (41, 41 + half.len() as u64));
+
+        let w = LogWriter::open(dir.path(), "A", false).unwrap();
+        assert_eq!(w.cut_at_open(), half.len() as u64);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 41);
+        let lsn = w
+            .append(&LogRecord::Abort { txid: 1 }, false, true)
+            .unwrap();
+        assert_eq!(lsn, 41, "appended right after the last valid record");
+        let scan = read_log(&path).unwrap();
+        assert_eq!(scan.torn_bytes(), 0);
+        assert_eq!(
+            scan.records,
+            vec![(0, u), (41, LogRecord::Abort { txid: 1 })]
+        );
+    }
+
+    #[test]
+    fn a_fifo_or_a_symlink_at_the_log_path_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = log_path(dir.path(), "F");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(matches!(read_log(&path), Err(LogError::NotRegularFile(_))));
+        assert!(matches!(
+            LogWriter::open(dir.path(), "F", false),
+            Err(LogError::NotRegularFile(_))
+        ));
+        std::os::unix::fs::symlink("/etc/passwd", log_path(dir.path(), "S")).unwrap();
+        assert!(matches!(
+            LogWriter::open(dir.path(), "S", false),
+            Err(LogError::Symlink(_))
+        ));
     }
 }

@@ -110,7 +110,7 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
     let log_path = wal::log_path(&dir, victim);
     let deadline = Instant::now() + Duration::from_secs(10);
     let (held, t_kill) = loop {
-        let log = wal::read_log(&log_path)?;
+        let log = wal::read_log(&log_path)?.records;
         let in_tx = matches!(log.last(), Some((_, LogRecord::Update { .. })));
         let locks: Vec<_> = inspect::locks(&region)?
             .into_iter()

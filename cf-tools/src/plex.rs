@@ -26,6 +26,10 @@ pub struct CreateArgs {
     /// Initial balance of every account
     #[arg(long, default_value_t = 1000, requires = "accounts")]
     balance: i64,
+    /// Keep the history of committed transactions (directory `history/`), so
+    /// every account can be checked against it (cf_node::history::check)
+    #[arg(long)]
+    history: bool,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -47,12 +51,22 @@ pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
             return Err(e.into());
         }
     }
+    if a.history {
+        if let Err(e) = cf_node::history::create_dir(&plex.dir, a.group_mode) {
+            let _ = std::fs::remove_file(region.path());
+            if a.accounts.is_some() {
+                let _ = std::fs::remove_file(cf_node::store::Store::path_in(&plex.dir));
+            }
+            return Err(e.into());
+        }
+    }
     let l = region.layout();
     if a.json {
         crate::print_json(&json!({
             "plex": plex.dir, "region": region.path(), "size": l.total_size,
             "lock_entries": a.lock_entries, "members": a.members, "records_per_member": a.records,
             "accounts": a.accounts, "balance": a.accounts.map(|_| a.balance),
+            "history": a.history,
         }));
     } else {
         println!(
@@ -65,6 +79,12 @@ pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
         );
         if let Some(n) = a.accounts {
             println!("created {n} accounts of {} each", a.balance);
+        }
+        if a.history {
+            println!(
+                "keeping the history of committed transactions in {}",
+                cf_node::history::history_dir(&plex.dir).display()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -117,6 +137,19 @@ pub fn destroy(plex: &Plex, a: DestroyArgs) -> Result<ExitCode> {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
+    }
+    // The history of committed transactions: regular files in a real
+    // directory (never through a symlink).
+    let history = cf_node::history::history_dir(&plex.dir);
+    if std::fs::symlink_metadata(&history).is_ok_and(|m| m.is_dir()) {
+        if let Ok(dir) = std::fs::read_dir(&history) {
+            for entry in dir.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_file()) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&history);
     }
     // Remove the directory if nothing else is left in it.
     let _ = std::fs::remove_dir(&plex.dir);

@@ -465,6 +465,40 @@ fn create_never_follows_a_symlink() {
     assert!(!elsewhere.join("region").exists());
 }
 
+/// `create --history` makes `history/` (0700) beside the accounts; `destroy`
+/// removes it with its files. A symlink planted at `history` is refused and
+/// leaves no region behind.
+#[test]
+fn create_history_makes_the_directory_and_destroy_removes_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new();
+    let mut args = create_args();
+    args.extend(["--accounts", "8", "--history"]);
+    let out = cfctl(&s.plex(), &args);
+    assert!(out.status.success(), "{out:?}");
+    let history = s.plex().join("history");
+    let meta = std::fs::symlink_metadata(&history).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    std::fs::write(history.join("A"), b"").unwrap();
+    let out = cfctl(&s.plex(), &["destroy"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!s.plex().exists(), "the plex directory is gone");
+
+    let t = Scratch::new();
+    std::fs::create_dir(t.plex()).unwrap();
+    let elsewhere = t.dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, t.plex().join("history")).unwrap();
+    let out = cfctl(&t.plex(), &args);
+    assert_one_line_error(&out, "symbolic link", "create --history over a symlink");
+    assert!(!t.region_path().exists(), "no region left behind");
+    assert!(
+        !t.plex().join("accounts").exists(),
+        "no accounts left behind"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Damage inside a valid region (written through cf_core::testing)
 // ---------------------------------------------------------------------------

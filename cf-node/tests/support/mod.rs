@@ -111,6 +111,15 @@ impl TestPlex {
         }
     }
 
+    /// Like [`TestPlex::new`], keeping the history of committed
+    /// transactions (`history/`), so [`TestPlex::assert_history_consistent`]
+    /// can check every account.
+    pub fn with_history() -> TestPlex {
+        let plex = TestPlex::new();
+        cf_node::history::create_dir(plex.path(), false).expect("creating history/");
+        plex
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -132,6 +141,24 @@ impl TestPlex {
         let node = self.spawn(name, args, env);
         node.wait_running();
         node
+    }
+
+    /// Run `cf-node restart-light --plex DIR --member NAME --json` to its end.
+    pub fn restart_light(&self, name: &str, env: &[(&str, &str)]) -> Finished {
+        let mut c = Command::new(CF_NODE);
+        c.arg("restart-light")
+            .arg("--plex")
+            .arg(self.path())
+            .arg("--member")
+            .arg(name)
+            .arg("--json")
+            .env_remove("CF_CRASH_AT")
+            .env_remove("CF_CRASH_ONCE")
+            .env_remove("CF_PLEX");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Node::spawn(c, name).finish()
     }
 
     /// Like [`TestPlex::start`], without waiting.
@@ -232,6 +259,7 @@ impl TestPlex {
     pub fn log(&self, name: &str) -> Vec<LogRecord> {
         wal::read_log(&wal::log_path(self.path(), name))
             .expect("reading a log")
+            .records
             .into_iter()
             .map(|(_, r)| r)
             .collect()
@@ -282,6 +310,17 @@ impl TestPlex {
             "the total of the balances changed\n{}",
             self.dump()
         );
+    }
+
+    /// Every account holds exactly the effect of the committed transactions
+    /// (archived in `history/` or still in the logs), and nothing is left
+    /// unfinished (call when quiet). Returns what the checker read.
+    pub fn assert_history_consistent(&self) -> cf_node::history::Counts {
+        let c = cf_node::history::check(self.path())
+            .unwrap_or_else(|e| panic!("the history check failed: {e}\n{}", self.dump()));
+        assert!(c.is_consistent(), "{c}\n{}", self.dump());
+        assert_eq!(c.counts().unfinished, 0, "{c}\n{}", self.dump());
+        c.counts().clone()
     }
 
     /// Everything a failing test wants to see.
