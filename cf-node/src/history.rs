@@ -313,7 +313,7 @@ fn walk(
         let len = u32_at(&header, 0) as usize;
         let check = u32_at(&header, 4);
         let max = FIXED + PER_UPDATE * MAX_UPDATES as usize;
-        if len < FIXED + PER_UPDATE || len > max || (len - FIXED) % PER_UPDATE != 0 {
+        if len < FIXED + PER_UPDATE || len > max || !(len - FIXED).is_multiple_of(PER_UPDATE) {
             return Err(corrupt(off, format!("length {len}")));
         }
         payload.resize(len, 0);
