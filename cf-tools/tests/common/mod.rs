@@ -109,6 +109,21 @@ impl TestPlex {
         Proc::spawn(c, what)
     }
 
+    /// Start `cf-node SUB --plex DIR ARGS` (the binary built next to cfctl)
+    /// with extra environment (e.g. `CF_CRASH_AT`), guarded like `cfctl`.
+    pub fn spawn_node(&self, sub: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut c = Command::new(Path::new(CFCTL).with_file_name("cf-node"));
+        c.arg(sub).arg("--plex").arg(self.dir.path()).args(args);
+        c.env_remove("CF_CRASH_AT")
+            .env_remove("CF_CRASH_ONCE")
+            .env_remove("CF_PLEX");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let what = format!("cf-node {sub} {}", args.join(" "));
+        Proc::spawn(c, what)
+    }
+
     pub fn spawn<S: AsRef<str>>(&self, args: &[S]) -> Proc {
         self.spawn_env(args, &[])
     }
