@@ -324,9 +324,7 @@ fn hole4_a_member_that_is_still_connecting_is_never_cleaned_up() {
 /// "its" request: request 2 must stay outstanding, and no `recovery_completed`
 /// may be recorded for B.
 ///
-/// Written against the current API (`complete(region, slot, member, by)`):
-/// a fix will likely need `complete` to name the request it completes (a
-/// sequence number or the failed member's generation); adapt the two calls.
+/// Every completion names the request (its epoch) it was started for.
 #[test]
 fn hole6a_a_late_completion_does_not_complete_a_newer_request_for_the_slot() {
     let (_dir, r) = region();
@@ -344,13 +342,14 @@ fn hole6a_a_late_completion_does_not_complete_a_newer_request_for_the_slot() {
         let reqs = requests::list(&r).unwrap();
         assert_eq!(reqs.len(), 1, "request 1: {reqs:?}");
         assert_eq!((reqs[0].member_id, reqs[0].name.as_str()), (s, "A"));
+        let epoch_a = reqs[0].epoch;
 
         // A's restart light: reconnect, (nothing to back out), disconnect.
         let light = Member::connect_with(r.clone(), "A", cf_core::ConnectMode::Recovery).unwrap();
         assert_eq!(light.id(), s);
         light.disconnect().unwrap();
         // ... it is delayed here; a handler finds A recovered and completes request 1.
-        requests::complete(&r, s, "A", "HANDLER").unwrap();
+        assert!(requests::complete(&r, s, epoch_a, "A", "HANDLER").unwrap());
         assert!(requests::list(&r).unwrap().is_empty());
 
         // B takes slot s and fails: request 2.
@@ -364,7 +363,7 @@ fn hole6a_a_late_completion_does_not_complete_a_newer_request_for_the_slot() {
         drop(b);
 
         // The restart light of A completes "its" request, late.
-        requests::complete(&r, s, "A", "A").unwrap();
+        assert!(!requests::complete(&r, s, epoch_a, "A", "A").unwrap());
 
         let reqs = requests::list(&r).unwrap();
         let completed: Vec<String> = events::read_since(&r, since)
@@ -393,9 +392,10 @@ fn hole6a_a_late_completion_does_not_complete_a_newer_request_for_the_slot() {
 /// Y holds P, X holds Q on the same entry (mixed, both named). A thread of X
 /// starts a request for P (half-made HELD record); another thread of X
 /// releases Q on the latched path, which keeps X's bit because of that
-/// record; the request then meets Y's P and gives up. Required: `verify` is
-/// clean, and once Y releases P too the entry is back to fast mode (no lock
-/// table entry in use).
+/// record (it may be a lock); the request then latches, meets Y's P and gives
+/// up. Required: its unlatch clears X's bit (the last one out does), so
+/// `verify` is clean, and once Y releases P too the entry is back to fast
+/// mode (no lock table entry in use).
 #[test]
 fn hole6b_a_release_does_not_keep_the_bit_for_a_siblings_half_made_request() {
     let (_dir, r) = region();
@@ -414,8 +414,15 @@ fn hole6b_a_release_does_not_keep_the_bit_for_a_siblings_half_made_request() {
         forge_half_made(&r, x.id(), FORGED_SLOT, &p, Mode::Modify);
         // This thread releases Q on the latched path.
         hx.unlock(lq).unwrap();
-        // The sibling's request meets Y's P (contention) and gives up.
+        // The sibling's request turns PENDING, latches, meets Y's P
+        // (contention) and gives up: its unlatch recomputes X's bit.
         unforge(&r, x.id(), FORGED_SLOT);
+        let mut sibling = x.holder().unwrap();
+        assert!(matches!(
+            sibling.try_lock(&p, Mode::Modify),
+            Ok(TryOutcome::Contention(_))
+        ));
+        drop(sibling);
 
         let problems = inspect::verify(&r);
         assert!(
@@ -439,7 +446,7 @@ fn hole6b_a_release_does_not_keep_the_bit_for_a_siblings_half_made_request() {
 }
 
 /// HOLE 6c: `Holder::drop` after an error from `unlock_all` (here a damaged
-/// record on the entry makes the latched release fail, keeping the record)
+/// lock word makes the latched release fail, keeping the record)
 /// gives its blocks back although they still contain HELD records, so the
 /// next holder is handed a slot that is still HELD and overwrites it.
 ///
@@ -454,10 +461,11 @@ fn hole6c_a_held_record_is_never_handed_to_a_new_holder_after_a_failed_unlock_al
         let x = Member::connect(r.clone(), "X").unwrap();
         let mut h1 = x.holder().unwrap();
         granted(h1.try_lock(&res, Mode::Modify));
-        // Damage: a record of X on the same entry with an unreadable body.
-        const BAD: u32 = 10;
-        assert!(!slot_in_use(&r, x.id(), BAD));
-        testing::write_tag(&r, x.id(), BAD, TAG_HELD | entry_of(&r, &res));
+        // Damage: the entry's word says it is latched by connector 39 (beyond
+        // the table), so the latched release fails with a typed error.
+        let e = entry_of(&r, &res);
+        const MIXED: u64 = 1 << 39;
+        testing::write_lock_word(&r, e, MIXED | 40 << 32 | 1 << x.id());
         let err = h1.unlock_all();
         assert!(
             matches!(err, Err(LockError::Corrupt(_))),
@@ -465,7 +473,7 @@ fn hole6c_a_held_record_is_never_handed_to_a_new_holder_after_a_failed_unlock_al
         );
         drop(h1);
         // The damage is repaired; acct:1 is still HELD (the release failed).
-        testing::write_tag(&r, x.id(), BAD, TAG_FREE);
+        testing::write_lock_word(&r, e, MIXED | 1 << x.id());
         let held: Vec<(u32, String)> = inspect::locks(&r)
             .unwrap()
             .into_iter()

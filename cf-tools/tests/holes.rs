@@ -390,7 +390,7 @@ fn kill_inside_a_transfer(plex: &TestPlex, region: &Region) -> Vec<String> {
             .iter()
             .filter(|l| l.member == "A" && l.held && l.mode == Mode::Modify)
             .count();
-        matches!(log.last(), Some((_, LogRecord::Update { .. }))) && modify == 2
+        matches!(log.records.last(), Some((_, LogRecord::Update { .. }))) && modify == 2
     };
     let deadline = Instant::now() + PATIENCE;
     loop {
