@@ -26,6 +26,12 @@
 //!   was completed and a new one posted for the slot's next occupant) changes
 //!   nothing and records nothing: every request is completed, and
 //!   `recovery_completed` recorded, exactly once.
+//! * **A request is for one occupant of the slot** (its `incarnation`, which
+//!   every fresh connect bumps). A restart light completes its request after
+//!   it has disconnected; if meanwhile a new member took the slot and failed
+//!   too, the poster of the new failure finds the old request outstanding for
+//!   an earlier incarnation (already recovered: only a recovering connection
+//!   vacates a failed slot), completes it, and posts its own.
 //! * A restart light killed before completing leaves the entry CLAIMED with a
 //!   dead worker: its claimer starts another, or, if the claimer is dead too,
 //!   another member takes the claim over. A handler always looks at the
@@ -168,7 +174,23 @@ pub fn post(
     on_posted: impl FnOnce(),
 ) -> Result<Option<u32>, CorruptError> {
     let e = region.request(id)?;
-    let now = load(id, e)?;
+    let incarnation = region.connector(id)?.incarnation.load(Ordering::Acquire);
+    let mut now = load(id, e)?;
+    if now.state != RequestState::Free && e.incarnation.load(Ordering::Acquire) != incarnation {
+        // The outstanding request is for a previous occupant of the slot,
+        // which was recovered (only its recovering connection vacates a
+        // failed slot) but not yet completed: complete it now, so this
+        // failure gets a request of its own.
+        let by_name = by.map(|b| crate::connector::name_of(region, b));
+        complete(
+            region,
+            id,
+            now.epoch,
+            &load_name(e),
+            by_name.as_deref().unwrap_or("cf-core"),
+        )?;
+        now = load(id, e)?;
+    }
     if now.state != RequestState::Free {
         return Ok(None);
     }
@@ -182,6 +204,7 @@ pub fn post(
     e.posted_ns.store(now_ns(), Ordering::Relaxed);
     e.who
         .store(by.map_or(0, |b| b as u64 + 1), Ordering::Relaxed);
+    e.incarnation.store(incarnation, Ordering::Relaxed);
     let epoch = now.epoch.wrapping_add(1);
     let posted = StateWord {
         state: RequestState::Pending,

@@ -506,3 +506,53 @@ fn hole6c_a_held_record_is_never_handed_to_a_new_holder_after_a_failed_unlock_al
         let _ = x.disconnect();
     });
 }
+
+/// Found with hole 6a: a restart light completes its request after it has
+/// disconnected. If a new member takes the slot and fails in between, its
+/// failure must still get a request of its own (not be swallowed by the
+/// outstanding request of the slot's previous occupant), and the previous
+/// request is completed exactly once.
+#[test]
+fn a_new_failure_of_a_reused_slot_gets_its_own_request() {
+    let (_dir, r) = region();
+    guarded("reused slot, request outstanding", move || {
+        let since = events::next_seq(&r);
+        let a = Member::connect(r.clone(), "A").unwrap();
+        let s = a.id();
+        testing::fake_reused_pid(&r, s);
+        assert!(matches!(
+            recovery::cleanup_member(&r, s),
+            Ok(CleanupOutcome::Cleaned(_))
+        ));
+        drop(a);
+        let epoch_a = requests::list(&r).unwrap()[0].epoch;
+        // A's restart light recovers A and disconnects, then is delayed
+        // before it completes request A.
+        let light = Member::connect_with(r.clone(), "A", cf_core::ConnectMode::Recovery).unwrap();
+        light.disconnect().unwrap();
+        // B takes the slot and fails; its cleanup posts B's request.
+        let b = Member::connect(r.clone(), "B").unwrap();
+        assert_eq!(b.id(), s, "B reuses A's slot");
+        testing::fake_reused_pid(&r, s);
+        assert!(matches!(
+            recovery::cleanup_member(&r, s),
+            Ok(CleanupOutcome::Cleaned(_))
+        ));
+        drop(b);
+        let reqs = requests::list(&r).unwrap();
+        assert_eq!(reqs.len(), 1, "{reqs:?}");
+        assert_eq!(
+            reqs[0].name, "B",
+            "B's failure has its own request: {reqs:?}"
+        );
+        // A's restart light completes late: nothing left for it to complete.
+        assert!(!requests::complete(&r, s, epoch_a, "A", "A").unwrap());
+        assert_eq!(requests::list(&r).unwrap().len(), 1);
+        let completed: Vec<String> = events::read_since(&r, since)
+            .into_iter()
+            .filter(|e| e.kind == EventKind::RecoveryCompleted)
+            .map(|e| e.member)
+            .collect();
+        assert_eq!(completed, ["A"], "A's recovery completed exactly once");
+    });
+}

@@ -303,6 +303,7 @@ pub(crate) fn occupy(
     c.start_time.store(me.start_time, Ordering::Relaxed);
     c.connected_ns.store(now_ns(), Ordering::Relaxed);
     if fresh {
+        c.incarnation.fetch_add(1, Ordering::Relaxed);
         slots::store_name(&c.name, name.as_bytes());
         for f in [
             &c.hwm,

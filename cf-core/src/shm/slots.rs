@@ -29,8 +29,11 @@ pub(crate) struct ConnectorSlot {
     pub failed_ns: AtomicU64,
     /// Transactions the member's application reported committed.
     pub committed: AtomicU64,
+    /// Bumped by every fresh connect (not by a reconnect that recovers a
+    /// failed member): which occupant of the slot a restart request is for.
+    pub incarnation: AtomicU64,
     #[cfg(not(loom))]
-    _reserved: [AtomicU64; 17],
+    _reserved: [AtomicU64; 16],
 }
 
 /// The lock structure's header (the rest of its page is reserved).
@@ -99,8 +102,8 @@ pub(crate) struct RequestEntry {
     /// Poster and claimer connector ids + 1 (`claimer << 32 | poster`).
     pub who: AtomicU64,
     pub attempts: AtomicU64,
-    #[cfg(not(loom))]
-    _reserved: AtomicU64,
+    /// The incarnation of the slot's occupant whose failure it is for.
+    pub incarnation: AtomicU64,
     /// The member's name (its slot's name is cleared when restart light disconnects).
     pub name: [AtomicU64; 4],
     #[cfg(not(loom))]
