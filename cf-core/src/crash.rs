@@ -17,6 +17,7 @@ pub const CRASH_POINTS: &[&str] = &[
     // lock.rs: acquire (record written, then word) and release (word, then record)
     "acquire.after_record",
     "acquire.after_word",
+    "release.marked",
     "release.after_word",
     // lock.rs: the latched resource-level path
     "slow.latched",
@@ -131,8 +132,8 @@ pub mod model {
     pub struct Killed;
 
     loom::thread_local! {
-        static ARMED: RefCell<Option<(&'static str, u32)>> = const { RefCell::new(None) };
-        static KILLED: Cell<bool> = const { Cell::new(false) };
+        static ARMED: RefCell<Option<(&'static str, u32)>> = RefCell::new(None);
+        static KILLED: Cell<bool> = Cell::new(false);
     }
 
     /// Kill this model thread's process at the `nth` hit (from 1) of `name`.

@@ -22,6 +22,7 @@ use std::os::unix::process::ExitStatusExt;
 const COVERED: &[&str] = &[
     "acquire.after_record",
     "acquire.after_word",
+    "release.marked",
     "release.after_word",
     "slow.latched",
     "slow.granted_before_unlatch",
@@ -234,8 +235,28 @@ fn acquire_after_word() {
 }
 
 #[test]
+fn release_marked() {
+    // Record turned PENDING (being released), word still names A: the
+    // cleanup finishes the release (record freed, A's interest dropped),
+    // even for a modify lock: the member had decided to give it up.
+    let plex = TestPlex::small();
+    hold_then_dies_on_release(&plex, "A", &[("modify", "r")], "release.marked");
+    let locks = plex.locks();
+    assert_eq!(locks.len(), 1, "the record outlived its holder: {locks:?}");
+    assert_eq!(locks[0].state, "pending", "being released: {locks:?}");
+    assert_report(&plex.cleanup(), "A", 0, 0, 1);
+    plex.check_repaired(&Expect {
+        dead: "A",
+        retained: &[],
+        free: &["r"],
+        live: &[],
+    });
+    plex.assert_empty_and_clean();
+}
+
+#[test]
 fn release_after_word() {
-    // Word released, record still HELD: not named, freed.
+    // Word released, record PENDING (being released): freed.
     let plex = TestPlex::small();
     hold_then_dies_on_release(&plex, "A", &[("modify", "r")], "release.after_word");
     let locks = plex.locks();
@@ -350,19 +371,19 @@ fn slow_granted_before_unlatch() {
 
 #[test]
 fn slow_release_latched() {
-    // Died releasing under the latch: the record is still HELD and the word
-    // still names the member, so the modify lock is retained.
+    // Died releasing under the latch: the record is PENDING (being released),
+    // so the release is finished by the cleanup: nothing is retained.
     let plex = TestPlex::small();
     let n = colliding_names(&plex, 2);
     let (q, r) = (n[0].as_str(), n[1].as_str());
     let mut b = plex.hold("B", &[("x", q)]);
     hold_then_dies_on_release(&plex, "A", &[("modify", r)], "slow_release.latched");
     // B's own release has to get through the dead latch holder later on.
-    assert_report(&plex.cleanup(), "A", 1, 0, 0);
+    assert_report(&plex.cleanup(), "A", 0, 0, 1);
     plex.check_repaired(&Expect {
         dead: "A",
-        retained: &[r],
-        free: &[],
+        retained: &[],
+        free: &[r],
         live: &[("B", q)],
     });
     b.term();
@@ -382,8 +403,8 @@ fn slow_release_latched() {
     );
     plex.check_repaired(&Expect {
         dead: "A",
-        retained: &[r],
-        free: &[q],
+        retained: &[],
+        free: &[q, r],
         live: &[],
     });
     plex.assert_empty_and_clean();

@@ -139,7 +139,7 @@ pub mod model {
         static ref DEAD: Vec<AtomicBool> = (0..=MAX).map(|_| AtomicBool::new(false)).collect();
     }
     loom::thread_local! {
-        static CURRENT: std::cell::Cell<u32> = const { std::cell::Cell::new(1) };
+        static CURRENT: std::cell::Cell<u32> = std::cell::Cell::new(1);
     }
 
     /// This model thread plays process `pid` (1 to MAX).

@@ -11,10 +11,11 @@
 //!    exclusive holder or mask bit), or `c` holds the entry's latch, only
 //!    while `c` has a non-free record on that entry. So walking a member's
 //!    records finds every word it may have touched. Hence: a request writes
-//!    its record (HELD) before its word CAS; a release gives up the word or the
-//!    latch before it frees the record, unless another held record of the same
-//!    member on the entry still covers the latch (then the record is freed
-//!    under the latch, so that no one reads a record that is no longer held).
+//!    its record (HELD) before its word CAS; a release first turns its record
+//!    PENDING (*being released*: no longer a holding for anyone, still a
+//!    cover), gives up the word or the latch, and only then frees the record,
+//!    unless another held record of the same member on the entry still covers
+//!    the latch (then the record is freed under the latch).
 //! 2. **A HELD record may not be granted yet.** Between its record and its
 //!    word CAS a request's record says HELD although nothing is granted (its
 //!    CAS may still fail, and on a mixed entry it will). Nothing may conclude
@@ -28,7 +29,10 @@
 //!    record on the entry**, up to the half-made requests of rule 2, which
 //!    always latch afterwards and then recompute it. Every unlatch by a member
 //!    recomputes that member's own bit from its records ([`Latched::give_up`],
-//!    [`Latched::wait`], [`release`]), so the last one out clears it.
+//!    [`Latched::wait`], [`release`]), so the last one out clears it. (A
+//!    released record is PENDING, so a sibling never keeps the bit for it.)
+//!    As a backstop, every decision drops a named connector that has no held
+//!    record on the entry at all ([`Latched::decide`]): nothing is held there.
 //! 4. **Every decision on a mixed entry is made under its latch**, from the
 //!    HELD records of the named connectors, so two decisions never race. A
 //!    same-resource incompatible record is a conflict; a different resource is
@@ -39,7 +43,7 @@
 //! already "its own"; a cleaner that dies holding it leaves it held by a dead
 //! connector), each record of `c` on the entry is decided by what the word and
 //! the record say, never by other members' records (rule 2):
-//! * PENDING: a request not granted: freed.
+//! * PENDING: a request not granted, or a lock being released: freed.
 //! * HELD, `c` not named: `c` died between record and word on acquire, or
 //!   between word and record on release, or after a decided grant but before
 //!   its unlatch set the bit (that request never returned, so nothing used it):
@@ -56,14 +60,16 @@
 //! * `acquire.after_record`: tag HELD, word not changed: `c` not named for it,
 //!   freed by cleanup (or, if `c` is named for another record, kept if modify).
 //! * `acquire.after_word`: a held lock.
-//! * `release.after_word`: word released, tag still HELD: not named, freed.
+//! * `release.marked`: tag PENDING, word still names `c`: the release is
+//!   finished by the cleanup (record freed, `c`'s interest dropped).
+//! * `release.after_word`: word released, tag PENDING: freed.
 //! * `slow.latched`: a dead latch holder with a PENDING record: the cleaner
 //!   takes the latch over (it latches in `c`'s name) and frees the record.
 //! * `slow.granted_before_unlatch`: tag HELD under the latch, bit maybe unset:
 //!   decided by whether `c` was already named, as above.
-//! * `slow_release.latched`: nothing changed: the held record is settled as
-//!   held. `slow_release.after_unlatch`: latch dropped with `c`'s bit
-//!   recomputed; the record is freed or, if `c` is still named, kept.
+//! * `slow_release.latched`: the record is PENDING under the latch: freed,
+//!   `c`'s bit recomputed from its held records. `slow_release.after_unlatch`:
+//!   latch dropped with `c`'s bit recomputed; the PENDING record is freed.
 //! * `cleanup.entry_latched`: the entry is latched in `c`'s name; the next
 //!   cleaner of `c` takes it over. `cleanup.entry_unlatched`: the word is
 //!   settled and the remaining tags of freed records are freed by the next
@@ -71,7 +77,7 @@
 
 use crate::connector::{self, MemberState};
 use crate::error::CorruptError;
-use crate::lock::records::{self, Mode, RecordView, Resource, TAG_FREE, TAG_HELD};
+use crate::lock::records::{self, Mode, RecordView, Resource, TAG_FREE, TAG_HELD, TAG_PENDING};
 use crate::lock::word::{self, Latch};
 use crate::shm::region::Region;
 use crate::sync::{AtomicU64, Ordering};
@@ -248,12 +254,24 @@ impl<'r> Latched<'r> {
     /// named connector (other than its own record)? A conflict is always
     /// reported as one (rule 2: a HELD record may be half-made, which only
     /// makes the requester wait).
-    pub(crate) fn decide(&self, region: &Region, req: &Request) -> Result<Decision, CorruptError> {
+    pub(crate) fn decide(
+        &mut self,
+        region: &Region,
+        req: &Request,
+    ) -> Result<Decision, CorruptError> {
         let mut conflicts = Vec::new();
         let mut false_contention = false;
         for c in bits(self.named) {
             let c = region.check_member(c)?;
-            for r in records::records_on(region, c, self.entry, false)? {
+            let held = records::records_on(region, c, self.entry, false)?;
+            if held.is_empty() {
+                // Named without a held record: an interest left behind (a
+                // thread that read a sibling's record in the instant between
+                // its release and its free). Nothing is held: drop it.
+                self.named &= !word::bit(c);
+                continue;
+            }
+            for r in held {
                 if c == req.member && r.slot == req.slot {
                     continue;
                 }
@@ -336,7 +354,17 @@ pub(crate) fn release(
     how: &mut LatchWait,
 ) -> Result<(), LatchError> {
     let tag = records::tag(region, member, slot)?;
-    let l = latch(region, entry, member, how)?;
+    // Being released: no longer counted as held by anyone; it still covers
+    // the word and the latch until it is freed.
+    tag.store(TAG_PENDING | entry, Ordering::Release);
+    let l = match latch(region, entry, member, how) {
+        Ok(l) => l,
+        Err(e) => {
+            // Nothing was decided (a damaged word): the lock is still held.
+            tag.store(TAG_HELD | entry, Ordering::Release);
+            return Err(e);
+        }
+    };
     crate::crash::point("slow_release.latched");
     let bit = word::bit(member);
     if records::holds_other_on(region, member, entry, Some(slot)) {
@@ -346,6 +374,7 @@ pub(crate) fn release(
         word::unlatch(l.word, (l.named | bit) as u32);
         crate::crash::point("slow_release.after_unlatch");
     } else {
+        // The (PENDING) record covers the latch until the unlatch.
         word::unlatch(l.word, (l.named & !bit) as u32);
         crate::crash::point("slow_release.after_unlatch");
         tag.store(TAG_FREE, Ordering::Release);

@@ -131,6 +131,18 @@ pub(crate) fn try_fast_release_exclusive(word: &AtomicU64, me: u32) -> bool {
         .is_ok()
 }
 
+/// Could a fast release by `me` succeed now? (Fast mode and naming `me` as
+/// the exclusive holder, or in the share mask.)
+#[inline]
+pub(crate) fn fast_release_possible(word: &AtomicU64, me: u32, exclusive: bool) -> bool {
+    let w = word.load(Ordering::Relaxed);
+    if exclusive {
+        w == holder_field(me)
+    } else {
+        w & MIXED == 0 && w & bit(me) != 0
+    }
+}
+
 /// Fast share acquire: fast mode, no exclusive holder, my bit not yet set.
 #[inline]
 pub(crate) fn try_fast_share(word: &AtomicU64, me: u32) -> bool {

@@ -4,7 +4,8 @@
 //! wait, when to answer, and cleaning up a dead holder met on the way.
 //!
 //! * **Fast path**: write the record (HELD), one CAS on the word; release:
-//!   one CAS back, then free the record. No system call, no shared counter.
+//!   mark the record PENDING (being released), one CAS back, then free the
+//!   record. No system call, no shared counter.
 //! * **Slow path**: a request one CAS cannot settle turns its record PENDING
 //!   and latches the entry; the decision is `entry::Latched::decide`.
 //!   A conflict with a modify record of a member that is failed-persistent,
@@ -276,7 +277,7 @@ impl Holder {
                 steal: 0,
                 on_stuck: &mut on_stuck,
             };
-            let l = match entry::latch(region, entry, me, &mut how) {
+            let mut l = match entry::latch(region, entry, me, &mut how) {
                 Ok(l) => l,
                 Err(LatchError::TimedOut { holder }) => {
                     free_record();
@@ -377,19 +378,31 @@ impl Holder {
             return Err(LockError::NotHeld(id.slot));
         }
         let word = region.word(id.entry)?;
-        let fast = if id.mode.is_exclusive() {
-            word::try_fast_release_exclusive(word, me)
-        } else {
-            word::try_fast_release_share(word, me)
-        };
-        if fast {
-            crate::crash::point("release.after_word");
-            tag.store(TAG_FREE, Ordering::Release);
-        } else {
-            // A process declared dead must not release what is now retained.
-            self.m.check_still_connected()?;
-            self.m.release_slow(id.slot, id.entry)?;
+        if word::fast_release_possible(word, me, id.mode.is_exclusive()) {
+            // The record turns PENDING first: the lock is being given up, and
+            // no one (a sibling thread least of all) counts it as held any
+            // more; it still covers the word until it is freed (`entry.rs`).
+            tag.store(TAG_PENDING | id.entry, Ordering::Release);
+            crate::crash::point("release.marked");
+            let fast = if id.mode.is_exclusive() {
+                word::try_fast_release_exclusive(word, me)
+            } else {
+                word::try_fast_release_share(word, me)
+            };
+            if fast {
+                crate::crash::point("release.after_word");
+                tag.store(TAG_FREE, Ordering::Release);
+                self.free.push(id.slot);
+                return Ok(());
+            }
         }
+        // A process declared dead must not release what is now retained
+        // (a retained lock's word is always mixed, so it comes here).
+        if let Err(e) = self.m.check_still_connected() {
+            tag.store(TAG_HELD | id.entry, Ordering::Release);
+            return Err(e);
+        }
+        self.m.release_slow(id.slot, id.entry)?;
         self.free.push(id.slot);
         Ok(())
     }

@@ -13,6 +13,9 @@ fn zeroed<T: Default>(n: usize) -> Box<[T]> {
     (0..n).map(|_| T::default()).collect()
 }
 
+/// One member's area: block headers, tags, record bodies.
+type MemberMemory = (Box<[BlockHeader]>, Box<[AtomicU32]>, Box<[RecordBody]>);
+
 pub(crate) struct ModelMemory {
     connectors: Box<[ConnectorSlot]>,
     lock_header: Box<[LockHeader]>,
@@ -21,7 +24,7 @@ pub(crate) struct ModelMemory {
     requests: Box<[RequestEntry]>,
     event_header: Box<[EventHeader]>,
     events: Box<[EventSlot]>,
-    members: Vec<(Box<[BlockHeader]>, Box<[AtomicU32]>, Box<[RecordBody]>)>,
+    members: Vec<MemberMemory>,
 }
 
 impl ModelMemory {

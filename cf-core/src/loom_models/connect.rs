@@ -1,0 +1,1 @@
+//! Connecting and disconnecting (`member/mod.rs`, `connector/slot.rs`) racing cleanups.

@@ -1,0 +1,142 @@
+//! What the models share: a small region in loom's memory, modelled
+//! processes, and the protected data.
+
+use crate::shm::layout::{Sizes, BLOCK_SLOTS};
+use crate::shm::region::Region;
+use crate::{Holder, LockId, Mode, Resource, TryOutcome};
+use loom::cell::UnsafeCell;
+use std::sync::atomic::AtomicUsize as StdCounter;
+// std's Arc, not loom's: loom's Arc drop needs a live execution, so when loom
+// reports a deadlock the unwinding would drop it, panic again and abort the
+// whole test binary instead of failing the one model.
+pub(super) use std::sync::Arc;
+
+/// Lock table entries of the model region (the smallest a region may have:
+/// resources collide easily).
+pub(super) const ENTRIES: u32 = 16;
+
+/// A region for `members` connectors, `blocks` record blocks each.
+pub(super) fn region(members: u32, blocks: u32) -> Arc<Region> {
+    Arc::new(Region::new_model(Sizes {
+        lock_entries: ENTRIES,
+        members,
+        records_per_member: blocks * BLOCK_SLOTS,
+    }))
+}
+
+/// Run `f` under loom with a preemption bound (`LOOM_MAX_PREEMPTIONS`
+/// overrides it), as crossbeam-epoch does. Returns how many executions ran.
+pub(super) fn check<F>(preemptions: usize, f: F) -> usize
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(preemptions);
+    }
+    builder.max_branches = builder.max_branches.max(20_000);
+    let executions = Arc::new(StdCounter::new(0));
+    let counted = executions.clone();
+    builder.check(move || {
+        hit(&counted);
+        // Every execution starts as model process 1.
+        crate::connector::identity::model::enter(1);
+        f()
+    });
+    let n = hits(&executions);
+    // Shown with `--nocapture`: how much the model explored.
+    eprintln!(
+        "{n} executions (preemption bound {:?})",
+        builder.preemption_bound
+    );
+    n
+}
+
+/// Count one event across executions (a std atomic: survives them).
+pub(super) fn hit(counter: &StdCounter) {
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub(super) fn hits(counter: &StdCounter) -> usize {
+    counter.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Spawn a model thread playing process `pid`. Its closure returns `Some` if
+/// it ran to the end, `None` if it was killed at its armed crash point.
+pub(super) fn process<T: Send + 'static>(
+    pid: u32,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> loom::thread::JoinHandle<Option<T>> {
+    loom::thread::spawn(move || {
+        let mut out = None;
+        let ran = crate::crash::model::run_as(pid, || out = Some(f()));
+        if ran {
+            out
+        } else {
+            None
+        }
+    })
+}
+
+/// Kill modelled process `pid` from outside (as `kill -9` would, at a point
+/// where it runs no protocol step: its handles must then be forgotten, not
+/// dropped).
+pub(super) fn kill(pid: u32) {
+    crate::connector::identity::model::kill(pid);
+}
+
+/// Names `n` resources on one lock table entry of the model region.
+pub(super) fn colliding(n: usize) -> Vec<Vec<u8>> {
+    let first = Resource::new(b"r0").map(|r| r.entry(ENTRIES));
+    let mut out = vec![b"r0".to_vec()];
+    let mut i = 1u32;
+    while out.len() < n {
+        let name = format!("r{i}").into_bytes();
+        if Resource::new(&name).map(|r| r.entry(ENTRIES)) == first {
+            out.push(name);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The entry of resource `name` in the model region.
+pub(super) fn entry_of(name: &[u8]) -> u32 {
+    Resource::new(name).map_or(0, |r| r.entry(ENTRIES))
+}
+
+/// Ask until granted (a try-loop: a model that must not depend on the
+/// waiting protocol's sleeps).
+pub(super) fn take(h: &mut Holder, res: &[u8], mode: Mode) -> LockId {
+    loop {
+        match h.try_lock(res, mode) {
+            Ok(TryOutcome::Granted(id)) => return id,
+            Ok(TryOutcome::Contention(_)) => loom::thread::yield_now(),
+            other => panic!("{} {mode}: {other:?}", String::from_utf8_lossy(res)),
+        }
+    }
+}
+
+/// Data protected by a lock: loom checks that no two threads access it
+/// without a happens-before edge between them.
+pub(super) struct Guarded(UnsafeCell<u64>);
+
+// SAFETY: the cell is only accessed under the lock the models check; loom
+// reports any access not ordered by it, which is the point of the models.
+unsafe impl Sync for Guarded {}
+
+impl Guarded {
+    pub(super) fn new() -> Guarded {
+        Guarded(UnsafeCell::new(0))
+    }
+    /// Write, holding the resource exclusively.
+    pub(super) fn bump(&self) {
+        // SAFETY: loom checks that no other access is concurrent.
+        self.0.with_mut(|p| unsafe { *p += 1 });
+    }
+    /// Read, holding the resource in share mode (or exclusively).
+    pub(super) fn read(&self) -> u64 {
+        // SAFETY: loom checks that no write is concurrent.
+        self.0.with(|p| unsafe { *p })
+    }
+}

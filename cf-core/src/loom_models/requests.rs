@@ -1,0 +1,1 @@
+//! The restart-request list (`requests.rs`).

@@ -1,0 +1,1 @@
+//! Retention (`recovery.rs`, `lock/entry.rs::settle_dead`) racing requests.
