@@ -309,7 +309,7 @@ pub(crate) fn tag(
     region
         .tags(member)?
         .get(slot as usize)
-        .ok_or(CorruptError::BadRecord {
+        .ok_or_else(|| CorruptError::BadRecord {
             member,
             slot,
             what: format!("slot out of range ({} slots)", region.records_per_member()),

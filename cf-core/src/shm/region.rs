@@ -275,7 +275,7 @@ impl Region {
             .lock_table
             .get()
             .get(e as usize)
-            .ok_or(CorruptError::EntryOutOfRange {
+            .ok_or_else(|| CorruptError::EntryOutOfRange {
                 index: e as u64,
                 len: self.lock_entries() as u64,
             })
@@ -305,7 +305,7 @@ impl Region {
             .requests
             .get()
             .get(id as usize)
-            .ok_or(self.bad_member(id))
+            .ok_or_else(|| self.bad_member(id))
     }
 
     pub(crate) fn event_header(&self) -> &EventHeader {
@@ -348,7 +348,7 @@ impl Region {
             .connectors
             .get()
             .get(id as usize)
-            .ok_or(self.bad_member(id))
+            .ok_or_else(|| self.bad_member(id))
     }
 
     // ---- member areas ----
@@ -368,7 +368,7 @@ impl Region {
         self.areas
             .members
             .get(id as usize)
-            .ok_or(self.bad_member(id))
+            .ok_or_else(|| self.bad_member(id))
     }
 
     /// The block headers of member `id`.
