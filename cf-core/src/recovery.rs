@@ -37,8 +37,15 @@
 //! * `cleanup.claimed`: the slot is CLEANING, nothing else changed: the next
 //!   cleaner finds the claim's process dead, takes it over and walks.
 //! * `cleanup.entry_latched`, `cleanup.entry_unlatched`: see `lock/entry.rs`.
-//! * `cleanup.before_final_state`: all records settled, state still CLEANING:
-//!   the next cleanup walks again (finding nothing to change) and finishes.
+//! * `cleanup.before_final_state`: all records settled and the restart
+//!   request posted, state still CLEANING: the next cleanup walks again
+//!   (finding nothing to change), announces again (the request is already
+//!   outstanding, so nothing more is posted) and finishes.
+//!
+//! A cleanup run by a request (a dead holder met on the way) is bounded by the
+//! request's deadline: out of time, it leaves the member CLEANING and its
+//! claim free for the next cleaner, and the request answers from the records
+//! (a modify record of a member being cleaned up is retained).
 
 use crate::connector::claim::{self, Claim};
 use crate::connector::identity::ProcessId;
@@ -65,6 +72,9 @@ pub enum CleanupOutcome {
     InProgress { by_pid: u32 },
     /// This call cleaned it up.
     Cleaned(CleanupReport),
+    /// This call ran out of its time (a request's deadline) before every entry
+    /// could be settled: the member stays CLEANING, for the next cleaner.
+    Unfinished,
 }
 
 /// The result of one cleanup.
@@ -121,18 +131,19 @@ pub(crate) fn try_clean(
     c: u32,
     by: Option<u32>,
     held: u64,
+    deadline: Option<Instant>,
 ) -> Result<CleanupOutcome, CorruptError> {
     if held & word::bit(c) != 0 {
         return Ok(CleanupOutcome::InProgress {
             by_pid: std::process::id(),
         });
     }
-    cleanup(region, c, by, None, held)
+    cleanup(region, c, by, None, held, deadline)
 }
 
 /// Clean up connector `c` if its process is dead. See the module docs.
 pub fn cleanup_member(region: &Region, c: u32) -> Result<CleanupOutcome, CorruptError> {
-    cleanup(region, c, None, None, 0)
+    cleanup(region, c, None, None, 0, None)
 }
 
 /// Clean up connector `c` if its process is dead, on behalf of member `by`
@@ -145,7 +156,7 @@ pub fn cleanup_member_as(
     by: Option<u32>,
     seen_ns: Option<u64>,
 ) -> Result<CleanupOutcome, CorruptError> {
-    cleanup(region, c, by, seen_ns, 0)
+    cleanup(region, c, by, seen_ns, 0, None)
 }
 
 fn cleanup(
@@ -154,6 +165,7 @@ fn cleanup(
     by: Option<u32>,
     seen_ns: Option<u64>,
     held: u64,
+    deadline: Option<Instant>,
 ) -> Result<CleanupOutcome, CorruptError> {
     let seen_ns = seen_ns.unwrap_or_else(connector::now_ns);
     let c = region.check_member(c)?;
@@ -194,8 +206,28 @@ fn cleanup(
         }
         crate::crash::point("cleanup.claimed");
         let dead_pid = now.process.pid;
-        let rep = walk(region, c, now.st.generation, by, held | word::bit(c))?;
+        let Some(rep) = walk(region, c, by, held | word::bit(c), deadline)? else {
+            return Ok(CleanupOutcome::Unfinished);
+        };
+        // Announced (and the request posted) while the slot is still
+        // CLEANING: nobody can reconnect as the member before its request
+        // exists, so no recovery can end before its request is posted.
         announce(region, c, by, &rep, dead_pid, seen_ns)?;
+        crate::crash::point("cleanup.before_final_state");
+        let cleaning = StateWord {
+            state: MemberState::Cleaning,
+            generation: now.st.generation,
+        };
+        let failed = StateWord {
+            state: MemberState::FailedPersistent,
+            generation: now.st.generation,
+        };
+        if !connector::cas_state(region, c, cleaning, failed) {
+            return Err(CorruptError::BadConnector {
+                id: c,
+                what: "state changed while it was being cleaned up".into(),
+            });
+        }
         Ok(CleanupOutcome::Cleaned(rep))
     })();
     // Success or a damaged region: either way this process stops cleaning.
@@ -235,7 +267,7 @@ fn announce(
             rep.discarded as u64,
         ],
     );
-    requests::post(region, c, by, || {
+    requests::post_claimed(region, c, by, || {
         events::record(
             region,
             EventKind::RequestPosted,
@@ -247,13 +279,15 @@ fn announce(
     Ok(())
 }
 
+/// Settle every record of dead member `c` and mark its blocks. `None` if the
+/// deadline passed first (the member then stays CLEANING).
 fn walk(
     region: &Region,
     c: u32,
-    generation: u32,
     by: Option<u32>,
     held: u64,
-) -> Result<CleanupReport, CorruptError> {
+    deadline: Option<Instant>,
+) -> Result<Option<CleanupReport>, CorruptError> {
     let mut report = CleanupReport {
         member: c,
         name: connector::name_of(region, c),
@@ -279,9 +313,10 @@ fn walk(
         let before = todo.len();
         let mut deferred = Vec::new();
         for (e, recs) in todo {
-            let mut on_stuck = |x: u32| try_clean(region, x, by, held).map(|_| ());
+            let mut on_stuck = |x: u32| try_clean(region, x, by, held, deadline).map(|_| ());
+            let defer_at = Instant::now() + DEFER_AFTER;
             let mut how = LatchWait {
-                deadline: Some(Instant::now() + DEFER_AFTER),
+                deadline: Some(deadline.map_or(defer_at, |d| d.min(defer_at))),
                 steal: held,
                 on_stuck: &mut on_stuck,
             };
@@ -293,6 +328,9 @@ fn walk(
                 Err(LatchError::TimedOut { .. }) => deferred.push((e, recs)),
                 Err(LatchError::Corrupt(err)) => return Err(err),
             }
+        }
+        if !deferred.is_empty() && deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(None);
         }
         if deferred.len() < before {
             last_progress = Instant::now();
@@ -312,7 +350,6 @@ fn walk(
         }
         todo = deferred;
     }
-    crate::crash::point("cleanup.before_final_state");
     let left = records::all_records(region, c)?;
     report.retained = left.len();
     let used_blocks: BTreeSet<u32> = left
@@ -336,21 +373,7 @@ fn walk(
         .connector(c)?
         .failed_ns
         .store(connector::now_ns(), Ordering::Relaxed);
-    let cleaning = StateWord {
-        state: MemberState::Cleaning,
-        generation,
-    };
-    let failed = StateWord {
-        state: MemberState::FailedPersistent,
-        generation,
-    };
-    if !connector::cas_state(region, c, cleaning, failed) {
-        return Err(CorruptError::BadConnector {
-            id: c,
-            what: "state changed while it was being cleaned up".into(),
-        });
-    }
-    Ok(report)
+    Ok(Some(report))
 }
 
 /// Clean up every dead member of the region. Returns the reports of the

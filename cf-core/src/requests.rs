@@ -11,14 +11,18 @@
 //!
 //! # Protocol and crash windows
 //! * **Post**: one CAS of the state word from FREE to PENDING with the next
-//!   epoch. Posting twice is harmless (the second finds it pending). A poster
-//!   that dies before its CAS posted nothing; the member stays
-//!   failed-persistent and the periodic sweep of any member posts again.
+//!   epoch, after the fields are written. Posts for one member are serialized
+//!   by its cleanup claim (the cleanup posts while it holds it, before the
+//!   member becomes failed-persistent, so no recovery can end before its
+//!   request exists; any other poster takes the claim for its post), so a
+//!   losing poster never writes over the request that won. Posting twice is
+//!   harmless (the second finds it pending). A poster that dies before its
+//!   CAS posted nothing: the next cleaner or the sweep of any member posts.
 //! * **Claim**: `claim::try_claim` on the claim word, allowed only if the
 //!   previous claimer *and* the restart-light process it started are both
 //!   dead (a restart light orphaned by its claimer's death is left to finish);
-//!   then one CAS of the state word from what was seen (same epoch) to
-//!   CLAIMED. Exactly one claimer wins.
+//!   then one CAS of the state word from what was seen (the same epoch as
+//!   before the claim) to CLAIMED. Exactly one claimer wins.
 //! * **Every later step names the epoch** it works for: a restart light, a
 //!   handler and a completion act only on the request they were started for.
 //!   [`complete`] is one CAS from (PENDING or CLAIMED, that epoch) to FREE, so
@@ -165,9 +169,37 @@ pub fn wait_for_change(region: &Region, seen: u32, timeout: Duration) {
 
 /// Post a request to restart member `id` (by connector `by`, if a member).
 /// Returns the new request's epoch, or `None` if one was already pending or
-/// claimed. `on_posted` runs once the request is posted and before any member
-/// is woken for it (so an event recorded there comes before the claim's).
+/// claimed, or if another live process is posting for (or cleaning up) the
+/// member right now. `on_posted` runs once the request is posted and before
+/// any member is woken for it (so an event recorded there comes before the
+/// claim's).
+///
+/// Posts for one member are serialized by the member's cleanup claim (a
+/// cleanup posts while it holds it; any other poster takes it for the post),
+/// so a losing poster never writes over the fields of the request that won.
 pub fn post(
+    region: &Region,
+    id: u32,
+    by: Option<u32>,
+    on_posted: impl FnOnce(),
+) -> Result<Option<u32>, CorruptError> {
+    let me = ProcessId::current()
+        .map_err(|e| CorruptError::BadConnector {
+            id,
+            what: format!("reading this process's identity: {e}"),
+        })?
+        .token();
+    let claim = &region.connector(id)?.cleanup;
+    if let Claim::Busy(_) = claim::try_claim(claim, me, ProcessId::token_is_alive) {
+        return Ok(None);
+    }
+    let out = post_claimed(region, id, by, on_posted);
+    claim::release(claim, me);
+    out
+}
+
+/// [`post`] by the holder of member `id`'s cleanup claim.
+pub(crate) fn post_claimed(
     region: &Region,
     id: u32,
     by: Option<u32>,
@@ -253,7 +285,8 @@ pub fn claim(
     me: &ProcessId,
 ) -> Result<ClaimOutcome, CorruptError> {
     let e = region.request(id)?;
-    if load(id, e)?.state == RequestState::Free {
+    let seen = load(id, e)?;
+    if seen.state == RequestState::Free {
         return Ok(ClaimOutcome::NotClaimed);
     }
     let alive = |t: u64| {
@@ -263,13 +296,14 @@ pub fn claim(
         Claim::Busy(_) => return Ok(ClaimOutcome::NotClaimed),
         Claim::Claimed { previous } => previous,
     };
-    // Under the claim: completed (and perhaps reposted) since we looked?
+    // Under the claim: completed (and perhaps reposted) since we looked? A
+    // claim is for the request (epoch) its claimer judged.
     let now = load(id, e)?;
     let claimed = StateWord {
         state: RequestState::Claimed,
         epoch: now.epoch,
     };
-    if now.state == RequestState::Free || !cas(e, now, claimed) {
+    if now.state == RequestState::Free || now.epoch != seen.epoch || !cas(e, now, claimed) {
         claim::release(&e.claim, me.token());
         return Ok(ClaimOutcome::NotClaimed);
     }

@@ -13,9 +13,9 @@
 //!    records finds every word it may have touched. Hence: a request writes
 //!    its record (HELD) before its word CAS; a release first turns its record
 //!    PENDING (*being released*: no longer a holding for anyone, still a
-//!    cover), gives up the word or the latch, and only then frees the record,
-//!    unless another held record of the same member on the entry still covers
-//!    the latch (then the record is freed under the latch).
+//!    cover), gives up the word or the latch, and only then frees the record.
+//!    (A record is never freed under the latch on the strength of a sibling's
+//!    record: that one may be a half-made request that gives up unlatched.)
 //! 2. **A HELD record may not be granted yet.** Between its record and its
 //!    word CAS a request's record says HELD although nothing is granted (its
 //!    CAS may still fail, and on a mixed entry it will). Nothing may conclude
@@ -31,8 +31,11 @@
 //!    recomputes that member's own bit from its records ([`Latched::give_up`],
 //!    [`Latched::wait`], [`release`]), so the last one out clears it. (A
 //!    released record is PENDING, so a sibling never keeps the bit for it.)
-//!    As a backstop, every decision drops a named connector that has no held
-//!    record on the entry at all ([`Latched::decide`]): nothing is held there.
+//!    A bit kept for a sibling's half-made request that then gives up without
+//!    latching (its latch wait timed out) would be left behind: so every
+//!    latched operation drops the bits of named connectors that have no held
+//!    record on the entry at all ([`Latched::decide`], `heal`): nothing is
+//!    held there.
 //! 4. **Every decision on a mixed entry is made under its latch**, from the
 //!    HELD records of the named connectors, so two decisions never race. A
 //!    same-resource incompatible record is a conflict; a different resource is
@@ -357,29 +360,43 @@ pub(crate) fn release(
     // Being released: no longer counted as held by anyone; it still covers
     // the word and the latch until it is freed.
     tag.store(TAG_PENDING | entry, Ordering::Release);
-    let l = match latch(region, entry, member, how) {
-        Ok(l) => l,
-        Err(e) => {
-            // Nothing was decided (a damaged word): the lock is still held.
-            tag.store(TAG_HELD | entry, Ordering::Release);
-            return Err(e);
-        }
-    };
+    // If the latch cannot be had (a damaged word, a stopped latch holder),
+    // the record stays PENDING: while it was, another request may have been
+    // granted the resource, so it must never become HELD again. The next
+    // decision on the entry drops the member's bit if nothing else is held.
+    let l = latch(region, entry, member, how)?;
     crate::crash::point("slow_release.latched");
     let bit = word::bit(member);
-    if records::holds_other_on(region, member, entry, Some(slot)) {
-        // Another held record of ours covers the latch: free this one first,
-        // so no decision reads a record that is no longer held.
-        tag.store(TAG_FREE, Ordering::Release);
-        word::unlatch(l.word, (l.named | bit) as u32);
-        crate::crash::point("slow_release.after_unlatch");
+    let named = l.named & heal(region, entry, l.named, member);
+    // The (PENDING) record covers the latch until the unlatch, whatever the
+    // member's other records on the entry are (a sibling's HELD record may be
+    // a half-made request that gives up without ever latching).
+    let mask = if records::holds_other_on(region, member, entry, Some(slot)) {
+        named | bit
     } else {
-        // The (PENDING) record covers the latch until the unlatch.
-        word::unlatch(l.word, (l.named & !bit) as u32);
-        crate::crash::point("slow_release.after_unlatch");
-        tag.store(TAG_FREE, Ordering::Release);
-    }
+        named & !bit
+    };
+    word::unlatch(l.word, mask as u32);
+    crate::crash::point("slow_release.after_unlatch");
+    tag.store(TAG_FREE, Ordering::Release);
     Ok(())
+}
+
+/// Under a latch: the connectors of `named` (other than `me`, whose bit the
+/// caller computes) that have no HELD record on `entry`, and so hold nothing
+/// there, are dropped from the mask. A bit can be left behind only by a
+/// thread that kept its member's bit for a sibling's half-made request which
+/// then gave up without latching (its latch wait timed out): every latched
+/// operation drops such interests. Returns the mask of the bits to keep.
+fn heal(region: &Region, entry: u32, named: u64, me: u32) -> u64 {
+    let mut keep = u64::MAX;
+    for c in bits(named) {
+        if c != me && region.check_member(c).is_ok() && !records::holds_other_on(region, c, entry, None)
+        {
+            keep &= !word::bit(c);
+        }
+    }
+    keep
 }
 
 /// Release every record of `member` on `entry` (held or pending; `slots` as
@@ -394,7 +411,8 @@ pub(crate) fn release_entry(
     how: &mut LatchWait,
 ) -> Result<usize, LatchError> {
     let l = latch(region, entry, member, how)?;
-    word::unlatch(l.word, (l.named & !word::bit(member)) as u32);
+    let named = l.named & heal(region, entry, l.named, member);
+    word::unlatch(l.word, (named & !word::bit(member)) as u32);
     let tags = region.tags(member)?;
     let mut held = 0;
     for &(_, slot, tag) in slots {
@@ -430,8 +448,9 @@ pub(crate) fn settle_dead(
 ) -> Result<Settled, LatchError> {
     let tags = region.tags(c)?;
     debug_assert!(how.steal & word::bit(c) != 0);
-    let l = latch(region, entry, c, how)?;
+    let mut l = latch(region, entry, c, how)?;
     crate::crash::point("cleanup.entry_latched");
+    l.named &= heal(region, entry, l.named, c);
     let c_named = l.named & word::bit(c) != 0;
     let mut out = Settled::default();
     let mut free = Vec::new();

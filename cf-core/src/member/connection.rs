@@ -65,7 +65,7 @@ impl Connection {
     pub(crate) fn release_slow(&self, slot: u32, entry: u32) -> Result<(), LockError> {
         let region = &*self.region;
         let me = self.id;
-        let mut on_stuck = |x: u32| recovery::try_clean(region, x, Some(me), 0).map(|_| ());
+        let mut on_stuck = |x: u32| recovery::try_clean(region, x, Some(me), 0, None).map(|_| ());
         let mut how = LatchWait {
             deadline: None,
             steal: 0,
@@ -83,7 +83,7 @@ impl Connection {
         let recs = crate::lock::records::slots_by_entry(region, me);
         let mut released = 0;
         for group in recs.chunk_by(|a, b| a.0 == b.0) {
-            let mut on_stuck = |x: u32| recovery::try_clean(region, x, Some(me), 0).map(|_| ());
+            let mut on_stuck = |x: u32| recovery::try_clean(region, x, Some(me), 0, None).map(|_| ());
             let mut how = LatchWait {
                 deadline: None,
                 steal: 0,
@@ -92,6 +92,17 @@ impl Connection {
             released += entry::release_entry(region, me, group[0].0, group, &mut how)
                 .map_err(latch_error)?;
             after_entry();
+        }
+        // Blocks that held retained records (marked by the cleanup of this
+        // member's previous life) are free again once empty.
+        for b in 0..region.blocks_per_member() {
+            if let Some(h) = crate::lock::records::block(region, me, b) {
+                if h.owner.load(Ordering::Acquire) == crate::lock::records::BLOCK_RETAINED
+                    && crate::lock::records::block_is_empty(region, me, b)
+                {
+                    crate::lock::records::release_block(region, me, b);
+                }
+            }
         }
         Ok(released)
     }

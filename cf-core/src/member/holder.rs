@@ -271,7 +271,8 @@ impl Holder {
         let free_record = || tag.store(TAG_FREE, Ordering::Release);
         loop {
             self.m.check_still_connected()?;
-            let mut on_stuck = |x: u32| recovery::try_clean(region, x, Some(me), 0).map(|_| ());
+            let mut on_stuck =
+                |x: u32| recovery::try_clean(region, x, Some(me), 0, Some(deadline)).map(|_| ());
             let mut how = LatchWait {
                 deadline: Some(deadline),
                 steal: 0,
@@ -325,7 +326,7 @@ impl Holder {
                 if class.retained_cleaning {
                     // Its cleanup is under way, or its cleaner died: finish it
                     // if nobody else is at it (never waiting for another).
-                    recovery::try_clean(region, h.id, Some(me), 0)?;
+                    recovery::try_clean(region, h.id, Some(me), 0, Some(deadline))?;
                 }
                 return Ok(TryOutcome::Retained(h));
             }
@@ -334,11 +335,13 @@ impl Holder {
                 // Before answering or waiting on: are the holders alive?
                 // (Without the latch: their cleanup needs it.)
                 l.step_out(region, &req);
-                if clean_dead(region, me, &conflicts)? {
+                let dead = clean_dead(region, me, &conflicts, deadline)?;
+                if dead.changed {
+                    // Cleaned up now: look again.
                     stale = false;
                     continue;
                 }
-                let waiting_for_cleanup = class.being_cleaned;
+                let waiting_for_cleanup = class.being_cleaned || dead.cleaning;
                 if out_of_time || (!wait_for_live && !waiting_for_cleanup) {
                     free_record();
                     return Ok(TryOutcome::Contention(dedup_holders(region, &conflicts)));
@@ -396,12 +399,11 @@ impl Holder {
                 return Ok(());
             }
         }
-        // A process declared dead must not release what is now retained
-        // (a retained lock's word is always mixed, so it comes here).
-        if let Err(e) = self.m.check_still_connected() {
-            tag.store(TAG_HELD | id.entry, Ordering::Release);
-            return Err(e);
-        }
+        // A process declared dead must not release what is now retained (a
+        // retained lock's word is always mixed, so it comes here unmarked; a
+        // record marked above while the word was still fast is its cleanup's
+        // to free).
+        self.m.check_still_connected()?;
         self.m.release_slow(id.slot, id.entry)?;
         self.free.push(id.slot);
         Ok(())
@@ -491,11 +493,27 @@ fn classify(region: &Region, conflicts: &[RecordView]) -> Result<Classified, Cor
     Ok(out)
 }
 
-/// Clean up the conflicting holders whose processes are dead. True if one was
-/// cleaned up (by us or, just now, by someone else) so that the request
-/// should look again.
-fn clean_dead(region: &Region, me: u32, conflicts: &[RecordView]) -> Result<bool, CorruptError> {
-    let mut changed = false;
+/// What [`clean_dead`] found.
+struct DeadHolders {
+    /// A conflicting holder was cleaned up (by us, or just now by someone).
+    changed: bool,
+    /// A conflicting holder is dead and being cleaned up by someone else (or
+    /// left CLEANING when our time ran out).
+    cleaning: bool,
+}
+
+/// Clean up the conflicting holders whose processes are dead, within the
+/// request's deadline, never waiting for another cleaner.
+fn clean_dead(
+    region: &Region,
+    me: u32,
+    conflicts: &[RecordView],
+    deadline: Instant,
+) -> Result<DeadHolders, CorruptError> {
+    let mut out = DeadHolders {
+        changed: false,
+        cleaning: false,
+    };
     let mut seen = 0u64;
     for r in conflicts {
         if seen & word::bit(r.member) != 0 {
@@ -508,12 +526,15 @@ fn clean_dead(region: &Region, me: u32, conflicts: &[RecordView]) -> Result<bool
         if !dead {
             continue;
         }
-        match recovery::try_clean(region, r.member, Some(me), 0)? {
-            CleanupOutcome::Cleaned(_) | CleanupOutcome::AlreadyDone => changed = true,
-            CleanupOutcome::NotDead | CleanupOutcome::InProgress { .. } => {}
+        match recovery::try_clean(region, r.member, Some(me), 0, Some(deadline))? {
+            CleanupOutcome::Cleaned(_) | CleanupOutcome::AlreadyDone => out.changed = true,
+            CleanupOutcome::Unfinished | CleanupOutcome::InProgress { .. } => {
+                out.cleaning = true
+            }
+            CleanupOutcome::NotDead => {}
         }
     }
-    Ok(changed)
+    Ok(out)
 }
 
 fn dedup_holders(region: &Region, conflicts: &[RecordView]) -> Vec<HolderInfo> {
