@@ -474,10 +474,11 @@ fn hole6c_a_held_record_is_never_handed_to_a_new_holder_after_a_failed_unlock_al
         drop(h1);
         // The damage is repaired; acct:1 is still HELD (the release failed).
         testing::write_lock_word(&r, e, MIXED | 1 << x.id());
+        // (The record is left PENDING: being released, never HELD again.)
         let held: Vec<(u32, String)> = inspect::locks(&r)
             .unwrap()
             .into_iter()
-            .filter(|l| l.member_id == x.id() && l.held)
+            .filter(|l| l.member_id == x.id())
             .map(|l| (l.slot, l.resource))
             .collect();
         assert!(
@@ -498,7 +499,7 @@ fn hole6c_a_held_record_is_never_handed_to_a_new_holder_after_a_failed_unlock_al
         let now: Vec<(u32, String)> = inspect::locks(&r)
             .unwrap()
             .into_iter()
-            .filter(|l| l.member_id == x.id() && l.held && held.iter().any(|(s, _)| *s == l.slot))
+            .filter(|l| l.member_id == x.id() && held.iter().any(|(s, _)| *s == l.slot))
             .map(|l| (l.slot, l.resource))
             .collect();
         assert_eq!(now, held, "the HELD records keep their contents");

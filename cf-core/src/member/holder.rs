@@ -368,7 +368,9 @@ impl Holder {
         }
     }
 
-    /// Release a lock this holder took.
+    /// Release a lock this holder took. A release that failed (a damaged
+    /// region) leaves the lock being released; calling `unlock` again with the
+    /// same id finishes it.
     #[inline]
     pub fn unlock(&mut self, id: LockId) -> Result<(), LockError> {
         let region = &*self.m.region;
@@ -377,7 +379,16 @@ impl Holder {
             return Err(LockError::NotHeld(id.slot));
         }
         let tag = records::tag(region, me, id.slot)?;
-        if tag.load(Ordering::Relaxed) != TAG_HELD | id.entry {
+        let now = tag.load(Ordering::Relaxed);
+        if now == TAG_PENDING | id.entry {
+            // A release of ours that failed (its latch could not be had):
+            // finish it on the latched path.
+            self.m.check_still_connected()?;
+            self.m.release_slow(id.slot, id.entry)?;
+            self.free.push(id.slot);
+            return Ok(());
+        }
+        if now != TAG_HELD | id.entry {
             return Err(LockError::NotHeld(id.slot));
         }
         let word = region.word(id.entry)?;
@@ -427,7 +438,9 @@ impl Holder {
                     continue;
                 };
                 let tag = t.load(Ordering::Acquire);
-                if records::tag_state(tag) == TAG_HELD {
+                // HELD, or PENDING from a release that failed (outside a
+                // request, this holder's records are never pending otherwise).
+                if records::tag_state(tag) != TAG_FREE {
                     m.release_slow(slot, records::tag_entry(tag))?;
                     self.free.push(slot);
                     n += 1;
