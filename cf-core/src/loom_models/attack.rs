@@ -68,3 +68,88 @@ fn timed_out_half_made_request_leaves_a_stale_bit() {
         Arc::into_inner(m).unwrap().disconnect().unwrap();
     });
 }
+
+/// The cleanup of a killed restart light posts a restart request after the
+/// member's recovery has already ended.
+///
+/// X failed; its request is outstanding; its first restart light (process 3)
+/// reconnected and was killed (`restart_light.connected`). A cleaner
+/// (process 6) cleans the dead restart light up: `walk` ends with the CAS to
+/// FAILED_PERSISTENT, and only then does `announce` call `requests::post`.
+/// In between, X's request handler (process 4, which keeps looking at the
+/// slot) starts a second restart light: it reconnects (the slot is
+/// failed-persistent), releases, disconnects (the slot is FREE) and completes
+/// the request. The cleaner's `post` then finds the entry FREE and posts a
+/// new request, for a member whose recovery is over, under the empty name of
+/// the vacated slot (or the name of whoever took the slot since). A handler
+/// will complete it and record a second `recovery_completed` for one failure
+/// (or one for a member that never failed).
+///
+/// Required: once the restart light has completed X's request, nothing is
+/// outstanding and exactly one request was ever posted for X.
+#[test]
+fn a_cleanup_posts_after_the_recovery_it_announces_has_ended() {
+    use crate::{cleanup_member, CleanupOutcome, ConnectMode, MemberState};
+    check(2, || {
+        let r = region(1, 1);
+        // X (process 5) fails; process 1 cleans it up and posts its request.
+        crate::connector::identity::model::enter(5);
+        let x = Member::connect(r.clone(), "X").unwrap();
+        kill(5);
+        std::mem::forget(x);
+        crate::connector::identity::model::enter(1);
+        assert!(matches!(
+            cleanup_member(&r, 0).unwrap(),
+            CleanupOutcome::Cleaned(_)
+        ));
+        assert_eq!(crate::requests::totals(&r).0, 1);
+        // The first restart light (process 3) reconnects and is killed.
+        crate::connector::identity::model::enter(3);
+        let light = Member::connect_with(r.clone(), "X", ConnectMode::Recovery).unwrap();
+        kill(3);
+        std::mem::forget(light);
+        let since = crate::events::next_seq(&r);
+        let cleaner = {
+            let r = r.clone();
+            process(6, move || cleanup_member(&r, 0).unwrap())
+        };
+        // The handler's second restart light (process 4), started as soon as
+        // the slot is failed-persistent again.
+        let second = {
+            let r = r.clone();
+            process(4, move || {
+                while crate::connector::load_state(&r, 0).unwrap().state
+                    != MemberState::FailedPersistent
+                {
+                    thread::yield_now();
+                }
+                let m = Member::connect_with(r.clone(), "X", ConnectMode::Recovery).unwrap();
+                m.release_all_held(|| {}).unwrap();
+                let req = crate::requests::find(&r, "X").unwrap();
+                m.disconnect().unwrap();
+                let (id, epoch) = req.expect("X's request is outstanding");
+                assert!(crate::requests::complete(&r, id, epoch, "X", "X").unwrap());
+            })
+        };
+        assert!(matches!(
+            cleaner.join().unwrap().unwrap(),
+            CleanupOutcome::Cleaned(_)
+        ));
+        second.join().unwrap().unwrap();
+        let completed = crate::events::read_since(&r, since)
+            .into_iter()
+            .filter(|e| e.kind == crate::events::EventKind::RecoveryCompleted)
+            .count();
+        assert_eq!(completed, 1);
+        let reqs = crate::requests::list(&r).unwrap();
+        assert!(
+            reqs.is_empty(),
+            "X's recovery is over, yet a request is outstanding: {reqs:?}"
+        );
+        assert_eq!(
+            crate::requests::totals(&r).0,
+            1,
+            "one failure of X, one request"
+        );
+    });
+}
