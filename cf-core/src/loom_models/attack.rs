@@ -153,3 +153,62 @@ fn a_cleanup_posts_after_the_recovery_it_announces_has_ended() {
         );
     });
 }
+
+/// Two posters of one restart request: the loser's field writes land on
+/// the winner's request after it was claimed, and clear its claim.
+///
+/// `requests::post` writes the entry's fields (`claim`, `worker`, `who`,
+/// name, incarnation...) and only then CASes the state from the FREE it
+/// loaded. Two posters that both loaded FREE both write; the loser writes
+/// after the winner's CAS, possibly after the request was claimed, storing 0
+/// into `claim` (and `worker`). The claimed request then looks abandoned
+/// (`needs_handler`: claimer and worker both "dead"), and a second member
+/// claims it while the first handler is alive and at work: two restarters
+/// (two `claimed` events, two restart lights started) for one failure.
+/// Concurrent posters are ordinary: every member's restarter sweep posts for
+/// a failed-persistent member with no request and no cleanup in progress
+/// (its cleaner died before posting).
+///
+/// Required: while its claimer lives, a claimed request is claimed by nobody
+/// else.
+#[test]
+fn a_losing_poster_clears_the_winners_claim() {
+    use crate::requests::{self, ClaimOutcome};
+    use crate::ProcessId;
+    check(2, || {
+        let r = region(1, 1);
+        let me = |pid| ProcessId { pid, start_time: 1 };
+        // Monitor of member 2: its sweep posts, its restarter claims.
+        let first = {
+            let r = r.clone();
+            process(2, move || {
+                let _ = requests::post(&r, 0, None, || {}).unwrap();
+                requests::claim(&r, 0, 0, &me(2)).unwrap()
+            })
+        };
+        // Monitor of member 3: its sweep posts too.
+        let second = {
+            let r = r.clone();
+            process(3, move || {
+                let _ = requests::post(&r, 0, None, || {}).unwrap();
+            })
+        };
+        let claimed = first.join().unwrap().unwrap();
+        second.join().unwrap().unwrap();
+        if !matches!(claimed, ClaimOutcome::Claimed { .. }) {
+            return; // the second poster's request was posted after the claim attempt
+        }
+        assert!(
+            !requests::needs_handler(&r, 0).unwrap(),
+            "a request claimed by a live member needs no new handler"
+        );
+        // Member 4's restarter looks at it.
+        crate::connector::identity::model::enter(4);
+        let again = requests::claim(&r, 0, 0, &me(4)).unwrap();
+        assert_eq!(
+            again,
+            ClaimOutcome::NotClaimed,
+            "claimed twice while its first claimer (process 2) lives"
+        );
+    });
+}
