@@ -1,0 +1,143 @@
+//! Adversarial review `attack1`: consequences of interleavings found by the
+//! loom models in `src/loom_models/attack.rs`. Each test builds, with the
+//! library and then by writing the few words a killed process leaves, the
+//! exact region a SIGKILL leaves at one instant of such an interleaving, and
+//! asserts what must hold afterwards.
+
+use cf_core::{
+    inspect, recovery, testing, CleanupOutcome, CreateOptions, Member, Mode, Plex, Region,
+    Resource, TryOutcome,
+};
+use std::path::Path;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+const HANG: Duration = Duration::from_secs(60);
+const MIXED: u64 = 1 << 39;
+fn holder_field(id: u32) -> u64 {
+    (id as u64 + 1) << 32
+}
+fn bit(id: u32) -> u64 {
+    1 << id
+}
+
+fn region() -> (tempfile::TempDir, Arc<Region>) {
+    let base = if Path::new("/dev/shm").is_dir() {
+        Path::new("/dev/shm").to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("cf-attack-")
+        .tempdir_in(base)
+        .expect("a temporary directory");
+    let plex = Plex {
+        dir: dir.path().join("plex"),
+    };
+    let r = Arc::new(Region::create(&plex, &CreateOptions::small_for_tests()).expect("region"));
+    (dir, r)
+}
+
+fn guarded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(HANG) {
+        Ok(v) => {
+            if let Err(p) = worker.join() {
+                std::panic::resume_unwind(p);
+            }
+            v
+        }
+        Err(RecvTimeoutError::Timeout) => panic!("{what}: no answer within {HANG:?} (a hang)"),
+        Err(RecvTimeoutError::Disconnected) => match worker.join() {
+            Err(p) => std::panic::resume_unwind(p),
+            Ok(()) => unreachable!(),
+        },
+    }
+}
+
+fn entry_of(r: &Region, res: &[u8]) -> u32 {
+    Resource::new(res).unwrap().entry(r.lock_entries())
+}
+
+fn colliding_with(r: &Region, res: &[u8], prefix: &str, not: &[&[u8]]) -> Vec<u8> {
+    let e = entry_of(r, res);
+    (0..)
+        .map(|i| format!("{prefix}{i}").into_bytes())
+        .find(|o| o.as_slice() != res && !not.contains(&o.as_slice()) && entry_of(r, o) == e)
+        .unwrap()
+}
+
+/// The latch of an entry outlives every record that covered it.
+///
+/// Loom model `attack::timed_out_half_made_request_leaves_a_stale_bit`:
+/// thread 1 of member A releases R1 on the latched path (`entry::release`);
+/// `holds_other_on` sees thread 2's half-made request for R3 (same entry,
+/// tag HELD before its failed CAS) and takes the branch "another held record
+/// of ours covers the latch": it frees R1's tag *before* it unlatches.
+/// Thread 2's `lock(R3, .., 0)` finds the latch busy, times out and frees
+/// its record without latching. Just before thread 1's unlatch, the entry is
+/// latched by A and A has no record on it (entry.rs invariant 1 broken). A
+/// SIGKILL of A at that instant leaves this region: A's cleanup walks A's
+/// records, none of which is on E, so nobody ever drops E's latch; once A is
+/// failed-persistent (and later free), `check_latch_holder` turns every
+/// request on E into a "damaged region" error, forever.
+///
+/// Required: after A's death and cleanup, R1 (being released when A died),
+/// R3 and any other resource of E can be granted to a live member, and the
+/// region verifies clean at rest.
+#[test]
+fn a_latch_left_with_no_record_under_it_is_never_released() {
+    let (_dir, r) = region();
+    guarded("stale latch", move || {
+        let r1 = b"acct:R1".to_vec();
+        let r2 = colliding_with(&r, &r1, "acct:R2-", &[]);
+        let r3 = colliding_with(&r, &r1, "acct:R3-", &[&r2]);
+        let e = entry_of(&r, &r1);
+        let a = Member::connect(r.clone(), "A").unwrap();
+        let mut h1 = a.holder().unwrap();
+        let mut h2 = a.holder().unwrap();
+        let l1 = match h1.try_lock(&r1, Mode::Exclusive).unwrap() {
+            TryOutcome::Granted(l) => l,
+            o => panic!("{o:?}"),
+        };
+        // R2 taken and released on the latched path: E is mixed, naming A.
+        let l2 = match h2.try_lock(&r2, Mode::Exclusive).unwrap() {
+            TryOutcome::Granted(l) => l,
+            o => panic!("{o:?}"),
+        };
+        h2.unlock(l2).unwrap();
+        assert!(inspect::verify(&r).is_empty(), "setup: {:?}", inspect::verify(&r));
+        // The instant of the kill: thread 1 holds E's latch and has freed
+        // R1's tag; thread 2's request for R3 has timed out and freed its own.
+        testing::write_lock_word(&r, e, MIXED | holder_field(a.id()) | bit(a.id()));
+        testing::write_tag(&r, a.id(), l1.slot, 0);
+        // SIGKILL: nothing of A runs any more.
+        testing::fake_reused_pid(&r, a.id());
+        std::mem::forget(h1);
+        std::mem::forget(h2);
+        let a_id = a.id();
+        std::mem::forget(a);
+
+        let out = recovery::cleanup_member(&r, a_id).unwrap();
+        assert!(matches!(out, CleanupOutcome::Cleaned(_)), "{out:?}");
+        let b = Member::connect(r.clone(), "B").unwrap();
+        let mut hb = b.holder().unwrap();
+        for res in [&r1, &r3] {
+            match hb.try_lock(res, Mode::Exclusive) {
+                Ok(TryOutcome::Granted(l)) => hb.unlock(l).unwrap(),
+                other => panic!(
+                    "A (dead, cleaned up) held nothing on entry {e}; {} answered {other:?}",
+                    String::from_utf8_lossy(res)
+                ),
+            }
+        }
+        drop(hb);
+        b.disconnect().unwrap();
+        let problems = inspect::verify(&r);
+        assert!(problems.is_empty(), "at rest: {problems:?}");
+    });
+}
