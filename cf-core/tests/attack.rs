@@ -141,3 +141,76 @@ fn a_latch_left_with_no_record_under_it_is_never_released() {
         assert!(problems.is_empty(), "at rest: {problems:?}");
     });
 }
+
+/// A request that meets a dead holder runs that holder's whole cleanup
+/// itself, and the cleanup waits (up to `WALK_STUCK`, 30 s) for the latch of
+/// *another* entry held by a live but stopped process: the request then
+/// answers a "damaged region" error, after 30 s, instead of "retained".
+///
+/// Dead member C (not cleaned up yet: no monitor has noticed) holds R in
+/// modify mode on entry F, and a share lock S on entry E. Live member X is
+/// stopped (SIGSTOP: a fault of the failure model) in the middle of a
+/// decision on E, holding E's latch (written into the word here, as in
+/// `hole3`). Live member B tries R: the conflict is with C, whose process is
+/// dead, so `slow_acquire` steps out and `clean_dead` runs
+/// `recovery::try_clean(C)` in B's thread. C's walk settles F at once (R
+/// retained) but cannot latch E; it defers E every 5 ms until `WALK_STUCK`
+/// and then fails, and B's `try_lock` returns that error (and C is left
+/// CLEANING). holder.rs promises that "a `try` answers within TRY_WAIT
+/// whatever latches or cleanups are in progress elsewhere", and invariant 2
+/// an immediate typed answer naming the retaining member.
+///
+/// Required: B's try for R answers "retained by C" (or, at worst,
+/// contention naming C); never an error.
+#[test]
+fn a_try_that_cleans_a_dead_holder_up_is_not_held_by_another_entrys_stopped_latch_holder() {
+    let (_dir, r) = region();
+    guarded("try through a stuck cleanup", move || {
+        let res_r = b"acct:R".to_vec();
+        let e_f = entry_of(&r, &res_r);
+        let res_s = (0..)
+            .map(|i| format!("acct:S{i}").into_bytes())
+            .find(|s| entry_of(&r, s) != e_f)
+            .unwrap();
+        let e_e = entry_of(&r, &res_s);
+        let c = Member::connect(r.clone(), "C").unwrap();
+        let x = Member::connect(r.clone(), "X").unwrap();
+        let b = Member::connect(r.clone(), "B").unwrap();
+        let mut hc = c.holder().unwrap();
+        let mut hx = x.holder().unwrap();
+        assert!(matches!(hc.try_lock(&res_r, Mode::Modify), Ok(TryOutcome::Granted(_))));
+        assert!(matches!(hc.try_lock(&res_s, Mode::Share), Ok(TryOutcome::Granted(_))));
+        assert!(matches!(hx.try_lock(&res_s, Mode::Share), Ok(TryOutcome::Granted(_))));
+        assert!(inspect::verify(&r).is_empty(), "setup: {:?}", inspect::verify(&r));
+        // X is stopped inside a decision on E: E latched by X (its share of S
+        // covers the latch), C and X named.
+        testing::write_lock_word(
+            &r,
+            e_e,
+            MIXED | holder_field(x.id()) | bit(c.id()) | bit(x.id()),
+        );
+        // C dies.
+        testing::fake_reused_pid(&r, c.id());
+        let c_id = c.id();
+        std::mem::forget(hc);
+        std::mem::forget(c);
+        let mut hb = b.holder().unwrap();
+        let t0 = std::time::Instant::now();
+        let out = hb.try_lock(&res_r, Mode::Modify);
+        let took = t0.elapsed();
+        // X resumes: its decision ends, E's latch is dropped as it was.
+        testing::write_lock_word(&r, e_e, MIXED | bit(c_id) | bit(x.id()));
+        std::mem::forget(hx);
+        std::mem::forget(x);
+        drop(hb);
+        drop(b);
+        match &out {
+            Ok(TryOutcome::Retained(h)) if h.name == "C" => {}
+            Ok(TryOutcome::Contention(hs)) if hs.iter().any(|h| h.name == "C") => {}
+            other => panic!(
+                "B's try for R (modify-locked by dead member C) answered {other:?} after \
+                 {took:?}; C's cleanup was held up by E's latch, held by stopped member X"
+            ),
+        }
+    });
+}
