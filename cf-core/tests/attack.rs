@@ -214,3 +214,68 @@ fn a_try_that_cleans_a_dead_holder_up_is_not_held_by_another_entrys_stopped_latc
         }
     });
 }
+
+/// A member restarted normally never gets back the record blocks that held
+/// its retained locks.
+///
+/// Cleanup marks every block holding a retained record `BLOCK_RETAINED`
+/// (`recovery::walk`). A normal restart (`ConnectMode::Restart`) reconnects
+/// RECOVERING, releases the retained locks (`release_all_held`, which frees
+/// the tags only) and becomes ACTIVE (`finish_recovery`); nothing gives those
+/// blocks back (only `disconnect` and a later cleanup do), and
+/// `claim_block` takes only blocks whose owner is 0. Here member X had four
+/// threads (a block each, the whole area of `small_for_tests`), each holding
+/// one modify lock, when it died: once restarted and recovered it has no
+/// block left, and every `holder()` fails with "records full" although X
+/// holds nothing at all.
+///
+/// Required: after its normal restart has released everything, X can take a
+/// holder and lock.
+#[test]
+fn a_normal_restart_gets_back_the_blocks_of_its_retained_locks() {
+    use cf_core::ConnectMode;
+    let (_dir, r) = region();
+    guarded("normal restart", move || {
+        let x = Member::connect(r.clone(), "X").unwrap();
+        let blocks = r.blocks_per_member();
+        let mut holders: Vec<_> = (0..blocks).map(|_| x.holder().unwrap()).collect();
+        for (i, h) in holders.iter_mut().enumerate() {
+            let res = format!("acct:{i}");
+            assert!(matches!(
+                h.try_lock(res.as_bytes(), Mode::Modify),
+                Ok(TryOutcome::Granted(_))
+            ));
+        }
+        // X dies; a peer cleans it up: its modify locks are retained.
+        testing::fake_reused_pid(&r, x.id());
+        for h in holders {
+            std::mem::forget(h);
+        }
+        let id = x.id();
+        std::mem::forget(x);
+        assert!(matches!(
+            recovery::cleanup_member(&r, id).unwrap(),
+            CleanupOutcome::Cleaned(_)
+        ));
+        assert_eq!(inspect::retained(&r).unwrap().len(), blocks as usize);
+        // X restarts normally: reconnects RECOVERING, (backs out its log),
+        // releases what it took back, becomes active.
+        let x = Member::connect_with(r.clone(), "X", ConnectMode::Restart).unwrap();
+        assert!(x.is_recovering().unwrap());
+        assert_eq!(x.release_all_held(|| {}).unwrap(), blocks as usize);
+        x.finish_recovery().unwrap();
+        assert!(inspect::retained(&r).unwrap().is_empty());
+        let mut h = match x.holder() {
+            Ok(h) => h,
+            Err(e) => panic!("X, restarted and holding nothing, cannot take a holder: {e}"),
+        };
+        let l = match h.try_lock(b"acct:0", Mode::Modify) {
+            Ok(TryOutcome::Granted(l)) => l,
+            other => panic!("{other:?}"),
+        };
+        h.unlock(l).unwrap();
+        drop(h);
+        x.disconnect().unwrap();
+        assert!(inspect::verify(&r).is_empty(), "{:?}", inspect::verify(&r));
+    });
+}
