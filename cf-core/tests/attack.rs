@@ -279,3 +279,96 @@ fn a_normal_restart_gets_back_the_blocks_of_its_retained_locks() {
         assert!(inspect::verify(&r).is_empty(), "{:?}", inspect::verify(&r));
     });
 }
+
+const TAG_PENDING: u32 = 1 << 30;
+const TAG_HELD: u32 = 2 << 30;
+
+/// Write the body of record `slot` of `member` for `res` in `mode` and its
+/// tag (encoding of `records.rs`, as `holes.rs` forges it).
+fn forge_record(r: &Region, member: u32, slot: u32, res: &[u8], mode: Mode, state: u32) {
+    let (m, flags) = match mode {
+        Mode::Share => (0u64, 0u64),
+        Mode::Exclusive => (1, 0),
+        Mode::Modify => (1, 1),
+    };
+    testing::write_record_word(r, member, slot, 0, res.len() as u64 | m << 8 | flags << 16);
+    for (i, chunk) in res.chunks(8).enumerate() {
+        let mut b = [0u8; 8];
+        b[..chunk.len()].copy_from_slice(chunk);
+        testing::write_record_word(r, member, slot, 1 + i as u32, u64::from_le_bytes(b));
+    }
+    testing::write_tag(r, member, slot, state | entry_of(r, res));
+}
+
+/// A release that fails puts its record back to HELD after another member
+/// was granted the lock on the strength of that record being PENDING.
+///
+/// `entry::release` marks the record PENDING ("no longer a holding for
+/// anyone") before it waits for the latch; a decision made meanwhile drops
+/// the releaser (`decide`: named without a held record) and may grant the
+/// resource to someone else. If the latch wait then fails (here
+/// `LATCH_STUCK`: the latch holder, live member X, is stopped for over 30 s
+/// between its grant and its unlatch), `release` stores HELD again and
+/// `unlock` returns an error: the releaser's lock is "held" again, by a
+/// member the word no longer names, while X holds the same resource
+/// exclusively. X's steps (its latch, its decision, its unlatch) are written
+/// into the region here; A's are the library's.
+///
+/// Required: no two live members hold R incompatibly, whatever `unlock`
+/// answered.
+#[test]
+fn a_failed_release_never_takes_back_a_lock_granted_to_another() {
+    let (_dir, r) = region();
+    guarded("failed release", move || {
+        let res = b"acct:R".to_vec();
+        let e = entry_of(&r, &res);
+        let a = Member::connect(r.clone(), "A").unwrap();
+        let x = Member::connect(r.clone(), "X").unwrap();
+        let mut ha = a.holder().unwrap();
+        let hx = x.holder().unwrap(); // X's thread; its record is forged in slot 63
+        let la = match ha.try_lock(&res, Mode::Exclusive).unwrap() {
+            TryOutcome::Granted(l) => l,
+            o => panic!("{o:?}"),
+        };
+        // X asks for R: its record PENDING, E latched by X (converted: A named).
+        forge_record(&r, x.id(), 63, &res, Mode::Exclusive, TAG_PENDING);
+        testing::write_lock_word(&r, e, MIXED | holder_field(x.id()) | bit(a.id()));
+        // A releases R: its record turns PENDING and it waits for E's latch.
+        let releaser = std::thread::spawn(move || {
+            let out = ha.unlock(la);
+            (ha, out)
+        });
+        let a_id = a.id();
+        let a_pending = || {
+            inspect::locks(&r)
+                .unwrap()
+                .iter()
+                .any(|l| l.member_id == a_id && l.slot == la.slot && !l.held)
+        };
+        while !a_pending() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // X decides: A has no held record on E (it is being released), so R
+        // is granted to X; X is stopped before its unlatch.
+        forge_record(&r, x.id(), 63, &res, Mode::Exclusive, TAG_HELD);
+        let (ha, out) = releaser.join().unwrap();
+        // X resumes and unlatches, naming itself only (A was dropped).
+        testing::write_lock_word(&r, e, MIXED | bit(x.id()));
+        let problems = inspect::verify(&r);
+        let both: Vec<_> = inspect::locks(&r)
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.held && l.resource == "acct:R")
+            .map(|l| (l.member, l.mode))
+            .collect();
+        // Tidy up (A's holder releases what its record says it holds).
+        drop(ha);
+        testing::write_tag(&r, x.id(), 63, 0);
+        testing::write_lock_word(&r, e, 0);
+        drop(hx);
+        assert!(
+            both.len() <= 1 && problems.is_empty(),
+            "A's unlock answered {out:?}; then R is held by {both:?}; verify: {problems:?}"
+        );
+    });
+}
