@@ -18,6 +18,7 @@
 
 mod harness;
 
+mod attack;
 mod claim;
 mod connect;
 mod locks;
