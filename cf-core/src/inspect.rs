@@ -205,7 +205,7 @@ pub fn structures(region: &Region) -> Vec<StructureView> {
                         .filter(|&e| {
                             region
                                 .word(e)
-                                .map(|w| w.load(Ordering::Relaxed) != 0)
+                                .map(|w| !Word(w.load(Ordering::Relaxed)).is_free())
                                 .unwrap_or(false)
                         })
                         .count() as u64,
@@ -324,11 +324,15 @@ pub fn verify(region: &Region) -> Vec<String> {
     for e in 0..region.lock_entries() {
         let Ok(w) = region.word(e) else { continue };
         let w = Word(w.load(Ordering::Relaxed));
-        if w.0 == 0 {
+        if w.is_free() {
             continue;
         }
-        if w.has_unknown_bits() {
-            problems.push(format!("lock entry {e}: unknown bits set in {:#018x}", w.0));
+        if w.is_malformed() {
+            problems.push(format!(
+                "lock entry {e}: malformed word {:#018x} (waiters or an exclusive holder \
+                 beside share holders, in fast mode)",
+                w.0
+            ));
         }
         if w.is_mixed() {
             if let Some(h) = w.holder() {

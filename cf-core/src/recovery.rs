@@ -57,7 +57,7 @@ use crate::lock::records::{self, BLOCK_RETAINED};
 use crate::lock::word;
 use crate::requests;
 use crate::shm::region::Region;
-use crate::sync::Ordering;
+use crate::sync::{trace, Ordering};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -180,8 +180,10 @@ fn cleanup(
     let me = my_token()?;
     let claim = &region.connector(c)?.cleanup;
     if let Claim::Busy(t) = claim::try_claim(claim, me, ProcessId::token_is_alive) {
+        trace!("cleanup of {c}: in progress by {t:#x}");
         return Ok(CleanupOutcome::InProgress { by_pid: t as u32 });
     }
+    trace!("cleanup of {c}: claimed");
     let result = (|| {
         // Re-check under the claim: the slot may have been finished or reused.
         let now = connector::snapshot(region, c)?;

@@ -47,3 +47,20 @@ pub(crate) fn fence_acquire() {
 pub(crate) const SPINS: u32 = 2000;
 #[cfg(loom)]
 pub(crate) const SPINS: u32 = 1;
+
+/// Under loom, a trace of protocol steps of the current execution, printed
+/// by the models when one fails (`loom_models/harness.rs`). A no-op otherwise.
+#[cfg(loom)]
+pub(crate) static TRACE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+macro_rules! trace {
+    ($($arg:tt)*) => {
+        #[cfg(loom)]
+        {
+            let line = format!("[t{:?} p{}] {}", loom::thread::current().id(),
+                crate::connector::identity::current_pid(), format!($($arg)*));
+            crate::sync::TRACE.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+        }
+    };
+}
+pub(crate) use trace;

@@ -110,7 +110,11 @@ fn a_latch_left_with_no_record_under_it_is_never_released() {
             o => panic!("{o:?}"),
         };
         h2.unlock(l2).unwrap();
-        assert!(inspect::verify(&r).is_empty(), "setup: {:?}", inspect::verify(&r));
+        assert!(
+            inspect::verify(&r).is_empty(),
+            "setup: {:?}",
+            inspect::verify(&r)
+        );
         // The instant of the kill: thread 1 holds E's latch and has freed
         // R1's tag; thread 2's request for R3 has timed out and freed its own.
         testing::write_lock_word(&r, e, MIXED | holder_field(a.id()) | bit(a.id()));
@@ -178,10 +182,23 @@ fn a_try_that_cleans_a_dead_holder_up_is_not_held_by_another_entrys_stopped_latc
         let b = Member::connect(r.clone(), "B").unwrap();
         let mut hc = c.holder().unwrap();
         let mut hx = x.holder().unwrap();
-        assert!(matches!(hc.try_lock(&res_r, Mode::Modify), Ok(TryOutcome::Granted(_))));
-        assert!(matches!(hc.try_lock(&res_s, Mode::Share), Ok(TryOutcome::Granted(_))));
-        assert!(matches!(hx.try_lock(&res_s, Mode::Share), Ok(TryOutcome::Granted(_))));
-        assert!(inspect::verify(&r).is_empty(), "setup: {:?}", inspect::verify(&r));
+        assert!(matches!(
+            hc.try_lock(&res_r, Mode::Modify),
+            Ok(TryOutcome::Granted(_))
+        ));
+        assert!(matches!(
+            hc.try_lock(&res_s, Mode::Share),
+            Ok(TryOutcome::Granted(_))
+        ));
+        assert!(matches!(
+            hx.try_lock(&res_s, Mode::Share),
+            Ok(TryOutcome::Granted(_))
+        ));
+        assert!(
+            inspect::verify(&r).is_empty(),
+            "setup: {:?}",
+            inspect::verify(&r)
+        );
         // X is stopped inside a decision on E: E latched by X (its share of S
         // covers the latch), C and X named.
         testing::write_lock_word(

@@ -83,7 +83,7 @@ use crate::error::CorruptError;
 use crate::lock::records::{self, Mode, RecordView, Resource, TAG_FREE, TAG_HELD, TAG_PENDING};
 use crate::lock::word::{self, Latch};
 use crate::shm::region::Region;
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{trace, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Longest single futex sleep while waiting: a waiter re-checks its holders'
@@ -148,7 +148,10 @@ pub(crate) fn latch<'r>(
     let mut unchanged: Option<(u64, Instant)> = None;
     loop {
         let (holder, seen) = match word::try_latch(word, as_id) {
-            Latch::Latched { named } => return Ok(latched(named)),
+            Latch::Latched { named } => {
+                trace!("latched {entry} as {as_id}, named {named:#x}");
+                return Ok(latched(named));
+            }
             Latch::Busy { holder, seen } => (region.check_member(holder)?, seen),
         };
         if how.steal & word::bit(holder) != 0 {
@@ -162,13 +165,20 @@ pub(crate) fn latch<'r>(
         if word::spin_for_change(word, seen.0, crate::sync::SPINS) {
             continue;
         }
-        if how.deadline.is_some_and(|d| Instant::now() >= d) {
+        // A latch held in our own name is a sibling thread's (a process stops
+        // or dies as a whole): it is dropped in a moment, so it is waited for
+        // whatever the deadline. (A request that gave up on it with a record
+        // that was HELD a moment ago could leave the sibling keeping our bit
+        // for nothing.)
+        let deadline = how.deadline.filter(|_| holder != as_id);
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            trace!("latch {entry} timed out (held by {holder})");
             return Err(LatchError::TimedOut { holder });
         }
         let key = seen.0 & !word::WAITERS;
         match unchanged {
             Some((k, since)) if k == key => {
-                if how.deadline.is_none() && since.elapsed() >= LATCH_STUCK {
+                if deadline.is_none() && since.elapsed() >= LATCH_STUCK {
                     return Err(LatchError::Corrupt(CorruptError::BadConnector {
                         id: holder,
                         what: format!(
@@ -182,49 +192,52 @@ pub(crate) fn latch<'r>(
             _ => unchanged = Some((key, Instant::now())),
         }
         if let Some(high) = word::announce_waiter(word, seen) {
-            let left = how
-                .deadline
-                .map_or(slice, |d| d.saturating_duration_since(Instant::now()));
+            trace!("sleep on latch of {entry} held by {holder}");
+            let left = deadline.map_or(slice, |d| d.saturating_duration_since(Instant::now()));
             word::sleep(word, high, slice.min(left));
         }
         if word.load(Ordering::Relaxed) == seen.0 | word::WAITERS {
-            check_latch_holder(region, entry, word, holder)?;
+            if latch_is_stale(region, word, holder)? {
+                // Nobody can ever drop it: take it over (the CAS fails if the
+                // word changed meanwhile; then look again).
+                let cur = word.load(Ordering::Acquire);
+                let w = word::Word(cur);
+                if w.is_mixed() && w.holder() == Some(holder) {
+                    let new = (cur & !word::HOLDER_BITS) | word::holder_field(as_id);
+                    if word
+                        .compare_exchange(cur, new, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        return Ok(latched(w.mask() as u64));
+                    }
+                }
+                continue;
+            }
             (how.on_stuck)(holder)?;
             slice = (slice * 2).min(MAX_SLICE);
         }
     }
 }
 
-/// A latch held in the name of a connector that is free or failed-persistent
-/// can never be dropped: only a connected member latches in its own name, and
-/// a cleaner in the name of the member it cleans, which stays CLEANING until
-/// every entry is settled. Seen with the state word unchanged around the
-/// reading of the lock word (a reconnect changes the generation), it is damage.
-fn check_latch_holder(
-    region: &Region,
-    entry: u32,
-    word: &AtomicU64,
-    holder: u32,
-) -> Result<(), CorruptError> {
+/// Is the latch held in `holder`'s name stale? A latch in the name of a
+/// connector that is free or failed-persistent can never be dropped by
+/// anyone: only a connected member latches in its own name, and a cleaner in
+/// the name of the member it cleans, which stays CLEANING until every entry
+/// is settled (a state a crash cannot leave behind, since a release never
+/// frees the record that covers its latch; only damage can). Seen with the
+/// state word unchanged around the reading of the lock word (a reconnect
+/// changes the generation), the latch is taken over by whoever finds it.
+fn latch_is_stale(region: &Region, word: &AtomicU64, holder: u32) -> Result<bool, CorruptError> {
     let before = connector::load_state(region, holder)?;
     if !matches!(
         before.state,
         MemberState::Free | MemberState::FailedPersistent
     ) {
-        return Ok(());
+        return Ok(false);
     }
     let w = word::load(word);
     let after = connector::load_state(region, holder)?;
-    if before == after && w.is_mixed() && w.holder() == Some(holder) {
-        return Err(CorruptError::BadConnector {
-            id: holder,
-            what: format!(
-                "is {} but holds the latch of lock entry {entry}",
-                before.state.as_str()
-            ),
-        });
-    }
-    Ok(())
+    Ok(before == after && w.is_mixed() && w.holder() == Some(holder))
 }
 
 /// A request being decided on the resource-level path.
@@ -320,7 +333,11 @@ impl<'r> Latched<'r> {
     /// member's bit recomputed, then free its PENDING record.
     pub(crate) fn give_up(self, region: &Region, req: &Request) -> Result<(), CorruptError> {
         let mask = self.mask_recomputed(region, req.member, Some(req.slot));
-        word::unlatch(self.word, mask);
+        let (word, entry) = (self.word, self.entry);
+        word::unlatch(word, mask);
+        if mask as u64 & word::bit(req.member) != 0 {
+            recheck_own_bit(region, word, entry, req.member, req.slot);
+        }
         records::tag(region, req.member, req.slot)?.store(TAG_FREE, Ordering::Release);
         Ok(())
     }
@@ -334,10 +351,11 @@ impl<'r> Latched<'r> {
     }
 
     /// Drop the latch to look elsewhere (the request's PENDING record stays,
-    /// the member's bit recomputed); the request will latch again.
-    pub(crate) fn step_out(self, region: &Region, req: &Request) {
+    /// the member's bit recomputed); the request will latch again. Returns the
+    /// word as this unlatch left it: any later change is someone else's.
+    pub(crate) fn step_out(self, region: &Region, req: &Request) -> u64 {
         let mask = self.mask_recomputed(region, req.member, Some(req.slot));
-        word::unlatch(self.word, mask);
+        word::unlatch(self.word, mask)
     }
 
     /// Drop the latch publishing the mask as it was latched (nothing decided:
@@ -378,8 +396,38 @@ pub(crate) fn release(
     };
     word::unlatch(l.word, mask as u32);
     crate::crash::point("slow_release.after_unlatch");
+    if mask & bit != 0 {
+        recheck_own_bit(region, l.word, entry, member, slot);
+    }
     tag.store(TAG_FREE, Ordering::Release);
     Ok(())
+}
+
+/// The member's bit was kept for its other held records on the entry; if
+/// they are gone now (a sibling's half-made request that gave up without
+/// latching: its latch wait timed out), latch once more and recompute it, so
+/// the bit is not left behind. `slot` is the caller's own (PENDING) record,
+/// which covers the latch. A latch that cannot be had at once is left alone
+/// (its holder, or the next decision on the entry, drops the interest).
+fn recheck_own_bit(region: &Region, word: &AtomicU64, entry: u32, member: u32, slot: u32) {
+    if records::holds_other_on(region, member, entry, Some(slot)) {
+        return;
+    }
+    let mut on_stuck = |_: u32| Ok(());
+    let mut how = LatchWait {
+        deadline: Some(Instant::now()),
+        steal: 0,
+        on_stuck: &mut on_stuck,
+    };
+    if let Ok(l) = latch(region, entry, member, &mut how) {
+        let bit = word::bit(member);
+        let mask = if records::holds_other_on(region, member, entry, Some(slot)) {
+            l.named | bit
+        } else {
+            l.named & !bit
+        };
+        word::unlatch(word, mask as u32);
+    }
 }
 
 /// Under a latch: the connectors of `named` (other than `me`, whose bit the
@@ -391,7 +439,9 @@ pub(crate) fn release(
 fn heal(region: &Region, entry: u32, named: u64, me: u32) -> u64 {
     let mut keep = u64::MAX;
     for c in bits(named) {
-        if c != me && region.check_member(c).is_ok() && !records::holds_other_on(region, c, entry, None)
+        if c != me
+            && region.check_member(c).is_ok()
+            && !records::holds_other_on(region, c, entry, None)
         {
             keep &= !word::bit(c);
         }

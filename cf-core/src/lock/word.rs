@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  63      40  39     38       37..32        31 .. 0
-//! [ unused ] [MIXED][WAITERS][ holder+1 ] [ connector mask ]
+//! [  epoch  ] [MIXED][WAITERS][ holder+1 ] [ connector mask ]
 //! ```
 //!
 //! The word has two modes.
@@ -14,7 +14,7 @@
 //!   there; `WAITERS` is clear (waiters always put the entry in mixed mode).
 //!   Acquire and release are one compare-and-swap each ([`try_fast_exclusive`],
 //!   [`try_fast_share`], [`try_fast_release_exclusive`],
-//!   [`try_fast_release_share`]) and touch nothing else.
+//!   [`try_fast_release_share`]), which keep the epoch, and touch nothing else.
 //! * **Mixed mode** (`MIXED` set): the truth is in the record entries of the
 //!   connectors named in the mask (their *interest*); `holder` is the connector
 //!   holding the entry's *latch* (0: unlatched). Every change on a mixed entry is
@@ -25,24 +25,24 @@
 //!   entry. Any request that cannot be settled by one fast CAS latches the entry
 //!   ([`try_latch`]); latching a fast-mode word converts it, naming its exclusive
 //!   holder in the mask. The last unlatch that leaves the mask empty returns the
-//!   entry to fast mode (`0`).
+//!   entry to fast mode (free: nothing but the epoch).
+//!
+//! **The epoch** (24 bits) is bumped by every unlatch and kept by every other
+//! change, so a word never returns to a value it had before a latch and an
+//! unlatch: a sleeper's expected value cannot repeat (no ABA on the high half,
+//! which is what a futex compares).
 //!
 //! **Waiting.** A waiter sets `WAITERS` in the same CAS that drops its latch (or,
 //! waiting for a latch, in a CAS of its own) and then sleeps with a futex on the
 //! high half of the word, expecting the value it wrote. Every unlatch clears
-//! `WAITERS` (changing the high half) and, if it was set, wakes every sleeper:
-//! a waiter that has not yet gone to sleep normally finds the high half changed
-//! and does not sleep. Waiters spin briefly before sleeping and sleep in
-//! bounded slices (at most 20 ms) so a dead holder is noticed even with no
-//! monitor. Two known weaknesses, both found by the loom models (kept there as
-//! `#[ignore]`d failing models): (1) the high half can repeat (a release clears
-//! `WAITERS`, another waiter sets it again before the first sleeps), so a
-//! wake-up can be missed until the slice ends; (2) waiters for the holdings and
-//! waiters for the latch share one bit, so with three or more waiters they wake
-//! each other round and round while the holder keeps its lock (CPU, not
-//! correctness). The fix (an epoch in the free high bits and a second futex
-//! class with `FUTEX_WAKE_BITSET`) is designed but not yet landed: in its first
-//! form it let two waiters starve a releaser under loom's unfair schedules.
+//! `WAITERS` and bumps the epoch (changing the high half) and, if `WAITERS`
+//! was set, wakes every sleeper: a waiter that has not yet gone to sleep finds
+//! the high half changed and does not sleep. Waiters spin briefly before
+//! sleeping and sleep in bounded slices (at most 20 ms) so a dead holder is
+//! noticed even with no monitor. A known weakness (the lock-engine issue
+//! fixes it): waiters for the holdings and waiters for the latch share one
+//! bit, so with three or more waiters they wake each other round and round
+//! while the holder keeps its lock (CPU, not correctness).
 //!
 //! **Crash windows.** A process can die holding a word in any state: as the
 //! fast-mode holder, in the mask, or holding the latch. All are repaired by the
@@ -59,6 +59,8 @@ pub(crate) const HOLDER_SHIFT: u32 = 32;
 pub(crate) const HOLDER_BITS: u64 = 0x3f << HOLDER_SHIFT;
 pub(crate) const WAITERS: u64 = 1 << 38;
 pub(crate) const MIXED: u64 = 1 << 39;
+pub(crate) const EPOCH_SHIFT: u32 = 40;
+pub(crate) const EPOCH_BITS: u64 = !0 << EPOCH_SHIFT;
 
 /// A decoded lock word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +87,11 @@ impl Word {
     pub fn has_waiters(self) -> bool {
         self.0 & WAITERS != 0
     }
+    /// Nothing held, nothing latched (whatever the epoch).
+    #[inline]
+    pub fn is_free(self) -> bool {
+        self.0 & !EPOCH_BITS == 0
+    }
     /// Every connector the word names as having an interest in the entry:
     /// the mask, plus the exclusive holder in fast mode.
     #[inline]
@@ -101,9 +108,14 @@ impl Word {
     fn high(self) -> u32 {
         (self.0 >> 32) as u32
     }
-    /// Unused bits set: the region is damaged.
-    pub fn has_unknown_bits(self) -> bool {
-        self.0 & !(MASK_BITS | HOLDER_BITS | WAITERS | MIXED) != 0
+    #[inline]
+    fn epoch(self) -> u64 {
+        self.0 & EPOCH_BITS
+    }
+    /// A word no protocol step writes (the region is damaged): fast mode with
+    /// `WAITERS` set, or with both an exclusive holder and share holders.
+    pub fn is_malformed(self) -> bool {
+        !self.is_mixed() && (self.has_waiters() || (self.0 & HOLDER_BITS != 0 && self.mask() != 0))
     }
 }
 
@@ -117,30 +129,51 @@ pub(crate) fn bit(id: u32) -> u64 {
     1u64 << id
 }
 
+/// The next epoch after that of `w` (wrapping in its 24 bits).
+#[inline]
+fn next_epoch(w: Word) -> u64 {
+    w.epoch().wrapping_add(1 << EPOCH_SHIFT)
+}
+
 /// Fast exclusive acquire: free entry to "held exclusively by `me`".
 #[inline]
 pub(crate) fn try_fast_exclusive(word: &AtomicU64, me: u32) -> bool {
-    word.compare_exchange(0, holder_field(me), Ordering::AcqRel, Ordering::Relaxed)
-        .is_ok()
+    let cur = word.load(Ordering::Relaxed);
+    cur & !EPOCH_BITS == 0
+        && word
+            .compare_exchange(
+                cur,
+                cur | holder_field(me),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
 }
 
-/// Fast exclusive release: only if the word is exactly "held exclusively by me".
+/// Fast exclusive release: only if the word is exactly "held exclusively by
+/// me" (`seen`, as read by [`fast_release_possible`]).
 #[inline]
-pub(crate) fn try_fast_release_exclusive(word: &AtomicU64, me: u32) -> bool {
-    word.compare_exchange(holder_field(me), 0, Ordering::Release, Ordering::Relaxed)
-        .is_ok()
+pub(crate) fn try_fast_release_exclusive(word: &AtomicU64, seen: u64) -> bool {
+    word.compare_exchange(
+        seen,
+        seen & EPOCH_BITS,
+        Ordering::Release,
+        Ordering::Relaxed,
+    )
+    .is_ok()
 }
 
 /// Could a fast release by `me` succeed now? (Fast mode and naming `me` as
-/// the exclusive holder, or in the share mask.)
+/// the exclusive holder, or in the share mask.) Returns the word seen.
 #[inline]
-pub(crate) fn fast_release_possible(word: &AtomicU64, me: u32, exclusive: bool) -> bool {
+pub(crate) fn fast_release_possible(word: &AtomicU64, me: u32, exclusive: bool) -> Option<u64> {
     let w = word.load(Ordering::Relaxed);
-    if exclusive {
-        w == holder_field(me)
+    let ok = if exclusive {
+        w & !EPOCH_BITS == holder_field(me)
     } else {
         w & MIXED == 0 && w & bit(me) != 0
-    }
+    };
+    ok.then_some(w)
 }
 
 /// Fast share acquire: fast mode, no exclusive holder, my bit not yet set.
@@ -195,7 +228,7 @@ pub(crate) fn try_latch(word: &AtomicU64, me: u32) -> Latch {
             }
         } else {
             // Conversion: the exclusive holder joins the mask.
-            MIXED | (cur & WAITERS) | holder_field(me) | (w.named() & MASK_BITS)
+            w.epoch() | MIXED | (cur & WAITERS) | holder_field(me) | (w.named() & MASK_BITS)
         };
         match word.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
@@ -208,14 +241,36 @@ pub(crate) fn try_latch(word: &AtomicU64, me: u32) -> Latch {
     }
 }
 
+/// Swap in the unlatched word for `mask` (plus `extra` bits), with the next
+/// epoch; returns (old, new).
+#[inline]
+fn swap_unlatched(word: &AtomicU64, mask: u32, extra: u64) -> (u64, u64) {
+    let mut cur = word.load(Ordering::Relaxed);
+    loop {
+        let body = if mask == 0 && extra == 0 {
+            0
+        } else {
+            MIXED | extra | mask as u64
+        };
+        let new = next_epoch(Word(cur)) | body;
+        // Only the latch holder changes a latched word, but a waiter may set
+        // WAITERS meanwhile: retry on that.
+        match word.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => return (cur, new),
+            Err(now) => cur = now,
+        }
+    }
+}
+
 /// Drop the latch held by `me`, publishing `mask` as the entry's interest.
 /// An empty mask returns the entry to fast mode. Wakes sleepers if any.
-pub(crate) fn unlatch(word: &AtomicU64, mask: u32) {
-    let new = if mask == 0 { 0 } else { MIXED | mask as u64 };
-    let old = word.swap(new, Ordering::AcqRel);
+/// Returns the word as this unlatch left it.
+pub(crate) fn unlatch(word: &AtomicU64, mask: u32) -> u64 {
+    let (old, new) = swap_unlatched(word, mask, 0);
     if old & WAITERS != 0 {
         crate::lock::futex::wake_all_high(word);
     }
+    new
 }
 
 /// Drop the latch held by `me` and announce that we will sleep: returns the
@@ -223,8 +278,7 @@ pub(crate) fn unlatch(word: &AtomicU64, mask: u32) {
 /// conflicting lock, which is why we wait).
 pub(crate) fn unlatch_to_wait(word: &AtomicU64, mask: u32) -> u32 {
     debug_assert!(mask != 0);
-    let new = MIXED | WAITERS | mask as u64;
-    let old = word.swap(new, Ordering::AcqRel);
+    let (old, new) = swap_unlatched(word, mask, WAITERS);
     if old & WAITERS != 0 {
         // Others were asleep: our unlatch may be the change they wait for.
         crate::lock::futex::wake_all_high(word);
@@ -275,9 +329,11 @@ mod tests {
         assert_eq!(load(&w).holder(), Some(3));
         assert!(!try_fast_exclusive(&w, 4));
         assert!(!try_fast_share(&w, 4));
-        assert!(!try_fast_release_exclusive(&w, 4));
-        assert!(try_fast_release_exclusive(&w, 3));
-        assert_eq!(load(&w), Word(0));
+
+        assert_eq!(fast_release_possible(&w, 4, true), None);
+        let seen = fast_release_possible(&w, 3, true).unwrap();
+        assert!(try_fast_release_exclusive(&w, seen));
+        assert!(load(&w).is_free());
     }
 
     #[test]
@@ -294,7 +350,7 @@ mod tests {
         assert!(try_fast_release_share(&w, 0));
         assert!(!try_fast_release_share(&w, 0));
         assert!(try_fast_release_share(&w, 31));
-        assert_eq!(load(&w), Word(0));
+        assert!(load(&w).is_free());
     }
 
     #[test]
@@ -306,14 +362,21 @@ mod tests {
         assert!(seen.is_mixed());
         assert_eq!(seen.holder(), Some(2));
         // The fast paths are closed while mixed.
-        assert!(!try_fast_release_exclusive(&w, 7));
+        assert_eq!(fast_release_possible(&w, 7, true), None);
         assert!(!try_fast_share(&w, 1));
         assert!(matches!(try_latch(&w, 1), Latch::Busy { holder: 2, .. }));
         unlatch(&w, 1 << 7);
-        assert_eq!(load(&w), Word(MIXED | 1 << 7));
+        assert_eq!(load(&w), Word(1 << EPOCH_SHIFT | MIXED | 1 << 7));
         assert_eq!(try_latch(&w, 7), Latch::Latched { named: 1 << 7 });
         unlatch(&w, 0);
-        assert_eq!(load(&w), Word(0));
+        assert_eq!(
+            load(&w),
+            Word(2 << EPOCH_SHIFT),
+            "free, two unlatches later"
+        );
+        // The fast paths keep the epoch.
+        assert!(try_fast_exclusive(&w, 1));
+        assert_eq!(load(&w), Word(2 << EPOCH_SHIFT | holder_field(1)));
     }
 
     #[test]

@@ -37,12 +37,29 @@ where
     builder.max_branches = builder.max_branches.max(20_000);
     let executions = Arc::new(StdCounter::new(0));
     let counted = executions.clone();
-    builder.check(move || {
-        hit(&counted);
-        // Every execution starts as model process 1.
-        crate::connector::identity::model::enter(1);
-        f()
-    });
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        builder.check(move || {
+            hit(&counted);
+            crate::sync::TRACE
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            // Every execution starts as model process 1.
+            crate::connector::identity::model::enter(1);
+            f()
+        })
+    }));
+    if let Err(p) = run {
+        // The protocol steps of the failing execution.
+        for line in crate::sync::TRACE
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            eprintln!("{line}");
+        }
+        std::panic::resume_unwind(p);
+    }
     let n = hits(&executions);
     // Shown with `--nocapture`: how much the model explored.
     eprintln!(

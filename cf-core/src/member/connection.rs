@@ -83,7 +83,8 @@ impl Connection {
         let recs = crate::lock::records::slots_by_entry(region, me);
         let mut released = 0;
         for group in recs.chunk_by(|a, b| a.0 == b.0) {
-            let mut on_stuck = |x: u32| recovery::try_clean(region, x, Some(me), 0, None).map(|_| ());
+            let mut on_stuck =
+                |x: u32| recovery::try_clean(region, x, Some(me), 0, None).map(|_| ());
             let mut how = LatchWait {
                 deadline: None,
                 steal: 0,

@@ -27,7 +27,7 @@ use crate::lock::word;
 use crate::member::connection::Connection;
 use crate::recovery::{self, CleanupOutcome};
 use crate::shm::region::Region;
-use crate::sync::Ordering;
+use crate::sync::{trace, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -216,6 +216,7 @@ impl Holder {
             word::try_fast_share(word, me)
         };
         self.requests += 1;
+        trace!("acquire slot {slot} entry {entry} fast {fast}");
         if fast {
             crate::crash::point("acquire.after_word");
             // The fast path publishes its count every 64 requests (and the
@@ -321,6 +322,7 @@ impl Holder {
                     return Err(e.into());
                 }
             };
+            trace!("conflict on {entry}: {} records", conflicts.len());
             if let Some(h) = class.retained {
                 l.give_up(region, &req)?;
                 if class.retained_cleaning {
@@ -334,7 +336,7 @@ impl Holder {
             if stale || out_of_time || !wait_for_live {
                 // Before answering or waiting on: are the holders alive?
                 // (Without the latch: their cleanup needs it.)
-                l.step_out(region, &req);
+                let left = l.step_out(region, &req);
                 let dead = clean_dead(region, me, &conflicts, deadline)?;
                 if dead.changed {
                     // Cleaned up now: look again.
@@ -346,9 +348,11 @@ impl Holder {
                     free_record();
                     return Ok(TryOutcome::Contention(dedup_holders(region, &conflicts)));
                 }
-                // Wait for the word to change (a release, a cleanup's unlatch).
-                let seen = word::load(word);
+                // Wait for the word to change from what our unlatch left (a
+                // release, a cleanup's unlatch: a change since is not missed).
+                let seen = word::Word(left);
                 if let Some(high) = word::announce_waiter(word, seen) {
+                    trace!("sleep on {entry} for a cleanup");
                     let left = deadline.saturating_duration_since(Instant::now());
                     word::sleep(word, high, slice.min(left));
                 }
@@ -357,6 +361,7 @@ impl Holder {
                 continue;
             }
             // Wait: announce ourselves in the unlatch, spin, then sleep.
+            trace!("wait on {entry}");
             let high = l.wait(region, &req);
             let seen = word.load(Ordering::Relaxed);
             if !word::spin_for_change(word, seen, crate::sync::SPINS) {
@@ -392,14 +397,14 @@ impl Holder {
             return Err(LockError::NotHeld(id.slot));
         }
         let word = region.word(id.entry)?;
-        if word::fast_release_possible(word, me, id.mode.is_exclusive()) {
+        if let Some(seen) = word::fast_release_possible(word, me, id.mode.is_exclusive()) {
             // The record turns PENDING first: the lock is being given up, and
             // no one (a sibling thread least of all) counts it as held any
             // more; it still covers the word until it is freed (`entry.rs`).
             tag.store(TAG_PENDING | id.entry, Ordering::Release);
             crate::crash::point("release.marked");
             let fast = if id.mode.is_exclusive() {
-                word::try_fast_release_exclusive(word, me)
+                word::try_fast_release_exclusive(word, seen)
             } else {
                 word::try_fast_release_share(word, me)
             };
@@ -541,9 +546,7 @@ fn clean_dead(
         }
         match recovery::try_clean(region, r.member, Some(me), 0, Some(deadline))? {
             CleanupOutcome::Cleaned(_) | CleanupOutcome::AlreadyDone => out.changed = true,
-            CleanupOutcome::Unfinished | CleanupOutcome::InProgress { .. } => {
-                out.cleaning = true
-            }
+            CleanupOutcome::Unfinished | CleanupOutcome::InProgress { .. } => out.cleaning = true,
             CleanupOutcome::NotDead => {}
         }
     }
