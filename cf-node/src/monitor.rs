@@ -14,7 +14,13 @@
 //!   as its child, waiting for it. A restart light that fails is started
 //!   again (up to `MAX_ATTEMPTS`, then the claim is given back). The restarter
 //!   also posts a request for any failed-persistent member that has none (its
-//!   detector died before posting, or every member was dead at once).
+//!   detector died before posting, or every member was dead at once), and
+//!   records the member's `detected` if its dead cleaner had not.
+//!   A handler completes a request only while it still holds that request's
+//!   claim for that member: the request may have been completed by someone
+//!   else meanwhile (its restart light, the member restarting normally) and
+//!   posted again for the next death of a member in the same slot, which a
+//!   late completion would lose.
 
 use crate::pidfd;
 use cf_core::connector::{now_ns, slot_view};
@@ -32,6 +38,16 @@ use std::time::Duration;
 
 const POLL: Duration = Duration::from_millis(20);
 const MAX_ATTEMPTS: u64 = 5;
+
+/// Whose is a claimed request?
+enum Ours {
+    /// Claimed by this member, for the member we handle.
+    Yes,
+    /// Claimed by this member, but for another member's name.
+    OtherName,
+    /// Not (or no longer) claimed by this member.
+    No,
+}
 
 /// Settings and identity of the monitoring member.
 pub struct Monitor {
@@ -157,19 +173,89 @@ impl Monitor {
         }
     }
 
-    fn post(&self, id: u32, name: &str) {
-        let _ = requests::post(&self.region, id, Some(self.me_id), || {
+    /// The sweep for one member: post the missing request of a
+    /// failed-persistent member that has none and whose cleanup claim no live
+    /// process holds (its cleaner died before posting, or every member died at
+    /// once). Returns true if this call posted it. The cleaner may have died
+    /// after it marked the member failed-persistent but before it recorded
+    /// `detected`: then the poster records it, so that every death has its
+    /// `detected` event (once: only the poster that wins the post does).
+    pub fn post_missing_request(&self, slot: &cf_core::connector::SlotView) -> bool {
+        let id = slot.id;
+        if slot.state != MemberState::FailedPersistent
+            || cf_core::recovery::cleanup_in_progress(&self.region, id).unwrap_or(true)
+            || requests::list(&self.region).map_or(true, |r| r.iter().any(|r| r.member_id == id))
+        {
+            return false;
+        }
+        let pid = slot.process.pid as u64;
+        let announced = events::read_all(&self.region)
+            .iter()
+            .any(|e| e.kind == EventKind::Detected && e.member == slot.name && e.a == pid);
+        requests::post(&self.region, id, Some(self.me_id), || {
+            if !announced {
+                events::record(
+                    &self.region,
+                    EventKind::Detected,
+                    &slot.name,
+                    Some(&self.me_name),
+                    [pid, 0, 0],
+                );
+            }
             events::record(
                 &self.region,
                 EventKind::RequestPosted,
-                name,
+                &slot.name,
                 Some(&self.me_name),
                 [0, 0, 0],
             )
-        });
+        })
+        .unwrap_or(false)
     }
 
     // ---- restart requests ----
+
+    /// Is the request for `id` still the one this member claimed for `name`?
+    /// (It may have been completed by someone else meanwhile, and a new one
+    /// posted for a new death of a member in the same slot.)
+    fn ours(&self, id: u32, name: &str) -> Ours {
+        let Ok(reqs) = requests::list(&self.region) else {
+            return Ours::No;
+        };
+        match reqs.iter().find(|r| r.member_id == id) {
+            Some(r)
+                if r.state == RequestState::Claimed
+                    && r.claimer_pid == self.me.pid
+                    && r.claimer_alive =>
+            {
+                if r.name.is_empty() || r.name == name {
+                    Ours::Yes
+                } else {
+                    Ours::OtherName
+                }
+            }
+            _ => Ours::No,
+        }
+    }
+
+    /// The member of the request we claimed for `id` needs no restart any
+    /// more: complete the request if it is still ours. Never complete a
+    /// request that is not (a late completion would complete the request of
+    /// the member's next death, or of another member in the slot, and that
+    /// member would never be restarted for it).
+    fn finish(&self, id: u32, name: &str) {
+        match self.ours(id, name) {
+            Ours::Yes => {
+                let _ = requests::complete(&self.region, id, name, &self.me_name);
+            }
+            // Claimed under a name read while its request was being posted:
+            // give it back, so that it is claimed again under its own name.
+            Ours::OtherName => {
+                let _ = requests::unclaim(&self.region, id, &self.me);
+            }
+            Ours::No => {}
+        }
+    }
 
     fn restart_loop(&self) {
         while !self.stop.load(Ordering::Relaxed) {
@@ -193,11 +279,7 @@ impl Monitor {
         let slot = slot_view(&self.region, id).ok()?;
         let reqs = requests::list(&self.region).ok()?;
         let req = reqs.iter().find(|r| r.member_id == id);
-        if slot.state == MemberState::FailedPersistent
-            && req.is_none()
-            && !cf_core::recovery::cleanup_in_progress(&self.region, id).unwrap_or(true)
-        {
-            self.post(id, &slot.name);
+        if req.is_none() && self.post_missing_request(&slot) {
             return Some(Duration::ZERO);
         }
         let req = req?;
@@ -242,19 +324,29 @@ impl Monitor {
                 let _ = requests::unclaim(&self.region, id, &self.me);
                 return;
             }
+            match self.ours(id, name) {
+                Ours::Yes => {}
+                // Completed by someone else (its restart light, or the member
+                // restarting normally), perhaps posted again since: not ours.
+                Ours::No => return,
+                Ours::OtherName => {
+                    let _ = requests::unclaim(&self.region, id, &self.me);
+                    return;
+                }
+            }
             let Ok(slot) = slot_view(&self.region, id) else {
                 return;
             };
             if slot.name != name || slot.state == MemberState::Free {
                 // Recovered (and perhaps the slot reused): nothing left to do.
-                let _ = requests::complete(&self.region, id, name, &self.me_name);
+                self.finish(id, name);
                 return;
             }
             match slot.state {
                 MemberState::FailedPersistent => {}
                 MemberState::Active if slot.is_alive() => {
                     // Restarted normally: it recovers itself.
-                    let _ = requests::complete(&self.region, id, name, &self.me_name);
+                    self.finish(id, name);
                     return;
                 }
                 MemberState::Recovering | MemberState::Connecting if slot.is_alive() => {
@@ -318,5 +410,79 @@ impl Monitor {
                 Err(e) => eprintln!("cf-node {}: waiting for restart light: {e}", self.me_name),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cf_core::{CreateOptions, Member, Plex};
+
+    fn monitor(region: &Arc<Region>, me_id: u32) -> Monitor {
+        Monitor {
+            region: region.clone(),
+            plex_dir: PathBuf::new(),
+            me_id,
+            me_name: "T".into(),
+            me: ProcessId::current().unwrap(),
+            claim_delay: Duration::ZERO,
+            exe: PathBuf::new(),
+            stop: AtomicBool::new(false),
+            detections: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+        }
+    }
+
+    fn state(region: &Region, id: u32) -> Option<RequestState> {
+        requests::list(region)
+            .unwrap()
+            .iter()
+            .find(|r| r.member_id == id)
+            .map(|r| r.state)
+    }
+
+    #[test]
+    fn a_handler_completes_only_the_request_it_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let plex = Plex {
+            dir: dir.path().into(),
+        };
+        let region = Arc::new(Region::create(&plex, &CreateOptions::small_for_tests()).unwrap());
+        // Slot 0 is named A (the request keeps the name of its slot).
+        let a = Member::connect(region.clone(), "A").unwrap();
+        let id = a.id();
+        let m = monitor(&region, 1);
+        requests::post(&region, id, None, || {}).unwrap();
+        assert!(matches!(
+            requests::claim(&region, id, 1, &m.me),
+            Ok(ClaimOutcome::Claimed { .. })
+        ));
+        assert!(matches!(m.ours(id, "A"), Ours::Yes));
+        // Its restart light completed it; A died again and a new request was
+        // posted for the same slot before the handler looked: the handler's
+        // late completion must not complete the new request.
+        requests::complete(&region, id, "A", "A").unwrap();
+        requests::post(&region, id, None, || {}).unwrap();
+        assert!(matches!(m.ours(id, "A"), Ours::No));
+        m.finish(id, "A");
+        assert_eq!(state(&region, id), Some(RequestState::Pending));
+        // Claimed under a stale name (read while the request was being
+        // posted): given back, not completed.
+        assert!(matches!(
+            requests::claim(&region, id, 1, &m.me),
+            Ok(ClaimOutcome::Claimed { .. })
+        ));
+        assert!(matches!(m.ours(id, "B"), Ours::OtherName));
+        m.finish(id, "B");
+        assert_eq!(state(&region, id), Some(RequestState::Pending));
+        assert!(requests::needs_handler(&region, id).unwrap());
+        // Its own claim under its own name is completed.
+        assert!(matches!(
+            requests::claim(&region, id, 1, &m.me),
+            Ok(ClaimOutcome::Claimed { .. })
+        ));
+        m.finish(id, "A");
+        assert_eq!(state(&region, id), None);
+        a.disconnect().unwrap();
     }
 }

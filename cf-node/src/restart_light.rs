@@ -48,7 +48,10 @@ pub fn run(plex_dir: &Path, member: &str, by: Option<&str>) -> anyhow::Result<Su
     }
     let m = match Member::connect_with(region.clone(), member, ConnectMode::Recovery) {
         Ok(m) => m,
-        Err(ConnectError::NotFailed(_)) => {
+        // Not failed-persistent (recovered already), or running again under
+        // its name (restarted normally, it recovers itself; or another
+        // restart light of it, started by a claimer that died, is at work).
+        Err(ConnectError::NotFailed(_)) | Err(ConnectError::NameInUse { pid: 1.., .. }) => {
             return Ok(Summary {
                 member: member.into(),
                 transactions: 0,
@@ -90,7 +93,12 @@ pub fn run(plex_dir: &Path, member: &str, by: Option<&str>) -> anyhow::Result<Su
         Some(member),
         [peak, elapsed, 0],
     );
-    cf_core::requests::complete(&region, id, member, member)?;
+    // Complete the request only if it is still the one we worked for: once
+    // we disconnected, the member may have been restarted (completing it by
+    // name), died again, and a new request been posted for the same slot.
+    if request_is_ours(&region, id, member, &cf_core::ProcessId::current()?)? {
+        cf_core::requests::complete(&region, id, member, member)?;
+    }
     Ok(Summary {
         member: member.into(),
         transactions: report.backout.transactions,
@@ -100,4 +108,55 @@ pub fn run(plex_dir: &Path, member: &str, by: Option<&str>) -> anyhow::Result<Su
         elapsed_ns: elapsed,
         recovered: true,
     })
+}
+
+/// Is the request for slot `id` still the one restart-light process `me`
+/// works on for `member` (outstanding, naming `me` as its worker)? A request
+/// posted since for the same slot names no worker yet (or another one).
+pub fn request_is_ours(
+    region: &Region,
+    id: u32,
+    member: &str,
+    me: &cf_core::ProcessId,
+) -> Result<bool, cf_core::CorruptError> {
+    Ok(cf_core::requests::list(region)?.iter().any(|r| {
+        r.member_id == id
+            && r.state != cf_core::requests::RequestState::Free
+            && r.worker_pid == me.pid
+            && r.worker_alive
+            && (r.name.is_empty() || r.name == member)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cf_core::{requests, CreateOptions, ProcessId};
+
+    #[test]
+    fn a_restart_light_completes_only_the_request_it_worked_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let plex = Plex {
+            dir: dir.path().into(),
+        };
+        let region = Region::create(&plex, &CreateOptions::small_for_tests()).unwrap();
+        let a = Member::connect(Arc::new(Region::open(&plex).unwrap()), "A").unwrap();
+        let id = a.id();
+        let me = ProcessId::current().unwrap();
+        requests::post(&region, id, None, || {}).unwrap();
+        assert!(
+            !request_is_ours(&region, id, "A", &me).unwrap(),
+            "no worker yet"
+        );
+        requests::set_worker(&region, id, &me).unwrap();
+        assert!(request_is_ours(&region, id, "A", &me).unwrap());
+        assert!(!request_is_ours(&region, id, "B", &me).unwrap());
+        // Completed by the member's normal restart, then posted again for its
+        // next death: not the request this restart light worked on.
+        requests::complete_for_name(&region, "A", "A").unwrap();
+        assert!(!request_is_ours(&region, id, "A", &me).unwrap());
+        requests::post(&region, id, None, || {}).unwrap();
+        assert!(!request_is_ours(&region, id, "A", &me).unwrap());
+        a.disconnect().unwrap();
+    }
 }

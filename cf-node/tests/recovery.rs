@@ -651,3 +651,82 @@ fn a_process_with_a_members_pid_but_another_start_time_is_not_taken_for_it() {
     assert_eq!(stop_survivors(&mut [&mut z]), 1);
     plex.assert_balanced_and_clean();
 }
+
+/// The sweep's `detected` (DESIGN §8): a member whose cleaner died after it
+/// marked the member failed-persistent but before it recorded the death (and
+/// posted the request) has no `detected` event; the member whose sweep posts
+/// the missing request records it. A death already recorded is not recorded
+/// twice, and a second sweep posts nothing.
+#[test]
+fn the_sweep_records_the_death_a_dead_cleaner_did_not() {
+    use cf_core::requests;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    let _serial = serial();
+    let plex = TestPlex::new();
+    let mut x = plex.start("X", &["--workload", "idle"], &[]);
+    let id = id_of(&plex, "X");
+    let pid = x.pid();
+    x.kill();
+    let region = plex.region();
+    assert!(matches!(
+        cf_core::cleanup_member(region, id),
+        Ok(cf_core::CleanupOutcome::Cleaned(_))
+    ));
+    let monitor = cf_node::monitor::Monitor {
+        region: region.clone(),
+        plex_dir: plex.path().into(),
+        me_id: 7,
+        me_name: "T".into(),
+        me: cf_core::ProcessId::current().expect("this process"),
+        claim_delay: Duration::ZERO,
+        exe: CF_NODE.into(),
+        stop: AtomicBool::new(false),
+        detections: AtomicU64::new(0),
+        restarts: AtomicU64::new(0),
+    };
+    let slot = || cf_core::connector::slot_view(region, id).expect("slot");
+    assert!(!monitor.post_missing_request(&slot()), "X has its request");
+    let kinds = |since: u64| -> Vec<(EventKind, u64, Option<String>)> {
+        cf_core::events::read_since(region, since)
+            .into_iter()
+            .filter(|e| e.member == "X")
+            .map(|e| (e.kind, e.a, e.by))
+            .collect()
+    };
+
+    // The request is gone (as if its poster never posted), the death recorded.
+    requests::complete(region, id, "X", "test").expect("complete");
+    let since = plex.next_event();
+    assert!(monitor.post_missing_request(&slot()));
+    assert_eq!(
+        kinds(since),
+        vec![(EventKind::RequestPosted, 0, Some("T".into()))],
+        "the death is recorded already\n{}",
+        plex.dump()
+    );
+
+    // The request gone and the death not recorded (here its `detected` is
+    // pushed out of the event ring: a cleaner killed before recording it
+    // leaves none at all).
+    requests::complete(region, id, "X", "test").expect("complete");
+    for _ in 0..cf_core::layout::EVENT_CAPACITY {
+        cf_core::events::record(region, EventKind::Released, "filler", None, [0, 0, 0]);
+    }
+    let since = plex.next_event();
+    assert!(monitor.post_missing_request(&slot()));
+    assert!(!monitor.post_missing_request(&slot()), "posted once");
+    assert_eq!(
+        kinds(since),
+        vec![
+            (EventKind::Detected, pid as u64, Some("T".into())),
+            (EventKind::RequestPosted, 0, Some("T".into())),
+        ],
+        "{}",
+        plex.dump()
+    );
+    // X restarted normally recovers itself and completes the request.
+    let mut x = plex.start("X", &["--workload", "idle"], &[]);
+    plex.wait("X's request to be completed", || plex.requests().is_empty());
+    x.stop().assert_success();
+    plex.assert_balanced_and_clean();
+}
