@@ -237,19 +237,44 @@ pub fn check_kills(
     t0: u64,
 ) -> KillCheck {
     let missing = missing_seqs(events, head);
-    let mut detected: BTreeMap<u32, Vec<&Event>> = BTreeMap::new();
+    // Each `detected` belongs to the process of its PID and member name that
+    // started last before it: a member process, or a restart light (PIDs are
+    // reused over a long run).
+    let mut owners: BTreeMap<(u32, &str), Vec<(u64, Option<usize>)>> = BTreeMap::new();
+    for (i, p) in procs.iter().enumerate() {
+        owners
+            .entry((p.pid, p.name.as_str()))
+            .or_default()
+            .push((p.started_ns, Some(i)));
+    }
+    for e in events.values() {
+        if e.kind == EventKind::RestartLightStarted {
+            owners
+                .entry((e.a as u32, e.member.as_str()))
+                .or_default()
+                .push((e.time_ns, None));
+        }
+    }
+    let mut detected: Vec<Vec<&Event>> = vec![Vec::new(); procs.len()];
     for e in events.values().filter(|e| e.kind == EventKind::Detected) {
-        detected.entry(e.a as u32).or_default().push(e);
+        let owner = owners
+            .get(&(e.a as u32, e.member.as_str()))
+            .and_then(|v| {
+                v.iter()
+                    .filter(|(start, _)| *start <= e.time_ns)
+                    .max_by_key(|(start, _)| *start)
+            })
+            .and_then(|(_, i)| *i);
+        if let Some(i) = owner {
+            detected[i].push(e);
+        }
     }
     let mut out = KillCheck::default();
     let mut slow: Vec<(f64, Value)> = Vec::new();
-    for p in procs {
-        let mine: Vec<&Event> = detected
-            .get(&p.pid)
-            .map(|v| v.iter().copied().filter(|e| e.member == p.name).collect())
-            .unwrap_or_default();
+    for (i, p) in procs.iter().enumerate() {
+        let mine = &detected[i];
         let Some((t, how)) = p.died() else {
-            for d in &mine {
+            for d in mine {
                 out.declared_dead_alive.push(format!(
                     "{} pid {} (started {}, {}) was detected dead while it ran: {}",
                     p.name,
@@ -556,6 +581,32 @@ mod tests {
             0,
         );
         assert_eq!(k.declared_dead_alive.len(), 1, "{k:?}");
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_taken_for_an_earlier_process() {
+        // pid 10 is M1's first life (killed at 4 ms), then a restart light of
+        // M1 (started at 20 ms, killed), then M1 again (started at 50 ms,
+        // stopped normally): each `detected` of pid 10 is its own process's.
+        use EventKind::*;
+        let (m, head) = map(vec![
+            ev(0, Connected, "M1", None, 1, 10),
+            ev(1, Detected, "M1", Some("M0"), 5, 10),
+            ev(2, RestartLightStarted, "M1", Some("M0"), 20, 10),
+            ev(3, Detected, "M1", Some("M0"), 25, 10),
+            ev(4, RecoveryCompleted, "M1", Some("M1"), 30, 0),
+            ev(5, Connected, "M1", None, 51, 10),
+        ]);
+        let mut later = proc("M1", 10, Some((90_000_000, EndHow::Stopped)));
+        later.started_ns = 50_000_000;
+        let procs = vec![
+            proc("M1", 10, Some((4_000_000, EndHow::Killed("member")))),
+            later,
+        ];
+        let k = check_kills(&procs, &m, head, 0);
+        assert!(k.declared_dead_alive.is_empty(), "{k:?}");
+        assert_eq!((k.deaths, k.detection_us.clone()), (1, vec![1000.0]));
+        assert!(k.unrecovered.is_empty() && k.undetected.is_empty(), "{k:?}");
     }
 
     #[test]

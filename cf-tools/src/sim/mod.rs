@@ -123,6 +123,10 @@ pub struct SimArgs {
     /// With --crash-points: arm one member start in this many (1: every start)
     #[arg(long, default_value_t = 4)]
     arm_one_in: u64,
+    /// Also write every event read and every member process started (PID, start, end and
+    /// how it ended, armed crash point) to FILE, one JSON document per line, for analysis
+    #[arg(long, value_name = "FILE")]
+    history_out: Option<PathBuf>,
     /// Print the report as one JSON document
     #[arg(long)]
     json: bool,
@@ -1022,6 +1026,37 @@ pub fn run(plex_arg: Option<&Path>, a: SimArgs) -> Result<ExitCode> {
     report(&a, &sim, &store, elapsed, &mut tmp)
 }
 
+/// Every event and every member process, one JSON document per line.
+fn write_history(path: &Path, sim: &Sim) -> Result<()> {
+    use std::io::Write;
+    let f = std::fs::File::create(path)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
+    let mut w = std::io::BufWriter::new(f);
+    let t0 = sim.t0_ns as f64;
+    let io = |e: std::io::Error| anyhow::anyhow!("writing {}: {e}", path.display());
+    for p in &sim.procs {
+        let l = &p.life;
+        let (end_s, how) = match &l.end {
+            Some((t, h)) => (Some((*t as f64 - t0) / 1e9), Some(format!("{h:?}"))),
+            None => (None, None),
+        };
+        let v = json!({"process": {
+            "name": l.name, "pid": l.pid, "started_s": (l.started_ns as f64 - t0) / 1e9,
+            "running": l.running, "had_slot": l.had_slot, "end_s": end_s, "how": how,
+            "armed": p.armed.as_ref().map(|(a, _)| a.spec()), "fired": p.fired(),
+        }});
+        writeln!(w, "{v}").map_err(io)?;
+    }
+    for e in sim.events.values() {
+        let v = json!({"event": {
+            "seq": e.seq, "kind": e.kind.as_str(), "member": e.member, "by": e.by,
+            "t_s": (e.time_ns as f64 - t0) / 1e9, "a": e.a, "b": e.b, "c": e.c,
+        }});
+        writeln!(w, "{v}").map_err(io)?;
+    }
+    w.flush().map_err(io)
+}
+
 fn report(
     a: &SimArgs,
     sim: &Sim,
@@ -1035,6 +1070,9 @@ fn report(
     let t0 = sim.t0_ns;
     let count = |k: EventKind| ev.values().filter(|e| e.kind == k).count() as u64;
     let procs: Vec<ProcLife> = sim.procs.iter().map(|p| p.life.clone()).collect();
+    if let Some(path) = &a.history_out {
+        write_history(path, sim)?;
+    }
     let kills = check::check_kills(&procs, ev, head, t0);
     let lives = check::check_lives(ev, head, t0);
     let lost = check::missing_seqs(ev, head).len();
