@@ -200,6 +200,7 @@ fn run(a: RunArgs) -> Result<()> {
         stop: AtomicBool::new(false),
         detections: AtomicU64::new(0),
         restarts: AtomicU64::new(0),
+        suspects: Default::default(),
     });
     monitor.spawn()?;
     let mut workers = Vec::new();

@@ -6,7 +6,8 @@
 //!   polls readable, or a slot names a process that is gone, it runs the
 //!   cf-core cleanup; the member that wins the cleanup claim records
 //!   `detected` (with the moment it noticed) and `cleaned_up`, and posts the
-//!   restart request. The slot table is re-read every poll timeout (20 ms), so
+//!   restart request. A cleanup that starts late and finds the slot naming
+//!   another connection leaves it alone (that is not the death it saw). The slot table is re-read every poll timeout (20 ms), so
 //!   new members are watched within that time.
 //! * **Restarter** (one thread): sleeps on the request list's sequence word
 //!   (futex), wakes on any change, claims each request that needs a handler
@@ -38,6 +39,55 @@ use std::time::Duration;
 
 const POLL: Duration = Duration::from_millis(20);
 const MAX_ATTEMPTS: u64 = 5;
+/// How long a request whose member's slot no longer names it at the first
+/// look of a fresh claim must stay the same request before it is completed
+/// (see [`Suspects`]).
+const SUSPECT_CONFIRM: Duration = Duration::from_millis(100);
+
+/// Requests claimed fresh (not taken over) whose member's slot did not name
+/// it in a failed state at the first look, by connector id: the posted time
+/// and name of the request, and when it was first seen so. Such a request may
+/// be a new one read while it was being posted (the entry still held its
+/// previous request's name and time, which the poster overwrites next): it is
+/// given back, and completed only if a later look, `SUSPECT_CONFIRM` on,
+/// finds the very same request (then its member was recovered some other
+/// way, and nobody else will complete it).
+#[derive(Default)]
+pub struct Suspects(std::sync::Mutex<HashMap<u32, (u64, String, std::time::Instant)>>);
+
+impl Suspects {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (u64, String, std::time::Instant)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long until request `key` of `id`, seen suspect, may be looked at again.
+    fn wait(&self, id: u32, key: (u64, &str)) -> Option<Duration> {
+        match self.lock().get(&id) {
+            Some((p, n, since)) if (*p, n.as_str()) == key => SUSPECT_CONFIRM
+                .checked_sub(since.elapsed())
+                .filter(|d| !d.is_zero()),
+            _ => None,
+        }
+    }
+
+    /// Seen suspect again: true if it is the same request as long enough ago.
+    fn confirmed(&self, id: u32, key: (u64, &str)) -> bool {
+        let mut m = self.lock();
+        match m.get(&id) {
+            Some((p, n, since)) if (*p, n.as_str()) == key => {
+                if since.elapsed() >= SUSPECT_CONFIRM {
+                    m.remove(&id);
+                    return true;
+                }
+                false
+            }
+            _ => {
+                m.insert(id, (key.0, key.1.to_string(), std::time::Instant::now()));
+                false
+            }
+        }
+    }
+}
 
 /// Whose is a claimed request?
 enum Ours {
@@ -63,6 +113,8 @@ pub struct Monitor {
     pub stop: AtomicBool,
     pub detections: AtomicU64,
     pub restarts: AtomicU64,
+    /// Requests being confirmed before completion (see [`Suspects`]).
+    pub suspects: Suspects,
 }
 
 impl Monitor {
@@ -107,15 +159,18 @@ impl Monitor {
             let seen = now_ns();
             for i in ready {
                 let id = ids[i];
-                peers.remove(&id);
+                let Some((generation, process, _)) = peers.remove(&id) else {
+                    continue;
+                };
+                let dead = Some((generation, process));
                 // Each cleanup on its own thread: a member that held a million
                 // locks must not delay noticing the next death.
                 let me = self.clone();
                 let spawned = std::thread::Builder::new()
                     .name("cleanup".into())
-                    .spawn(move || me.on_death(id, seen));
+                    .spawn(move || me.on_death(id, seen, dead));
                 if spawned.is_err() {
-                    self.on_death(id, seen);
+                    self.on_death(id, seen, dead);
                 }
             }
         }
@@ -146,9 +201,10 @@ impl Monitor {
             {
                 continue;
             }
+            let dead = Some((slot.generation, slot.process));
             if slot.state == MemberState::Cleaning {
                 // A cleaner died halfway: finish its job.
-                self.on_death(id, now_ns());
+                self.on_death(id, now_ns(), dead);
                 continue;
             }
             match pidfd::open(slot.process.pid) {
@@ -157,12 +213,24 @@ impl Monitor {
                 Ok(fd) if slot.process.is_alive() => {
                     peers.insert(id, (slot.generation, slot.process, fd));
                 }
-                _ => self.on_death(id, now_ns()),
+                _ => self.on_death(id, now_ns(), dead),
             }
         }
     }
 
-    fn on_death(&self, id: u32, seen_ns: u64) {
+    /// Clean up connector `id`, whose process (as of generation and
+    /// identity `dead`) was seen dead at `seen_ns`. If the slot names another
+    /// connection by the time this runs (a cleanup thread can start late: the
+    /// death was handled meanwhile and the slot reused), that one is not the
+    /// death seen, and is left to its own detection: cleaning it up here would
+    /// record its `detected` with the time of an earlier death.
+    fn on_death(&self, id: u32, seen_ns: u64, dead: Option<(u32, ProcessId)>) {
+        if let Some((generation, process)) = dead {
+            match slot_view(&self.region, id) {
+                Ok(s) if s.generation == generation && s.process == process => {}
+                _ => return,
+            }
+        }
         // The cleanup records `detected`, `cleaned_up` and posts the request.
         match cleanup_member_as(&self.region, id, Some(self.me_id), Some(seen_ns)) {
             Ok(CleanupOutcome::Cleaned(_)) => {
@@ -238,6 +306,16 @@ impl Monitor {
         }
     }
 
+    /// Is the request for `id` the same one as a while ago (see [`Suspects`])?
+    fn confirmed(&self, id: u32) -> bool {
+        let Ok(reqs) = requests::list(&self.region) else {
+            return false;
+        };
+        reqs.iter()
+            .find(|r| r.member_id == id)
+            .is_some_and(|r| self.suspects.confirmed(id, (r.posted_unix_ns, &r.name)))
+    }
+
     /// The member of the request we claimed for `id` needs no restart any
     /// more: complete the request if it is still ours. Never complete a
     /// request that is not (a late completion would complete the request of
@@ -299,6 +377,9 @@ impl Monitor {
         } else {
             req.name.clone()
         };
+        if let Some(wait) = self.suspects.wait(id, (req.posted_unix_ns, &req.name)) {
+            return Some(wait);
+        }
         match requests::claim(&self.region, id, self.me_id, &self.me) {
             Ok(ClaimOutcome::Claimed { taken_over }) => {
                 events::record(
@@ -309,7 +390,7 @@ impl Monitor {
                     [self.me.pid as u64, taken_over as u64, 0],
                 );
                 cf_core::crash::point("handler.claimed");
-                self.handle(id, &name);
+                self.handle(id, &name, taken_over);
                 Some(Duration::ZERO)
             }
             _ => None,
@@ -317,8 +398,12 @@ impl Monitor {
     }
 
     /// Drive the claimed request for `id` until its member needs no restart.
-    fn handle(&self, id: u32, name: &str) {
+    fn handle(&self, id: u32, name: &str, taken_over: bool) {
         let mut attempts = 0;
+        // Has the slot been seen naming the member in a failed state (or was
+        // the request taken over from a dead claimer, whose restart light may
+        // have finished)? Only then is a member found gone really recovered.
+        let mut saw_failed = taken_over;
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 let _ = requests::unclaim(&self.region, id, &self.me);
@@ -337,18 +422,22 @@ impl Monitor {
             let Ok(slot) = slot_view(&self.region, id) else {
                 return;
             };
-            if slot.name != name || slot.state == MemberState::Free {
-                // Recovered (and perhaps the slot reused): nothing left to do.
-                self.finish(id, name);
+            let gone = slot.name != name || slot.state == MemberState::Free;
+            // Restarted normally: it recovers itself.
+            let running = slot.state == MemberState::Active && slot.is_alive();
+            if gone || running {
+                // Recovered (and perhaps the slot reused): nothing left to
+                // do, if this is really the request of a member we saw failed.
+                if saw_failed || self.confirmed(id) {
+                    self.finish(id, name);
+                } else {
+                    let _ = requests::unclaim(&self.region, id, &self.me);
+                }
                 return;
             }
+            saw_failed = true;
             match slot.state {
                 MemberState::FailedPersistent => {}
-                MemberState::Active if slot.is_alive() => {
-                    // Restarted normally: it recovers itself.
-                    self.finish(id, name);
-                    return;
-                }
                 MemberState::Recovering | MemberState::Connecting if slot.is_alive() => {
                     // A restart light started by a claimer that died: let it finish.
                     std::thread::sleep(Duration::from_millis(2));
@@ -430,6 +519,7 @@ mod tests {
             stop: AtomicBool::new(false),
             detections: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
+            suspects: Default::default(),
         }
     }
 
@@ -484,5 +574,94 @@ mod tests {
         m.finish(id, "A");
         assert_eq!(state(&region, id), None);
         a.disconnect().unwrap();
+    }
+
+    #[test]
+    fn a_late_cleanup_leaves_the_slots_next_connection_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let plex = Plex {
+            dir: dir.path().into(),
+        };
+        let region = Arc::new(Region::create(&plex, &CreateOptions::small_for_tests()).unwrap());
+        let a = Member::connect(region.clone(), "A").unwrap();
+        let id = a.id();
+        // A's process now looks dead (same PID, another start time).
+        cf_core::testing::fake_reused_pid(&region, id);
+        let slot = slot_view(&region, id).unwrap();
+        let detected = || {
+            cf_core::events::read_all(&region)
+                .into_iter()
+                .filter(|e| e.kind == EventKind::Detected)
+                .collect::<Vec<_>>()
+        };
+        let m = monitor(&region, 1);
+        // A death seen of an earlier connection of the slot: not this one.
+        m.on_death(id, 5, Some((slot.generation.wrapping_sub(1), slot.process)));
+        assert_eq!(slot_view(&region, id).unwrap().state, MemberState::Active);
+        assert!(detected().is_empty());
+        // The death of this connection, seen at 7: cleaned up, detected at 7.
+        m.on_death(id, 7, Some((slot.generation, slot.process)));
+        assert_eq!(
+            slot_view(&region, id).unwrap().state,
+            MemberState::FailedPersistent
+        );
+        let d = detected();
+        assert_eq!(
+            (d.len(), d[0].time_ns, d[0].a),
+            (1, 7, slot.process.pid as u64)
+        );
+    }
+
+    fn completions(region: &Region) -> usize {
+        cf_core::events::read_all(region)
+            .iter()
+            .filter(|e| e.kind == EventKind::RecoveryCompleted)
+            .count()
+    }
+
+    #[test]
+    fn a_request_for_a_member_gone_at_the_first_look_is_completed_only_once_confirmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let plex = Plex {
+            dir: dir.path().into(),
+        };
+        let region = Arc::new(Region::create(&plex, &CreateOptions::small_for_tests()).unwrap());
+        // A request naming A whose slot is free: what a claimer sees of a new
+        // request read while it is being posted (the entry still holds the
+        // previous request's name), or of a request whose member was
+        // recovered some other way.
+        let a = Member::connect(region.clone(), "A").unwrap();
+        let id = a.id();
+        requests::post(&region, id, None, || {}).unwrap();
+        a.disconnect().unwrap();
+        let m = monitor(&region, 1);
+        assert_eq!(m.consider(id), Some(Duration::ZERO));
+        assert_eq!(
+            state(&region, id),
+            Some(RequestState::Pending),
+            "given back"
+        );
+        assert_eq!(completions(&region), 0);
+        // Not claimed again before it is confirmed.
+        assert!(m.consider(id).is_some_and(|d| d > Duration::ZERO));
+        assert_eq!(state(&region, id), Some(RequestState::Pending));
+        // Meanwhile the poster finished: another request (another time).
+        std::thread::sleep(Duration::from_millis(2));
+        requests::complete(&region, id, "A", "test").unwrap();
+        requests::post(&region, id, None, || {}).unwrap();
+        let done = completions(&region);
+        std::thread::sleep(SUSPECT_CONFIRM);
+        assert_eq!(m.consider(id), Some(Duration::ZERO));
+        assert_eq!(
+            state(&region, id),
+            Some(RequestState::Pending),
+            "a new suspect"
+        );
+        assert_eq!(completions(&region), done);
+        // The same request a while later: its member needs nothing, completed.
+        std::thread::sleep(SUSPECT_CONFIRM);
+        assert_eq!(m.consider(id), Some(Duration::ZERO));
+        assert_eq!(state(&region, id), None);
+        assert_eq!(completions(&region), done + 1);
     }
 }
