@@ -222,6 +222,9 @@ pub struct KillCheck {
     /// `detected` events for a member process before it died, or for one
     /// that never died (a live member declared dead).
     pub declared_dead_alive: Vec<String>,
+    /// Deaths whose `detected` time is before the death (the cleaner looked
+    /// just before, and found the process dead just after).
+    pub timed_before_death: u64,
     /// The slowest detections, with who detected them.
     pub slowest: Vec<Value>,
     pub evidence: Vec<Value>,
@@ -293,15 +296,28 @@ pub fn check_kills(
             continue;
         };
         let died = format!("{} pid {} {} {}", p.name, p.pid, how_str(how), rel(t, t0));
-        // A `detected` before the death: the process was declared dead while
-        // it ran (its death came later).
-        for d in mine.iter().filter(|d| d.time_ns + 1_000_000 < t) {
-            out.declared_dead_alive.push(format!(
-                "{died} was detected dead before that: {}",
-                event_line(d, t0)
-            ));
+        // The first `detected` of the process is its death's. Its time is when
+        // the cleaner looked, which may be just before the death (the cleaner
+        // read the clock, was preempted, and found the process dead when it
+        // ran again); but a cleanup that ended (`cleaned_up`) before the
+        // death declared a live process dead.
+        let det = mine.first().copied();
+        if let Some(d) = det {
+            if d.time_ns < t {
+                out.timed_before_death += 1;
+            }
+            let cleaned = events
+                .range(d.seq + 1..)
+                .map(|(_, e)| e)
+                .find(|e| e.kind == EventKind::CleanedUp && e.member == d.member && e.by == d.by);
+            if let Some(c) = cleaned.filter(|c| c.time_ns + 1_000_000 < t) {
+                out.declared_dead_alive.push(format!(
+                    "{died} was cleaned up as dead before that: {}, {}",
+                    event_line(d, t0),
+                    event_line(c, t0)
+                ));
+            }
         }
-        let det = mine.iter().find(|d| d.time_ns + 1_000_000 >= t).copied();
         let connected = p.running || p.had_slot || det.is_some();
         if !connected {
             out.before_connect += 1;
@@ -574,13 +590,20 @@ mod tests {
             0,
         );
         assert_eq!(k.declared_dead_alive.len(), 1, "{k:?}");
-        let k = check_kills(
-            &[proc("M1", 10, Some((90_000_000, EndHow::Killed("member"))))],
-            &m,
-            head,
-            0,
-        );
+        // Detected at 5 ms but killed at 90 ms: declared dead only if its
+        // cleanup ended before the death.
+        let killed = [proc("M1", 10, Some((90_000_000, EndHow::Killed("member"))))];
+        let k = check_kills(&killed, &m, head, 0);
+        assert!(k.declared_dead_alive.is_empty(), "{k:?}");
+        assert_eq!(k.timed_before_death, 1);
+        let (m, head) = map(vec![
+            ev(0, Connected, "M1", None, 1, 10),
+            ev(1, Detected, "M1", Some("M0"), 5, 10),
+            ev(2, CleanedUp, "M1", Some("M0"), 6, 0),
+        ]);
+        let k = check_kills(&killed, &m, head, 0);
         assert_eq!(k.declared_dead_alive.len(), 1, "{k:?}");
+        assert!(k.declared_dead_alive[0].contains("cleaned up as dead before"));
     }
 
     #[test]

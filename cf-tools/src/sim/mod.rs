@@ -1260,7 +1260,7 @@ fn report(
         "throughput_tps": committed as f64 / elapsed.as_secs_f64(),
         "lock_requests": c.requests, "contention_rate": rate(c.contention), "false_contention_rate": rate(c.false_contention),
         "detection_us": stats(kills.detection_us.clone()), "recovery_ms": stats(kills.recovery_ms.clone()),
-        "slowest_detections": kills.slowest,
+        "slowest_detections": kills.slowest, "detections_timed_before_death": kills.timed_before_death,
         "restart_light_peak_rss_kib": stats(light_rss), "member_peak_rss_kib": stats(sim.normal_rss.iter().map(|&x| x as f64).collect()),
         "bank_total_expected": expected as i64, "bank_total_actual": total as i64,
         "invariants": invariants.iter().map(|(n, ok, d, ev)| {
