@@ -230,6 +230,10 @@ pub struct KillCheck {
     pub evidence: Vec<Value>,
 }
 
+/// A process that may own a `detected` event of its PID: when it started,
+/// and which member process it is (None: a restart light).
+type Owner = (u64, Option<usize>);
+
 /// Match every death of a member process to the `detected` event of its PID
 /// and the first `recovery_completed` of its name after that, and every
 /// `detected` event of a member process to its death.
@@ -243,7 +247,7 @@ pub fn check_kills(
     // Each `detected` belongs to the process of its PID and member name that
     // started last before it: a member process, or a restart light (PIDs are
     // reused over a long run).
-    let mut owners: BTreeMap<(u32, &str), Vec<(u64, Option<usize>)>> = BTreeMap::new();
+    let mut owners: BTreeMap<(u32, &str), Vec<Owner>> = BTreeMap::new();
     for (i, p) in procs.iter().enumerate() {
         owners
             .entry((p.pid, p.name.as_str()))
