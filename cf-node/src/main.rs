@@ -201,6 +201,7 @@ fn run(a: RunArgs) -> Result<()> {
         detections: AtomicU64::new(0),
         restarts: AtomicU64::new(0),
         suspects: Default::default(),
+        nameless: Default::default(),
     });
     monitor.spawn()?;
     let mut workers = Vec::new();

@@ -115,6 +115,8 @@ pub struct Monitor {
     pub restarts: AtomicU64,
     /// Requests being confirmed before completion (see [`Suspects`]).
     pub suspects: Suspects,
+    /// Connectors whose request names no member (reported once).
+    pub nameless: std::sync::Mutex<std::collections::BTreeSet<u32>>,
 }
 
 impl Monitor {
@@ -377,6 +379,24 @@ impl Monitor {
         } else {
             req.name.clone()
         };
+        if name.is_empty() {
+            // A slot without a name (its last process was killed inside its
+            // disconnect, after the name was cleared): no restart light can
+            // connect as it. Say so once; restarting it over and over would
+            // only flood the event ring.
+            if self
+                .nameless
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id)
+            {
+                eprintln!(
+                    "cf-node {}: the restart request of connector {id} names no member: cannot restart it",
+                    self.me_name
+                );
+            }
+            return None;
+        }
         if let Some(wait) = self.suspects.wait(id, (req.posted_unix_ns, &req.name)) {
             return Some(wait);
         }
@@ -520,6 +540,7 @@ mod tests {
             detections: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             suspects: Default::default(),
+            nameless: Default::default(),
         }
     }
 

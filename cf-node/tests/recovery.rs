@@ -684,6 +684,7 @@ fn the_sweep_records_the_death_a_dead_cleaner_did_not() {
         detections: AtomicU64::new(0),
         restarts: AtomicU64::new(0),
         suspects: Default::default(),
+        nameless: Default::default(),
     };
     let slot = || cf_core::connector::slot_view(region, id).expect("slot");
     assert!(!monitor.post_missing_request(&slot()), "X has its request");
