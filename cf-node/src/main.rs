@@ -156,6 +156,14 @@ fn connect(region: &Arc<Region>, name: &str) -> Result<Member> {
     }
 }
 
+/// Did this connection reconnect a failed-persistent member (its slot keeps
+/// the time it failed; a fresh connect clears it)?
+fn reconnected_failed(region: &Region, id: u32) -> bool {
+    cf_core::inspect::members(region)
+        .map(|ms| ms.iter().any(|m| m.id == id && m.failed_unix_ns != 0))
+        .unwrap_or(false)
+}
+
 fn run(a: RunArgs) -> Result<()> {
     // Signals first, so every thread inherits the mask and SIGTERM waits for us.
     let signals = block_stop_signals()?;
@@ -180,7 +188,23 @@ fn run(a: RunArgs) -> Result<()> {
         }
     }
     // A restart request left for our previous life is over: we are restarted.
+    let outstanding = cf_core::requests::list(&region)?
+        .iter()
+        .any(|r| r.name == a.member);
     let _ = cf_core::requests::complete_for_name(&region, &a.member, &a.member);
+    // Reconnected as a failed member whose death got no restart request (the
+    // request entry of its slot still held the previous occupant's, or its
+    // poster died before posting): this restart ended its recovery, so it
+    // records the completion no request will.
+    if reconnected_failed(&region, member.id()) && !outstanding {
+        events::record(
+            &region,
+            EventKind::RecoveryCompleted,
+            &a.member,
+            Some(&a.member),
+            [0, 0, 0],
+        );
+    }
     // Recorded after any self-recovery, so the events of the previous life come first.
     events::record(
         &region,

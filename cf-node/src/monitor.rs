@@ -651,10 +651,14 @@ mod tests {
         // request read while it is being posted (the entry still holds the
         // previous request's name), or of a request whose member was
         // recovered some other way.
-        let a = Member::connect(region.clone(), "A").unwrap();
-        let id = a.id();
-        requests::post(&region, id, None, || {}).unwrap();
-        a.disconnect().unwrap();
+        let post_for_a = || {
+            let a = Member::connect(region.clone(), "A").unwrap();
+            let id = a.id();
+            requests::post(&region, id, None, || {}).unwrap();
+            a.disconnect().unwrap();
+            id
+        };
+        let id = post_for_a();
         let m = monitor(&region, 1);
         assert_eq!(m.consider(id), Some(Duration::ZERO));
         assert_eq!(
@@ -669,7 +673,7 @@ mod tests {
         // Meanwhile the poster finished: another request (another time).
         std::thread::sleep(Duration::from_millis(2));
         requests::complete(&region, id, "A", "test").unwrap();
-        requests::post(&region, id, None, || {}).unwrap();
+        assert_eq!(post_for_a(), id);
         let done = completions(&region);
         std::thread::sleep(SUSPECT_CONFIRM);
         assert_eq!(m.consider(id), Some(Duration::ZERO));

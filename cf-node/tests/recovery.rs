@@ -732,3 +732,51 @@ fn the_sweep_records_the_death_a_dead_cleaner_did_not() {
     x.stop().assert_success();
     plex.assert_balanced_and_clean();
 }
+
+/// A member whose death gets no restart request (DESIGN §8): its slot's
+/// request entry still holds the previous occupant's request (a restart light
+/// that disconnected, freeing the slot, was killed before it completed it),
+/// so the cleanup cannot post one. Restarted normally, the member recovers
+/// itself and records the `recovery_completed` no request will; the previous
+/// occupant's request is completed too, once (by a handler that confirms it).
+#[test]
+fn a_death_whose_request_entry_is_taken_is_completed_by_the_members_restart() {
+    use cf_core::requests;
+    let _serial = serial();
+    let plex = TestPlex::new();
+    let region = plex.region();
+    // The previous occupant A of slot 0 leaves its request behind.
+    let a = Member::connect(region.clone(), "A").expect("connect A");
+    let slot = a.id();
+    requests::post(region, slot, None, || {}).expect("post");
+    a.disconnect().expect("disconnect A");
+    // X takes the free slot, and dies there.
+    let mut x = plex.start("X", &["--workload", "idle"], &[]);
+    assert_eq!(
+        id_of(&plex, "X"),
+        slot,
+        "X took A's old slot\n{}",
+        plex.dump()
+    );
+    let since = plex.next_event();
+    x.kill();
+    assert!(matches!(
+        cf_core::cleanup_member(region, slot),
+        Ok(cf_core::CleanupOutcome::Cleaned(_))
+    ));
+    assert_eq!(plex.count_events("X", since, EventKind::RequestPosted), 0);
+    assert_eq!(plex.requests().len(), 1, "only A's\n{}", plex.dump());
+    // X restarted normally: its death's recovery is over, recorded once.
+    let mut x = plex.start("X", &["--workload", "idle"], &[]);
+    plex.wait("A's request to be completed", || plex.requests().is_empty());
+    assert_eq!(
+        plex.count_events("X", since, EventKind::RecoveryCompleted),
+        1
+    );
+    assert_eq!(
+        plex.count_events("A", since, EventKind::RecoveryCompleted),
+        1
+    );
+    x.stop().assert_success();
+    plex.assert_balanced_and_clean();
+}
