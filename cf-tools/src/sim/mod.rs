@@ -455,6 +455,30 @@ impl Sim<'_> {
                 .map(|d| (d.as_nanos() as u64, a.spec())),
             _ => None,
         };
+        // The marker's time may be kept at timer-tick granularity (a few ms
+        // early); the death is after any event the process recorded itself.
+        let pid = r.life.pid as u64;
+        let name = r.life.name.clone();
+        let crash = crash.map(|(t, spec)| {
+            let own = self
+                .events
+                .values()
+                .rev()
+                .take_while(|e| e.time_ns + 20_000_000 >= t)
+                .filter(|e| {
+                    e.a == pid
+                        && match e.kind {
+                            EventKind::Connected => e.member == name,
+                            EventKind::Claimed => e.by.as_deref() == Some(name.as_str()),
+                            _ => false,
+                        }
+                })
+                .map(|e| e.time_ns)
+                .max()
+                .unwrap_or(0);
+            (t.max(own), spec)
+        });
+        let r = &mut self.procs[rec];
         let kind = match crash {
             Some((t, spec)) => {
                 r.life.end = Some((t, EndHow::CrashPoint(spec)));
