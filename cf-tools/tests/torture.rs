@@ -1,6 +1,7 @@
 //! The kill torture test: `cfctl sim` where the bugs live. A tiny lock table
 //! (32 entries: false contention and the latched path on most requests),
-//! three members of two worker threads each, and at least 200 faults: members,
+//! three members of three worker threads each, and at least 200 faults (500
+//! scheduled, and the crash points'; about 20 s on 2 cores): members,
 //! restarters, restart-light processes and every member at once killed, and
 //! every member start armed with a named crash point (`--crash-points`: the
 //! lock word and latch windows, cleanup of another member, connect, restart
@@ -98,13 +99,13 @@ fn two_hundred_faults_on_a_tiny_table_keep_every_invariant() {
             "--members",
             "3",
             "--threads",
-            "2",
+            "3",
             "--lock-entries",
             "32",
             "--accounts",
             "200",
             "--kills",
-            "220",
+            "500",
             "--kill-every",
             "30",
             "--kill-restarters",
