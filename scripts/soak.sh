@@ -49,15 +49,21 @@ while [ "$done_faults" -lt "$faults" ]; do
     --crash-points --arm-one-in "$arm_one_in" --pause-us 300 --buffer-pool-mb 4 \
     --seed "$s" --json > "$report" || status=$?
   kills=$(field kills "$report")
-  if [ "$status" -ne 0 ] || [ -z "$kills" ]; then
+  if [ -z "$kills" ]; then
+    echo "soak: round $round (seed $s): cfctl sim failed (exit status $status), no report" >&2
+    exit 1
+  fi
+  if [ "$status" -ne 0 ]; then
     keep=yes
     echo "soak: round $round (seed $s) broke an invariant after $done_faults earlier faults:" >&2
     awk '/^      "detail": /{d=$0} /^      "name": /{n=$0}
          /^      "ok": false/{sub(/^ */,"",n); sub(/^ */,"",d); print "  " n "\n    " d}' \
       "$report" >&2 || true
-    [ -z "$kills" ] && echo "soak: no report (cfctl exit status $status)" >&2
-    echo "soak: report $report; plex kept at $plex" >&2
-    echo "soak: rerun the round: cfctl --plex DIR sim ... --seed $s (see the report's options)" >&2
+    echo "soak: report $report (its invariants' evidence lists the events); plex kept at $plex" >&2
+    echo "soak: the round again: cfctl --plex DIR sim --members $members --threads $threads" \
+      "--lock-entries $lock_entries --kills $round_faults --duration 3600 --kill-every $kill_every" \
+      "--kill-restarters --kill-all-every $kill_all_every --crash-points --arm-one-in $arm_one_in" \
+      "--pause-us 300 --buffer-pool-mb 4 --seed $s (the same schedule; timing differs)" >&2
     exit 1
   fi
   rm -rf "$plex"; plex=""
