@@ -870,10 +870,14 @@ pub fn run(plex_arg: Option<&Path>, a: SimArgs) -> Result<ExitCode> {
     {
         use std::os::unix::fs::DirBuilderExt;
         let history = dir.join("history");
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&history)
-            .map_err(|e| anyhow::anyhow!("creating {}: {e}", history.display()))?;
+        match std::fs::DirBuilder::new().mode(0o700).create(&history) {
+            Ok(()) => {}
+            // Left by an earlier run in a --plex directory: a directory, not a link, is fine.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AlreadyExists
+                    && std::fs::symlink_metadata(&history).is_ok_and(|m| m.is_dir()) => {}
+            Err(e) => bail!("creating {}: {e}", history.display()),
+        }
     }
     let store = Store::create(&dir, a.accounts, 1000, false)?;
     let plan = schedule(&a);
