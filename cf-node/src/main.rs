@@ -169,7 +169,29 @@ fn run(a: RunArgs) -> Result<()> {
     let signals = block_stop_signals()?;
     let plex = Plex::resolve(a.plex.as_deref());
     let region = Arc::new(Region::open(&plex)?);
+    // A failed-persistent slot of this name (cleaned up already): its dead process.
+    let failed_pid = cf_core::inspect::members(&region)
+        .ok()
+        .and_then(|ms| {
+            ms.into_iter()
+                .find(|m| m.name == a.member && m.state == cf_core::MemberState::FailedPersistent)
+        })
+        .map(|m| m.pid);
     let member = connect(&region, &a.member)?;
+    let reconnected = reconnected_failed(&region, member.id());
+    // Its cleaner died after it marked the member failed-persistent and before
+    // it recorded the death: the restart records it, so the death has its event.
+    if let Some(pid) = failed_pid.filter(|_| reconnected) {
+        if !cf_node::monitor::death_recorded(&region, &a.member, pid) {
+            events::record(
+                &region,
+                EventKind::Detected,
+                &a.member,
+                Some(&a.member),
+                [pid as u64, 0, 0],
+            );
+        }
+    }
     // Reconnected as a failed member: recover ourselves first (a normal restart).
     if !member.held_records()?.is_empty()
         || cf_node::wal::read_log(&cf_node::wal::log_path(&plex.dir, &a.member))?
@@ -196,7 +218,7 @@ fn run(a: RunArgs) -> Result<()> {
     // request entry of its slot still held the previous occupant's, or its
     // poster died before posting): this restart ended its recovery, so it
     // records the completion no request will.
-    if reconnected_failed(&region, member.id()) && !outstanding {
+    if reconnected && !outstanding {
         events::record(
             &region,
             EventKind::RecoveryCompleted,

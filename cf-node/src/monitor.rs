@@ -89,6 +89,14 @@ impl Suspects {
     }
 }
 
+/// Is there a `detected` event for the death of process `pid` as member
+/// `name` (in what the event ring still holds)?
+pub fn death_recorded(region: &Region, name: &str, pid: u32) -> bool {
+    events::read_all(region)
+        .iter()
+        .any(|e| e.kind == EventKind::Detected && e.member == name && e.a == pid as u64)
+}
+
 /// Whose is a claimed request?
 enum Ours {
     /// Claimed by this member, for the member we handle.
@@ -259,9 +267,7 @@ impl Monitor {
             return false;
         }
         let pid = slot.process.pid as u64;
-        let announced = events::read_all(&self.region)
-            .iter()
-            .any(|e| e.kind == EventKind::Detected && e.member == slot.name && e.a == pid);
+        let announced = death_recorded(&self.region, &slot.name, slot.process.pid);
         requests::post(&self.region, id, Some(self.me_id), || {
             if !announced {
                 events::record(
@@ -305,6 +311,30 @@ impl Monitor {
                 }
             }
             _ => Ours::No,
+        }
+    }
+
+    /// Our restart light failed (was killed) and the request we claimed for
+    /// `id` is no longer ours: it completed the request and died before it
+    /// recorded `recovery_completed` (the completion is a swap of the
+    /// request's state, then the event), or someone else completed it (and
+    /// recorded it). If the entry is free and no completion of `name` was
+    /// recorded since our claim (`since`), record it for the restart light
+    /// (`b` = 1). (An entry not free holds a request: ours with its claim
+    /// lost, or a new one; neither is a completion.)
+    fn record_lost_completion(&self, id: u32, name: &str, since: u64) {
+        let free = requests::list(&self.region).is_ok_and(|r| r.iter().all(|r| r.member_id != id));
+        let recorded = events::read_since(&self.region, since)
+            .iter()
+            .any(|e| e.kind == EventKind::RecoveryCompleted && e.member == name);
+        if free && !recorded {
+            events::record(
+                &self.region,
+                EventKind::RecoveryCompleted,
+                name,
+                Some(&self.me_name),
+                [0, 1, 0],
+            );
         }
     }
 
@@ -424,6 +454,9 @@ impl Monitor {
         // the request taken over from a dead claimer, whose restart light may
         // have finished)? Only then is a member found gone really recovered.
         let mut saw_failed = taken_over;
+        // Events from our claim on, and did a restart light of ours fail?
+        let since = events::next_seq(&self.region);
+        let mut light_failed = false;
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 let _ = requests::unclaim(&self.region, id, &self.me);
@@ -433,7 +466,12 @@ impl Monitor {
                 Ours::Yes => {}
                 // Completed by someone else (its restart light, or the member
                 // restarting normally), perhaps posted again since: not ours.
-                Ours::No => return,
+                Ours::No => {
+                    if light_failed {
+                        self.record_lost_completion(id, name, since);
+                    }
+                    return;
+                }
                 Ours::OtherName => {
                     let _ = requests::unclaim(&self.region, id, &self.me);
                     return;
@@ -505,6 +543,7 @@ impl Monitor {
             match child.wait() {
                 Ok(st) if st.success() => {}
                 Ok(st) => {
+                    light_failed = true;
                     let code = st
                         .code()
                         .map_or_else(|| 128 + st.signal().unwrap_or(0) as u64, |c| c as u64);
@@ -631,6 +670,36 @@ mod tests {
             (d.len(), d[0].time_ns, d[0].a),
             (1, 7, slot.process.pid as u64)
         );
+    }
+
+    #[test]
+    fn a_completion_lost_with_its_restart_light_is_recorded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let plex = Plex {
+            dir: dir.path().into(),
+        };
+        let region = Arc::new(Region::create(&plex, &CreateOptions::small_for_tests()).unwrap());
+        let m = monitor(&region, 1);
+        let since = cf_core::events::next_seq(&region);
+        // The entry still holds a request: not a completion.
+        requests::post(&region, 0, None, || {}).unwrap();
+        m.record_lost_completion(0, "A", since);
+        assert_eq!(completions_of(&region, "A"), 0);
+        // Free, nothing recorded since the claim: recorded for the restart light.
+        requests::complete(&region, 0, "", "").unwrap();
+        let since = cf_core::events::next_seq(&region);
+        m.record_lost_completion(0, "A", since);
+        assert_eq!(completions_of(&region, "A"), 1);
+        // Recorded already (by it, or by whoever completed it): not again.
+        m.record_lost_completion(0, "A", since);
+        assert_eq!(completions_of(&region, "A"), 1);
+    }
+
+    fn completions_of(region: &Region, name: &str) -> usize {
+        cf_core::events::read_all(region)
+            .iter()
+            .filter(|e| e.kind == EventKind::RecoveryCompleted && e.member == name)
+            .count()
     }
 
     fn completions(region: &Region) -> usize {

@@ -780,3 +780,47 @@ fn a_death_whose_request_entry_is_taken_is_completed_by_the_members_restart() {
     x.stop().assert_success();
     plex.assert_balanced_and_clean();
 }
+
+/// A member restarted normally over a failed-persistent slot whose death has
+/// no `detected` event (its cleaner was killed after it marked the member
+/// failed-persistent and before it recorded the death; here the event is
+/// pushed out of the ring) records the death, then its recovery, then its
+/// connect: every death has its event, and the events of a life come in order.
+#[test]
+fn a_normal_restart_records_the_death_a_dead_cleaner_did_not() {
+    use cf_core::requests;
+    let _serial = serial();
+    let plex = TestPlex::new();
+    let region = plex.region();
+    let mut x = plex.start("X", &["--workload", "idle"], &[]);
+    let id = id_of(&plex, "X");
+    let pid = x.pid();
+    x.kill();
+    assert!(matches!(
+        cf_core::cleanup_member(region, id),
+        Ok(cf_core::CleanupOutcome::Cleaned(_))
+    ));
+    requests::complete(region, id, "X", "test").expect("complete");
+    for _ in 0..cf_core::layout::EVENT_CAPACITY {
+        cf_core::events::record(region, EventKind::Released, "filler", None, [0, 0, 0]);
+    }
+    let since = plex.next_event();
+    let mut x = plex.start("X", &["--workload", "idle"], &[]);
+    let kinds: Vec<(EventKind, u64)> = cf_core::events::read_since(region, since)
+        .into_iter()
+        .filter(|e| e.member == "X")
+        .map(|e| (e.kind, e.a))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (EventKind::Detected, pid as u64),
+            (EventKind::RecoveryCompleted, 0),
+            (EventKind::Connected, x.pid() as u64),
+        ],
+        "{}",
+        plex.dump()
+    );
+    x.stop().assert_success();
+    plex.assert_balanced_and_clean();
+}
