@@ -404,6 +404,13 @@ pub fn complete(
     Ok(true)
 }
 
+/// Is request `epoch` of `id` still outstanding (pending or claimed)?
+pub fn is_outstanding(region: &Region, id: u32, epoch: u32) -> Result<bool, CorruptError> {
+    let e = region.request(id)?;
+    let st = load(id, e)?;
+    Ok(st.state != RequestState::Free && st.epoch == epoch)
+}
+
 /// The outstanding request (id, epoch) for the member named `name`, if any.
 pub fn find(region: &Region, name: &str) -> Result<Option<(u32, u32)>, CorruptError> {
     for id in 0..region.members() {

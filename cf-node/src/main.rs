@@ -209,6 +209,7 @@ fn run(a: RunArgs) -> Result<()> {
         stop: AtomicBool::new(false),
         detections: AtomicU64::new(0),
         restarts: AtomicU64::new(0),
+        nameless: Default::default(),
     });
     monitor.spawn()?;
     let mut workers = Vec::new();

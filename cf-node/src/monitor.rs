@@ -47,6 +47,8 @@ pub struct Monitor {
     pub stop: AtomicBool,
     pub detections: AtomicU64,
     pub restarts: AtomicU64,
+    /// Connectors whose request names no member (reported once).
+    pub nameless: std::sync::Mutex<std::collections::BTreeSet<u32>>,
 }
 
 impl Monitor {
@@ -91,15 +93,18 @@ impl Monitor {
             let seen = now_ns();
             for i in ready {
                 let id = ids[i];
-                peers.remove(&id);
+                let Some((generation, process, _)) = peers.remove(&id) else {
+                    continue;
+                };
+                let dead = Some((generation, process));
                 // Each cleanup on its own thread: a member that held a million
                 // locks must not delay noticing the next death.
                 let me = self.clone();
                 let spawned = std::thread::Builder::new()
                     .name("cleanup".into())
-                    .spawn(move || me.on_death(id, seen));
+                    .spawn(move || me.on_death(id, seen, dead));
                 if spawned.is_err() {
-                    self.on_death(id, seen);
+                    self.on_death(id, seen, dead);
                 }
             }
         }
@@ -130,9 +135,10 @@ impl Monitor {
             {
                 continue;
             }
+            let dead = Some((slot.generation, slot.process));
             if slot.state == MemberState::Cleaning {
                 // A cleaner died halfway: finish its job.
-                self.on_death(id, now_ns());
+                self.on_death(id, now_ns(), dead);
                 continue;
             }
             match pidfd::open(slot.process.pid) {
@@ -141,12 +147,24 @@ impl Monitor {
                 Ok(fd) if slot.process.is_alive() => {
                     peers.insert(id, (slot.generation, slot.process, fd));
                 }
-                _ => self.on_death(id, now_ns()),
+                _ => self.on_death(id, now_ns(), dead),
             }
         }
     }
 
-    fn on_death(&self, id: u32, seen_ns: u64) {
+    /// Clean up connector `id`, whose process (as of generation and identity
+    /// `dead`) was seen dead at `seen_ns`. If the slot names another
+    /// connection by the time this runs (a cleanup thread can start late: the
+    /// death was handled meanwhile and the slot reused), that one is not the
+    /// death seen, and is left to its own detection: cleaning it up here would
+    /// record its `detected` with the time of an earlier death.
+    fn on_death(&self, id: u32, seen_ns: u64, dead: Option<(u32, ProcessId)>) {
+        if let Some((generation, process)) = dead {
+            match slot_view(&self.region, id) {
+                Ok(s) if s.generation == generation && s.process == process => {}
+                _ => return,
+            }
+        }
         // The cleanup records `detected`, `cleaned_up` and posts the request.
         match cleanup_member_as(&self.region, id, Some(self.me_id), Some(seen_ns)) {
             Ok(CleanupOutcome::Cleaned(_)) => {
@@ -167,6 +185,26 @@ impl Monitor {
                 [0, 0, 0],
             )
         });
+    }
+
+    /// Our restart light was killed, and request `epoch` for `name` is no
+    /// longer outstanding: the light completed it (a CAS of the request's
+    /// state, then the event) and died before its event, or someone else
+    /// completed it and recorded it. If no completion of `name` for `epoch`
+    /// was recorded since our claim (`since`), record it for the light.
+    fn record_lost_completion(&self, name: &str, epoch: u32, since: u64) {
+        let recorded = events::read_since(&self.region, since).iter().any(|e| {
+            e.kind == EventKind::RecoveryCompleted && e.member == name && e.a == epoch as u64
+        });
+        if !recorded {
+            events::record(
+                &self.region,
+                EventKind::RecoveryCompleted,
+                name,
+                Some(&self.me_name),
+                [epoch as u64, 1, 0],
+            );
+        }
     }
 
     // ---- restart requests ----
@@ -217,6 +255,23 @@ impl Monitor {
         } else {
             req.name.clone()
         };
+        if name.is_empty() {
+            // A request that names no member (a damaged entry): no restart
+            // light can connect as it. Say so once; restarting it over and
+            // over would only flood the event ring.
+            if self
+                .nameless
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id)
+            {
+                eprintln!(
+                    "cf-node {}: the restart request of connector {id} names no member: cannot restart it",
+                    self.me_name
+                );
+            }
+            return None;
+        }
         match requests::claim(&self.region, id, self.me_id, &self.me) {
             Ok(ClaimOutcome::Claimed { taken_over, epoch }) => {
                 events::record(
@@ -237,9 +292,21 @@ impl Monitor {
     /// Drive claimed request `epoch` of `id` until its member needs no restart.
     fn handle(&self, id: u32, epoch: u32, name: &str) {
         let mut attempts = 0;
+        // Events from our claim on, and did a restart light of ours fail?
+        let since = events::next_seq(&self.region);
+        let mut light_failed = false;
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 let _ = requests::unclaim(&self.region, id, epoch, &self.me);
+                return;
+            }
+            if !requests::is_outstanding(&self.region, id, epoch).unwrap_or(false) {
+                // Completed by someone else, or by our restart light: if that
+                // one was killed between its completion and its event, record
+                // the completion for it (once).
+                if light_failed {
+                    self.record_lost_completion(name, epoch, since);
+                }
                 return;
             }
             let Ok(slot) = slot_view(&self.region, id) else {
@@ -304,6 +371,7 @@ impl Monitor {
             match child.wait() {
                 Ok(st) if st.success() => {}
                 Ok(st) => {
+                    light_failed = true;
                     let code = st
                         .code()
                         .map_or_else(|| 128 + st.signal().unwrap_or(0) as u64, |c| c as u64);

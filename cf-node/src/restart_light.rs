@@ -47,7 +47,10 @@ pub fn run(plex_dir: &Path, member: &str, by: Option<&str>) -> anyhow::Result<Su
     }
     let m = match Member::connect_with(region.clone(), member, ConnectMode::Recovery) {
         Ok(m) => m,
-        Err(ConnectError::NotFailed(_)) => {
+        // Not failed-persistent (recovered already), or running again under
+        // its name (restarted normally, it recovers itself; or another
+        // restart light of it, started by a claimer that died, is at work).
+        Err(ConnectError::NotFailed(_)) | Err(ConnectError::NameInUse { pid: 1.., .. }) => {
             return Ok(Summary {
                 member: member.into(),
                 transactions: 0,

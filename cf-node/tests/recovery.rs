@@ -651,3 +651,53 @@ fn a_process_with_a_members_pid_but_another_start_time_is_not_taken_for_it() {
     assert_eq!(stop_survivors(&mut [&mut z]), 1);
     plex.assert_balanced_and_clean();
 }
+
+#[test]
+fn a_death_in_a_slot_whose_request_entry_is_taken_gets_a_request_of_its_own() {
+    use cf_core::requests;
+    let _serial = serial();
+    let plex = TestPlex::new();
+    let region = plex.region();
+    // The previous occupant A of slot 0 leaves its request behind.
+    let a = Member::connect(region.clone(), "A").expect("connect A");
+    let slot = a.id();
+    requests::post(region, slot, None, || {}).expect("post");
+    a.disconnect().expect("disconnect A");
+    // X takes the free slot, and dies there.
+    let mut x = plex.start("X", &["--workload", "idle"], &[]);
+    assert_eq!(
+        id_of(&plex, "X"),
+        slot,
+        "X took A's old slot\n{}",
+        plex.dump()
+    );
+    let since = plex.next_event();
+    x.kill();
+    assert!(matches!(
+        cf_core::cleanup_member(region, slot),
+        Ok(cf_core::CleanupOutcome::Cleaned(_))
+    ));
+    // X's failure got a request of its own: its poster found A's request
+    // outstanding for the slot's previous occupant and completed it.
+    assert_eq!(plex.count_events("X", since, EventKind::RequestPosted), 1);
+    let reqs = plex.requests();
+    assert_eq!(reqs.len(), 1, "only X's\n{}", plex.dump());
+    assert_eq!(reqs[0].name, "X", "{}", plex.dump());
+    // X restarted normally: its death's recovery is over, recorded once.
+    let mut x = plex.start("X", &["--workload", "idle"], &[]);
+    plex.wait("X's request to be completed", || plex.requests().is_empty());
+    assert_eq!(
+        plex.count_events("X", since, EventKind::RecoveryCompleted),
+        1
+    );
+    // A's request was completed once in all (by X's handler, or by the
+    // poster of X's failure if it was still outstanding then).
+    assert_eq!(
+        plex.count_events("A", 0, EventKind::RecoveryCompleted),
+        1,
+        "{}",
+        plex.dump()
+    );
+    x.stop().assert_success();
+    plex.assert_balanced_and_clean();
+}

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 
 /// The cf-node binary, which is built next to cfctl.
 pub fn cf_node_binary() -> Result<PathBuf> {
@@ -17,6 +17,31 @@ pub fn cf_node_binary() -> Result<PathBuf> {
         );
     }
     Ok(p)
+}
+
+/// Make a child die with us (SIGKILL when this process ends, however it
+/// ends), in a process group of its own (a Ctrl-C at the terminal reaches
+/// only us, and we stop the members in order).
+fn tie_to_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec and calls
+    // only async-signal-safe functions (prctl, getppid, setpgid).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the prctl: nobody is left to stop us.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other("parent ended"));
+            }
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// One running `cf-node run`.
@@ -41,8 +66,25 @@ impl MemberProc {
         args: &[String],
         env: &[(String, String)],
     ) -> Result<MemberProc> {
-        let mut child = Command::new(exe)
-            .arg("run")
+        let mut m = Self::spawn(exe, plex, name, args, env)?;
+        if let Err(e) = m.wait_running() {
+            m.kill9();
+            return Err(e);
+        }
+        Ok(m)
+    }
+
+    /// Start `cf-node run --plex DIR --member NAME ARGS...` without waiting
+    /// for it (see [`MemberProc::wait_running`]).
+    pub fn spawn(
+        exe: &Path,
+        plex: &Path,
+        name: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<MemberProc> {
+        let mut cmd = Command::new(exe);
+        cmd.arg("run")
             .arg("--plex")
             .arg(plex)
             .arg("--member")
@@ -51,18 +93,19 @@ impl MemberProc {
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        tie_to_parent(&mut cmd);
+        let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", exe.display()))?;
-        let out = child.stdout.take().context("member stdout")?;
-        let mut out = BufReader::new(out);
-        let mut line = String::new();
-        out.read_line(&mut line)?;
-        if !line.contains("running") {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("member {name} did not start");
-        }
+        let out = match child.stdout.take() {
+            Some(o) => BufReader::new(o),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("member {name}: no stdout");
+            }
+        };
         Ok(MemberProc {
             name: name.to_string(),
             child,
@@ -70,9 +113,40 @@ impl MemberProc {
         })
     }
 
-    /// Has the process ended by itself (e.g. at a crash point)? Reaps it if so.
-    pub fn ended(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
+    /// Wait for the member's "running" line (it has connected, recovered
+    /// itself if needed, and started its workload). An error if it ended or
+    /// printed something else first; the process is left as it is.
+    pub fn wait_running(&mut self) -> Result<()> {
+        let mut line = String::new();
+        self.out.read_line(&mut line)?;
+        if !line.contains("running") {
+            bail!("member {} did not start", self.name);
+        }
+        Ok(())
+    }
+
+    /// The member's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status, if the process has ended (reaping it).
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Wait for the process to end, up to `limit`; its status if it did.
+    pub fn wait_for(&mut self, limit: std::time::Duration) -> Option<ExitStatus> {
+        let t = std::time::Instant::now();
+        loop {
+            if let Some(s) = self.try_status() {
+                return Some(s);
+            }
+            if t.elapsed() >= limit {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// SIGKILL and reap.
@@ -84,14 +158,21 @@ impl MemberProc {
     /// SIGTERM, read the final summary line, reap. Returns the line and whether
     /// the member exited with status 0.
     pub fn stop(&mut self) -> (String, bool) {
+        let (line, status) = self.stop_status();
+        (line, status.is_some_and(|s| s.success()))
+    }
+
+    /// As [`MemberProc::stop`], returning the exit status (None if it could
+    /// not be read).
+    pub fn stop_status(&mut self) -> (String, Option<ExitStatus>) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
         let mut line = String::new();
         let _ = self.out.read_line(&mut line);
-        let ok = self.child.wait().map(|s| s.success()).unwrap_or(false);
-        (line.trim().to_string(), ok)
+        let status = self.child.wait().ok();
+        (line.trim().to_string(), status)
     }
 }
 
