@@ -1110,6 +1110,12 @@ fn report(
         .count();
     let total = store.total();
     let expected = store.expected_total();
+    // Every account against what the committed transactions did (the bank
+    // total cannot see a lost update that moved money between two accounts).
+    let (history_ok, history_detail) = match cf_node::history::check(&tmp.dir) {
+        Ok(c) => (c.is_consistent(), c.to_string()),
+        Err(e) => (false, format!("the history could not be checked: {e}")),
+    };
     let locks = inspect::locks(region)?;
     let members_left = inspect::members(region)?;
     let reqs = requests::list(region)?;
@@ -1169,6 +1175,12 @@ fn report(
             "bank_total",
             total == expected,
             format!("total {total}, expected {expected}"),
+            Value::Null,
+        ),
+        (
+            "accounts_match_history",
+            history_ok,
+            history_detail,
             Value::Null,
         ),
         (
