@@ -411,26 +411,23 @@ impl Holder {
                     free_record();
                     return Ok(TryOutcome::Contention(dedup_holders(region, &conflicts)));
                 }
-                // Wait for the word to change from what our unlatch left (a
-                // release, a cleanup's unlatch: a change since is not missed).
-                let seen = word::Word(left);
-                if let Some(high) = word::announce_waiter(word, seen) {
-                    trace!("sleep on {entry} for a cleanup");
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    word::sleep(word, high, slice.min(left));
-                }
-                stale = word.load(Ordering::Relaxed) == seen.0 | word::WAITERS;
+                // Wait for the holdings to change from what our unlatch left
+                // (a release, a cleanup's settle: a change since is not missed).
+                let time_left = deadline.saturating_duration_since(Instant::now());
+                stale = word::wait_for_holdings(word, left, 0, slice.min(time_left))
+                    == word::HoldingsWait::SliceEnded;
                 slice = (slice * 2).min(entry::MAX_SLICE);
                 continue;
             }
-            // Wait: announce ourselves in the unlatch, spin, then sleep.
+            // Wait: step out (a look: the other holding waiters sleep on),
+            // then wait for the holdings to change (spinning first: a hand-off
+            // is usually over within the spin).
             trace!("wait on {entry}");
-            let high = l.wait(region, &req);
-            let seen = word.load(Ordering::Relaxed);
-            if !word::spin_for_change(word, seen, crate::sync::SPINS) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                word::sleep(word, high, slice.min(left));
-                stale = word.load(Ordering::Relaxed) == seen;
+            let left = l.step_out(region, &req);
+            let time_left = deadline.saturating_duration_since(Instant::now());
+            let end = word::wait_for_holdings(word, left, crate::sync::SPINS, slice.min(time_left));
+            stale = end == word::HoldingsWait::SliceEnded;
+            if stale {
                 slice = (slice * 2).min(entry::MAX_SLICE);
             }
         }
