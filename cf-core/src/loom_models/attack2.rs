@@ -304,3 +304,80 @@ fn a_fast_share_release_clears_a_bit_set_since_by_a_sibling() {
         std::mem::forget((a, b));
     });
 }
+
+/// A restarter's sweep posts a restart request for a member whose recovery
+/// has already ended.
+///
+/// The sweep of every member's restarter (`cf-node` `Monitor::consider`,
+/// replayed here call for call) reads the slot (`slot_view`: failed-
+/// persistent), then the request list (`requests::list`), and posts
+/// (`requests::post`) if it finds no request and no cleanup in progress.
+/// Between the two reads, X's restart light reconnects, recovers,
+/// disconnects (the slot is FREE) and completes X's request: the sweep finds
+/// no request and posts one, for a free slot, with an empty name.
+/// `requests::post` takes the member's cleanup claim but never looks at the
+/// member's state under it. A handler later claims it, names it after
+/// whoever occupies the slot by then (`consider` falls back to the slot's
+/// name), finds that member active and records `recovery_completed` for a
+/// member that never failed (or, with the slot still free, logs "names no
+/// member" and leaves the request outstanding for good).
+///
+/// Required: once X's recovery is over and nothing failed since, no request
+/// is outstanding.
+#[test]
+fn a_sweep_posts_for_a_member_whose_recovery_has_ended() {
+    use crate::connector::slot_view;
+    use crate::requests;
+    check(2, || {
+        let r = region(2, 1);
+        // X (process 5) fails; process 1 cleans it up and posts its request.
+        crate::connector::identity::model::enter(5);
+        let x = Member::connect(r.clone(), "X").unwrap();
+        kill(5);
+        std::mem::forget(x);
+        crate::connector::identity::model::enter(1);
+        assert!(matches!(
+            cleanup_member(&r, 0).unwrap(),
+            CleanupOutcome::Cleaned(_)
+        ));
+        // M (process 2) runs a restarter.
+        crate::connector::identity::model::enter(2);
+        let m = Member::connect(r.clone(), "M").unwrap();
+        let m_id = m.id();
+        let sweep = {
+            let r = r.clone();
+            process(2, move || {
+                // Monitor::consider(0), its posting branch.
+                let slot = slot_view(&r, 0).unwrap();
+                let reqs = requests::list(&r).unwrap();
+                let req = reqs.iter().find(|q| q.member_id == 0);
+                if slot.state == MemberState::FailedPersistent
+                    && req.is_none()
+                    && !crate::recovery::cleanup_in_progress(&r, 0).unwrap()
+                {
+                    let _ = requests::post(&r, 0, Some(m_id), || {}).unwrap();
+                }
+            })
+        };
+        // X's restart light (process 3), as restart_light::run.
+        let light = {
+            let r = r.clone();
+            process(3, move || {
+                let l = Member::connect_with(r.clone(), "X", ConnectMode::Recovery).unwrap();
+                l.release_all_held(|| {}).unwrap();
+                let req = requests::find(&r, "X").unwrap();
+                l.disconnect().unwrap();
+                let (id, epoch) = req.expect("X's request is outstanding");
+                requests::complete(&r, id, epoch, "X", "X").unwrap();
+            })
+        };
+        sweep.join().unwrap().unwrap();
+        light.join().unwrap().unwrap();
+        let reqs = requests::list(&r).unwrap();
+        assert!(
+            reqs.is_empty(),
+            "X's recovery is over and nothing failed since, yet a request is outstanding: {reqs:?}"
+        );
+        std::mem::forget(m);
+    });
+}
