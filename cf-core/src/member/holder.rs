@@ -468,7 +468,7 @@ impl Holder {
             let fast = if id.mode.is_exclusive() {
                 word::try_fast_release_exclusive(word, seen)
             } else {
-                word::try_fast_release_share(word, me)
+                word::try_fast_release_share(word, me, seen)
             };
             if fast {
                 crate::crash::point("release.after_word");
