@@ -49,8 +49,8 @@
 
 use crate::connector::claim::{self, Claim};
 use crate::connector::identity::ProcessId;
-use crate::connector::now_ns;
 use crate::connector::latch::ConnectLatch;
+use crate::connector::now_ns;
 use crate::connector::MemberState;
 use crate::error::CorruptError;
 use crate::shm::region::Region;
