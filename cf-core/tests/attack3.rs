@@ -229,3 +229,27 @@ fn a_reader_asking_again_waits_for_the_urgent_writer_that_waits_for_it() {
     }
     s.finish();
 }
+
+/// `verify` takes an urgent request for damage: it reports that the lock
+/// word names B "which holds nothing there" on a healthy region, where the
+/// same request, waiting but not yet urgent, passes (SPEC section 5, `cfctl
+/// verify` checks the invariants checkable at rest; DESIGN section 4: an
+/// URGENT record is its member's interest, and the bit stays set for it).
+///
+/// 1. A holds R in share mode; B waits for R exclusively (its record is
+///    PENDING, its bit not kept: `verify` is clean);
+/// 2. B is bypassed `BYPASS_LIMIT` times and its record turns URGENT: its
+///    step-out keeps B's bit for it (`holds_other_on` counts URGENT);
+/// 3. `inspect::verify` counts only HELD records as what a named connector
+///    has on an entry, and reports B's bit as a connector that holds nothing
+///    there (`cfctl verify` exits 1 on a region where nothing is wrong).
+#[test]
+fn verify_takes_an_urgent_request_for_damage() {
+    let s = b_urgent_while_a_shares_r();
+    let problems = cf_core::inspect::verify(&s.r);
+    assert!(
+        problems.is_empty(),
+        "B waits (urgent) for R, which A holds in share mode; nothing is damaged, yet: {problems:?}"
+    );
+    s.finish();
+}
