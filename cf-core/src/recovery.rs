@@ -168,6 +168,7 @@ fn cleanup(
     deadline: Option<Instant>,
 ) -> Result<CleanupOutcome, CorruptError> {
     let seen_ns = seen_ns.unwrap_or_else(connector::now_ns);
+    region.writable("a cleanup")?;
     let c = region.check_member(c)?;
     let snap = connector::snapshot(region, c)?;
     match snap.st.state {

@@ -69,6 +69,8 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // A region truncated under us: one line, not a silent exit 135.
+    let _ = cf_core::install_sigbus_handler("cfctl");
     let cli = Cli::parse();
     let plex = cf_core::Plex::resolve(cli.plex.as_deref());
     let result = match cli.cmd {
@@ -90,7 +92,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("cfctl: {e:#}");
+            eprintln!("cfctl: {}", cf_core::error::one_line(e.chain()));
             ExitCode::FAILURE
         }
     }
