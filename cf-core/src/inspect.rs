@@ -44,6 +44,15 @@ pub fn escape(s: &str) -> String {
     out
 }
 
+/// Why a name read from the region is no member name (`check_name`'s reason).
+fn name_problem(name: &str) -> Result<(), &'static str> {
+    match connector::check_name(name) {
+        Ok(()) => Ok(()),
+        Err(crate::error::ConnectError::BadName(_, why)) => Err(why),
+        Err(_) => Err("not a member name"),
+    }
+}
+
 /// One connector slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberView {
@@ -276,12 +285,11 @@ pub fn verify(region: &Region) -> Vec<String> {
         let raw_name = connector::name_of(region, id);
         let name = escape(&raw_name);
         if st.state != MemberState::Free {
-            if let Err(e) = connector::check_name(&raw_name) {
+            if let Err(why) = name_problem(&raw_name) {
                 problems.push(format!(
-                    "connector {id} ({}) has an invalid member name: {}; nothing can connect \
-                     (or recover) under it",
+                    "connector {id} ({}) has an invalid member name \"{name}\": {why}; nothing \
+                     can connect (or recover) under it",
                     st.state.as_str(),
-                    escape(&e.to_string())
                 ));
             }
         }
@@ -439,11 +447,11 @@ pub fn verify(region: &Region) -> Vec<String> {
         Err(e) => problems.push(escape(&e.to_string())),
         Ok(list) => {
             for r in list {
-                if let Err(e) = connector::check_name(&r.name) {
+                if let Err(why) = name_problem(&r.name) {
                     problems.push(format!(
-                        "the restart request of connector {} names an invalid member: {}",
+                        "the restart request of connector {} names an invalid member \"{}\": {why}",
                         r.member_id,
-                        escape(&e.to_string())
+                        escape(&r.name)
                     ));
                 }
             }

@@ -120,6 +120,14 @@ pub mod testing {
         }
     }
 
+    /// Set the connect latch to `token` (a process `ProcessId::token`, 0: free).
+    pub fn set_connect_latch(region: &Region, token: u64) {
+        region
+            .lock_header()
+            .connect_latch
+            .store(token, Ordering::Relaxed);
+    }
+
     /// Set connector `id`'s cleanup claim word to `token` (a process
     /// `ProcessId::token`): simulates a cleaner at work.
     pub fn set_cleanup_claim(region: &Region, id: u32, token: u64) {

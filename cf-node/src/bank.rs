@@ -223,3 +223,43 @@ impl Bank {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Balances from a forged log's back-out: a transfer must refuse to wrap
+    /// (and give its locks back), never write a wrapped balance.
+    #[test]
+    fn a_transfer_that_would_overflow_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let plex = cf_core::Plex {
+            dir: dir.path().into(),
+        };
+        let region = Arc::new(
+            cf_core::Region::create(&plex, &cf_core::CreateOptions::small_for_tests()).unwrap(),
+        );
+        let store = Store::create(dir.path(), 2, 0, false).unwrap();
+        store.set(0, i64::MIN, 1).unwrap();
+        store.set(1, i64::MIN, 1).unwrap();
+        let log = LogWriter::open(dir.path(), "A", false).unwrap();
+        let cfg = BankConfig {
+            pause: Duration::ZERO,
+            lock_timeout: Duration::from_secs(1),
+            max_amount: 100,
+            checkpoint_bytes: 1 << 20,
+        };
+        let bank = Bank::new(store, log, None, cfg);
+        let m = cf_core::Member::connect(region, "A").unwrap();
+        let mut h = m.holder().unwrap();
+        let e = bank.transfer(&mut h, &mut Rng::seeded(7)).unwrap_err();
+        assert!(e.to_string().contains("would overflow"), "{e}");
+        assert!(!bank.poisoned(), "refused before its first leg");
+        assert_eq!(bank.store.balance(0).unwrap(), i64::MIN);
+        assert_eq!(bank.store.balance(1).unwrap(), i64::MIN);
+        assert!(m.held_records().unwrap().is_empty(), "locks given back");
+        drop(h);
+        m.disconnect().unwrap();
+    }
+}

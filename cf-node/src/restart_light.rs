@@ -66,7 +66,7 @@ fn run_on(
     // Name ourselves as the request's worker at once (our claimer may die
     // before it does), so no other member starts a second restart light.
     if let (Ok(Some((id, epoch))), Ok(me)) = (
-        cf_core::requests::find(&region, member),
+        cf_core::requests::find(region, member),
         cf_core::ProcessId::current(),
     ) {
         let _ = cf_core::requests::set_worker(region, id, epoch, &me);

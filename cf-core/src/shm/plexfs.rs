@@ -432,10 +432,7 @@ mod tests {
         let m = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
         assert_eq!(m(d.path()), 0o2770);
         assert_eq!(m(&d.path().join("f")), 0o660);
-        assert_eq!(
-            m(&d.ensure_subdir("h").unwrap().path().to_path_buf()),
-            0o2770
-        );
+        assert_eq!(m(d.ensure_subdir("h").unwrap().path()), 0o2770);
     }
 
     #[test]
