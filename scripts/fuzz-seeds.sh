@@ -68,9 +68,10 @@ seed recovered
 # A history file with some records (another member's committed transfers).
 "$BIN/cf-node" run --plex "$P" --member E --buffer-pool-mb 1 --checkpoint-bytes 1 >/dev/null 2>&1 &
 NODE=$!
-sleep 0.5
+sleep 0.3
 kill -TERM "$NODE"
 wait "$NODE" 2>/dev/null || true
 NODE=
-[ -f "$P/history/E" ] && cp "$P/history/E" "$OUT/history/seed-committed"
+# (the first 20 records: a bank transfer's record is 68 bytes)
+[ -f "$P/history/E" ] && head -c $((68 * 20)) "$P/history/E" >"$OUT/history/seed-committed"
 ls "$OUT"/* | wc -l | xargs echo "seeds in $OUT:" >&2
