@@ -331,6 +331,7 @@ fn walk(
                 deadline: Some(deadline.map_or(defer_at, |d| d.min(defer_at))),
                 steal: held,
                 on_stuck: &mut on_stuck,
+                own: None,
             };
             match entry::settle_dead(region, c, e, &recs, &mut how) {
                 Ok(s) => {

@@ -108,6 +108,91 @@ pub(crate) struct LatchWait<'a> {
     /// Called with the latch holder when the word has not changed for a whole
     /// sleep slice: the caller checks whether it is dead and cleans it up.
     pub on_stuck: &'a mut dyn FnMut(u32) -> Result<(), CorruptError>,
+    /// The caller's registration among the threads of its process that latch
+    /// in its name ([`OwnLatches`]): a latch in its own name that none of them
+    /// holds is taken over. `None`: every latch in its own name is waited for.
+    pub own: Option<&'a OwnLatchesGuard<'a>>,
+}
+
+/// The threads of one process that may hold latches in the name of one of
+/// its connections (its holders' requests, its releases). Only they latch in
+/// a live member's name (a cleaner latches in the name of a dead one), so a
+/// latch in that name that none of them holds is stale: left by damage, or
+/// from before the connect. Waiting for it as for a sibling thread's (whatever
+/// the deadline) would wait for nobody until the stuck-latch limit.
+///
+/// Each latched operation registers for its whole length ([`OwnLatches::enter`],
+/// before its first latch, until after its last unlatch). A thread that finds
+/// an entry latched in its own name holds no latch itself (a thread latches
+/// one entry at a time in its own name), so it steps out of the count and
+/// looks at the word again while no thread is registered and none can
+/// register ([`OwnLatchesGuard::alone`]): a latch in its name seen then is
+/// nobody's, and it takes it over. If another thread is registered, it steps
+/// back in and waits as for a sibling's latch.
+///
+/// Plain `std` atomics, also under loom: each thread's view of the count is
+/// sequentially consistent there (one thread runs at a time), and the models
+/// explore the lock words, not this count.
+#[derive(Debug, Default)]
+pub(crate) struct OwnLatches(std::sync::atomic::AtomicU32);
+
+/// Set in [`OwnLatches`] while a thread looks at a latch alone.
+const ALONE: u32 = 1 << 31;
+
+/// A registration in [`OwnLatches`], dropped when the operation is over.
+#[derive(Debug)]
+pub(crate) struct OwnLatchesGuard<'a>(&'a OwnLatches);
+
+impl OwnLatches {
+    /// Register a latched operation (waits while a thread looks alone).
+    pub(crate) fn enter(&self) -> OwnLatchesGuard<'_> {
+        self.register();
+        OwnLatchesGuard(self)
+    }
+
+    fn register(&self) {
+        use std::sync::atomic::Ordering as O;
+        let mut cur = self.0.load(O::SeqCst);
+        loop {
+            if cur & ALONE != 0 {
+                crate::sync::spin_hint();
+                cur = self.0.load(O::SeqCst);
+                continue;
+            }
+            match self
+                .0
+                .compare_exchange_weak(cur, cur + 1, O::SeqCst, O::SeqCst)
+            {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
+impl OwnLatchesGuard<'_> {
+    /// Run `f` while no other thread of the process is registered and none
+    /// can register (the caller, which holds no latch now, steps out of the
+    /// count meanwhile); `None` (without running it) if another is registered.
+    fn alone<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
+        use std::sync::atomic::Ordering as O;
+        let n = &(self.0).0;
+        n.fetch_sub(1, O::SeqCst);
+        if n.compare_exchange(0, ALONE, O::SeqCst, O::SeqCst).is_err() {
+            self.0.register();
+            return None;
+        }
+        let out = f();
+        // Nobody else was registered, and nobody could register since.
+        n.store(1, O::SeqCst);
+        Some(out)
+    }
+}
+
+impl Drop for OwnLatchesGuard<'_> {
+    fn drop(&mut self) {
+        (self.0).0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Why a latch was not taken.
@@ -161,6 +246,25 @@ pub(crate) fn latch<'r>(
             // while mixed and latched only the waiter bits can change, so the
             // mask seen is the entry's interest.
             return Ok(latched(seen.mask() as u64));
+        }
+        if holder == as_id {
+            if let Some(own) = how.own {
+                // No other thread of ours is in a latched operation (nor can
+                // start one meanwhile): a latch in our name is nobody's.
+                // While mixed and latched only the waiter bits can change.
+                let stale = own.alone(|| {
+                    let w = word::load(word);
+                    (w.is_mixed() && w.holder() == Some(as_id)).then(|| w.mask())
+                });
+                match stale {
+                    Some(Some(mask)) => {
+                        trace!("took over the stale latch of {entry} in our own name {as_id}");
+                        return Ok(latched(mask as u64));
+                    }
+                    Some(None) => continue,
+                    None => {}
+                }
+            }
         }
         if word::spin_for_change(word, seen.0, crate::sync::SPINS) {
             continue;
@@ -417,6 +521,7 @@ fn recheck_own_bit(region: &Region, word: &AtomicU64, entry: u32, member: u32, s
         deadline: Some(Instant::now()),
         steal: 0,
         on_stuck: &mut on_stuck,
+        own: None,
     };
     if let Ok(l) = latch(region, entry, member, &mut how) {
         let bit = word::bit(member);
