@@ -95,7 +95,10 @@ struct LightArgs {
 fn main() -> ExitCode {
     // A region (or accounts file) truncated under us: one line, not a silent exit 135.
     let _ = cf_core::install_sigbus_handler("cf-node");
-    let cli = Cli::parse();
+    let cli: Cli = match cf_node::cli::parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let r = match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::RestartLight(a) => light(a),

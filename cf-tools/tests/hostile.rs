@@ -308,3 +308,36 @@ fn a_failed_request_shows_its_reason_in_display_requests() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["state"], "pending", "{v}");
 }
+
+/// A command line that does not parse is not an answer: it exits 64, never 2
+/// (`try`'s "contention") or 3 ("retained"); `--help` still exits 0.
+#[test]
+fn usage_errors_have_their_own_exit_status() {
+    let s = tempfile::tempdir().unwrap();
+    let p = s.path().join("p");
+    for args in [
+        &["try", "--member", "A", "--bogus", "x"][..],
+        &["try", "--member"],
+        &["no-such-command"],
+        &["display", "nothing"],
+    ] {
+        let out = cfctl(&p, args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {out:?}");
+        assert!(
+            text(&out.stderr).starts_with("error: "),
+            "{args:?}: {out:?}"
+        );
+    }
+    let out = cfctl(&p, &["try", "--help"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = Command::new(common::cf_node())
+        .args(["run", "--bogus"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    // A real contention is still 2.
+    let plex = TestPlex::small();
+    let _h = plex.hold("H", &[("x", "a")]);
+    let f = plex.run(&["try", "--member", "T", "--x", "a"]);
+    assert_eq!(f.status.code(), Some(2), "{f}");
+}
