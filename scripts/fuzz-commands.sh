@@ -26,13 +26,22 @@
 # directory (printed at the end) with its damaged plex.
 #
 # Usage: scripts/fuzz-commands.sh [COMMANDS] [SEED]   (default 10000, random seed)
+# Environment: FUZZ_TIMEOUT (seconds a command may take, default 10);
+# FUZZ_CHECKED=1 runs an overflow-checked build (release with overflow checks
+# and debug assertions, in target/checked) instead of the release binaries.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WANT=${1:-10000}
 SEED=${2:-$((RANDOM << 15 | RANDOM))}
 TIMEOUT=${FUZZ_TIMEOUT:-10}
-BIN=$PWD/target/release
-[ -x "$BIN/cfctl" ] && [ -x "$BIN/cf-node" ] || cargo build --release --workspace --all-features
+if [ "${FUZZ_CHECKED:-0}" = 1 ]; then
+  BIN=$PWD/target/checked/release
+  CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true \
+    cargo build --release --workspace --all-features --target-dir target/checked -q || exit 1
+else
+  BIN=$PWD/target/release
+  [ -x "$BIN/cfctl" ] && [ -x "$BIN/cf-node" ] || cargo build --release --workspace --all-features
+fi
 WORK=$(mktemp -d /dev/shm/cf-cmdfuzz-XXXXXX)
 KEEP=$WORK/failures
 mkdir -p "$KEEP"
@@ -44,7 +53,7 @@ finish() {
 }
 trap finish EXIT
 RANDOM=$SEED
-echo "fuzz-commands: seed $SEED, $WANT commands, timeout ${TIMEOUT}s"
+echo "fuzz-commands: seed $SEED, $WANT commands, timeout ${TIMEOUT}s, binaries in $BIN"
 
 # ---- the base plexes
 mkbase() {

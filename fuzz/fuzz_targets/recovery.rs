@@ -50,4 +50,5 @@ fuzz_target!(|data: &[u8]| {
         let _ = std::fs::remove_file(cf_node::wal::log_path(dir, &name));
     }
     cf_fuzz::every_view(&region);
+    cf_fuzz::assert_verify_is_as_strict_as_the_readers(&region);
 });

@@ -1,4 +1,5 @@
-//! The region file: open (read-write and read-only) and every view of it.
+//! The region file: open (read-write and read-only) and every view of it;
+//! a region `verify` finds clean must be read by every view without an error.
 //! Input: one option byte (bit 0: store a valid header checksum), then the file.
 #![no_main]
 use cf_core::{Plex, Region};
@@ -18,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(r) = Region::open_read_only(&plex) {
         cf_fuzz::every_view(&r);
+        cf_fuzz::assert_verify_is_as_strict_as_the_readers(&r);
     }
     if opts & 2 == 2 {
         if let Ok(r) = Region::open(&plex) {

@@ -78,6 +78,32 @@ pub fn every_view(region: &Region) {
     }
 }
 
+/// `verify` is at least as strict as every reader: a region it finds clean
+/// is read by every display without an error (the region target asserts it;
+/// the reverse, verify refusing what the readers accept, is a verify finding
+/// more than a reader checks, which is allowed).
+pub fn assert_verify_is_as_strict_as_the_readers(region: &Region) {
+    let problems = inspect::verify(region);
+    if !problems.is_empty() {
+        return;
+    }
+    if let Err(e) = inspect::members(region) {
+        panic!("verify finds the region clean, display members refuses it: {e}");
+    }
+    if let Err(e) = inspect::locks(region) {
+        panic!("verify finds the region clean, display locks refuses it: {e}");
+    }
+    if let Err(e) = inspect::retained(region) {
+        panic!("verify finds the region clean, display retained refuses it: {e}");
+    }
+    if let Err(e) = cf_core::requests::list(region) {
+        panic!("verify finds the region clean, display requests refuses it: {e}");
+    }
+    if let Err(e) = cf_core::events::check(region) {
+        panic!("verify finds the region clean, display events refuses it: {e}");
+    }
+}
+
 /// Could a cleanup or a connect on this region wait out one of its documented
 /// deadlines (30 s) instead of answering? Only when a *live* process is named
 /// in it: the connect latch, or a connector slot (a member at work). The
