@@ -280,8 +280,9 @@ fn read_all(file: &mut File, path: &Path) -> Result<LogScan, LogError> {
     let mut bytes = Vec::new();
     file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
     file.read_to_end(&mut bytes).map_err(io_err(path))?;
-    // Appends go to the end (the file is not opened O_APPEND any more, so
-    // that the same descriptor can be checked before use): put it back.
+    // Leave the offset at the end, where the writer's appends go (its
+    // descriptor is opened O_APPEND anyway; this keeps reads and writes on
+    // one descriptor in step).
     file.seek(SeekFrom::End(0)).map_err(io_err(path))?;
     Ok(LogScan::parse(&bytes))
 }
