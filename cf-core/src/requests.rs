@@ -227,6 +227,17 @@ pub fn post(
     by: Option<u32>,
     on_posted: impl FnOnce(),
 ) -> Result<Option<u32>, CorruptError> {
+    under_cleanup_claim(region, id, || post_claimed(region, id, by, on_posted))
+}
+
+/// Run `f` (a post) under member `id`'s cleanup claim, which serializes posts
+/// (see [`post`]); `Ok(None)` without running it if another live process
+/// holds the claim.
+fn under_cleanup_claim(
+    region: &Region,
+    id: u32,
+    f: impl FnOnce() -> Result<Option<u32>, CorruptError>,
+) -> Result<Option<u32>, CorruptError> {
     region.writable("posting a restart request")?;
     let me = ProcessId::current()
         .map_err(|e| CorruptError::BadConnector {
@@ -238,7 +249,7 @@ pub fn post(
     if let Claim::Busy(_) = claim::try_claim(claim, me, ProcessId::token_is_alive) {
         return Ok(None);
     }
-    let out = post_claimed(region, id, by, on_posted);
+    let out = f();
     claim::release(claim, me);
     out
 }
@@ -484,40 +495,23 @@ pub fn retry(
     by: Option<u32>,
     on_posted: impl FnOnce(),
 ) -> Result<Option<u32>, CorruptError> {
-    region.writable("posting a restart request")?;
-    let me = ProcessId::current()
-        .map_err(|e| CorruptError::BadConnector {
-            id,
-            what: format!("reading this process's identity: {e}"),
-        })?
-        .token();
-    let c = &region.connector(id)?.cleanup;
-    if let Claim::Busy(_) = claim::try_claim(c, me, ProcessId::token_is_alive) {
-        return Ok(None);
-    }
-    let e = region.request(id)?;
-    let out = match load(id, e) {
-        Ok(now) if now.state == RequestState::Failed => {
-            // FAILED -> FREE (no completion: nothing was recovered), then a
-            // fresh post. A death in between leaves it FREE: the sweep posts.
-            if cas(
-                e,
-                now,
-                StateWord {
-                    state: RequestState::Free,
-                    epoch: now.epoch,
-                },
-            ) {
-                post_claimed(region, id, by, on_posted)
-            } else {
-                Ok(None)
-            }
+    under_cleanup_claim(region, id, || {
+        let e = region.request(id)?;
+        let now = load(id, e)?;
+        if now.state != RequestState::Failed {
+            return Ok(None);
         }
-        Ok(_) => Ok(None),
-        Err(err) => Err(err),
-    };
-    claim::release(c, me);
-    out
+        // FAILED -> FREE (no completion: nothing was recovered), then a
+        // fresh post. A death in between leaves it FREE: the sweep posts.
+        let free = StateWord {
+            state: RequestState::Free,
+            epoch: now.epoch,
+        };
+        if !cas(e, now, free) {
+            return Ok(None);
+        }
+        post_claimed(region, id, by, on_posted)
+    })
 }
 
 /// Request `epoch` of `id` (member `member`) is done: the member is no longer

@@ -242,16 +242,15 @@ pub fn events(region: &Region, as_json: bool) -> Result<()> {
 
 /// `cfctl restart-light MEMBER`: post a restart request by hand.
 pub fn post(plex: &Plex, member: &str) -> Result<()> {
-    let region = Region::open(plex)?;
     cf_core::connector::check_name(member)?;
+    let region = Region::open(plex)?;
     let Some(m) = inspect::members(&region)?
         .into_iter()
         .find(|m| m.name == member)
     else {
         bail!("no member named {member} in the connector table");
     };
-    // A request that FAILED (its restart lights kept failing) is re-posted.
-    let on_posted = || {
+    let posted = || {
         cf_core::events::record(
             &region,
             EventKind::RequestPosted,
@@ -260,7 +259,8 @@ pub fn post(plex: &Plex, member: &str) -> Result<()> {
             [0, 0, 0],
         )
     };
-    if requests::retry(&region, m.id, None, on_posted)?.is_some() {
+    // A request that FAILED (its restart lights kept failing) is re-posted.
+    if requests::retry(&region, m.id, None, posted)?.is_some() {
         println!(
             "the failed restart request for {member} is posted again; a live member will claim it"
         );
@@ -272,17 +272,7 @@ pub fn post(plex: &Plex, member: &str) -> Result<()> {
             m.state.as_str()
         );
     }
-    if requests::post(&region, m.id, None, || {
-        cf_core::events::record(
-            &region,
-            EventKind::RequestPosted,
-            member,
-            Some("cfctl"),
-            [0, 0, 0],
-        )
-    })?
-    .is_some()
-    {
+    if requests::post(&region, m.id, None, posted)?.is_some() {
         println!("restart request for {member} posted; a live member will claim it");
     } else {
         println!("a restart request for {member} is already outstanding");

@@ -213,11 +213,5 @@ pub(crate) fn load_text<const N: usize>(src: &[AtomicU64; N]) -> Vec<u8> {
 
 /// The raw bytes of a name stored in four words, up to the first NUL.
 pub(crate) fn load_name_bytes(src: &[AtomicU64; 4]) -> Vec<u8> {
-    let mut bytes: Vec<u8> = src
-        .iter()
-        .flat_map(|w| w.load(crate::sync::Ordering::Relaxed).to_le_bytes())
-        .collect();
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    bytes.truncate(end);
-    bytes
+    load_text(src)
 }
