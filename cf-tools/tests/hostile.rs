@@ -14,14 +14,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn cfctl(plex: &Path, args: &[&str]) -> Output {
-    Command::new(CFCTL)
-        .arg("--plex")
-        .arg(plex)
-        .args(args)
-        .env_remove("CF_PLEX")
-        .env_remove("CF_CRASH_AT")
-        .output()
-        .expect("running cfctl")
+    common::cfctl_in(plex, args)
 }
 
 fn text(b: &[u8]) -> String {
