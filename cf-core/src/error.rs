@@ -35,8 +35,11 @@ fn escape_line(s: &str) -> String {
 /// Why a region could not be created or opened.
 #[derive(Debug, thiserror::Error)]
 pub enum RegionError {
+    /// (The plex files are not compiled into the loom models.)
+    #[cfg(not(loom))]
     #[error("plex directory: {0}")]
     PlexDirUntrusted(crate::shm::plexfs::PlexFileError),
+    #[cfg(not(loom))]
     #[error(transparent)]
     Untrusted(crate::shm::plexfs::PlexFileError),
     #[error("{path} already exists (destroy the plex first)")]
