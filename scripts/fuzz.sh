@@ -6,7 +6,7 @@
 # a crash stops the run with the target's reproducer in fuzz/artifacts/.
 #
 # Usage: scripts/fuzz.sh [--short] [SECONDS_PER_TARGET]
-#   --short   about 2 minutes in all (24 s per target): what scripts/test.sh runs
+#   --short   about 2 minutes in all (24 s per target): what CI (.ci/run) runs
 #   default   10 minutes per target
 # Environment: FUZZ_JOBS (parallel targets, default 1), FUZZ_SANITIZER
 # (address, default; "none" for a faster run).
@@ -23,10 +23,12 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 for t in $TARGETS; do
   cargo fuzz build -O -a -s "$SAN" "$t" >/dev/null
 done
+LOG=$(mktemp)
+# The per-process plex directories the targets made, and the run's log.
+trap 'rm -rf /dev/shm/cf-fuzz-[0-9]* "$LOG" 2>/dev/null || true' EXIT
 TOTAL=0
 for t in $TARGETS; do
   mkdir -p "fuzz/corpus/$t" fuzz/artifacts/"$t"
-  LOG=$(mktemp)
   set +e
   cargo fuzz run -O -a -s "$SAN" "$t" "fuzz/corpus/$t" -- \
     -max_total_time="$SECS" -max_len=1048576 -timeout=20 -rss_limit_mb=4096 \
@@ -39,12 +41,8 @@ for t in $TARGETS; do
   echo "fuzz $t: $RUNS executions in ${SECS} s, exit $rc"
   if [ $rc -ne 0 ]; then
     tail -40 "$LOG" >&2
-    rm -f "$LOG"
     echo "fuzz: $t failed; reproducer in fuzz/artifacts/$t/" >&2
     exit 1
   fi
-  rm -f "$LOG"
 done
 echo "fuzz: $TOTAL executions over all targets, no crash"
-# Clean the per-process plex directories the targets made.
-rm -rf /dev/shm/cf-fuzz-[0-9]* 2>/dev/null || true
