@@ -159,8 +159,12 @@ pub(crate) struct LatchWait<'a> {
 /// Plain `std` atomics, also under loom: each thread's view of the count is
 /// sequentially consistent there (one thread runs at a time), and the models
 /// explore the lock words, not this count.
-#[derive(Debug, Default)]
-pub(crate) struct OwnLatches(std::sync::atomic::AtomicU32);
+#[derive(Debug)]
+pub(crate) struct OwnLatches {
+    count: std::sync::atomic::AtomicU32,
+    /// The generation of the connection (its slot is ours while it has it).
+    generation: u32,
+}
 
 /// Set in [`OwnLatches`] while a thread looks at a latch alone.
 const ALONE: u32 = 1 << 31;
@@ -170,6 +174,13 @@ const ALONE: u32 = 1 << 31;
 pub(crate) struct OwnLatchesGuard<'a>(&'a OwnLatches);
 
 impl OwnLatches {
+    pub(crate) fn new(generation: u32) -> OwnLatches {
+        OwnLatches {
+            count: std::sync::atomic::AtomicU32::new(0),
+            generation,
+        }
+    }
+
     /// Register a latched operation (waits while a thread looks alone).
     pub(crate) fn enter(&self) -> OwnLatchesGuard<'_> {
         self.register();
@@ -178,15 +189,15 @@ impl OwnLatches {
 
     fn register(&self) {
         use std::sync::atomic::Ordering as O;
-        let mut cur = self.0.load(O::SeqCst);
+        let mut cur = self.count.load(O::SeqCst);
         loop {
             if cur & ALONE != 0 {
                 crate::sync::spin_hint();
-                cur = self.0.load(O::SeqCst);
+                cur = self.count.load(O::SeqCst);
                 continue;
             }
             match self
-                .0
+                .count
                 .compare_exchange_weak(cur, cur + 1, O::SeqCst, O::SeqCst)
             {
                 Ok(_) => return,
@@ -197,12 +208,16 @@ impl OwnLatches {
 }
 
 impl OwnLatchesGuard<'_> {
+    fn generation(&self) -> u32 {
+        self.0.generation
+    }
+
     /// Run `f` while no other thread of the process is registered and none
     /// can register (the caller, which holds no latch now, steps out of the
     /// count meanwhile); `None` (without running it) if another is registered.
     fn alone<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
         use std::sync::atomic::Ordering as O;
-        let n = &(self.0).0;
+        let n = &self.0.count;
         n.fetch_sub(1, O::SeqCst);
         if n.compare_exchange(0, ALONE, O::SeqCst, O::SeqCst).is_err() {
             self.0.register();
@@ -217,7 +232,9 @@ impl OwnLatchesGuard<'_> {
 
 impl Drop for OwnLatchesGuard<'_> {
     fn drop(&mut self) {
-        (self.0).0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -275,20 +292,14 @@ pub(crate) fn latch<'r>(
         }
         if holder == as_id {
             if let Some(own) = how.own {
-                // No other thread of ours is in a latched operation (nor can
-                // start one meanwhile): a latch in our name is nobody's.
-                // While mixed and latched only the waiter bits can change.
-                let stale = own.alone(|| {
-                    let w = word::load(word);
-                    (w.is_mixed() && w.holder() == Some(as_id)).then(|| w.mask())
-                });
-                match stale {
-                    Some(Some(mask)) => {
+                match own.alone(|| own_latch_is_stale(region, word, as_id, own.generation())) {
+                    Some(OwnLatch::Stale(mask)) => {
                         trace!("took over the stale latch of {entry} in our own name {as_id}");
                         return Ok(latched(mask as u64));
                     }
-                    Some(None) => continue,
-                    None => {}
+                    Some(OwnLatch::Changed) => continue,
+                    // A sibling's, or a cleaner's: waited for.
+                    Some(OwnLatch::NotStale) | None => {}
                 }
             }
         }
@@ -346,6 +357,47 @@ pub(crate) fn latch<'r>(
             (how.on_stuck)(holder)?;
             slice = (slice * 2).min(MAX_SLICE);
         }
+    }
+}
+
+/// What a latch in the caller's own name is, looked at alone.
+enum OwnLatch {
+    /// Nobody's: taken over, with this interest mask.
+    Stale(u32),
+    /// The word is no longer latched in our name: look again.
+    Changed,
+    /// Maybe a cleaner's (our connection is no longer ours): waited for.
+    NotStale,
+}
+
+/// Looked at while no other thread of our process is registered
+/// ([`OwnLatchesGuard::alone`]): is the latch in our name (`as_id`) stale?
+/// Besides our threads, only a cleaner latches in our name, after it moved
+/// our slot from our (state, generation) to CLEANING (a SIGKILLed process's
+/// threads may run on for a moment while it is cleaned up). So a latch seen
+/// before our slot is seen still ours (the latch's CAS would have made the
+/// CLEANING visible) is nobody's. While mixed and latched only the waiter
+/// bits of the word can change, so the mask seen is the entry's interest.
+fn own_latch_is_stale(region: &Region, word: &AtomicU64, as_id: u32, generation: u32) -> OwnLatch {
+    // A compare-and-swap of the word with itself reads its latest value (a
+    // plain load may return an older one): the latch is there now.
+    let cur = word.load(Ordering::Acquire);
+    let w = word::Word(cur);
+    if !(w.is_mixed() && w.holder() == Some(as_id))
+        || word
+            .compare_exchange(cur, cur, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+    {
+        return OwnLatch::Changed;
+    }
+    match connector::load_state(region, as_id) {
+        Ok(st)
+            if st.generation == generation
+                && matches!(st.state, MemberState::Active | MemberState::Recovering) =>
+        {
+            OwnLatch::Stale(w.mask())
+        }
+        _ => OwnLatch::NotStale,
     }
 }
 

@@ -29,7 +29,7 @@ impl Connection {
             generation,
             name: name.to_string(),
             next_holder: StdAtomicU64::new(1),
-            own_latches: OwnLatches::default(),
+            own_latches: OwnLatches::new(generation),
         }
     }
 
