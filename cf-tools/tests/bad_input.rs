@@ -391,15 +391,7 @@ fn missing_region() {
 }
 
 fn create_args() -> Vec<&'static str> {
-    vec![
-        "create",
-        "--lock-entries",
-        "16",
-        "--members",
-        "4",
-        "--records",
-        "64",
-    ]
+    common::SMALL_CREATE.to_vec()
 }
 
 #[test]

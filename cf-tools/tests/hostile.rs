@@ -28,15 +28,7 @@ fn poke(path: &Path, offset: u64, bytes: &[u8]) {
 }
 
 fn small_plex(dir: &Path, extra: &[&str]) {
-    let mut args = vec![
-        "create",
-        "--lock-entries",
-        "16",
-        "--members",
-        "4",
-        "--records",
-        "64",
-    ];
+    let mut args = common::SMALL_CREATE.to_vec();
     args.extend_from_slice(extra);
     let out = cfctl(dir, &args);
     assert!(out.status.success(), "{out:?}");

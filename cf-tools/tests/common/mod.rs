@@ -29,6 +29,17 @@ pub fn cf_node() -> PathBuf {
     Path::new(CFCTL).with_file_name("cf-node")
 }
 
+/// `cfctl create` of a small plex: 16 lock entries, 4 members, 64 records each.
+pub const SMALL_CREATE: &[&str] = &[
+    "create",
+    "--lock-entries",
+    "16",
+    "--members",
+    "4",
+    "--records",
+    "64",
+];
+
 /// `cfctl --plex PLEX ARGS` to its end (no `CF_PLEX`, no crash point armed).
 pub fn cfctl_in(plex: &Path, args: &[&str]) -> std::process::Output {
     Command::new(CFCTL)
