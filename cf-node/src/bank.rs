@@ -40,6 +40,9 @@ pub struct Bank {
     pub stats: BankStats,
     pub stop: AtomicBool,
     next_txid: AtomicU64,
+    /// A transfer failed inside its transaction (after its first leg): its
+    /// worker kept its locks (they must be retained until a back-out).
+    poisoned: AtomicBool,
 }
 
 /// A small xorshift generator (no need for cryptographic randomness here).
@@ -73,7 +76,15 @@ impl Bank {
             stats: BankStats::default(),
             stop: AtomicBool::new(false),
             next_txid: AtomicU64::new(seed),
+            poisoned: AtomicBool::new(false),
         }
+    }
+
+    /// Did a transfer fail inside its transaction? Then the member must not
+    /// disconnect normally (that would release half-changed accounts): it
+    /// ends like a dead member, and its recovery backs the transaction out.
+    pub fn poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Relaxed)
     }
 
     /// Read an account through the buffer pool, refreshing its page (we hold its lock).
@@ -161,13 +172,31 @@ impl Bank {
         let amount = 1 + rng.below(self.config.max_amount.max(1) as u64) as i64;
         let a = self.read(from)?;
         let b = self.read(to)?;
-        self.leg(txid, from, a, a - amount, true)?;
+        // Balances come from a shared file (and a forged log's back-out may
+        // have put anything there): never wrap.
+        let (Some(a_after), Some(b_after)) = (a.checked_sub(amount), b.checked_add(amount)) else {
+            for id in held {
+                h.unlock(id)?;
+            }
+            anyhow::bail!(
+                "account {from} ({a}) or {to} ({b}) would overflow by a transfer of {amount}: \
+                 the accounts file holds impossible balances"
+            );
+        };
+        // From the first leg on, a failure leaves the transaction in flight.
+        let poison = |e: anyhow::Error| {
+            self.poisoned.store(true, Ordering::Relaxed);
+            e
+        };
+        self.leg(txid, from, a, a_after, true).map_err(poison)?;
         cf_core::crash::point("bank.between_legs");
         if !self.config.pause.is_zero() {
             std::thread::sleep(self.config.pause);
         }
-        self.leg(txid, to, b, b + amount, false)?;
-        self.log.append(&LogRecord::Commit { txid }, false, true)?;
+        self.leg(txid, to, b, b_after, false).map_err(poison)?;
+        self.log
+            .append(&LogRecord::Commit { txid }, false, true)
+            .map_err(|e| poison(e.into()))?;
         for id in held {
             h.unlock(id)?;
         }
@@ -178,11 +207,59 @@ impl Bank {
     }
 
     /// A worker thread's loop: transfer until told to stop.
+    /// A worker thread's loop: transfer until told to stop. A transfer that
+    /// failed inside its transaction keeps its locks (the holder is not
+    /// dropped, which would release them over half-changed accounts).
     pub fn run_worker(&self, mut h: Holder, seed: u64) -> anyhow::Result<()> {
         let mut rng = Rng::seeded(seed);
         while !self.stop.load(Ordering::Relaxed) {
-            self.transfer(&mut h, &mut rng)?;
+            if let Err(e) = self.transfer(&mut h, &mut rng) {
+                if self.poisoned() {
+                    std::mem::forget(h);
+                }
+                return Err(e);
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Balances from a forged log's back-out: a transfer must refuse to wrap
+    /// (and give its locks back), never write a wrapped balance.
+    #[test]
+    fn a_transfer_that_would_overflow_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let plex = cf_core::Plex {
+            dir: dir.path().into(),
+        };
+        let region = Arc::new(
+            cf_core::Region::create(&plex, &cf_core::CreateOptions::small_for_tests()).unwrap(),
+        );
+        let store = Store::create(dir.path(), 2, 0, false).unwrap();
+        store.set(0, i64::MIN, 1).unwrap();
+        store.set(1, i64::MIN, 1).unwrap();
+        let log = LogWriter::open(dir.path(), "A", false).unwrap();
+        let cfg = BankConfig {
+            pause: Duration::ZERO,
+            lock_timeout: Duration::from_secs(1),
+            max_amount: 100,
+            checkpoint_bytes: 1 << 20,
+        };
+        let bank = Bank::new(store, log, None, cfg);
+        let m = cf_core::Member::connect(region, "A").unwrap();
+        let mut h = m.holder().unwrap();
+        let e = bank.transfer(&mut h, &mut Rng::seeded(7)).unwrap_err();
+        assert!(e.to_string().contains("would overflow"), "{e}");
+        assert!(!bank.poisoned(), "refused before its first leg");
+        assert_eq!(bank.store.balance(0).unwrap(), i64::MIN);
+        assert_eq!(bank.store.balance(1).unwrap(), i64::MIN);
+        assert!(m.held_records().unwrap().is_empty(), "locks given back");
+        drop(h);
+        m.disconnect().unwrap();
     }
 }

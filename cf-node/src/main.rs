@@ -35,7 +35,7 @@ enum Cmd {
     RestartLight(LightArgs),
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Workload {
     /// Transfers between random accounts under modify locks (the total never changes)
     Bank,
@@ -59,9 +59,9 @@ struct RunArgs {
     /// Pause between the two legs of a transfer, in microseconds (a kill then often lands inside a transaction)
     #[arg(long, default_value_t = 0)]
     pause_us: u64,
-    /// Buffer pool size in MiB (a private page cache of the data, allocated and touched at start)
+    /// Buffer pool size in MiB (a private page cache of the data, allocated and touched at start; at most half of the machine's memory)
     #[arg(long, default_value_t = 64)]
-    buffer_pool_mb: usize,
+    buffer_pool_mb: u64,
     /// How long a transfer waits for a lock held by a live member, in milliseconds
     #[arg(long, default_value_t = 2000)]
     lock_timeout_ms: u64,
@@ -93,7 +93,12 @@ struct LightArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A region (or accounts file) truncated under us: one line, not a silent exit 135.
+    let _ = cf_core::install_sigbus_handler("cf-node");
+    let cli: Cli = match cf_node::cli::parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let r = match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::RestartLight(a) => light(a),
@@ -101,7 +106,7 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cf-node: {e:#}");
+            eprintln!("cf-node: {}", cf_core::error::one_line(e.chain()));
             ExitCode::FAILURE
         }
     }
@@ -159,22 +164,139 @@ fn connect(region: &Arc<Region>, name: &str) -> Result<Member> {
     }
 }
 
+/// What `run` checked and made before connecting.
+struct Prepared {
+    plex: Plex,
+    region: Arc<Region>,
+    store: Option<Store>,
+    pool: Option<BufferPool>,
+    threads: u32,
+    exe: PathBuf,
+    me: ProcessId,
+}
+
+/// Everything that can be refused is refused here, before the member
+/// connects: a bad argument, a plex file that cannot be trusted (the log,
+/// the accounts, the history file: a FIFO, a symlink, another user's file),
+/// a buffer pool that cannot be allocated, more worker threads than the
+/// record area has blocks for. So an error leaves no connector behind.
+fn prepare(a: &RunArgs) -> Result<Prepared> {
+    cf_core::connector::check_name(&a.member)?;
+    let plex = Plex::resolve(a.plex.as_deref());
+    let region = Arc::new(Region::open(&plex)?);
+    // Each worker thread's holder claims a block of record entries at once.
+    let threads = a.threads.max(1);
+    let blocks = region.blocks_per_member();
+    if a.workload == Workload::Bank && threads > blocks {
+        anyhow::bail!(
+            "--threads {}: each worker needs a block of {} record entries and this region has \
+             {} per member (at most {blocks} threads)",
+            a.threads,
+            cf_core::layout::BLOCK_SLOTS,
+            region.records_per_member()
+        );
+    }
+    // Read-only checks of this member's plex files (the log is opened for
+    // writing only once we are connected as the member, its only writer).
+    cf_node::wal::read_log(&cf_node::wal::log_path(&plex.dir, &a.member))?;
+    cf_node::history::precheck(&plex.dir, &a.member)?;
+    let (store, pool) = match a.workload {
+        Workload::Idle => (None, None),
+        Workload::Bank => (
+            Some(Store::open(&plex.dir)?),
+            Some(BufferPool::with_mib(a.buffer_pool_mb)?),
+        ),
+    };
+    Ok(Prepared {
+        plex,
+        region,
+        store,
+        pool,
+        threads,
+        exe: std::env::current_exe().context("finding the cf-node binary")?,
+        me: ProcessId::current()?,
+    })
+}
+
 fn run(a: RunArgs) -> Result<()> {
     // Signals first, so every thread inherits the mask and SIGTERM waits for us.
     let signals = block_stop_signals()?;
-    let plex = Plex::resolve(a.plex.as_deref());
-    let region = Arc::new(Region::open(&plex)?);
-    let member = connect(&region, &a.member)?;
+    let p = prepare(&a)?;
+    let member = connect(&p.region, &a.member)?;
+    let region = p.region.clone();
+    let name = a.member.clone();
+    match run_connected(&a, p, &member, signals) {
+        Ok(stopped) => {
+            member.disconnect()?;
+            events::record(&region, EventKind::Disconnected, &name, None, [0, 0, 0]);
+            print_summary(&a, &stopped);
+            Ok(())
+        }
+        // A transaction was in flight (or our own recovery did not finish):
+        // the member must be recovered like a dead one, its modify locks
+        // retained until its log is backed out. Exit without disconnecting.
+        Err(Failure::Abandon(e)) => Err(e.context(format!(
+            "leaving {name} to be recovered as a failed member (its modify locks stay retained \
+             until its log is backed out)"
+        ))),
+        // Anything else: give the connector back.
+        Err(Failure::Disconnect(e)) => {
+            member.disconnect()?;
+            Err(e)
+        }
+    }
+}
+
+/// How a failure after the connect ends.
+enum Failure {
+    /// Disconnect normally (nothing half-done is held).
+    Disconnect(anyhow::Error),
+    /// Exit without disconnecting: recovery must back out what we did.
+    Abandon(anyhow::Error),
+}
+
+fn disconnect_on<E: Into<anyhow::Error>>(e: E) -> Failure {
+    Failure::Disconnect(e.into())
+}
+
+fn run_connected(
+    a: &RunArgs,
+    p: Prepared,
+    member: &Member,
+    signals: nix::sys::signal::SigSet,
+) -> std::result::Result<Stopped, Failure> {
+    let Prepared {
+        plex,
+        region,
+        store,
+        pool,
+        threads,
+        exe,
+        me,
+    } = p;
     // Reconnected as a failed member: recover ourselves first (a normal
     // restart; our retained locks answer "retained" to others until then).
-    let recovering = member.is_recovering()?;
-    if recovering
-        || !member.held_records()?.is_empty()
-        || !cf_node::wal::read_log(&cf_node::wal::log_path(&plex.dir, &a.member))?
+    let recovering = member.is_recovering().map_err(disconnect_on)?;
+    // Until our own recovery is over, a failure leaves the member to be
+    // recovered by someone else (never released without its back-out).
+    let abandon = |e: anyhow::Error| {
+        if recovering {
+            Failure::Abandon(e)
+        } else {
+            Failure::Disconnect(e)
+        }
+    };
+    let needs_recovery = recovering
+        || !member.held_records().map_err(disconnect_on)?.is_empty()
+        || !cf_node::wal::read_log(&cf_node::wal::log_path(&plex.dir, &a.member))
+            .map_err(disconnect_on)?
             .records
-            .is_empty()
-    {
-        let rep = recover(&member, &plex.dir, |_| {})?;
+            .is_empty();
+    if needs_recovery {
+        let rep = recover(member, &plex.dir, |_| {}).map_err(|e| {
+            // A back-out half done must be finished by a recovery.
+            Failure::Abandon(e)
+        })?;
         if rep.backout.transactions > 0 || rep.released > 0 {
             events::record(
                 &region,
@@ -186,7 +308,7 @@ fn run(a: RunArgs) -> Result<()> {
         }
     }
     if recovering {
-        member.finish_recovery()?;
+        member.finish_recovery().map_err(|e| abandon(e.into()))?;
     }
     // A restart request left for our previous life is over: we are restarted.
     let _ = cf_core::requests::complete_for_name(&region, &a.member, &a.member);
@@ -203,22 +325,24 @@ fn run(a: RunArgs) -> Result<()> {
         plex_dir: plex.dir.clone(),
         me_id: member.id(),
         me_name: a.member.clone(),
-        me: ProcessId::current()?,
+        me,
         claim_delay: Duration::from_millis(a.claim_delay_ms),
-        exe: std::env::current_exe().context("finding the cf-node binary")?,
+        exe,
         stop: AtomicBool::new(false),
         detections: AtomicU64::new(0),
         restarts: AtomicU64::new(0),
         nameless: Default::default(),
     });
-    monitor.spawn()?;
+    let stop_monitor = |e: Failure| {
+        monitor.stop.store(true, Ordering::Relaxed);
+        e
+    };
+    monitor.spawn().map_err(disconnect_on)?;
     let mut workers = Vec::new();
-    let bank = match a.workload {
-        Workload::Idle => None,
-        Workload::Bank => {
-            let store = Store::open(&plex.dir)?;
-            let log = LogWriter::open(&plex.dir, &a.member, false)?;
-            let pool = BufferPool::new(a.buffer_pool_mb << 20);
+    let bank = match (store, pool) {
+        (Some(store), Some(pool)) => {
+            let log = LogWriter::open(&plex.dir, &a.member, false)
+                .map_err(|e| stop_monitor(disconnect_on(e)))?;
             let cfg = BankConfig {
                 pause: Duration::from_micros(a.pause_us),
                 lock_timeout: Duration::from_millis(a.lock_timeout_ms),
@@ -226,14 +350,25 @@ fn run(a: RunArgs) -> Result<()> {
                 checkpoint_bytes: a.checkpoint_bytes,
             };
             let bank = Arc::new(Bank::new(store, log, Some(pool), cfg));
-            for t in 0..a.threads.max(1) {
-                let (b, h) = (bank.clone(), member.holder()?);
+            // Every holder first (each claims a block: checked in `prepare`),
+            // then the threads, so a failure here leaves nothing running.
+            let mut holders = Vec::new();
+            for _ in 0..threads {
+                holders.push(
+                    member
+                        .holder()
+                        .map_err(|e| stop_monitor(disconnect_on(e)))?,
+                );
+            }
+            for (t, h) in holders.into_iter().enumerate() {
+                let b = bank.clone();
                 let seed =
                     cf_core::connector::now_ns() ^ ((t as u64) << 48) ^ std::process::id() as u64;
                 workers.push(std::thread::spawn(move || b.run_worker(h, seed)));
             }
             Some(bank)
         }
+        _ => None,
     };
     println!(
         "member {} running: connector {}, pid {}, workload {}, {} thread(s)",
@@ -244,44 +379,95 @@ fn run(a: RunArgs) -> Result<()> {
         workers.len()
     );
     use std::io::Write;
-    std::io::stdout().flush()?;
-    let sig = signals.wait().context("waiting for a signal")?;
+    let _ = std::io::stdout().flush();
+    // Wait for a stop signal, or for a worker that ends by itself (an error).
+    let sig = wait_for_stop(&signals, &workers, bank.as_deref());
     if let Some(b) = &bank {
         b.stop.store(true, Ordering::Relaxed);
     }
     monitor.stop.store(true, Ordering::Relaxed);
+    let mut failed = None;
     for w in workers {
-        w.join()
-            .map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
+        let r = w
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("a worker thread panicked")));
+        if let Err(e) = r {
+            failed.get_or_insert(e);
+        }
     }
-    let id = member.id();
-    member.disconnect()?;
-    events::record(&region, EventKind::Disconnected, &a.member, None, [0, 0, 0]);
-    let _ = id;
-    let committed = bank
+    if let Some(e) = failed {
+        // A worker that failed inside a transaction kept its locks (bank.rs).
+        return Err(if bank.as_ref().is_some_and(|b| b.poisoned()) {
+            Failure::Abandon(e)
+        } else {
+            Failure::Disconnect(e)
+        });
+    }
+    let sig = sig.map_err(disconnect_on)?;
+    Ok(Stopped { sig, bank, monitor })
+}
+
+/// A member that stopped on a signal, ready to disconnect.
+struct Stopped {
+    sig: nix::sys::signal::Signal,
+    bank: Option<Arc<Bank>>,
+    monitor: Arc<Monitor>,
+}
+
+/// Block until SIGTERM/SIGINT, or until a worker thread has ended by itself
+/// (it failed: the member stops).
+fn wait_for_stop(
+    signals: &nix::sys::signal::SigSet,
+    workers: &[std::thread::JoinHandle<Result<()>>],
+    bank: Option<&Bank>,
+) -> Result<nix::sys::signal::Signal> {
+    if workers.is_empty() || bank.is_none() {
+        return signals.wait().context("waiting for a signal");
+    }
+    // sigtimedwait in slices, so a dead worker is noticed.
+    loop {
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 50_000_000,
+        };
+        // SAFETY: `signals` is a valid sigset; a null siginfo is allowed.
+        let r = unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &ts) };
+        if r > 0 {
+            return nix::sys::signal::Signal::try_from(r).context("waiting for a signal");
+        }
+        if workers.iter().any(|w| w.is_finished()) {
+            return Ok(nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+}
+
+/// Print the summary of a member that stopped normally (and disconnected).
+fn print_summary(a: &RunArgs, s: &Stopped) {
+    use std::io::Write;
+    let committed = s
+        .bank
         .as_ref()
         .map_or(0, |b| b.stats.committed.load(Ordering::Relaxed));
-    let skipped = bank
+    let skipped = s
+        .bank
         .as_ref()
         .map_or(0, |b| b.stats.skipped_retained.load(Ordering::Relaxed));
     let rss = peak_rss_kib().unwrap_or(0);
+    let detections = s.monitor.detections.load(Ordering::Relaxed);
+    let restarts = s.monitor.restarts.load(Ordering::Relaxed);
+    let sig = s.sig;
     let mut out = std::io::stdout().lock();
     let _ = if a.json {
         writeln!(
             out,
-            "{{\"member\":\"{}\",\"committed\":{committed},\"skipped_retained\":{skipped},\"detections\":{},\"restarts\":{},\"peak_rss_kib\":{rss}}}",
+            "{{\"member\":\"{}\",\"committed\":{committed},\"skipped_retained\":{skipped},\"detections\":{detections},\"restarts\":{restarts},\"peak_rss_kib\":{rss}}}",
             a.member,
-            monitor.detections.load(Ordering::Relaxed),
-            monitor.restarts.load(Ordering::Relaxed)
         )
     } else {
         writeln!(
             out,
-            "member {} stopped by {sig}: {committed} transfers committed, {skipped} skipped on retained locks, {} deaths detected, {} restarts run; peak RSS {rss} KiB",
+            "member {} stopped by {sig}: {committed} transfers committed, {skipped} skipped on retained locks, {detections} deaths detected, {restarts} restarts run; peak RSS {rss} KiB",
             a.member,
-            monitor.detections.load(Ordering::Relaxed),
-            monitor.restarts.load(Ordering::Relaxed)
         )
     };
-    Ok(())
 }

@@ -12,7 +12,15 @@
 //!   (futex), wakes on any change, claims each request that needs a handler
 //!   (exactly one member wins each claim) and starts `cf-node restart-light`
 //!   as its child, waiting for it. A restart light that fails is started
-//!   again (up to `MAX_ATTEMPTS`, then the claim is given back). The restarter
+//!   again after an exponential back-off (`BACKOFF_FIRST`, doubling up to
+//!   `BACKOFF_MAX`). After `MAX_ATTEMPTS` failures that were not a SIGKILL
+//!   from outside (a recovery that fails for a persistent reason: one damaged
+//!   byte in the accounts, a log that is a directory), the request is marked
+//!   FAILED with the reason the restart light gave (`cf_core::requests::fail`):
+//!   nobody claims it again until an operator re-posts it (`cfctl
+//!   restart-light MEMBER`) or `requests::FAILED_RETRY` has passed. Each
+//!   claim records at most `MAX_FAILURE_EVENTS` `restart_light_failed`
+//!   events, so one failure never floods the event ring. The restarter
 //!   also posts a request for any failed-persistent member that has none (its
 //!   detector died before posting, or every member was dead at once).
 
@@ -31,7 +39,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const POLL: Duration = Duration::from_millis(20);
+/// Failures (not counting SIGKILLs from outside) before a request is FAILED.
 const MAX_ATTEMPTS: u64 = 5;
+/// Back-off before the second attempt; doubles with each failure.
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// `restart_light_failed` events one claim records at most.
+const MAX_FAILURE_EVENTS: u64 = 8;
 
 /// Settings and identity of the monitoring member.
 pub struct Monitor {
@@ -243,7 +257,9 @@ impl Monitor {
             return None;
         }
         if req.state == RequestState::Pending {
-            let ready_at = req.posted_unix_ns + self.claim_delay.as_nanos() as u64;
+            let ready_at = req
+                .posted_unix_ns
+                .saturating_add(self.claim_delay.as_nanos() as u64);
             let now = now_ns();
             if now < ready_at {
                 return Some(Duration::from_nanos(ready_at - now));
@@ -291,7 +307,13 @@ impl Monitor {
 
     /// Drive claimed request `epoch` of `id` until its member needs no restart.
     fn handle(&self, id: u32, epoch: u32, name: &str) {
+        // Failures that count toward giving up, every failure (for the
+        // back-off and the event budget), and the next back-off.
         let mut attempts = 0;
+        let mut failures: u64 = 0;
+        let mut backoff = BACKOFF_FIRST;
+        let mut wait_first = false;
+        let mut last_code = 0;
         // Events from our claim on, and did a restart light of ours fail?
         let since = events::next_seq(&self.region);
         let mut light_failed = false;
@@ -340,11 +362,34 @@ impl Monitor {
                 }
             }
             if attempts >= MAX_ATTEMPTS {
-                eprintln!("cf-node {}: restart light of {name} failed {attempts} times; giving the request back", self.me_name);
-                let _ = requests::unclaim(&self.region, id, epoch, &self.me);
+                eprintln!(
+                    "cf-node {}: restart light of {} failed {attempts} times; the request is \
+                     marked failed (re-post it with `cfctl restart-light {}` once the cause is \
+                     fixed)",
+                    self.me_name,
+                    cf_core::inspect::escape(name),
+                    cf_core::inspect::escape(name)
+                );
+                let _ = requests::fail(&self.region, id, epoch, &self.me);
+                events::record(
+                    &self.region,
+                    EventKind::RestartLightFailed,
+                    name,
+                    Some(&self.me_name),
+                    [last_code, failures, 1],
+                );
                 return;
             }
-            attempts += 1;
+            if wait_first {
+                wait_first = false;
+                // Exponential back-off between attempts, still answering a stop.
+                let until = std::time::Instant::now() + backoff;
+                while std::time::Instant::now() < until && !self.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10).min(backoff));
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
             self.restarts.fetch_add(1, Ordering::Relaxed);
             let child = Command::new(&self.exe)
                 .arg("restart-light")
@@ -374,16 +419,27 @@ impl Monitor {
                 Ok(st) if st.success() => {}
                 Ok(st) => {
                     light_failed = true;
+                    failures += 1;
+                    wait_first = true;
                     let code = st
                         .code()
                         .map_or_else(|| 128 + st.signal().unwrap_or(0) as u64, |c| c as u64);
-                    events::record(
-                        &self.region,
-                        EventKind::RestartLightFailed,
-                        name,
-                        Some(&self.me_name),
-                        [code, 0, 0],
-                    );
+                    last_code = code;
+                    // A SIGKILL from outside (a fault injected into the
+                    // restart light) is no reason to give recovery up.
+                    if st.signal() != Some(libc::SIGKILL) {
+                        attempts += 1;
+                    }
+                    let _ = requests::set_reason(&self.region, id, epoch, Some(code), None);
+                    if failures <= MAX_FAILURE_EVENTS {
+                        events::record(
+                            &self.region,
+                            EventKind::RestartLightFailed,
+                            name,
+                            Some(&self.me_name),
+                            [code, failures, 0],
+                        );
+                    }
                 }
                 Err(e) => eprintln!("cf-node {}: waiting for restart light: {e}", self.me_name),
             }

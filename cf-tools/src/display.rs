@@ -1,7 +1,7 @@
 //! `display structures|members|locks|retained`.
 
 use anyhow::Result;
-use cf_core::inspect::{self, LockView};
+use cf_core::inspect::{self, escape, LockView};
 use cf_core::{Plex, Region};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
@@ -39,7 +39,8 @@ pub fn run(plex: &Plex, a: DisplayArgs) -> Result<ExitCode> {
         crate::recovery_view::accounts(plex, a.json)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let region = Region::open(plex)?;
+    // Nothing here writes: a read-only mapping (works on a region we may only read).
+    let region = Region::open_read_only(plex)?;
     match a.what {
         What::Structures => structures(&region, a.json),
         What::Members => members(&region, a.json)?,
@@ -127,7 +128,7 @@ fn members(region: &Region, json: bool) -> Result<()> {
             .iter()
             .map(|m| {
                 json!({
-                    "name": m.name, "id": m.id, "state": m.state.as_str(), "pid": m.pid,
+                    "name": escape(&m.name), "id": m.id, "state": m.state.as_str(), "pid": m.pid,
                     "generation": m.generation, "alive": m.alive, "held": m.held, "retained": m.retained,
                     "connected_unix_ns": m.connected_unix_ns, "failed_unix_ns": m.failed_unix_ns,
                 })
@@ -148,7 +149,7 @@ fn members(region: &Region, json: bool) -> Result<()> {
         println!(
             "{:>3} {:<20} {:<18} {:>8} {:>5} {:>6} {:>8}",
             m.id,
-            m.name,
+            escape(&m.name),
             m.state.as_str(),
             m.pid,
             if m.alive { "yes" } else { "no" },
@@ -165,7 +166,7 @@ fn locks(list: Vec<LockView>, json: bool, empty: &str) {
             .iter()
             .map(|l| {
                 json!({
-                    "member": l.member, "member_id": l.member_id, "resource": l.resource,
+                    "member": escape(&l.member), "member_id": l.member_id, "resource": escape(&l.resource),
                     "mode": l.mode.as_str(), "entry": l.entry, "slot": l.slot,
                     "state": if l.retained { "retained" } else if l.held { "held" } else { "pending" },
                 })
@@ -185,8 +186,8 @@ fn locks(list: Vec<LockView>, json: bool, empty: &str) {
     for l in &list {
         println!(
             "{:<20} {:<32} {:<10} {:>10} {:<9}",
-            l.member,
-            l.resource,
+            escape(&l.member),
+            escape(&l.resource),
             l.mode.as_str(),
             l.entry,
             if l.retained {

@@ -50,7 +50,8 @@ enum Cmd {
     Hold(locks::HoldArgs),
     /// Connect as a member, make one try request, print the answer, disconnect
     ///
-    /// Exit status: 0 granted, 2 contention, 3 retained, 1 error.
+    /// Exit status: 0 granted, 2 contention, 3 retained, 1 error, 64 a command line that does not
+    /// parse.
     Try(locks::TryArgs),
     /// Clean up every member whose process is dead (retaining its modify locks)
     Cleanup(locks::CleanupArgs),
@@ -69,7 +70,12 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A region truncated under us: one line, not a silent exit 135.
+    let _ = cf_core::install_sigbus_handler("cfctl");
+    let cli: Cli = match cf_node::cli::parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let plex = cf_core::Plex::resolve(cli.plex.as_deref());
     let result = match cli.cmd {
         Cmd::Demo(a) => demo::run(cli.plex.as_deref(), a),
@@ -90,7 +96,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("cfctl: {e:#}");
+            eprintln!("cfctl: {}", cf_core::error::one_line(e.chain()));
             ExitCode::FAILURE
         }
     }

@@ -99,16 +99,27 @@ pub struct DestroyArgs {
 
 pub fn destroy(plex: &Plex, a: DestroyArgs) -> Result<ExitCode> {
     let path = plex.region_path();
-    match Region::open(plex) {
+    // Never through a symlinked (or otherwise untrusted) plex directory.
+    cf_core::plexfs::PlexDir::check(&plex.dir)?;
+    match Region::open_read_only(plex) {
         Ok(region) => {
-            let live: Vec<_> = inspect::members(&region)?
-                .into_iter()
-                .filter(|m| m.alive)
-                .collect();
+            // Who is live, from the connector slots alone (a damaged record
+            // must not stop a forced destroy).
+            let mut live = Vec::new();
+            for id in 0..region.members() {
+                match cf_core::connector::slot_view(&region, id) {
+                    Ok(s) if s.is_alive() => live.push(s),
+                    Ok(_) => {}
+                    Err(e) if !a.force => {
+                        bail!("cannot tell whether members are live ({e}); use --force")
+                    }
+                    Err(_) => {}
+                }
+            }
             if !live.is_empty() && !a.force {
                 let names: Vec<_> = live
                     .iter()
-                    .map(|m| format!("{} (pid {})", m.name, m.pid))
+                    .map(|m| format!("{} (pid {})", inspect::escape(&m.name), m.process.pid))
                     .collect();
                 bail!(
                     "live members are connected: {}; stop them or use --force",
@@ -164,9 +175,51 @@ pub struct VerifyArgs {
     json: bool,
 }
 
+/// Problems of the plex's other files, as their readers see them: the
+/// accounts file, every member's log and history file.
+fn file_problems(plex: &Plex) -> Vec<String> {
+    let mut problems = Vec::new();
+    let say = |e: &dyn std::error::Error| inspect::escape(&e.to_string());
+    match cf_node::store::Store::open_read_only(&plex.dir) {
+        Ok(_) | Err(cf_node::store::StoreError::NotFound(_)) => {}
+        Err(e) => problems.push(say(&e)),
+    }
+    if let Ok(dir) = std::fs::read_dir(&plex.dir) {
+        let mut logs: Vec<_> = dir
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("log."))
+            .map(|e| e.path())
+            .collect();
+        logs.sort();
+        for path in logs {
+            if let Err(e) = cf_node::wal::read_log(&path) {
+                problems.push(say(&e));
+            }
+        }
+    }
+    match cf_node::history::enabled(&plex.dir) {
+        Ok(false) => {}
+        Ok(true) => {
+            if let Ok(dir) = std::fs::read_dir(cf_node::history::history_dir(&plex.dir)) {
+                let mut files: Vec<_> = dir.flatten().map(|e| e.path()).collect();
+                files.sort();
+                for path in files {
+                    if let Err(e) = cf_node::history::read_history(&path) {
+                        problems.push(say(&e));
+                    }
+                }
+            }
+        }
+        Err(e) => problems.push(say(&e)),
+    }
+    problems
+}
+
 pub fn verify(plex: &Plex, a: VerifyArgs) -> Result<ExitCode> {
-    let region = Region::open(plex)?;
-    let problems = inspect::verify(&region);
+    // Nothing is changed: a read-only mapping (works on a region we may only read).
+    let region = Region::open_read_only(plex)?;
+    let mut problems = inspect::verify(&region);
+    problems.extend(file_problems(plex));
     if a.json {
         crate::print_json(&json!({ "ok": problems.is_empty(), "problems": problems }));
     } else if problems.is_empty() {

@@ -2,17 +2,30 @@
 
 use anyhow::{bail, Result};
 use cf_core::events::{Event, EventKind};
+use cf_core::inspect::escape;
 use cf_core::{inspect, requests, MemberState, Plex, Region};
 use cf_node::store::Store;
 use serde_json::{json, Value};
 
+/// A 128-bit integer as a JSON number, exactly as the text shows it (never
+/// wrapped into 64 bits; beyond 64 bits, a string of its digits).
+fn big(n: i128) -> Value {
+    if let Ok(v) = i64::try_from(n) {
+        json!(v)
+    } else if let Ok(v) = u64::try_from(n) {
+        json!(v)
+    } else {
+        json!(n.to_string())
+    }
+}
+
 pub fn accounts(plex: &Plex, as_json: bool) -> Result<()> {
-    let store = Store::open(&plex.dir)?;
+    let store = Store::open_read_only(&plex.dir)?;
     let total = store.total();
     let expected = store.expected_total();
     if as_json {
         crate::print_json(&json!({
-            "accounts": store.count(), "total": total as i64, "expected_total": expected as i64,
+            "accounts": store.count(), "total": big(total), "expected_total": big(expected),
             "initial_balance": store.initial_balance(),
         }));
     } else {
@@ -33,8 +46,33 @@ pub fn accounts(plex: &Plex, as_json: bool) -> Result<()> {
 
 fn name_of(region: &Region, id: u32) -> String {
     cf_core::connector::slot_view(region, id)
-        .map(|s| s.name)
+        .map(|s| escape(&s.name))
         .unwrap_or_else(|_| format!("#{id}"))
+}
+
+/// The member a request is for, printable.
+fn request_member(region: &Region, r: &requests::RequestView) -> String {
+    if r.name.is_empty() {
+        name_of(region, r.member_id)
+    } else {
+        escape(&r.name)
+    }
+}
+
+/// Why a FAILED request failed (or why its last restart light did), printable.
+fn failure_text(r: &requests::RequestView) -> Option<String> {
+    if r.state != requests::RequestState::Failed && r.last_status.is_none() && r.reason.is_empty() {
+        return None;
+    }
+    let mut s = match r.last_status {
+        Some(st) => format!("last restart light exited with status {st}"),
+        None => "restart light failed".to_string(),
+    };
+    if !r.reason.is_empty() {
+        s.push_str(": ");
+        s.push_str(&escape(&r.reason));
+    }
+    Some(s)
 }
 
 pub fn requests(region: &Region, as_json: bool) -> Result<()> {
@@ -45,12 +83,16 @@ pub fn requests(region: &Region, as_json: bool) -> Result<()> {
             .iter()
             .map(|r| {
                 json!({
-                    "member": if r.name.is_empty() { name_of(region, r.member_id) } else { r.name.clone() }, "member_id": r.member_id, "state": r.state.as_str(),
+                    "member": request_member(region, r), "member_id": r.member_id, "state": r.state.as_str(),
                     "posted_unix_ns": r.posted_unix_ns, "claimed_unix_ns": r.claimed_unix_ns,
                     "posted_by": r.posted_by.map(|i| name_of(region, i)),
                     "claimed_by": r.claimed_by.map(|i| name_of(region, i)),
                     "claimer_pid": r.claimer_pid, "claimer_alive": r.claimer_alive,
                     "worker_pid": r.worker_pid, "worker_alive": r.worker_alive, "attempts": r.attempts,
+                    "failed_unix_ns": (r.failed_unix_ns != 0).then_some(r.failed_unix_ns),
+                    "retry_at_unix_ns": r.retry_at_unix_ns(),
+                    "last_status": r.last_status,
+                    "reason": (!r.reason.is_empty()).then(|| escape(&r.reason)),
                 })
             })
             .collect();
@@ -69,11 +111,7 @@ pub fn requests(region: &Region, as_json: bool) -> Result<()> {
     for r in &list {
         println!(
             "{:<20} {:<8} {:<16} {:<16} {:>8} {:>8}",
-            if r.name.is_empty() {
-                name_of(region, r.member_id)
-            } else {
-                r.name.clone()
-            },
+            request_member(region, r),
             r.state.as_str(),
             r.posted_by
                 .map(|i| name_of(region, i))
@@ -88,13 +126,24 @@ pub fn requests(region: &Region, as_json: bool) -> Result<()> {
             },
             r.attempts
         );
+        if let Some(why) = failure_text(r) {
+            println!("    {why}");
+        }
+        if r.state == requests::RequestState::Failed {
+            println!(
+                "    not claimed again until `cfctl restart-light {}` re-posts it, or {} s after it failed",
+                request_member(region, r),
+                requests::FAILED_RETRY.as_secs()
+            );
+        }
     }
     Ok(())
 }
 
 /// An event as JSON: `kind`, `member`, `by`, `time_ns`, and named payload fields.
 pub fn event_json(e: &Event) -> Value {
-    let mut o = json!({ "seq": e.seq, "kind": e.kind.as_str(), "member": e.member, "by": e.by, "time_ns": e.time_ns });
+    let mut o = json!({ "seq": e.seq, "kind": e.kind.as_str(), "member": escape(&e.member),
+                        "by": e.by.as_deref().map(escape), "time_ns": e.time_ns });
     match e.kind {
         EventKind::Detected | EventKind::Connected => o["pid"] = json!(e.a),
         EventKind::CleanedUp => {
@@ -116,7 +165,11 @@ pub fn event_json(e: &Event) -> Value {
             o["peak_rss_kib"] = json!(e.a);
             o["elapsed_ns"] = json!(e.b);
         }
-        EventKind::RestartLightFailed => o["status"] = json!(e.a),
+        EventKind::RestartLightFailed => {
+            o["status"] = json!(e.a);
+            o["failures"] = json!(e.b);
+            o["gave_up"] = json!(e.c == 1);
+        }
         EventKind::RecoveredAtRestart => {
             o["transactions"] = json!(e.a);
             o["locks"] = json!(e.b);
@@ -128,8 +181,8 @@ pub fn event_json(e: &Event) -> Value {
 
 /// One line describing an event, for people.
 pub fn event_text(e: &Event) -> String {
-    let by = e.by.as_deref().unwrap_or("-");
-    let m = &e.member;
+    let by = &escape(e.by.as_deref().unwrap_or("-"));
+    let m = &escape(&e.member);
     match e.kind {
         EventKind::Detected => format!("death of {m} (pid {}) detected by {by}", e.a),
         EventKind::CleanedUp => format!(
@@ -149,6 +202,10 @@ pub fn event_text(e: &Event) -> String {
             e.a,
             e.b as f64 / 1e6
         ),
+        EventKind::RestartLightFailed if e.c == 1 => format!(
+            "restart light of {m} failed {} time(s): request marked failed by {by}",
+            e.b
+        ),
         EventKind::RestartLightFailed => format!("restart light of {m} failed (status {})", e.a),
         EventKind::Connected => format!("{m} connected (pid {})", e.a),
         EventKind::Disconnected => format!("{m} disconnected normally"),
@@ -158,6 +215,9 @@ pub fn event_text(e: &Event) -> String {
 }
 
 pub fn events(region: &Region, as_json: bool) -> Result<()> {
+    // A damaged ring (a counter beyond any run, a slot out of place) is an
+    // error here as in `verify`, not an empty list.
+    cf_core::events::check(region)?;
     let list = cf_core::events::read_all(region);
     if as_json {
         crate::print_json(&Value::Array(list.iter().map(event_json).collect()));
@@ -182,6 +242,7 @@ pub fn events(region: &Region, as_json: bool) -> Result<()> {
 
 /// `cfctl restart-light MEMBER`: post a restart request by hand.
 pub fn post(plex: &Plex, member: &str) -> Result<()> {
+    cf_core::connector::check_name(member)?;
     let region = Region::open(plex)?;
     let Some(m) = inspect::members(&region)?
         .into_iter()
@@ -189,13 +250,7 @@ pub fn post(plex: &Plex, member: &str) -> Result<()> {
     else {
         bail!("no member named {member} in the connector table");
     };
-    if m.state != MemberState::FailedPersistent {
-        bail!(
-            "member {member} is {}, not failed-persistent: there is nothing to restart",
-            m.state.as_str()
-        );
-    }
-    if requests::post(&region, m.id, None, || {
+    let posted = || {
         cf_core::events::record(
             &region,
             EventKind::RequestPosted,
@@ -203,9 +258,21 @@ pub fn post(plex: &Plex, member: &str) -> Result<()> {
             Some("cfctl"),
             [0, 0, 0],
         )
-    })?
-    .is_some()
-    {
+    };
+    // A request that FAILED (its restart lights kept failing) is re-posted.
+    if requests::retry(&region, m.id, None, posted)?.is_some() {
+        println!(
+            "the failed restart request for {member} is posted again; a live member will claim it"
+        );
+        return Ok(());
+    }
+    if m.state != MemberState::FailedPersistent {
+        bail!(
+            "member {member} is {}, not failed-persistent: there is nothing to restart",
+            m.state.as_str()
+        );
+    }
+    if requests::post(&region, m.id, None, posted)?.is_some() {
         println!("restart request for {member} posted; a live member will claim it");
     } else {
         println!("a restart request for {member} is already outstanding");

@@ -75,7 +75,7 @@ pub(crate) struct RecordBody {
     pub name: [AtomicU64; 8],
 }
 
-/// The restart-request list's header: 128 bytes.
+/// The restart-request list's header: 256 bytes.
 #[repr(C)]
 #[derive(Default)]
 pub(crate) struct RequestListHeader {
@@ -88,10 +88,10 @@ pub(crate) struct RequestListHeader {
     #[cfg(not(loom))]
     _pad: AtomicU32,
     #[cfg(not(loom))]
-    _reserved2: [AtomicU64; 8],
+    _reserved2: [AtomicU64; 24],
 }
 
-/// One restart request: 128 bytes. See `requests.rs`.
+/// One restart request: 256 bytes. See `requests.rs`.
 #[repr(C)]
 #[derive(Default)]
 pub(crate) struct RequestEntry {
@@ -114,7 +114,16 @@ pub(crate) struct RequestEntry {
     pub generation: AtomicU64,
     #[cfg(not(loom))]
     _reserved2: [AtomicU64; 3],
+    /// When the request was marked FAILED (0: never).
+    pub failed_ns: AtomicU64,
+    /// Exit status of the last failed restart light (128 + signal), + 1 (0: none).
+    pub last_status: AtomicU64,
+    /// Why the last restart light failed: its error line, NUL-padded.
+    pub reason: [AtomicU64; REASON_WORDS],
 }
+
+/// Words of a request's failure reason (112 bytes).
+pub(crate) const REASON_WORDS: usize = 14;
 
 /// The event ring's header (the rest of its page is reserved).
 #[repr(C)]
@@ -161,6 +170,8 @@ mod pinned {
     const _: () = assert!(offset_of!(RequestListHeader, sequence) == 56);
     const _: () = assert!(size_of::<RequestEntry>() as u64 == REQUEST_SIZE);
     const _: () = assert!(offset_of!(RequestEntry, name) == 64);
+    const _: () = assert!(offset_of!(RequestEntry, failed_ns) == 128);
+    const _: () = assert!(offset_of!(RequestEntry, reason) == 144);
     const _: () = assert!(size_of::<EventHeader>() <= 4096);
     const _: () = assert!(size_of::<EventSlot>() as u64 == EVENT_SIZE);
     const _: () = assert!(offset_of!(EventSlot, member) == 48);
@@ -183,8 +194,19 @@ pub(crate) fn store_name(dst: &[AtomicU64; 4], name: &[u8]) {
     }
 }
 
-/// The raw bytes of a name stored in four words, up to the first NUL.
-pub(crate) fn load_name_bytes(src: &[AtomicU64; 4]) -> Vec<u8> {
+/// Store up to `8 * N` bytes of text into `N` words, NUL-padded.
+pub(crate) fn store_text<const N: usize>(dst: &[AtomicU64; N], text: &[u8]) {
+    for (i, w) in dst.iter().enumerate() {
+        let mut b = [0u8; 8];
+        let from = (i * 8).min(text.len());
+        let to = (from + 8).min(text.len());
+        b[..to - from].copy_from_slice(&text[from..to]);
+        w.store(u64::from_le_bytes(b), crate::sync::Ordering::Relaxed);
+    }
+}
+
+/// The bytes of a text stored in `N` words, up to the first NUL.
+pub(crate) fn load_text<const N: usize>(src: &[AtomicU64; N]) -> Vec<u8> {
     let mut bytes: Vec<u8> = src
         .iter()
         .flat_map(|w| w.load(crate::sync::Ordering::Relaxed).to_le_bytes())
@@ -192,4 +214,9 @@ pub(crate) fn load_name_bytes(src: &[AtomicU64; 4]) -> Vec<u8> {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     bytes.truncate(end);
     bytes
+}
+
+/// The raw bytes of a name stored in four words, up to the first NUL.
+pub(crate) fn load_name_bytes(src: &[AtomicU64; 4]) -> Vec<u8> {
+    load_text(src)
 }
