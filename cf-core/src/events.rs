@@ -45,9 +45,15 @@ pub enum EventKind {
     RecoveredAtRestart,
     /// The restart request of a member was completed: its recovery is over (once per request).
     RecoveryCompleted,
+    /// A member's heartbeat is older than the failure detection interval (`a`: its age in ms).
+    StatusUpdateMissing,
+    /// A member whose status update was missing was fenced: SIGKILLed after the identity check (`a`: heartbeat age in ms, `b`: its PID, `c`: 1 by the operator).
+    Fenced,
+    /// A member declared status-update-missing beat again before it was fenced (`a`: how long it was missing, ms).
+    StatusUpdateResumed,
 }
 
-const KINDS: [EventKind; 13] = [
+const KINDS: [EventKind; 16] = [
     EventKind::Detected,
     EventKind::CleanedUp,
     EventKind::RequestPosted,
@@ -61,6 +67,9 @@ const KINDS: [EventKind; 13] = [
     EventKind::Disconnected,
     EventKind::RecoveredAtRestart,
     EventKind::RecoveryCompleted,
+    EventKind::StatusUpdateMissing,
+    EventKind::Fenced,
+    EventKind::StatusUpdateResumed,
 ];
 
 impl EventKind {
@@ -79,6 +88,9 @@ impl EventKind {
             EventKind::Disconnected => "disconnected",
             EventKind::RecoveredAtRestart => "recovered_at_restart",
             EventKind::RecoveryCompleted => "recovery_completed",
+            EventKind::StatusUpdateMissing => "status_update_missing",
+            EventKind::Fenced => "fenced",
+            EventKind::StatusUpdateResumed => "status_update_resumed",
         }
     }
     fn code(self) -> u64 {

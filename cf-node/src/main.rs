@@ -165,6 +165,19 @@ fn run(a: RunArgs) -> Result<()> {
     let plex = Plex::resolve(a.plex.as_deref());
     let region = Arc::new(Region::open(&plex)?);
     let member = connect(&region, &a.member)?;
+    // The liveness word and the heartbeat, from a thread of their own.
+    let liveness = match cf_core::connector::liveness::LivenessThread::start(
+        region.clone(),
+        member.id(),
+        member.generation(),
+        a.member.clone(),
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = member.disconnect();
+            anyhow::bail!("starting the liveness thread: {e}");
+        }
+    };
     // Reconnected as a failed member: recover ourselves first (a normal
     // restart; our retained locks answer "retained" to others until then).
     let recovering = member.is_recovering()?;
@@ -255,6 +268,7 @@ fn run(a: RunArgs) -> Result<()> {
             .map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
     }
     let id = member.id();
+    liveness.stop();
     member.disconnect()?;
     events::record(&region, EventKind::Disconnected, &a.member, None, [0, 0, 0]);
     let _ = id;

@@ -121,6 +121,13 @@ pub fn event_json(e: &Event) -> Value {
             o["transactions"] = json!(e.a);
             o["locks"] = json!(e.b);
         }
+        EventKind::StatusUpdateMissing => o["heartbeat_age_ms"] = json!(e.a),
+        EventKind::Fenced => {
+            o["heartbeat_age_ms"] = json!(e.a);
+            o["pid"] = json!(e.b);
+            o["by_operator"] = json!(e.c == 1);
+        }
+        EventKind::StatusUpdateResumed => o["missing_ms"] = json!(e.a),
         EventKind::RequestPosted | EventKind::Disconnected | EventKind::RecoveryCompleted => {}
     }
     o
@@ -154,6 +161,14 @@ pub fn event_text(e: &Event) -> String {
         EventKind::Disconnected => format!("{m} disconnected normally"),
         EventKind::RecoveryCompleted => format!("restart request for {m} completed by {by}: recovery over"),
         EventKind::RecoveredAtRestart => format!("{m} restarted normally and recovered itself: {} transaction(s) backed out, {} lock(s) released", e.a, e.b),
+        EventKind::StatusUpdateMissing => format!("status update missing for {m}: no heartbeat for {} ms (seen by {by})", e.a),
+        EventKind::Fenced => format!(
+            "{m} (pid {}) fenced by {by}{} after {} ms without a heartbeat",
+            e.b,
+            if e.c == 1 { " (operator)" } else { "" },
+            e.a
+        ),
+        EventKind::StatusUpdateResumed => format!("{m} beats again after {} ms of status update missing", e.a),
     }
 }
 
