@@ -162,12 +162,7 @@ pub fn event_text(e: &Event) -> String {
         EventKind::RecoveryCompleted => format!("restart request for {m} completed by {by}: recovery over"),
         EventKind::RecoveredAtRestart => format!("{m} restarted normally and recovered itself: {} transaction(s) backed out, {} lock(s) released", e.a, e.b),
         EventKind::StatusUpdateMissing => format!("status update missing for {m}: no heartbeat for {} ms (seen by {by})", e.a),
-        EventKind::Fenced => format!(
-            "{m} (pid {}) fenced by {by}{} after {} ms without a heartbeat",
-            e.b,
-            if e.c == 1 { " (operator)" } else { "" },
-            e.a
-        ),
+        EventKind::Fenced => format!("{m} (pid {}) fenced by {by} after {} ms without a heartbeat", e.b, e.a),
         EventKind::StatusUpdateResumed => format!("{m} beats again after {} ms of status update missing", e.a),
     }
 }
