@@ -1044,17 +1044,20 @@ pub(crate) mod sys {
     }
 
     /// The kernel's `handle_futex_death` for a thread `tid` that held `word`.
+    /// (It retries a failed cmpxchg, as the kernel does.)
     pub(crate) fn kernel_death(word: &AtomicU32, tid: u32) {
-        let v = word.load(Ordering::SeqCst);
-        if v & TID_MASK != tid {
-            return;
+        let mut v = word.load(Ordering::SeqCst);
+        loop {
+            if v & TID_MASK != tid {
+                return;
+            }
+            let m = (v & WAITERS) | OWNER_DIED;
+            match word.compare_exchange(v, m, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => break,
+                Err(now) => v = now,
+            }
         }
-        let m = (v & WAITERS) | OWNER_DIED;
-        if word
-            .compare_exchange(v, m, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-            && v & WAITERS != 0
-        {
+        if v & WAITERS != 0 {
             wake(word, 1);
         }
     }

@@ -22,6 +22,7 @@ mod attack;
 mod attack2;
 mod claim;
 mod connect;
+mod liveness;
 mod locks;
 mod requests;
 mod retention;
