@@ -442,7 +442,7 @@ impl LivenessThread {
                 let mut last = monotonic_ms();
                 while !st.load(std::sync::atomic::Ordering::Acquire) {
                     let now = monotonic_ms();
-                    match beat(&region, id, now) {
+                    match beat(&region, id, generation, now) {
                         Ok(Beat::Fenced) => {
                             // SAFETY: raise() has no memory-safety preconditions.
                             unsafe { libc::raise(libc::SIGKILL) };
@@ -454,7 +454,7 @@ impl LivenessThread {
                             None,
                             [now.saturating_sub(last), 0, 0],
                         ),
-                        Ok(Beat::Ok) | Err(_) => {}
+                        Ok(Beat::Ok) | Ok(Beat::Gone) | Err(_) => {}
                     }
                     last = now;
                     if let Some(tx) = ready.take() {
@@ -462,7 +462,7 @@ impl LivenessThread {
                     }
                     std::thread::park_timeout(period);
                 }
-                stop_beating(&region, id);
+                stop_beating(&region, id, generation);
                 drop(reg);
             })?;
         match rx.recv() {
@@ -530,14 +530,23 @@ pub enum Beat {
     Resumed,
     /// We are fenced: the caller must end its process now.
     Fenced,
+    /// The slot is no longer our connection's (we were declared dead, e.g.
+    /// a faked start time, and the slot moved on): nothing written.
+    Gone,
 }
 
-/// The member's heartbeat at `now_ms` (a CAS loop that never overwrites
-/// `FENCED`; a beat never moves time backwards).
-pub fn beat(region: &Region, id: u32, now_ms: u64) -> Result<Beat, CorruptError> {
+/// Connection `(id, generation)`'s heartbeat at `now_ms` (a CAS loop that
+/// never overwrites `FENCED`; a beat never moves time backwards). The word
+/// is read *before* the generation is checked: a connect resets the word
+/// before it publishes its generation, so if the generation is still ours
+/// after the read, a CAS from the value read can only land on our word.
+pub fn beat(region: &Region, id: u32, generation: u32, now_ms: u64) -> Result<Beat, CorruptError> {
     let w = heartbeat_word(region, id)?;
     let mut cur = w.load(Ordering::Acquire);
     loop {
+        if crate::connector::load_state(region, id)?.generation != generation {
+            return Ok(Beat::Gone);
+        }
         if cur & HB_FENCED != 0 {
             return Ok(Beat::Fenced);
         }
@@ -553,10 +562,13 @@ pub fn beat(region: &Region, id: u32, now_ms: u64) -> Result<Beat, CorruptError>
 
 /// The member stops beating (a normal disconnect): no heartbeat, so no
 /// survivor will declare it missing. A fence already marked stays.
-pub fn stop_beating(region: &Region, id: u32) {
+pub fn stop_beating(region: &Region, id: u32, generation: u32) {
     if let Ok(w) = heartbeat_word(region, id) {
         let mut cur = w.load(Ordering::Acquire);
-        while cur & HB_FENCED == 0 {
+        // Read before the generation check, as in `beat`.
+        while cur & HB_FENCED == 0
+            && crate::connector::load_state(region, id).is_ok_and(|s| s.generation == generation)
+        {
             match w.compare_exchange(cur, 0, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return,
                 Err(v) => cur = v,
@@ -1077,5 +1089,105 @@ pub(crate) fn model_register(region: &Region, id: u32, generation: u32, tid: u32
 pub(crate) fn model_kernel_death(region: &Region, id: u32, tid: u32) {
     if let Ok((word, _)) = slot_words(region, id) {
         sys::kernel_death(word, tid);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::{CreateOptions, Member, Plex};
+
+    fn region() -> (tempfile::TempDir, std::sync::Arc<Region>) {
+        let dir = tempfile::tempdir().unwrap();
+        let plex = Plex {
+            dir: dir.path().into(),
+        };
+        let r = Region::create(&plex, &CreateOptions::small_for_tests()).unwrap();
+        (dir, std::sync::Arc::new(r))
+    }
+
+    /// A beat and a fence are ordered on one word: a beat after the member
+    /// was declared missing clears the mark and the fence's CAS fails; a
+    /// beat after the fence finds it and answers `Fenced`.
+    #[test]
+    fn a_beat_and_a_fence_never_both_win() {
+        let (_d, r) = region();
+        let m = Member::connect(r.clone(), "A").unwrap();
+        let (id, g) = (m.id(), m.generation());
+        let iv = Duration::from_millis(100);
+        assert_eq!(beat(&r, id, g, 1000).unwrap(), Beat::Ok);
+        let Status::Missing { seen, marked, .. } = classify(
+            r.connector(id).unwrap().heartbeat.load(Ordering::Relaxed),
+            1200,
+            iv,
+        ) else {
+            panic!("200 ms old with a 100 ms interval is missing")
+        };
+        assert!(!marked);
+        assert!(mark_missing(&r, id, seen));
+        // The member beats again before the fence: resumed, fence refused.
+        assert_eq!(beat(&r, id, g, 1201).unwrap(), Beat::Resumed);
+        assert!(!mark_fenced(&r, id, seen | HB_MISSING));
+        // Declared missing again, fenced: the next beat finds it.
+        let w = r.connector(id).unwrap().heartbeat.load(Ordering::Relaxed);
+        assert!(mark_missing(&r, id, w));
+        assert!(mark_fenced(&r, id, w | HB_MISSING));
+        assert_eq!(beat(&r, id, g, 1500).unwrap(), Beat::Fenced);
+        // A stop leaves the fence mark; a beat of an older connection writes nothing.
+        stop_beating(&r, id, g);
+        assert_ne!(
+            r.connector(id).unwrap().heartbeat.load(Ordering::Relaxed) & HB_FENCED,
+            0
+        );
+        assert_eq!(beat(&r, id, g.wrapping_add(1), 2000).unwrap(), Beat::Gone);
+        m.disconnect().unwrap();
+    }
+
+    /// A process with the recorded PID but another start time is never
+    /// signalled.
+    #[test]
+    fn a_reused_pid_is_never_signalled() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let real = ProcessId::of(child.id()).unwrap().unwrap();
+        let other = ProcessId {
+            pid: real.pid,
+            start_time: real.start_time + 1,
+        };
+        assert!(!kill_verified(&other).unwrap(), "not the recorded process");
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(child.try_wait().unwrap().is_none(), "sleep still runs");
+        assert!(kill_verified(&real).unwrap());
+        let st = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(st.signal(), Some(libc::SIGKILL));
+    }
+
+    /// The robust-list registration: a thread that ends with the word
+    /// registered has it marked OWNER_DIED by the kernel; a thread that drops
+    /// its registration first leaves 0.
+    #[test]
+    fn the_kernel_marks_the_word_of_a_thread_that_ends_registered() {
+        let (_d, r) = region();
+        let m = Member::connect(r.clone(), "A").unwrap();
+        let (id, g) = (m.id(), m.generation());
+        let r2 = r.clone();
+        std::thread::spawn(move || {
+            let reg = register_this_thread(&r2, id, g).unwrap();
+            std::mem::forget(reg); // ends registered: as if killed
+        })
+        .join()
+        .unwrap();
+        let w = r.connector(id).unwrap().liveness.load(Ordering::Acquire);
+        assert_eq!(w & OWNER_DIED, OWNER_DIED, "{w:#x}");
+        assert_eq!(w & TID_MASK, 0);
+        let r2 = r.clone();
+        std::thread::spawn(move || drop(register_this_thread(&r2, id, g).unwrap()))
+            .join()
+            .unwrap();
+        assert_eq!(r.connector(id).unwrap().liveness.load(Ordering::Acquire), 0);
+        m.disconnect().unwrap();
     }
 }
