@@ -930,7 +930,14 @@ mod sys {
         match std::io::Error::last_os_error().raw_os_error() {
             Some(libc::EAGAIN) => Woke::Changed,
             Some(libc::ETIMEDOUT) => Woke::Timeout,
-            _ => Woke::Other,
+            Some(libc::EINTR) => Woke::Other,
+            // ENOSYS (a kernel before 5.16) or anything else: no wait at
+            // all; sleep the timeout rather than spin (the pidfd watcher
+            // still detects deaths).
+            _ => {
+                std::thread::sleep(timeout);
+                Woke::Other
+            }
         }
     }
 
