@@ -57,6 +57,10 @@ pub(crate) struct LockHeader {
     _reserved: [AtomicU64; 4],
     /// The connect latch: token of the process changing the connector table.
     pub connect_latch: AtomicU64,
+    /// The next wait ticket (`lock/records.rs`): taken by a request the first
+    /// time it has to wait, so urgent requests go in the order they began
+    /// to wait.
+    pub wait_ticket: AtomicU64,
     /// Plex settings (`connector/liveness.rs`): the failure detection
     /// interval in milliseconds (0: the default) and the isolate action.
     pub failure_detection_ms: AtomicU64,
@@ -166,6 +170,7 @@ mod pinned {
     const _: () = assert!(offset_of!(ConnectorSlot, heartbeat) == 136);
     const _: () = assert!(size_of::<LockHeader>() <= 4096);
     const _: () = assert!(offset_of!(LockHeader, connect_latch) == 64);
+    const _: () = assert!(offset_of!(LockHeader, wait_ticket) == 72);
     const _: () = assert!(size_of::<BlockHeader>() as u64 == BLOCK_HEADER_SIZE);
     const _: () = assert!(size_of::<RecordBody>() as u64 == RECORD_SIZE);
     const _: () = assert!(size_of::<RequestListHeader>() as u64 == REQUEST_SIZE);
