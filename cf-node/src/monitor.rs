@@ -166,6 +166,9 @@ impl Monitor {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
+        // Stopping: a kernel wake we took in our last wait must not end with
+        // us. One more survey passes on the wake of any word marked dead.
+        let _ = liveness::survey(&self.region, self.me_id);
     }
 
     /// Heartbeats: declare status update missing, fence (at once, or a

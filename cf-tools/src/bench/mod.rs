@@ -224,6 +224,8 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             "recovery": recovery_table.iter().map(|r| json!({
                 "n": r.n,
                 "pool_mib": r.pool_mib,
+                "restart_light_peak_rss_kib_median": r.light_rss_kib.median,
+                "restart_light_peak_rss_kib_max": r.light_rss_kib.max,
                 "reps": r.reps,
                 "steps_median_ns": r.steps.iter().map(|(k, s)| (k.to_string(), json!(s.median))).collect::<serde_json::Map<_, _>>(),
                 "steps_p99_ns": r.steps.iter().map(|(k, s)| (k.to_string(), json!(s.p99))).collect::<serde_json::Map<_, _>>(),
@@ -385,6 +387,15 @@ fn checks(rows: &[Row], rec: &[recovery::RecoveryRow]) -> Vec<Check> {
             });
         }
     }
+    for r in rec.iter().filter(|r| r.pool_mib == 64) {
+        out.push(Check {
+            name: format!("restart light peak RSS (max), {} locks", r.n),
+            value: r.light_rss_kib.max * 1024.0,
+            unit: "B",
+            target: "<= 4 MiB".into(),
+            met: Some(r.light_rss_kib.max <= 4096.0),
+        });
+    }
     // Marginal cost per retained lock over each interval of N. Per-lock
     // cost falling with N (fixed costs amortised) is fine; rising by more
     // than 2x from one interval to the next is worse than linear.
@@ -463,6 +474,8 @@ fn print_tables(
         for c in checks {
             let v = if c.unit == "ns" {
                 fmt_ns(c.value)
+            } else if c.unit == "B" {
+                format!("{:.1} MiB", c.value / 1048576.0)
             } else {
                 format!("{:.2}x", c.value)
             };
@@ -488,7 +501,10 @@ fn print_tables(
         for (_, name) in recovery::STEPS {
             print!(" {name:>10}");
         }
-        println!(" {:>10} {:>13}", "term p99", "marginal/lock");
+        println!(
+            " {:>10} {:>13} {:>8}",
+            "term p99", "marginal/lock", "RL RSS"
+        );
         for r in rec {
             print!(
                 "{:>9} {:>5}M {:>5} {:>10} {:>10}",
@@ -502,9 +518,10 @@ fn print_tables(
                 print!(" {:>10}", fmt_ns(s.median));
             }
             println!(
-                " {:>10} {:>13}",
+                " {:>10} {:>13} {:>7.1}M",
                 fmt_ns(r.released.p99),
-                r.marginal_ns_per_lock.map_or("-".into(), fmt_ns)
+                r.marginal_ns_per_lock.map_or("-".into(), fmt_ns),
+                r.light_rss_kib.max / 1024.0
             );
         }
         println!("(p99 is nearest-rank: with fewer than 100 repetitions it is the maximum)");

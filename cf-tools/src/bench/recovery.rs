@@ -74,6 +74,8 @@ pub struct RecoveryRow {
     pub released: Stats,
     /// Every step of [`STEPS`], after SIGKILL.
     pub steps: Vec<(&'static str, Stats)>,
+    /// Restart light's peak RSS (`VmHWM`, KiB), from `terminated_normally`.
+    pub light_rss_kib: Stats,
     /// (released median - previous N's) / (N - previous N), same pool.
     pub marginal_ns_per_lock: Option<f64>,
 }
@@ -141,6 +143,7 @@ pub fn run(dir: &Path, plan: &Plan) -> Result<(Vec<Row>, Vec<RecoveryRow>)> {
         let (mut exited, mut detect, mut cleaned, mut started, mut released) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut steps: Vec<Vec<f64>> = vec![Vec::new(); STEPS.len()];
+        let mut rss = Vec::new();
         for _ in 0..reps {
             check_interrupted()?;
             if let Some(st) = mon.try_wait()? {
@@ -150,6 +153,7 @@ pub fn run(dir: &Path, plan: &Plan) -> Result<(Vec<Row>, Vec<RecoveryRow>)> {
                 );
             }
             let t = one(&exe, &region, &plex.dir, n, pool_mib)?;
+            rss.push(t.light_rss_kib as f64);
             for (i, v) in t.steps.iter().enumerate() {
                 steps[i].push(*v as f64);
             }
@@ -169,6 +173,7 @@ pub fn run(dir: &Path, plan: &Plan) -> Result<(Vec<Row>, Vec<RecoveryRow>)> {
             n,
             pool_mib,
             reps,
+            light_rss_kib: Stats::of(&rss),
             steps: STEPS
                 .iter()
                 .zip(&steps)
@@ -260,6 +265,7 @@ struct Times {
     released: u64,
     /// Every step of [`STEPS`].
     steps: Vec<u64>,
+    light_rss_kib: u64,
 }
 
 /// One kill of a holder of `n` modify locks with a `pool_mib` buffer pool.
@@ -338,6 +344,7 @@ fn one(exe: &Path, region: &Region, plex: &Path, n: u64, pool_mib: usize) -> Res
             }
             return Ok(Times {
                 steps,
+                light_rss_kib: done.a,
                 exited,
                 detected: at(EventKind::Detected)?,
                 cleaned: at(EventKind::CleanedUp)?,
