@@ -33,7 +33,7 @@ pub enum EventKind {
     BackedOut,
     /// Retained locks released (`a` locks).
     Released,
-    /// Restart light disconnected and ended normally (`a` peak RSS in KiB, `b` its run time in ns).
+    /// Restart light disconnected and ended normally (`a` peak RSS in KiB, `b` its run time in ns, `c` its resident memory at the end without the shared region, KiB).
     TerminatedNormally,
     /// A restart-light process failed or was killed (`a`: exit code, or 128 + signal).
     RestartLightFailed,

@@ -115,6 +115,7 @@ pub fn event_json(e: &Event) -> Value {
         EventKind::TerminatedNormally => {
             o["peak_rss_kib"] = json!(e.a);
             o["elapsed_ns"] = json!(e.b);
+            o["rss_without_region_kib"] = json!(e.c);
         }
         EventKind::RestartLightFailed => o["status"] = json!(e.a),
         EventKind::RecoveredAtRestart => {
@@ -152,8 +153,9 @@ pub fn event_text(e: &Event) -> String {
         EventKind::BackedOut => format!("{m}: {} transaction(s) backed out ({} update(s) undone)", e.a, e.b),
         EventKind::Released => format!("{m}: {} retained lock(s) released", e.a),
         EventKind::TerminatedNormally => format!(
-            "restart light of {m} terminated normally (peak RSS {} KiB, {:.1} ms)",
+            "restart light of {m} terminated normally (peak RSS {} KiB, {} KiB without the region, {:.1} ms)",
             e.a,
+            e.c,
             e.b as f64 / 1e6
         ),
         EventKind::RestartLightFailed => format!("restart light of {m} failed (status {})", e.a),

@@ -76,6 +76,8 @@ pub struct RecoveryRow {
     pub steps: Vec<(&'static str, Stats)>,
     /// Restart light's peak RSS (`VmHWM`, KiB), from `terminated_normally`.
     pub light_rss_kib: Stats,
+    /// Its resident memory at the end without the shared region (KiB).
+    pub light_own_kib: Stats,
     /// (released median - previous N's) / (N - previous N), same pool.
     pub marginal_ns_per_lock: Option<f64>,
 }
@@ -144,6 +146,7 @@ pub fn run(dir: &Path, plan: &Plan) -> Result<(Vec<Row>, Vec<RecoveryRow>)> {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut steps: Vec<Vec<f64>> = vec![Vec::new(); STEPS.len()];
         let mut rss = Vec::new();
+        let mut own = Vec::new();
         for _ in 0..reps {
             check_interrupted()?;
             if let Some(st) = mon.try_wait()? {
@@ -154,6 +157,7 @@ pub fn run(dir: &Path, plan: &Plan) -> Result<(Vec<Row>, Vec<RecoveryRow>)> {
             }
             let t = one(&exe, &region, &plex.dir, n, pool_mib)?;
             rss.push(t.light_rss_kib as f64);
+            own.push(t.light_own_kib as f64);
             for (i, v) in t.steps.iter().enumerate() {
                 steps[i].push(*v as f64);
             }
@@ -174,6 +178,7 @@ pub fn run(dir: &Path, plan: &Plan) -> Result<(Vec<Row>, Vec<RecoveryRow>)> {
             pool_mib,
             reps,
             light_rss_kib: Stats::of(&rss),
+            light_own_kib: Stats::of(&own),
             steps: STEPS
                 .iter()
                 .zip(&steps)
@@ -266,6 +271,7 @@ struct Times {
     /// Every step of [`STEPS`].
     steps: Vec<u64>,
     light_rss_kib: u64,
+    light_own_kib: u64,
 }
 
 /// One kill of a holder of `n` modify locks with a `pool_mib` buffer pool.
@@ -345,6 +351,7 @@ fn one(exe: &Path, region: &Region, plex: &Path, n: u64, pool_mib: usize) -> Res
             return Ok(Times {
                 steps,
                 light_rss_kib: done.a,
+                light_own_kib: done.c,
                 exited,
                 detected: at(EventKind::Detected)?,
                 cleaned: at(EventKind::CleanedUp)?,
