@@ -6,93 +6,20 @@
 //! again in share mode, so that after `BYPASS_LIMIT` bypasses B's request is
 //! URGENT while A holds R in share mode. Each test then checks one thing.
 
+mod common;
+
 use cf_core::lock::records;
-use cf_core::{testing, CreateOptions, LockId, Member, Mode, Plex, Region, Sizes, TryOutcome};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use cf_core::{testing, LockId, Member, Mode, Region, TryOutcome};
+use common::ChildB;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const PLEX_ENV: &str = "CF_ATTACK3_TEST_PLEX";
 
-fn open_sizes() -> CreateOptions {
-    CreateOptions {
-        sizes: Sizes {
-            lock_entries: 16,
-            members: 4,
-            records_per_member: 64,
-        },
-        group_access: false,
-    }
-}
-
-/// The child's part: connect as B, wait for R exclusively, say so.
+/// The child's part (B), when run by the tests below.
 #[test]
 fn b_waits_for_r_attack3() {
-    let Some(dir) = std::env::var_os(PLEX_ENV) else {
-        return; // only run as the child of the tests below
-    };
-    let plex = Plex { dir: dir.into() };
-    let r = Arc::new(Region::open(&plex).unwrap());
-    let b = Member::connect(r, "B").unwrap();
-    let mut h = b.holder().unwrap();
-    println!("waiting");
-    let id = h
-        .lock(b"r", Mode::Exclusive, Duration::from_secs(600))
-        .unwrap()
-        .expect("B is granted R");
-    println!("granted");
-    h.unlock(id).unwrap();
-    drop(h);
-    b.disconnect().unwrap();
-}
-
-/// Kills the child when dropped (a failed assertion leaves no process).
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn all_threads_in_futex(pid: Pid) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.flatten().all(|t| {
-        std::fs::read_to_string(t.path().join("syscall"))
-            .is_ok_and(|s| s.split_whitespace().next() == Some(&libc::SYS_futex.to_string()))
-    })
-}
-
-fn is_stopped(pid: Pid) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next().map(|x| x == "T"))
-        })
-        .unwrap_or(false)
-}
-
-fn stop_while_asleep(r: &Region, b: Pid, entry: u32) {
-    loop {
-        if testing::holding_waiter_sleeps(r, entry) {
-            kill(b, Signal::SIGSTOP).unwrap();
-            while !is_stopped(b) {
-                std::thread::yield_now();
-            }
-            if testing::holding_waiter_sleeps(r, entry) && all_threads_in_futex(b) {
-                return;
-            }
-            kill(b, Signal::SIGCONT).unwrap();
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    common::child_b_waits_for_r(PLEX_ENV);
 }
 
 /// What the tests share: the region, A's holder (holding R in share mode),
@@ -103,16 +30,12 @@ struct Setup {
     a: Member,
     ha: cf_core::Holder,
     held: LockId,
-    child: ChildGuard,
-    out: BufReader<ChildStdout>,
+    child: ChildB,
 }
 
 fn b_urgent_while_a_shares_r() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let plex = Plex {
-        dir: dir.path().into(),
-    };
-    let r = Arc::new(Region::create(&plex, &open_sizes()).unwrap());
+    let r = common::small_region(dir.path());
     let a = Member::connect(r.clone(), "A").unwrap();
     let mut ha = a.holder().unwrap();
     let mut held = match ha.try_lock(b"r", Mode::Share).unwrap() {
@@ -120,34 +43,15 @@ fn b_urgent_while_a_shares_r() -> Setup {
         other => panic!("{other:?}"),
     };
     let entry = held.entry;
-    let mut child = ChildGuard(
-        Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "b_waits_for_r_attack3",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(PLEX_ENV, dir.path())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let b = Pid::from_raw(child.0.id() as i32);
-    let mut out = BufReader::new(child.0.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.trim_end().ends_with("waiting") {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "B ended early");
-    }
+    let child = ChildB::start("b_waits_for_r_attack3", PLEX_ENV, dir.path());
     for _ in 0..testing::BYPASS_LIMIT {
-        stop_while_asleep(&r, b, entry);
+        child.stop_while_asleep(&r, entry);
         ha.unlock(held).unwrap();
         held = match ha.try_lock(b"r", Mode::Share).unwrap() {
             TryOutcome::Granted(id) => id,
             other => panic!("B is stopped, yet A was refused R: {other:?}"),
         };
-        kill(b, Signal::SIGCONT).unwrap();
+        child.resume();
     }
     // B wakes, is refused a third time, turns URGENT and sleeps again.
     let since = Instant::now();
@@ -168,7 +72,6 @@ fn b_urgent_while_a_shares_r() -> Setup {
         ha,
         held,
         child,
-        out,
     }
 }
 
@@ -176,16 +79,7 @@ impl Setup {
     /// A lets R go; B is granted it and ends.
     fn finish(mut self) {
         self.ha.unlock(self.held).unwrap();
-        let mut line = String::new();
-        while !line.trim_end().ends_with("granted") {
-            line.clear();
-            assert!(
-                self.out.read_line(&mut line).unwrap() > 0,
-                "B ended without R"
-            );
-        }
-        let status = self.child.0.wait().unwrap();
-        assert!(status.success(), "{status}");
+        self.child.finish();
         drop(self.ha);
         self.a.disconnect().unwrap();
     }
@@ -209,7 +103,10 @@ impl Setup {
 /// 4. B can be granted only once A's first holding goes, and A's thread, in
 ///    `lock`, waits for B: neither moves until A's request times out (with
 ///    a long timeout, B and A both hang that long).
-/// Before bounded bypass the second share was granted at once.
+///
+/// Before bounded bypass the second share was granted at once; it is again
+/// (`lock/entry.rs` rule 5: an urgent request never makes wait a member that
+/// already holds the resource).
 #[test]
 fn a_reader_asking_again_waits_for_the_urgent_writer_that_waits_for_it() {
     let mut s = b_urgent_while_a_shares_r();
