@@ -38,7 +38,7 @@ pub enum EventKind {
     BackedOut,
     /// Retained locks released (`a` locks).
     Released,
-    /// Restart light disconnected and ended normally (`a` peak RSS in KiB, `b` its run time in ns).
+    /// Restart light disconnected and ended normally (`a` peak RSS in KiB, `b` its run time in ns, `c` its resident memory at the end without the shared region, KiB).
     TerminatedNormally,
     /// A restart-light process failed or was killed (`a`: exit code, or 128 + signal).
     RestartLightFailed,
@@ -50,9 +50,15 @@ pub enum EventKind {
     RecoveredAtRestart,
     /// The restart request of a member was completed: its recovery is over (once per request).
     RecoveryCompleted,
+    /// A member's heartbeat is older than the failure detection interval (`a`: its age in ms).
+    StatusUpdateMissing,
+    /// A member whose status update was missing was fenced: SIGKILLed after the identity check (`a`: heartbeat age in ms, `b`: its PID, `c`: 1 by the operator).
+    Fenced,
+    /// A member declared status-update-missing beat again before it was fenced (`a`: how long it was missing, ms).
+    StatusUpdateResumed,
 }
 
-const KINDS: [EventKind; 13] = [
+const KINDS: [EventKind; 16] = [
     EventKind::Detected,
     EventKind::CleanedUp,
     EventKind::RequestPosted,
@@ -66,6 +72,9 @@ const KINDS: [EventKind; 13] = [
     EventKind::Disconnected,
     EventKind::RecoveredAtRestart,
     EventKind::RecoveryCompleted,
+    EventKind::StatusUpdateMissing,
+    EventKind::Fenced,
+    EventKind::StatusUpdateResumed,
 ];
 
 impl EventKind {
@@ -84,6 +93,9 @@ impl EventKind {
             EventKind::Disconnected => "disconnected",
             EventKind::RecoveredAtRestart => "recovered_at_restart",
             EventKind::RecoveryCompleted => "recovery_completed",
+            EventKind::StatusUpdateMissing => "status_update_missing",
+            EventKind::Fenced => "fenced",
+            EventKind::StatusUpdateResumed => "status_update_resumed",
         }
     }
     fn code(self) -> u64 {

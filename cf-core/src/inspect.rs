@@ -68,6 +68,13 @@ pub struct MemberView {
     pub retained: usize,
     pub connected_unix_ns: u64,
     pub failed_unix_ns: u64,
+    /// The operator's state: active, status-update-missing, fenced,
+    /// cleaning, failed-persistent, recovering.
+    pub status: &'static str,
+    /// Age of the last heartbeat in ms (None: the member does not beat).
+    pub heartbeat_age_ms: Option<u64>,
+    /// The liveness word: "registered", "owner-died" or "none".
+    pub liveness: &'static str,
 }
 
 /// One held (or pending) lock.
@@ -126,7 +133,37 @@ pub fn members(region: &Region) -> Result<Vec<MemberView>, CorruptError> {
         } else {
             0
         };
+        let interval = crate::connector::liveness::settings(region).interval;
+        let hb = crate::connector::liveness::status(region, id, interval)?;
+        use crate::connector::liveness::{Status, OWNER_DIED, TID_MASK};
+        let heartbeat_age_ms = match hb {
+            Status::NoHeartbeat => None,
+            Status::Fresh { age_ms }
+            | Status::Missing { age_ms, .. }
+            | Status::Fenced { age_ms, .. } => Some(age_ms),
+        };
+        let status = match (st.state, hb) {
+            (MemberState::Active | MemberState::Recovering, Status::Fenced { .. }) => "fenced",
+            (
+                MemberState::Active | MemberState::Recovering,
+                Status::Missing { marked: true, .. },
+            ) => "status-update-missing",
+            (s, _) => s.as_str(),
+        };
+        let word = slot.liveness.load(Ordering::Relaxed);
+        let liveness = if slot.liveness_gen.load(Ordering::Relaxed) != st.generation || word == 0 {
+            "none"
+        } else if word & OWNER_DIED != 0 {
+            "owner-died"
+        } else if word & TID_MASK != 0 {
+            "registered"
+        } else {
+            "none"
+        };
         out.push(MemberView {
+            status,
+            heartbeat_age_ms,
+            liveness,
             id,
             name: connector::name_of(region, id),
             state: st.state,

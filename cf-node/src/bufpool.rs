@@ -120,6 +120,22 @@ impl BufferPool {
 }
 
 /// Peak resident set size of this process in KiB (`VmHWM`), if readable.
+/// Resident memory of this process that is not the shared region (or any
+/// other shared-memory mapping): `RssAnon + RssFile` of `/proc/self/status`,
+/// in KiB. `VmHWM` counts every page of the region the process touched.
+pub fn rss_without_shmem_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        s.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some(field("RssAnon:")? + field("RssFile:")?)
+}
+
 pub fn peak_rss_kib() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     s.lines()

@@ -225,8 +225,22 @@ fn run(a: RunArgs) -> Result<()> {
     let member = connect(&p.region, &a.member)?;
     let region = p.region.clone();
     let name = a.member.clone();
+    // The liveness word and the heartbeat, from a thread of their own.
+    let liveness = match cf_core::connector::liveness::LivenessThread::start(
+        region.clone(),
+        member.id(),
+        member.generation(),
+        a.member.clone(),
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = member.disconnect();
+            anyhow::bail!("starting the liveness thread: {e}");
+        }
+    };
     match run_connected(&a, p, &member, signals) {
         Ok(stopped) => {
+            liveness.stop();
             member.disconnect()?;
             events::record(&region, EventKind::Disconnected, &name, None, [0, 0, 0]);
             print_summary(&a, &stopped);
@@ -241,6 +255,7 @@ fn run(a: RunArgs) -> Result<()> {
         ))),
         // Anything else: give the connector back.
         Err(Failure::Disconnect(e)) => {
+            liveness.stop();
             member.disconnect()?;
             Err(e)
         }

@@ -25,18 +25,19 @@
 //!   detector died before posting, or every member was dead at once).
 
 use crate::pidfd;
+use cf_core::connector::liveness::{self, Isolate, Settings, Status};
 use cf_core::connector::{now_ns, slot_view};
 use cf_core::events::{self, EventKind};
 use cf_core::requests::{self, ClaimOutcome, RequestState};
 use cf_core::{cleanup_member_as, CleanupOutcome, MemberState, ProcessId, Region};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const POLL: Duration = Duration::from_millis(20);
 /// Failures (not counting SIGKILLs from outside) before a request is FAILED.
@@ -71,6 +72,10 @@ impl Monitor {
         std::thread::Builder::new()
             .name("watcher".into())
             .spawn(move || w.watch())?;
+        let l = self.clone();
+        std::thread::Builder::new()
+            .name("live-watch".into())
+            .spawn(move || l.watch_liveness())?;
         let r = self.clone();
         std::thread::Builder::new()
             .name("restarter".into())
@@ -121,6 +126,129 @@ impl Monitor {
                     self.on_death(id, seen, dead);
                 }
             }
+        }
+    }
+
+    /// The liveness watcher (`cf_core::connector::liveness`): sleeps on every
+    /// peer's liveness word at once (futex_waitv); a word the kernel marked
+    /// is passed on to the other sleepers by the survey, the death confirmed
+    /// (no thread of the process can run) and cleaned up on a thread of its
+    /// own. Every `interval / 6` it also checks the peers' heartbeats and
+    /// declares status update missing, and fences at once if the plex says so.
+    fn watch_liveness(self: Arc<Self>) {
+        let settings = liveness::settings(&self.region);
+        let period = (settings.interval / 6).max(Duration::from_millis(10));
+        let mut handled: HashSet<(u32, u32)> = HashSet::new();
+        let mut next_status = Instant::now();
+        let mut changed = 0u32;
+        while !self.stop.load(Ordering::Relaxed) {
+            let seen = now_ns();
+            let survey = liveness::survey(&self.region, self.me_id);
+            handled.retain(|k| survey.died.iter().any(|d| (d.id, d.generation) == *k));
+            for d in survey.died {
+                if !handled.insert((d.id, d.generation)) {
+                    continue;
+                }
+                let me = self.clone();
+                let run = move || {
+                    if liveness::confirm_dead(&me.region, &d, Duration::from_secs(1)) {
+                        me.on_death(d.id, seen, Some((d.generation, d.process)));
+                    }
+                    // Else the word says dead while a thread of the process
+                    // still runs (damage): the pidfd watcher is the backstop.
+                };
+                if std::thread::Builder::new()
+                    .name("cleanup".into())
+                    .spawn(run)
+                    .is_err()
+                {
+                    handled.remove(&(d.id, d.generation));
+                }
+            }
+            if Instant::now() >= next_status {
+                self.check_status(&settings);
+                next_status = Instant::now() + period;
+            }
+            let timeout = POLL.min(next_status.saturating_duration_since(Instant::now()));
+            match liveness::wait_any(&self.region, &survey.watch, timeout) {
+                liveness::Woke::Changed => changed += 1,
+                _ => changed = 0,
+            }
+            if changed > 16 {
+                // A word that changes under every survey (damage, a hostile
+                // writer): look again less eagerly rather than spin.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        // Stopping: a kernel wake we took in our last wait must not end with
+        // us. One more survey passes on the wake of any word marked dead.
+        let _ = liveness::survey(&self.region, self.me_id);
+    }
+
+    /// Heartbeats: declare status update missing, fence (at once, or a
+    /// member the operator fenced whose kill did not happen yet).
+    fn check_status(&self, s: &Settings) {
+        for id in 0..self.region.members() {
+            if id == self.me_id {
+                continue;
+            }
+            let Ok(slot) = slot_view(&self.region, id) else {
+                continue;
+            };
+            if !slot.state.has_process() {
+                continue;
+            }
+            let Ok(st) = liveness::status(&self.region, id, s.interval) else {
+                continue;
+            };
+            match st {
+                Status::Missing {
+                    age_ms,
+                    seen,
+                    marked,
+                } => {
+                    if !slot.is_alive() {
+                        continue;
+                    }
+                    if !marked && liveness::mark_missing(&self.region, id, seen) {
+                        events::record(
+                            &self.region,
+                            EventKind::StatusUpdateMissing,
+                            &slot.name,
+                            Some(&self.me_name),
+                            [age_ms, 0, 0],
+                        );
+                    }
+                    if s.isolate == Isolate::AtOnce {
+                        self.fence(&slot, s);
+                    }
+                }
+                // Marked by someone who may have died before the kill.
+                Status::Fenced { .. } if slot.is_alive() => self.fence(&slot, s),
+                _ => {}
+            }
+        }
+    }
+
+    fn fence(&self, slot: &cf_core::connector::SlotView, s: &Settings) {
+        let r = liveness::fence(
+            &self.region,
+            slot.id,
+            slot.generation,
+            s.interval,
+            false,
+            |age_ms, p| {
+                events::record(
+                    &self.region,
+                    EventKind::Fenced,
+                    &slot.name,
+                    Some(&self.me_name),
+                    [age_ms, p.pid as u64, 0],
+                )
+            },
+        );
+        if let Err(e) = r {
+            eprintln!("cf-node {}: fencing {}: {e}", self.me_name, slot.name);
         }
     }
 

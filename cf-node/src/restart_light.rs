@@ -116,13 +116,14 @@ fn run_on(
     m.disconnect()?;
     cf_core::crash::point("restart_light.disconnected");
     let peak = crate::bufpool::peak_rss_kib().unwrap_or(0);
+    let own = crate::bufpool::rss_without_shmem_kib().unwrap_or(0);
     let elapsed = t0.elapsed().as_nanos() as u64;
     events::record(
         region,
         EventKind::TerminatedNormally,
         member,
         Some(member),
-        [peak, elapsed, 0],
+        [peak, elapsed, own],
     );
     if let Some((id, epoch)) = request {
         cf_core::requests::complete(region, id, epoch, member, member)?;

@@ -131,6 +131,7 @@ fn members(region: &Region, json: bool) -> Result<()> {
                     "name": escape(&m.name), "id": m.id, "state": m.state.as_str(), "pid": m.pid,
                     "generation": m.generation, "alive": m.alive, "held": m.held, "retained": m.retained,
                     "connected_unix_ns": m.connected_unix_ns, "failed_unix_ns": m.failed_unix_ns,
+                    "status": m.status, "heartbeat_age_ms": m.heartbeat_age_ms, "liveness": m.liveness,
                 })
             })
             .collect();
@@ -142,19 +143,24 @@ fn members(region: &Region, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:>3} {:<20} {:<18} {:>8} {:>5} {:>6} {:>8}",
-        "ID", "NAME", "STATE", "PID", "ALIVE", "HELD", "RETAINED"
+        "{:>3} {:<20} {:<22} {:>8} {:>5} {:>6} {:>8} {:>10} {:<10}",
+        "ID", "NAME", "STATE", "PID", "ALIVE", "HELD", "RETAINED", "HEARTBEAT", "LIVENESS"
     );
     for m in &list {
+        let hb = m
+            .heartbeat_age_ms
+            .map_or_else(|| "-".to_string(), |a| format!("{:.1}s", a as f64 / 1000.0));
         println!(
-            "{:>3} {:<20} {:<18} {:>8} {:>5} {:>6} {:>8}",
+            "{:>3} {:<20} {:<22} {:>8} {:>5} {:>6} {:>8} {:>10} {:<10}",
             m.id,
             escape(&m.name),
-            m.state.as_str(),
+            m.status,
             m.pid,
             if m.alive { "yes" } else { "no" },
             m.held,
-            m.retained
+            m.retained,
+            hb,
+            m.liveness
         );
     }
     Ok(())

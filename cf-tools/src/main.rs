@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod display;
+mod fence;
 mod locks;
 mod plex;
 mod procs;
@@ -55,6 +56,10 @@ enum Cmd {
     Try(locks::TryArgs),
     /// Clean up every member whose process is dead (retaining its modify locks)
     Cleanup(locks::CleanupArgs),
+    /// Fence a member whose status update is missing: SIGKILL after the identity check, then normal recovery
+    ///
+    /// Exit status: 0 fenced (or already fenced), 2 not missing (use --force), 1 error.
+    Fence(fence::FenceArgs),
     /// Post a restart request for a failed-persistent member by hand
     RestartLight {
         /// The failed member
@@ -87,6 +92,7 @@ fn main() -> ExitCode {
         Cmd::Hold(a) => locks::hold(&plex, a),
         Cmd::Try(a) => locks::try_once(&plex, a),
         Cmd::Cleanup(a) => locks::cleanup(&plex, a),
+        Cmd::Fence(a) => fence::run(&plex, a),
         Cmd::Stress(a) => stress::run(&plex, a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::RestartLight { member } => {

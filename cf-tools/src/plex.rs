@@ -30,9 +30,55 @@ pub struct CreateArgs {
     /// every account can be checked against it (cf_node::history::check)
     #[arg(long)]
     history: bool,
+    /// Failure detection interval: a member whose heartbeat is older than
+    /// this is declared status-update-missing (e.g. 500ms, 2s, 1m)
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_interval)]
+    failure_detection_interval: std::time::Duration,
+    /// What happens to a status-update-missing member: fenced (SIGKILL after
+    /// the identity check) and recovered at once, or shown until `cfctl fence`
+    #[arg(long, value_enum, default_value_t = IsolateArg::AtOnce)]
+    isolate: IsolateArg,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum IsolateArg {
+    /// Fence and recover a status-update-missing member at once (ISOLATETIME(0))
+    AtOnce,
+    /// Show it as status-update-missing and wait for `cfctl fence MEMBER`
+    Prompt,
+}
+
+/// A human duration: a number and a unit (ms, s, m, h), e.g. `500ms`, `2s`, `1.5s`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 2s, 1m)"))?;
+    let scale = match unit.trim() {
+        "ms" => 1e-3,
+        "s" | "" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        u => return Err(format!("unknown unit {u:?} in {s:?} (use ms, s, m or h)")),
+    };
+    let secs = n * scale;
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    cf_core::connector::liveness::check_interval(d)?;
+    Ok(d)
 }
 
 pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
@@ -45,6 +91,17 @@ pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
         group_access: a.group_mode,
     };
     let region = Region::create(plex, &opts)?;
+    let settings = cf_core::connector::liveness::Settings {
+        interval: a.failure_detection_interval,
+        isolate: match a.isolate {
+            IsolateArg::AtOnce => cf_core::connector::liveness::Isolate::AtOnce,
+            IsolateArg::Prompt => cf_core::connector::liveness::Isolate::Prompt,
+        },
+    };
+    if let Err(e) = cf_core::connector::liveness::set_settings(&region, settings) {
+        let _ = std::fs::remove_file(region.path());
+        bail!("{e}");
+    }
     if let Some(n) = a.accounts {
         if let Err(e) = cf_node::store::Store::create(&plex.dir, n, a.balance, a.group_mode) {
             let _ = std::fs::remove_file(region.path());
@@ -67,6 +124,8 @@ pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
             "lock_entries": a.lock_entries, "members": a.members, "records_per_member": a.records,
             "accounts": a.accounts, "balance": a.accounts.map(|_| a.balance),
             "history": a.history,
+            "failure_detection_interval_ms": settings.interval.as_millis() as u64,
+            "isolate": settings.isolate.as_str(),
         }));
     } else {
         println!(
@@ -80,6 +139,11 @@ pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
         if let Some(n) = a.accounts {
             println!("created {n} accounts of {} each", a.balance);
         }
+        println!(
+            "failure detection interval {} ms, isolate {}",
+            settings.interval.as_millis(),
+            settings.isolate.as_str()
+        );
         if a.history {
             println!(
                 "keeping the history of committed transactions in {}",

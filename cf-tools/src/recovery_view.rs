@@ -164,6 +164,7 @@ pub fn event_json(e: &Event) -> Value {
         EventKind::TerminatedNormally => {
             o["peak_rss_kib"] = json!(e.a);
             o["elapsed_ns"] = json!(e.b);
+            o["rss_without_region_kib"] = json!(e.c);
         }
         EventKind::RestartLightFailed => {
             o["status"] = json!(e.a);
@@ -174,6 +175,13 @@ pub fn event_json(e: &Event) -> Value {
             o["transactions"] = json!(e.a);
             o["locks"] = json!(e.b);
         }
+        EventKind::StatusUpdateMissing => o["heartbeat_age_ms"] = json!(e.a),
+        EventKind::Fenced => {
+            o["heartbeat_age_ms"] = json!(e.a);
+            o["pid"] = json!(e.b);
+            o["by_operator"] = json!(e.c == 1);
+        }
+        EventKind::StatusUpdateResumed => o["missing_ms"] = json!(e.a),
         EventKind::RequestPosted | EventKind::Disconnected | EventKind::RecoveryCompleted => {}
     }
     o
@@ -198,8 +206,9 @@ pub fn event_text(e: &Event) -> String {
         EventKind::BackedOut => format!("{m}: {} transaction(s) backed out ({} update(s) undone)", e.a, e.b),
         EventKind::Released => format!("{m}: {} retained lock(s) released", e.a),
         EventKind::TerminatedNormally => format!(
-            "restart light of {m} terminated normally (peak RSS {} KiB, {:.1} ms)",
+            "restart light of {m} terminated normally (peak RSS {} KiB, {} KiB without the region, {:.1} ms)",
             e.a,
+            e.c,
             e.b as f64 / 1e6
         ),
         EventKind::RestartLightFailed if e.c == 1 => format!(
@@ -211,6 +220,9 @@ pub fn event_text(e: &Event) -> String {
         EventKind::Disconnected => format!("{m} disconnected normally"),
         EventKind::RecoveryCompleted => format!("restart request for {m} completed by {by}: recovery over"),
         EventKind::RecoveredAtRestart => format!("{m} restarted normally and recovered itself: {} transaction(s) backed out, {} lock(s) released", e.a, e.b),
+        EventKind::StatusUpdateMissing => format!("status update missing for {m}: no heartbeat for {} ms (seen by {by})", e.a),
+        EventKind::Fenced => format!("{m} (pid {}) fenced by {by} after {} ms without a heartbeat", e.b, e.a),
+        EventKind::StatusUpdateResumed => format!("{m} beats again after {} ms of status update missing", e.a),
     }
 }
 

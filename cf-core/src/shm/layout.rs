@@ -25,7 +25,9 @@ pub const MAGIC: [u8; 8] = *b"CFEMUREG";
 /// 3: a request records the generation of the connection it is for.
 /// 4: URGENT record state and wait tickets (bounded bypass).
 /// 5: restart requests grew to 256 bytes: a FAILED state with its reason.
-pub const LAYOUT_VERSION: u32 = 5;
+/// 6: connector slots gained the liveness word and the heartbeat, the lock
+/// structure page the failure detection settings.
+pub const LAYOUT_VERSION: u32 = 6;
 /// The header and the directory live in the first page.
 pub const HEADER_PAGE: u64 = 4096;
 /// Connector ids are bit positions in the 32-bit share/interest mask of a lock word.

@@ -32,8 +32,18 @@ pub(crate) struct ConnectorSlot {
     /// Bumped by every fresh connect (not by a reconnect that recovers a
     /// failed member): which occupant of the slot a restart request is for.
     pub incarnation: AtomicU64,
+    /// The liveness word (`connector/liveness.rs`): the TID of the member's
+    /// liveness thread, held in that thread's robust-futex list, so the
+    /// kernel sets `FUTEX_OWNER_DIED` in it (and wakes a waiter) when the
+    /// thread dies. 0: none registered.
+    pub liveness: AtomicU32,
+    /// The generation of the connection that registered `liveness`.
+    pub liveness_gen: AtomicU32,
+    /// `[milliseconds of CLOCK_MONOTONIC:56][flags:8]` (`liveness.rs`): the
+    /// member's heartbeat, status-update-missing and fenced. 0: no heartbeat.
+    pub heartbeat: AtomicU64,
     #[cfg(not(loom))]
-    _reserved: [AtomicU64; 16],
+    _reserved: [AtomicU64; 14],
 }
 
 /// The lock structure's header (the rest of its page is reserved).
@@ -51,6 +61,10 @@ pub(crate) struct LockHeader {
     /// time it has to wait, so urgent requests go in the order they began
     /// to wait.
     pub wait_ticket: AtomicU64,
+    /// Plex settings (`connector/liveness.rs`): the failure detection
+    /// interval in milliseconds (0: the default) and the isolate action.
+    pub failure_detection_ms: AtomicU64,
+    pub isolate: AtomicU64,
 }
 
 /// One block header of a member area: 64 bytes. See `lock/records.rs`.
@@ -161,6 +175,8 @@ mod pinned {
     const _: () = assert!(offset_of!(ConnectorSlot, name) == 32);
     const _: () = assert!(offset_of!(ConnectorSlot, hwm) == 64);
     const _: () = assert!(offset_of!(ConnectorSlot, committed) == 112);
+    const _: () = assert!(offset_of!(ConnectorSlot, liveness) == 128);
+    const _: () = assert!(offset_of!(ConnectorSlot, heartbeat) == 136);
     const _: () = assert!(size_of::<LockHeader>() <= 4096);
     const _: () = assert!(offset_of!(LockHeader, connect_latch) == 64);
     const _: () = assert!(offset_of!(LockHeader, wait_ticket) == 72);

@@ -8,6 +8,14 @@
 //! they come (re-reading an event slot that was still being written), and
 //! checks both against each other at the end (`check.rs`): a death is matched
 //! to the `detected` event of its PID, not to the member's name.
+//!
+//! With `--stop-members` a fault may SIGSTOP a member instead of killing it
+//! (never the last one running): it keeps its name until a survivor declares
+//! its status update missing and fences it (after the plex's failure
+//! detection interval, `--failure-detection-interval`); its death is the
+//! stop, and the report gives stop-to-fenced and stop-to-detected apart from
+//! the detection times of kills. The report also shows each step of the
+//! recoveries (`check::STEPS`), from the kill.
 
 mod check;
 mod points;
@@ -99,6 +107,14 @@ pub struct SimArgs {
     /// Every this many milliseconds, kill every member at once
     #[arg(long)]
     kill_all_every: Option<u64>,
+    /// Also stop members (SIGSTOP) as faults, one fault in three: each must be declared
+    /// status-update-missing after the failure detection interval, fenced by a survivor
+    /// (SIGKILL after the identity check) and recovered like a killed one
+    #[arg(long)]
+    stop_members: bool,
+    /// The plex's failure detection interval (cfctl create --failure-detection-interval)
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::plex::parse_duration)]
+    failure_detection_interval: Duration,
     /// Accounts in the bank (at least 2; fewer accounts, more real contention)
     #[arg(long, default_value_t = 1000)]
     accounts: u64,
@@ -171,6 +187,8 @@ impl SimArgs {
                 }
             }
         }
+        cf_core::connector::liveness::check_interval(self.failure_detection_interval)
+            .map_err(|e| anyhow::anyhow!("--failure-detection-interval: {e}"))?;
         if self.arm_one_in == 0 {
             bail!("--arm-one-in must be at least 1");
         }
@@ -185,6 +203,8 @@ impl SimArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fault {
     Member(u64),
+    /// SIGSTOP a member: fenced by a survivor after the interval.
+    Stop(u64),
     Claimer(u64),
     RestartLight(u64),
     All,
@@ -194,6 +214,7 @@ impl Fault {
     fn kind(self) -> &'static str {
         match self {
             Fault::Member(_) => "member",
+            Fault::Stop(_) => "stop",
             Fault::Claimer(_) => "restarter",
             Fault::RestartLight(_) => "restart_light",
             Fault::All => "all_members",
@@ -225,6 +246,8 @@ fn schedule(a: &SimArgs) -> Vec<(Duration, Fault)> {
         let f = match (a.kill_restarters, rng.below(3)) {
             (true, 1) => Fault::Claimer(target),
             (true, 2) => Fault::RestartLight(target),
+            // Drawn only with --stop-members, so other schedules stay as they were.
+            _ if a.stop_members && rng.below(3) == 0 => Fault::Stop(target),
             _ => Fault::Member(target),
         };
         out.push((t, f));
@@ -386,6 +409,13 @@ struct Sim<'a> {
     kinds: BTreeMap<&'static str, u64>,
     /// Restart-light processes killed (their member's death is already counted).
     light_kills: u64,
+    /// Members stopped (SIGSTOP) by a fault and not yet ended (by process
+    /// record), with the time of the stop.
+    stopped: BTreeMap<usize, u64>,
+    /// Stopped members that ended by a SIGKILL (their fence).
+    stops_fenced: u64,
+    /// Stopped members never fenced (killed by the sim at the end).
+    stops_unfenced: Vec<String>,
     normal_rss: Vec<u64>,
     planner: Option<Planner>,
     arm_one_in: u64,
@@ -561,17 +591,75 @@ impl Sim<'_> {
                 continue;
             };
             if let Some(live) = self.members[i].take() {
-                self.ended_by_itself(live.rec, st);
+                match self.stopped.remove(&live.rec) {
+                    // A stopped member ends by its fence: the fault was the stop.
+                    Some(t) if st.signal() == Some(libc::SIGKILL) => {
+                        self.stops_fenced += 1;
+                        self.procs[live.rec].life.end = Some((t, EndHow::Killed("stop")));
+                    }
+                    _ => self.ended_by_itself(live.rec, st),
+                }
             }
         }
         let pids = self.member_pids();
         self.orphans.reap(&pids);
     }
 
+    /// Running members that are not stopped.
     fn alive_indices(&self) -> Vec<usize> {
         (0..self.members.len())
-            .filter(|&i| self.members[i].is_some())
+            .filter(|&i| {
+                self.members[i]
+                    .as_ref()
+                    .is_some_and(|l| !self.stopped.contains_key(&l.rec))
+            })
             .collect()
+    }
+
+    /// SIGSTOP member `i`: it stays in `members` (its name is taken until
+    /// its fence ends it) and is reaped as a stop fault.
+    fn stop_member(&mut self, i: usize) {
+        let Some(live) = self.members[i].as_mut() else {
+            return;
+        };
+        if live.proc.try_status().is_some() {
+            return;
+        }
+        let t = now_ns();
+        if nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(live.proc.pid() as i32),
+            nix::sys::signal::Signal::SIGSTOP,
+        )
+        .is_ok()
+        {
+            self.stopped.insert(live.rec, t);
+        }
+    }
+
+    /// Stopped members not fenced by `limit` are SIGKILLed and reported.
+    fn finish_stopped(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.stopped.is_empty() && Instant::now() < deadline {
+            self.pump();
+            self.reap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for i in 0..self.members.len() {
+            let Some(rec) = self.members[i].as_ref().map(|l| l.rec) else {
+                continue;
+            };
+            if let Some(t) = self.stopped.remove(&rec) {
+                if let Some(mut live) = self.members[i].take() {
+                    self.stops_unfenced.push(format!(
+                        "{} (pid {})",
+                        Self::name(i),
+                        live.proc.pid()
+                    ));
+                    live.proc.kill9();
+                    self.procs[live.rec].life.end = Some((t, EndHow::Killed("stop")));
+                }
+            }
+        }
     }
 
     /// SIGKILL member `i` (unless it already ended by itself).
@@ -763,6 +851,11 @@ impl Sim<'_> {
                 }
             }
             Fault::Member(t) => self.kill(alive[(t % alive.len() as u64) as usize], f.kind()),
+            // A stop leaves at least one member running to fence it.
+            Fault::Stop(t) if alive.len() >= 2 => {
+                self.stop_member(alive[(t % alive.len() as u64) as usize])
+            }
+            Fault::Stop(t) => self.kill(alive[(t % alive.len() as u64) as usize], "member"),
             Fault::Claimer(t) | Fault::RestartLight(t) => {
                 let victim = alive[(t % alive.len() as u64) as usize];
                 let from = events::next_seq(&self.region);
@@ -866,6 +959,14 @@ pub fn run(plex_arg: Option<&Path>, a: SimArgs) -> Result<ExitCode> {
         group_access: false,
     };
     let region = Region::create(&plex, &opts)?;
+    cf_core::connector::liveness::set_settings(
+        &region,
+        cf_core::connector::liveness::Settings {
+            interval: a.failure_detection_interval,
+            isolate: cf_core::connector::liveness::Isolate::AtOnce,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     // Members archive committed transactions here when it exists.
     {
         use std::os::unix::fs::DirBuilderExt;
@@ -921,6 +1022,9 @@ pub fn run(plex_arg: Option<&Path>, a: SimArgs) -> Result<ExitCode> {
         unpublished: BTreeMap::new(),
         kinds: BTreeMap::new(),
         light_kills: 0,
+        stopped: BTreeMap::new(),
+        stops_fenced: 0,
+        stops_unfenced: Vec::new(),
         normal_rss: Vec::new(),
         planner: a
             .crash_points
@@ -999,6 +1103,9 @@ pub fn run(plex_arg: Option<&Path>, a: SimArgs) -> Result<ExitCode> {
     // died at a crash point meanwhile, and replacing the members still armed,
     // so that none dies on its way out), then stop everyone normally.
     sim.final_phase = true;
+    // Stopped members are fenced within the interval (and a survivor's
+    // status check period); one that is not by then is a failure.
+    sim.finish_stopped(a.failure_detection_interval * 4 + Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(60);
     while sim.liveness.is_empty() {
         sim.pump();
@@ -1239,6 +1346,16 @@ fn report(
             Value::Null,
         ),
         (
+            "stopped_members_fenced",
+            sim.stops_unfenced.is_empty(),
+            with(
+                sim.stops_unfenced.len(),
+                "stopped members never fenced",
+                &sim.stops_unfenced,
+            ),
+            Value::Null,
+        ),
+        (
             "members_stopped_normally",
             sim.failed_stops.is_empty(),
             with(sim.failed_stops.len(), "did not exit 0", &sim.failed_stops),
@@ -1279,13 +1396,14 @@ fn report(
     if !ok {
         tmp.keep = true;
     }
-    let doc = json!({
+    let mut doc = json!({
         "seed": a.seed, "members": a.members, "threads": a.threads, "lock_entries": a.lock_entries,
         "records_per_member": a.records_per_member, "accounts": a.accounts,
         "elapsed_s": elapsed.as_secs_f64(),
         "kills": member_deaths as u64 + sim.light_kills, "member_kills": member_deaths,
         "member_deaths_connected": kills.deaths, "member_deaths_before_connect": kills.before_connect,
         "restart_light_kills": sim.light_kills, "kills_by_kind": sim.kinds,
+        "stops_fenced": sim.stops_fenced,
         "start_failures": sim.start_failures,
         "recoveries": count(EventKind::RecoveryCompleted),
         "restart_lights_terminated_normally": count(EventKind::TerminatedNormally),
@@ -1314,6 +1432,19 @@ fn report(
         "interrupted": interrupted(),
         "plex": if tmp.keep { Some(tmp.dir.display().to_string()) } else { None },
     });
+    // (Beside the json! above: one more key there exceeds its recursion limit.)
+    doc["recovery_steps_us"] = check::STEPS
+        .iter()
+        .map(|(_, n)| {
+            (
+                n.to_string(),
+                stats(kills.steps_us.get(n).cloned().unwrap_or_default()),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    doc["stop_to_fenced_ms"] = stats(kills.stop_to_fenced_ms.clone());
+    doc["stop_to_detected_ms"] = stats(kills.stop_to_detected_ms.clone());
     if a.json {
         crate::print_json(&doc);
     } else {
@@ -1367,6 +1498,15 @@ fn report(
             &doc["recovery_ms"],
             "ms",
         );
+        println!("  where the time goes (each step after the kill, p50 / p99 µs):");
+        for (_, n) in check::STEPS {
+            let v = &doc["recovery_steps_us"][n];
+            println!("    {n:<22} {} / {} (n={})", v["p50"], v["p99"], v["count"]);
+        }
+        if doc["stop_to_fenced_ms"]["count"].as_u64().unwrap_or(0) > 0 {
+            line("stop to fenced", &doc["stop_to_fenced_ms"], "ms");
+            line("stop to detected", &doc["stop_to_detected_ms"], "ms");
+        }
         line(
             "restart light peak RSS",
             &doc["restart_light_peak_rss_kib"],
