@@ -1,0 +1,85 @@
+//! attack4: restart requests marked FAILED (`requests::fail`) racing a newer
+//! request of the same slot.
+
+use cf_core::requests::{self, ClaimOutcome, RequestState};
+use cf_core::{testing, CreateOptions, Member, Plex, ProcessId, Region};
+use std::sync::Arc;
+
+/// A late `fail` of a request that was completed meanwhile clobbers the newer
+/// request of the same slot: two restart lights for one failure.
+///
+/// Interleaving (handler = cf-node monitor's `handle`):
+/// 1. D dies; request e1 is posted; handler H1 (process P) claims it; its
+///    restart lights keep failing. H1 passes its checks (`is_outstanding`,
+///    slot failed-persistent) and reaches `attempts >= MAX_ATTEMPTS`.
+/// 2. Meanwhile D is recovered (a restart light run by hand), e1 is
+///    completed, D reconnects, dies again: request e2 is posted; handler H2
+///    (another thread of the same process P) claims e2 and starts restart
+///    light W2 (`set_worker`).
+/// 3. H1 calls `fail(e1)`: its CAS (CLAIMED, e1) -> FAILED fails, but it
+///    still stores `worker = 0` and `failed_ns` and releases P's claim,
+///    which is now H2's claim of e2.
+/// 4. e2 is CLAIMED with claim 0 and worker 0: `needs_handler` says yes and
+///    any other member claims it and starts a second restart light while W2
+///    still runs. Broken: one restart light per failure (and the claim of a
+///    live handler is stolen).
+#[test]
+fn a_late_fail_of_a_completed_request_strips_the_newer_requests_claim_and_worker() {
+    let t = tempfile::tempdir().unwrap();
+    let plex = Plex { dir: t.path().join("p") };
+    let r = Arc::new(Region::create(&plex, &CreateOptions::small_for_tests()).unwrap());
+    let me = ProcessId::current().unwrap();
+
+    // 1. D dies; request e1; H1 claims it.
+    let dead = Member::connect(r.clone(), "D").unwrap();
+    let id = dead.id();
+    testing::fake_reused_pid(&r, id);
+    std::mem::forget(dead);
+    cf_core::cleanup_member(&r, id).unwrap();
+    let e1 = match requests::claim(&r, id, 3, &me).unwrap() {
+        ClaimOutcome::Claimed { epoch, .. } => epoch,
+        other => panic!("{other:?}"),
+    };
+
+    // 2. D recovered by a restart light run by hand; e1 completed; D
+    //    reconnects (same slot) and dies again: e2 posted by its cleanup.
+    let light = Member::connect_with(r.clone(), "D", cf_core::ConnectMode::Recovery).unwrap();
+    light.disconnect().unwrap();
+    assert!(requests::complete(&r, id, e1, "D", "D").unwrap());
+    let again = Member::connect(r.clone(), "D").unwrap();
+    assert_eq!(again.id(), id, "the same slot");
+    testing::fake_reused_pid(&r, id);
+    std::mem::forget(again);
+    cf_core::cleanup_member(&r, id).unwrap();
+    //    H2 (same process) claims e2 and starts restart light W2.
+    let e2 = match requests::claim(&r, id, 3, &me).unwrap() {
+        ClaimOutcome::Claimed { epoch, .. } => epoch,
+        other => panic!("{other:?}"),
+    };
+    assert_ne!(e1, e2);
+    let mut w2 = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let w2_id = ProcessId::of(w2.id()).unwrap().unwrap();
+    requests::set_worker(&r, id, e2, &w2_id).unwrap();
+    assert!(!requests::needs_handler(&r, id).unwrap(), "e2 is being handled");
+
+    // 3. H1's late fail of e1.
+    let failed = requests::fail(&r, id, e1, &me).unwrap();
+
+    // 4. e2 must be untouched.
+    let v = requests::list(&r).unwrap();
+    let still_handled = !requests::needs_handler(&r, id).unwrap();
+    let _ = w2.kill();
+    let _ = w2.wait();
+    assert!(!failed, "e1 was no longer claimed");
+    assert_eq!((v[0].state, v[0].epoch), (RequestState::Claimed, e2));
+    assert_eq!(
+        (v[0].worker_pid, v[0].claimer_pid, v[0].failed_unix_ns),
+        (w2.id(), me.pid, 0),
+        "a late fail of e1 changed request e2: {v:?}"
+    );
+    assert!(
+        still_handled,
+        "e2 (claimed, restart light W2 running) looks abandoned: another member \
+         would claim it and start a second restart light"
+    );
+}
