@@ -83,3 +83,54 @@ fn a_late_fail_of_a_completed_request_strips_the_newer_requests_claim_and_worker
          would claim it and start a second restart light"
     );
 }
+
+/// A FAILED request left for a member's previous life blocks the restart of
+/// its next failure for [`requests::FAILED_RETRY`] (600 s).
+///
+/// Interleaving:
+/// 1. D dies; request e1 is posted, claimed, its restart lights fail: FAILED.
+/// 2. D restarts normally (`ConnectMode::Restart`: the failed slot, RECOVERING,
+///    not a fresh connect, so the slot's incarnation is unchanged), recovers
+///    itself, `finish_recovery` (ACTIVE), and is SIGKILLed before cf-node's
+///    `complete_for_name` (main.rs) completes e1.
+/// 3. D's cleanup posts for the new failure: `post_claimed` finds e1
+///    outstanding for the *same* incarnation, so it neither completes it nor
+///    posts: the new failure's only request is FAILED e1, which nobody claims
+///    until FAILED_RETRY has passed. Broken: a new failure gets a request of
+///    its own (it never ran the restart lights that failed).
+#[test]
+fn a_failed_request_of_a_previous_life_blocks_the_restart_of_a_new_failure() {
+    let t = tempfile::tempdir().unwrap();
+    let plex = Plex { dir: t.path().join("p") };
+    let r = Arc::new(Region::create(&plex, &CreateOptions::small_for_tests()).unwrap());
+    let me = ProcessId::current().unwrap();
+
+    let dead = Member::connect(r.clone(), "D").unwrap();
+    let id = dead.id();
+    testing::fake_reused_pid(&r, id);
+    std::mem::forget(dead);
+    cf_core::cleanup_member(&r, id).unwrap();
+    let e1 = match requests::claim(&r, id, 3, &me).unwrap() {
+        ClaimOutcome::Claimed { epoch, .. } => epoch,
+        other => panic!("{other:?}"),
+    };
+    assert!(requests::fail(&r, id, e1, &me).unwrap());
+
+    // 2. A normal restart recovers itself and dies before completing e1.
+    let restarted = Member::connect_with(r.clone(), "D", cf_core::ConnectMode::Restart).unwrap();
+    assert_eq!(restarted.id(), id);
+    assert!(restarted.is_recovering().unwrap());
+    restarted.finish_recovery().unwrap();
+    testing::fake_reused_pid(&r, id);
+    std::mem::forget(restarted);
+
+    // 3. Its cleanup posts for the new failure.
+    cf_core::cleanup_member(&r, id).unwrap();
+    let v = requests::list(&r).unwrap();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(
+        v[0].state != RequestState::Failed && requests::needs_handler(&r, id).unwrap(),
+        "the new failure of D has no claimable request (the previous life's FAILED \
+         request stands in for it until FAILED_RETRY): {v:?}"
+    );
+}
