@@ -134,3 +134,58 @@ fn a_failed_request_of_a_previous_life_blocks_the_restart_of_a_new_failure() {
          request stands in for it until FAILED_RETRY): {v:?}"
     );
 }
+
+/// An operator's `retry` of a FAILED request whose member is recovering
+/// itself frees the request with no completion: the request is never
+/// completed and `recovery_completed` is never recorded.
+///
+/// Interleaving:
+/// 1. D dies; request e1 is posted, claimed, marked FAILED.
+/// 2. D restarts normally (`ConnectMode::Restart`) and finishes its recovery
+///    (ACTIVE), but has not yet called `complete_for_name`.
+/// 3. The operator runs `cfctl restart-light D` (`requests::retry`): FAILED
+///    e1 -> FREE (no completion: "nothing was recovered"), then
+///    `post_if_failed` finds D no longer failed-persistent and posts nothing.
+/// 4. D's `complete_for_name` finds no request. Broken: every request is
+///    completed (and `recovery_completed` recorded) exactly once; here e1 is
+///    never completed (totals: posted 1, completed 0, none outstanding).
+#[test]
+fn a_retry_racing_a_self_recovery_loses_the_completion() {
+    use cf_core::events::{self, EventKind};
+    let t = tempfile::tempdir().unwrap();
+    let plex = Plex { dir: t.path().join("p") };
+    let r = Arc::new(Region::create(&plex, &CreateOptions::small_for_tests()).unwrap());
+    let me = ProcessId::current().unwrap();
+
+    let dead = Member::connect(r.clone(), "D").unwrap();
+    let id = dead.id();
+    testing::fake_reused_pid(&r, id);
+    std::mem::forget(dead);
+    cf_core::cleanup_member(&r, id).unwrap();
+    let e1 = match requests::claim(&r, id, 3, &me).unwrap() {
+        ClaimOutcome::Claimed { epoch, .. } => epoch,
+        other => panic!("{other:?}"),
+    };
+    assert!(requests::fail(&r, id, e1, &me).unwrap());
+    let since = events::next_seq(&r);
+
+    let restarted = Member::connect_with(r.clone(), "D", cf_core::ConnectMode::Restart).unwrap();
+    restarted.finish_recovery().unwrap();
+    let reposted = requests::retry(&r, id, None, || {}).unwrap();
+    let completed = requests::complete_for_name(&r, "D", "D").unwrap();
+
+    let completions = events::read_since(&r, since)
+        .into_iter()
+        .filter(|e| e.kind == EventKind::RecoveryCompleted)
+        .count();
+    let (posted, done) = requests::totals(&r);
+    let outstanding = requests::list(&r).unwrap();
+    drop(restarted);
+    assert_eq!(reposted, None);
+    assert!(
+        (completed, completions) == (1, 1) && posted == done + outstanding.len() as u64,
+        "request e1 of D was never completed: complete_for_name completed {completed}, \
+         recovery_completed recorded {completions} times, totals posted {posted} \
+         completed {done}, outstanding {outstanding:?}"
+    );
+}
