@@ -109,23 +109,7 @@ fn a_late_fail_of_a_completed_request_strips_the_newer_requests_claim_and_worker
 #[test]
 #[ignore = "known hole, open in the hostile-files issue: a FAILED request of a previous life blocks the new failure's request"]
 fn a_failed_request_of_a_previous_life_blocks_the_restart_of_a_new_failure() {
-    let t = tempfile::tempdir().unwrap();
-    let plex = Plex {
-        dir: t.path().join("p"),
-    };
-    let r = Arc::new(Region::create(&plex, &CreateOptions::small_for_tests()).unwrap());
-    let me = ProcessId::current().unwrap();
-
-    let dead = Member::connect(r.clone(), "D").unwrap();
-    let id = dead.id();
-    testing::fake_reused_pid(&r, id);
-    std::mem::forget(dead);
-    cf_core::cleanup_member(&r, id).unwrap();
-    let e1 = match requests::claim(&r, id, 3, &me).unwrap() {
-        ClaimOutcome::Claimed { epoch, .. } => epoch,
-        other => panic!("{other:?}"),
-    };
-    assert!(requests::fail(&r, id, e1, &me).unwrap());
+    let (_dir, r, id) = d_failed_with_a_failed_request();
 
     // 2. A normal restart recovers itself and dies before completing e1.
     let restarted = Member::connect_with(r.clone(), "D", cf_core::ConnectMode::Restart).unwrap();
@@ -164,23 +148,7 @@ fn a_failed_request_of_a_previous_life_blocks_the_restart_of_a_new_failure() {
 #[ignore = "known hole, open in the hostile-files issue: a retry racing a self-recovery frees the request with no completion"]
 fn a_retry_racing_a_self_recovery_loses_the_completion() {
     use cf_core::events::{self, EventKind};
-    let t = tempfile::tempdir().unwrap();
-    let plex = Plex {
-        dir: t.path().join("p"),
-    };
-    let r = Arc::new(Region::create(&plex, &CreateOptions::small_for_tests()).unwrap());
-    let me = ProcessId::current().unwrap();
-
-    let dead = Member::connect(r.clone(), "D").unwrap();
-    let id = dead.id();
-    testing::fake_reused_pid(&r, id);
-    std::mem::forget(dead);
-    cf_core::cleanup_member(&r, id).unwrap();
-    let e1 = match requests::claim(&r, id, 3, &me).unwrap() {
-        ClaimOutcome::Claimed { epoch, .. } => epoch,
-        other => panic!("{other:?}"),
-    };
-    assert!(requests::fail(&r, id, e1, &me).unwrap());
+    let (_dir, r, id) = d_failed_with_a_failed_request();
     let since = events::next_seq(&r);
 
     let restarted = Member::connect_with(r.clone(), "D", cf_core::ConnectMode::Restart).unwrap();
@@ -202,4 +170,27 @@ fn a_retry_racing_a_self_recovery_loses_the_completion() {
          recovery_completed recorded {completions} times, totals posted {posted} \
          completed {done}, outstanding {outstanding:?}"
     );
+}
+
+/// D (connector `id`) died, was cleaned up, and its request `e1` was claimed
+/// and marked FAILED (its restart lights kept failing).
+fn d_failed_with_a_failed_request() -> (tempfile::TempDir, Arc<Region>, u32) {
+    let t = tempfile::tempdir().unwrap();
+    let plex = Plex {
+        dir: t.path().join("p"),
+    };
+    let r = Arc::new(Region::create(&plex, &CreateOptions::small_for_tests()).unwrap());
+    let me = ProcessId::current().unwrap();
+
+    let dead = Member::connect(r.clone(), "D").unwrap();
+    let id = dead.id();
+    testing::fake_reused_pid(&r, id);
+    std::mem::forget(dead);
+    cf_core::cleanup_member(&r, id).unwrap();
+    let e1 = match requests::claim(&r, id, 3, &me).unwrap() {
+        ClaimOutcome::Claimed { epoch, .. } => epoch,
+        other => panic!("{other:?}"),
+    };
+    assert!(requests::fail(&r, id, e1, &me).unwrap());
+    (t, r, id)
 }

@@ -1,9 +1,9 @@
 //! Lock semantics within one process: several connections, several threads,
 //! false contention, and deaths simulated by faking a reused PID.
 
-use cf_core::{
-    inspect, testing, CreateOptions, Member, Mode, Plex, Region, Resource, Sizes, TryOutcome,
-};
+mod common;
+use cf_core::{inspect, testing, CreateOptions, Member, Mode, Plex, Region, Sizes, TryOutcome};
+use common::{colliding_pair, granted};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,26 +22,6 @@ fn region(entries: u32) -> (tempfile::TempDir, Arc<Region>) {
     };
     let r = Arc::new(Region::create(&plex, &opts).unwrap());
     (dir, r)
-}
-
-fn granted(o: TryOutcome) -> cf_core::LockId {
-    match o {
-        TryOutcome::Granted(id) => id,
-        other => panic!("expected granted, got {other:?}"),
-    }
-}
-
-/// Two resource names that hash to the same entry of a table of `entries`.
-fn colliding_pair(entries: u32) -> (Vec<u8>, Vec<u8>) {
-    let first = b"res-0".to_vec();
-    let e = Resource::new(&first).unwrap().entry(entries);
-    for i in 1.. {
-        let other = format!("res-{i}").into_bytes();
-        if Resource::new(&other).unwrap().entry(entries) == e {
-            return (first, other);
-        }
-    }
-    unreachable!()
 }
 
 #[test]

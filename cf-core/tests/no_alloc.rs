@@ -4,7 +4,9 @@
 //! releases. A counting allocator counts this thread's allocations while a
 //! workload runs, after one warm-up round has grown the holder's lists.
 
-use cf_core::{CreateOptions, Member, Mode, Plex, Region, Resource, Sizes, TryOutcome};
+mod common;
+use cf_core::{CreateOptions, Member, Mode, Plex, Region, Sizes};
+use common::{colliding_pair, granted};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,24 +54,6 @@ fn allocations_in(f: impl FnOnce()) -> u64 {
     f();
     COUNTING.with(|c| c.set(false));
     ALLOCATIONS.load(Ordering::Relaxed) - before
-}
-
-fn granted(o: TryOutcome) -> cf_core::LockId {
-    match o {
-        TryOutcome::Granted(id) => id,
-        other => panic!("expected granted, got {other:?}"),
-    }
-}
-
-/// Two resource names that hash to the same entry of a table of `entries`.
-fn colliding_pair(entries: u32) -> (Vec<u8>, Vec<u8>) {
-    let first = b"res-0".to_vec();
-    let e = Resource::new(&first).unwrap().entry(entries);
-    let other = (1..)
-        .map(|i| format!("res-{i}").into_bytes())
-        .find(|n| Resource::new(n).unwrap().entry(entries) == e)
-        .unwrap();
-    (first, other)
 }
 
 #[test]

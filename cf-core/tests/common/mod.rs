@@ -1,8 +1,14 @@
-//! Test machinery shared by `bypass.rs` and `attack3.rs`: a waiting member
-//! in a child process that the test stops (SIGSTOP) while it sleeps, so the
-//! parent wins every race for the resource it waits for.
+//! Test machinery shared by cf-core's integration tests: answers and
+//! colliding names (`in_process.rs`, `no_alloc.rs`), and a waiting member in
+//! a child process that the test stops (SIGSTOP) while it sleeps, so the
+//! parent wins every race for the resource it waits for (`bypass.rs`,
+//! `attack3.rs`).
+// Each test binary uses a part of it.
+#![allow(dead_code)]
 
-use cf_core::{testing, CreateOptions, Member, Mode, Plex, Region, Sizes};
+use cf_core::{
+    testing, CreateOptions, LockId, Member, Mode, Plex, Region, Resource, Sizes, TryOutcome,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::{BufRead, BufReader};
@@ -146,4 +152,23 @@ fn is_stopped(pid: Pid) -> bool {
                 .and_then(|(_, rest)| rest.split_whitespace().next().map(|x| x == "T"))
         })
         .unwrap_or(false)
+}
+
+/// The lock of a granted answer (panics with the answer otherwise).
+pub fn granted(o: TryOutcome) -> LockId {
+    match o {
+        TryOutcome::Granted(id) => id,
+        other => panic!("expected granted, got {other:?}"),
+    }
+}
+
+/// Two resource names that hash to the same entry of a table of `entries`.
+pub fn colliding_pair(entries: u32) -> (Vec<u8>, Vec<u8>) {
+    let first = b"res-0".to_vec();
+    let e = Resource::new(&first).unwrap().entry(entries);
+    let other = (1..)
+        .map(|i| format!("res-{i}").into_bytes())
+        .find(|n| Resource::new(n).unwrap().entry(entries) == e)
+        .unwrap();
+    (first, other)
 }
