@@ -25,23 +25,8 @@ use std::sync::Arc;
 ///    live handler is stolen).
 #[test]
 fn a_late_fail_of_a_completed_request_strips_the_newer_requests_claim_and_worker() {
-    let t = tempfile::tempdir().unwrap();
-    let plex = Plex {
-        dir: t.path().join("p"),
-    };
-    let r = Arc::new(Region::create(&plex, &CreateOptions::small_for_tests()).unwrap());
-    let me = ProcessId::current().unwrap();
-
     // 1. D dies; request e1; H1 claims it.
-    let dead = Member::connect(r.clone(), "D").unwrap();
-    let id = dead.id();
-    testing::fake_reused_pid(&r, id);
-    std::mem::forget(dead);
-    cf_core::cleanup_member(&r, id).unwrap();
-    let e1 = match requests::claim(&r, id, 3, &me).unwrap() {
-        ClaimOutcome::Claimed { epoch, .. } => epoch,
-        other => panic!("{other:?}"),
-    };
+    let (_dir, r, me, id, e1) = d_died_and_its_request_is_claimed();
 
     // 2. D recovered by a restart light run by hand; e1 completed; D
     //    reconnects (same slot) and dies again: e2 posted by its cleanup.
@@ -175,13 +160,20 @@ fn a_retry_racing_a_self_recovery_loses_the_completion() {
 /// D (connector `id`) died, was cleaned up, and its request `e1` was claimed
 /// and marked FAILED (its restart lights kept failing).
 fn d_failed_with_a_failed_request() -> (tempfile::TempDir, Arc<Region>, u32) {
+    let (t, r, me, id, e1) = d_died_and_its_request_is_claimed();
+    assert!(requests::fail(&r, id, e1, &me).unwrap());
+    (t, r, id)
+}
+
+/// D (connector `id`) died and was cleaned up; its request `e1` is claimed
+/// by this process (as handler connector 3).
+fn d_died_and_its_request_is_claimed() -> (tempfile::TempDir, Arc<Region>, ProcessId, u32, u32) {
     let t = tempfile::tempdir().unwrap();
     let plex = Plex {
         dir: t.path().join("p"),
     };
     let r = Arc::new(Region::create(&plex, &CreateOptions::small_for_tests()).unwrap());
     let me = ProcessId::current().unwrap();
-
     let dead = Member::connect(r.clone(), "D").unwrap();
     let id = dead.id();
     testing::fake_reused_pid(&r, id);
@@ -191,6 +183,5 @@ fn d_failed_with_a_failed_request() -> (tempfile::TempDir, Arc<Region>, u32) {
         ClaimOutcome::Claimed { epoch, .. } => epoch,
         other => panic!("{other:?}"),
     };
-    assert!(requests::fail(&r, id, e1, &me).unwrap());
-    (t, r, id)
+    (t, r, me, id, e1)
 }
