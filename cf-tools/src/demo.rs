@@ -2,11 +2,11 @@
 //! members on the bank workload, one of them killed with SIGKILL inside a
 //! transaction, and every step of its recovery shown as it happens.
 
-use crate::procs::{cf_node_binary, MemberProc, TempPlex};
 use crate::recovery_view::event_text;
 use anyhow::{bail, Result};
 use cf_core::events::{self, Event, EventKind};
 use cf_core::{inspect, CreateOptions, Member, Mode, Plex, Region, Sizes, TryOutcome};
+use cf_harness::procs::{cf_node_binary, MemberProc, TempPlex};
 use cf_node::store::Store;
 use cf_node::wal::{self, LogRecord};
 use clap::Args;

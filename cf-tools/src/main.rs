@@ -1,14 +1,13 @@
 //! `cfctl`: the operator's and experimenter's tool for a coupling-facility plex.
 
-mod bench;
 mod demo;
 mod display;
 mod locks;
 mod plex;
-mod procs;
 mod recovery_view;
-mod sim;
-mod stress;
+
+use cf_benches::bench;
+use cf_harness::{sim, stress};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -96,10 +95,4 @@ fn main() -> ExitCode {
     }
 }
 
-/// Print a JSON value as one document on stdout.
-pub(crate) fn print_json(v: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into())
-    );
-}
+pub(crate) use cf_harness::out::print_json;

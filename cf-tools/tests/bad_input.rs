@@ -13,8 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-const CFCTL: &str = env!("CARGO_BIN_EXE_cfctl");
-
 /// A fresh directory under /dev/shm (removed on drop) holding a plex `p`.
 struct Scratch {
     dir: tempfile::TempDir,
@@ -59,7 +57,7 @@ fn small() -> CreateOptions {
 }
 
 fn cfctl(plex: &Path, args: &[&str]) -> Output {
-    Command::new(CFCTL)
+    Command::new(cf_testkit::cfctl())
         .arg("--plex")
         .arg(plex)
         .args(args)

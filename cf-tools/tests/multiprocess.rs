@@ -6,7 +6,7 @@
 //! never timing. Every process is killed and reaped and every plex removed on
 //! drop, also when a test fails.
 
-mod common;
+use cf_testkit::tools as common;
 
 use common::{colliding, eventually, TestPlex};
 

@@ -7,8 +7,6 @@
 //! Every wait has a generous deadline that only turns a hang into a failure
 //! (with a dump of the plex); no test asserts how fast anything happens.
 
-#![allow(dead_code)]
-
 use cf_core::events::{self, Event, EventKind};
 use cf_core::inspect::{self, LockView, MemberView};
 use cf_core::requests::{self, RequestView};
@@ -25,11 +23,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The binary under test.
-pub const CF_NODE: &str = env!("CARGO_BIN_EXE_cf-node");
+pub use crate::cf_node;
 
 /// How long anything may take before a test gives up (a hang, not slowness).
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub use crate::PATIENCE;
 
 /// Accounts in a test plex, and their initial balance.
 pub const ACCOUNTS: u64 = 64;
@@ -81,6 +78,12 @@ pub fn wait_until<T>(
 pub struct TestPlex {
     region: Arc<Region>,
     dir: tempfile::TempDir,
+}
+
+impl Default for TestPlex {
+    fn default() -> TestPlex {
+        TestPlex::new()
+    }
 }
 
 impl TestPlex {
@@ -145,7 +148,7 @@ impl TestPlex {
 
     /// Run `cf-node restart-light --plex DIR --member NAME --json` to its end.
     pub fn restart_light(&self, name: &str, env: &[(&str, &str)]) -> Finished {
-        let mut c = Command::new(CF_NODE);
+        let mut c = Command::new(cf_node());
         c.arg("restart-light")
             .arg("--plex")
             .arg(self.path())
@@ -163,7 +166,7 @@ impl TestPlex {
 
     /// Like [`TestPlex::start`], without waiting.
     pub fn spawn(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> Node {
-        let mut c = Command::new(CF_NODE);
+        let mut c = Command::new(cf_node());
         c.arg("run")
             .arg("--plex")
             .arg(self.path())

@@ -178,7 +178,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     machine["loadavg_1min_at_start"] = json!(load_at_start);
     machine["loadavg_1min_at_end"] = json!(loadavg());
     if a.json {
-        crate::print_json(&json!({
+        cf_harness::out::print_json(&json!({
             "command": command,
             "date_utc": when,
             "quick": a.quick,

@@ -7,8 +7,6 @@
 //! Timeouts here are generous and only turn a hang into a test failure; no
 //! test asserts how fast anything is.
 
-#![allow(dead_code)]
-
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -21,16 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The binary under test.
-pub const CFCTL: &str = env!("CARGO_BIN_EXE_cfctl");
-
-/// The member binary, built beside `cfctl` by the workspace build.
-pub fn cf_node() -> PathBuf {
-    Path::new(CFCTL).with_file_name("cf-node")
-}
+pub use crate::{cf_node, cfctl};
 
 /// How long anything may take before the test gives up (a hang, not slowness).
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub use crate::PATIENCE;
 
 /// A plex in a fresh directory under `/dev/shm`, removed on drop.
 pub struct TestPlex {
@@ -81,7 +73,7 @@ impl TestPlex {
 
     /// `cfctl --plex DIR ARGS`, with no crash point and no `CF_PLEX` inherited.
     pub fn command<S: AsRef<str>>(&self, args: &[S]) -> Command {
-        let mut c = Command::new(CFCTL);
+        let mut c = Command::new(cfctl());
         c.arg("--plex").arg(self.dir.path());
         c.args(args.iter().map(|a| a.as_ref()));
         c.env_remove("CF_CRASH_AT")
@@ -112,7 +104,7 @@ impl TestPlex {
     /// Start `cf-node SUB --plex DIR ARGS` (the binary built next to cfctl)
     /// with extra environment (e.g. `CF_CRASH_AT`), guarded like `cfctl`.
     pub fn spawn_node(&self, sub: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut c = Command::new(Path::new(CFCTL).with_file_name("cf-node"));
+        let mut c = Command::new(cf_node());
         c.arg(sub).arg("--plex").arg(self.dir.path()).args(args);
         c.env_remove("CF_CRASH_AT")
             .env_remove("CF_CRASH_ONCE")
@@ -739,6 +731,7 @@ impl Rng {
         (Rng(seed | 1), seed)
     }
 
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;

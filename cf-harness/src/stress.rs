@@ -364,7 +364,7 @@ pub fn run(plex: &Plex, a: StressArgs) -> Result<ExitCode> {
             .unwrap_or_else(|_| format!("signal {s}"))
     });
     if a.json {
-        crate::print_json(&json!({
+        crate::out::print_json(&json!({
             "member": a.member,
             "pid": std::process::id(),
             "mode": a.mode.mode().as_str(),

@@ -9,8 +9,8 @@
 //! checks both against each other at the end (`check.rs`): a death is matched
 //! to the `detected` event of its PID, not to the member's name.
 
-mod check;
-mod points;
+pub mod check;
+pub mod points;
 
 use crate::procs::{cf_node_binary, MemberProc, TempPlex};
 use anyhow::{bail, Result};
@@ -508,7 +508,7 @@ impl Sim<'_> {
         if !self.final_phase {
             if let Some(p) = self.planner.as_mut() {
                 if p.armed(self.arm_one_in) {
-                    if let Some(a) = p.next() {
+                    if let Some(a) = p.draw() {
                         self.armings += 1;
                         let marker = self.dir.join(format!("crash-once-{}", self.armings));
                         env.push(("CF_CRASH_AT".to_string(), a.spec()));
@@ -1315,7 +1315,7 @@ fn report(
         "plex": if tmp.keep { Some(tmp.dir.display().to_string()) } else { None },
     });
     if a.json {
-        crate::print_json(&doc);
+        crate::out::print_json(&doc);
     } else {
         println!(
             "sim: {} members × {} thread(s), {} lock entries, seed {}, {:.1} s",

@@ -149,7 +149,7 @@ impl Planner {
     }
 
     /// The next arming.
-    pub fn next(&mut self) -> Option<Arming> {
+    pub fn draw(&mut self) -> Option<Arming> {
         if self.points.is_empty() {
             return None;
         }
@@ -185,7 +185,7 @@ mod tests {
         let pts = cf_core::crash::CRASH_POINTS;
         let mut p = Planner::new(7, SCALE, pts);
         let n = pts.len() - UNREACHED.len();
-        let mut seen: Vec<&str> = (0..n).filter_map(|_| p.next()).map(|a| a.point).collect();
+        let mut seen: Vec<&str> = (0..n).filter_map(|_| p.draw()).map(|a| a.point).collect();
         seen.sort();
         let mut want: Vec<&str> = pts
             .iter()
@@ -202,7 +202,7 @@ mod tests {
         for k in [0u64, 1, 10, 20261201 / 2] {
             let draw = |s| {
                 let mut p = Planner::new(s, SCALE, pts);
-                (0..8).filter_map(|_| p.next()).collect::<Vec<_>>()
+                (0..8).filter_map(|_| p.draw()).collect::<Vec<_>>()
             };
             assert_ne!(
                 draw(2 * k),
@@ -223,7 +223,7 @@ mod tests {
         );
         let mut nths = Vec::new();
         for _ in 0..40 {
-            if let Some(a) = p.next() {
+            if let Some(a) = p.draw() {
                 if a.point == "acquire.after_record" {
                     nths.push(a.nth);
                 } else {
