@@ -19,6 +19,7 @@ mod stats;
 mod uncontended;
 
 use anyhow::{Context, Result};
+use cf_harness::outln;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use stats::{fmt_ns, fmt_rate, Method, Stats};
@@ -243,7 +244,7 @@ fn worker(spec: &str) -> Result<ExitCode> {
     match spec {
         WorkerSpec::Across(s) => {
             let out = across::worker(&s)?;
-            println!("{}", serde_json::to_string(&out)?);
+            outln!("{}", serde_json::to_string(&out)?);
         }
         WorkerSpec::Hold(s) => recovery::hold(&s)?,
     }
@@ -354,8 +355,8 @@ fn print_tables(
     rec: &[recovery::RecoveryRow],
     elapsed: Duration,
 ) {
-    println!("{command}");
-    println!(
+    outln!("{command}");
+    outln!(
         "{} UTC; {}, {} CPU(s), Linux {}; load average (1 min) {} at start, {} at end",
         when,
         machine["cpu"].as_str().unwrap_or("?"),
@@ -372,18 +373,23 @@ fn print_tables(
             m.rep_time.as_millis()
         )
     };
-    println!(
+    outln!(
         "method: uncontended: {} (paths interleaved); across: {}; figures: median [min .. max] over repetitions",
         m(&cfg.uncontended),
         m(&cfg.across)
     );
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{:<12} {:<32} {:>10} {:>11} {:>23} {:>7}",
-        "group", "name", "median/op", "ops/s", "[min .. max]", "spread"
+        "group",
+        "name",
+        "median/op",
+        "ops/s",
+        "[min .. max]",
+        "spread"
     );
     for r in rows {
-        println!(
+        outln!(
             "{:<12} {:<32} {:>10} {:>11} {:>23} {:>6.0}%",
             r.group,
             r.name,
@@ -394,9 +400,9 @@ fn print_tables(
         );
     }
     if !checks.is_empty() {
-        println!();
-        println!("Targets");
-        println!("{:<64} {:>9} {:>18}  verdict", "ratio", "value", "target");
+        outln!();
+        outln!("Targets");
+        outln!("{:<64} {:>9} {:>18}  verdict", "ratio", "value", "target");
         for c in checks {
             let v = if c.unit == "ns" {
                 fmt_ns(c.value)
@@ -408,16 +414,16 @@ fn print_tables(
                 Some(false) => "MISSED",
                 None => "-",
             };
-            println!("{:<64} {:>9} {:>18}  {verdict}", c.name, v, c.target);
+            outln!("{:<64} {:>9} {:>18}  {verdict}", c.name, v, c.target);
         }
     }
     if !rec.is_empty() {
-        println!();
-        println!("Recovery: times after SIGKILL (t0) of a member holding N modify locks, from the region's events:");
-        println!("exit = its pidfd readable here (kernel exit done); detected = death noticed by the monitoring member;");
-        println!("cleaned = its locks marked retained; RL start = restart light started;");
-        println!("released = restart light ended normally, every retained lock released (medians unless p99)");
-        println!(
+        outln!();
+        outln!("Recovery: times after SIGKILL (t0) of a member holding N modify locks, from the region's events:");
+        outln!("exit = its pidfd readable here (kernel exit done); detected = death noticed by the monitoring member;");
+        outln!("cleaned = its locks marked retained; RL start = restart light started;");
+        outln!("released = restart light ended normally, every retained lock released (medians unless p99)");
+        outln!(
             "{:>9} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>13}",
             "N locks",
             "reps",
@@ -431,7 +437,7 @@ fn print_tables(
             "marginal/lock"
         );
         for r in rec {
-            println!(
+            outln!(
                 "{:>9} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>13}",
                 r.n,
                 r.reps,
@@ -445,10 +451,10 @@ fn print_tables(
                 r.marginal_ns_per_lock.map_or("-".into(), fmt_ns)
             );
         }
-        println!("(p99 is nearest-rank: with fewer than 100 repetitions it is the maximum)");
+        outln!("(p99 is nearest-rank: with fewer than 100 repetitions it is the maximum)");
     }
-    println!();
-    println!("total run time {:.1} s", elapsed.as_secs_f64());
+    outln!();
+    outln!("total run time {:.1} s", elapsed.as_secs_f64());
 }
 
 fn machine(cpus: usize) -> serde_json::Value {

@@ -393,7 +393,7 @@ pub fn run(plex: &Plex, a: StressArgs) -> Result<ExitCode> {
         if let Some(s) = &signal_name {
             line.push_str(&format!("; stopped by {s}"));
         }
-        println!("{line}");
+        crate::outln!("{line}");
     }
     Ok(match run.interrupted {
         Some(sig) => ExitCode::from(128u8.saturating_add(sig.clamp(0, 127) as u8)),

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use cf_core::events::{self, EventKind};
 use cf_core::{Member, Plex, ProcessId, Region};
-use cf_node::bank::{Bank, BankConfig};
+use cf_node::bank::{Bank, BankConfig, Skew, KINDS};
 use cf_node::bufpool::{peak_rss_kib, BufferPool};
 use cf_node::monitor::Monitor;
 use cf_node::recover::recover;
@@ -53,18 +53,40 @@ struct RunArgs {
     member: String,
     #[arg(long, value_enum, default_value_t = Workload::Bank)]
     workload: Workload,
-    /// Worker threads running the workload
-    #[arg(long, default_value_t = 1)]
+    /// Worker threads running the workload, 1 to 64
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     threads: u32,
     /// Pause between the two legs of a transfer, in microseconds (a kill then often lands inside a transaction)
     #[arg(long, default_value_t = 0)]
     pause_us: u64,
-    /// Buffer pool size in MiB (a private page cache of the data, allocated and touched at start)
-    #[arg(long, default_value_t = 64)]
-    buffer_pool_mb: usize,
+    /// Buffer pool size in MiB, 0 to 1048576 (a private page cache of the data, allocated and
+    /// touched at start; refused before connecting if larger than the machine's memory)
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(0..=1 << 20))]
+    buffer_pool_mb: u64,
     /// How long a transfer waits for a lock held by a live member, in milliseconds
     #[arg(long, default_value_t = 2000)]
     lock_timeout_ms: u64,
+    /// Seed of the workload's choices (each worker thread draws its own stream from it);
+    /// default: from the clock, printed in the closing summary
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Which accounts a transaction picks: uniform, zipf:S (exponent S, e.g. zipf:0.99),
+    /// hot:K:P (the first K accounts take P percent of the accesses, e.g. hot:10:90)
+    #[arg(long, default_value = "uniform")]
+    skew: Skew,
+    /// Percent of transactions that only read (share locks, no log record), 0 to 100
+    #[arg(long, default_value_t = 0.0)]
+    read_pct: f64,
+    /// Accounts a transaction touches, 2 to 16 (a transfer moves money from the first to the others)
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=16))]
+    tx_size: u32,
+    /// Pause between two transactions of a worker, in microseconds (or 10ms, 1.5s...)
+    #[arg(long, default_value = "0", value_parser = parse_micros)]
+    think: Duration,
+    /// Transactions per second of each worker thread, a fixed rate (open loop) instead of as
+    /// fast as it goes (closed loop)
+    #[arg(long)]
+    rate: Option<f64>,
     /// Checkpoint (truncate) the log when it grows past this many bytes (archiving its committed transactions first when the plex keeps history)
     #[arg(long, default_value_t = 1 << 20)]
     checkpoint_bytes: u64,
@@ -92,6 +114,21 @@ struct LightArgs {
     json: bool,
 }
 
+/// A duration whose bare numbers are microseconds (`500`, `10ms`, `1.5s`).
+fn parse_micros(s: &str) -> Result<Duration, String> {
+    if let Ok(x) = s.trim().parse::<f64>() {
+        if x.is_finite() && x >= 0.0 {
+            return Ok(Duration::from_secs_f64(x / 1e6));
+        }
+        return Err(format!("{s:?} is not a duration"));
+    }
+    let d: jiff::SignedDuration = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration (e.g. 500, 10ms, 1.5s): {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("{s:?} is negative"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -111,10 +148,12 @@ fn light(a: LightArgs) -> Result<()> {
     let plex = Plex::resolve(a.plex.as_deref());
     let s = cf_node::restart_light::run(&plex.dir, &a.member, a.by.as_deref())?;
     if a.json {
-        println!(
-            "{{\"member\":\"{}\",\"recovered\":{},\"transactions\":{},\"updates_undone\":{},\"released\":{},\"peak_rss_kib\":{},\"elapsed_ns\":{}}}",
-            s.member, s.recovered, s.transactions, s.updates_undone, s.released, s.peak_rss_kib, s.elapsed_ns
-        );
+        let v = serde_json::json!({
+            "member": s.member, "recovered": s.recovered, "transactions": s.transactions,
+            "updates_undone": s.updates_undone, "released": s.released,
+            "peak_rss_kib": s.peak_rss_kib, "elapsed_ns": s.elapsed_ns,
+        });
+        println!("{v}");
     } else if s.recovered {
         println!(
             "restart light of {}: backed out {} transaction(s) ({} updates), released {} retained lock(s), terminated normally; peak RSS {} KiB",
@@ -124,16 +163,6 @@ fn light(a: LightArgs) -> Result<()> {
         println!("restart light of {}: nothing to recover", s.member);
     }
     Ok(())
-}
-
-fn block_stop_signals() -> Result<nix::sys::signal::SigSet> {
-    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGINT);
-    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
-        .context("blocking signals")?;
-    Ok(set)
 }
 
 /// Connect, waiting while a restart light of the same name is still running.
@@ -159,14 +188,105 @@ fn connect(region: &Arc<Region>, name: &str) -> Result<Member> {
     }
 }
 
+/// Check every option against the plex and the machine before connecting:
+/// a failure after the connect would leave a dead connector behind.
+fn check_run(a: &RunArgs, region: &Region) -> Result<()> {
+    if !(a.read_pct.is_finite() && (0.0..=100.0).contains(&a.read_pct)) {
+        anyhow::bail!("--read-pct must be 0 to 100, got {}", a.read_pct);
+    }
+    if let Some(r) = a.rate {
+        if !(r.is_finite() && r > 0.0 && r <= 1e7) {
+            anyhow::bail!("--rate must be a positive number of transactions per second, got {r}");
+        }
+    }
+    if let Workload::Bank = a.workload {
+        // Each worker holds up to --tx-size locks; the monitor and a
+        // restart's recovery need room too.
+        let per = region.records_per_member() as u64;
+        let need = a.threads as u64 * a.tx_size as u64;
+        if need > per {
+            anyhow::bail!(
+                "--threads {} × --tx-size {} needs {need} record entries, the region has {per} per member",
+                a.threads,
+                a.tx_size
+            );
+        }
+        let ram = nix::sys::sysinfo::sysinfo()
+            .map(|i| i.ram_total())
+            .unwrap_or(u64::MAX);
+        let pool = a.buffer_pool_mb << 20;
+        if pool > ram {
+            anyhow::bail!(
+                "--buffer-pool-mb {} ({} MiB) is more than this machine's memory ({} MiB)",
+                a.buffer_pool_mb,
+                a.buffer_pool_mb,
+                ram >> 20
+            );
+        }
+    }
+    Ok(())
+}
+
 fn run(a: RunArgs) -> Result<()> {
-    // Signals first, so every thread inherits the mask and SIGTERM waits for us.
-    let signals = block_stop_signals()?;
+    // Signals first, so that a stop signal is always handled.
+    let mut signals =
+        cf_node::signals::StopWait::install().context("installing signal handlers")?;
     let plex = Plex::resolve(a.plex.as_deref());
     let region = Arc::new(Region::open(&plex)?);
+    check_run(&a, &region)?;
+    // The workload's resources before the connect, so a failure leaves nothing.
+    let bank_parts = match a.workload {
+        Workload::Idle => None,
+        Workload::Bank => {
+            let store = Store::open(&plex.dir)?;
+            if (a.tx_size as u64) > store.count() {
+                anyhow::bail!(
+                    "--tx-size {} is more than the {} accounts",
+                    a.tx_size,
+                    store.count()
+                );
+            }
+            let log = LogWriter::open(&plex.dir, &a.member, false)?;
+            let pool = BufferPool::new((a.buffer_pool_mb as usize) << 20);
+            Some((store, log, pool))
+        }
+    };
     let member = connect(&region, &a.member)?;
-    // Reconnected as a failed member: recover ourselves first (a normal
-    // restart; our retained locks answer "retained" to others until then).
+    let first_event = events::next_seq(&region);
+    // Whatever fails after the connect, the connector is given back, unless
+    // our own recovery did not finish: then it stays failed, for a peer to
+    // recover (a normal disconnect must not end a retention).
+    let r = run_connected(
+        &a,
+        &plex,
+        &region,
+        &member,
+        bank_parts,
+        &mut signals,
+        first_event,
+    );
+    if r.is_err() && member.is_recovering().unwrap_or(true) {
+        return r.map(|_| ());
+    }
+    let disconnected = member.disconnect();
+    let line = r?;
+    disconnected?;
+    events::record(&region, EventKind::Disconnected, &a.member, None, [0, 0, 0]);
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_connected(
+    a: &RunArgs,
+    plex: &Plex,
+    region: &Arc<Region>,
+    member: &Member,
+    bank_parts: Option<(Store, LogWriter, BufferPool)>,
+    signals: &mut cf_node::signals::StopWait,
+    first_event: u64,
+) -> Result<String> {
     let recovering = member.is_recovering()?;
     if recovering
         || !member.held_records()?.is_empty()
@@ -174,10 +294,10 @@ fn run(a: RunArgs) -> Result<()> {
             .records
             .is_empty()
     {
-        let rep = recover(&member, &plex.dir, |_| {})?;
+        let rep = recover(member, &plex.dir, |_| {})?;
         if rep.backout.transactions > 0 || rep.released > 0 {
             events::record(
-                &region,
+                region,
                 EventKind::RecoveredAtRestart,
                 &a.member,
                 Some(&a.member),
@@ -189,10 +309,10 @@ fn run(a: RunArgs) -> Result<()> {
         member.finish_recovery()?;
     }
     // A restart request left for our previous life is over: we are restarted.
-    let _ = cf_core::requests::complete_for_name(&region, &a.member, &a.member);
+    let _ = cf_core::requests::complete_for_name(region, &a.member, &a.member);
     // Recorded after any self-recovery, so the events of the previous life come first.
     events::record(
-        &region,
+        region,
         EventKind::Connected,
         &a.member,
         None,
@@ -213,24 +333,33 @@ fn run(a: RunArgs) -> Result<()> {
     });
     monitor.spawn()?;
     let mut workers = Vec::new();
-    let bank = match a.workload {
-        Workload::Idle => None,
-        Workload::Bank => {
-            let store = Store::open(&plex.dir)?;
-            let log = LogWriter::open(&plex.dir, &a.member, false)?;
-            let pool = BufferPool::new(a.buffer_pool_mb << 20);
+    let seed = a
+        .seed
+        .unwrap_or_else(|| cf_core::connector::now_ns() ^ std::process::id() as u64);
+    let bank = match bank_parts {
+        None => None,
+        Some((store, log, pool)) => {
             let cfg = BankConfig {
                 pause: Duration::from_micros(a.pause_us),
                 lock_timeout: Duration::from_millis(a.lock_timeout_ms),
                 max_amount: 100,
                 checkpoint_bytes: a.checkpoint_bytes,
+                skew: a.skew,
+                read_pct: a.read_pct,
+                tx_size: a.tx_size,
+                think: a.think,
+                rate: a.rate,
             };
             let bank = Arc::new(Bank::new(store, log, Some(pool), cfg));
-            for t in 0..a.threads.max(1) {
-                let (b, h) = (bank.clone(), member.holder()?);
-                let seed =
-                    cf_core::connector::now_ns() ^ ((t as u64) << 48) ^ std::process::id() as u64;
-                workers.push(std::thread::spawn(move || b.run_worker(h, seed)));
+            let mut holders = Vec::new();
+            for _ in 0..a.threads {
+                holders.push(member.holder()?);
+            }
+            for (t, h) in holders.into_iter().enumerate() {
+                let b = bank.clone();
+                // Each worker its own stream, fixed by the seed.
+                let wseed = seed ^ (t as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                workers.push(std::thread::spawn(move || b.run_worker(h, wseed)));
             }
             Some(bank)
         }
@@ -245,7 +374,7 @@ fn run(a: RunArgs) -> Result<()> {
     );
     use std::io::Write;
     std::io::stdout().flush()?;
-    let sig = signals.wait().context("waiting for a signal")?;
+    let sig = signals.wait();
     if let Some(b) = &bank {
         b.stop.store(true, Ordering::Relaxed);
     }
@@ -254,34 +383,53 @@ fn run(a: RunArgs) -> Result<()> {
         w.join()
             .map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
     }
-    let id = member.id();
-    member.disconnect()?;
-    events::record(&region, EventKind::Disconnected, &a.member, None, [0, 0, 0]);
-    let _ = id;
-    let committed = bank
-        .as_ref()
-        .map_or(0, |b| b.stats.committed.load(Ordering::Relaxed));
-    let skipped = bank
-        .as_ref()
-        .map_or(0, |b| b.stats.skipped_retained.load(Ordering::Relaxed));
+    // Deaths this member detected: by its monitor, or through the lock path
+    // (a request that found a dead holder and cleaned it up); both record
+    // `detected` with this member as `by`.
+    let detected_events = events::read_since(region, first_event)
+        .iter()
+        .filter(|e| e.kind == EventKind::Detected && e.by.as_deref() == Some(a.member.as_str()))
+        .count() as u64;
+    let detections = detected_events.max(monitor.detections.load(Ordering::Relaxed));
+    let stats = bank.as_ref().map(|b| &b.stats);
+    let get = |f: fn(&cf_node::bank::BankStats) -> &std::sync::atomic::AtomicU64| {
+        stats.map_or(0, |s| f(s).load(Ordering::Relaxed))
+    };
+    let committed = get(|s| &s.committed);
+    let reads = get(|s| &s.reads);
+    let skipped = get(|s| &s.skipped_retained);
+    let timeouts = get(|s| &s.skipped_timeout);
+    let restarts = monitor.restarts.load(Ordering::Relaxed);
     let rss = peak_rss_kib().unwrap_or(0);
-    let mut out = std::io::stdout().lock();
-    let _ = if a.json {
-        writeln!(
-            out,
-            "{{\"member\":\"{}\",\"committed\":{committed},\"skipped_retained\":{skipped},\"detections\":{},\"restarts\":{},\"peak_rss_kib\":{rss}}}",
-            a.member,
-            monitor.detections.load(Ordering::Relaxed),
-            monitor.restarts.load(Ordering::Relaxed)
-        )
+    let line = if a.json {
+        let latency: serde_json::Map<String, serde_json::Value> = match stats {
+            Some(s) => KINDS
+                .iter()
+                .zip(s.latency())
+                .map(|(k, l)| (k.to_string(), serde_json::json!(l)))
+                .collect(),
+            None => Default::default(),
+        };
+        let buckets: serde_json::Map<String, serde_json::Value> = match stats {
+            Some(s) => KINDS
+                .iter()
+                .zip(s.latency_buckets())
+                .map(|(k, b)| (k.to_string(), serde_json::json!(b)))
+                .collect(),
+            None => Default::default(),
+        };
+        serde_json::json!({
+            "member": a.member, "seed": seed, "committed": committed, "reads": reads,
+            "skipped_retained": skipped, "skipped_timeout": timeouts,
+            "detections": detections, "restarts": restarts, "peak_rss_kib": rss,
+            "latency_us": latency, "latency_buckets_us": buckets,
+        })
+        .to_string()
     } else {
-        writeln!(
-            out,
-            "member {} stopped by {sig}: {committed} transfers committed, {skipped} skipped on retained locks, {} deaths detected, {} restarts run; peak RSS {rss} KiB",
-            a.member,
-            monitor.detections.load(Ordering::Relaxed),
-            monitor.restarts.load(Ordering::Relaxed)
+        format!(
+            "member {} stopped by {sig}: {committed} transfers committed, {reads} reads, {skipped} skipped on retained locks, {detections} deaths detected, {restarts} restarts run; peak RSS {rss} KiB; seed {seed}",
+            a.member
         )
     };
-    Ok(())
+    Ok(line)
 }

@@ -712,13 +712,14 @@ impl Drop for Proc {
     }
 }
 
-/// A small deterministic generator (xorshift) for random delays; print the
-/// seed so a failure can be replayed.
-pub struct Rng(u64);
+/// The tests' seeded generator (PCG, `rand_pcg`) for random delays; print
+/// the seed so a failure can be replayed.
+pub struct Rng(rand_pcg::Pcg64);
 
 impl Rng {
     /// Seeded from `CF_TEST_SEED` if set, else from the clock.
     pub fn from_env_or_clock() -> (Rng, u64) {
+        use rand::SeedableRng;
         let seed = std::env::var("CF_TEST_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -728,22 +729,17 @@ impl Rng {
                     .map(|d| d.as_nanos() as u64)
                     .unwrap_or(1)
             });
-        (Rng(seed | 1), seed)
+        (Rng(rand_pcg::Pcg64::seed_from_u64(seed)), seed)
     }
 
-    #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform-ish in `0..n`.
+    /// Uniform in `0..n` (0 when `n` is 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        use rand::Rng as _;
+        if n == 0 {
+            0
+        } else {
+            self.0.random_range(0..n)
+        }
     }
 }
 

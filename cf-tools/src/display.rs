@@ -3,6 +3,7 @@
 use anyhow::Result;
 use cf_core::inspect::{self, LockView};
 use cf_core::{Plex, Region};
+use cf_harness::outln;
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 use std::process::ExitCode;
@@ -91,17 +92,23 @@ fn structures(region: &Region, json: bool) {
         crate::print_json(&Value::Array(v));
         return;
     }
-    println!(
+    outln!(
         "{:<14} {:<16} {:>12} {:>12}",
-        "STRUCTURE", "KIND", "OFFSET", "SIZE"
+        "STRUCTURE",
+        "KIND",
+        "OFFSET",
+        "SIZE"
     );
     for s in &list {
-        println!(
+        outln!(
             "{:<14} {:<16} {:>12} {:>12}",
-            s.name, s.kind, s.offset, s.size
+            s.name,
+            s.kind,
+            s.offset,
+            s.size
         );
         if let (Some(n), Some(c)) = (s.lock_entries, s.counters) {
-            println!(
+            outln!(
                 "    lock entries {n}, in use {}; requests {}, contention {} ({:.3}%), false contention {} ({:.3}%)",
                 s.entries_in_use.unwrap_or(0),
                 c.requests,
@@ -112,10 +119,10 @@ fn structures(region: &Region, json: bool) {
             );
         }
         if let Some(m) = s.members {
-            println!("    {m} connector slots");
+            outln!("    {m} connector slots");
         }
         if let Some(r) = s.records_per_member {
-            println!("    {r} record entries per member");
+            outln!("    {r} record entries per member");
         }
     }
 }
@@ -137,15 +144,21 @@ fn members(region: &Region, json: bool) -> Result<()> {
         return Ok(());
     }
     if list.is_empty() {
-        println!("no members connected");
+        outln!("no members connected");
         return Ok(());
     }
-    println!(
+    outln!(
         "{:>3} {:<20} {:<18} {:>8} {:>5} {:>6} {:>8}",
-        "ID", "NAME", "STATE", "PID", "ALIVE", "HELD", "RETAINED"
+        "ID",
+        "NAME",
+        "STATE",
+        "PID",
+        "ALIVE",
+        "HELD",
+        "RETAINED"
     );
     for m in &list {
-        println!(
+        outln!(
             "{:>3} {:<20} {:<18} {:>8} {:>5} {:>6} {:>8}",
             m.id,
             m.name,
@@ -175,15 +188,19 @@ fn locks(list: Vec<LockView>, json: bool, empty: &str) {
         return;
     }
     if list.is_empty() {
-        println!("{empty}");
+        outln!("{empty}");
         return;
     }
-    println!(
+    outln!(
         "{:<20} {:<32} {:<10} {:>10} {:<9}",
-        "MEMBER", "RESOURCE", "MODE", "ENTRY", "STATE"
+        "MEMBER",
+        "RESOURCE",
+        "MODE",
+        "ENTRY",
+        "STATE"
     );
     for l in &list {
-        println!(
+        outln!(
             "{:<20} {:<32} {:<10} {:>10} {:<9}",
             l.member,
             l.resource,

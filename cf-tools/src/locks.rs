@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use cf_core::{HolderInfo, LockId, Member, Mode, Plex, Region, TryOutcome, WaitError};
+use cf_harness::outln;
 use clap::Args;
 use serde_json::{json, Value};
 use std::process::ExitCode;
@@ -92,7 +93,7 @@ pub fn hold(plex: &Plex, a: HoldArgs) -> Result<ExitCode> {
     let (sig, n) = held?;
     let report = report?;
     if !a.json {
-        println!(
+        outln!(
             "{sig}: released {n} lock(s), disconnected ({} more released at disconnect)",
             report.released
         );
@@ -121,12 +122,12 @@ fn take_and_hold(
             .iter()
             .map(|(id, r)| json!({ "resource": r, "mode": id.mode.as_str(), "entry": id.entry }))
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({ "holding": locks, "member": member.name(), "id": member.id(), "pid": std::process::id() })
         );
     } else {
-        println!(
+        outln!(
             "holding {} lock(s) as {} (connector {}, pid {}); SIGTERM or Ctrl-C releases them",
             held.len(),
             member.name(),
@@ -180,7 +181,7 @@ pub fn try_once(plex: &Plex, a: TryArgs) -> Result<ExitCode> {
     if a.json {
         crate::print_json(&doc);
     } else {
-        println!("{text}");
+        outln!("{text}");
     }
     Ok(code)
 }
@@ -241,10 +242,10 @@ pub fn cleanup(plex: &Plex, a: CleanupArgs) -> Result<ExitCode> {
             .collect();
         crate::print_json(&Value::Array(v));
     } else if done.is_empty() {
-        println!("no dead member to clean up");
+        outln!("no dead member to clean up");
     } else {
         for r in &done {
-            println!(
+            outln!(
                 "cleaned up {}: {} released, {} retained, {} discarded; now {}",
                 r.name,
                 r.released,

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use cf_core::{inspect, CreateOptions, Plex, Region, Sizes};
+use cf_harness::outln;
 use clap::Args;
 use serde_json::json;
 use std::process::ExitCode;
@@ -69,7 +70,7 @@ pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
             "history": a.history,
         }));
     } else {
-        println!(
+        outln!(
             "created plex {}: region {} bytes, {} lock entries, {} members, {} records per member",
             plex.dir.display(),
             l.total_size,
@@ -78,10 +79,10 @@ pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
             a.records
         );
         if let Some(n) = a.accounts {
-            println!("created {n} accounts of {} each", a.balance);
+            outln!("created {n} accounts of {} each", a.balance);
         }
         if a.history {
-            println!(
+            outln!(
                 "keeping the history of committed transactions in {}",
                 cf_node::history::history_dir(&plex.dir).display()
             );
@@ -153,7 +154,7 @@ pub fn destroy(plex: &Plex, a: DestroyArgs) -> Result<ExitCode> {
     }
     // Remove the directory if nothing else is left in it.
     let _ = std::fs::remove_dir(&plex.dir);
-    println!("destroyed plex {}", plex.dir.display());
+    outln!("destroyed plex {}", plex.dir.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -170,10 +171,10 @@ pub fn verify(plex: &Plex, a: VerifyArgs) -> Result<ExitCode> {
     if a.json {
         crate::print_json(&json!({ "ok": problems.is_empty(), "problems": problems }));
     } else if problems.is_empty() {
-        println!("region {} is consistent", region.path().display());
+        outln!("region {} is consistent", region.path().display());
     } else {
         for p in &problems {
-            println!("problem: {p}");
+            outln!("problem: {p}");
         }
     }
     if problems.is_empty() {

@@ -3,6 +3,7 @@
 use anyhow::{bail, Result};
 use cf_core::events::{Event, EventKind};
 use cf_core::{inspect, requests, MemberState, Plex, Region};
+use cf_harness::outln;
 use cf_node::store::Store;
 use serde_json::{json, Value};
 
@@ -16,7 +17,7 @@ pub fn accounts(plex: &Plex, as_json: bool) -> Result<()> {
             "initial_balance": store.initial_balance(),
         }));
     } else {
-        println!(
+        outln!(
             "{} accounts, total {} (expected {}: {})",
             store.count(),
             total,
@@ -57,17 +58,22 @@ pub fn requests(region: &Region, as_json: bool) -> Result<()> {
         crate::print_json(&Value::Array(v));
         return Ok(());
     }
-    println!("{posted} restart request(s) posted, {done} completed since the region was created");
+    outln!("{posted} restart request(s) posted, {done} completed since the region was created");
     if list.is_empty() {
-        println!("no restart request outstanding");
+        outln!("no restart request outstanding");
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<20} {:<8} {:<16} {:<16} {:>8} {:>8}",
-        "MEMBER", "STATE", "POSTED BY", "CLAIMED BY", "WORKER", "ATTEMPTS"
+        "MEMBER",
+        "STATE",
+        "POSTED BY",
+        "CLAIMED BY",
+        "WORKER",
+        "ATTEMPTS"
     );
     for r in &list {
-        println!(
+        outln!(
             "{:<20} {:<8} {:<16} {:<16} {:>8} {:>8}",
             if r.name.is_empty() {
                 name_of(region, r.member_id)
@@ -164,7 +170,7 @@ pub fn events(region: &Region, as_json: bool) -> Result<()> {
         return Ok(());
     }
     if list.is_empty() {
-        println!("no events");
+        outln!("no events");
     }
     for e in &list {
         let secs = e.time_ns / 1_000_000_000;
@@ -175,7 +181,7 @@ pub fn events(region: &Region, as_json: bool) -> Result<()> {
             secs % 60,
             e.time_ns % 1_000_000_000 / 1000
         );
-        println!("{t}  {}", event_text(e));
+        outln!("{t}  {}", event_text(e));
     }
     Ok(())
 }
@@ -206,9 +212,9 @@ pub fn post(plex: &Plex, member: &str) -> Result<()> {
     })?
     .is_some()
     {
-        println!("restart request for {member} posted; a live member will claim it");
+        outln!("restart request for {member} posted; a live member will claim it");
     } else {
-        println!("a restart request for {member} is already outstanding");
+        outln!("a restart request for {member} is already outstanding");
     }
     Ok(())
 }

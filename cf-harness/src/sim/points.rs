@@ -9,7 +9,7 @@
 //! that point in its expected life, so that a point reached on every lock
 //! request fires in the middle of a member's run and not on its first request.
 
-use cf_node::bank::Rng;
+use rand::{Rng as _, SeedableRng};
 
 /// Points no sim process reaches (none today: every named point is on a path
 /// of a member or a restart light).
@@ -121,18 +121,35 @@ pub struct Planner {
     order: Vec<&'static str>,
 }
 
-/// A seed mixed so that nearby seeds give unrelated streams (splitmix64).
-pub fn mix(seed: u64) -> u64 {
-    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// The sim's seeded generator: PCG (`rand_pcg::Pcg64`), one stream per
+/// purpose. `seed_from_u64` expands the seed, so that nearby seeds (2k and
+/// 2k+1 too) give unrelated streams.
+pub struct Rng(rand_pcg::Pcg64);
+
+impl Rng {
+    /// The stream of `seed` for `purpose` (a constant per use).
+    pub fn stream(seed: u64, purpose: u64) -> Rng {
+        let mut base = rand_pcg::Pcg64::seed_from_u64(seed);
+        let salt: u64 = base.random();
+        Rng(rand_pcg::Pcg64::seed_from_u64(salt ^ purpose))
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0.random()
+    }
+    /// Uniform in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.0.random_range(0..n)
+        }
+    }
 }
 
 impl Planner {
     pub fn new(seed: u64, scale: Scale, points: &[&'static str]) -> Planner {
         Planner {
-            rng: Rng::seeded(mix(seed ^ 0x00c0_ffee_0000_0000)),
+            rng: Rng::stream(seed, 0x00c0_ffee),
             scale,
             points: points
                 .iter()
