@@ -33,7 +33,7 @@ pub struct BenchArgs {
     quick: bool,
     /// Print one JSON document instead of the tables
     #[arg(long)]
-    json: bool,
+    pub json: bool,
     /// Run only these groups (comma-separated)
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Group>,

@@ -116,7 +116,7 @@ pub struct StressArgs {
     spin: u32,
     /// Print the summary as JSON
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// The shared counter file, mapped.

@@ -6,30 +6,155 @@ use cf_core::{inspect, requests, MemberState, Plex, Region};
 use cf_harness::outln;
 use cf_node::store::Store;
 use serde_json::{json, Value};
+use std::process::ExitCode;
 
-pub fn accounts(plex: &Plex, as_json: bool) -> Result<()> {
+/// A transfer in flight: logged legs without a commit record.
+struct InFlight {
+    member: String,
+    txid: u64,
+    /// (account, before, after) of each leg logged.
+    legs: Vec<(u64, i64, i64)>,
+    /// Its member has failed: the transfer waits for its backout.
+    failed: bool,
+}
+
+/// The uncommitted transfers in every member's log (`log.NAME` files).
+fn in_flight(plex: &Plex, failed: &[String]) -> Vec<InFlight> {
+    use cf_node::wal::{self, LogRecord};
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(&plex.dir) else {
+        return out;
+    };
+    let mut names: Vec<String> = dir
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("log.")
+                .map(String::from)
+        })
+        .collect();
+    names.sort();
+    for name in names {
+        let Ok(scan) = wal::read_log(&wal::log_path(&plex.dir, &name)) else {
+            continue;
+        };
+        let mut open: std::collections::BTreeMap<u64, Vec<(u64, i64, i64)>> = Default::default();
+        for (_, r) in scan.records {
+            match r {
+                LogRecord::Update {
+                    txid,
+                    account,
+                    before,
+                    after,
+                } => open.entry(txid).or_default().push((account, before, after)),
+                LogRecord::Commit { txid } => {
+                    open.remove(&txid);
+                }
+                #[allow(unreachable_patterns)]
+                _ => {}
+            }
+        }
+        for (txid, legs) in open {
+            out.push(InFlight {
+                failed: failed.contains(&name),
+                member: name.clone(),
+                txid,
+                legs,
+            });
+        }
+    }
+    out
+}
+
+/// `display accounts`: the total, honest on a live plex. The total is read
+/// again (for up to a settle interval) until it adds up once the legs of
+/// the transfers in flight (logged, not committed) that are in the accounts
+/// are set aside; only a total that never adds up is NOT BALANCED.
+pub fn accounts(plex: &Plex, as_json: bool) -> Result<ExitCode> {
     let store = Store::open(&plex.dir)?;
-    let total = store.total();
     let expected = store.expected_total();
+    let failed: Vec<String> = Region::open(plex)
+        .ok()
+        .and_then(|r| inspect::members(&r).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.state != MemberState::Active || !m.alive)
+        .map(|m| m.name)
+        .collect();
+    let settle = std::time::Duration::from_secs(1);
+    let t = std::time::Instant::now();
+    let (total, flights, adjusted) = loop {
+        let flights = in_flight(plex, &failed);
+        let total = store.total();
+        // A leg is in the accounts if the account shows its after-image
+        // (its lock is still held by the transfer, so nobody else moved it).
+        let applied: i128 = flights
+            .iter()
+            .flat_map(|f| f.legs.iter())
+            .filter(|(acct, _, after)| store.balance(*acct).is_ok_and(|b| b == *after))
+            .map(|(_, before, after)| (*after - *before) as i128)
+            .sum();
+        let adjusted = total - applied;
+        if total == expected || adjusted == expected || t.elapsed() >= settle {
+            break (total, flights, adjusted);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    let balanced = total == expected || adjusted == expected;
+    let shown: Vec<Value> = flights
+        .iter()
+        .map(|f| {
+            json!({"member": f.member, "txid": f.txid, "failed_member": f.failed,
+                   "accounts": f.legs.iter().map(|l| l.0).collect::<Vec<_>>()})
+        })
+        .collect();
     if as_json {
         crate::print_json(&json!({
             "accounts": store.count(), "total": total as i64, "expected_total": expected as i64,
-            "initial_balance": store.initial_balance(),
+            "balanced": balanced, "total_without_in_flight": adjusted as i64,
+            "in_flight": shown, "initial_balance": store.initial_balance(),
         }));
     } else {
+        let verdict = if total == expected {
+            "balanced".to_string()
+        } else if balanced {
+            format!(
+                "balanced once the {} transfer(s) in flight are set aside",
+                flights.len()
+            )
+        } else {
+            "NOT BALANCED".to_string()
+        };
         outln!(
-            "{} accounts, total {} (expected {}: {})",
+            "{} accounts, total {} (expected {}: {verdict})",
             store.count(),
             total,
-            expected,
-            if total == expected {
-                "balanced"
-            } else {
-                "NOT BALANCED"
-            }
+            expected
         );
+        for f in &flights {
+            outln!(
+                "  in flight: {} transaction {} on accounts {}{}",
+                f.member,
+                f.txid,
+                f.legs
+                    .iter()
+                    .map(|l| l.0.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if f.failed {
+                    " (member failed: backed out by its recovery)"
+                } else {
+                    ""
+                }
+            );
+        }
     }
-    Ok(())
+    Ok(if balanced {
+        ExitCode::SUCCESS
+    } else {
+        cf_harness::exit::code(cf_harness::exit::INVARIANT)
+    })
 }
 
 fn name_of(region: &Region, id: u32) -> String {
@@ -163,8 +288,30 @@ pub fn event_text(e: &Event) -> String {
     }
 }
 
-pub fn events(region: &Region, as_json: bool) -> Result<()> {
-    let list = cf_core::events::read_all(region);
+/// The events in time order (a writer takes its time before its sequence
+/// number, so sequence order can differ by a little); equal times keep
+/// their sequence order.
+pub fn in_time_order(mut list: Vec<Event>) -> Vec<Event> {
+    list.sort_by_key(|e| (e.time_ns, e.seq));
+    list
+}
+
+/// An event's time for people, in the local time zone (`jiff`).
+pub fn event_time(ns: u64) -> String {
+    match jiff::Timestamp::from_nanosecond(ns as i128) {
+        Ok(t) => t
+            .to_zoned(jiff::tz::TimeZone::system())
+            .strftime("%Y-%m-%d %H:%M:%S%.6f")
+            .to_string(),
+        Err(_) => format!("@{ns}ns"),
+    }
+}
+
+pub fn events(region: &Region, as_json: bool, member: Option<&str>) -> Result<()> {
+    let list: Vec<Event> = in_time_order(cf_core::events::read_all(region))
+        .into_iter()
+        .filter(|e| member.is_none_or(|m| e.member == m || e.by.as_deref() == Some(m)))
+        .collect();
     if as_json {
         crate::print_json(&Value::Array(list.iter().map(event_json).collect()));
         return Ok(());
@@ -173,15 +320,7 @@ pub fn events(region: &Region, as_json: bool) -> Result<()> {
         outln!("no events");
     }
     for e in &list {
-        let secs = e.time_ns / 1_000_000_000;
-        let t = format!(
-            "{:02}:{:02}:{:02}.{:06}",
-            secs / 3600 % 24,
-            secs / 60 % 60,
-            secs % 60,
-            e.time_ns % 1_000_000_000 / 1000
-        );
-        outln!("{t}  {}", event_text(e));
+        outln!("{}  {}", event_time(e.time_ns), event_text(e));
     }
     Ok(())
 }

@@ -147,7 +147,7 @@ pub struct SimArgs {
     #[arg(long, value_name = "DIR")]
     pub plot: Option<PathBuf>,
     /// Print the report as CSV: a header line and one row (configuration, then results)
-    #[arg(long, conflicts_with = "json")]
+    #[arg(long)]
     pub csv: bool,
     /// Print the report as one JSON document (also: cfctl --json sim)
     #[arg(long)]
@@ -228,6 +228,9 @@ impl SimArgs {
                     bail!("--crash-point-names: no crash point starts with {n:?}");
                 }
             }
+        }
+        if self.csv && self.json {
+            bail!("--csv and --json: give one");
         }
         if self.arm_one_in == 0 {
             bail!("--arm-one-in must be at least 1");
