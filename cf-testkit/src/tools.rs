@@ -120,6 +120,21 @@ impl TestPlex {
         self.spawn_env(args, &[])
     }
 
+    /// Start `cfctl ARGS` in a process group of its own, as a shell starts
+    /// a foreground job (a Ctrl-C is then [`Proc::signal_group`]).
+    pub fn spawn_in_group<S: AsRef<str>>(&self, args: &[S]) -> Proc {
+        let mut c = self.command(args);
+        c.process_group(0);
+        let what = format!(
+            "cfctl {}",
+            args.iter()
+                .map(|a| a.as_ref())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        Proc::spawn(c, what)
+    }
+
     /// Run `cfctl ARGS` to completion.
     pub fn run<S: AsRef<str>>(&self, args: &[S]) -> Finished {
         self.spawn(args).finish()
@@ -152,14 +167,14 @@ impl TestPlex {
         ]);
         let code = f.status.code();
         assert!(
-            matches!(code, Some(0 | 2 | 3)),
+            matches!(code, Some(0 | 3 | 4)),
             "try answered neither granted, contention nor retained: {f}"
         );
         let v = f.json();
         let result = v["result"].as_str().unwrap_or_default().to_string();
         let expected_code = match result.as_str() {
             "granted" => 0,
-            "contention" => 2,
+            "contention" => 4,
             "retained" => 3,
             _ => panic!("unknown try result: {f}"),
         };
@@ -548,6 +563,12 @@ impl Proc {
         self.child.id()
     }
 
+    /// Send `sig` to the process group the process leads (a terminal's
+    /// Ctrl-C); see [`TestPlex::spawn_in_group`].
+    pub fn signal_group(&self, sig: Signal) {
+        let _ = nix::sys::signal::killpg(Pid::from_raw(self.child.id() as i32), sig);
+    }
+
     pub fn what(&self) -> &str {
         &self.what
     }
@@ -741,6 +762,31 @@ impl Rng {
             self.0.random_range(0..n)
         }
     }
+}
+
+/// PIDs of the running processes whose command line contains `needle`
+/// (e.g. a plex directory: the members a harness started in it).
+pub fn processes_naming(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // A zombie is gone already (waiting for its parent to reap it).
+            let zombie = stat
+                .rfind(')')
+                .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z'));
+            !zombie
+                && String::from_utf8_lossy(&cmd)
+                    .replace('\0', " ")
+                    .contains(needle)
+        })
+        .collect()
 }
 
 /// Poll `cond` until it holds (panics after [`PATIENCE`] with `what`).
