@@ -22,3 +22,4 @@ pub mod procs;
 pub mod sim;
 pub use cf_node::stats;
 pub mod stress;
+pub mod table;

@@ -2,11 +2,11 @@
 //! displays (`D XCF,STR`, `D XCF,STR,STRNAME=...,CONNAME=ALL`, `D GRS,C`),
 //! once or every `--watch INTERVAL`.
 
-use crate::table::table;
 use anyhow::{bail, Result};
 use cf_core::inspect::{self, LockView, MemberView};
 use cf_core::{MemberState, Plex, Region};
 use cf_harness::outln;
+use cf_harness::table::table;
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 use std::collections::HashMap;

@@ -6,7 +6,6 @@ mod locks;
 mod plex;
 mod recovery_view;
 mod report;
-mod table;
 
 use cf_benches::bench;
 use cf_harness::{sim, stress};

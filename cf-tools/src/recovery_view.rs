@@ -188,38 +188,45 @@ pub fn requests(region: &Region, as_json: bool) -> Result<()> {
         outln!("no restart request outstanding");
         return Ok(());
     }
+    let rows = list
+        .iter()
+        .map(|r| {
+            vec![
+                if r.name.is_empty() {
+                    name_of(region, r.member_id)
+                } else {
+                    r.name.clone()
+                },
+                r.state.as_str().to_string(),
+                r.posted_by
+                    .map(|i| name_of(region, i))
+                    .unwrap_or_else(|| "-".into()),
+                r.claimed_by
+                    .map(|i| name_of(region, i))
+                    .unwrap_or_else(|| "-".into()),
+                if r.worker_pid == 0 {
+                    "-".to_string()
+                } else {
+                    r.worker_pid.to_string()
+                },
+                r.attempts.to_string(),
+            ]
+        })
+        .collect();
     outln!(
-        "{:<20} {:<8} {:<16} {:<16} {:>8} {:>8}",
-        "MEMBER",
-        "STATE",
-        "POSTED BY",
-        "CLAIMED BY",
-        "WORKER",
-        "ATTEMPTS"
+        "{}",
+        cf_harness::table::table(
+            &[
+                "MEMBER",
+                "STATE",
+                "POSTED BY",
+                "CLAIMED BY",
+                "WORKER",
+                "ATTEMPTS"
+            ],
+            rows
+        )
     );
-    for r in &list {
-        outln!(
-            "{:<20} {:<8} {:<16} {:<16} {:>8} {:>8}",
-            if r.name.is_empty() {
-                name_of(region, r.member_id)
-            } else {
-                r.name.clone()
-            },
-            r.state.as_str(),
-            r.posted_by
-                .map(|i| name_of(region, i))
-                .unwrap_or_else(|| "-".into()),
-            r.claimed_by
-                .map(|i| name_of(region, i))
-                .unwrap_or_else(|| "-".into()),
-            if r.worker_pid == 0 {
-                "-".to_string()
-            } else {
-                r.worker_pid.to_string()
-            },
-            r.attempts
-        );
-    }
     Ok(())
 }
 
@@ -356,4 +363,37 @@ pub fn post(plex: &Plex, member: &str) -> Result<()> {
         outln!("a restart request for {member} is already outstanding");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: u64, time_ns: u64) -> Event {
+        Event {
+            seq,
+            kind: EventKind::Connected,
+            member: "M".into(),
+            by: None,
+            time_ns,
+            a: 0,
+            b: 0,
+            c: 0,
+        }
+    }
+
+    #[test]
+    fn events_print_in_time_order() {
+        // A writer takes its time before its sequence number: 2 is earlier than 1.
+        let list = in_time_order(vec![ev(0, 10), ev(1, 30), ev(2, 20), ev(3, 30)]);
+        let seqs: Vec<u64> = list.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [0, 2, 1, 3]);
+    }
+
+    #[test]
+    fn event_times_are_dates() {
+        let t = event_time(1_700_000_000_123_456_789);
+        assert!(t.starts_with("2023-11-1"), "{t}");
+        assert!(t.ends_with(".123456"), "{t}");
+    }
 }

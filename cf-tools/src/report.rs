@@ -9,12 +9,12 @@
 //! a request (requests are not timed), and refusals of retained locks (the
 //! answer is given without counting it).
 
-use crate::table::table;
 use anyhow::{bail, Result};
 use cf_core::connector::Activity;
 use cf_core::inspect::{self, MemberView};
 use cf_core::{Plex, Region};
 use cf_harness::outln;
+use cf_harness::table::table;
 use clap::Args;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
