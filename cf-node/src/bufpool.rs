@@ -73,13 +73,10 @@ impl BufferPool {
     }
 }
 
-/// Peak resident set size of this process in KiB (`VmHWM`), if readable.
+/// Peak resident set size of this process in KiB (`getrusage`'s
+/// `ru_maxrss`, the kernel's high-water mark, the same as `VmHWM`).
 pub fn peak_rss_kib() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    use nix::sys::resource::{getrusage, UsageWho};
+    let u = getrusage(UsageWho::RUSAGE_SELF).ok()?;
+    u64::try_from(u.max_rss()).ok()
 }
