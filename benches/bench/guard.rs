@@ -6,44 +6,29 @@ use anyhow::{bail, Context, Result};
 use memmap2::MmapMut;
 use std::io::Read;
 use std::os::fd::AsFd;
-use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-/// A fresh directory under `/dev/shm` (mode 0700), removed with everything in
-/// it when dropped.
+/// A fresh directory under `/dev/shm` (mode 0700, `tempfile`), removed
+/// with everything in it when dropped.
 pub struct TempDir {
-    path: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl TempDir {
     pub fn new() -> Result<TempDir> {
-        let nanos = cf_core::connector::now_ns();
-        let path = PathBuf::from(format!(
-            "/dev/shm/cf-bench-{}-{:x}",
-            std::process::id(),
-            nanos & 0xffff_ffff
-        ));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        Ok(TempDir { path })
+        let dir = tempfile::Builder::new()
+            .prefix("cf-bench-")
+            .tempdir_in("/dev/shm")
+            .context("creating a directory under /dev/shm")?;
+        Ok(TempDir { dir })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            eprintln!("cfctl: removing {}: {e}", self.path.display());
-        }
+        self.dir.path()
     }
 }
 
@@ -340,31 +325,19 @@ pub fn pin_to_cpu(cpu: usize) -> Result<()> {
     Ok(())
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
 /// Turn SIGINT and SIGTERM into a flag that the benchmark loops check, so
 /// that the guards still run (children killed, directory removed).
 pub fn catch_interrupts() -> Result<()> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let act = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for s in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is
-        // async-signal-safe.
-        unsafe { sigaction(s, &act) }.with_context(|| format!("catching {s}"))?;
-    }
+    let flag = cf_node::signals::StopFlag::install().context("catching SIGINT and SIGTERM")?;
+    let _ = STOP.set(flag);
     Ok(())
 }
 
+/// Set by SIGINT or SIGTERM (the workspace's one signal helper).
+static STOP: std::sync::OnceLock<cf_node::signals::StopFlag> = std::sync::OnceLock::new();
+
 pub fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::Relaxed) {
+    if STOP.get().is_some_and(|f| f.is_set()) {
         bail!("interrupted");
     }
     Ok(())

@@ -34,6 +34,13 @@ pub struct BenchArgs {
     /// Print one JSON document instead of the tables
     #[arg(long)]
     pub json: bool,
+    /// Print the results as CSV: a header line and one row per measured path
+    #[arg(long)]
+    pub csv: bool,
+    /// Write SVG charts to DIR (created if missing; its parent must exist): ns per operation of
+    /// every path, and recovery time against the number of locks held
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<std::path::PathBuf>,
     /// Run only these groups (comma-separated)
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Group>,
@@ -128,6 +135,15 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     if let Some(w) = &a.worker {
         return worker(w);
     }
+    if a.csv && a.json {
+        anyhow::bail!("--csv and --json: give one");
+    }
+    if let Some(p) = &a.plot {
+        let parent = p.parent().filter(|q| !q.as_os_str().is_empty());
+        if parent.is_some_and(|q| !q.is_dir()) {
+            anyhow::bail!("--plot {}: its directory does not exist", p.display());
+        }
+    }
     guard::catch_interrupts()?;
     let started = Instant::now();
     let when = utc_now();
@@ -178,8 +194,41 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     let mut machine = machine(cpus.len());
     machine["loadavg_1min_at_start"] = json!(load_at_start);
     machine["loadavg_1min_at_end"] = json!(loadavg());
+    if let Some(dir) = &a.plot {
+        charts(dir, &rows, &recovery_table)?;
+    }
+    if a.csv {
+        let flat: Vec<Vec<(String, String)>> = rows
+            .iter()
+            .map(|r| {
+                let mut v = vec![
+                    ("program".to_string(), "cfctl bench".to_string()),
+                    ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+                    ("date_utc".to_string(), when.clone()),
+                    ("quick".to_string(), a.quick.to_string()),
+                    ("group".to_string(), r.group.to_string()),
+                    ("name".to_string(), r.name.clone()),
+                    ("ops_per_s".to_string(), r.ops_per_s.to_string()),
+                    ("ops_per_rep".to_string(), r.iters_per_rep.to_string()),
+                ];
+                let s = &r.ns.summary;
+                for (k, x) in cf_node::stats::Summary::csv_header("ns")
+                    .into_iter()
+                    .zip(s.csv_values())
+                {
+                    v.push((k, x));
+                }
+                v
+            })
+            .collect();
+        cf_harness::out!("{}", cf_harness::csvout::to_csv(&flat)?);
+        drop(tmp);
+        return Ok(ExitCode::SUCCESS);
+    }
     if a.json {
         cf_harness::out::print_json(&json!({
+            "program": {"name": "cfctl bench", "version": env!("CARGO_PKG_VERSION")},
+            "config": {"quick": a.quick, "only": a.only.iter().map(|g| format!("{g:?}").to_lowercase()).collect::<Vec<_>>()},
             "command": command,
             "date_utc": when,
             "quick": a.quick,
@@ -187,7 +236,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             "method": {
                 "uncontended": cfg.uncontended,
                 "across": cfg.across,
-                "note": "ns_per_op and ops_per_s are of the median repetition; min/max over repetitions; p99 nearest-rank",
+                "note": "ns_per_op and ops_per_s are of the median repetition (p50 of an HDR histogram of the repetitions, 3 significant digits); ns has the full summary",
             },
             "results": rows.iter().map(|r| json!({
                 "group": r.group,
@@ -201,6 +250,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
                 "spread_pct": r.ns.spread_pct(),
                 "reps": r.ns.n,
                 "ops_per_rep": r.iters_per_rep,
+                "ns": r.ns.summary,
             })).collect::<Vec<_>>(),
             "checks": checks.iter().map(|c| json!({
                 "name": c.name,
@@ -237,6 +287,43 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     }
     drop(tmp);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--plot DIR`: ns per operation of every path, and recovery against N.
+fn charts(dir: &std::path::Path, rows: &[Row], recovery: &[recovery::RecoveryRow]) -> Result<()> {
+    use cf_harness::plot;
+    plot::ensure_dir(dir)?;
+    let bars: Vec<(String, f64)> = rows
+        .iter()
+        .filter(|r| r.group != "recovery")
+        .map(|r| (format!("{} {}", r.group, r.name), r.ns.median))
+        .collect();
+    plot::bar_chart(
+        &dir.join("paths.svg"),
+        "cfctl bench: ns per operation (median repetition)",
+        "ns",
+        &bars,
+    )?;
+    if !recovery.is_empty() {
+        let series = |f: fn(&recovery::RecoveryRow) -> f64| -> Vec<(f64, f64)> {
+            recovery.iter().map(|r| (r.n as f64, f(r) / 1e6)).collect()
+        };
+        plot::line_chart(
+            &dir.join("recovery.svg"),
+            "cfctl bench: SIGKILL of a holder of N modify locks, to each step (ms)",
+            "modify locks held",
+            "ms",
+            &[
+                ("detected", series(|r| r.detect.median)),
+                ("cleaned up", series(|r| r.cleaned.median)),
+                ("restart light started", series(|r| r.started.median)),
+                ("released", series(|r| r.released.median)),
+            ],
+            &[],
+        )?;
+    }
+    eprintln!("cfctl bench: wrote charts to {}", dir.display());
+    Ok(())
 }
 
 fn worker(spec: &str) -> Result<ExitCode> {
@@ -483,24 +570,9 @@ fn loadavg() -> Option<f64> {
         .ok()
 }
 
-/// "YYYY-MM-DD HH:MM:SS" (UTC) from the realtime clock.
+/// "YYYY-MM-DD HH:MM:SS" (UTC) from the realtime clock (`jiff`).
 fn utc_now() -> String {
-    let secs = cf_core::connector::now_ns() / 1_000_000_000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!(
-        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string()
 }

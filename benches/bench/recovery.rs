@@ -156,7 +156,7 @@ pub fn run(dir: &Path, plan: &Plan) -> Result<(Vec<Row>, Vec<RecoveryRow>)> {
         rows.push(recovery_row(
             format!("recovery_detect_n{}", r.n),
             format!("{} modify locks: SIGKILL to `detected`", r.n),
-            r.detect,
+            r.detect.clone(),
         ));
         rows.push(recovery_row(
             format!("recovery_released_n{}", r.n),
@@ -164,7 +164,7 @@ pub fn run(dir: &Path, plan: &Plan) -> Result<(Vec<Row>, Vec<RecoveryRow>)> {
                 "{} modify locks: SIGKILL to `terminated_normally` (all released)",
                 r.n
             ),
-            r.released,
+            r.released.clone(),
         ));
     }
     Ok((rows, table))
