@@ -16,6 +16,10 @@ pub fn create_last(dir: &Path, group: bool) -> Result<bool> {
         .unwrap_or(Path::new("."));
     match std::fs::symlink_metadata(dir) {
         Ok(m) if m.is_dir() => return Ok(false),
+        Ok(m) if m.file_type().is_symlink() => bail!(
+            "{} is a symbolic link: a plex directory is never followed through one",
+            dir.display()
+        ),
         Ok(_) => bail!("{} exists and is not a directory", dir.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => bail!("{}: {e}", dir.display()),
