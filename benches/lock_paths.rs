@@ -163,7 +163,7 @@ fn contended_threads(c: &mut Criterion) {
 /// Group `recovery_scan`: the cleanup of a dead member holding N modify locks
 /// (in one process: the death is simulated by faking a reused PID), i.e. the
 /// walk that marks its locks retained, for N = 100, 1,000 and 10,000. Each
-/// iteration's setup reconnects the failed member (taking its locks back),
+/// iteration's setup recovers the failed member (a recovery connect, as restart light),
 /// disconnects it, connects again and takes N locks on distinct entries.
 fn recovery_scan(c: &mut Criterion) {
     let dir = ShmDir::new().expect("temporary directory in /dev/shm");
@@ -194,8 +194,14 @@ fn recovery_scan(c: &mut Criterion) {
         g.bench_function(format!("cleanup_{n}_modify_locks"), |bch| {
             bch.iter_batched(
                 || {
-                    // Leave no failed member behind from the previous iteration.
-                    if let Ok(m) = cf_core::Member::connect(fx.region.clone(), "DEAD") {
+                    // Leave no failed member behind from the previous iteration:
+                    // recover it as restart light does (a lock-only connect
+                    // under its name is refused).
+                    if let Ok(m) = cf_core::Member::connect_with(
+                        fx.region.clone(),
+                        "DEAD",
+                        cf_core::ConnectMode::Recovery,
+                    ) {
                         m.disconnect().expect("disconnect the recovered member");
                     }
                     let m = fx.connect("DEAD");

@@ -19,7 +19,10 @@ fn main() {
     );
     let m = Member::connect(r.clone(), "H").unwrap();
     let mut h = m.holder().unwrap();
-    let n = 2_000_000u64;
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(2_000_000);
     let t = std::time::Instant::now();
     for _ in 0..n {
         if let TryOutcome::Granted(id) = h

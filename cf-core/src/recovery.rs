@@ -39,8 +39,12 @@
 //! * `cleanup.entry_latched`, `cleanup.entry_unlatched`: see `lock/entry.rs`.
 //! * `cleanup.before_final_state`: all records settled and the restart
 //!   request posted, state still CLEANING: the next cleanup walks again
-//!   (finding nothing to change), announces again (the request is already
-//!   outstanding, so nothing more is posted) and finishes.
+//!   (finding nothing to change), finds the request posted for this
+//!   connection's failure outstanding, so records no second `detected`/`cleaned_up` and posts
+//!   nothing, and finishes. (The same window opens without the crash point
+//!   when a sibling thread of the cleaner claims the request at once and the
+//!   process is killed there.) A cleaner killed between its events and its
+//!   post leaves those events recorded; the next one records them again.
 //!
 //! A cleanup run by a request (a dead holder met on the way) is bounded by the
 //! request's deadline: out of time, it leaves the member CLEANING and its
@@ -248,6 +252,11 @@ fn announce(
     dead_pid: u32,
     seen_ns: u64,
 ) -> Result<(), CorruptError> {
+    if requests::is_posted_for_connection(region, c)? {
+        // A cleaner that died after announcing (its process may have been
+        // killed by a sibling thread that claimed the request at once).
+        return Ok(());
+    }
     let by_name = by.map(|b| connector::name_of(region, b));
     let by_name = by_name.as_deref();
     events::record_at(

@@ -237,6 +237,8 @@ pub(crate) fn post_claimed(
     e.who
         .store(by.map_or(0, |b| b as u64 + 1), Ordering::Relaxed);
     e.incarnation.store(incarnation, Ordering::Relaxed);
+    let generation = crate::connector::load_state(region, id)?.generation;
+    e.generation.store(u64::from(generation), Ordering::Relaxed);
     let epoch = now.epoch.wrapping_add(1);
     let posted = StateWord {
         state: RequestState::Pending,
@@ -409,6 +411,20 @@ pub fn is_outstanding(region: &Region, id: u32, epoch: u32) -> Result<bool, Corr
     let e = region.request(id)?;
     let st = load(id, e)?;
     Ok(st.state != RequestState::Free && st.epoch == epoch)
+}
+
+/// Was the outstanding request of slot `id` posted for the failure of its
+/// current connection? A cleanup that finds one finishes the job of a
+/// cleaner that died after announcing, and announces nothing twice. (A
+/// request for an earlier connection is for a failure this connection was
+/// recovering.) Called under the member's cleanup claim, which serializes
+/// posts.
+pub(crate) fn is_posted_for_connection(region: &Region, id: u32) -> Result<bool, CorruptError> {
+    let e = region.request(id)?;
+    let generation = crate::connector::load_state(region, id)?.generation;
+    let st = load(id, e)?;
+    Ok(st.state != RequestState::Free
+        && e.generation.load(Ordering::Acquire) == u64::from(generation))
 }
 
 /// The outstanding request (id, epoch) for the member named `name`, if any.

@@ -365,6 +365,8 @@ impl Monitor {
                     continue;
                 }
             };
+            // Only the latest light's fate matters to a lost completion.
+            light_failed = false;
             if let Ok(Some(p)) = ProcessId::of(child.id()) {
                 let _ = requests::set_worker(&self.region, id, epoch, &p);
             }

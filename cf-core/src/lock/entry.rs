@@ -81,7 +81,7 @@
 use crate::connector::{self, MemberState};
 use crate::error::CorruptError;
 use crate::lock::records::{self, Mode, RecordView, Resource, TAG_FREE, TAG_HELD, TAG_PENDING};
-use crate::lock::word::{self, Latch};
+use crate::lock::word::{self, Change, Latch};
 use crate::shm::region::Region;
 use crate::sync::{trace, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -158,8 +158,8 @@ pub(crate) fn latch<'r>(
             // Held in the name of a dead member whose cleanup we run: by the
             // member itself or by one of its dead cleaners (never by us: a walk
             // drops each latch before the next). Its decision is abandoned;
-            // while mixed and latched only WAITERS can change, so the mask
-            // seen is the entry's interest.
+            // while mixed and latched only the waiter bits can change, so the
+            // mask seen is the entry's interest.
             return Ok(latched(seen.mask() as u64));
         }
         if word::spin_for_change(word, seen.0, crate::sync::SPINS) {
@@ -175,7 +175,7 @@ pub(crate) fn latch<'r>(
             trace!("latch {entry} timed out (held by {holder})");
             return Err(LatchError::TimedOut { holder });
         }
-        let key = seen.0 & !word::WAITERS;
+        let key = seen.0 & !word::WAITER_BITS;
         match unchanged {
             Some((k, since)) if k == key => {
                 if deadline.is_none() && since.elapsed() >= LATCH_STUCK {
@@ -191,12 +191,12 @@ pub(crate) fn latch<'r>(
             }
             _ => unchanged = Some((key, Instant::now())),
         }
-        if let Some(high) = word::announce_waiter(word, seen) {
+        if let Some(high) = word::announce_latch_waiter(word, seen) {
             trace!("sleep on latch of {entry} held by {holder}");
             let left = deadline.map_or(slice, |d| d.saturating_duration_since(Instant::now()));
-            word::sleep(word, high, slice.min(left));
+            word::sleep_latch(word, high, slice.min(left));
         }
-        if word.load(Ordering::Relaxed) == seen.0 | word::WAITERS {
+        if word.load(Ordering::Relaxed) == seen.0 | word::LATCH_WAITERS {
             if latch_is_stale(region, word, holder)? {
                 // Nobody can ever drop it: take it over (the CAS fails if the
                 // word changed meanwhile; then look again).
@@ -325,7 +325,12 @@ impl<'r> Latched<'r> {
     pub(crate) fn grant(self, region: &Region, req: &Request) -> Result<(), CorruptError> {
         records::tag(region, req.member, req.slot)?.store(TAG_HELD | self.entry, Ordering::Release);
         crate::crash::point("slow.granted_before_unlatch");
-        word::unlatch(self.word, (self.named | word::bit(req.member)) as u32);
+        // A grant frees nothing: holding waiters sleep on.
+        word::unlatch(
+            self.word,
+            (self.named | word::bit(req.member)) as u32,
+            Change::Look,
+        );
         Ok(())
     }
 
@@ -334,7 +339,7 @@ impl<'r> Latched<'r> {
     pub(crate) fn give_up(self, region: &Region, req: &Request) -> Result<(), CorruptError> {
         let mask = self.mask_recomputed(region, req.member, Some(req.slot));
         let (word, entry) = (self.word, self.entry);
-        word::unlatch(word, mask);
+        word::unlatch(word, mask, Change::Look);
         if mask as u64 & word::bit(req.member) != 0 {
             recheck_own_bit(region, word, entry, req.member, req.slot);
         }
@@ -342,26 +347,20 @@ impl<'r> Latched<'r> {
         Ok(())
     }
 
-    /// The request will wait (its PENDING record stays): drop the latch with
-    /// the member's bit recomputed and `WAITERS` set; returns the high half to
-    /// sleep on.
-    pub(crate) fn wait(self, region: &Region, req: &Request) -> u32 {
-        let mask = self.mask_recomputed(region, req.member, Some(req.slot));
-        word::unlatch_to_wait(self.word, mask)
-    }
-
-    /// Drop the latch to look elsewhere (the request's PENDING record stays,
-    /// the member's bit recomputed); the request will latch again. Returns the
-    /// word as this unlatch left it: any later change is someone else's.
+    /// Drop the latch to wait or to look elsewhere (the request's PENDING
+    /// record stays, the member's bit recomputed; a look: holding waiters are
+    /// not woken); the request will latch again. Returns the word as this
+    /// unlatch left it: any later change is someone else's, which a waiter
+    /// announces itself against (`word::announce_holding_waiter`).
     pub(crate) fn step_out(self, region: &Region, req: &Request) -> u64 {
         let mask = self.mask_recomputed(region, req.member, Some(req.slot));
-        word::unlatch(self.word, mask)
+        word::unlatch(self.word, mask, Change::Look)
     }
 
     /// Drop the latch publishing the mask as it was latched (nothing decided:
     /// an error on a damaged region).
     pub(crate) fn unlatch_unchanged(self) {
-        word::unlatch(self.word, self.named as u32);
+        word::unlatch(self.word, self.named as u32, Change::Look);
     }
 }
 
@@ -394,7 +393,7 @@ pub(crate) fn release(
     } else {
         named & !bit
     };
-    word::unlatch(l.word, mask as u32);
+    word::unlatch(l.word, mask as u32, Change::Holdings);
     crate::crash::point("slow_release.after_unlatch");
     if mask & bit != 0 {
         recheck_own_bit(region, l.word, entry, member, slot);
@@ -426,7 +425,7 @@ fn recheck_own_bit(region: &Region, word: &AtomicU64, entry: u32, member: u32, s
         } else {
             l.named & !bit
         };
-        word::unlatch(word, mask as u32);
+        word::unlatch(word, mask as u32, Change::Look);
     }
 }
 
@@ -462,7 +461,11 @@ pub(crate) fn release_entry(
 ) -> Result<usize, LatchError> {
     let l = latch(region, entry, member, how)?;
     let named = l.named & heal(region, entry, l.named, member);
-    word::unlatch(l.word, (named & !word::bit(member)) as u32);
+    word::unlatch(
+        l.word,
+        (named & !word::bit(member)) as u32,
+        Change::Holdings,
+    );
     let tags = region.tags(member)?;
     let mut held = 0;
     for &(_, slot, tag) in slots {
@@ -526,10 +529,10 @@ pub(crate) fn settle_dead(
         // The retained records cover the latch: free the others before the
         // unlatch, so waiters never see a record that is no longer held.
         free_tags(&free);
-        word::unlatch(l.word, (l.named | word::bit(c)) as u32);
+        word::unlatch(l.word, (l.named | word::bit(c)) as u32, Change::Holdings);
         crate::crash::point("cleanup.entry_unlatched");
     } else {
-        word::unlatch(l.word, (l.named & !word::bit(c)) as u32);
+        word::unlatch(l.word, (l.named & !word::bit(c)) as u32, Change::Holdings);
         crate::crash::point("cleanup.entry_unlatched");
         free_tags(&free);
     }

@@ -16,7 +16,7 @@
 use crate::error::CorruptError;
 use crate::shm::layout::{BLOCK_SLOTS, MAX_RESOURCE};
 use crate::shm::region::Region;
-use crate::shm::slots::BlockHeader;
+use crate::shm::slots::{BlockHeader, RecordBody};
 use crate::sync::Ordering;
 
 pub(crate) const TAG_FREE: u32 = 0;
@@ -122,24 +122,126 @@ impl Resource {
         }
     }
 
-    /// A fixed (unseeded) hash: every member must map a resource to the same entry.
+    /// A fixed (unseeded) hash: every member must map a resource to the same
+    /// entry. The same as [`hash_bytes`] of the resource's bytes.
     #[inline]
     pub fn hash(&self) -> u64 {
         let n = (self.len as usize).div_ceil(8);
-        let mut h = 0x9e37_79b9_7f4a_7c15u64 ^ self.len as u64;
-        for &w in &self.words[..n] {
-            h = (h ^ w).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            h ^= h >> 31;
-        }
-        h ^= h >> 29;
-        h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-        h ^ (h >> 32)
+        hash_words(self.len as usize, self.words[..n].iter().copied())
     }
 
     /// The lock table entry this resource maps to in a table of `entries` (a power of two).
     pub fn entry(&self, entries: u32) -> u32 {
         (self.hash() & (entries as u64 - 1)) as u32
     }
+}
+
+const HASH_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
+#[inline(always)]
+fn mix(h: u64, w: u64) -> u64 {
+    let h = (h ^ w).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^ (h >> 31)
+}
+
+#[inline(always)]
+fn finish(h: u64) -> u64 {
+    let h = h ^ (h >> 29);
+    let h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 32)
+}
+
+#[inline]
+fn hash_words(len: usize, words: impl Iterator<Item = u64>) -> u64 {
+    finish(words.fold(HASH_SEED ^ len as u64, mix))
+}
+
+/// The last, partial word of a name (`tail` bytes, 1 to 7, at its end),
+/// zero-padded. No copy: a name of 8 bytes or more reads its last 8 bytes and
+/// shifts the ones of the previous word out.
+#[inline(always)]
+fn tail_word(bytes: &[u8], tail: usize) -> u64 {
+    let len = bytes.len();
+    if let Some(last) = len.checked_sub(8).and_then(|s| bytes.get(s..)) {
+        return read8(last) >> (8 * (8 - tail));
+    }
+    // A name shorter than 8 bytes.
+    if len >= 4 {
+        let lo = u32::from_le_bytes(bytes[..4].try_into().unwrap_or([0; 4])) as u64;
+        let hi = u32::from_le_bytes(bytes[len - 4..].try_into().unwrap_or([0; 4])) as u64;
+        lo | hi << (8 * (len - 4))
+    } else if len > 0 {
+        bytes[0] as u64
+            | (bytes[len / 2] as u64) << (8 * (len / 2))
+            | (bytes[len - 1] as u64) << (8 * (len - 1))
+    } else {
+        0
+    }
+}
+
+#[inline(always)]
+fn read8(b: &[u8]) -> u64 {
+    u64::from_le_bytes(b.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]))
+}
+
+/// The words of a name: 8 bytes each, little-endian, the last zero-padded.
+#[inline(always)]
+fn for_each_word(bytes: &[u8], mut f: impl FnMut(usize, u64)) {
+    let mut chunks = bytes.chunks_exact(8);
+    let mut i = 0;
+    for c in &mut chunks {
+        f(i, read8(c));
+        i += 1;
+    }
+    let tail = chunks.remainder().len();
+    if tail != 0 {
+        f(i, tail_word(bytes, tail));
+    }
+}
+
+/// [`Resource::hash`] of a resource's bytes (1 to 64 of them), without
+/// building the resource: the uncontended path hashes the caller's bytes.
+#[inline]
+pub fn hash_bytes(bytes: &[u8]) -> u64 {
+    let mut h = HASH_SEED ^ bytes.len() as u64;
+    for_each_word(bytes, |_, w| h = mix(h, w));
+    finish(h)
+}
+
+/// Write a record body from a resource's bytes (1 to 64, checked by the
+/// caller), before its tag is published, and return the resource's hash
+/// ([`hash_bytes`]): one pass over the bytes.
+#[inline]
+pub(crate) fn write_body_and_hash(body: &RecordBody, bytes: &[u8], mode: Mode) -> u64 {
+    body.meta
+        .store(meta_word(bytes.len(), mode), Ordering::Relaxed);
+    let mut h = HASH_SEED ^ bytes.len() as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut dst = body.name.iter();
+    for (c, d) in (&mut chunks).zip(&mut dst) {
+        let w = read8(c);
+        d.store(w, Ordering::Relaxed);
+        h = mix(h, w);
+    }
+    let tail = chunks.remainder().len();
+    if tail != 0 {
+        let w = tail_word(bytes, tail);
+        if let Some(d) = dst.next() {
+            d.store(w, Ordering::Relaxed);
+        }
+        h = mix(h, w);
+    }
+    finish(h)
+}
+
+#[inline]
+fn meta_word(len: usize, mode: Mode) -> u64 {
+    let (m, flags) = match mode {
+        Mode::Share => (0u64, 0u64),
+        Mode::Exclusive => (1, 0),
+        Mode::Modify => (1, FLAG_MODIFY),
+    };
+    len as u64 | m << 8 | flags << 16
 }
 
 #[inline]
@@ -149,26 +251,6 @@ pub(crate) fn tag_state(tag: u32) -> u32 {
 #[inline]
 pub(crate) fn tag_entry(tag: u32) -> u32 {
     tag & TAG_ENTRY
-}
-
-/// Write a record body (before its tag is published).
-#[inline]
-pub(crate) fn write_body(region: &Region, member: u32, slot: u32, res: &Resource, mode: Mode) {
-    let Ok(bodies) = region.bodies(member) else {
-        return;
-    };
-    let body = &bodies[slot as usize];
-    let (m, flags) = match mode {
-        Mode::Share => (0u64, 0u64),
-        Mode::Exclusive => (1, 0),
-        Mode::Modify => (1, FLAG_MODIFY),
-    };
-    body.meta
-        .store(res.len as u64 | m << 8 | flags << 16, Ordering::Relaxed);
-    let n = (res.len as usize).div_ceil(8);
-    for (w, v) in body.name.iter().zip(&res.words[..n]) {
-        w.store(*v, Ordering::Relaxed);
-    }
 }
 
 /// A record as read from the region, checked.
@@ -398,6 +480,31 @@ mod tests {
         assert!(Resource::new(&[1u8; 65]).is_none());
         assert!(Resource::new(&[1u8; 64]).is_some());
         assert_eq!(Resource::new(&[0, 1]).unwrap().display(), "0x0001");
+        for name in [
+            &b"a"[..],
+            b"ab",
+            b"abc",
+            b"abcd",
+            b"abcde",
+            b"abcdefg",
+            b"account:000042",
+            b"exactly8",
+            b"exactly8+",
+            &[7u8; 64],
+            &[0, 1],
+        ] {
+            let r = Resource::new(name).unwrap();
+            assert_eq!(hash_bytes(name), r.hash(), "{name:?}");
+            let body = RecordBody::default();
+            assert_eq!(write_body_and_hash(&body, name, Mode::Share), r.hash());
+            let words: Vec<u64> = body
+                .name
+                .iter()
+                .map(|w| w.load(Ordering::Relaxed))
+                .collect();
+            let n = name.len().div_ceil(8);
+            assert_eq!(words[..n], r.words[..n], "{name:?}");
+        }
         // Trailing zero bytes are part of the name.
         assert_ne!(Resource::new(b"a").unwrap(), Resource::new(b"a\0").unwrap());
     }

@@ -1,8 +1,8 @@
 //! The lock-word protocol: one atomic `u64` per lock table entry.
 //!
 //! ```text
-//!  63      40  39     38       37..32        31 .. 0
-//! [  epoch  ] [MIXED][WAITERS][ holder+1 ] [ connector mask ]
+//!  63      41  40         39     38           37..32        31 .. 0
+//! [  epoch  ] [LATCH_W.] [MIXED][HOLDINGS_W.][ holder+1 ] [ connector mask ]
 //! ```
 //!
 //! The word has two modes.
@@ -11,7 +11,7 @@
 //!   connector holding the entry exclusively (0: none); the mask holds one bit per
 //!   connector holding it in share mode. Invariants: `holder != 0` implies
 //!   `mask == 0`; every named connector has exactly the holding that put it
-//!   there; `WAITERS` is clear (waiters always put the entry in mixed mode).
+//!   there; no waiter bit is set (waiters always put the entry in mixed mode).
 //!   Acquire and release are one compare-and-swap each ([`try_fast_exclusive`],
 //!   [`try_fast_share`], [`try_fast_release_exclusive`],
 //!   [`try_fast_release_share`]), which keep the epoch, and touch nothing else.
@@ -27,22 +27,28 @@
 //!   holder in the mask. The last unlatch that leaves the mask empty returns the
 //!   entry to fast mode (free: nothing but the epoch).
 //!
-//! **The epoch** (24 bits) is bumped by every unlatch and kept by every other
-//! change, so a word never returns to a value it had before a latch and an
-//! unlatch: a sleeper's expected value cannot repeat (no ABA on the high half,
-//! which is what a futex compares).
+//! **The epoch** (23 bits) counts the changes of the entry's holdings: it is
+//! bumped by every unlatch that changed them (a release, a cleanup's settle,
+//! an entry left with no interest) and kept by every other change, so a word
+//! never returns to a value it had before a holdings change: a holding
+//! waiter's expected value cannot repeat across the change it waits for (no
+//! ABA on the high half, which is what a futex compares).
 //!
-//! **Waiting.** A waiter sets `WAITERS` in the same CAS that drops its latch (or,
-//! waiting for a latch, in a CAS of its own) and then sleeps with a futex on the
-//! high half of the word, expecting the value it wrote. Every unlatch clears
-//! `WAITERS` and bumps the epoch (changing the high half) and, if `WAITERS`
-//! was set, wakes every sleeper: a waiter that has not yet gone to sleep finds
-//! the high half changed and does not sleep. Waiters spin briefly before
-//! sleeping and sleep in bounded slices (at most 20 ms) so a dead holder is
-//! noticed even with no monitor. A known weakness (the lock-engine issue
-//! fixes it): waiters for the holdings and waiters for the latch share one
-//! bit, so with three or more waiters they wake each other round and round
-//! while the holder keeps its lock (CPU, not correctness).
+//! **Waiting.** Two classes of sleepers (`futex.rs`): *holding waiters*, whose
+//! request conflicts with a holding, and *latch waiters*, waiting for the
+//! latch. A holding waiter spins, then sleeps, until the *epoch* changes
+//! ([`wait_for_holdings`]): other waiters' looks (latch, same conflict,
+//! unlatch) change only the latch field, which it ignores, so K waiters on a
+//! held lock sleep until the holder lets go instead of waking each other
+//! round and round. Each sleeper announces itself just before it sleeps, with
+//! a CAS that sets its class's bit on the very value it saw
+//! ([`announce_latch_waiter`]), and sleeps on the high half expecting the
+//! value it wrote; so a release that finds no sleeper makes no futex call. An
+//! unlatch that changed the holdings ([`Change::Holdings`]) clears both bits
+//! and wakes both classes; one that only looked ([`Change::Look`]: a waiter
+//! finding the same conflict, a grant, a request giving up) keeps the holding
+//! waiters' bit and wakes only latch waiters. Sleeps are bounded slices (at
+//! most 20 ms), so a dead holder is noticed even with no monitor.
 //!
 //! **Crash windows.** A process can die holding a word in any state: as the
 //! fast-mode holder, in the mask, or holding the latch. All are repaired by the
@@ -57,10 +63,25 @@ use std::time::Duration;
 pub(crate) const MASK_BITS: u64 = 0xffff_ffff;
 pub(crate) const HOLDER_SHIFT: u32 = 32;
 pub(crate) const HOLDER_BITS: u64 = 0x3f << HOLDER_SHIFT;
-pub(crate) const WAITERS: u64 = 1 << 38;
+/// A holding waiter sleeps on the entry.
+pub(crate) const HOLDING_WAITERS: u64 = 1 << 38;
 pub(crate) const MIXED: u64 = 1 << 39;
-pub(crate) const EPOCH_SHIFT: u32 = 40;
+/// A latch waiter sleeps on the entry.
+pub(crate) const LATCH_WAITERS: u64 = 1 << 40;
+pub(crate) const WAITER_BITS: u64 = HOLDING_WAITERS | LATCH_WAITERS;
+pub(crate) const EPOCH_SHIFT: u32 = 41;
 pub(crate) const EPOCH_BITS: u64 = !0 << EPOCH_SHIFT;
+
+/// What an unlatch did to the entry, which decides whom it wakes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Holdings changed (a record released or freed, a member's state
+    /// settled): every sleeper may proceed.
+    Holdings,
+    /// Only looked (or granted, which frees nothing): holding waiters sleep
+    /// on; latch waiters may take the latch.
+    Look,
+}
 
 /// A decoded lock word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,7 +106,7 @@ impl Word {
     }
     #[inline]
     pub fn has_waiters(self) -> bool {
-        self.0 & WAITERS != 0
+        self.0 & WAITER_BITS != 0
     }
     /// Nothing held, nothing latched (whatever the epoch).
     #[inline]
@@ -109,11 +130,11 @@ impl Word {
         (self.0 >> 32) as u32
     }
     #[inline]
-    fn epoch(self) -> u64 {
+    pub(crate) fn epoch(self) -> u64 {
         self.0 & EPOCH_BITS
     }
     /// A word no protocol step writes (the region is damaged): fast mode with
-    /// `WAITERS` set, or with both an exclusive holder and share holders.
+    /// a waiter bit set, or with both an exclusive holder and share holders.
     pub fn is_malformed(self) -> bool {
         !self.is_mixed() && (self.has_waiters() || (self.0 & HOLDER_BITS != 0 && self.mask() != 0))
     }
@@ -227,8 +248,9 @@ pub(crate) fn try_latch(word: &AtomicU64, me: u32) -> Latch {
                 None => cur | holder_field(me),
             }
         } else {
-            // Conversion: the exclusive holder joins the mask.
-            w.epoch() | MIXED | (cur & WAITERS) | holder_field(me) | (w.named() & MASK_BITS)
+            // Conversion: the exclusive holder joins the mask. (A fast-mode
+            // word has no waiters.)
+            w.epoch() | MIXED | holder_field(me) | (w.named() & MASK_BITS)
         };
         match word.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
@@ -241,56 +263,118 @@ pub(crate) fn try_latch(word: &AtomicU64, me: u32) -> Latch {
     }
 }
 
-/// Swap in the unlatched word for `mask` (plus `extra` bits), with the next
-/// epoch; returns (old, new).
-#[inline]
-fn swap_unlatched(word: &AtomicU64, mask: u32, extra: u64) -> (u64, u64) {
+/// Drop the latch, publishing `mask` as the entry's interest (an empty mask
+/// returns the entry to fast mode), with the next epoch, and wake whom the
+/// `change` concerns (see the module docs). Returns the word as this unlatch
+/// left it.
+pub(crate) fn unlatch(word: &AtomicU64, mask: u32, change: Change) -> u64 {
+    // An entry left with no interest has nothing anyone could wait for.
+    let change = if mask == 0 { Change::Holdings } else { change };
     let mut cur = word.load(Ordering::Relaxed);
     loop {
-        let body = if mask == 0 && extra == 0 {
+        let keep = match change {
+            Change::Holdings => 0,
+            Change::Look => cur & HOLDING_WAITERS,
+        };
+        let body = if mask == 0 {
             0
         } else {
-            MIXED | extra | mask as u64
+            MIXED | keep | mask as u64
         };
-        let new = next_epoch(Word(cur)) | body;
+        let epoch = match change {
+            Change::Holdings => next_epoch(Word(cur)),
+            Change::Look => Word(cur).epoch(),
+        };
+        let new = epoch | body;
         // Only the latch holder changes a latched word, but a waiter may set
-        // WAITERS meanwhile: retry on that.
+        // its bit meanwhile: retry on that.
         match word.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Relaxed) {
-            Ok(_) => return (cur, new),
+            Ok(_) => {
+                let woken = match change {
+                    Change::Holdings => cur & WAITER_BITS,
+                    Change::Look => cur & LATCH_WAITERS,
+                };
+                let mut classes = 0;
+                if woken & HOLDING_WAITERS != 0 {
+                    classes |= crate::lock::futex::HOLDINGS;
+                }
+                if woken & LATCH_WAITERS != 0 {
+                    classes |= crate::lock::futex::LATCH;
+                }
+                if classes != 0 {
+                    crate::lock::futex::wake_high(word, classes);
+                }
+                return new;
+            }
             Err(now) => cur = now,
         }
     }
 }
 
-/// Drop the latch held by `me`, publishing `mask` as the entry's interest.
-/// An empty mask returns the entry to fast mode. Wakes sleepers if any.
-/// Returns the word as this unlatch left it.
-pub(crate) fn unlatch(word: &AtomicU64, mask: u32) -> u64 {
-    let (old, new) = swap_unlatched(word, mask, 0);
-    if old & WAITERS != 0 {
-        crate::lock::futex::wake_all_high(word);
-    }
-    new
+/// How a [`wait_for_holdings`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HoldingsWait {
+    /// The holdings changed: look again.
+    Changed,
+    /// A whole slice passed with nothing changed.
+    SliceEnded,
 }
 
-/// Drop the latch held by `me` and announce that we will sleep: returns the
-/// high half to pass to [`sleep`]. `mask` must be non-empty (someone holds a
-/// conflicting lock, which is why we wait).
-pub(crate) fn unlatch_to_wait(word: &AtomicU64, mask: u32) -> u32 {
-    debug_assert!(mask != 0);
-    let (old, new) = swap_unlatched(word, mask, WAITERS);
-    if old & WAITERS != 0 {
-        // Others were asleep: our unlatch may be the change they wait for.
-        crate::lock::futex::wake_all_high(word);
+/// Wait, as a holding waiter, for the holdings of the entry to change from
+/// what they were when `left` (the word our own unlatch left) was written:
+/// spin `spins` loads on the epoch, then announce ourselves and sleep at most
+/// `slice`. A busy latch (another waiter looking) is waited out as a latch
+/// waiter, without looking again at the entry.
+pub(crate) fn wait_for_holdings(
+    word: &AtomicU64,
+    left: u64,
+    spins: u32,
+    slice: Duration,
+) -> HoldingsWait {
+    let epoch = Word(left).epoch();
+    for _ in 0..spins {
+        if Word(word.load(Ordering::Relaxed)).epoch() != epoch {
+            return HoldingsWait::Changed;
+        }
+        spin_hint();
     }
-    Word(new).high()
+    let start = std::time::Instant::now();
+    loop {
+        let cur = word.load(Ordering::Acquire);
+        let w = Word(cur);
+        if w.epoch() != epoch {
+            return HoldingsWait::Changed;
+        }
+        let time_left = slice.saturating_sub(start.elapsed());
+        if time_left.is_zero() {
+            return HoldingsWait::SliceEnded;
+        }
+        if w.is_mixed() && w.holder().is_some() {
+            // Someone looks (or releases): wait for its unlatch.
+            if let Some(high) = announce(word, cur, LATCH_WAITERS) {
+                sleep_latch(word, high, time_left);
+            }
+            continue;
+        }
+        if let Some(high) = announce(word, cur, HOLDING_WAITERS) {
+            sleep_holding(word, high, time_left);
+            return if Word(word.load(Ordering::Acquire)).epoch() != epoch {
+                HoldingsWait::Changed
+            } else {
+                HoldingsWait::SliceEnded
+            };
+        }
+    }
 }
 
-/// Announce a sleeper on a word whose latch is busy. Returns the high half to
-/// sleep on, or `None` if the word changed (re-check instead of sleeping).
-pub(crate) fn announce_waiter(word: &AtomicU64, seen: Word) -> Option<u32> {
-    let new = seen.0 | WAITERS;
-    match word.compare_exchange(seen.0, new, Ordering::AcqRel, Ordering::Relaxed) {
+/// Announce a latch waiter on a word whose latch is busy, as seen.
+pub(crate) fn announce_latch_waiter(word: &AtomicU64, seen: Word) -> Option<u32> {
+    announce(word, seen.0, LATCH_WAITERS)
+}
+
+fn announce(word: &AtomicU64, seen: u64, bit: u64) -> Option<u32> {
+    let new = seen | bit;
+    match word.compare_exchange(seen, new, Ordering::AcqRel, Ordering::Relaxed) {
         Ok(_) => Some(Word(new).high()),
         Err(_) => None,
     }
@@ -307,9 +391,15 @@ pub(crate) fn spin_for_change(word: &AtomicU64, seen: u64, spins: u32) -> bool {
     false
 }
 
-/// Sleep on the word's high half while it equals `expected_high`.
-pub(crate) fn sleep(word: &AtomicU64, expected_high: u32, slice: Duration) {
-    crate::lock::futex::wait_high(word, expected_high, slice);
+/// Sleep as a holding waiter on the word's high half while it equals
+/// `expected_high` (announced by [`wait_for_holdings`]).
+fn sleep_holding(word: &AtomicU64, expected_high: u32, slice: Duration) {
+    crate::lock::futex::wait_high(word, expected_high, slice, crate::lock::futex::HOLDINGS);
+}
+
+/// Sleep as a latch waiter (see [`announce_latch_waiter`]).
+pub(crate) fn sleep_latch(word: &AtomicU64, expected_high: u32, slice: Duration) {
+    crate::lock::futex::wait_high(word, expected_high, slice, crate::lock::futex::LATCH);
 }
 
 /// Read the word.
@@ -365,31 +455,45 @@ mod tests {
         assert_eq!(fast_release_possible(&w, 7, true), None);
         assert!(!try_fast_share(&w, 1));
         assert!(matches!(try_latch(&w, 1), Latch::Busy { holder: 2, .. }));
-        unlatch(&w, 1 << 7);
-        assert_eq!(load(&w), Word(1 << EPOCH_SHIFT | MIXED | 1 << 7));
+        unlatch(&w, 1 << 7, Change::Look);
+        assert_eq!(load(&w), Word(MIXED | 1 << 7));
         assert_eq!(try_latch(&w, 7), Latch::Latched { named: 1 << 7 });
-        unlatch(&w, 0);
+        unlatch(&w, 0, Change::Holdings);
         assert_eq!(
             load(&w),
-            Word(2 << EPOCH_SHIFT),
-            "free, two unlatches later"
+            Word(1 << EPOCH_SHIFT),
+            "free, one holdings change later"
         );
         // The fast paths keep the epoch.
         assert!(try_fast_exclusive(&w, 1));
-        assert_eq!(load(&w), Word(2 << EPOCH_SHIFT | holder_field(1)));
+        assert_eq!(load(&w), Word(1 << EPOCH_SHIFT | holder_field(1)));
     }
 
     #[test]
-    fn waiters_bit_is_cleared_by_unlatch() {
+    fn only_a_holdings_change_moves_the_epoch() {
         let w = AtomicU64::new(0);
         assert!(matches!(try_latch(&w, 0), Latch::Latched { .. }));
-        let high = unlatch_to_wait(&w, 1 << 3);
-        assert!(load(&w).has_waiters());
+        let left = unlatch(&w, 1 << 3, Change::Look);
+        assert_eq!(Word(left).epoch(), 0, "a look keeps the epoch");
+        // A holding waiter whose slice ends with nothing changed.
+        assert_eq!(
+            wait_for_holdings(&w, left, 10, Duration::from_millis(1)),
+            HoldingsWait::SliceEnded
+        );
+        assert!(load(&w).0 & HOLDING_WAITERS != 0, "announced");
+        // Another waiter looks: the holding waiter's bit and the epoch stay.
         assert!(matches!(try_latch(&w, 1), Latch::Latched { .. }));
-        unlatch(&w, 1 << 3);
+        unlatch(&w, 1 << 3, Change::Look);
+        assert!(load(&w).0 & HOLDING_WAITERS != 0);
+        assert_eq!(load(&w).epoch(), 0);
+        // A release changes the holdings: the bit goes, the epoch moves.
+        assert!(matches!(try_latch(&w, 3), Latch::Latched { .. }));
+        unlatch(&w, 1 << 3, Change::Holdings);
         assert!(!load(&w).has_waiters());
-        // The high half changed, so a late sleeper returns at once.
-        assert_ne!(load(&w).high(), high);
-        sleep(&w, high, Duration::from_secs(5));
+        assert_eq!(load(&w).epoch(), 1 << EPOCH_SHIFT);
+        assert_eq!(
+            wait_for_holdings(&w, left, 0, Duration::from_secs(5)),
+            HoldingsWait::Changed
+        );
     }
 }

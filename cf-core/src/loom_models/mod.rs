@@ -19,6 +19,7 @@
 mod harness;
 
 mod attack;
+mod attack2;
 mod claim;
 mod connect;
 mod locks;

@@ -26,8 +26,11 @@ use crate::lock::records::{self, Mode, RecordView, Resource, TAG_FREE, TAG_HELD,
 use crate::lock::word;
 use crate::member::connection::Connection;
 use crate::recovery::{self, CleanupOutcome};
+use crate::shm::layout::MAX_RESOURCE;
 use crate::shm::region::Region;
-use crate::sync::{trace, Ordering};
+use crate::shm::slots::RecordBody;
+use crate::sync::{trace, AtomicU32, AtomicU64, Ordering};
+use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,6 +88,8 @@ fn names(h: &[HolderInfo]) -> String {
 /// path allocates without shared atomics. `Send`, not `Sync`: one per thread.
 pub struct Holder {
     m: Arc<Connection>,
+    /// The member's record tags and bodies and the lock table, resolved once.
+    area: Area,
     token: u64,
     blocks: Vec<u32>,
     free: Vec<u32>,
@@ -92,6 +97,19 @@ pub struct Holder {
     contention: u64,
     false_contention: u64,
 }
+
+/// Where a holder's hot path reads and writes: slices of the region, which
+/// the holder's connection keeps mapped as long as the holder lives.
+struct Area {
+    tags: NonNull<[AtomicU32]>,
+    bodies: NonNull<[RecordBody]>,
+    table: NonNull<[AtomicU64]>,
+}
+
+// SAFETY: the slices are of atomics (Sync) in the region, which the holder's
+// `Arc<Connection>` keeps alive; moving the holder to another thread moves
+// nothing they point to.
+unsafe impl Send for Area {}
 
 impl std::fmt::Debug for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -105,8 +123,15 @@ impl std::fmt::Debug for Holder {
 impl Holder {
     pub(crate) fn new(m: Arc<Connection>) -> Result<Holder, LockError> {
         let token = m.next_holder_token();
+        let region = &*m.region;
+        let area = Area {
+            tags: NonNull::from(region.tags(m.id)?),
+            bodies: NonNull::from(region.bodies(m.id)?),
+            table: NonNull::from(region.lock_table()),
+        };
         let mut h = Holder {
             m,
+            area,
             token,
             blocks: Vec::new(),
             free: Vec::new(),
@@ -116,6 +141,23 @@ impl Holder {
         };
         h.grow()?;
         Ok(h)
+    }
+
+    /// The holder's resolved slices: its member's tags and bodies, the lock table.
+    #[inline]
+    fn area(&self) -> (&[AtomicU32], &[RecordBody], &[AtomicU64]) {
+        // SAFETY: the pointers were taken from the region this holder's
+        // connection (`self.m`) owns and keeps alive for as long as `self`;
+        // the slices are of atomics, so shared references are sound while
+        // other threads and processes write them; the lifetimes are tied to
+        // `&self`.
+        unsafe {
+            (
+                self.area.tags.as_ref(),
+                self.area.bodies.as_ref(),
+                self.area.table.as_ref(),
+            )
+        }
     }
 
     fn grow(&mut self) -> Result<(), LockError> {
@@ -168,46 +210,47 @@ impl Holder {
     /// Ask for `resource` in `mode` once: granted, contention (naming the
     /// holders) or retained (naming the retaining member). Never waits for a
     /// live holder; a dead one is cleaned up first. Answers within [`TRY_WAIT`].
+    #[inline]
     pub fn try_lock(&mut self, resource: &[u8], mode: Mode) -> Result<TryOutcome, LockError> {
-        let res = Resource::new(resource).ok_or(LockError::BadResource {
-            len: resource.len(),
-            max: crate::shm::layout::MAX_RESOURCE,
-        })?;
-        self.acquire(&res, mode, None)
+        self.acquire(resource, mode, None)
     }
 
     /// Ask for `resource` in `mode`, waiting up to `timeout` for live holders.
+    #[inline]
     pub fn lock(
         &mut self,
         resource: &[u8],
         mode: Mode,
         timeout: Duration,
     ) -> Result<Result<LockId, WaitError>, LockError> {
-        let res = Resource::new(resource).ok_or(LockError::BadResource {
-            len: resource.len(),
-            max: crate::shm::layout::MAX_RESOURCE,
-        })?;
-        Ok(match self.acquire(&res, mode, Some(timeout))? {
+        Ok(match self.acquire(resource, mode, Some(timeout))? {
             TryOutcome::Granted(id) => Ok(id),
             TryOutcome::Contention(h) => Err(WaitError::Timeout(h)),
             TryOutcome::Retained(h) => Err(WaitError::Retained(h)),
         })
     }
 
+    /// The uncontended path: the record from the caller's bytes, then one CAS.
     #[inline]
     fn acquire(
         &mut self,
-        res: &Resource,
+        resource: &[u8],
         mode: Mode,
         timeout: Option<Duration>,
     ) -> Result<TryOutcome, LockError> {
+        if resource.is_empty() || resource.len() > MAX_RESOURCE {
+            return Err(bad_resource(resource.len()));
+        }
         let slot = self.alloc_slot()?;
-        let m = self.m.clone();
-        let region = &*m.region;
-        let me = m.id;
-        let (entry, word) = region.word_for_hash(res.hash());
-        records::write_body(region, me, slot, res, mode);
-        let tag = records::tag(region, me, slot)?;
+        let me = self.m.id;
+        let (tags, bodies, table) = self.area();
+        let (Some(body), Some(tag)) = (bodies.get(slot as usize), tags.get(slot as usize)) else {
+            return Err(LockError::RecordsFull(tags.len() as u32));
+        };
+        let hash = records::write_body_and_hash(body, resource, mode);
+        // The table's length is a power of two (checked when the region opened).
+        let entry = (hash & (table.len() as u64 - 1)) as u32;
+        let word = &table[entry as usize];
         tag.store(TAG_HELD | entry, Ordering::Release);
         crate::crash::point("acquire.after_record");
         let fast = if mode.is_exclusive() {
@@ -227,9 +270,29 @@ impl Holder {
             }
             return Ok(TryOutcome::Granted(LockId { slot, entry, mode }));
         }
+        self.acquire_slow(resource, mode, slot, entry, timeout)
+    }
+
+    /// The word could not be settled by one CAS: the latched path.
+    #[cold]
+    #[inline(never)]
+    fn acquire_slow(
+        &mut self,
+        resource: &[u8],
+        mode: Mode,
+        slot: u32,
+        entry: u32,
+        timeout: Option<Duration>,
+    ) -> Result<TryOutcome, LockError> {
+        let m = self.m.clone();
+        let tag = records::tag(&m.region, m.id, slot)?;
         tag.store(TAG_PENDING | entry, Ordering::Release);
+        let res = Resource::new(resource).ok_or(LockError::BadResource {
+            len: resource.len(),
+            max: MAX_RESOURCE,
+        })?;
         // The clock is read only here: the fast path needs no deadline.
-        let out = self.slow_acquire(res, mode, slot, entry, timeout);
+        let out = self.slow_acquire(&res, mode, slot, entry, timeout);
         if !matches!(out, Ok(TryOutcome::Granted(_))) {
             // The record was freed by slow_acquire; an error may have left it
             // pending: free it (nothing is latched any more). Not if we were
@@ -348,26 +411,23 @@ impl Holder {
                     free_record();
                     return Ok(TryOutcome::Contention(dedup_holders(region, &conflicts)));
                 }
-                // Wait for the word to change from what our unlatch left (a
-                // release, a cleanup's unlatch: a change since is not missed).
-                let seen = word::Word(left);
-                if let Some(high) = word::announce_waiter(word, seen) {
-                    trace!("sleep on {entry} for a cleanup");
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    word::sleep(word, high, slice.min(left));
-                }
-                stale = word.load(Ordering::Relaxed) == seen.0 | word::WAITERS;
+                // Wait for the holdings to change from what our unlatch left
+                // (a release, a cleanup's settle: a change since is not missed).
+                let time_left = deadline.saturating_duration_since(Instant::now());
+                stale = word::wait_for_holdings(word, left, 0, slice.min(time_left))
+                    == word::HoldingsWait::SliceEnded;
                 slice = (slice * 2).min(entry::MAX_SLICE);
                 continue;
             }
-            // Wait: announce ourselves in the unlatch, spin, then sleep.
+            // Wait: step out (a look: the other holding waiters sleep on),
+            // then wait for the holdings to change (spinning first: a hand-off
+            // is usually over within the spin).
             trace!("wait on {entry}");
-            let high = l.wait(region, &req);
-            let seen = word.load(Ordering::Relaxed);
-            if !word::spin_for_change(word, seen, crate::sync::SPINS) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                word::sleep(word, high, slice.min(left));
-                stale = word.load(Ordering::Relaxed) == seen;
+            let left = l.step_out(region, &req);
+            let time_left = deadline.saturating_duration_since(Instant::now());
+            let end = word::wait_for_holdings(word, left, crate::sync::SPINS, slice.min(time_left));
+            stale = end == word::HoldingsWait::SliceEnded;
+            if stale {
                 slice = (slice * 2).min(entry::MAX_SLICE);
             }
         }
@@ -378,12 +438,15 @@ impl Holder {
     /// same id finishes it.
     #[inline]
     pub fn unlock(&mut self, id: LockId) -> Result<(), LockError> {
-        let region = &*self.m.region;
         let me = self.m.id;
-        if id.slot >= region.records_per_member() || !self.owns_slot(id.slot) {
+        if !self.owns_slot(id.slot) {
             return Err(LockError::NotHeld(id.slot));
         }
-        let tag = records::tag(region, me, id.slot)?;
+        let (tags, _, table) = self.area();
+        let (Some(tag), Some(word)) = (tags.get(id.slot as usize), table.get(id.entry as usize))
+        else {
+            return Err(LockError::NotHeld(id.slot));
+        };
         let now = tag.load(Ordering::Relaxed);
         if now == TAG_PENDING | id.entry {
             // A release of ours that failed (its latch could not be had):
@@ -396,7 +459,6 @@ impl Holder {
         if now != TAG_HELD | id.entry {
             return Err(LockError::NotHeld(id.slot));
         }
-        let word = region.word(id.entry)?;
         if let Some(seen) = word::fast_release_possible(word, me, id.mode.is_exclusive()) {
             // The record turns PENDING first: the lock is being given up, and
             // no one (a sibling thread least of all) counts it as held any
@@ -427,8 +489,9 @@ impl Holder {
 
     #[inline]
     fn owns_slot(&self, slot: u32) -> bool {
-        self.blocks
-            .contains(&(slot / crate::shm::layout::BLOCK_SLOTS))
+        let b = slot / crate::shm::layout::BLOCK_SLOTS;
+        // Most holders own one block: look at the first before the rest.
+        self.blocks.first() == Some(&b) || self.blocks.contains(&b)
     }
 
     /// Release every lock this holder still holds (slow path, any order).
@@ -478,6 +541,14 @@ impl Drop for Holder {
                 }
             }
         }
+    }
+}
+
+#[cold]
+fn bad_resource(len: usize) -> LockError {
+    LockError::BadResource {
+        len,
+        max: MAX_RESOURCE,
     }
 }
 

@@ -281,12 +281,10 @@ impl Region {
             })
     }
 
-    /// The entry and lock word for a hash (masked into range, so infallible).
+    /// The whole lock table (its length is a power of two).
     #[inline]
-    pub(crate) fn word_for_hash(&self, hash: u64) -> (u32, &AtomicU64) {
-        let table = self.areas.lock_table.get();
-        let e = (hash & (table.len() as u64 - 1)) as usize;
-        (e as u32, &table[e])
+    pub(crate) fn lock_table(&self) -> &[AtomicU64] {
+        self.areas.lock_table.get()
     }
 
     pub(crate) fn lock_header(&self) -> &LockHeader {

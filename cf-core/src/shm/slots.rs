@@ -106,8 +106,10 @@ pub(crate) struct RequestEntry {
     pub incarnation: AtomicU64,
     /// The member's name (its slot's name is cleared when restart light disconnects).
     pub name: [AtomicU64; 4],
+    /// The generation of the connection whose failure it is for.
+    pub generation: AtomicU64,
     #[cfg(not(loom))]
-    _reserved2: [AtomicU64; 4],
+    _reserved2: [AtomicU64; 3],
 }
 
 /// The event ring's header (the rest of its page is reserved).
