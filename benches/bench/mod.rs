@@ -20,6 +20,7 @@ mod uncontended;
 
 use anyhow::{Context, Result};
 use cf_harness::outln;
+use cf_harness::table::table;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use stats::{fmt_ns, fmt_rate, Method, Stats};
@@ -136,7 +137,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         return worker(w);
     }
     if a.csv && a.json {
-        anyhow::bail!("--csv and --json: give one");
+        cf_harness::usage!("--csv and --json: give one");
     }
     if let Some(p) = &a.plot {
         let parent = p.parent().filter(|q| !q.as_os_str().is_empty());
@@ -466,43 +467,56 @@ fn print_tables(
         m(&cfg.across)
     );
     outln!();
+    let paths = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.group.to_string(),
+                r.name.clone(),
+                fmt_ns(r.ns.median),
+                fmt_rate(r.ops_per_s),
+                format!("[{} .. {}]", fmt_ns(r.ns.min), fmt_ns(r.ns.max)),
+                format!("{:.0}%", r.ns.spread_pct()),
+            ]
+        })
+        .collect();
     outln!(
-        "{:<12} {:<32} {:>10} {:>11} {:>23} {:>7}",
-        "group",
-        "name",
-        "median/op",
-        "ops/s",
-        "[min .. max]",
-        "spread"
+        "{}",
+        table(
+            &[
+                "group",
+                "name",
+                "median/op",
+                "ops/s",
+                "[min .. max]",
+                "spread"
+            ],
+            paths
+        )
     );
-    for r in rows {
-        outln!(
-            "{:<12} {:<32} {:>10} {:>11} {:>23} {:>6.0}%",
-            r.group,
-            r.name,
-            fmt_ns(r.ns.median),
-            fmt_rate(r.ops_per_s),
-            format!("[{} .. {}]", fmt_ns(r.ns.min), fmt_ns(r.ns.max)),
-            r.ns.spread_pct()
-        );
-    }
     if !checks.is_empty() {
         outln!();
         outln!("Targets");
-        outln!("{:<64} {:>9} {:>18}  verdict", "ratio", "value", "target");
-        for c in checks {
-            let v = if c.unit == "ns" {
-                fmt_ns(c.value)
-            } else {
-                format!("{:.2}x", c.value)
-            };
-            let verdict = match c.met {
-                Some(true) => "met",
-                Some(false) => "MISSED",
-                None => "-",
-            };
-            outln!("{:<64} {:>9} {:>18}  {verdict}", c.name, v, c.target);
-        }
+        let targets = checks
+            .iter()
+            .map(|c| {
+                let v = if c.unit == "ns" {
+                    fmt_ns(c.value)
+                } else {
+                    format!("{:.2}x", c.value)
+                };
+                let verdict = match c.met {
+                    Some(true) => "met",
+                    Some(false) => "MISSED",
+                    None => "-",
+                };
+                vec![c.name.to_string(), v, c.target.to_string(), verdict.into()]
+            })
+            .collect();
+        outln!(
+            "{}",
+            table(&["ratio", "value", "target", "verdict"], targets)
+        );
     }
     if !rec.is_empty() {
         outln!();
@@ -510,35 +524,42 @@ fn print_tables(
         outln!("exit = its pidfd readable here (kernel exit done); detected = death noticed by the monitoring member;");
         outln!("cleaned = its locks marked retained; RL start = restart light started;");
         outln!("released = restart light ended normally, every retained lock released (medians unless p99)");
+        let steps = rec
+            .iter()
+            .map(|r| {
+                vec![
+                    r.n.to_string(),
+                    r.reps.to_string(),
+                    fmt_ns(r.exited.median),
+                    fmt_ns(r.detect.median),
+                    fmt_ns(r.detect.p99),
+                    fmt_ns(r.cleaned.median),
+                    fmt_ns(r.started.median),
+                    fmt_ns(r.released.median),
+                    fmt_ns(r.released.p99),
+                    r.marginal_ns_per_lock.map_or("-".into(), fmt_ns),
+                ]
+            })
+            .collect();
         outln!(
-            "{:>9} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>13}",
-            "N locks",
-            "reps",
-            "exit",
-            "detect",
-            "detect p99",
-            "cleaned",
-            "RL start",
-            "released",
-            "released p99",
-            "marginal/lock"
+            "{}",
+            table(
+                &[
+                    "N locks",
+                    "reps",
+                    "exit",
+                    "detect",
+                    "detect p99",
+                    "cleaned",
+                    "RL start",
+                    "released",
+                    "released p99",
+                    "marginal/lock"
+                ],
+                steps
+            )
         );
-        for r in rec {
-            outln!(
-                "{:>9} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>13}",
-                r.n,
-                r.reps,
-                fmt_ns(r.exited.median),
-                fmt_ns(r.detect.median),
-                fmt_ns(r.detect.p99),
-                fmt_ns(r.cleaned.median),
-                fmt_ns(r.started.median),
-                fmt_ns(r.released.median),
-                fmt_ns(r.released.p99),
-                r.marginal_ns_per_lock.map_or("-".into(), fmt_ns)
-            );
-        }
-        outln!("(p99 is nearest-rank: with fewer than 100 repetitions it is the maximum)");
+        outln!("(p99 is the HDR histogram's: with fewer than 100 repetitions it is the maximum)");
     }
     outln!();
     outln!("total run time {:.1} s", elapsed.as_secs_f64());

@@ -3,7 +3,8 @@
 
 use comfy_table::{presets::NOTHING, CellAlignment, Table};
 
-/// `header` over `rows`; columns whose cells are all numbers are aligned right.
+/// `header` over `rows`; columns whose cells are all figures (a number, or one
+/// with its unit such as `12.3µs`, `45%`, `2.1x`; `-` for none) are aligned right.
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut t = Table::new();
     t.load_preset(NOTHING);
@@ -12,8 +13,11 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
         .map(|c| {
             !rows.is_empty()
                 && rows.iter().all(|r| {
-                    r.get(c)
-                        .is_some_and(|v| v.parse::<f64>().is_ok() || v == "-")
+                    r.get(c).is_some_and(|v| {
+                        v.parse::<f64>().is_ok()
+                            || v == "-"
+                            || v.starts_with(|ch: char| ch.is_ascii_digit())
+                    })
                 })
         })
         .collect();
@@ -49,5 +53,23 @@ mod tests {
         assert!(s.lines().all(|l| l == l.trim_end()), "{s:?}");
         assert!(s.lines().next().unwrap().starts_with("NAME"), "{s:?}");
         assert_eq!(s.lines().count(), 3, "{s:?}");
+    }
+
+    #[test]
+    fn figures_are_aligned_right() {
+        let s = table(
+            &["PATH", "TIME"],
+            vec![
+                vec!["a".into(), "12.3µs".into()],
+                vec!["b".into(), "812ns".into()],
+            ],
+        );
+        let lines: Vec<&str> = s.lines().collect();
+        assert!(
+            lines[1].ends_with("12.3µs") && lines[2].ends_with(" 812ns"),
+            "{s:?}"
+        );
+        let width = |l: &str| l.chars().count();
+        assert_eq!(width(lines[1]), width(lines[2]), "{s:?}");
     }
 }
