@@ -55,11 +55,11 @@ while [ "$done_faults" -lt "$faults" ]; do
     echo "soak: round $round (seed $s): cfctl sim failed (exit status $status), no report" >&2
     exit 1
   fi
-  if [ "$status" -ne 0 ] && [ "$status" -ne 6 ]; then
-    echo "soak: round $round (seed $s): cfctl sim ended with exit status $status (6 is a broken invariant)" >&2
+  if [ "$status" -ne 0 ] && [ "$status" -ne 5 ]; then
+    echo "soak: round $round (seed $s): cfctl sim ended with exit status $status (5 is a broken invariant)" >&2
     exit 1
   fi
-  if [ "$status" -eq 6 ]; then
+  if [ "$status" -eq 5 ]; then
     keep=yes
     echo "soak: round $round (seed $s) broke an invariant after $done_faults earlier faults:" >&2
     awk '/^      "detail": /{d=$0} /^      "name": /{n=$0}

@@ -11,7 +11,7 @@
 //!   modify) holder adds [`WRITER`] and requires nobody else inside, both
 //!   when it enters and when it leaves; a share holder adds 1 and requires no
 //!   writer inside. Anything else is a mutual-exclusion violation: the run
-//!   stops with exit status 1.
+//!   stops with exit status 5 (an invariant broke).
 //! * word 1, `total`: iterations done by everyone. An exclusive holder updates
 //!   it with a separate load and store (`--spin` pause instructions apart, to
 //!   widen the window), as unprotected code would, so a lost update shows up
@@ -64,7 +64,7 @@ macro_rules! example {
   cfctl stress --member B --resource acct-1 --resource acct-2 --iterations 20000 --counter /dev/shm/ctr
 
 Exit status: 0 done (a one-line summary with the counter total is printed), 1 error, \
-6 mutual-exclusion violation (an invariant broke), 128+N stopped early by signal N (SIGTERM, SIGINT: locks released, \
+5 mutual-exclusion violation (an invariant broke), 128+N stopped early by signal N (SIGTERM, SIGINT: locks released, \
 disconnected, summary printed)."
     };
 }
@@ -247,7 +247,7 @@ fn stop_on_signals() -> Result<cf_node::signals::StopFlag> {
     cf_node::signals::StopFlag::install().context("installing signal handlers")
 }
 
-/// A mutual-exclusion violation: an invariant broke (exit status 6).
+/// A mutual-exclusion violation: an invariant broke (exit status 5).
 #[derive(Debug)]
 struct Violation(String);
 

@@ -28,7 +28,7 @@ pub struct HoldArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     modify_many: u64,
     /// How long to wait for each lock held by a live member: 30s, 500ms (a bare number is
-    /// milliseconds). Running out exits with status 5 (timed out), a retained lock with 3
+    /// milliseconds). Running out exits with status 4 (timed out), a retained lock with 3
     #[arg(long, alias = "timeout", default_value = "30000", value_parser = cf_harness::duration::millis)]
     timeout_ms: Duration,
     /// Print the result as JSON

@@ -63,7 +63,8 @@ enum Cmd {
     Hold(locks::HoldArgs),
     /// Connect as a member, make one try request, print the answer, disconnect
     ///
-    /// Exit status: 0 granted, 4 contention, 3 retained, 1 error.
+    /// Exit status: 0 granted, 2 contention, 3 retained, 1 error, 64 a command line that does not
+    /// parse.
     Try(locks::TryArgs),
     /// Clean up every member whose process is dead (retaining its modify locks)
     Cleanup(locks::CleanupArgs),
@@ -91,7 +92,10 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = match cf_harness::exit::parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let plex = cf_core::Plex::resolve(cli.plex.as_deref());
     // The sim and the demo make a fresh plex unless told where: --plex, and
     // for the sim $CF_PLEX too (the demo's embedded default stays fresh).
@@ -168,7 +172,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cfctl: {}", one_line(&format!("{e:#}")));
-            ExitCode::FAILURE
+            cf_harness::exit::code(cf_harness::exit::of_error(&e))
         }
     }
 }

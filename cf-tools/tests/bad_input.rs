@@ -524,7 +524,7 @@ fn unknown_connector_state() {
     }
     // verify reports it as a finding (stdout) and fails.
     let out = cfctl(&s.plex(), &["verify"]);
-    assert_eq!(out.status.code(), Some(6), "{out:?}"); // 6: an invariant broke (damage)
+    assert_eq!(out.status.code(), Some(5), "{out:?}"); // 5: an invariant broke (damage)
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&needle),
         "{out:?}"
@@ -533,7 +533,7 @@ fn unknown_connector_state() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(!stderr.contains("panicked"));
     let out = cfctl(&s.plex(), &["verify", "--json"]);
-    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], false);
     assert!(v["problems"].to_string().contains(&needle), "{v}");
@@ -549,7 +549,7 @@ fn lock_word_naming_a_connector_beyond_the_table() {
     let out = cfctl(&s.plex(), &["try", "--member", "T", "--x", "res"]);
     assert_one_line_error(&out, "connector id 10 out of range (table has 4", "try");
     let out = cfctl(&s.plex(), &["verify"]);
-    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!(
             "lock entry {e} names connector 10, beyond the table of 4"
@@ -589,7 +589,7 @@ fn record_tag_out_of_range() {
         assert_one_line_error(&out, &needle, &format!("cfctl {}", args.join(" ")));
     }
     let out = cfctl(&s.plex(), &["verify"]);
-    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&needle),
         "{out:?}"

@@ -182,7 +182,7 @@ fn stress_fails_loudly_on_a_violation_and_on_bad_input() {
         counter.to_str().unwrap(),
         "x",
     ));
-    assert_eq!(f.status.code(), Some(6), "6: an invariant broke: {f}");
+    assert_eq!(f.status.code(), Some(5), "5: an invariant broke: {f}");
     assert!(f.stderr.contains("MUTUAL EXCLUSION VIOLATED"), "{f}");
     assert!(f.stderr.contains("iteration 1"), "{f}");
     assert_eq!(

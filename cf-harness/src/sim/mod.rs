@@ -177,47 +177,48 @@ fn ser_display<S: serde::Serializer, T: std::fmt::Display>(
 
 impl SimArgs {
     /// Every option checked before anything is created, connected or
-    /// spawned; the error names it.
+    /// spawned; the error names it (a value out of its range is a usage
+    /// error, exit status 64; a missing directory for an output is an error).
     pub fn check(&self) -> Result<()> {
         if !(2..=16).contains(&self.members) {
-            bail!("--members must be 2 to 16, got {}", self.members);
+            crate::usage!("--members must be 2 to 16, got {}", self.members);
         }
         if !(1..=16).contains(&self.threads) {
-            bail!("--threads must be 1 to 16, got {}", self.threads);
+            crate::usage!("--threads must be 1 to 16, got {}", self.threads);
         }
         let e = self.lock_entries;
         if !(16..=cf_core::layout::MAX_LOCK_ENTRIES).contains(&e) || !e.is_power_of_two() {
-            bail!("--lock-entries must be a power of two from 16 to 2^30, got {e}");
+            crate::usage!("--lock-entries must be a power of two from 16 to 2^30, got {e}");
         }
         let r = self.records_per_member;
         let least = 64 * (self.threads + 2);
         if !r.is_multiple_of(64) || r < least || r > 1 << 24 {
-            bail!(
+            crate::usage!(
                 "--records-per-member must be a multiple of 64 from {least} (64 × (threads + 2)) to 2^24, got {r}"
             );
         }
         if (self.threads * self.tx_size) as u64 > r as u64 {
-            bail!(
+            crate::usage!(
                 "--threads {} × --tx-size {} locks at once need more than --records-per-member {r}",
                 self.threads,
                 self.tx_size
             );
         }
         if self.accounts < 2 || self.accounts < self.tx_size as u64 {
-            bail!(
+            crate::usage!(
                 "--accounts must be at least 2 and at least --tx-size {}, got {}",
                 self.tx_size,
                 self.accounts
             );
         }
         if self.kill_every < Duration::from_millis(1) {
-            bail!("--kill-every must be at least 1ms");
+            crate::usage!("--kill-every must be at least 1ms");
         }
         if self
             .kill_all_every
             .is_some_and(|d| d < Duration::from_millis(1))
         {
-            bail!("--kill-all-every must be at least 1ms");
+            crate::usage!("--kill-all-every must be at least 1ms");
         }
         if self.crash_points {
             for n in &self.crash_point_names {
@@ -225,25 +226,27 @@ impl SimArgs {
                     .iter()
                     .any(|p| p.starts_with(n.as_str()))
                 {
-                    bail!("--crash-point-names: no crash point starts with {n:?}");
+                    crate::usage!("--crash-point-names: no crash point starts with {n:?}");
                 }
             }
         }
         if self.csv && self.json {
-            bail!("--csv and --json: give one");
+            crate::usage!("--csv and --json: give one");
         }
         if self.arm_one_in == 0 {
-            bail!("--arm-one-in must be at least 1");
+            crate::usage!("--arm-one-in must be at least 1");
         }
         if self.duration.is_zero() {
-            bail!("--duration must be more than 0 (e.g. 10s)");
+            crate::usage!("--duration must be more than 0 (e.g. 10s)");
         }
         if !(self.read_pct.is_finite() && (0.0..=100.0).contains(&self.read_pct)) {
-            bail!("--read-pct must be 0 to 100, got {}", self.read_pct);
+            crate::usage!("--read-pct must be 0 to 100, got {}", self.read_pct);
         }
         if let Some(r) = self.rate {
             if !(r.is_finite() && r > 0.0 && r <= 1e7) {
-                bail!("--rate must be a positive number of transactions per second, got {r}");
+                crate::usage!(
+                    "--rate must be a positive number of transactions per second, got {r}"
+                );
             }
         }
         for (flag, p) in [("--history-out", &self.history_out), ("--plot", &self.plot)] {
