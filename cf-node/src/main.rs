@@ -246,9 +246,13 @@ fn run(a: RunArgs) -> Result<()> {
                     store.count()
                 );
             }
-            let log = LogWriter::open(&plex.dir, &a.member, false)?;
+            // The log is only read here: it is opened for writing (which cuts
+            // a torn tail) once we are connected as the member, its only
+            // writer. Until then the running member of this name, or the
+            // restart light of our previous life, may be writing it.
+            cf_node::wal::read_log(&cf_node::wal::log_path(&plex.dir, &a.member))?;
             let pool = BufferPool::new((a.buffer_pool_mb as usize) << 20);
-            Some((store, log, pool))
+            Some((store, pool))
         }
     };
     let member = connect(&region, &a.member)?;
@@ -283,7 +287,7 @@ fn run_connected(
     plex: &Plex,
     region: &Arc<Region>,
     member: &Member,
-    bank_parts: Option<(Store, LogWriter, BufferPool)>,
+    bank_parts: Option<(Store, BufferPool)>,
     signals: &mut cf_node::signals::StopWait,
     first_event: u64,
 ) -> Result<String> {
@@ -308,6 +312,14 @@ fn run_connected(
     if recovering {
         member.finish_recovery()?;
     }
+    // Connected and recovered: we are the log's only writer now.
+    let bank_parts = match bank_parts {
+        None => None,
+        Some((store, pool)) => {
+            let log = LogWriter::open(&plex.dir, &a.member, false)?;
+            Some((store, log, pool))
+        }
+    };
     // A restart request left for our previous life is over: we are restarted.
     let _ = cf_core::requests::complete_for_name(region, &a.member, &a.member);
     // Recorded after any self-recovery, so the events of the previous life come first.

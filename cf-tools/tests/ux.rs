@@ -362,6 +362,55 @@ fn failures_before_connecting_leave_no_connector() {
     assert_eq!(m, Value::Array(vec![]), "no connector left behind");
 }
 
+/// A member's log (and history file) has one writer: the process connected
+/// as the member. Checking resources before the connect must not open them
+/// for writing: `LogWriter::open` cuts a torn tail, which on a log another
+/// process is writing (the running member, or the restart light of the
+/// previous life the new one waits for) is a record being written.
+#[test]
+fn a_member_refused_at_connect_leaves_the_running_ones_log_alone() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let plex = TestPlex::small();
+    let _ = plex.run(&["destroy"]);
+    let made = plex.run(&[
+        "create",
+        "--accounts",
+        "10",
+        "--history",
+        "--lock-entries",
+        "16",
+    ]);
+    assert!(made.status.success(), "{made}");
+    let mut a = plex.hold("A", &[("x", "r")]);
+    // A record being written by A: the first bytes of a length prefix.
+    let partial = [7u8, 0, 0];
+    let log = plex.path().join("log.A");
+    let history = plex.path().join("history").join("A");
+    for f in [&log, &history] {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(f)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        std::io::Write::write_all(&mut file, &partial).unwrap();
+    }
+    let second = plex.spawn_node("run", &["--member", "A", "--buffer-pool-mb", "1"], &[]);
+    let f = second.finish();
+    assert_eq!(f.status.code(), Some(1), "{f}");
+    assert!(f.stderr.contains("already running"), "{f}");
+    for file in [&log, &history] {
+        assert_eq!(
+            std::fs::read(file).unwrap(),
+            partial,
+            "{} is the running member's: untouched by a start that could not connect",
+            file.display()
+        );
+    }
+    a.term();
+    a.expect_exit_ok();
+}
+
 // --- create ---------------------------------------------------------------------------------
 
 #[test]
