@@ -78,6 +78,22 @@ pub mod testing {
         }
     }
 
+    /// Has a holding waiter announced itself on `entry` (it sleeps, or is
+    /// about to, until the holdings change)?
+    pub fn holding_waiter_sleeps(region: &Region, entry: u32) -> bool {
+        region
+            .word(entry)
+            .is_ok_and(|w| w.load(Ordering::Acquire) & crate::lock::word::HOLDING_WAITERS != 0)
+    }
+
+    /// The lock word of `entry` as it is now (0 if out of range).
+    pub fn lock_word(region: &Region, entry: u32) -> u64 {
+        region.word(entry).map_or(0, |w| w.load(Ordering::Acquire))
+    }
+
+    /// How often a waiting request may be bypassed before it turns urgent.
+    pub const BYPASS_LIMIT: u32 = crate::lock::entry::BYPASS_LIMIT;
+
     /// Overwrite a lock word (damage injection).
     pub fn write_lock_word(region: &Region, entry: u32, value: u64) {
         if let Ok(w) = region.word(entry) {

@@ -15,7 +15,12 @@
 //!   by its cleanup claim (the cleanup posts while it holds it, before the
 //!   member becomes failed-persistent, so no recovery can end before its
 //!   request exists; any other poster takes the claim for its post), so a
-//!   losing poster never writes over the request that won. Posting twice is
+//!   losing poster never writes over the request that won. A poster other
+//!   than the cleanup (the sweep, which saw the member failed with no
+//!   request) also takes the connect latch and posts only if the member is
+//!   still failed-persistent: its restart light may have connected,
+//!   recovered and left in between, and a request posted then would be
+//!   for no failure (the attack2 loom model). Posting twice is
 //!   harmless (the second finds it pending). A poster that dies before its
 //!   CAS posted nothing: the next cleaner or the sweep of any member posts.
 //! * **Claim**: `claim::try_claim` on the claim word, allowed only if the
@@ -44,7 +49,9 @@
 
 use crate::connector::claim::{self, Claim};
 use crate::connector::identity::ProcessId;
+use crate::connector::latch::ConnectLatch;
 use crate::connector::now_ns;
+use crate::connector::MemberState;
 use crate::error::CorruptError;
 use crate::shm::region::Region;
 use crate::shm::slots::{self, RequestEntry};
@@ -169,8 +176,9 @@ pub fn wait_for_change(region: &Region, seen: u32, timeout: Duration) {
 
 /// Post a request to restart member `id` (by connector `by`, if a member).
 /// Returns the new request's epoch, or `None` if one was already pending or
-/// claimed, or if another live process is posting for (or cleaning up) the
-/// member right now. `on_posted` runs once the request is posted and before
+/// claimed, if the member is no longer failed-persistent (its recovery
+/// ended meanwhile), or if another live process is posting for (or cleaning
+/// up) the member right now. `on_posted` runs once the request is posted and before
 /// any member is woken for it (so an event recorded there comes before the
 /// claim's).
 ///
@@ -193,10 +201,40 @@ pub fn post(
     if let Claim::Busy(_) = claim::try_claim(claim, me, ProcessId::token_is_alive) {
         return Ok(None);
     }
-    let out = post_claimed(region, id, by, on_posted);
+    let out = post_if_failed(region, id, by, on_posted);
     claim::release(claim, me);
     out
 }
+
+/// [`post`] under the cleanup claim: only for a member that is still
+/// failed-persistent. The poster saw it failed with no request, but its
+/// restart light may have connected, recovered and disconnected since (it
+/// takes no cleanup claim). The connect latch orders the two: a light that
+/// connects after the post finds the request and completes it; one that
+/// connected before leaves a state other than failed-persistent, and
+/// nothing is posted.
+fn post_if_failed(
+    region: &Region,
+    id: u32,
+    by: Option<u32>,
+    on_posted: impl FnOnce(),
+) -> Result<Option<u32>, CorruptError> {
+    let me = ProcessId::current().map_err(|e| CorruptError::BadConnector {
+        id,
+        what: format!("reading this process's identity: {e}"),
+    })?;
+    let Ok(_latch) = ConnectLatch::take(region, &me, POST_LATCH_WAIT) else {
+        // Connects are busy (or the latch is stuck): the poster looks again.
+        return Ok(None);
+    };
+    if crate::connector::load_state(region, id)?.state != MemberState::FailedPersistent {
+        return Ok(None);
+    }
+    post_claimed(region, id, by, on_posted)
+}
+
+/// How long [`post`] waits for the connect latch.
+const POST_LATCH_WAIT: Duration = Duration::from_secs(1);
 
 /// [`post`] by the holder of member `id`'s cleanup claim.
 pub(crate) fn post_claimed(

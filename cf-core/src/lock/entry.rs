@@ -40,6 +40,27 @@
 //!    HELD records of the named connectors, so two decisions never race. A
 //!    same-resource incompatible record is a conflict; a different resource is
 //!    *false contention*, resolved from the records and granted.
+//! 5. **Bounded bypass.** A waiting request takes a *wait ticket* the first
+//!    time it is refused (a counter in the lock header: tickets order
+//!    requests by when they began to wait). Each time the holdings change
+//!    while it waits and it is refused again, it has been *bypassed*; after
+//!    [`BYPASS_LIMIT`] bypasses it turns its record URGENT under the latch.
+//!    An URGENT record holds nothing, but it is its member's *interest*
+//!    (rule 3 counts it: the bit stays set, the entry stays mixed, so no
+//!    fast-path CAS can bypass it), and a decision treats it as a conflict
+//!    for any incompatible request for the same resource with a younger
+//!    ticket or none ([`Latched::decide`]). So once urgent, a request waits
+//!    only for the holders of the moment and for older urgent requests,
+//!    whose number is bounded by the threads that began to wait before it:
+//!    it is granted after a bounded number of grants to others. An URGENT
+//!    record that stops waiting (a timeout) turns PENDING under the latch and
+//!    its unlatch wakes the holding waiters ([`Latched::give_up`],
+//!    [`Latched::step_out_for_good`]); one that must leave unlatched (its
+//!    latch wait timed out) does its best ([`abandon_urgent`]), and waiters
+//!    behind it re-check at the end of their sleep slice. An URGENT record
+//!    never makes anything *less* conservative: it is never taken as held
+//!    (not retained, not released by a cleanup, which frees it like a
+//!    PENDING one).
 //!
 //! # Cleanup of a dead member `c` on an entry ([`settle_dead`])
 //! Under the latch taken in `c`'s own name (a latch `c` died holding is then
@@ -80,11 +101,16 @@
 
 use crate::connector::{self, MemberState};
 use crate::error::CorruptError;
-use crate::lock::records::{self, Mode, RecordView, Resource, TAG_FREE, TAG_HELD, TAG_PENDING};
+use crate::lock::records::{
+    self, Mode, RecordView, Resource, TAG_FREE, TAG_HELD, TAG_PENDING, TAG_URGENT,
+};
 use crate::lock::word::{self, Change, Latch};
 use crate::shm::region::Region;
 use crate::sync::{trace, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// Bypasses after which a waiting request turns URGENT (rule 5).
+pub(crate) const BYPASS_LIMIT: u32 = 3;
 
 /// Longest single futex sleep while waiting: a waiter re-checks its holders'
 /// liveness at least this often, so a dead holder is found with no monitor.
@@ -246,18 +272,22 @@ pub(crate) struct Request<'a> {
     pub resource: &'a Resource,
     pub mode: Mode,
     pub member: u32,
-    /// The request's own (PENDING) record slot.
+    /// The request's own (PENDING or URGENT) record slot.
     pub slot: u32,
+    /// Its wait ticket (0: it has not waited yet; `records::take_wait_ticket`).
+    pub ticket: u32,
 }
 
 /// What the latched path decided.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Decision {
     Grant {
         false_contention: bool,
     },
-    /// The HELD records that conflict: same resource, incompatible mode.
-    Conflict(Vec<RecordView>),
+    /// The records that conflict (left in the caller's buffer): HELD records
+    /// of the same resource in an incompatible mode, and URGENT requests
+    /// for it in an incompatible mode that began to wait before this one.
+    Conflict,
 }
 
 /// Iterate the set bits of a connector mask.
@@ -265,47 +295,65 @@ pub(crate) fn bits(mask: u64) -> impl Iterator<Item = u32> {
     (0..64u32).filter(move |i| mask & (1u64 << i) != 0)
 }
 
+/// Does record `r` (another request's, on the entry) make `req` wait?
+/// Rule 2: a HELD record always does when it conflicts. Rule 5: an URGENT
+/// one does when it conflicts and is older (a request that has not waited
+/// yet is younger than every urgent one).
+fn blocks(r: &RecordView, req: &Request) -> bool {
+    r.held || req.ticket == 0 || records::ticket_older(r.ticket, req.ticket)
+}
+
 impl<'r> Latched<'r> {
     /// Under the latch: does the request conflict with a HELD record of a
-    /// named connector (other than its own record)? A conflict is always
-    /// reported as one (rule 2: a HELD record may be half-made, which only
-    /// makes the requester wait).
+    /// named connector (other than its own record), or must it wait behind
+    /// an older URGENT request (rule 5)? A conflict is always reported as one
+    /// (rule 2: a HELD record may be half-made, which only makes the requester
+    /// wait). The conflicting records are left in `conflicts` (cleared
+    /// first); nothing is allocated unless a conflict is found.
     pub(crate) fn decide(
         &mut self,
         region: &Region,
         req: &Request,
+        conflicts: &mut Vec<RecordView>,
     ) -> Result<Decision, CorruptError> {
-        let mut conflicts = Vec::new();
+        conflicts.clear();
         let mut false_contention = false;
         for c in bits(self.named) {
             let c = region.check_member(c)?;
-            let held = records::records_on(region, c, self.entry, false)?;
-            if held.is_empty() {
+            let mut any = false;
+            records::for_each_interest_on(region, c, self.entry, |r| {
+                any = true;
+                if (c == req.member && r.slot == req.slot) || req.mode.compatible(r.mode) {
+                    return;
+                }
+                if r.resource != *req.resource {
+                    false_contention |= r.held;
+                } else if blocks(&r, req) {
+                    conflicts.push(r);
+                }
+            })?;
+            if !any {
                 // Named without a held record: an interest left behind (a
                 // thread that read a sibling's record in the instant between
                 // its release and its free). Nothing is held: drop it.
                 self.named &= !word::bit(c);
-                continue;
-            }
-            for r in held {
-                if c == req.member && r.slot == req.slot {
-                    continue;
-                }
-                if req.mode.compatible(r.mode) {
-                    continue;
-                }
-                if r.resource == *req.resource {
-                    conflicts.push(r);
-                } else {
-                    false_contention = true;
-                }
             }
         }
         Ok(if conflicts.is_empty() {
             Decision::Grant { false_contention }
         } else {
-            Decision::Conflict(conflicts)
+            Decision::Conflict
         })
+    }
+
+    /// Under the latch, after a conflict: the request has been bypassed too
+    /// often and becomes URGENT (rule 5): its record keeps its member's bit
+    /// (the entry stays mixed, so no fast path bypasses it) and later
+    /// incompatible requests for its resource wait behind it.
+    pub(crate) fn make_urgent(&self, region: &Region, req: &Request) -> Result<(), CorruptError> {
+        records::tag(region, req.member, req.slot)?
+            .store(TAG_URGENT | self.entry, Ordering::Release);
+        Ok(())
     }
 
     /// The mask with `member`'s bit recomputed from its HELD records on the
@@ -337,9 +385,17 @@ impl<'r> Latched<'r> {
     /// The request is not granted and will not wait: drop the latch with the
     /// member's bit recomputed, then free its PENDING record.
     pub(crate) fn give_up(self, region: &Region, req: &Request) -> Result<(), CorruptError> {
+        let tag = records::tag(region, req.member, req.slot)?;
+        // Requests may wait behind an URGENT one (rule 5): its end wakes them.
+        let change = if records::tag_state(tag.load(Ordering::Relaxed)) == TAG_URGENT {
+            tag.store(TAG_PENDING | self.entry, Ordering::Release);
+            Change::Holdings
+        } else {
+            Change::Look
+        };
         let mask = self.mask_recomputed(region, req.member, Some(req.slot));
         let (word, entry) = (self.word, self.entry);
-        word::unlatch(word, mask, Change::Look);
+        word::unlatch(word, mask, change);
         if mask as u64 & word::bit(req.member) != 0 {
             recheck_own_bit(region, word, entry, req.member, req.slot);
         }
@@ -347,14 +403,39 @@ impl<'r> Latched<'r> {
         Ok(())
     }
 
-    /// Drop the latch to wait or to look elsewhere (the request's PENDING
-    /// record stays, the member's bit recomputed; a look: holding waiters are
-    /// not woken); the request will latch again. Returns the word as this
-    /// unlatch left it: any later change is someone else's, which a waiter
-    /// announces itself against (`word::announce_holding_waiter`).
+    /// Drop the latch to wait or to look elsewhere (the request's record
+    /// stays, the member's bit recomputed: kept for an URGENT record; a look:
+    /// holding waiters are not woken); the request will latch again. Returns
+    /// the word as this unlatch left it: any later change is someone else's,
+    /// which a waiter announces itself against
+    /// (`word::announce_holding_waiter`).
     pub(crate) fn step_out(self, region: &Region, req: &Request) -> u64 {
-        let mask = self.mask_recomputed(region, req.member, Some(req.slot));
+        let mask = self.mask_recomputed(region, req.member, None);
         word::unlatch(self.word, mask, Change::Look)
+    }
+
+    /// Drop the latch as a request that stops waiting (out of time) and will
+    /// free its record without latching again: an URGENT record turns
+    /// PENDING first, the member's bit is recomputed without it, and, since
+    /// requests may have been waiting behind it, the unlatch wakes holding
+    /// waiters.
+    pub(crate) fn step_out_for_good(
+        self,
+        region: &Region,
+        req: &Request,
+    ) -> Result<u64, CorruptError> {
+        let tag = records::tag(region, req.member, req.slot)?;
+        let was_urgent = records::tag_state(tag.load(Ordering::Relaxed)) == TAG_URGENT;
+        if was_urgent {
+            tag.store(TAG_PENDING | self.entry, Ordering::Release);
+        }
+        let mask = self.mask_recomputed(region, req.member, Some(req.slot));
+        let change = if was_urgent {
+            Change::Holdings
+        } else {
+            Change::Look
+        };
+        Ok(word::unlatch(self.word, mask, change))
     }
 
     /// Drop the latch publishing the mask as it was latched (nothing decided:
@@ -426,6 +507,29 @@ fn recheck_own_bit(region: &Region, word: &AtomicU64, entry: u32, member: u32, s
             l.named & !bit
         };
         word::unlatch(word, mask as u32, Change::Look);
+    }
+}
+
+/// A request whose URGENT record must go without the latch (its latch wait
+/// timed out, or an error): the record turns PENDING, then one attempt at the
+/// latch recomputes the member's bit and wakes the holding waiters that may
+/// wait behind it. If the latch cannot be had at once, its holder's decision
+/// drops a bit left behind, and those waiters look again when their sleep
+/// slice ends. The caller frees the record afterwards.
+pub(crate) fn abandon_urgent(region: &Region, member: u32, slot: u32, entry: u32) {
+    let Ok(tag) = records::tag(region, member, slot) else {
+        return;
+    };
+    tag.store(TAG_PENDING | entry, Ordering::Release);
+    let mut on_stuck = |_: u32| Ok(());
+    let mut how = LatchWait {
+        deadline: Some(Instant::now()),
+        steal: 0,
+        on_stuck: &mut on_stuck,
+    };
+    if let Ok(l) = latch(region, entry, member, &mut how) {
+        let mask = l.mask_recomputed(region, member, Some(slot));
+        word::unlatch(l.word, mask, Change::Holdings);
     }
 }
 

@@ -10,8 +10,14 @@
 //! 72-byte *body* (length, mode, flags, resource bytes).
 //!
 //! Tag: `[state:2][entry:30]`, state FREE 0, PENDING 1 (a request waiting on
-//! the resource-level path: does not hold), HELD 2. A body is written before
-//! its tag is published (release) and is rewritten only after the tag is FREE.
+//! the resource-level path, or a lock being released: does not hold), HELD 2,
+//! URGENT 3 (a waiting request bypassed too often: holds nothing, but counts
+//! as its member's interest in the entry and makes later incompatible
+//! requests for its resource wait behind it; `entry.rs`, bounded bypass). A
+//! body is written before its tag is published (release) and is rewritten
+//! only after the tag is FREE, except the *wait ticket* in the high half of
+//! its meta word, which the request's own thread writes under the entry's
+//! latch while the record is PENDING (read only under that latch).
 
 use crate::error::CorruptError;
 use crate::shm::layout::{BLOCK_SLOTS, MAX_RESOURCE};
@@ -22,6 +28,7 @@ use crate::sync::Ordering;
 pub(crate) const TAG_FREE: u32 = 0;
 pub(crate) const TAG_PENDING: u32 = 1 << 30;
 pub(crate) const TAG_HELD: u32 = 2 << 30;
+pub(crate) const TAG_URGENT: u32 = 3 << 30;
 const TAG_STATE: u32 = 3 << 30;
 const TAG_ENTRY: u32 = !TAG_STATE;
 
@@ -234,6 +241,50 @@ pub(crate) fn write_body_and_hash(body: &RecordBody, bytes: &[u8], mode: Mode) -
     finish(h)
 }
 
+/// Where a record's wait ticket lives in its meta word.
+const TICKET_SHIFT: u32 = 32;
+
+/// Write the wait ticket of `member`'s PENDING record `slot` (its own
+/// thread, under the entry's latch).
+pub(crate) fn set_wait_ticket(
+    region: &Region,
+    member: u32,
+    slot: u32,
+    ticket: u32,
+) -> Result<(), CorruptError> {
+    let body =
+        region
+            .bodies(member)?
+            .get(slot as usize)
+            .ok_or_else(|| CorruptError::BadRecord {
+                member,
+                slot,
+                what: format!("slot out of range ({} slots)", region.records_per_member()),
+            })?;
+    let meta = body.meta.load(Ordering::Relaxed) & ((1 << TICKET_SHIFT) - 1);
+    body.meta
+        .store(meta | u64::from(ticket) << TICKET_SHIFT, Ordering::Relaxed);
+    Ok(())
+}
+
+/// A new wait ticket (never 0, which means "has not waited").
+pub(crate) fn take_wait_ticket(region: &Region) -> u32 {
+    let t = region
+        .lock_header()
+        .wait_ticket
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_add(1) as u32;
+    t.max(1)
+}
+
+/// Is ticket `a` older than ticket `b`? (Tickets wrap: compared as the
+/// distance between them, which is far below 2^31 for requests waiting at
+/// the same time.)
+#[inline]
+pub(crate) fn ticket_older(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
 #[inline]
 fn meta_word(len: usize, mode: Mode) -> u64 {
     let (m, flags) = match mode {
@@ -260,6 +311,11 @@ pub struct RecordView {
     pub slot: u32,
     pub entry: u32,
     pub held: bool,
+    /// A waiting request that was bypassed too often (not held).
+    pub urgent: bool,
+    /// When the request first waited (a [`take_wait_ticket`] value; 0 if it
+    /// never did). Orders urgent requests: the older goes first.
+    pub ticket: u32,
     pub mode: Mode,
     pub resource: Resource,
 }
@@ -279,10 +335,11 @@ pub(crate) fn read_record(
             region.lock_entries()
         )));
     }
-    let held = match tag_state(tag) {
-        TAG_HELD => true,
-        TAG_PENDING => false,
-        s => return Err(bad(format!("state {:#x} is not pending or held", s >> 30))),
+    let (held, urgent) = match tag_state(tag) {
+        TAG_HELD => (true, false),
+        TAG_PENDING => (false, false),
+        TAG_URGENT => (false, true),
+        s => return Err(bad(format!("state {:#x} is not a record state", s >> 30))),
     };
     let body = region.bodies(member)?.get(slot as usize).ok_or_else(|| {
         bad(format!(
@@ -315,6 +372,8 @@ pub(crate) fn read_record(
         slot,
         entry,
         held,
+        urgent,
+        ticket: (meta >> TICKET_SHIFT) as u32,
         mode,
         resource: Resource {
             len: len as u8,
@@ -346,31 +405,37 @@ fn live_tags(region: &Region, member: u32) -> impl Iterator<Item = (u32, u32)> +
         .filter(|&(_, tag)| tag_state(tag) != TAG_FREE)
 }
 
-/// Every non-free record of `member` on `entry` (held, or pending too if `pending`).
-pub(crate) fn records_on(
+/// Call `f` with every held or urgent record of `member` on `entry` (no
+/// allocation), stopping at the first error.
+pub(crate) fn for_each_interest_on(
     region: &Region,
     member: u32,
     entry: u32,
-    pending: bool,
-) -> Result<Vec<RecordView>, CorruptError> {
+    mut f: impl FnMut(RecordView),
+) -> Result<(), CorruptError> {
     let member = region.check_member(member)?;
-    // Anything but PENDING is read when only held records are wanted, so a
-    // tag in an unknown state is reported (by `read_record`), not skipped.
-    live_tags(region, member)
-        .filter(|&(_, tag)| tag_entry(tag) == entry && (pending || tag_state(tag) != TAG_PENDING))
-        .map(|(slot, tag)| read_record(region, member, slot, tag))
-        .collect()
+    // Anything but PENDING is read, so a tag in an unknown state is
+    // reported (by `read_record`), not skipped.
+    for (slot, tag) in live_tags(region, member) {
+        if tag_entry(tag) == entry && tag_state(tag) != TAG_PENDING {
+            f(read_record(region, member, slot, tag)?);
+        }
+    }
+    Ok(())
 }
 
-/// Does `member` have a held record on `entry` other than slot `except`?
-/// (Reads only the tags: the bodies do not matter for the member's interest.)
+/// Does `member` have an *interest* in `entry` other than slot `except`: a
+/// held record there, or an urgent request? (Reads only the tags: the bodies
+/// do not matter for the member's interest.)
 pub(crate) fn holds_other_on(
     region: &Region,
     member: u32,
     entry: u32,
     except: Option<u32>,
 ) -> bool {
-    live_tags(region, member).any(|(slot, tag)| tag == TAG_HELD | entry && Some(slot) != except)
+    live_tags(region, member).any(|(slot, tag)| {
+        (tag == TAG_HELD | entry || tag == TAG_URGENT | entry) && Some(slot) != except
+    })
 }
 
 /// Every non-free record of `member`.

@@ -150,7 +150,7 @@ pub(crate) fn bit(id: u32) -> u64 {
     1u64 << id
 }
 
-/// The next epoch after that of `w` (wrapping in its 24 bits).
+/// The next epoch after that of `w` (wrapping in its 23 bits).
 #[inline]
 fn next_epoch(w: Word) -> u64 {
     w.epoch().wrapping_add(1 << EPOCH_SHIFT)
@@ -212,12 +212,21 @@ pub(crate) fn try_fast_share(word: &AtomicU64, me: u32) -> bool {
     }
 }
 
-/// Fast share release: fast mode and my bit set.
+/// Fast share release: fast mode, my bit set, and the epoch of `seen` (the
+/// word [`fast_release_possible`] saw before the caller marked its record
+/// PENDING). Other connectors' share bits may come and go meanwhile; but a
+/// word that went through mixed mode since came back to fast mode only by an
+/// unlatch that left it empty, which moved the epoch: my bit, if set again,
+/// is then a sibling thread's new holding (set on the fast path once the
+/// latched decision had dropped mine), not mine to clear. The caller then
+/// releases on the latched path, which recomputes the bit from the records.
+/// (Only an epoch that wraps, 2^23 holdings changes while the releaser is
+/// preempted between its two loads, could fool this.)
 #[inline]
-pub(crate) fn try_fast_release_share(word: &AtomicU64, me: u32) -> bool {
+pub(crate) fn try_fast_release_share(word: &AtomicU64, me: u32, seen: u64) -> bool {
     let mut cur = word.load(Ordering::Relaxed);
     loop {
-        if cur & MIXED != 0 || cur & bit(me) == 0 {
+        if cur & MIXED != 0 || cur & bit(me) == 0 || cur & EPOCH_BITS != seen & EPOCH_BITS {
             return false;
         }
         match word.compare_exchange_weak(cur, cur & !bit(me), Ordering::Release, Ordering::Relaxed)
@@ -437,10 +446,26 @@ mod tests {
         );
         assert!(!try_fast_exclusive(&w, 5));
         assert_eq!(load(&w).mask(), 1 | 1 << 31);
-        assert!(try_fast_release_share(&w, 0));
-        assert!(!try_fast_release_share(&w, 0));
-        assert!(try_fast_release_share(&w, 31));
+        let seen = w.load(Ordering::Relaxed);
+        assert!(try_fast_release_share(&w, 0, seen));
+        assert!(!try_fast_release_share(&w, 0, seen));
+        assert!(try_fast_release_share(&w, 31, seen));
         assert!(load(&w).is_free());
+    }
+
+    #[test]
+    fn a_fast_share_release_refuses_a_word_of_another_epoch() {
+        // Seen with my bit; since then the word went mixed (my bit dropped
+        // by a decision), back to fast mode with the next epoch, and a
+        // sibling's fast share set my bit again: not mine to clear.
+        let w = AtomicU64::new(0);
+        assert!(try_fast_share(&w, 3));
+        let seen = w.load(Ordering::Relaxed);
+        assert!(matches!(try_latch(&w, 1), Latch::Latched { .. }));
+        unlatch(&w, 0, Change::Look);
+        assert!(try_fast_share(&w, 3));
+        assert!(!try_fast_release_share(&w, 3, seen));
+        assert_eq!(load(&w).mask(), 1 << 3);
     }
 
     #[test]

@@ -381,3 +381,46 @@ fn a_sweep_posts_for_a_member_whose_recovery_has_ended() {
         std::mem::forget(m);
     });
 }
+
+/// Member A (two threads) and member B on one entry: B holds R2 there; A's
+/// thread 1 releases R1 on the latched path while A's thread 2 takes and
+/// releases another resource of the entry. No request times out, so at rest
+/// the word names B alone (no bit of A left behind by `recheck_own_bit`, heal
+/// or a give-up). (B's holding is taken before the threads start: with a
+/// third thread the model takes over 15 minutes.)
+#[test]
+fn no_bit_is_left_behind_by_siblings_and_another_member() {
+    check(2, || {
+        let r = region(2, 2);
+        let names = colliding(4);
+        let a = Arc::new(Member::connect(r.clone(), "A").unwrap());
+        let mut h1 = a.holder().unwrap();
+        let l1 = take(&mut h1, &names[0], Mode::Exclusive);
+        let mut h2 = a.holder().unwrap();
+        crate::connector::identity::model::enter(2);
+        let b = Member::connect(r.clone(), "B").unwrap();
+        let mut hb = b.holder().unwrap();
+        let lb = take(&mut hb, &names[2], Mode::Exclusive); // E is mixed
+        crate::connector::identity::model::enter(1);
+        let n1 = names[1].clone();
+        let t1 = process(1, move || {
+            h1.unlock(l1).unwrap();
+            h1
+        });
+        let t2 = process(1, move || {
+            if let TryOutcome::Granted(id) = h2.try_lock(&n1, Mode::Exclusive).unwrap() {
+                h2.unlock(id).unwrap();
+            }
+            h2
+        });
+        let (h1, h2) = (t1.join().unwrap().unwrap(), t2.join().unwrap().unwrap());
+        drop((h1, h2));
+        let problems = at_rest_problems(&r);
+        assert!(problems.is_empty(), "{problems:?}");
+        let w = Word(r.word(entry_of(&names[0])).unwrap().load(Ordering::Relaxed));
+        assert_eq!(w.named(), word::bit(b.id()), "{:#x}", w.0);
+        hb.unlock(lb).unwrap();
+        drop(hb);
+        std::mem::forget((a, b));
+    });
+}

@@ -96,6 +96,9 @@ pub struct Holder {
     requests: u64,
     contention: u64,
     false_contention: u64,
+    /// The conflicting records of the request being decided (kept between
+    /// requests, so waiting allocates nothing once it has grown).
+    conflicts: Vec<RecordView>,
 }
 
 /// Where a holder's hot path reads and writes: slices of the region, which
@@ -138,6 +141,7 @@ impl Holder {
             requests: 0,
             contention: 0,
             false_contention: 0,
+            conflicts: Vec::new(),
         };
         h.grow()?;
         Ok(h)
@@ -292,7 +296,9 @@ impl Holder {
             max: MAX_RESOURCE,
         })?;
         // The clock is read only here: the fast path needs no deadline.
-        let out = self.slow_acquire(&res, mode, slot, entry, timeout);
+        let mut conflicts = std::mem::take(&mut self.conflicts);
+        let out = self.slow_acquire(&res, mode, slot, entry, timeout, &mut conflicts);
+        self.conflicts = conflicts;
         if !matches!(out, Ok(TryOutcome::Granted(_))) {
             // The record was freed by slow_acquire; an error may have left it
             // pending: free it (nothing is latched any more). Not if we were
@@ -314,17 +320,23 @@ impl Holder {
         slot: u32,
         entry: u32,
         timeout: Option<Duration>,
+        conflicts: &mut Vec<RecordView>,
     ) -> Result<TryOutcome, LockError> {
         let region = &*self.m.region;
         let me = self.m.id;
         let word = region.word(entry)?;
         let tag = records::tag(region, me, slot)?;
-        let req = Request {
+        let mut req = Request {
             resource: res,
             mode,
             member: me,
             slot,
+            ticket: 0,
         };
+        // Bounded bypass (`entry.rs` rule 5): how often the holdings changed
+        // while we waited and we were still refused.
+        let mut bypassed = 0u32;
+        let mut woken_by_change = false;
         let wait_for_live = timeout.is_some();
         let deadline = Instant::now() + timeout.unwrap_or(TRY_WAIT);
         let mut counted_contention = false;
@@ -332,7 +344,13 @@ impl Holder {
         // The last sleep passed a whole slice without the word changing:
         // check the holders' processes before waiting again.
         let mut stale = false;
-        let free_record = || tag.store(TAG_FREE, Ordering::Release);
+        let free_record = || {
+            if records::tag_state(tag.load(Ordering::Relaxed)) == records::TAG_URGENT {
+                // Unlatched: requests may be waiting behind us.
+                entry::abandon_urgent(region, me, slot, entry);
+            }
+            tag.store(TAG_FREE, Ordering::Release)
+        };
         loop {
             self.m.check_still_connected()?;
             let mut on_stuck =
@@ -358,7 +376,7 @@ impl Holder {
                 }
             };
             crate::crash::point("slow.latched");
-            let conflicts = match l.decide(region, &req) {
+            match l.decide(region, &req, conflicts) {
                 Ok(Decision::Grant { false_contention }) => {
                     l.grant(region, &req)?;
                     if false_contention {
@@ -366,18 +384,19 @@ impl Holder {
                     }
                     return Ok(TryOutcome::Granted(LockId { slot, entry, mode }));
                 }
-                Ok(Decision::Conflict(c)) => c,
+                Ok(Decision::Conflict) => {}
                 Err(e) => {
                     l.unlatch_unchanged();
                     free_record();
                     return Err(e.into());
                 }
-            };
+            }
             if !counted_contention {
                 counted_contention = true;
                 self.contention += 1;
             }
-            let class = match classify(region, &conflicts) {
+            let conflicts: &[RecordView] = conflicts;
+            let class = match classify(region, conflicts) {
                 Ok(c) => c,
                 Err(e) => {
                     l.unlatch_unchanged();
@@ -396,11 +415,34 @@ impl Holder {
                 return Ok(TryOutcome::Retained(h));
             }
             let out_of_time = Instant::now() >= deadline;
+            if wait_for_live && !out_of_time {
+                if req.ticket == 0 {
+                    // First wait: the ticket orders us among urgent requests.
+                    req.ticket = records::take_wait_ticket(region);
+                    if let Err(e) = records::set_wait_ticket(region, me, slot, req.ticket) {
+                        l.unlatch_unchanged();
+                        free_record();
+                        return Err(e.into());
+                    }
+                }
+                bypassed += u32::from(std::mem::take(&mut woken_by_change));
+                if bypassed == entry::BYPASS_LIMIT {
+                    if let Err(e) = l.make_urgent(region, &req) {
+                        l.unlatch_unchanged();
+                        free_record();
+                        return Err(e.into());
+                    }
+                }
+            }
             if stale || out_of_time || !wait_for_live {
                 // Before answering or waiting on: are the holders alive?
                 // (Without the latch: their cleanup needs it.)
-                let left = l.step_out(region, &req);
-                let dead = clean_dead(region, me, &conflicts, deadline)?;
+                let left = if out_of_time || !wait_for_live {
+                    l.step_out_for_good(region, &req)?
+                } else {
+                    l.step_out(region, &req)
+                };
+                let dead = clean_dead(region, me, conflicts, deadline)?;
                 if dead.changed {
                     // Cleaned up now: look again.
                     stale = false;
@@ -409,13 +451,14 @@ impl Holder {
                 let waiting_for_cleanup = class.being_cleaned || dead.cleaning;
                 if out_of_time || (!wait_for_live && !waiting_for_cleanup) {
                     free_record();
-                    return Ok(TryOutcome::Contention(dedup_holders(region, &conflicts)));
+                    return Ok(TryOutcome::Contention(dedup_holders(region, conflicts)));
                 }
                 // Wait for the holdings to change from what our unlatch left
                 // (a release, a cleanup's settle: a change since is not missed).
                 let time_left = deadline.saturating_duration_since(Instant::now());
                 stale = word::wait_for_holdings(word, left, 0, slice.min(time_left))
                     == word::HoldingsWait::SliceEnded;
+                woken_by_change = !stale;
                 slice = (slice * 2).min(entry::MAX_SLICE);
                 continue;
             }
@@ -427,6 +470,7 @@ impl Holder {
             let time_left = deadline.saturating_duration_since(Instant::now());
             let end = word::wait_for_holdings(word, left, crate::sync::SPINS, slice.min(time_left));
             stale = end == word::HoldingsWait::SliceEnded;
+            woken_by_change = !stale;
             if stale {
                 slice = (slice * 2).min(entry::MAX_SLICE);
             }
@@ -468,7 +512,7 @@ impl Holder {
             let fast = if id.mode.is_exclusive() {
                 word::try_fast_release_exclusive(word, seen)
             } else {
-                word::try_fast_release_share(word, me)
+                word::try_fast_release_share(word, me, seen)
             };
             if fast {
                 crate::crash::point("release.after_word");
@@ -499,8 +543,8 @@ impl Holder {
         let m = self.m.clone();
         let tags = m.region.tags(m.id)?;
         let mut n = 0;
-        for &b in &self.blocks.clone() {
-            let first = b * crate::shm::layout::BLOCK_SLOTS;
+        for i in 0..self.blocks.len() {
+            let first = self.blocks[i] * crate::shm::layout::BLOCK_SLOTS;
             for slot in first..first + crate::shm::layout::BLOCK_SLOTS {
                 let Some(t) = tags.get(slot as usize) else {
                     continue;
@@ -572,7 +616,7 @@ fn classify(region: &Region, conflicts: &[RecordView]) -> Result<Classified, Cor
     for r in conflicts {
         let st = connector::load_state(region, r.member)?.state;
         let cleaning = st == MemberState::Cleaning;
-        if r.mode.is_modify() && (st.retains() || cleaning) {
+        if r.held && r.mode.is_modify() && (st.retains() || cleaning) {
             out.retained = Some(holder_info(region, r.member, r.mode));
             out.retained_cleaning = cleaning;
         } else if cleaning {

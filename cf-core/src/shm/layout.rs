@@ -22,7 +22,9 @@ use bytemuck::{Pod, Zeroable};
 pub const MAGIC: [u8; 8] = *b"CFEMUREG";
 /// Bump on any change of this file or of the slot layouts (`slots.rs`).
 /// 2: restart requests carry an epoch in their state word.
-pub const LAYOUT_VERSION: u32 = 3;
+/// 3: a request records the generation of the connection it is for.
+/// 4: URGENT record state and wait tickets (bounded bypass).
+pub const LAYOUT_VERSION: u32 = 4;
 /// The header and the directory live in the first page.
 pub const HEADER_PAGE: u64 = 4096;
 /// Connector ids are bit positions in the 32-bit share/interest mask of a lock word.

@@ -47,6 +47,10 @@ pub(crate) struct LockHeader {
     _reserved: [AtomicU64; 4],
     /// The connect latch: token of the process changing the connector table.
     pub connect_latch: AtomicU64,
+    /// The next wait ticket (`lock/records.rs`): taken by a request the first
+    /// time it has to wait, so urgent requests go in the order they began
+    /// to wait.
+    pub wait_ticket: AtomicU64,
 }
 
 /// One block header of a member area: 64 bytes. See `lock/records.rs`.
@@ -150,6 +154,7 @@ mod pinned {
     const _: () = assert!(offset_of!(ConnectorSlot, committed) == 112);
     const _: () = assert!(size_of::<LockHeader>() <= 4096);
     const _: () = assert!(offset_of!(LockHeader, connect_latch) == 64);
+    const _: () = assert!(offset_of!(LockHeader, wait_ticket) == 72);
     const _: () = assert!(size_of::<BlockHeader>() as u64 == BLOCK_HEADER_SIZE);
     const _: () = assert!(size_of::<RecordBody>() as u64 == RECORD_SIZE);
     const _: () = assert!(size_of::<RequestListHeader>() as u64 == REQUEST_SIZE);
