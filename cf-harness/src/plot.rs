@@ -24,6 +24,28 @@ fn color(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
 
+/// Write `labels[i]` left of the chart's row `i` (its centre at `y(i)`),
+/// right-aligned against the axis: plotters' own labels sit on its ticks,
+/// which need not fall on the rows.
+fn label_rows<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    at: impl Fn(f64) -> (i32, i32),
+    labels: &[String],
+    y: impl Fn(usize) -> f64,
+) -> Draw<()>
+where
+    DB::ErrorType: 'static,
+{
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    let style =
+        TextStyle::from(("sans-serif", 12).into_font()).pos(Pos::new(HPos::Right, VPos::Center));
+    for (i, l) in labels.iter().enumerate() {
+        let (px, py) = at(y(i));
+        root.draw(&Text::new(l.clone(), (px - 6, py), style.clone()))?;
+    }
+    Ok(())
+}
+
 fn wrap<T>(path: &Path, r: Draw<T>) -> Result<T> {
     r.map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))
 }
@@ -57,7 +79,8 @@ fn draw_lines(
         .map(|p| p.0)
         .chain(marks.iter().map(|m| m.0))
         .fold(1e-9, f64::max);
-    let ymax = pts.map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    // Headroom above the highest point for the legend.
+    let ymax = pts.map(|p| p.1).fold(1.0, f64::max) * 1.45;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
@@ -68,6 +91,7 @@ fn draw_lines(
         .configure_mesh()
         .x_desc(x_desc)
         .y_desc(y_desc)
+        .y_label_formatter(&|y| figure(*y))
         .draw()?;
     for (i, (name, v)) in series.iter().enumerate() {
         let c = color(i);
@@ -125,7 +149,13 @@ fn draw_histogram(path: &Path, title: &str, unit: &str, values: &[f64]) -> Draw<
         .x_label_area_size(40)
         .y_label_area_size(50)
         .build_cartesian_2d(0f64..max * 1.02, 0f64..top)?;
-    chart.configure_mesh().x_desc(unit).y_desc("count").draw()?;
+    chart
+        .configure_mesh()
+        .x_desc(unit)
+        .y_desc("count")
+        .x_label_formatter(&|x| figure(*x))
+        .y_label_formatter(&|y| figure(*y))
+        .draw()?;
     chart.draw_series(counts.iter().enumerate().map(|(i, &c)| {
         let x0 = i as f64 * width;
         Rectangle::new(
@@ -137,8 +167,8 @@ fn draw_histogram(path: &Path, title: &str, unit: &str, values: &[f64]) -> Draw<
     Ok(())
 }
 
-/// Horizontal bars: `(label, value)` in `unit` (log scale when the values
-/// span more than a factor of 100).
+/// Horizontal bars: `(label, value)` in `unit`, on a log scale (the paths
+/// of a benchmark span orders of magnitude), each bar with its value.
 pub fn bar_chart(path: &Path, title: &str, unit: &str, bars: &[(String, f64)]) -> Result<()> {
     wrap(path, draw_bars(path, title, unit, bars))
 }
@@ -147,32 +177,47 @@ fn draw_bars(path: &Path, title: &str, unit: &str, bars: &[(String, f64)]) -> Dr
     let h = 80 + 26 * bars.len().max(1) as u32;
     let root = SVGBackend::new(path, (960, h)).into_drawing_area();
     root.fill(&WHITE)?;
-    let max = bars.iter().map(|b| b.1).fold(1e-9, f64::max) * 1.15;
+    let positive = || bars.iter().map(|b| b.1).filter(|v| *v > 0.0);
+    let max = positive().fold(1e-9, f64::max) * 3.0;
+    let min = positive().fold(max, f64::min) / 2.0;
     let n = bars.len().max(1) as f64;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(330)
-        .build_cartesian_2d(0f64..max, 0f64..n)?;
+        .build_cartesian_2d((min..max).log_scale(), 0f64..n)?;
     let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
     chart
         .configure_mesh()
-        .x_desc(unit)
-        .y_labels(bars.len().max(1))
-        .y_label_formatter(&|y| {
-            let i = (n - y - 0.5).round();
-            if i >= 0.0 && (i as usize) < labels.len() && (y.fract() - 0.5).abs() < 1e-6 {
-                labels[i as usize].clone()
-            } else {
-                String::new()
-            }
-        })
+        .x_desc(format!("{unit} (log scale)"))
+        .x_label_formatter(&|x| figure(*x))
+        .y_labels(0)
         .disable_y_mesh()
         .draw()?;
+    label_rows(
+        &root,
+        |y| chart.backend_coord(&(min, y)),
+        &labels,
+        |i| n - i as f64 - 0.5,
+    )?;
     chart.draw_series(bars.iter().enumerate().map(|(i, b)| {
         let y = n - i as f64;
-        Rectangle::new([(0.0, y - 0.85), (b.1, y - 0.15)], color(i).filled())
+        Rectangle::new(
+            [(min, y - 0.85), (b.1.max(min), y - 0.15)],
+            color(i).filled(),
+        )
+    }))?;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    let style =
+        TextStyle::from(("sans-serif", 11).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+    chart.draw_series(bars.iter().enumerate().map(|(i, b)| {
+        let y = n - i as f64 - 0.5;
+        Text::new(
+            format!("  {}", figure(b.1)),
+            (b.1.max(min), y),
+            style.clone(),
+        )
     }))?;
     root.present()?;
     Ok(())
@@ -236,25 +281,26 @@ fn draw_timeline(
         * 1.05;
     let n = rows.len().max(1) as f64;
     let labels: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    // Room on the right for the legend, beyond the last step.
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(36)
-        .y_label_area_size(160)
-        .build_cartesian_2d(0f64..xmax, 0f64..n)?;
+        .y_label_area_size(190)
+        .build_cartesian_2d(0f64..xmax * 1.3, 0f64..n)?;
     chart
         .configure_mesh()
         .x_desc("ms after the death")
-        .y_labels(rows.len().clamp(1, 40))
-        .y_label_formatter(&|y| {
-            let i = (n - y - 0.5).round();
-            if i >= 0.0 && (i as usize) < labels.len() && (y.fract() - 0.5).abs() < 1e-6 {
-                labels[i as usize].clone()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|x| figure(*x))
+        .y_labels(0)
+        .disable_y_mesh()
         .draw()?;
+    label_rows(
+        &root,
+        |y| chart.backend_coord(&(0.0, y)),
+        &labels,
+        |i| n - i as f64 - 0.5,
+    )?;
     for (r, (_, steps)) in rows.iter().enumerate() {
         let y = n - r as f64 - 0.5;
         let end = steps.iter().map(|s| s.1).fold(0.0, f64::max);
@@ -284,10 +330,25 @@ fn draw_timeline(
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::UpperRight)
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// An axis figure: no decimals from 100 up, else at most two, trailing zeros
+/// dropped (`5000`, `2.5`, `0.25`).
+fn figure(v: f64) -> String {
+    let s = if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    };
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
 }
 
 /// Throughput per interval from cumulative samples `(t, total)`.
