@@ -679,6 +679,13 @@ fn sim_report_adds_up_honours_cf_plex_and_writes_csv_and_charts() {
     );
     assert_eq!(v["seed"], 7);
     assert_eq!(v["config"]["tx_size"], 3);
+    // Durations in the configuration are seconds, under names without a unit.
+    assert_eq!(v["config"]["kill_every"], 0.25, "{v}");
+    assert_eq!(
+        v["config"]["pause"], 0.0005,
+        "--pause-us 500 (the default): {v}"
+    );
+    assert!(v["config"].get("pause_us").is_none(), "{v}");
     assert_eq!(v["program"]["version"], env!("CARGO_PKG_VERSION"));
     for k in ["faults", "kills"] {
         let by: u64 = v[k]["by_kind"]
@@ -712,6 +719,34 @@ fn sim_report_adds_up_honours_cf_plex_and_writes_csv_and_charts() {
         "recoveries.svg",
     ] {
         let svg = std::fs::read_to_string(charts.path().join("c").join(f)).unwrap();
+        assert!(svg.contains("<svg"), "{f}");
+    }
+    // Each row of the recovery timeline is named (member, PID, time of death).
+    if v["recoveries"].as_u64() >= Some(1) {
+        let svg = std::fs::read_to_string(charts.path().join("c/recoveries.svg")).unwrap();
+        assert!(svg.contains(" pid "), "rows named: {svg}");
+    }
+    // The README shows charts of these names, committed beside it.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let linked: Vec<&str> = readme
+        .split("](docs/charts/")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next())
+        .collect();
+    assert!(!linked.is_empty(), "the README links charts");
+    for f in linked {
+        assert!(
+            [
+                "throughput.svg",
+                "detection.svg",
+                "recovery.svg",
+                "recoveries.svg"
+            ]
+            .contains(&f),
+            "the README links {f}, which --plot does not write"
+        );
+        let svg = std::fs::read_to_string(root.join("docs/charts").join(f)).unwrap();
         assert!(svg.contains("<svg"), "{f}");
     }
     // The key order is stable: the same run's keys in the same order.

@@ -86,7 +86,7 @@ pub struct SimArgs {
     pub seed: u64,
     /// Pause between the two legs of a transfer: 500us, 2ms (a bare number is microseconds)
     #[arg(long, default_value = "500", value_parser = crate::duration::micros)]
-    #[serde(serialize_with = "ser_secs")]
+    #[serde(serialize_with = "ser_secs", rename = "pause")]
     pub pause_us: Duration,
     /// Also kill restarters: the member that claimed a restart request, or the restart-light process
     #[arg(long)]
@@ -1580,6 +1580,9 @@ fn report(
             "  transactions: {committed} committed ({:.0}/s), {backed_out} backed out",
             committed as f64 / secs
         );
+        if !by_kind.is_empty() {
+            outln!("    by kind, from the members stopped normally (a killed member's counts die with it):");
+        }
         for (k, n, l) in &by_kind {
             outln!(
                 "    {k:<8} {n} ({:.0}/s) latency {}",
