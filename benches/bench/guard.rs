@@ -12,26 +12,6 @@ use std::process::{Child, Command};
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-/// A fresh directory under `/dev/shm` (mode 0700, `tempfile`), removed
-/// with everything in it when dropped.
-pub struct TempDir {
-    dir: tempfile::TempDir,
-}
-
-impl TempDir {
-    pub fn new() -> Result<TempDir> {
-        let dir = tempfile::Builder::new()
-            .prefix("cf-bench-")
-            .tempdir_in("/dev/shm")
-            .context("creating a directory under /dev/shm")?;
-        Ok(TempDir { dir })
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
 /// A `MAP_SHARED` mapping of a whole file in the temporary directory: the
 /// memory the peers' lock words and mutexes live in, and the control words of
 /// the multi-process benchmarks.

@@ -151,7 +151,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     let load_at_start = loadavg();
     let cfg = config(a.quick);
     let want = |g: Group| a.only.is_empty() || a.only.contains(&g);
-    let tmp = guard::TempDir::new()?;
+    let tmp = crate::ShmDir::new().context("creating a directory under /dev/shm")?;
     let cpus = guard::allowed_cpus();
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let progress = |s: &str| {

@@ -702,7 +702,6 @@ pub fn proc_state(stat: &str) -> Option<char> {
 /// so a reused PID is never hit; if it was still alive then, kill it and
 /// return true. `want` must occur in its command line.
 pub fn stop_and_kill(pid: u32, want: &[&str]) -> bool {
-    use std::os::fd::AsRawFd;
     let Ok(fd) = cf_node::pidfd::open(pid) else {
         return false;
     };
@@ -717,20 +716,9 @@ pub fn stop_and_kill(pid: u32, want: &[&str]) -> bool {
     if !want.iter().all(|w| args.iter().any(|a| a == w)) {
         return false;
     }
-    let send = |sig: i32| {
-        // SAFETY: pidfd_send_signal takes a descriptor we own, a signal
-        // number, a null siginfo and flags 0; no memory is written.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                fd.as_raw_fd() as libc::c_long,
-                sig as libc::c_long,
-                std::ptr::null::<libc::siginfo_t>(),
-                0 as libc::c_long,
-            )
-        }
-    };
-    if send(libc::SIGSTOP) != 0 {
+    // Through the pidfd (`rustix`): a reused PID is never hit.
+    let send = |sig: rustix::process::Signal| rustix::process::pidfd_send_signal(&fd, sig);
+    if send(rustix::process::Signal::STOP).is_err() {
         return false;
     }
     // Stopped (alive) or already exiting?
@@ -746,11 +734,10 @@ pub fn stop_and_kill(pid: u32, want: &[&str]) -> bool {
         },
         || format!("pid {pid}"),
     );
-    let r = send(libc::SIGKILL);
+    let r = send(rustix::process::Signal::KILL);
     assert!(
-        r == 0 || !alive,
-        "SIGKILL to a stopped restart light failed: {}",
-        std::io::Error::last_os_error()
+        r.is_ok() || !alive,
+        "SIGKILL to a stopped restart light failed: {r:?}"
     );
     alive
 }

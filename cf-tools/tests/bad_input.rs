@@ -114,7 +114,10 @@ fn read_header(path: &Path) -> Vec<u8> {
     raw
 }
 
-/// FNV-1a 64 over the header with the checksum field zeroed (layout::checksum).
+/// FNV-1a 64 over the header with the checksum field zeroed: written out
+/// again here on purpose, an oracle independent of `layout::checksum` (a
+/// test that forged headers through the function under test would agree
+/// with any change to it).
 fn fnv1a(header: &[u8]) -> u64 {
     let at = offset_of!(Header, checksum);
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

@@ -15,27 +15,25 @@
 //! or use `scripts/soak.sh`.
 
 use serde_json::Value;
-use std::path::PathBuf;
 use std::process::Command;
 
-/// A plex directory for one sim under /dev/shm, removed on drop (also when
-/// the test fails: the report printed has what is needed).
-struct Plex(PathBuf);
+/// A plex directory for one sim under /dev/shm (`tempfile`), removed on
+/// drop (also when the test fails: the report printed has what is needed).
+struct Plex(tempfile::TempDir);
 
 impl Plex {
     fn new(what: &str) -> Plex {
         let base = if std::path::Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
+            std::path::PathBuf::from("/dev/shm")
         } else {
             std::env::temp_dir()
         };
-        Plex(base.join(format!("cf-torture-{what}-{}", std::process::id())))
-    }
-}
-
-impl Drop for Plex {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        Plex(
+            tempfile::Builder::new()
+                .prefix(&format!("cf-torture-{what}-"))
+                .tempdir_in(base)
+                .expect("a directory for the plex"),
+        )
     }
 }
 
@@ -43,7 +41,7 @@ fn sim(what: &str, args: &[&str]) -> Value {
     let plex = Plex::new(what);
     let out = Command::new(env!("CARGO_BIN_EXE_cfctl"))
         .arg("--plex")
-        .arg(&plex.0)
+        .arg(plex.0.path())
         .arg("sim")
         .args(args)
         .arg("--json")
@@ -193,6 +191,23 @@ fn same_seed_same_schedule() {
     check(&a, 6);
     check(&b, 6);
     assert_eq!(a["faults"]["by_kind"], b["faults"]["by_kind"]);
+    // In the same order too (JSON objects compare without it): kinds sorted
+    // by name, never in a hash map's order.
+    let order = |d: &Value, k: &str| -> Vec<String> {
+        d[k]["by_kind"]
+            .as_object()
+            .expect("by_kind")
+            .keys()
+            .cloned()
+            .collect()
+    };
+    for k in ["faults", "kills"] {
+        let (oa, ob) = (order(&a, k), order(&b, k));
+        assert_eq!(oa, ob, "{k}");
+        let mut sorted = oa.clone();
+        sorted.sort();
+        assert_eq!(oa, sorted, "{k}");
+    }
 }
 
 #[test]
