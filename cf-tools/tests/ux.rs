@@ -42,6 +42,18 @@ fn json_lines(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
+/// A test plex made again by `cfctl create ARGS` (accounts, history, sizes).
+fn plex_made_with(create: &[&str]) -> TestPlex {
+    let plex = TestPlex::small();
+    let gone = plex.run(&["destroy"]);
+    assert!(gone.status.success(), "{gone}");
+    let mut args = vec!["create"];
+    args.extend_from_slice(create);
+    let made = plex.run(&args);
+    assert!(made.status.success(), "{made}");
+    plex
+}
+
 // --- cfctl sim: every option checked before anything starts ---------------
 
 #[test]
@@ -288,11 +300,7 @@ fn a_closed_pipe_ends_the_command_quietly() {
 
 #[test]
 fn verify_and_display_accounts_are_honest_on_a_live_plex() {
-    let plex = TestPlex::new(Some(16));
-    let created = plex.run(&["destroy"]);
-    assert!(created.status.success(), "{created}");
-    let made = plex.run(&["create", "--accounts", "20", "--lock-entries", "16"]);
-    assert!(made.status.success(), "{made}");
+    let plex = plex_made_with(&["--accounts", "20", "--lock-entries", "16"]);
     let mut members: Vec<Proc> = ["A", "B"]
         .iter()
         .map(|m| {
@@ -325,11 +333,8 @@ fn verify_and_display_accounts_are_honest_on_a_live_plex() {
 
 #[test]
 fn failures_before_connecting_leave_no_connector() {
-    let plex = TestPlex::new(Some(1024));
     // 100 modify locks do not fit a 64-record area (the default is larger).
-    let _ = plex.run(&["destroy"]);
-    let made = plex.run(&[
-        "create",
+    let plex = plex_made_with(&[
         "--accounts",
         "10",
         "--lock-entries",
@@ -337,7 +342,6 @@ fn failures_before_connecting_leave_no_connector() {
         "--records",
         "64",
     ]);
-    assert!(made.status.success(), "{made}");
     let f = plex.run(&["hold", "--member", "A", "--modify-many", "100"]);
     assert_eq!(f.status.code(), Some(1), "{f}");
     assert!(f.stderr.contains("record entries"), "{f}");
@@ -370,17 +374,7 @@ fn failures_before_connecting_leave_no_connector() {
 #[test]
 fn a_member_refused_at_connect_leaves_the_running_ones_log_alone() {
     use std::os::unix::fs::OpenOptionsExt;
-    let plex = TestPlex::small();
-    let _ = plex.run(&["destroy"]);
-    let made = plex.run(&[
-        "create",
-        "--accounts",
-        "10",
-        "--history",
-        "--lock-entries",
-        "16",
-    ]);
-    assert!(made.status.success(), "{made}");
+    let plex = plex_made_with(&["--accounts", "10", "--history", "--lock-entries", "16"]);
     let mut a = plex.hold("A", &[("x", "r")]);
     // A record being written by A: the first bytes of a length prefix.
     let partial = [7u8, 0, 0];
@@ -604,12 +598,7 @@ fn displays_an_operator_knows() {
 
 #[test]
 fn a_member_counts_the_deaths_it_detected() {
-    let plex = TestPlex::small();
-    let _ = plex.run(&["destroy"]);
-    assert!(plex
-        .run(&["create", "--accounts", "10", "--lock-entries", "16"])
-        .status
-        .success());
+    let plex = plex_made_with(&["--accounts", "10", "--lock-entries", "16"]);
     let mut m = plex.spawn_node(
         "run",
         &["--member", "SYSB", "--json", "--buffer-pool-mb", "1"],
@@ -804,19 +793,7 @@ fn completions_and_man_page_come_from_the_definitions() {
 
 #[test]
 fn a_seeded_workload_of_every_shape_keeps_the_history() {
-    let plex = TestPlex::small();
-    let _ = plex.run(&["destroy"]);
-    assert!(plex
-        .run(&[
-            "create",
-            "--accounts",
-            "50",
-            "--history",
-            "--lock-entries",
-            "16"
-        ])
-        .status
-        .success());
+    let plex = plex_made_with(&["--accounts", "50", "--history", "--lock-entries", "16"]);
     let mut m = plex.spawn_node(
         "run",
         &[
