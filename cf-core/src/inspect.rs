@@ -230,6 +230,7 @@ pub fn structures(region: &Region) -> Vec<StructureView> {
 pub fn verify(region: &Region) -> Vec<String> {
     let mut problems = Vec::new();
     let mut held: Vec<(RecordView, MemberState)> = Vec::new();
+    let mut urgent_on: std::collections::HashSet<(u32, u32)> = std::collections::HashSet::new();
     let mut states = Vec::new();
     for id in 0..region.members() {
         let st = match connector::load_state(region, id) {
@@ -286,7 +287,13 @@ pub fn verify(region: &Region) -> Vec<String> {
                 if let Some(r) = recs.iter().find(|r| !r.mode.is_modify() || !r.held) {
                     problems.push(format!(
                         "failed-persistent member {name} has a {} {} record on {}",
-                        if r.held { "held" } else { "pending" },
+                        if r.held {
+                            "held"
+                        } else if r.urgent {
+                            "urgent"
+                        } else {
+                            "pending"
+                        },
                         r.mode,
                         r.resource.display()
                     ));
@@ -296,6 +303,11 @@ pub fn verify(region: &Region) -> Vec<String> {
         }
         for r in recs {
             if !r.held {
+                if r.urgent {
+                    // A waiting request bypassed too often: its member's
+                    // interest in the entry (`lock/entry.rs` rule 5).
+                    urgent_on.insert((id, r.entry));
+                }
                 continue;
             }
             let word = match region.word(r.entry) {
@@ -347,7 +359,7 @@ pub fn verify(region: &Region) -> Vec<String> {
                     "lock entry {e} names connector {c}, beyond the table of {}",
                     region.members()
                 ));
-            } else if !holds_on.contains_key(&(c, e)) {
+            } else if !holds_on.contains_key(&(c, e)) && !urgent_on.contains(&(c, e)) {
                 problems.push(format!(
                     "lock entry {e} names connector {c}, which holds nothing there"
                 ));

@@ -13,6 +13,71 @@
 //! * [`requests`] and [`events`]: the restart-request list and the event ring;
 //! * [`member`]: the API: connect, holders (lock requests), disconnect;
 //! * [`inspect`]: read-only views for the operator.
+//!
+//! # The life of a member
+//!
+//! Create a region, connect two members, take a modify lock and change the
+//! data under it; the member dies before it commits; its lock is retained
+//! (other members are answered "retained", never granted), a peer cleans it
+//! up, and a recovery connection as the dead member backs its change out and
+//! releases the lock, which the peer is then granted. (The death is faked in
+//! one process with a hook for tests; `cf-node` does it for real, with a
+//! write-ahead log and a separate restart-light process.)
+//!
+//! ```
+//! use cf_core::{
+//!     cleanup_member, CleanupOutcome, ConnectMode, CreateOptions, Member, MemberState, Mode,
+//!     Plex, Region, TryOutcome,
+//! };
+//! use std::sync::Arc;
+//!
+//! # let dir = tempfile::tempdir().unwrap();
+//! let plex = Plex { dir: dir.path().into() };
+//! let region = Arc::new(Region::create(&plex, &CreateOptions::small_for_tests()).unwrap());
+//! let mut balance = 100; // the data the lock protects (a file, in cf-node)
+//!
+//! // A takes `acct:1` to change it, changes it, and dies before committing.
+//! let a = Member::connect(region.clone(), "A").unwrap();
+//! let mut ha = a.holder().unwrap();
+//! let TryOutcome::Granted(_) = ha.try_lock(b"acct:1", Mode::Modify).unwrap() else {
+//!     panic!("free resource refused")
+//! };
+//! let before_image = balance;
+//! balance -= 30; // uncommitted
+//! let a_id = a.id();
+//! cf_core::testing::fake_reused_pid(&region, a_id); // "SIGKILL"
+//! std::mem::forget(ha); // a dead process runs no destructor
+//! std::mem::forget(a);
+//!
+//! // B asks for it: the dead holder is cleaned up on the way, and its
+//! // modify lock is retained, not granted.
+//! let b = Member::connect(region.clone(), "B").unwrap();
+//! let mut hb = b.holder().unwrap();
+//! match hb.try_lock(b"acct:1", Mode::Modify).unwrap() {
+//!     TryOutcome::Retained(by) => assert_eq!(by.name, "A"),
+//!     other => panic!("{other:?}"),
+//! }
+//! assert_eq!(cleanup_member(&region, a_id).unwrap(), CleanupOutcome::AlreadyDone);
+//! let state = cf_core::connector::slot_view(&region, a_id).unwrap().state;
+//! assert_eq!(state, MemberState::FailedPersistent);
+//!
+//! // Restart light: reconnect as A in recovery mode (taking its retained
+//! // locks back), back out, release, leave.
+//! let light = Member::connect_with(region.clone(), "A", ConnectMode::Recovery).unwrap();
+//! assert_eq!(light.held_records().unwrap().len(), 1);
+//! balance = before_image;
+//! assert_eq!(light.release_all_held(|| {}).unwrap(), 1);
+//! light.disconnect().unwrap();
+//!
+//! // Now B is granted, and sees the committed value.
+//! let TryOutcome::Granted(lock) = hb.try_lock(b"acct:1", Mode::Modify).unwrap() else {
+//!     panic!("still refused after recovery")
+//! };
+//! assert_eq!(balance, 100);
+//! hb.unlock(lock).unwrap();
+//! drop(hb);
+//! b.disconnect().unwrap();
+//! ```
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -84,11 +149,6 @@ pub mod testing {
         region
             .word(entry)
             .is_ok_and(|w| w.load(Ordering::Acquire) & crate::lock::word::HOLDING_WAITERS != 0)
-    }
-
-    /// The lock word of `entry` as it is now (0 if out of range).
-    pub fn lock_word(region: &Region, entry: u32) -> u64 {
-        region.word(entry).map_or(0, |w| w.load(Ordering::Acquire))
     }
 
     /// How often a waiting request may be bypassed before it turns urgent.

@@ -319,13 +319,13 @@ fn walk(
             .collect::<Result<Vec<_>, _>>()?;
         todo.push((group[0].0, recs));
     }
-    let mut last_progress = Instant::now();
+    let mut last_progress = crate::sync::now();
     while !todo.is_empty() {
         let before = todo.len();
         let mut deferred = Vec::new();
         for (e, recs) in todo {
             let mut on_stuck = |x: u32| try_clean(region, x, by, held, deadline).map(|_| ());
-            let defer_at = Instant::now() + DEFER_AFTER;
+            let defer_at = crate::sync::now() + DEFER_AFTER;
             let mut how = LatchWait {
                 deadline: Some(deadline.map_or(defer_at, |d| d.min(defer_at))),
                 steal: held,
@@ -340,12 +340,12 @@ fn walk(
                 Err(LatchError::Corrupt(err)) => return Err(err),
             }
         }
-        if !deferred.is_empty() && deadline.is_some_and(|d| Instant::now() >= d) {
+        if !deferred.is_empty() && deadline.is_some_and(|d| crate::sync::now() >= d) {
             return Ok(None);
         }
         if deferred.len() < before {
-            last_progress = Instant::now();
-        } else if last_progress.elapsed() > WALK_STUCK {
+            last_progress = crate::sync::now();
+        } else if crate::sync::since(last_progress) > WALK_STUCK {
             return Err(CorruptError::BadConnector {
                 id: c,
                 what: format!(

@@ -31,6 +31,28 @@ pub(crate) fn pause(d: Duration) {
     std::thread::sleep(d);
 }
 
+/// The clock every protocol reads. Under loom time stands still (loom does
+/// not model it, and a real clock would make executions differ): a deadline
+/// in the future never passes and a sleep slice never ends by itself, so
+/// each execution is deterministic and a wait that only a timeout could end
+/// shows up as a loom deadlock. (A deadline of "now" has passed at once.)
+#[inline]
+pub(crate) fn now() -> std::time::Instant {
+    #[cfg(loom)]
+    {
+        static FROZEN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        *FROZEN.get_or_init(std::time::Instant::now)
+    }
+    #[cfg(not(loom))]
+    std::time::Instant::now()
+}
+
+/// Time passed since `t` by [`now`].
+#[inline]
+pub(crate) fn since(t: std::time::Instant) -> Duration {
+    now().saturating_duration_since(t)
+}
+
 /// An acquire fence (seqlock-style reads: fields, fence, re-read the sequence).
 #[inline]
 pub(crate) fn fence_acquire() {

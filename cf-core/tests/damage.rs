@@ -34,7 +34,7 @@ fn bit(id: u32) -> u64 {
 // Record tags (records.rs): [state:2][entry:30].
 const TAG_PENDING: u32 = 1 << 30;
 const TAG_HELD: u32 = 2 << 30;
-const TAG_BAD_STATE: u32 = 3 << 30;
+const TAG_URGENT: u32 = 3 << 30;
 
 /// Run `f` in its own thread; fail if it panics or does not finish within [`HANG`].
 fn guarded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -209,19 +209,19 @@ fn record_tag_with_entry_out_of_range_is_reported_not_used() {
 }
 
 #[test]
-fn record_tag_with_bad_state_gives_a_typed_error_and_no_stale_latch() {
+fn urgent_record_with_a_bad_mode_gives_a_typed_error_and_no_stale_latch() {
     let (_dir, r) = region();
-    guarded("tag state 3", move || {
+    guarded("urgent tag, mode 7", move || {
         let a = Member::connect(r.clone(), "A").unwrap();
         let b = Member::connect(r.clone(), "B").unwrap();
         let (mut ha, mut hb) = (a.holder().unwrap(), b.holder().unwrap());
         let x = granted(ha.try_lock(b"acct:1", Mode::Modify));
-        testing::write_tag(&r, a.id(), x.slot, TAG_BAD_STATE | x.entry);
+        // Every tag state means something (URGENT: a waiting request); the
+        // body says what: here a mode that does not exist.
+        testing::write_tag(&r, a.id(), x.slot, TAG_URGENT | x.entry);
+        testing::write_record_word(&r, a.id(), x.slot, 0, 6 | 7 << 8);
         let problems = inspect::verify(&r);
-        assert!(
-            has_problem(&problems, &["state 0x3 is not pending or held"]),
-            "{problems:#?}"
-        );
+        assert!(has_problem(&problems, &["mode 7 flags 0"]), "{problems:#?}");
         // B's request reads A's records on the entry: typed error, twice (the
         // first one must not leave the entry latched).
         for _ in 0..2 {

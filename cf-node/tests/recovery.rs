@@ -656,11 +656,21 @@ fn a_death_in_a_slot_whose_request_entry_is_taken_gets_a_request_of_its_own() {
     let _serial = serial();
     let plex = TestPlex::new();
     let region = plex.region();
-    // The previous occupant A of slot 0 leaves its request behind.
+    // The previous occupant A of slot 0 leaves its request behind: it failed
+    // (a faked death), was cleaned up (its request posted), and its restart
+    // light reconnected and disconnected but has not completed it yet.
     let a = Member::connect(region.clone(), "A").expect("connect A");
     let slot = a.id();
-    requests::post(region, slot, None, || {}).expect("post");
-    a.disconnect().expect("disconnect A");
+    cf_core::testing::fake_reused_pid(region, slot);
+    std::mem::forget(a);
+    assert!(matches!(
+        cf_core::cleanup_member(region, slot),
+        Ok(cf_core::CleanupOutcome::Cleaned(_))
+    ));
+    let light = Member::connect_with(region.clone(), "A", cf_core::ConnectMode::Recovery)
+        .expect("restart light of A");
+    light.disconnect().expect("disconnect the light");
+    assert_eq!(requests::list(region).expect("requests").len(), 1);
     // X takes the free slot, and dies there.
     let mut x = plex.start("X", &["--workload", "idle"], &[]);
     assert_eq!(

@@ -8,7 +8,7 @@ use crate::connector::identity::ProcessId;
 use crate::error::ConnectError;
 use crate::shm::region::Region;
 use crate::sync::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The connect latch, held for the life of this guard.
 pub(crate) struct ConnectLatch<'a> {
@@ -24,7 +24,7 @@ impl<'a> ConnectLatch<'a> {
     ) -> Result<Self, ConnectError> {
         let latch = &region.lock_header().connect_latch;
         let token = me.token();
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::sync::now() + timeout;
         let mut spins = 0u32;
         loop {
             let cur = latch.load(Ordering::Acquire);
@@ -38,7 +38,7 @@ impl<'a> ConnectLatch<'a> {
                 }
                 continue;
             }
-            if Instant::now() > deadline {
+            if crate::sync::now() > deadline {
                 return Err(ConnectError::LatchTimeout(cur as u32));
             }
             spins += 1;

@@ -56,11 +56,27 @@
 //!    record that stops waiting (a timeout) turns PENDING under the latch and
 //!    its unlatch wakes the holding waiters ([`Latched::give_up`],
 //!    [`Latched::step_out_for_good`]); one that must leave unlatched (its
-//!    latch wait timed out) does its best ([`abandon_urgent`]), and waiters
+//!    latch wait timed out) does its best ([`abandon_unlatched`]), and waiters
 //!    behind it re-check at the end of their sleep slice. An URGENT record
 //!    never makes anything *less* conservative: it is never taken as held
 //!    (not retained, not released by a cleanup, which frees it like a
-//!    PENDING one).
+//!    PENDING one). An urgent request waits for the holdings of the moment,
+//!    so it never makes wait a request of a member that already holds the
+//!    resource (a second share, say): that one would wait for the urgent
+//!    request, which waits for its member's holding (the attack3 test
+//!    `a_reader_asking_again_waits_for_the_urgent_writer_that_waits_for_it`).
+//!    A bypass is counted whenever the holdings changed and the request is
+//!    still refused, whoever changed them (conservative: a request may turn
+//!    urgent without having been overtaken).
+//! 6. **A half-made record's end wakes.** A decision may count another
+//!    request's half-made HELD record as a conflict (rule 2) and wait for it
+//!    to go. That request then turns PENDING and latches, and whatever it
+//!    decides, its first unlatch is a holdings change (it wakes the holding
+//!    waiters), or, if it must leave without the latch, it makes one attempt
+//!    at it to the same end ([`abandon_unlatched`]). Otherwise such a waiter
+//!    would sleep until its slice ended although it conflicts with nothing
+//!    (the attack3 loom model
+//!    `a_waiter_blocked_by_a_half_made_request_is_never_woken`).
 //!
 //! # Cleanup of a dead member `c` on an entry ([`settle_dead`])
 //! Under the latch taken in `c`'s own name (a latch `c` died holding is then
@@ -197,14 +213,14 @@ pub(crate) fn latch<'r>(
         // that was HELD a moment ago could leave the sibling keeping our bit
         // for nothing.)
         let deadline = how.deadline.filter(|_| holder != as_id);
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        if deadline.is_some_and(|d| crate::sync::now() >= d) {
             trace!("latch {entry} timed out (held by {holder})");
             return Err(LatchError::TimedOut { holder });
         }
         let key = seen.0 & !word::WAITER_BITS;
         match unchanged {
             Some((k, since)) if k == key => {
-                if deadline.is_none() && since.elapsed() >= LATCH_STUCK {
+                if deadline.is_none() && crate::sync::since(since) >= LATCH_STUCK {
                     return Err(LatchError::Corrupt(CorruptError::BadConnector {
                         id: holder,
                         what: format!(
@@ -215,11 +231,11 @@ pub(crate) fn latch<'r>(
                     }));
                 }
             }
-            _ => unchanged = Some((key, Instant::now())),
+            _ => unchanged = Some((key, crate::sync::now())),
         }
         if let Some(high) = word::announce_latch_waiter(word, seen) {
             trace!("sleep on latch of {entry} held by {holder}");
-            let left = deadline.map_or(slice, |d| d.saturating_duration_since(Instant::now()));
+            let left = deadline.map_or(slice, |d| d.saturating_duration_since(crate::sync::now()));
             word::sleep_latch(word, high, slice.min(left));
         }
         if word.load(Ordering::Relaxed) == seen.0 | word::LATCH_WAITERS {
@@ -276,6 +292,13 @@ pub(crate) struct Request<'a> {
     pub slot: u32,
     /// Its wait ticket (0: it has not waited yet; `records::take_wait_ticket`).
     pub ticket: u32,
+    /// Its record is URGENT (rule 5; the request's own thread keeps this).
+    pub urgent: bool,
+    /// Its record was HELD before its failed fast CAS (every slow request's
+    /// was), and it has not unlatched since: a decision made meanwhile may
+    /// have counted that half-made record as a conflict (rule 2) and be
+    /// waiting for it to go, so its first unlatch wakes holding waiters.
+    pub half_made: bool,
 }
 
 /// What the latched path decided.
@@ -288,6 +311,17 @@ pub(crate) enum Decision {
     /// of the same resource in an incompatible mode, and URGENT requests
     /// for it in an incompatible mode that began to wait before this one.
     Conflict,
+}
+
+/// A look, unless it is the first unlatch of a request whose record was
+/// half-made (see [`Request::half_made`]): then a holdings change, which
+/// wakes the holding waiters that may wait for that record to go.
+fn first_unlatch_change(req: &Request) -> Change {
+    if req.half_made {
+        Change::Holdings
+    } else {
+        Change::Look
+    }
 }
 
 /// Iterate the set bits of a connector mask.
@@ -318,12 +352,20 @@ impl<'r> Latched<'r> {
     ) -> Result<Decision, CorruptError> {
         conflicts.clear();
         let mut false_contention = false;
+        // Does the requester's member already hold the resource (another
+        // request of it, granted)? Then an urgent request waits for that
+        // holding, and must not make this one wait for it in turn (rule 5).
+        let mut member_holds = false;
         for c in bits(self.named) {
             let c = region.check_member(c)?;
             let mut any = false;
             records::for_each_interest_on(region, c, self.entry, |r| {
                 any = true;
-                if (c == req.member && r.slot == req.slot) || req.mode.compatible(r.mode) {
+                if c == req.member && r.slot == req.slot {
+                    return;
+                }
+                member_holds |= c == req.member && r.held && r.resource == *req.resource;
+                if req.mode.compatible(r.mode) {
                     return;
                 }
                 if r.resource != *req.resource {
@@ -338,6 +380,9 @@ impl<'r> Latched<'r> {
                 // its release and its free). Nothing is held: drop it.
                 self.named &= !word::bit(c);
             }
+        }
+        if member_holds {
+            conflicts.retain(|r| r.held);
         }
         Ok(if conflicts.is_empty() {
             Decision::Grant { false_contention }
@@ -373,11 +418,13 @@ impl<'r> Latched<'r> {
     pub(crate) fn grant(self, region: &Region, req: &Request) -> Result<(), CorruptError> {
         records::tag(region, req.member, req.slot)?.store(TAG_HELD | self.entry, Ordering::Release);
         crate::crash::point("slow.granted_before_unlatch");
-        // A grant frees nothing: holding waiters sleep on.
+        // A grant frees nothing: holding waiters sleep on (unless one waits
+        // for our half-made record, which is now a real holding: it wakes
+        // and sleeps again).
         word::unlatch(
             self.word,
             (self.named | word::bit(req.member)) as u32,
-            Change::Look,
+            first_unlatch_change(req),
         );
         Ok(())
     }
@@ -385,14 +432,8 @@ impl<'r> Latched<'r> {
     /// The request is not granted and will not wait: drop the latch with the
     /// member's bit recomputed, then free its PENDING record.
     pub(crate) fn give_up(self, region: &Region, req: &Request) -> Result<(), CorruptError> {
-        let tag = records::tag(region, req.member, req.slot)?;
         // Requests may wait behind an URGENT one (rule 5): its end wakes them.
-        let change = if records::tag_state(tag.load(Ordering::Relaxed)) == TAG_URGENT {
-            tag.store(TAG_PENDING | self.entry, Ordering::Release);
-            Change::Holdings
-        } else {
-            Change::Look
-        };
+        let change = self.end_urgency(region, req)?;
         let mask = self.mask_recomputed(region, req.member, Some(req.slot));
         let (word, entry) = (self.word, self.entry);
         word::unlatch(word, mask, change);
@@ -411,7 +452,7 @@ impl<'r> Latched<'r> {
     /// (`word::announce_holding_waiter`).
     pub(crate) fn step_out(self, region: &Region, req: &Request) -> u64 {
         let mask = self.mask_recomputed(region, req.member, None);
-        word::unlatch(self.word, mask, Change::Look)
+        word::unlatch(self.word, mask, first_unlatch_change(req))
     }
 
     /// Drop the latch as a request that stops waiting (out of time) and will
@@ -424,18 +465,21 @@ impl<'r> Latched<'r> {
         region: &Region,
         req: &Request,
     ) -> Result<u64, CorruptError> {
-        let tag = records::tag(region, req.member, req.slot)?;
-        let was_urgent = records::tag_state(tag.load(Ordering::Relaxed)) == TAG_URGENT;
-        if was_urgent {
-            tag.store(TAG_PENDING | self.entry, Ordering::Release);
-        }
+        let change = self.end_urgency(region, req)?;
         let mask = self.mask_recomputed(region, req.member, Some(req.slot));
-        let change = if was_urgent {
-            Change::Holdings
-        } else {
-            Change::Look
-        };
         Ok(word::unlatch(self.word, mask, change))
+    }
+
+    /// An URGENT request that stops waiting turns PENDING under the latch;
+    /// the unlatch must then wake the holding waiters (some may wait behind
+    /// it). Returns the kind of change that unlatch makes.
+    fn end_urgency(&self, region: &Region, req: &Request) -> Result<Change, CorruptError> {
+        if !req.urgent {
+            return Ok(first_unlatch_change(req));
+        }
+        records::tag(region, req.member, req.slot)?
+            .store(TAG_PENDING | self.entry, Ordering::Release);
+        Ok(Change::Holdings)
     }
 
     /// Drop the latch publishing the mask as it was latched (nothing decided:
@@ -493,44 +537,40 @@ fn recheck_own_bit(region: &Region, word: &AtomicU64, entry: u32, member: u32, s
     if records::holds_other_on(region, member, entry, Some(slot)) {
         return;
     }
-    let mut on_stuck = |_: u32| Ok(());
-    let mut how = LatchWait {
-        deadline: Some(Instant::now()),
-        steal: 0,
-        on_stuck: &mut on_stuck,
-    };
-    if let Ok(l) = latch(region, entry, member, &mut how) {
-        let bit = word::bit(member);
-        let mask = if records::holds_other_on(region, member, entry, Some(slot)) {
-            l.named | bit
-        } else {
-            l.named & !bit
-        };
-        word::unlatch(word, mask as u32, Change::Look);
+    if let Some(l) = latch_at_once(region, entry, member) {
+        let mask = l.mask_recomputed(region, member, Some(slot));
+        word::unlatch(word, mask, Change::Look);
     }
 }
 
-/// A request whose URGENT record must go without the latch (its latch wait
-/// timed out, or an error): the record turns PENDING, then one attempt at the
-/// latch recomputes the member's bit and wakes the holding waiters that may
-/// wait behind it. If the latch cannot be had at once, its holder's decision
-/// drops a bit left behind, and those waiters look again when their sleep
-/// slice ends. The caller frees the record afterwards.
-pub(crate) fn abandon_urgent(region: &Region, member: u32, slot: u32, entry: u32) {
+/// A request whose record must go without the latch (its latch wait timed
+/// out, or an error) while it is URGENT or still half-made: the record turns
+/// PENDING, then one attempt at the latch recomputes the member's bit and
+/// wakes the holding waiters that may wait behind it or for it. If the latch
+/// cannot be had at once, its holder's decision drops a bit left behind, and
+/// those waiters look again when their sleep slice ends. The caller frees
+/// the record afterwards.
+pub(crate) fn abandon_unlatched(region: &Region, member: u32, slot: u32, entry: u32) {
     let Ok(tag) = records::tag(region, member, slot) else {
         return;
     };
     tag.store(TAG_PENDING | entry, Ordering::Release);
-    let mut on_stuck = |_: u32| Ok(());
-    let mut how = LatchWait {
-        deadline: Some(Instant::now()),
-        steal: 0,
-        on_stuck: &mut on_stuck,
-    };
-    if let Ok(l) = latch(region, entry, member, &mut how) {
+    if let Some(l) = latch_at_once(region, entry, member) {
         let mask = l.mask_recomputed(region, member, Some(slot));
         word::unlatch(l.word, mask, Change::Holdings);
     }
+}
+
+/// One attempt at the latch of `entry` as `member`, waiting for nobody
+/// (except a sibling thread's latch, which is always waited for).
+fn latch_at_once(region: &Region, entry: u32, member: u32) -> Option<Latched<'_>> {
+    let mut on_stuck = |_: u32| Ok(());
+    let mut how = LatchWait {
+        deadline: Some(crate::sync::now()),
+        steal: 0,
+        on_stuck: &mut on_stuck,
+    };
+    latch(region, entry, member, &mut how).ok()
 }
 
 /// Under a latch: the connectors of `named` (other than `me`, whose bit the

@@ -48,15 +48,60 @@ pub enum Mode {
     Modify,
 }
 
+/// The lock manager's modes as the record stores them: a *mode code* (the
+/// row and column of [`COMPATIBLE`]) and the modify flag. Adding a mode is a
+/// new code, a row and a column of the table, and its word interest
+/// ([`INTEREST_EXCLUSIVE`]); nothing else in the decision code changes.
+const CODE_SHARE: u8 = 0;
+const CODE_EXCLUSIVE: u8 = 1;
+const CODES: usize = 2;
+
+/// `COMPATIBLE[held][asked]`: may `asked` be granted beside `held` on the
+/// same resource? (Symmetric.)
+const COMPATIBLE: [[bool; CODES]; CODES] = [
+    //            share  exclusive
+    /* share */ [true, false],
+    /* excl. */ [false, false],
+];
+
+/// Which codes take exclusive interest in the lock word (the rest: share).
+const INTEREST_EXCLUSIVE: [bool; CODES] = [false, true];
+
 impl Mode {
+    /// The mode's code (its row in the compatibility table) and modify flag.
+    #[inline]
+    fn encoded(self) -> (u8, bool) {
+        match self {
+            Mode::Share => (CODE_SHARE, false),
+            Mode::Exclusive => (CODE_EXCLUSIVE, false),
+            Mode::Modify => (CODE_EXCLUSIVE, true),
+        }
+    }
+
+    /// The mode of a record's code and modify flag (`None`: no such mode).
+    fn decoded(code: u64, modify: bool) -> Option<Mode> {
+        match (u8::try_from(code).ok()?, modify) {
+            (CODE_SHARE, false) => Some(Mode::Share),
+            (CODE_EXCLUSIVE, false) => Some(Mode::Exclusive),
+            (CODE_EXCLUSIVE, true) => Some(Mode::Modify),
+            _ => None,
+        }
+    }
+
+    /// Does the mode take exclusive interest in the lock word?
+    #[inline]
     pub fn is_exclusive(self) -> bool {
-        !matches!(self, Mode::Share)
+        INTEREST_EXCLUSIVE[self.encoded().0 as usize]
     }
+    /// Is it taken to change the data (retained when its holder dies)?
+    #[inline]
     pub fn is_modify(self) -> bool {
-        matches!(self, Mode::Modify)
+        self.encoded().1
     }
+    /// May `self` and `other` be held on one resource at once?
+    #[inline]
     pub fn compatible(self, other: Mode) -> bool {
-        !self.is_exclusive() && !other.is_exclusive()
+        COMPATIBLE[self.encoded().0 as usize][other.encoded().0 as usize]
     }
     pub fn as_str(self) -> &'static str {
         match self {
@@ -287,12 +332,9 @@ pub(crate) fn ticket_older(a: u32, b: u32) -> bool {
 
 #[inline]
 fn meta_word(len: usize, mode: Mode) -> u64 {
-    let (m, flags) = match mode {
-        Mode::Share => (0u64, 0u64),
-        Mode::Exclusive => (1, 0),
-        Mode::Modify => (1, FLAG_MODIFY),
-    };
-    len as u64 | m << 8 | flags << 16
+    let (code, modify) = mode.encoded();
+    let flags = if modify { FLAG_MODIFY } else { 0 };
+    len as u64 | u64::from(code) << 8 | flags << 16
 }
 
 #[inline]
@@ -352,12 +394,12 @@ pub(crate) fn read_record(
     if len == 0 || len > MAX_RESOURCE {
         return Err(bad(format!("resource length {len}")));
     }
-    let mode = match ((meta >> 8) & 0xff, (meta >> 16) & 0xff) {
-        (0, 0) => Mode::Share,
-        (1, 0) => Mode::Exclusive,
-        (1, FLAG_MODIFY) => Mode::Modify,
-        (m, f) => return Err(bad(format!("mode {m} flags {f}"))),
-    };
+    let (code, flags) = ((meta >> 8) & 0xff, (meta >> 16) & 0xff);
+    let mode = match flags {
+        0 | FLAG_MODIFY => Mode::decoded(code, flags == FLAG_MODIFY),
+        _ => None,
+    }
+    .ok_or_else(|| bad(format!("mode {code} flags {flags}")))?;
     let mut words = [0u64; 8];
     for (w, src) in words.iter_mut().zip(&body.name).take(len.div_ceil(8)) {
         *w = src.load(Ordering::Relaxed);

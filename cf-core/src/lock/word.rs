@@ -347,14 +347,14 @@ pub(crate) fn wait_for_holdings(
         }
         spin_hint();
     }
-    let start = std::time::Instant::now();
+    let start = crate::sync::now();
     loop {
         let cur = word.load(Ordering::Acquire);
         let w = Word(cur);
         if w.epoch() != epoch {
             return HoldingsWait::Changed;
         }
-        let time_left = slice.saturating_sub(start.elapsed());
+        let time_left = slice.saturating_sub(crate::sync::since(start));
         if time_left.is_zero() {
             return HoldingsWait::SliceEnded;
         }

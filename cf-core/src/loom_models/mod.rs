@@ -20,6 +20,7 @@ mod harness;
 
 mod attack;
 mod attack2;
+mod attack3;
 mod claim;
 mod connect;
 mod locks;

@@ -332,22 +332,25 @@ impl Holder {
             member: me,
             slot,
             ticket: 0,
+            urgent: false,
+            half_made: true,
         };
         // Bounded bypass (`entry.rs` rule 5): how often the holdings changed
         // while we waited and we were still refused.
         let mut bypassed = 0u32;
         let mut woken_by_change = false;
         let wait_for_live = timeout.is_some();
-        let deadline = Instant::now() + timeout.unwrap_or(TRY_WAIT);
+        let deadline = crate::sync::now() + timeout.unwrap_or(TRY_WAIT);
         let mut counted_contention = false;
         let mut slice = entry::FIRST_SLICE;
         // The last sleep passed a whole slice without the word changing:
         // check the holders' processes before waiting again.
         let mut stale = false;
-        let free_record = || {
-            if records::tag_state(tag.load(Ordering::Relaxed)) == records::TAG_URGENT {
-                // Unlatched: requests may be waiting behind us.
-                entry::abandon_urgent(region, me, slot, entry);
+        // Unlatched, an urgent or half-made record may have requests waiting
+        // behind it or for it: they are woken.
+        let free_record = |wakes: bool| {
+            if wakes {
+                entry::abandon_unlatched(region, me, slot, entry);
             }
             tag.store(TAG_FREE, Ordering::Release)
         };
@@ -363,7 +366,7 @@ impl Holder {
             let mut l = match entry::latch(region, entry, me, &mut how) {
                 Ok(l) => l,
                 Err(LatchError::TimedOut { holder }) => {
-                    free_record();
+                    free_record(req.urgent || req.half_made);
                     return Ok(TryOutcome::Contention(vec![holder_info(
                         region,
                         holder,
@@ -371,7 +374,7 @@ impl Holder {
                     )]));
                 }
                 Err(LatchError::Corrupt(e)) => {
-                    free_record();
+                    free_record(req.urgent || req.half_made);
                     return Err(e.into());
                 }
             };
@@ -387,7 +390,7 @@ impl Holder {
                 Ok(Decision::Conflict) => {}
                 Err(e) => {
                     l.unlatch_unchanged();
-                    free_record();
+                    free_record(req.urgent || req.half_made);
                     return Err(e.into());
                 }
             }
@@ -400,7 +403,7 @@ impl Holder {
                 Ok(c) => c,
                 Err(e) => {
                     l.unlatch_unchanged();
-                    free_record();
+                    free_record(req.urgent || req.half_made);
                     return Err(e.into());
                 }
             };
@@ -414,14 +417,14 @@ impl Holder {
                 }
                 return Ok(TryOutcome::Retained(h));
             }
-            let out_of_time = Instant::now() >= deadline;
+            let out_of_time = crate::sync::now() >= deadline;
             if wait_for_live && !out_of_time {
                 if req.ticket == 0 {
                     // First wait: the ticket orders us among urgent requests.
                     req.ticket = records::take_wait_ticket(region);
                     if let Err(e) = records::set_wait_ticket(region, me, slot, req.ticket) {
                         l.unlatch_unchanged();
-                        free_record();
+                        free_record(req.urgent || req.half_made);
                         return Err(e.into());
                     }
                 }
@@ -429,19 +432,23 @@ impl Holder {
                 if bypassed == entry::BYPASS_LIMIT {
                     if let Err(e) = l.make_urgent(region, &req) {
                         l.unlatch_unchanged();
-                        free_record();
+                        free_record(req.urgent || req.half_made);
                         return Err(e.into());
                     }
+                    req.urgent = true;
                 }
             }
             if stale || out_of_time || !wait_for_live {
                 // Before answering or waiting on: are the holders alive?
                 // (Without the latch: their cleanup needs it.)
                 let left = if out_of_time || !wait_for_live {
-                    l.step_out_for_good(region, &req)?
+                    let left = l.step_out_for_good(region, &req)?;
+                    req.urgent = false;
+                    left
                 } else {
                     l.step_out(region, &req)
                 };
+                req.half_made = false;
                 let dead = clean_dead(region, me, conflicts, deadline)?;
                 if dead.changed {
                     // Cleaned up now: look again.
@@ -450,24 +457,26 @@ impl Holder {
                 }
                 let waiting_for_cleanup = class.being_cleaned || dead.cleaning;
                 if out_of_time || (!wait_for_live && !waiting_for_cleanup) {
-                    free_record();
+                    free_record(req.urgent || req.half_made);
                     return Ok(TryOutcome::Contention(dedup_holders(region, conflicts)));
                 }
                 // Wait for the holdings to change from what our unlatch left
                 // (a release, a cleanup's settle: a change since is not missed).
-                let time_left = deadline.saturating_duration_since(Instant::now());
+                let time_left = deadline.saturating_duration_since(crate::sync::now());
                 stale = word::wait_for_holdings(word, left, 0, slice.min(time_left))
                     == word::HoldingsWait::SliceEnded;
                 woken_by_change = !stale;
                 slice = (slice * 2).min(entry::MAX_SLICE);
                 continue;
             }
-            // Wait: step out (a look: the other holding waiters sleep on),
+            // Wait: step out (a look, after the first: the other holding
+            // waiters sleep on),
             // then wait for the holdings to change (spinning first: a hand-off
             // is usually over within the spin).
             trace!("wait on {entry}");
             let left = l.step_out(region, &req);
-            let time_left = deadline.saturating_duration_since(Instant::now());
+            req.half_made = false;
+            let time_left = deadline.saturating_duration_since(crate::sync::now());
             let end = word::wait_for_holdings(word, left, crate::sync::SPINS, slice.min(time_left));
             stale = end == word::HoldingsWait::SliceEnded;
             woken_by_change = !stale;

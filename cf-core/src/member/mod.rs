@@ -26,7 +26,7 @@ use crate::sync::Ordering;
 use connection::Connection;
 use holder::Holder;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How a connection is made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,7 +99,7 @@ impl Member {
     ) -> Result<Member, ConnectError> {
         connector::check_name(name)?;
         let me = ProcessId::current().map_err(ConnectError::Identity)?;
-        let deadline = Instant::now() + CONNECT_WAIT;
+        let deadline = crate::sync::now() + CONNECT_WAIT;
         loop {
             let latch = ConnectLatch::take(&region, &me, CONNECT_WAIT)?;
             let (id, generation) = match connector::choose_slot(&region, name)? {
@@ -122,7 +122,7 @@ impl Member {
                     if let CleanupOutcome::InProgress { .. } = cleanup_member(&region, id)? {
                         crate::sync::pause(Duration::from_millis(1));
                     }
-                    if Instant::now() > deadline {
+                    if crate::sync::now() > deadline {
                         return Err(ConnectError::NameInUse {
                             name: name.into(),
                             pid: connector::process_of(&region, id).pid,
