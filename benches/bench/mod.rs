@@ -108,7 +108,13 @@ fn config(quick: bool) -> Config {
                 reps: 5,
             },
             recovery: recovery::Plan {
-                sizes: vec![(10, 5), (1_000, 5), (100_000, 3)],
+                sizes: vec![
+                    (10, 1, 9),
+                    (10, 64, 5),
+                    (10, 1024, 3),
+                    (1_000, 64, 5),
+                    (100_000, 64, 3),
+                ],
                 floor_reps: 20,
             },
         }
@@ -125,7 +131,14 @@ fn config(quick: bool) -> Config {
                 reps: 9,
             },
             recovery: recovery::Plan {
-                sizes: vec![(10, 15), (1_000, 15), (100_000, 7), (1_000_000, 3)],
+                sizes: vec![
+                    (10, 1, 31),
+                    (10, 64, 21),
+                    (10, 1024, 15),
+                    (1_000, 64, 15),
+                    (100_000, 64, 7),
+                    (1_000_000, 64, 5),
+                ],
                 floor_reps: 100,
             },
         }
@@ -262,7 +275,13 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             })).collect::<Vec<_>>(),
             "recovery": recovery_table.iter().map(|r| json!({
                 "n": r.n,
+                "pool_mib": r.pool_mib,
+                "restart_light_peak_rss_kib_median": r.light_rss_kib.median,
+                "restart_light_peak_rss_kib_max": r.light_rss_kib.max,
+                "restart_light_rss_without_region_kib_max": r.light_own_kib.max,
                 "reps": r.reps,
+                "steps_median_ns": r.steps.iter().map(|(k, s)| (k.to_string(), json!(s.median))).collect::<serde_json::Map<_, _>>(),
+                "steps_p99_ns": r.steps.iter().map(|(k, s)| (k.to_string(), json!(s.p99))).collect::<serde_json::Map<_, _>>(),
                 "exit_median_ns": r.exited.median,
                 "detect_median_ns": r.detect.median,
                 "detect_p99_ns": r.detect.p99,
@@ -412,10 +431,73 @@ fn checks(rows: &[Row], rec: &[recovery::RecoveryRow]) -> Vec<Check> {
             met: Some(v < 1000.0),
         });
     }
+    // The targets: detection whatever the victim's memory, recovery
+    // in milliseconds.
+    let row = |n: u64, pool: usize| rec.iter().find(|r| r.n == n && r.pool_mib == pool);
+    let small = row(10, 1).map(|r| &r.detect);
+    if let Some(d) = small {
+        out.push(Check {
+            name: "detection p50, 1 MiB victim".into(),
+            value: d.median,
+            unit: "ns",
+            target: "<= 100 µs".into(),
+            met: Some(d.median <= 100e3),
+        });
+    }
+    for pool in [64usize, 1024] {
+        if let (Some(r), Some(d)) = (row(10, pool), small) {
+            out.push(Check {
+                name: format!("detection p50, {pool} MiB victim / 1 MiB victim"),
+                value: r.detect.median / d.median,
+                unit: "x",
+                target: "<= 3x".into(),
+                met: Some(r.detect.median <= 3.0 * d.median),
+            });
+        }
+    }
+    for (n, pool) in [(10, 1), (10, 64), (10, 1024)] {
+        if let Some(r) = row(n, pool) {
+            out.push(Check {
+                name: format!("detection p99, {pool} MiB victim ({} reps)", r.reps),
+                value: r.detect.p99,
+                unit: "ns",
+                target: "<= 1 ms".into(),
+                met: Some(r.detect.p99 <= 1e6),
+            });
+        }
+    }
+    for (n, limit, text) in [(1_000u64, 3e6, "<= 3 ms"), (1_000_000, 200e6, "<= 200 ms")] {
+        if let Some(r) = row(n, 64) {
+            out.push(Check {
+                name: format!("SIGKILL to all released p50, {n} locks, 64 MiB victim"),
+                value: r.released.median,
+                unit: "ns",
+                target: text.into(),
+                met: Some(r.released.median <= limit),
+            });
+        }
+    }
+    for r in rec.iter().filter(|r| r.pool_mib == 64) {
+        out.push(Check {
+            name: format!("restart light peak RSS (max), {} locks", r.n),
+            value: r.light_rss_kib.max * 1024.0,
+            unit: "B",
+            target: "<= 4 MiB".into(),
+            met: Some(r.light_rss_kib.max <= 4096.0),
+        });
+        out.push(Check {
+            name: format!("  ... without the region's pages (max), {} locks", r.n),
+            value: r.light_own_kib.max * 1024.0,
+            unit: "B",
+            target: "<= 4 MiB".into(),
+            met: Some(r.light_own_kib.max <= 4096.0),
+        });
+    }
     // Marginal cost per retained lock over each interval of N. Per-lock
     // cost falling with N (fixed costs amortised) is fine; rising by more
     // than 2x from one interval to the next is worse than linear.
-    let marg: Vec<(u64, u64, f64)> = rec
+    let same_pool: Vec<&recovery::RecoveryRow> = rec.iter().filter(|r| r.pool_mib == 64).collect();
+    let marg: Vec<(u64, u64, f64)> = same_pool
         .windows(2)
         .filter_map(|w| Some((w[0].n, w[1].n, w[1].marginal_ns_per_lock?)))
         .collect();
@@ -502,6 +584,8 @@ fn print_tables(
             .map(|c| {
                 let v = if c.unit == "ns" {
                     fmt_ns(c.value)
+                } else if c.unit == "B" {
+                    format!("{:.1} MiB", c.value / 1048576.0)
                 } else {
                     format!("{:.2}x", c.value)
                 };
@@ -520,45 +604,35 @@ fn print_tables(
     }
     if !rec.is_empty() {
         outln!();
-        outln!("Recovery: times after SIGKILL (t0) of a member holding N modify locks, from the region's events:");
-        outln!("exit = its pidfd readable here (kernel exit done); detected = death noticed by the monitoring member;");
-        outln!("cleaned = its locks marked retained; RL start = restart light started;");
-        outln!("released = restart light ended normally, every retained lock released (medians unless p99)");
+        outln!("Recovery: times after SIGKILL (t0) of a member holding N modify locks with a buffer pool, from the region's events:");
+        outln!("exit = its pidfd readable here (kernel exit done); detected = death noticed by the monitoring member (liveness word);");
+        outln!("cleaned = its locks marked retained; posted/claimed = restart request; RL start = restart light started;");
+        outln!("backed out, released = its steps; terminated = restart light ended normally, every retained lock released");
+        outln!("(medians, each step from t0; p99 where marked)");
+        let mut header = vec!["N locks", "pool", "reps", "exit", "detect p99"];
+        header.extend(recovery::STEPS.iter().map(|(_, name)| *name));
+        header.extend(["term p99", "marginal/lock", "RL RSS", "w/o reg"]);
         let steps = rec
             .iter()
             .map(|r| {
-                vec![
+                let mut row = vec![
                     r.n.to_string(),
+                    format!("{}M", r.pool_mib),
                     r.reps.to_string(),
                     fmt_ns(r.exited.median),
-                    fmt_ns(r.detect.median),
                     fmt_ns(r.detect.p99),
-                    fmt_ns(r.cleaned.median),
-                    fmt_ns(r.started.median),
-                    fmt_ns(r.released.median),
+                ];
+                row.extend(r.steps.iter().map(|(_, s)| fmt_ns(s.median)));
+                row.extend([
                     fmt_ns(r.released.p99),
                     r.marginal_ns_per_lock.map_or("-".into(), fmt_ns),
-                ]
+                    format!("{:.1}M", r.light_rss_kib.max / 1024.0),
+                    format!("{:.1}M", r.light_own_kib.max / 1024.0),
+                ]);
+                row
             })
             .collect();
-        outln!(
-            "{}",
-            table(
-                &[
-                    "N locks",
-                    "reps",
-                    "exit",
-                    "detect",
-                    "detect p99",
-                    "cleaned",
-                    "RL start",
-                    "released",
-                    "released p99",
-                    "marginal/lock"
-                ],
-                steps
-            )
-        );
+        outln!("{}", table(&header, steps));
         outln!("(p99 is the HDR histogram's: with fewer than 100 repetitions it is the maximum)");
     }
     outln!();

@@ -35,16 +35,31 @@ const HOLDER: &str = "HOLD";
 /// is certainly watching a newly connected member through a pidfd.
 const SETTLE: Duration = Duration::from_millis(60);
 
-/// How many locks, and how many repetitions of each.
+/// Victims: how many locks, how big a buffer pool (MiB, allocated and
+/// touched before the locks are taken), how many repetitions of each.
 pub struct Plan {
-    pub sizes: Vec<(u64, usize)>,
+    pub sizes: Vec<(u64, usize, usize)>,
     pub floor_reps: usize,
 }
+
+/// The steps of a recovery, as events of the region, in pipeline order.
+pub const STEPS: [(EventKind, &str); 8] = [
+    (EventKind::Detected, "detected"),
+    (EventKind::CleanedUp, "cleaned"),
+    (EventKind::RequestPosted, "posted"),
+    (EventKind::Claimed, "claimed"),
+    (EventKind::RestartLightStarted, "RL start"),
+    (EventKind::BackedOut, "backed out"),
+    (EventKind::Released, "released"),
+    (EventKind::TerminatedNormally, "terminated"),
+];
 
 /// One line of the recovery table (all times in ns).
 #[derive(Debug, Serialize)]
 pub struct RecoveryRow {
     pub n: u64,
+    /// The victim's buffer pool, MiB.
+    pub pool_mib: usize,
     pub reps: usize,
     /// To the holder's pidfd polling readable in this process: the kernel
     /// has finished the dead process's exit (it tears down its mappings
@@ -57,7 +72,13 @@ pub struct RecoveryRow {
     /// To `restart_light_started`.
     pub started: Stats,
     pub released: Stats,
-    /// (released median - previous N's) / (N - previous N).
+    /// Every step of [`STEPS`], after SIGKILL.
+    pub steps: Vec<(&'static str, Stats)>,
+    /// Restart light's peak RSS (`VmHWM`, KiB), from `terminated_normally`.
+    pub light_rss_kib: Stats,
+    /// Its resident memory at the end without the shared region (KiB).
+    pub light_own_kib: Stats,
+    /// (released median - previous N's) / (N - previous N), same pool.
     pub marginal_ns_per_lock: Option<f64>,
 }
 
@@ -67,6 +88,9 @@ pub struct HoldSpec {
     pub plex: PathBuf,
     pub member: String,
     pub count: u64,
+    /// A buffer pool of this many MiB, touched before the locks are taken.
+    #[serde(default)]
+    pub pool_mib: usize,
 }
 
 pub fn run(dir: &Path, plan: &Plan) -> Result<(Vec<Row>, Vec<RecoveryRow>)> {
@@ -117,9 +141,12 @@ pub fn run(dir: &Path, plan: &Plan) -> Result<(Vec<Row>, Vec<RecoveryRow>)> {
     let mon_err = dir.join("monitor.stderr");
     let mut mon = start_monitor(&cf_node, &plex.dir, &mon_err)?;
     let mut table: Vec<RecoveryRow> = Vec::new();
-    for &(n, reps) in &plan.sizes {
+    for &(n, pool_mib, reps) in &plan.sizes {
         let (mut exited, mut detect, mut cleaned, mut started, mut released) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut steps: Vec<Vec<f64>> = vec![Vec::new(); STEPS.len()];
+        let mut rss = Vec::new();
+        let mut own = Vec::new();
         for _ in 0..reps {
             check_interrupted()?;
             if let Some(st) = mon.try_wait()? {
@@ -128,7 +155,12 @@ pub fn run(dir: &Path, plan: &Plan) -> Result<(Vec<Row>, Vec<RecoveryRow>)> {
                     last_line(&std::fs::read_to_string(&mon_err).unwrap_or_default())
                 );
             }
-            let t = one(&exe, &region, &plex.dir, n)?;
+            let t = one(&exe, &region, &plex.dir, n, pool_mib)?;
+            rss.push(t.light_rss_kib as f64);
+            own.push(t.light_own_kib as f64);
+            for (i, v) in t.steps.iter().enumerate() {
+                steps[i].push(*v as f64);
+            }
             exited.push(t.exited as f64);
             detect.push(t.detected as f64);
             cleaned.push(t.cleaned as f64);
@@ -137,11 +169,21 @@ pub fn run(dir: &Path, plan: &Plan) -> Result<(Vec<Row>, Vec<RecoveryRow>)> {
         }
         let released = Stats::of(&released);
         let marginal = table
-            .last()
-            .map(|p: &RecoveryRow| (released.median - p.released.median) / (n as f64 - p.n as f64));
+            .iter()
+            .rev()
+            .find(|p: &&RecoveryRow| p.pool_mib == pool_mib && p.n < n)
+            .map(|p| (released.median - p.released.median) / (n as f64 - p.n as f64));
         table.push(RecoveryRow {
             n,
+            pool_mib,
             reps,
+            light_rss_kib: Stats::of(&rss),
+            light_own_kib: Stats::of(&own),
+            steps: STEPS
+                .iter()
+                .zip(&steps)
+                .map(|((_, name), v)| (*name, Stats::of(v)))
+                .collect(),
             exited: Stats::of(&exited),
             detect: Stats::of(&detect),
             cleaned: Stats::of(&cleaned),
@@ -154,15 +196,18 @@ pub fn run(dir: &Path, plan: &Plan) -> Result<(Vec<Row>, Vec<RecoveryRow>)> {
 
     for r in &table {
         rows.push(recovery_row(
-            format!("recovery_detect_n{}", r.n),
-            format!("{} modify locks: SIGKILL to `detected`", r.n),
+            format!("recovery_detect_n{}_pool{}m", r.n, r.pool_mib),
+            format!(
+                "{} modify locks, {} MiB pool: SIGKILL to `detected`",
+                r.n, r.pool_mib
+            ),
             r.detect.clone(),
         ));
         rows.push(recovery_row(
-            format!("recovery_released_n{}", r.n),
+            format!("recovery_released_n{}_pool{}m", r.n, r.pool_mib),
             format!(
-                "{} modify locks: SIGKILL to `terminated_normally` (all released)",
-                r.n
+                "{} modify locks, {} MiB pool: SIGKILL to `terminated_normally` (all released)",
+                r.n, r.pool_mib
             ),
             r.released.clone(),
         ));
@@ -223,14 +268,19 @@ struct Times {
     cleaned: u64,
     started: u64,
     released: u64,
+    /// Every step of [`STEPS`].
+    steps: Vec<u64>,
+    light_rss_kib: u64,
+    light_own_kib: u64,
 }
 
-/// One kill of a holder of `n` modify locks.
-fn one(exe: &Path, region: &Region, plex: &Path, n: u64) -> Result<Times> {
+/// One kill of a holder of `n` modify locks with a `pool_mib` buffer pool.
+fn one(exe: &Path, region: &Region, plex: &Path, n: u64, pool_mib: usize) -> Result<Times> {
     let spec = super::WorkerSpec::Hold(HoldSpec {
         plex: plex.to_path_buf(),
         member: HOLDER.into(),
         count: n,
+        pool_mib,
     });
     let mut cmd = Command::new(exe);
     cmd.arg("bench")
@@ -294,7 +344,14 @@ fn one(exe: &Path, region: &Region, plex: &Path, n: u64) -> Result<Times> {
             if released != n {
                 bail!("restart light released {released} retained locks, expected {n}");
             }
+            let mut steps = Vec::with_capacity(STEPS.len());
+            for (k, _) in STEPS {
+                steps.push(at(k)?);
+            }
             return Ok(Times {
+                steps,
+                light_rss_kib: done.a,
+                light_own_kib: done.c,
                 exited,
                 detected: at(EventKind::Detected)?,
                 cleaned: at(EventKind::CleanedUp)?,
@@ -314,7 +371,26 @@ pub fn hold(spec: &HoldSpec) -> Result<()> {
     let region = Arc::new(Region::open(&Plex {
         dir: spec.plex.clone(),
     })?);
-    let member = Member::connect(region, &spec.member)?;
+    // The victim's memory: what the kernel tears down after its death.
+    let mut pool = vec![0u8; spec.pool_mib << 20];
+    for page in pool.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    std::hint::black_box(&pool);
+    let member = Member::connect(region.clone(), &spec.member)?;
+    // Its liveness word, as a cf-node member has it.
+    let liveness = match cf_core::connector::liveness::LivenessThread::start(
+        region,
+        member.id(),
+        member.generation(),
+        spec.member.clone(),
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = member.disconnect();
+            bail!("starting the liveness thread: {e}");
+        }
+    };
     let mut h = member.holder()?;
     for i in 0..spec.count {
         let r = format!("r{i}");
@@ -336,7 +412,9 @@ pub fn hold(spec: &HoldSpec) -> Result<()> {
         }
     }
     drop(h);
+    liveness.stop();
     member.disconnect()?;
+    drop(pool);
     Ok(())
 }
 

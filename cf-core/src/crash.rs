@@ -31,6 +31,10 @@ pub const CRASH_POINTS: &[&str] = &[
     "cleanup.before_final_state",
     // connector.rs
     "connect.latched",
+    // connector/liveness.rs: registration, the pass-on of a kernel wake, the fence
+    "liveness.before_word",
+    "liveness.woken",
+    "fence.marked",
     // cf-node: restart light (restart_light.rs) and the request handler (monitor.rs)
     "restart_light.connected",
     "restart_light.backed_out_some",

@@ -1,12 +1,47 @@
-//! Typed errors of the library. Binaries print them as one line (`Display`).
+//! Typed errors of the library. Binaries print them as one line (`Display`,
+//! or [`one_line`] for a chain of causes).
 
 use std::path::PathBuf;
+
+/// One printable line for an error and its causes: each cause is added
+/// (after `: `) only if its text is not already in the line (a wrapper that
+/// prints its source would otherwise repeat it), and anything unprintable
+/// (a newline or an escape code read from a file) is escaped.
+pub fn one_line<'a>(
+    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let mut line = String::new();
+    for e in chain {
+        let text = e.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    escape_line(&line)
+}
+
+/// Escape what is unprintable (see `inspect::escape`, the same rules).
+fn escape_line(s: &str) -> String {
+    #[cfg(not(loom))]
+    return crate::inspect::escape(s);
+    #[cfg(loom)]
+    s.to_string()
+}
 
 /// Why a region could not be created or opened.
 #[derive(Debug, thiserror::Error)]
 pub enum RegionError {
-    #[error("plex directory {path}: {err}")]
-    PlexDir { path: PathBuf, err: std::io::Error },
+    /// (The plex files are not compiled into the loom models.)
+    #[cfg(not(loom))]
+    #[error("plex directory: {0}")]
+    PlexDirUntrusted(crate::shm::plexfs::PlexFileError),
+    #[cfg(not(loom))]
+    #[error(transparent)]
+    Untrusted(crate::shm::plexfs::PlexFileError),
     #[error("{path} already exists (destroy the plex first)")]
     AlreadyExists { path: PathBuf },
     #[error("{path}: no region here (create one with `cfctl create`)")]
@@ -43,6 +78,7 @@ pub enum RegionError {
     BadHeader { path: PathBuf, what: String },
     #[error("invalid size option: {0}")]
     BadOption(String),
+
     #[error("{path}: {err}")]
     Io { path: PathBuf, err: std::io::Error },
 }
@@ -62,6 +98,10 @@ pub enum CorruptError {
     },
     #[error("connector {id}: {what}")]
     BadConnector { id: u32, what: String },
+    #[error("the region was opened read-only: {0} needs a writable region")]
+    ReadOnly(&'static str),
+    #[error("event ring: {0}")]
+    BadEvents(String),
 }
 
 /// Errors of connect / disconnect.
@@ -82,6 +122,8 @@ pub enum ConnectError {
     TableFull(u32),
     #[error("timed out waiting for the connect latch (held by pid {0})")]
     LatchTimeout(u32),
+    #[error("the region was opened read-only: connecting needs a writable region")]
+    ReadOnly,
     #[error("reading this process's identity: {0}")]
     Identity(std::io::Error),
     #[error("region is damaged: {0}")]

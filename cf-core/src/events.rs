@@ -9,8 +9,13 @@
 //! publishes `seq + 1` in the first word. A reader accepts a slot only if the
 //! first word is the same nonzero value before and after it read the fields.
 //! A writer killed halfway leaves a slot marked invalid: it is skipped.
+//!
+//! The counter is read from the (untrusted) region: a counter at or beyond
+//! [`MAX_SEQ`] (2^62 events, which no run can write) is damage; nothing is
+//! recorded on top of it (no `seq + 1` can overflow) and [`check`] reports it.
 
 use crate::connector::now_ns;
+use crate::error::CorruptError;
 use crate::shm::layout::EVENT_CAPACITY;
 use crate::shm::region::Region;
 use crate::shm::slots;
@@ -33,7 +38,7 @@ pub enum EventKind {
     BackedOut,
     /// Retained locks released (`a` locks).
     Released,
-    /// Restart light disconnected and ended normally (`a` peak RSS in KiB, `b` its run time in ns).
+    /// Restart light disconnected and ended normally (`a` peak RSS in KiB, `b` its run time in ns, `c` its resident memory at the end without the shared region, KiB).
     TerminatedNormally,
     /// A restart-light process failed or was killed (`a`: exit code, or 128 + signal).
     RestartLightFailed,
@@ -45,9 +50,15 @@ pub enum EventKind {
     RecoveredAtRestart,
     /// The restart request of a member was completed: its recovery is over (once per request).
     RecoveryCompleted,
+    /// A member's heartbeat is older than the failure detection interval (`a`: its age in ms).
+    StatusUpdateMissing,
+    /// A member whose status update was missing was fenced: SIGKILLed after the identity check (`a`: heartbeat age in ms, `b`: its PID, `c`: 1 by the operator).
+    Fenced,
+    /// A member declared status-update-missing beat again before it was fenced (`a`: how long it was missing, ms).
+    StatusUpdateResumed,
 }
 
-const KINDS: [EventKind; 13] = [
+const KINDS: [EventKind; 16] = [
     EventKind::Detected,
     EventKind::CleanedUp,
     EventKind::RequestPosted,
@@ -61,6 +72,9 @@ const KINDS: [EventKind; 13] = [
     EventKind::Disconnected,
     EventKind::RecoveredAtRestart,
     EventKind::RecoveryCompleted,
+    EventKind::StatusUpdateMissing,
+    EventKind::Fenced,
+    EventKind::StatusUpdateResumed,
 ];
 
 impl EventKind {
@@ -79,6 +93,9 @@ impl EventKind {
             EventKind::Disconnected => "disconnected",
             EventKind::RecoveredAtRestart => "recovered_at_restart",
             EventKind::RecoveryCompleted => "recovery_completed",
+            EventKind::StatusUpdateMissing => "status_update_missing",
+            EventKind::Fenced => "fenced",
+            EventKind::StatusUpdateResumed => "status_update_resumed",
         }
     }
     fn code(self) -> u64 {
@@ -111,6 +128,9 @@ fn words_name(w: &[crate::sync::AtomicU64; 4]) -> String {
     String::from_utf8_lossy(&slots::load_name_bytes(w)).into_owned()
 }
 
+/// Sequence numbers stay below this; a larger counter is damage.
+pub const MAX_SEQ: u64 = 1 << 62;
+
 /// Record an event now. `payload` is `[a, b, c]`.
 pub fn record(region: &Region, kind: EventKind, member: &str, by: Option<&str>, payload: [u64; 3]) {
     record_at(region, kind, member, by, payload, now_ns());
@@ -125,8 +145,24 @@ pub fn record_at(
     payload: [u64; 3],
     time_ns: u64,
 ) {
-    let seq = region.event_header().head.fetch_add(1, Ordering::AcqRel);
-    let e = &region.event_slots()[(seq % EVENT_CAPACITY) as usize];
+    if region.is_read_only() {
+        return;
+    }
+    // Take a sequence number, never from a damaged counter (no overflow).
+    let head = &region.event_header().head;
+    let mut seq = head.load(Ordering::Acquire);
+    loop {
+        if seq >= MAX_SEQ {
+            return;
+        }
+        match head.compare_exchange(seq, seq + 1, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => break,
+            Err(now) => seq = now,
+        }
+    }
+    let Some(e) = region.event_slots().get((seq % EVENT_CAPACITY) as usize) else {
+        return;
+    };
     e.seq.store(0, Ordering::Release);
     e.kind
         .store(kind.code() | (by.is_some() as u64) << 32, Ordering::Relaxed);
@@ -136,7 +172,39 @@ pub fn record_at(
     }
     slots::store_name(&e.member, member.as_bytes());
     slots::store_name(&e.by, by.unwrap_or("").as_bytes());
-    e.seq.store(seq.wrapping_add(1), Ordering::Release);
+    e.seq.store(seq + 1, Ordering::Release);
+}
+
+/// Check the event ring as the readers see it: the counter below
+/// [`MAX_SEQ`], and every complete slot (first word nonzero) holding an
+/// event of its own position, not from the future, of a known kind. A
+/// reader skips a slot that fails; `display events` and `verify` report it.
+pub fn check(region: &Region) -> Result<(), CorruptError> {
+    let head = region.event_header().head.load(Ordering::Acquire);
+    if head >= MAX_SEQ {
+        return Err(CorruptError::BadEvents(format!(
+            "event counter {head} is beyond any run ({MAX_SEQ} events)"
+        )));
+    }
+    for (i, e) in region.event_slots().iter().enumerate() {
+        let s = e.seq.load(Ordering::Acquire);
+        if s == 0 {
+            continue;
+        }
+        let seq = s - 1;
+        if seq % EVENT_CAPACITY != i as u64 || seq >= head {
+            return Err(CorruptError::BadEvents(format!(
+                "slot {i} holds event {seq}, which cannot be there (counter {head})"
+            )));
+        }
+        let kind = e.kind.load(Ordering::Relaxed);
+        if EventKind::from_code(kind & 0xffff_ffff).is_none() || kind >> 33 != 0 {
+            return Err(CorruptError::BadEvents(format!(
+                "slot {i} (event {seq}): unknown kind word {kind:#x}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Every readable event still in the ring, oldest first.
@@ -147,12 +215,15 @@ pub fn read_all(region: &Region) -> Vec<Event> {
 /// Events with sequence number >= `from`, oldest first.
 pub fn read_since(region: &Region, from: u64) -> Vec<Event> {
     let head = region.event_header().head.load(Ordering::Acquire);
+    if head >= MAX_SEQ {
+        return Vec::new(); // damaged: `check` says so
+    }
     let start = head.saturating_sub(EVENT_CAPACITY).max(from);
     let mut out = Vec::new();
     for seq in start..head {
         let e = &region.event_slots()[(seq % EVENT_CAPACITY) as usize];
         let s1 = e.seq.load(Ordering::Acquire);
-        if s1 != seq.wrapping_add(1) {
+        if s1 != seq + 1 {
             continue;
         }
         let kind_word = e.kind.load(Ordering::Relaxed);

@@ -1,6 +1,12 @@
 //! Read-only views of a region for the operator (`cfctl display`, `verify`).
-//! Nothing here changes the region; everything read is checked, and damage is
+//! Nothing here changes the region (they work on a region opened with
+//! [`Region::open_read_only`]); everything read is checked, and damage is
 //! reported as a problem, never a panic.
+//!
+//! [`verify`] is at least as strict as every reader of the region: whatever
+//! makes a display, a connect, a cleanup or a recovery refuse the region (or
+//! stall on it) is one of its problems. Names and resources read from the
+//! region are printed only through [`escape`].
 
 use crate::connector::{self, MemberState};
 use crate::error::CorruptError;
@@ -11,6 +17,41 @@ use crate::lock::word::{self as lockword, Word};
 use crate::region::Region;
 use crate::sync::Ordering;
 use std::collections::HashMap;
+
+/// Make text from the region (a name, a resource, an error message) safe to
+/// print: printable ASCII stays as it is (a backslash is doubled); anything
+/// else (newlines, escape codes, other control or non-ASCII characters) is
+/// written as a Rust-style escape (`\n`, `\x1b`, `\u{202e}`). Valid member
+/// names and resources made of printable ASCII are unchanged.
+pub fn escape(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x80 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+        }
+    }
+    out
+}
+
+/// Why a name read from the region is no member name (`check_name`'s reason).
+fn name_problem(name: &str) -> Result<(), &'static str> {
+    match connector::check_name(name) {
+        Ok(()) => Ok(()),
+        Err(crate::error::ConnectError::BadName(_, why)) => Err(why),
+        Err(_) => Err("not a member name"),
+    }
+}
 
 /// One connector slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +68,13 @@ pub struct MemberView {
     pub retained: usize,
     pub connected_unix_ns: u64,
     pub failed_unix_ns: u64,
+    /// The operator's state: active, status-update-missing, fenced,
+    /// cleaning, failed-persistent, recovering.
+    pub status: &'static str,
+    /// Age of the last heartbeat in ms (None: the member does not beat).
+    pub heartbeat_age_ms: Option<u64>,
+    /// The liveness word: "registered", "owner-died" or "none".
+    pub liveness: &'static str,
 }
 
 /// One held (or pending) lock.
@@ -85,7 +133,37 @@ pub fn members(region: &Region) -> Result<Vec<MemberView>, CorruptError> {
         } else {
             0
         };
+        let interval = crate::connector::liveness::settings(region).interval;
+        let hb = crate::connector::liveness::status(region, id, interval)?;
+        use crate::connector::liveness::{Status, OWNER_DIED, TID_MASK};
+        let heartbeat_age_ms = match hb {
+            Status::NoHeartbeat => None,
+            Status::Fresh { age_ms }
+            | Status::Missing { age_ms, .. }
+            | Status::Fenced { age_ms, .. } => Some(age_ms),
+        };
+        let status = match (st.state, hb) {
+            (MemberState::Active | MemberState::Recovering, Status::Fenced { .. }) => "fenced",
+            (
+                MemberState::Active | MemberState::Recovering,
+                Status::Missing { marked: true, .. },
+            ) => "status-update-missing",
+            (s, _) => s.as_str(),
+        };
+        let word = slot.liveness.load(Ordering::Relaxed);
+        let liveness = if slot.liveness_gen.load(Ordering::Relaxed) != st.generation || word == 0 {
+            "none"
+        } else if word & OWNER_DIED != 0 {
+            "owner-died"
+        } else if word & TID_MASK != 0 {
+            "registered"
+        } else {
+            "none"
+        };
         out.push(MemberView {
+            status,
+            heartbeat_age_ms,
+            liveness,
             id,
             name: connector::name_of(region, id),
             state: st.state,
@@ -242,7 +320,17 @@ pub fn verify(region: &Region) -> Vec<String> {
             }
         };
         states.push(Some(st.state));
-        let name = connector::name_of(region, id);
+        let raw_name = connector::name_of(region, id);
+        let name = escape(&raw_name);
+        if st.state != MemberState::Free {
+            if let Err(why) = name_problem(&raw_name) {
+                problems.push(format!(
+                    "connector {id} ({}) has an invalid member name \"{name}\": {why}; nothing \
+                     can connect (or recover) under it",
+                    st.state.as_str(),
+                ));
+            }
+        }
         let hwm = region
             .connector(id)
             .map_or(0, |c| c.hwm.load(Ordering::Relaxed));
@@ -295,7 +383,7 @@ pub fn verify(region: &Region) -> Vec<String> {
                             "pending"
                         },
                         r.mode,
-                        r.resource.display()
+                        escape(&r.resource.display())
                     ));
                 }
             }
@@ -320,7 +408,7 @@ pub fn verify(region: &Region) -> Vec<String> {
             if word.named() & lockword::bit(id) == 0 {
                 problems.push(format!(
                     "member {name} holds {} ({}) on entry {} but the lock word does not name it",
-                    r.resource.display(),
+                    escape(&r.resource.display()),
                     r.mode,
                     r.entry
                 ));
@@ -383,7 +471,7 @@ pub fn verify(region: &Region) -> Vec<String> {
                 if !a.mode.compatible(b.mode) {
                     problems.push(format!(
                         "resource {} held {} by connector {} and {} by connector {}",
-                        String::from_utf8_lossy(&res),
+                        escape(&String::from_utf8_lossy(&res)),
                         a.mode,
                         a.member,
                         b.mode,
@@ -392,6 +480,35 @@ pub fn verify(region: &Region) -> Vec<String> {
                 }
             }
         }
+    }
+    // The connect latch at rest: a live holder makes every connect wait for
+    // it and fail (a dead one is taken over by the next connect).
+    let latch = region.lock_header().connect_latch.load(Ordering::Acquire);
+    if latch != 0 && crate::connector::identity::ProcessId::token_is_alive(latch) {
+        problems.push(format!(
+            "the connect latch is held by pid {}, a live process: every connect waits for it \
+             and fails",
+            latch as u32
+        ));
+    }
+    // The restart-request list, as `display requests` and the restarters read it.
+    match crate::requests::list(region) {
+        Err(e) => problems.push(escape(&e.to_string())),
+        Ok(list) => {
+            for r in list {
+                if let Err(why) = name_problem(&r.name) {
+                    problems.push(format!(
+                        "the restart request of connector {} names an invalid member \"{}\": {why}",
+                        r.member_id,
+                        escape(&r.name)
+                    ));
+                }
+            }
+        }
+    }
+    // The event ring, as `display events` reads it.
+    if let Err(e) = crate::events::check(region) {
+        problems.push(escape(&e.to_string()));
     }
     problems
 }

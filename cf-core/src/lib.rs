@@ -98,8 +98,14 @@ pub(crate) mod sync;
 
 /// The region's layout (kept at the crate root for its users).
 pub use shm::layout;
+/// What the product trusts in a plex directory; opening its files.
+#[cfg(not(loom))]
+pub use shm::plexfs;
 /// The region file and its plex directory.
 pub use shm::region;
+/// One line instead of a silent death when a mapped file shrinks.
+#[cfg(not(loom))]
+pub use shm::sigbus::install_sigbus_handler;
 
 pub use {
     connector::identity::ProcessId,
@@ -188,6 +194,14 @@ pub mod testing {
                 _ => {}
             }
         }
+    }
+
+    /// Set the connect latch to `token` (a process `ProcessId::token`, 0: free).
+    pub fn set_connect_latch(region: &Region, token: u64) {
+        region
+            .lock_header()
+            .connect_latch
+            .store(token, Ordering::Relaxed);
     }
 
     /// Set connector `id`'s cleanup claim word to `token` (a process

@@ -172,6 +172,7 @@ fn cleanup(
     deadline: Option<Instant>,
 ) -> Result<CleanupOutcome, CorruptError> {
     let seen_ns = seen_ns.unwrap_or_else(connector::now_ns);
+    region.writable("a cleanup")?;
     let c = region.check_member(c)?;
     let snap = connector::snapshot(region, c)?;
     match snap.st.state {
@@ -330,6 +331,7 @@ fn walk(
                 deadline: Some(deadline.map_or(defer_at, |d| d.min(defer_at))),
                 steal: held,
                 on_stuck: &mut on_stuck,
+                own: None,
             };
             match entry::settle_dead(region, c, e, &recs, &mut how) {
                 Ok(s) => {

@@ -2,7 +2,7 @@
 //! per connector slot, so a failed member has at most one request at a time.
 //!
 //! An entry (`shm/slots.rs`, `RequestEntry`) has a state word
-//! `[epoch:32][unused:24][state:8]` (FREE 0, PENDING 1, CLAIMED 2), a claim
+//! `[epoch:32][unused:24][state:8]` (FREE 0, PENDING 1, CLAIMED 2, FAILED 3), a claim
 //! word (token of the member process handling it), a worker word (token of the
 //! restart-light process it started), times, and who posted and claimed it.
 //! The list header holds a 32-bit *sequence* word that every change bumps and
@@ -46,6 +46,18 @@
 //!   another member takes the claim over. A handler always looks at the
 //!   member first: a member no longer failed-persistent needs no restart, and
 //!   the request is completed.
+//! * **Failed**: a handler whose restart lights keep failing for a reason
+//!   that does not go away (a damaged accounts file, a log that is a
+//!   directory) marks its request FAILED after its attempts ([`fail`]: one
+//!   CAS from (CLAIMED, epoch) to (FAILED, epoch), then the claim is
+//!   released), with the last exit status and the reason the restart light
+//!   wrote ([`set_reason`]). A FAILED request keeps its epoch and stays
+//!   outstanding (a completion still completes it: a normal restart of the
+//!   member, or a restart light run by hand), but nobody claims it again
+//!   until an operator re-posts it ([`retry`], `cfctl restart-light MEMBER`:
+//!   a new epoch) or [`FAILED_RETRY`] has passed since it failed (then it is
+//!   claimed again as it is, same epoch). So a persistent failure costs a
+//!   handful of restart lights every [`FAILED_RETRY`], not thousands a second.
 
 use crate::connector::claim::{self, Claim};
 use crate::connector::identity::ProcessId;
@@ -58,12 +70,19 @@ use crate::shm::slots::{self, RequestEntry};
 use crate::sync::Ordering;
 use std::time::Duration;
 
+/// How long a FAILED request waits before it is claimed again by itself
+/// (an operator's `cfctl restart-light MEMBER` re-posts it at once).
+pub const FAILED_RETRY: Duration = Duration::from_secs(600);
+
 /// Request states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestState {
     Free,
     Pending,
     Claimed,
+    /// Its restart lights failed for a reason that did not go away: not
+    /// claimed again until re-posted or [`FAILED_RETRY`] has passed.
+    Failed,
 }
 
 impl RequestState {
@@ -72,6 +91,7 @@ impl RequestState {
             RequestState::Free => "free",
             RequestState::Pending => "pending",
             RequestState::Claimed => "claimed",
+            RequestState::Failed => "failed",
         }
     }
     fn code(self) -> u64 {
@@ -79,6 +99,7 @@ impl RequestState {
             RequestState::Free => 0,
             RequestState::Pending => 1,
             RequestState::Claimed => 2,
+            RequestState::Failed => 3,
         }
     }
 }
@@ -116,6 +137,28 @@ pub struct RequestView {
     pub attempts: u64,
     /// The name of the member to restart.
     pub name: String,
+    /// When it was marked FAILED (0: never).
+    pub failed_unix_ns: u64,
+    /// Exit status of the last restart light that failed (128 + signal).
+    pub last_status: Option<u64>,
+    /// Why the last restart light failed, as it said (raw: escape to print).
+    pub reason: String,
+}
+
+impl RequestView {
+    /// For a FAILED request: when it will be claimed again by itself.
+    pub fn retry_at_unix_ns(&self) -> Option<u64> {
+        (self.state == RequestState::Failed).then(|| retry_at(self.failed_unix_ns))
+    }
+}
+
+fn retry_at(failed_ns: u64) -> u64 {
+    failed_ns.saturating_add(FAILED_RETRY.as_nanos() as u64)
+}
+
+/// Is a FAILED request that failed at `failed_ns` due to be claimed again?
+fn retry_due(failed_ns: u64) -> bool {
+    now_ns() >= retry_at(failed_ns)
 }
 
 fn load(id: u32, e: &RequestEntry) -> Result<StateWord, CorruptError> {
@@ -124,6 +167,7 @@ fn load(id: u32, e: &RequestEntry) -> Result<StateWord, CorruptError> {
         0 => RequestState::Free,
         1 => RequestState::Pending,
         2 => RequestState::Claimed,
+        3 => RequestState::Failed,
         s => {
             return Err(CorruptError::BadConnector {
                 id,
@@ -191,6 +235,18 @@ pub fn post(
     by: Option<u32>,
     on_posted: impl FnOnce(),
 ) -> Result<Option<u32>, CorruptError> {
+    under_cleanup_claim(region, id, || post_if_failed(region, id, by, on_posted))
+}
+
+/// Run `f` (a post) under member `id`'s cleanup claim, which serializes posts
+/// (see [`post`]); `Ok(None)` without running it if another live process
+/// holds the claim.
+fn under_cleanup_claim(
+    region: &Region,
+    id: u32,
+    f: impl FnOnce() -> Result<Option<u32>, CorruptError>,
+) -> Result<Option<u32>, CorruptError> {
+    region.writable("posting a restart request")?;
     let me = ProcessId::current()
         .map_err(|e| CorruptError::BadConnector {
             id,
@@ -201,7 +257,7 @@ pub fn post(
     if let Claim::Busy(_) = claim::try_claim(claim, me, ProcessId::token_is_alive) {
         return Ok(None);
     }
-    let out = post_if_failed(region, id, by, on_posted);
+    let out = f();
     claim::release(claim, me);
     out
 }
@@ -269,6 +325,9 @@ pub(crate) fn post_claimed(
     e.claim.store(0, Ordering::Relaxed);
     e.worker.store(0, Ordering::Relaxed);
     e.attempts.store(0, Ordering::Relaxed);
+    e.failed_ns.store(0, Ordering::Relaxed);
+    e.last_status.store(0, Ordering::Relaxed);
+    slots::store_text(&e.reason, b"");
     slots::store_name(&e.name, crate::connector::name_of(region, id).as_bytes());
     e.claimed_ns.store(0, Ordering::Relaxed);
     e.posted_ns.store(now_ns(), Ordering::Relaxed);
@@ -305,6 +364,10 @@ pub fn needs_handler(region: &Region, id: u32) -> Result<bool, CorruptError> {
             !ProcessId::token_is_alive(e.claim.load(Ordering::Acquire))
                 && !ProcessId::token_is_alive(e.worker.load(Ordering::Acquire))
         }
+        RequestState::Failed => {
+            retry_due(e.failed_ns.load(Ordering::Acquire))
+                && !ProcessId::token_is_alive(e.worker.load(Ordering::Acquire))
+        }
     })
 }
 
@@ -326,7 +389,9 @@ pub fn claim(
 ) -> Result<ClaimOutcome, CorruptError> {
     let e = region.request(id)?;
     let seen = load(id, e)?;
-    if seen.state == RequestState::Free {
+    if seen.state == RequestState::Free
+        || (seen.state == RequestState::Failed && !retry_due(e.failed_ns.load(Ordering::Acquire)))
+    {
         return Ok(ClaimOutcome::NotClaimed);
     }
     let alive = |t: u64| {
@@ -343,7 +408,11 @@ pub fn claim(
         state: RequestState::Claimed,
         epoch: now.epoch,
     };
-    if now.state == RequestState::Free || now.epoch != seen.epoch || !cas(e, now, claimed) {
+    if now.state == RequestState::Free
+        || now.state != seen.state && now.state == RequestState::Failed
+        || now.epoch != seen.epoch
+        || !cas(e, now, claimed)
+    {
         claim::release(&e.claim, me.token());
         return Ok(ClaimOutcome::NotClaimed);
     }
@@ -397,6 +466,92 @@ pub fn unclaim(region: &Region, id: u32, epoch: u32, me: &ProcessId) -> Result<(
     claim::release(&e.claim, me.token());
     bump(region);
     Ok(())
+}
+
+/// Give claimed request `epoch` of `id` up: its restart lights failed for a
+/// reason that does not go away. It becomes FAILED (same epoch, still
+/// outstanding) and the claim is released; see the module docs. Returns
+/// false if that request was no longer claimed (completed meanwhile).
+pub fn fail(region: &Region, id: u32, epoch: u32, me: &ProcessId) -> Result<bool, CorruptError> {
+    let e = region.request(id)?;
+    e.failed_ns.store(now_ns().max(1), Ordering::Relaxed);
+    let done = cas(
+        e,
+        StateWord {
+            state: RequestState::Claimed,
+            epoch,
+        },
+        StateWord {
+            state: RequestState::Failed,
+            epoch,
+        },
+    );
+    e.worker.store(0, Ordering::Relaxed);
+    claim::release(&e.claim, me.token());
+    bump(region);
+    Ok(done)
+}
+
+/// Record why a restart light of request `epoch` of `id` failed: its exit
+/// status (`Some`, by its handler) and/or its error line (`reason`, by the
+/// restart light itself; at most 112 bytes are kept). Nothing is recorded
+/// for a request no longer outstanding.
+pub fn set_reason(
+    region: &Region,
+    id: u32,
+    epoch: u32,
+    status: Option<u64>,
+    reason: Option<&str>,
+) -> Result<(), CorruptError> {
+    region.writable("recording a restart failure")?;
+    let e = region.request(id)?;
+    let now = load(id, e)?;
+    if now.state == RequestState::Free || now.epoch != epoch {
+        return Ok(());
+    }
+    if let Some(s) = status {
+        e.last_status.store(s.saturating_add(1), Ordering::Relaxed);
+    }
+    if let Some(r) = reason {
+        let max = slots::REASON_WORDS * 8;
+        let mut end = r.len().min(max);
+        while !r.is_char_boundary(end) {
+            end -= 1;
+        }
+        slots::store_text(&e.reason, &r.as_bytes()[..end]);
+    }
+    Ok(())
+}
+
+/// Re-post a FAILED request for member `id` by hand (`cfctl restart-light`):
+/// it becomes PENDING with a new epoch, so a member claims it at once.
+/// Returns the new epoch, or `None` if the request was not FAILED (then
+/// [`post`] is what to call).
+pub fn retry(
+    region: &Region,
+    id: u32,
+    by: Option<u32>,
+    on_posted: impl FnOnce(),
+) -> Result<Option<u32>, CorruptError> {
+    under_cleanup_claim(region, id, || {
+        let e = region.request(id)?;
+        let now = load(id, e)?;
+        if now.state != RequestState::Failed {
+            return Ok(None);
+        }
+        // FAILED -> FREE (no completion: nothing was recovered), then a
+        // fresh post, as the sweep's: only for a member still failed (a
+        // restart light run by hand may have recovered it meanwhile). A
+        // death in between, or busy connects, leave it FREE: the sweep posts.
+        let free = StateWord {
+            state: RequestState::Free,
+            epoch: now.epoch,
+        };
+        if !cas(e, now, free) {
+            return Ok(None);
+        }
+        post_if_failed(region, id, by, on_posted)
+    })
 }
 
 /// Request `epoch` of `id` (member `member`) is done: the member is no longer
@@ -504,6 +659,9 @@ pub fn list(region: &Region) -> Result<Vec<RequestView>, CorruptError> {
             worker_alive: ProcessId::token_is_alive(worker),
             attempts: e.attempts.load(Ordering::Relaxed),
             name: load_name(e),
+            failed_unix_ns: e.failed_ns.load(Ordering::Relaxed),
+            last_status: e.last_status.load(Ordering::Relaxed).checked_sub(1),
+            reason: String::from_utf8_lossy(&slots::load_text(&e.reason)).into_owned(),
         });
     }
     Ok(out)

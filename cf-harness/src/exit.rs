@@ -10,7 +10,9 @@ use std::process::ExitCode;
 pub const SUCCESS: u8 = 0;
 /// An error (one line on stderr): bad plex, no resources, a dead peer...
 pub const ERROR: u8 = 1;
-/// The lock is held by a live member in an incompatible mode (`try`).
+/// The lock is held by a live member in an incompatible mode (`try`); a
+/// live member is in the way (`fence` of a member whose status update is
+/// not missing).
 pub const CONTENTION: u8 = 2;
 /// The lock is retained by a failed member (`try`, `hold`).
 pub const RETAINED: u8 = 3;
@@ -20,8 +22,8 @@ pub const TIMED_OUT: u8 = 4;
 /// saw a broken invariant (the plex is kept for a look).
 pub const INVARIANT: u8 = 5;
 /// A usage error: a command line that does not parse, an unknown option, or
-/// a value out of its range (`EX_USAGE`).
-pub const USAGE: u8 = 64;
+/// a value out of its range (`EX_USAGE`, the status of cf-node's too).
+pub const USAGE: u8 = cf_node::cli::USAGE_EXIT;
 /// Stopped early by SIGINT or SIGTERM (128 + SIGINT): the faults stopped,
 /// members were stopped normally, the partial report was printed.
 pub const INTERRUPTED: u8 = 130;
@@ -31,6 +33,7 @@ pub const TABLE: &str = "Exit status:
   0    success (every invariant checked held)
   1    error (one line on stderr)
   2    contention: the lock is held by a live member in an incompatible mode
+       (fence: the member's status update is not missing)
   3    retained: the lock is retained by a failed member
   4    timed out waiting for a lock
   5    an invariant broke (verify found damage; sim, demo or stress saw a violation)
@@ -71,19 +74,6 @@ pub fn of_error(e: &anyhow::Error) -> u8 {
     } else {
         ERROR
     }
-}
-
-/// Parse the command line: `--help` and `--version` print and exit 0, a
-/// usage error prints clap's message and exits [`USAGE`] (`Err`).
-pub fn parse<C: clap::Parser>() -> Result<C, ExitCode> {
-    C::try_parse().map_err(|e| {
-        let _ = e.print();
-        if e.use_stderr() {
-            code(USAGE)
-        } else {
-            code(SUCCESS)
-        }
-    })
 }
 
 #[cfg(test)]

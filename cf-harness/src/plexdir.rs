@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
-/// Create `dir` (mode 0700, 0770 with `group`) if it does not exist; its
+/// Create `dir` (mode 0700, 02770 with `group`, whatever the umask) if it does not exist; its
 /// parent must. Returns whether it was created (so a failed create can take
 /// it back). An existing directory is fine; anything else there is refused.
 pub fn create_last(dir: &Path, group: bool) -> Result<bool> {
@@ -32,9 +32,21 @@ pub fn create_last(dir: &Path, group: bool) -> Result<bool> {
         );
     }
     std::fs::DirBuilder::new()
-        .mode(if group { 0o770 } else { 0o700 })
+        .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))?;
+    // Made 0700 under any umask; then the plex's real mode, as cf-core sets it.
+    use cf_core::plexfs::{GROUP_DIR_MODE, PRIVATE_DIR_MODE};
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if group {
+        GROUP_DIR_MODE
+    } else {
+        PRIVATE_DIR_MODE
+    };
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)) {
+        let _ = std::fs::remove_dir(dir);
+        bail!("setting the mode of {}: {e}", dir.display());
+    }
     Ok(true)
 }
 

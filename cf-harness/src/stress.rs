@@ -334,9 +334,17 @@ pub fn run(plex: &Plex, a: StressArgs) -> Result<ExitCode> {
     // asking twice for one resource would wait for itself: once is enough.
     resources.sort();
     resources.dedup();
+    cf_core::connector::check_name(&a.member)?;
     let counter = Counter::open(&a.counter)?;
     let stop = stop_on_signals()?;
     let region = Arc::new(Region::open(plex)?);
+    if resources.len() as u64 > region.records_per_member() as u64 {
+        bail!(
+            "{} resources, but a member of this region holds at most {} locks",
+            resources.len(),
+            region.records_per_member()
+        );
+    }
     // A lock-only connection: refused under a failed member's name.
     let member = Member::connect(region, &a.member)?;
     let started = Instant::now();

@@ -170,6 +170,9 @@ pub struct Bank {
     pub stats: BankStats,
     pub stop: AtomicBool,
     next_txid: AtomicU64,
+    /// A transfer failed inside its transaction (after its first leg): its
+    /// worker kept its locks (they must be retained until a back-out).
+    poisoned: AtomicBool,
 }
 
 /// The workload's seeded generator: PCG (`rand_pcg::Pcg64`), whose stream is
@@ -268,7 +271,15 @@ impl Bank {
             stats: BankStats::default(),
             stop: AtomicBool::new(false),
             next_txid: AtomicU64::new(seed),
+            poisoned: AtomicBool::new(false),
         }
+    }
+
+    /// Did a transfer fail inside its transaction? Then the member must not
+    /// disconnect normally (that would release half-changed accounts): it
+    /// ends like a dead member, and its recovery backs the transaction out.
+    pub fn poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Relaxed)
     }
 
     /// Read an account through the buffer pool, refreshing its page (we hold its lock).
@@ -389,16 +400,47 @@ impl Bank {
             .iter()
             .map(|&a| self.read(a))
             .collect::<Result<_, _>>()?;
+        // Balances come from a shared file (and a forged log's back-out may
+        // have put anything there): never wrap.
         let debit = amount * (accounts.len() as i64 - 1);
-        self.leg(txid, from, before[0], before[0] - debit, true)?;
+        let after: Option<Vec<i64>> = before
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if i == 0 {
+                    b.checked_sub(debit)
+                } else {
+                    b.checked_add(amount)
+                }
+            })
+            .collect();
+        let Some(after) = after else {
+            for id in held {
+                h.unlock(id)?;
+            }
+            anyhow::bail!(
+                "accounts {accounts:?} ({before:?}) would overflow by a transfer of {amount} \
+                 to each: the accounts file holds impossible balances"
+            );
+        };
+        // From the first leg on, a failure leaves the transaction in flight.
+        let poison = |e: anyhow::Error| {
+            self.poisoned.store(true, Ordering::Relaxed);
+            e
+        };
+        self.leg(txid, from, before[0], after[0], true)
+            .map_err(poison)?;
         cf_core::crash::point("bank.between_legs");
         if !self.config.pause.is_zero() {
             std::thread::sleep(self.config.pause);
         }
         for (i, &to) in accounts.iter().enumerate().skip(1) {
-            self.leg(txid, to, before[i], before[i] + amount, false)?;
+            self.leg(txid, to, before[i], after[i], false)
+                .map_err(poison)?;
         }
-        self.log.append(&LogRecord::Commit { txid }, false, true)?;
+        self.log
+            .append(&LogRecord::Commit { txid }, false, true)
+            .map_err(|e| poison(e.into()))?;
         for id in held {
             h.unlock(id)?;
         }
@@ -436,7 +478,9 @@ impl Bank {
         Ok(true)
     }
 
-    /// A worker thread's loop: transactions until told to stop.
+    /// A worker thread's loop: transactions until told to stop. A transfer
+    /// that failed inside its transaction keeps its locks (the holder is not
+    /// dropped, which would release them over half-changed accounts).
     pub fn run_worker(&self, mut h: Holder, seed: u64) -> anyhow::Result<()> {
         let mut rng = Rng::seeded(seed);
         let n = self.store.count();
@@ -462,12 +506,19 @@ impl Bank {
             let read = rng.percent(self.config.read_pct);
             let t = Instant::now();
             let done = if read {
-                self.read_only(&mut h, &accounts)?
+                self.read_only(&mut h, &accounts)
             } else {
-                self.transfer_between(&mut h, &accounts, &mut rng)?
+                self.transfer_between(&mut h, &accounts, &mut rng)
             };
-            if done {
-                self.stats.record(read as usize, t.elapsed());
+            match done {
+                Ok(true) => self.stats.record(read as usize, t.elapsed()),
+                Ok(false) => {}
+                Err(e) => {
+                    if self.poisoned() {
+                        std::mem::forget(h);
+                    }
+                    return Err(e);
+                }
             }
             if !self.config.think.is_zero() {
                 std::thread::sleep(self.config.think);
@@ -480,6 +531,7 @@ impl Bank {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn seeded_streams_differ_by_seed_and_repeat() {
@@ -519,5 +571,40 @@ mod tests {
         let mut r = Rng::seeded(1);
         let hot = (0..10_000).filter(|_| p.one(&mut r) < 10).count();
         assert!((8_500..9_500).contains(&hot), "{hot}");
+    }
+
+    /// Balances from a forged log's back-out: a transfer must refuse to wrap
+    /// (and give its locks back), never write a wrapped balance.
+    #[test]
+    fn a_transfer_that_would_overflow_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let plex = cf_core::Plex {
+            dir: dir.path().into(),
+        };
+        let region = Arc::new(
+            cf_core::Region::create(&plex, &cf_core::CreateOptions::small_for_tests()).unwrap(),
+        );
+        let store = Store::create(dir.path(), 2, 0, false).unwrap();
+        store.set(0, i64::MIN, 1).unwrap();
+        store.set(1, i64::MIN, 1).unwrap();
+        let log = LogWriter::open(dir.path(), "A", false).unwrap();
+        let cfg = BankConfig {
+            pause: Duration::ZERO,
+            lock_timeout: Duration::from_secs(1),
+            max_amount: 100,
+            checkpoint_bytes: 1 << 20,
+            ..BankConfig::default()
+        };
+        let bank = Bank::new(store, log, None, cfg);
+        let m = cf_core::Member::connect(region, "A").unwrap();
+        let mut h = m.holder().unwrap();
+        let e = bank.transfer(&mut h, &mut Rng::seeded(7)).unwrap_err();
+        assert!(e.to_string().contains("would overflow"), "{e}");
+        assert!(!bank.poisoned(), "refused before its first leg");
+        assert_eq!(bank.store.balance(0).unwrap(), i64::MIN);
+        assert_eq!(bank.store.balance(1).unwrap(), i64::MIN);
+        assert!(m.held_records().unwrap().is_empty(), "locks given back");
+        drop(h);
+        m.disconnect().unwrap();
     }
 }

@@ -23,11 +23,57 @@ pub struct BufferPool {
     pub misses: u64,
 }
 
+/// Why a buffer pool could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("buffer pool of {mib} MiB: {why}")]
+    TooLarge { mib: u64, why: String },
+    #[error("buffer pool of {mib} MiB: cannot allocate it")]
+    NoMemory { mib: u64 },
+}
+
+/// Physical memory of this machine in bytes, if known.
+fn physical_memory() -> Option<u64> {
+    let pages = nix::unistd::sysconf(nix::unistd::SysconfVar::_PHYS_PAGES).ok()??;
+    let size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??;
+    (pages as u64).checked_mul(size as u64)
+}
+
 impl BufferPool {
+    /// A pool of `mib` MiB, checked before anything is allocated: the size
+    /// must not overflow, nor be more than half of this machine's memory
+    /// (a pool that large would only be killed by the OOM killer when
+    /// touched), and the allocation itself must succeed.
+    pub fn with_mib(mib: u64) -> Result<BufferPool, PoolError> {
+        let too_large = |why: String| PoolError::TooLarge { mib, why };
+        let bytes = mib
+            .checked_mul(1 << 20)
+            .ok_or_else(|| too_large("the size overflows".into()))?;
+        if let Some(phys) = physical_memory() {
+            if bytes > phys / 2 {
+                return Err(too_large(format!(
+                    "more than half of this machine's {} MiB of memory",
+                    phys >> 20
+                )));
+            }
+        }
+        let bytes = usize::try_from(bytes).map_err(|_| too_large("the size overflows".into()))?;
+        let nframes = (bytes / PAGE).max(1);
+        let mut frames: Vec<u8> = Vec::new();
+        frames
+            .try_reserve_exact(nframes * PAGE)
+            .map_err(|_| PoolError::NoMemory { mib })?;
+        frames.resize(nframes * PAGE, 0);
+        Ok(Self::from_frames(frames, nframes))
+    }
+
     /// A pool of `bytes` (at least one page), every page touched.
     pub fn new(bytes: usize) -> BufferPool {
         let nframes = (bytes / PAGE).max(1);
-        let mut frames = vec![0u8; nframes * PAGE];
+        Self::from_frames(vec![0u8; nframes * PAGE], nframes)
+    }
+
+    fn from_frames(mut frames: Vec<u8>, nframes: usize) -> BufferPool {
         for f in frames.chunks_mut(PAGE) {
             f[0] = 1; // touch: make the pool resident, as a real one is
         }
@@ -71,6 +117,24 @@ impl BufferPool {
         };
         &mut self.frames[idx * PAGE..(idx + 1) * PAGE]
     }
+}
+
+/// Resident memory of this process that is not the shared region (or any
+/// other shared-memory mapping): `RssAnon + RssFile` of `/proc/self/status`,
+/// in KiB. `VmHWM` counts every page of the region the process touched.
+/// Read from `/proc` on purpose: no system call (`getrusage` has only the
+/// peak) splits the resident set by kind.
+pub fn rss_without_shmem_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        s.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some(field("RssAnon:")? + field("RssFile:")?)
 }
 
 /// Peak resident set size of this process in KiB (`getrusage`'s

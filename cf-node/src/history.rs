@@ -31,11 +31,11 @@
 
 use crate::store::{Store, StoreError};
 use crate::wal::{self, LogError, LogRecord};
+use cf_core::plexfs::{PlexDir, PlexFileError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// The directory of history files in a plex.
@@ -48,11 +48,11 @@ const PER_UPDATE: usize = 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
+    /// The plex directory, `history/` or the file is not to be trusted.
+    #[error(transparent)]
+    Untrusted(PlexFileError),
     #[error("{0} is a symbolic link; refusing to follow it")]
     Symlink(PathBuf),
     #[error("{0} is not a regular file")]
@@ -89,12 +89,25 @@ pub enum HistoryError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error("account {account}: the sum of its committed changes overflows")]
+    Overflow { account: u64 },
+}
+
+impl From<PlexFileError> for HistoryError {
+    fn from(e: PlexFileError) -> HistoryError {
+        match e {
+            PlexFileError::Symlink { path } => HistoryError::Symlink(path),
+            PlexFileError::NotRegularFile { path, .. } => HistoryError::NotRegularFile(path),
+            PlexFileError::NotDirectory { path } => HistoryError::NotDirectory(path),
+            other => HistoryError::Untrusted(other),
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HistoryError + '_ {
-    move |source| HistoryError::Io {
+    move |err| HistoryError::Io {
         path: path.into(),
-        source,
+        err,
     }
 }
 
@@ -179,29 +192,22 @@ pub fn history_path(plex_dir: &Path, member: &str) -> PathBuf {
 /// Is history kept in this plex (is there a directory `history/`)? A
 /// symlink or a file of that name is an error.
 pub fn enabled(plex_dir: &Path) -> Result<bool, HistoryError> {
-    let dir = history_dir(plex_dir);
-    match std::fs::symlink_metadata(&dir) {
-        Ok(m) if m.file_type().is_symlink() => Err(HistoryError::Symlink(dir)),
-        Ok(m) if m.is_dir() => Ok(true),
-        Ok(_) => Err(HistoryError::NotDirectory(dir)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(HistoryError::Io { path: dir, source }),
-    }
+    Ok(checked_dir(plex_dir)?.is_some())
 }
 
-/// Create `history/` in a plex (mode 0700, or 0770 with `group_access`), so
-/// that committed transactions are archived from now on. An existing
-/// directory is left as it is.
-pub fn create_dir(plex_dir: &Path, group_access: bool) -> Result<(), HistoryError> {
-    let dir = history_dir(plex_dir);
-    match std::fs::DirBuilder::new()
-        .mode(if group_access { 0o770 } else { 0o700 })
-        .create(&dir)
-    {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => enabled(plex_dir).map(|_| ()),
-        Err(source) => Err(HistoryError::Io { path: dir, source }),
-    }
+/// `history/` of a plex, checked like the plex directory (`cf_core::plexfs`),
+/// if there is one.
+fn checked_dir(plex_dir: &Path) -> Result<Option<PlexDir>, HistoryError> {
+    Ok(PlexDir::check(plex_dir)?.subdir(HISTORY_DIR)?)
+}
+
+/// Create `history/` in a plex (mode 0700, or 02770 in a group-mode plex,
+/// set whatever the umask), so that committed transactions are archived
+/// from now on. An existing directory is checked and left as it is.
+/// `group_access` is kept for callers: the plex directory's mode decides.
+pub fn create_dir(plex_dir: &Path, _group_access: bool) -> Result<(), HistoryError> {
+    PlexDir::check(plex_dir)?.ensure_subdir(HISTORY_DIR)?;
+    Ok(())
 }
 
 fn check_member_name(name: &str, path: &Path) -> Result<(), HistoryError> {
@@ -260,10 +266,10 @@ fn read_full(r: &mut impl Read, buf: &mut [u8], path: &Path) -> Result<usize, Hi
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(source) => {
+            Err(err) => {
                 return Err(HistoryError::Io {
                     path: path.into(),
-                    source,
+                    err,
                 })
             }
         }
@@ -348,33 +354,11 @@ fn walk(
 }
 
 fn open_existing(path: &Path) -> Result<Option<File>, HistoryError> {
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(HistoryError::Symlink(path.into()));
-    }
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(HistoryError::Io {
-                path: path.into(),
-                source,
-            })
-        }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     };
-    check_regular(&file, path)?;
-    Ok(Some(file))
-}
-
-fn check_regular(file: &File, path: &Path) -> Result<(), HistoryError> {
-    if file.metadata().map_err(io_err(path))?.file_type().is_file() {
-        Ok(())
-    } else {
-        Err(HistoryError::NotRegularFile(path.into()))
-    }
+    Ok(PlexDir::check(dir)?.open(path, false)?)
 }
 
 /// Read a history file: its transactions with their offsets (a torn tail
@@ -408,29 +392,21 @@ impl HistoryWriter {
     pub fn open(
         plex_dir: &Path,
         member: &str,
-        group_access: bool,
+        _group_access: bool,
     ) -> Result<Option<HistoryWriter>, HistoryError> {
-        if !enabled(plex_dir)? {
+        let Some(dir) = checked_dir(plex_dir)? else {
             return Ok(None);
-        }
+        };
         let path = history_path(plex_dir, member);
         check_member_name(member, &path)?;
-        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(HistoryError::Symlink(path));
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(if group_access { 0o660 } else { 0o600 })
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        check_regular(&file, &path)?;
+        let mut file = dir.open_or_create(&path)?;
         let end = walk(&mut BufReader::new(&file), &path, |_, _| Ok(()))?;
         if end.torn_bytes() > 0 {
             file.set_len(end.valid_end).map_err(io_err(&path))?;
         }
+        // Appends go after the last valid record.
+        file.seek(SeekFrom::Start(end.valid_end))
+            .map_err(io_err(&path))?;
         Ok(Some(HistoryWriter {
             file,
             path,
@@ -459,6 +435,18 @@ impl HistoryWriter {
         }
         self.file.write_all(&self.buf).map_err(io_err(&self.path))
     }
+}
+
+/// Check, without reading it, that `history/<member>` can be trusted (if the
+/// plex keeps history): a member checks it before it connects.
+pub fn precheck(plex_dir: &Path, member: &str) -> Result<(), HistoryError> {
+    let Some(dir) = checked_dir(plex_dir)? else {
+        return Ok(());
+    };
+    let path = history_path(plex_dir, member);
+    check_member_name(member, &path)?;
+    dir.open(&path, false)?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------- checker
@@ -711,7 +699,12 @@ pub fn check(plex_dir: &Path) -> Result<Check, HistoryError> {
     for (tx, _) in seen.txs.values() {
         for u in &tx.updates {
             // In range: checked in `Seen::add`.
-            expected[u.account as usize] += u.after as i128 - u.before as i128;
+            let slot = expected
+                .get_mut(u.account as usize)
+                .ok_or(HistoryError::Overflow { account: u.account })?;
+            *slot = slot
+                .checked_add(u.after as i128 - u.before as i128)
+                .ok_or(HistoryError::Overflow { account: u.account })?;
         }
     }
     for (i, want) in expected.iter().enumerate() {
@@ -824,7 +817,10 @@ mod tests {
             let mut rec = Vec::new();
             encode(&tx(3, &[(2, 1, 2)]), &mut rec).unwrap();
             rec.truncate(keep);
-            let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
             f.write_all(&rec).unwrap();
             drop(f);
             let (read, end) = read_history(&path).unwrap();

@@ -8,11 +8,13 @@
 //! * `bank.rs`: the bank workload (transfers under modify locks);
 //! * `backout.rs`, `recover.rs`: backing out unfinished work, releasing retained locks;
 //! * `monitor.rs`: failure detection (pidfds) and restart requests;
-//! * `restart_light.rs`: the minimal recovery-only mode.
+//! * `restart_light.rs`: the minimal recovery-only mode;
+//! * `cli.rs`: command-line parsing shared by the binaries (usage errors exit 64).
 
 pub mod backout;
 pub mod bank;
 pub mod bufpool;
+pub mod cli;
 pub mod history;
 pub mod monitor;
 pub mod pidfd;

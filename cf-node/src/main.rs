@@ -35,7 +35,7 @@ enum Cmd {
     RestartLight(LightArgs),
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Workload {
     /// Transfers between random accounts under modify locks (the total never changes)
     Bank,
@@ -53,15 +53,16 @@ struct RunArgs {
     member: String,
     #[arg(long, value_enum, default_value_t = Workload::Bank)]
     workload: Workload,
-    /// Worker threads running the workload, 1 to 64
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// Worker threads running the workload, at least 1 (each takes a block of the region's
+    /// record entries: at most as many as a member has blocks; checked before connecting)
+    #[arg(long, default_value_t = 1)]
     threads: u32,
     /// Pause between the two legs of a transfer, in microseconds (a kill then often lands inside a transaction)
     #[arg(long, default_value_t = 0)]
     pause_us: u64,
-    /// Buffer pool size in MiB, 0 to 1048576 (a private page cache of the data, allocated and
-    /// touched at start; refused before connecting if larger than the machine's memory)
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(0..=1 << 20))]
+    /// Buffer pool size in MiB (a private page cache of the data, allocated and touched at
+    /// start; at most half of the machine's memory, refused before connecting)
+    #[arg(long, default_value_t = 64)]
     buffer_pool_mb: u64,
     /// How long a transfer waits for a lock held by a live member, in milliseconds
     #[arg(long, default_value_t = 2000)]
@@ -130,7 +131,12 @@ fn parse_micros(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A region (or accounts file) truncated under us: one line, not a silent exit 135.
+    let _ = cf_core::install_sigbus_handler("cf-node");
+    let cli: Cli = match cf_node::cli::parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let r = match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::RestartLight(a) => light(a),
@@ -138,7 +144,7 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cf-node: {e:#}");
+            eprintln!("cf-node: {}", cf_core::error::one_line(e.chain()));
             ExitCode::FAILURE
         }
     }
@@ -188,9 +194,41 @@ fn connect(region: &Arc<Region>, name: &str) -> Result<Member> {
     }
 }
 
-/// Check every option against the plex and the machine before connecting:
-/// a failure after the connect would leave a dead connector behind.
-fn check_run(a: &RunArgs, region: &Region) -> Result<()> {
+/// What `run` checked and made before connecting.
+struct Prepared {
+    plex: Plex,
+    region: Arc<Region>,
+    store: Option<Store>,
+    pool: Option<BufferPool>,
+    threads: u32,
+    exe: PathBuf,
+    me: ProcessId,
+}
+
+/// Everything that can be refused is refused here, before the member
+/// connects: a bad argument, a plex file that cannot be trusted (the log,
+/// the accounts, the history file: a FIFO, a symlink, another user's file),
+/// a buffer pool that cannot be allocated, more worker threads than the
+/// record area has blocks for. So an error leaves no connector behind.
+fn prepare(a: &RunArgs) -> Result<Prepared> {
+    cf_core::connector::check_name(&a.member)?;
+    let plex = Plex::resolve(a.plex.as_deref());
+    let region = Arc::new(Region::open(&plex)?);
+    // Each worker thread's holder claims a block of record entries at once.
+    if a.threads == 0 {
+        anyhow::bail!("--threads 0: a member runs at least one worker thread");
+    }
+    let threads = a.threads;
+    let blocks = region.blocks_per_member();
+    if a.workload == Workload::Bank && threads > blocks {
+        anyhow::bail!(
+            "--threads {}: each worker needs a block of {} record entries and this region has \
+             {} per member (at most {blocks} threads)",
+            a.threads,
+            cf_core::layout::BLOCK_SLOTS,
+            region.records_per_member()
+        );
+    }
     if !(a.read_pct.is_finite() && (0.0..=100.0).contains(&a.read_pct)) {
         anyhow::bail!("--read-pct must be 0 to 100, got {}", a.read_pct);
     }
@@ -199,11 +237,10 @@ fn check_run(a: &RunArgs, region: &Region) -> Result<()> {
             anyhow::bail!("--rate must be a positive number of transactions per second, got {r}");
         }
     }
-    if let Workload::Bank = a.workload {
-        // Each worker holds up to --tx-size locks; the monitor and a
-        // restart's recovery need room too.
+    if a.workload == Workload::Bank {
+        // Each worker holds up to --tx-size locks at once.
         let per = region.records_per_member() as u64;
-        let need = a.threads as u64 * a.tx_size as u64;
+        let need = threads as u64 * a.tx_size as u64;
         if need > per {
             anyhow::bail!(
                 "--threads {} × --tx-size {} needs {need} record entries, the region has {per} per member",
@@ -211,32 +248,15 @@ fn check_run(a: &RunArgs, region: &Region) -> Result<()> {
                 a.tx_size
             );
         }
-        let ram = nix::sys::sysinfo::sysinfo()
-            .map(|i| i.ram_total())
-            .unwrap_or(u64::MAX);
-        let pool = a.buffer_pool_mb << 20;
-        if pool > ram {
-            anyhow::bail!(
-                "--buffer-pool-mb {} ({} MiB) is more than this machine's memory ({} MiB)",
-                a.buffer_pool_mb,
-                a.buffer_pool_mb,
-                ram >> 20
-            );
-        }
     }
-    Ok(())
-}
-
-fn run(a: RunArgs) -> Result<()> {
-    // Signals first, so that a stop signal is always handled.
-    let mut signals =
-        cf_node::signals::StopWait::install().context("installing signal handlers")?;
-    let plex = Plex::resolve(a.plex.as_deref());
-    let region = Arc::new(Region::open(&plex)?);
-    check_run(&a, &region)?;
-    // The workload's resources before the connect, so a failure leaves nothing.
-    let bank_parts = match a.workload {
-        Workload::Idle => None,
+    // Read-only checks of this member's plex files (the log is opened for
+    // writing only once we are connected as the member, its only writer:
+    // opening it cuts a torn tail, which may be a record the running member
+    // of this name, or the restart light of our previous life, is writing).
+    cf_node::wal::read_log(&cf_node::wal::log_path(&plex.dir, &a.member))?;
+    cf_node::history::precheck(&plex.dir, &a.member)?;
+    let (store, pool) = match a.workload {
+        Workload::Idle => (None, None),
         Workload::Bank => {
             let store = Store::open(&plex.dir)?;
             if (a.tx_size as u64) > store.count() {
@@ -246,62 +266,120 @@ fn run(a: RunArgs) -> Result<()> {
                     store.count()
                 );
             }
-            // The log is only read here: it is opened for writing (which cuts
-            // a torn tail) once we are connected as the member, its only
-            // writer. Until then the running member of this name, or the
-            // restart light of our previous life, may be writing it.
-            cf_node::wal::read_log(&cf_node::wal::log_path(&plex.dir, &a.member))?;
-            let pool = BufferPool::new((a.buffer_pool_mb as usize) << 20);
-            Some((store, pool))
+            (Some(store), Some(BufferPool::with_mib(a.buffer_pool_mb)?))
         }
     };
-    let member = connect(&region, &a.member)?;
-    let first_event = events::next_seq(&region);
-    // Whatever fails after the connect, the connector is given back, unless
-    // our own recovery did not finish: then it stays failed, for a peer to
-    // recover (a normal disconnect must not end a retention).
-    let r = run_connected(
-        &a,
-        &plex,
-        &region,
-        &member,
-        bank_parts,
-        &mut signals,
-        first_event,
-    );
-    if r.is_err() && member.is_recovering().unwrap_or(true) {
-        return r.map(|_| ());
-    }
-    let disconnected = member.disconnect();
-    let line = r?;
-    disconnected?;
-    events::record(&region, EventKind::Disconnected, &a.member, None, [0, 0, 0]);
-    use std::io::Write;
-    let _ = writeln!(std::io::stdout().lock(), "{line}");
-    Ok(())
+    Ok(Prepared {
+        plex,
+        region,
+        store,
+        pool,
+        threads,
+        exe: std::env::current_exe().context("finding the cf-node binary")?,
+        me: ProcessId::current()?,
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
+fn run(a: RunArgs) -> Result<()> {
+    // Signals first, so that a stop signal is always handled.
+    let mut signals =
+        cf_node::signals::StopWait::install().context("installing signal handlers")?;
+    let p = prepare(&a)?;
+    let member = connect(&p.region, &a.member)?;
+    let first_event = events::next_seq(&p.region);
+    let region = p.region.clone();
+    let name = a.member.clone();
+    // The liveness word and the heartbeat, from a thread of their own.
+    let liveness = match cf_core::connector::liveness::LivenessThread::start(
+        region.clone(),
+        member.id(),
+        member.generation(),
+        a.member.clone(),
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = member.disconnect();
+            anyhow::bail!("starting the liveness thread: {e}");
+        }
+    };
+    match run_connected(&a, p, &member, &mut signals, first_event) {
+        Ok(stopped) => {
+            liveness.stop();
+            member.disconnect()?;
+            events::record(&region, EventKind::Disconnected, &name, None, [0, 0, 0]);
+            print_summary(&a, &region, &stopped);
+            Ok(())
+        }
+        // A transaction was in flight (or our own recovery did not finish):
+        // the member must be recovered like a dead one, its modify locks
+        // retained until its log is backed out. Exit without disconnecting.
+        Err(Failure::Abandon(e)) => Err(e.context(format!(
+            "leaving {name} to be recovered as a failed member (its modify locks stay retained \
+             until its log is backed out)"
+        ))),
+        // Anything else: give the connector back.
+        Err(Failure::Disconnect(e)) => {
+            liveness.stop();
+            member.disconnect()?;
+            Err(e)
+        }
+    }
+}
+
+/// How a failure after the connect ends.
+enum Failure {
+    /// Disconnect normally (nothing half-done is held).
+    Disconnect(anyhow::Error),
+    /// Exit without disconnecting: recovery must back out what we did.
+    Abandon(anyhow::Error),
+}
+
+fn disconnect_on<E: Into<anyhow::Error>>(e: E) -> Failure {
+    Failure::Disconnect(e.into())
+}
+
 fn run_connected(
     a: &RunArgs,
-    plex: &Plex,
-    region: &Arc<Region>,
+    p: Prepared,
     member: &Member,
-    bank_parts: Option<(Store, BufferPool)>,
     signals: &mut cf_node::signals::StopWait,
     first_event: u64,
-) -> Result<String> {
-    let recovering = member.is_recovering()?;
-    if recovering
-        || !member.held_records()?.is_empty()
-        || !cf_node::wal::read_log(&cf_node::wal::log_path(&plex.dir, &a.member))?
+) -> std::result::Result<Stopped, Failure> {
+    let Prepared {
+        plex,
+        region,
+        store,
+        pool,
+        threads,
+        exe,
+        me,
+    } = p;
+    // Reconnected as a failed member: recover ourselves first (a normal
+    // restart; our retained locks answer "retained" to others until then).
+    let recovering = member.is_recovering().map_err(disconnect_on)?;
+    // Until our own recovery is over, a failure leaves the member to be
+    // recovered by someone else (never released without its back-out).
+    let abandon = |e: anyhow::Error| {
+        if recovering {
+            Failure::Abandon(e)
+        } else {
+            Failure::Disconnect(e)
+        }
+    };
+    let needs_recovery = recovering
+        || !member.held_records().map_err(disconnect_on)?.is_empty()
+        || !cf_node::wal::read_log(&cf_node::wal::log_path(&plex.dir, &a.member))
+            .map_err(disconnect_on)?
             .records
-            .is_empty()
-    {
-        let rep = recover(member, &plex.dir, |_| {})?;
+            .is_empty();
+    if needs_recovery {
+        let rep = recover(member, &plex.dir, |_| {}).map_err(|e| {
+            // A back-out half done must be finished by a recovery.
+            Failure::Abandon(e)
+        })?;
         if rep.backout.transactions > 0 || rep.released > 0 {
             events::record(
-                region,
+                &region,
                 EventKind::RecoveredAtRestart,
                 &a.member,
                 Some(&a.member),
@@ -310,21 +388,13 @@ fn run_connected(
         }
     }
     if recovering {
-        member.finish_recovery()?;
+        member.finish_recovery().map_err(|e| abandon(e.into()))?;
     }
-    // Connected and recovered: we are the log's only writer now.
-    let bank_parts = match bank_parts {
-        None => None,
-        Some((store, pool)) => {
-            let log = LogWriter::open(&plex.dir, &a.member, false)?;
-            Some((store, log, pool))
-        }
-    };
     // A restart request left for our previous life is over: we are restarted.
-    let _ = cf_core::requests::complete_for_name(region, &a.member, &a.member);
+    let _ = cf_core::requests::complete_for_name(&region, &a.member, &a.member);
     // Recorded after any self-recovery, so the events of the previous life come first.
     events::record(
-        region,
+        &region,
         EventKind::Connected,
         &a.member,
         None,
@@ -335,22 +405,27 @@ fn run_connected(
         plex_dir: plex.dir.clone(),
         me_id: member.id(),
         me_name: a.member.clone(),
-        me: ProcessId::current()?,
+        me,
         claim_delay: Duration::from_millis(a.claim_delay_ms),
-        exe: std::env::current_exe().context("finding the cf-node binary")?,
+        exe,
         stop: AtomicBool::new(false),
         detections: AtomicU64::new(0),
         restarts: AtomicU64::new(0),
         nameless: Default::default(),
     });
-    monitor.spawn()?;
+    let stop_monitor = |e: Failure| {
+        monitor.stop.store(true, Ordering::Relaxed);
+        e
+    };
+    monitor.spawn().map_err(disconnect_on)?;
     let mut workers = Vec::new();
     let seed = a
         .seed
         .unwrap_or_else(|| cf_core::connector::now_ns() ^ std::process::id() as u64);
-    let bank = match bank_parts {
-        None => None,
-        Some((store, log, pool)) => {
+    let bank = match (store, pool) {
+        (Some(store), Some(pool)) => {
+            let log = LogWriter::open(&plex.dir, &a.member, false)
+                .map_err(|e| stop_monitor(disconnect_on(e)))?;
             let cfg = BankConfig {
                 pause: Duration::from_micros(a.pause_us),
                 lock_timeout: Duration::from_millis(a.lock_timeout_ms),
@@ -363,9 +438,15 @@ fn run_connected(
                 rate: a.rate,
             };
             let bank = Arc::new(Bank::new(store, log, Some(pool), cfg));
+            // Every holder first (each claims a block: checked in `prepare`),
+            // then the threads, so a failure here leaves nothing running.
             let mut holders = Vec::new();
-            for _ in 0..a.threads {
-                holders.push(member.holder()?);
+            for _ in 0..threads {
+                holders.push(
+                    member
+                        .holder()
+                        .map_err(|e| stop_monitor(disconnect_on(e)))?,
+                );
             }
             for (t, h) in holders.into_iter().enumerate() {
                 let b = bank.clone();
@@ -375,6 +456,7 @@ fn run_connected(
             }
             Some(bank)
         }
+        _ => None,
     };
     println!(
         "member {} running: connector {}, pid {}, workload {}, {} thread(s)",
@@ -385,34 +467,89 @@ fn run_connected(
         workers.len()
     );
     use std::io::Write;
-    std::io::stdout().flush()?;
-    let sig = signals.wait();
+    let _ = std::io::stdout().flush();
+    // Wait for a stop signal, or for a worker that ends by itself (an error).
+    let sig = wait_for_stop(signals, &workers, bank.as_deref());
     if let Some(b) = &bank {
         b.stop.store(true, Ordering::Relaxed);
     }
     monitor.stop.store(true, Ordering::Relaxed);
+    let mut failed = None;
     for w in workers {
-        w.join()
-            .map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
+        let r = w
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("a worker thread panicked")));
+        if let Err(e) = r {
+            failed.get_or_insert(e);
+        }
     }
+    if let Some(e) = failed {
+        // A worker that failed inside a transaction kept its locks (bank.rs).
+        return Err(if bank.as_ref().is_some_and(|b| b.poisoned()) {
+            Failure::Abandon(e)
+        } else {
+            Failure::Disconnect(e)
+        });
+    }
+    Ok(Stopped {
+        sig,
+        bank,
+        monitor,
+        seed,
+        first_event,
+    })
+}
+
+/// A member that stopped on a signal, ready to disconnect.
+struct Stopped {
+    sig: &'static str,
+    bank: Option<Arc<Bank>>,
+    monitor: Arc<Monitor>,
+    /// The workload's seed (printed: a run can be repeated).
+    seed: u64,
+    /// The first event after our connect (for the deaths we detected).
+    first_event: u64,
+}
+
+/// Wait until SIGTERM/SIGINT, or until a worker thread has ended by itself
+/// (it failed: the member stops, as if told to).
+fn wait_for_stop(
+    signals: &mut cf_node::signals::StopWait,
+    workers: &[std::thread::JoinHandle<Result<()>>],
+    bank: Option<&Bank>,
+) -> &'static str {
+    if workers.is_empty() || bank.is_none() {
+        return signals.wait();
+    }
+    signals
+        .wait_or(Duration::from_millis(50), || {
+            workers.iter().any(|w| w.is_finished())
+        })
+        .unwrap_or("SIGTERM")
+}
+
+/// Print the summary of a member that stopped normally (and disconnected).
+fn print_summary(a: &RunArgs, region: &Region, s: &Stopped) {
+    use std::io::Write;
     // Deaths this member detected: by its monitor, or through the lock path
     // (a request that found a dead holder and cleaned it up); both record
     // `detected` with this member as `by`.
-    let detected_events = events::read_since(region, first_event)
+    let detected_events = events::read_since(region, s.first_event)
         .iter()
         .filter(|e| e.kind == EventKind::Detected && e.by.as_deref() == Some(a.member.as_str()))
         .count() as u64;
-    let detections = detected_events.max(monitor.detections.load(Ordering::Relaxed));
-    let stats = bank.as_ref().map(|b| &b.stats);
-    let get = |f: fn(&cf_node::bank::BankStats) -> &std::sync::atomic::AtomicU64| {
+    let detections = detected_events.max(s.monitor.detections.load(Ordering::Relaxed));
+    let stats = s.bank.as_ref().map(|b| &b.stats);
+    let get = |f: fn(&cf_node::bank::BankStats) -> &AtomicU64| {
         stats.map_or(0, |s| f(s).load(Ordering::Relaxed))
     };
     let committed = get(|s| &s.committed);
     let reads = get(|s| &s.reads);
     let skipped = get(|s| &s.skipped_retained);
     let timeouts = get(|s| &s.skipped_timeout);
-    let restarts = monitor.restarts.load(Ordering::Relaxed);
+    let restarts = s.monitor.restarts.load(Ordering::Relaxed);
     let rss = peak_rss_kib().unwrap_or(0);
+    let (sig, seed) = (s.sig, s.seed);
     let line = if a.json {
         let latency: serde_json::Map<String, serde_json::Value> = match stats {
             Some(s) => KINDS
@@ -443,5 +580,5 @@ fn run_connected(
             a.member
         )
     };
-    Ok(line)
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }

@@ -12,26 +12,41 @@
 //!   (futex), wakes on any change, claims each request that needs a handler
 //!   (exactly one member wins each claim) and starts `cf-node restart-light`
 //!   as its child, waiting for it. A restart light that fails is started
-//!   again (up to `MAX_ATTEMPTS`, then the claim is given back). The restarter
+//!   again after an exponential back-off (`BACKOFF_FIRST`, doubling up to
+//!   `BACKOFF_MAX`). After `MAX_ATTEMPTS` failures that were not a SIGKILL
+//!   from outside (a recovery that fails for a persistent reason: one damaged
+//!   byte in the accounts, a log that is a directory), the request is marked
+//!   FAILED with the reason the restart light gave (`cf_core::requests::fail`):
+//!   nobody claims it again until an operator re-posts it (`cfctl
+//!   restart-light MEMBER`) or `requests::FAILED_RETRY` has passed. Each
+//!   claim records at most `MAX_FAILURE_EVENTS` `restart_light_failed`
+//!   events, so one failure never floods the event ring. The restarter
 //!   also posts a request for any failed-persistent member that has none (its
 //!   detector died before posting, or every member was dead at once).
 
 use crate::pidfd;
+use cf_core::connector::liveness::{self, Isolate, Settings, Status};
 use cf_core::connector::{now_ns, slot_view};
 use cf_core::events::{self, EventKind};
 use cf_core::requests::{self, ClaimOutcome, RequestState};
 use cf_core::{cleanup_member_as, CleanupOutcome, MemberState, ProcessId, Region};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const POLL: Duration = Duration::from_millis(20);
+/// Failures (not counting SIGKILLs from outside) before a request is FAILED.
 const MAX_ATTEMPTS: u64 = 5;
+/// Back-off before the second attempt; doubles with each failure.
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// `restart_light_failed` events one claim records at most.
+const MAX_FAILURE_EVENTS: u64 = 8;
 
 /// Settings and identity of the monitoring member.
 pub struct Monitor {
@@ -57,6 +72,10 @@ impl Monitor {
         std::thread::Builder::new()
             .name("watcher".into())
             .spawn(move || w.watch())?;
+        let l = self.clone();
+        std::thread::Builder::new()
+            .name("live-watch".into())
+            .spawn(move || l.watch_liveness())?;
         let r = self.clone();
         std::thread::Builder::new()
             .name("restarter".into())
@@ -107,6 +126,129 @@ impl Monitor {
                     self.on_death(id, seen, dead);
                 }
             }
+        }
+    }
+
+    /// The liveness watcher (`cf_core::connector::liveness`): sleeps on every
+    /// peer's liveness word at once (futex_waitv); a word the kernel marked
+    /// is passed on to the other sleepers by the survey, the death confirmed
+    /// (no thread of the process can run) and cleaned up on a thread of its
+    /// own. Every `interval / 6` it also checks the peers' heartbeats and
+    /// declares status update missing, and fences at once if the plex says so.
+    fn watch_liveness(self: Arc<Self>) {
+        let settings = liveness::settings(&self.region);
+        let period = (settings.interval / 6).max(Duration::from_millis(10));
+        let mut handled: HashSet<(u32, u32)> = HashSet::new();
+        let mut next_status = Instant::now();
+        let mut changed = 0u32;
+        while !self.stop.load(Ordering::Relaxed) {
+            let seen = now_ns();
+            let survey = liveness::survey(&self.region, self.me_id);
+            handled.retain(|k| survey.died.iter().any(|d| (d.id, d.generation) == *k));
+            for d in survey.died {
+                if !handled.insert((d.id, d.generation)) {
+                    continue;
+                }
+                let me = self.clone();
+                let run = move || {
+                    if liveness::confirm_dead(&me.region, &d, Duration::from_secs(1)) {
+                        me.on_death(d.id, seen, Some((d.generation, d.process)));
+                    }
+                    // Else the word says dead while a thread of the process
+                    // still runs (damage): the pidfd watcher is the backstop.
+                };
+                if std::thread::Builder::new()
+                    .name("cleanup".into())
+                    .spawn(run)
+                    .is_err()
+                {
+                    handled.remove(&(d.id, d.generation));
+                }
+            }
+            if Instant::now() >= next_status {
+                self.check_status(&settings);
+                next_status = Instant::now() + period;
+            }
+            let timeout = POLL.min(next_status.saturating_duration_since(Instant::now()));
+            match liveness::wait_any(&self.region, &survey.watch, timeout) {
+                liveness::Woke::Changed => changed += 1,
+                _ => changed = 0,
+            }
+            if changed > 16 {
+                // A word that changes under every survey (damage, a hostile
+                // writer): look again less eagerly rather than spin.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        // Stopping: a kernel wake we took in our last wait must not end with
+        // us. One more survey passes on the wake of any word marked dead.
+        let _ = liveness::survey(&self.region, self.me_id);
+    }
+
+    /// Heartbeats: declare status update missing, fence (at once, or a
+    /// member the operator fenced whose kill did not happen yet).
+    fn check_status(&self, s: &Settings) {
+        for id in 0..self.region.members() {
+            if id == self.me_id {
+                continue;
+            }
+            let Ok(slot) = slot_view(&self.region, id) else {
+                continue;
+            };
+            if !slot.state.has_process() {
+                continue;
+            }
+            let Ok(st) = liveness::status(&self.region, id, s.interval) else {
+                continue;
+            };
+            match st {
+                Status::Missing {
+                    age_ms,
+                    seen,
+                    marked,
+                } => {
+                    if !slot.is_alive() {
+                        continue;
+                    }
+                    if !marked && liveness::mark_missing(&self.region, id, seen) {
+                        events::record(
+                            &self.region,
+                            EventKind::StatusUpdateMissing,
+                            &slot.name,
+                            Some(&self.me_name),
+                            [age_ms, 0, 0],
+                        );
+                    }
+                    if s.isolate == Isolate::AtOnce {
+                        self.fence(&slot, s);
+                    }
+                }
+                // Marked by someone who may have died before the kill.
+                Status::Fenced { .. } if slot.is_alive() => self.fence(&slot, s),
+                _ => {}
+            }
+        }
+    }
+
+    fn fence(&self, slot: &cf_core::connector::SlotView, s: &Settings) {
+        let r = liveness::fence(
+            &self.region,
+            slot.id,
+            slot.generation,
+            s.interval,
+            false,
+            |age_ms, p| {
+                events::record(
+                    &self.region,
+                    EventKind::Fenced,
+                    &slot.name,
+                    Some(&self.me_name),
+                    [age_ms, p.pid as u64, 0],
+                )
+            },
+        );
+        if let Err(e) = r {
+            eprintln!("cf-node {}: fencing {}: {e}", self.me_name, slot.name);
         }
     }
 
@@ -243,7 +385,9 @@ impl Monitor {
             return None;
         }
         if req.state == RequestState::Pending {
-            let ready_at = req.posted_unix_ns + self.claim_delay.as_nanos() as u64;
+            let ready_at = req
+                .posted_unix_ns
+                .saturating_add(self.claim_delay.as_nanos() as u64);
             let now = now_ns();
             if now < ready_at {
                 return Some(Duration::from_nanos(ready_at - now));
@@ -291,7 +435,13 @@ impl Monitor {
 
     /// Drive claimed request `epoch` of `id` until its member needs no restart.
     fn handle(&self, id: u32, epoch: u32, name: &str) {
+        // Failures that count toward giving up, every failure (for the
+        // back-off and the event budget), and the next back-off.
         let mut attempts = 0;
+        let mut failures: u64 = 0;
+        let mut backoff = BACKOFF_FIRST;
+        let mut wait_first = false;
+        let mut last_code = 0;
         // Events from our claim on, and did a restart light of ours fail?
         let since = events::next_seq(&self.region);
         let mut light_failed = false;
@@ -340,11 +490,34 @@ impl Monitor {
                 }
             }
             if attempts >= MAX_ATTEMPTS {
-                eprintln!("cf-node {}: restart light of {name} failed {attempts} times; giving the request back", self.me_name);
-                let _ = requests::unclaim(&self.region, id, epoch, &self.me);
+                eprintln!(
+                    "cf-node {}: restart light of {} failed {attempts} times; the request is \
+                     marked failed (re-post it with `cfctl restart-light {}` once the cause is \
+                     fixed)",
+                    self.me_name,
+                    cf_core::inspect::escape(name),
+                    cf_core::inspect::escape(name)
+                );
+                let _ = requests::fail(&self.region, id, epoch, &self.me);
+                events::record(
+                    &self.region,
+                    EventKind::RestartLightFailed,
+                    name,
+                    Some(&self.me_name),
+                    [last_code, failures, 1],
+                );
                 return;
             }
-            attempts += 1;
+            if wait_first {
+                wait_first = false;
+                // Exponential back-off between attempts, still answering a stop.
+                let until = std::time::Instant::now() + backoff;
+                while std::time::Instant::now() < until && !self.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10).min(backoff));
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
             self.restarts.fetch_add(1, Ordering::Relaxed);
             let child = Command::new(&self.exe)
                 .arg("restart-light")
@@ -374,16 +547,27 @@ impl Monitor {
                 Ok(st) if st.success() => {}
                 Ok(st) => {
                     light_failed = true;
+                    failures += 1;
+                    wait_first = true;
                     let code = st
                         .code()
                         .map_or_else(|| 128 + st.signal().unwrap_or(0) as u64, |c| c as u64);
-                    events::record(
-                        &self.region,
-                        EventKind::RestartLightFailed,
-                        name,
-                        Some(&self.me_name),
-                        [code, 0, 0],
-                    );
+                    last_code = code;
+                    // A SIGKILL from outside (a fault injected into the
+                    // restart light) is no reason to give recovery up.
+                    if st.signal() != Some(libc::SIGKILL) {
+                        attempts += 1;
+                    }
+                    let _ = requests::set_reason(&self.region, id, epoch, Some(code), None);
+                    if failures <= MAX_FAILURE_EVENTS {
+                        events::record(
+                            &self.region,
+                            EventKind::RestartLightFailed,
+                            name,
+                            Some(&self.me_name),
+                            [code, failures, 0],
+                        );
+                    }
                 }
                 Err(e) => eprintln!("cf-node {}: waiting for restart light: {e}", self.me_name),
             }

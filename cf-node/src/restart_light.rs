@@ -25,13 +25,39 @@ pub struct Summary {
     pub recovered: bool,
 }
 
+/// Recover failed member `member` of the plex in `plex_dir` (see the module
+/// docs). If it fails once the region is open, the reason (one line) is
+/// written into the member's restart request for `cfctl display requests`.
 pub fn run(plex_dir: &Path, member: &str, by: Option<&str>) -> anyhow::Result<Summary> {
-    let t0 = Instant::now();
+    cf_core::connector::check_name(member)?;
     let region = Arc::new(Region::open(&Plex {
         dir: plex_dir.into(),
     })?);
+    match run_on(&region, plex_dir, member, by) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            if let Ok(Some((id, epoch))) = cf_core::requests::find(&region, member) {
+                let mut line = cf_core::error::one_line(e.chain());
+                // The plex directory is known to the reader: keep the room
+                // for what went wrong.
+                let prefix = format!("{}/", plex_dir.display());
+                line = line.replace(&prefix, "");
+                let _ = cf_core::requests::set_reason(&region, id, epoch, None, Some(&line));
+            }
+            Err(e)
+        }
+    }
+}
+
+fn run_on(
+    region: &Arc<Region>,
+    plex_dir: &Path,
+    member: &str,
+    by: Option<&str>,
+) -> anyhow::Result<Summary> {
+    let t0 = Instant::now();
     events::record(
-        &region,
+        region,
         EventKind::RestartLightStarted,
         member,
         by,
@@ -40,11 +66,19 @@ pub fn run(plex_dir: &Path, member: &str, by: Option<&str>) -> anyhow::Result<Su
     // Name ourselves as the request's worker at once (our claimer may die
     // before it does), so no other member starts a second restart light.
     if let (Ok(Some((id, epoch))), Ok(me)) = (
-        cf_core::requests::find(&region, member),
+        cf_core::requests::find(region, member),
         cf_core::ProcessId::current(),
     ) {
-        let _ = cf_core::requests::set_worker(&region, id, epoch, &me);
+        let _ = cf_core::requests::set_worker(region, id, epoch, &me);
     }
+    // The files recovery needs are checked before connecting (a FIFO, a
+    // symlink, a directory or another user's file at the log's name is
+    // refused here, with the member left as it is: failed-persistent).
+    let scan = crate::wal::read_log(&crate::wal::log_path(plex_dir, member))?;
+    if !scan.records.is_empty() {
+        crate::store::Store::open(plex_dir)?;
+    }
+    crate::history::precheck(plex_dir, member)?;
     let m = match Member::connect_with(region.clone(), member, ConnectMode::Recovery) {
         Ok(m) => m,
         // Not failed-persistent (recovered already), or running again under
@@ -66,36 +100,33 @@ pub fn run(plex_dir: &Path, member: &str, by: Option<&str>) -> anyhow::Result<Su
     cf_core::crash::point("restart_light.connected");
     let report = recover(&m, plex_dir, |step| match step {
         Step::BackedOut(b) => events::record(
-            &region,
+            region,
             EventKind::BackedOut,
             member,
             Some(member),
             [b.transactions, b.updates_undone, 0],
         ),
-        Step::Released(n) => events::record(
-            &region,
-            EventKind::Released,
-            member,
-            Some(member),
-            [n, 0, 0],
-        ),
+        Step::Released(n) => {
+            events::record(region, EventKind::Released, member, Some(member), [n, 0, 0])
+        }
     })?;
     // The request this recovery completes: the one outstanding now, while we
     // hold the member's slot (no newer failure of it can be posted meanwhile).
-    let request = cf_core::requests::find(&region, member)?;
+    let request = cf_core::requests::find(region, member)?;
     m.disconnect()?;
     cf_core::crash::point("restart_light.disconnected");
     let peak = crate::bufpool::peak_rss_kib().unwrap_or(0);
+    let own = crate::bufpool::rss_without_shmem_kib().unwrap_or(0);
     let elapsed = t0.elapsed().as_nanos() as u64;
     events::record(
-        &region,
+        region,
         EventKind::TerminatedNormally,
         member,
         Some(member),
-        [peak, elapsed, 0],
+        [peak, elapsed, own],
     );
     if let Some((id, epoch)) = request {
-        cf_core::requests::complete(&region, id, epoch, member, member)?;
+        cf_core::requests::complete(region, id, epoch, member, member)?;
     }
     Ok(Summary {
         member: member.into(),

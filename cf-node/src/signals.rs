@@ -61,6 +61,24 @@ impl StopWait {
     pub fn wait(&mut self) -> &'static str {
         name(self.0.forever().next().unwrap_or(SIGTERM))
     }
+
+    /// Wait for the signal (`Some(name)`), looking every `every` whether
+    /// `done()` says to stop waiting (`None`): a worker that ended by itself.
+    pub fn wait_or(
+        &mut self,
+        every: std::time::Duration,
+        done: impl Fn() -> bool,
+    ) -> Option<&'static str> {
+        loop {
+            if let Some(sig) = self.0.pending().next() {
+                return Some(name(sig));
+            }
+            if done() {
+                return None;
+            }
+            std::thread::sleep(every);
+        }
+    }
 }
 
 /// The name of a stop signal.

@@ -14,12 +14,12 @@
 //! 64      16*N  records: balance (i64), id of the last transaction that changed it (u64)
 //! ```
 //! The file is exactly `64 + 16 * N` bytes. Like the region, it is untrusted:
-//! it is opened without following symlinks, must belong to this user, and every
+//! it is opened through [`cf_core::plexfs::PlexDir`] (no symlink, FIFO, hard
+//! link or another user's file; created `O_EXCL` with its mode set), and every
 //! account index is checked.
 
-use memmap2::MmapMut;
-use std::fs::OpenOptions;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use cf_core::plexfs::{PlexDir, PlexFileError};
+use memmap2::MmapRaw;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -41,20 +41,37 @@ pub enum StoreError {
     Symlink(PathBuf),
     #[error("{path} is owned by uid {owner}, not by this user")]
     ForeignOwner { path: PathBuf, owner: u32 },
+    /// The plex directory or the file is not to be trusted (links, mode, type).
+    #[error(transparent)]
+    Untrusted(PlexFileError),
+    #[error("{0}: opened read-only")]
+    ReadOnly(PathBuf),
     #[error("{path}: not an accounts file: {what}")]
     Bad { path: PathBuf, what: String },
     #[error("account {index} out of range ({count} accounts)")]
     OutOfRange { index: u64, count: u64 },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
+}
+
+impl From<PlexFileError> for StoreError {
+    fn from(e: PlexFileError) -> StoreError {
+        match e {
+            PlexFileError::NotFound { path } => StoreError::NotFound(path),
+            PlexFileError::AlreadyExists { path } => StoreError::Exists(path),
+            PlexFileError::Symlink { path } => StoreError::Symlink(path),
+            PlexFileError::ForeignOwner { path, owner, .. } => {
+                StoreError::ForeignOwner { path, owner }
+            }
+            other => StoreError::Untrusted(other),
+        }
+    }
 }
 
 /// The mapped accounts file.
 pub struct Store {
-    map: MmapMut,
+    map: MmapRaw,
+    read_only: bool,
     count: u64,
     initial: i64,
     path: PathBuf,
@@ -104,30 +121,17 @@ impl Store {
                 what: format!("account count {count} (1 to {MAX_ACCOUNTS})"),
             });
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(if group_access { 0o660 } else { 0o600 })
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::AlreadyExists => StoreError::Exists(path.clone()),
-                _ => StoreError::Io {
-                    path: path.clone(),
-                    source: e,
-                },
-            })?;
-        let io = |source| StoreError::Io {
+        let _ = group_access; // the plex directory's mode decides (plexfs)
+        let file = PlexDir::check(plex_dir)?.create_new(&path)?;
+        let io = |err| StoreError::Io {
             path: path.clone(),
-            source,
+            err,
         };
         file.set_len(HEADER + RECORD * count).map_err(io)?;
-        // SAFETY: a new file of ours with the right length; shared with other
-        // processes, which is why records are only accessed through atomics.
-        let map = unsafe { MmapMut::map_mut(&file) }.map_err(io)?;
-        let mut store = Store {
+        let map = memmap2::MmapOptions::new().map_raw(&file).map_err(io)?;
+        let store = Store {
             map,
+            read_only: false,
             count,
             initial: balance,
             path,
@@ -136,66 +140,75 @@ impl Store {
             store.balance_cell(i).store(balance, Ordering::Relaxed);
         }
         // Header (magic included) last: a half-made file is refused by open.
-        store.map[8..64].copy_from_slice(&header_bytes(count, balance)[8..]);
+        let header = header_bytes(count, balance);
+        for (i, chunk) in header.chunks(8).enumerate().skip(1) {
+            store.header_word(i).store(
+                u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])),
+                Ordering::Relaxed,
+            );
+        }
         std::sync::atomic::fence(Ordering::SeqCst);
-        store.map[..8].copy_from_slice(MAGIC);
+        store
+            .header_word(0)
+            .store(u64::from_le_bytes(*MAGIC), Ordering::Release);
         Ok(store)
+    }
+
+    /// Header word `i` (< 8) of the mapping.
+    fn header_word(&self, i: usize) -> &AtomicU64 {
+        assert!(i < 8, "internal: the header has 8 words");
+        // SAFETY: the mapping is at least the 64-byte header (checked at
+        // open and create) and page-aligned; word i < 8 is inside it and
+        // 8-aligned; an AtomicU64 is valid for any bits and lives as long as
+        // &self. Stores happen only on a writable mapping (create).
+        unsafe { &*(self.map.as_ptr().add(8 * i) as *const AtomicU64) }
     }
 
     /// Open and validate the accounts file of a plex.
     pub fn open(plex_dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with(plex_dir, true)
+    }
+
+    /// Open and validate the accounts file of a plex with a read-only
+    /// mapping (`display accounts`, the checker): [`Store::set`] then fails.
+    pub fn open_read_only(plex_dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with(plex_dir, false)
+    }
+
+    fn open_with(plex_dir: &Path, write: bool) -> Result<Store, StoreError> {
+        use std::io::Read;
         let path = Self::path_in(plex_dir);
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound(path))
-            }
-            Err(source) => return Err(StoreError::Io { path, source }),
-        };
-        if meta.file_type().is_symlink() {
-            return Err(StoreError::Symlink(path));
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|source| StoreError::Io {
-                path: path.clone(),
-                source,
-            })?;
-        let meta = file.metadata().map_err(|source| StoreError::Io {
+        let mut file = PlexDir::check(plex_dir)?
+            .open(&path, write)?
+            .ok_or_else(|| StoreError::NotFound(path.clone()))?;
+        let io = |err| StoreError::Io {
             path: path.clone(),
-            source,
-        })?;
-        let me = nix::unistd::geteuid().as_raw();
-        if meta.uid() != me {
-            return Err(StoreError::ForeignOwner {
-                path,
-                owner: meta.uid(),
-            });
-        }
+            err,
+        };
+        let len = file.metadata().map_err(io)?.len();
         let bad = |what: String| StoreError::Bad {
             path: path.clone(),
             what,
         };
-        if !meta.file_type().is_file() || meta.len() < HEADER {
-            return Err(bad(format!(
-                "{} bytes, shorter than the header",
-                meta.len()
-            )));
+        if len < HEADER {
+            return Err(bad(format!("{len} bytes, shorter than the header")));
         }
-        // SAFETY: as in `create`; the size is checked against the header below
-        // before any record is touched.
-        let map = unsafe { MmapMut::map_mut(&file) }.map_err(|source| StoreError::Io {
+        // The header is read with read(2), not through the mapping: nothing
+        // of the mapping is touched before the size is known to match.
+        let mut h = [0u8; HEADER as usize];
+        file.read_exact(&mut h).map_err(|err| StoreError::Io {
             path: path.clone(),
-            source,
+            err,
         })?;
-        if &map[..8] != MAGIC {
+        if &h[..8] != MAGIC {
             return Err(bad("wrong magic".into()));
         }
-        let u32_at = |o: usize| u32::from_le_bytes(map[o..o + 4].try_into().unwrap_or([0; 4]));
-        let u64_at = |o: usize| u64::from_le_bytes(map[o..o + 8].try_into().unwrap_or([0; 8]));
+        let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+        let u64_at = |o: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&h[o..o + 8]);
+            u64::from_le_bytes(a)
+        };
         if u32_at(8) != VERSION || u32_at(12) != RECORD as u32 {
             return Err(bad(format!(
                 "version {} record size {}",
@@ -203,16 +216,31 @@ impl Store {
                 u32_at(12)
             )));
         }
-        if fnv(&map[..32]) != u64_at(32) {
+        if fnv(&h[..32]) != u64_at(32) {
             return Err(bad("header checksum mismatch".into()));
         }
         let count = u64_at(16);
-        if count == 0 || count > MAX_ACCOUNTS || map.len() as u64 != HEADER + RECORD * count {
-            return Err(bad(format!("{} bytes for {count} accounts", map.len())));
+        if count == 0 || count > MAX_ACCOUNTS || len != HEADER + RECORD * count {
+            return Err(bad(format!("{len} bytes for {count} accounts")));
         }
         let initial = u64_at(24) as i64;
+        let mut opts = memmap2::MmapOptions::new();
+        opts.len(len as usize);
+        let map = if write {
+            opts.map_raw(&file)
+        } else {
+            opts.map_raw_read_only(&file)
+        }
+        .map_err(|err| StoreError::Io {
+            path: path.clone(),
+            err,
+        })?;
+        if (map.len() as u64) < len {
+            return Err(bad(format!("mapped {} of {len} bytes", map.len())));
+        }
         Ok(Store {
             map,
+            read_only: !write,
             count,
             initial,
             path,
@@ -238,7 +266,9 @@ impl Store {
         let off = (HEADER + RECORD * i) as usize;
         // SAFETY: `off` is inside the mapping (i < count and the length is
         // 64 + 16 * count) and 8-aligned (the mapping is page-aligned); an
-        // AtomicI64 is valid for any bits and lives as long as &self.
+        // AtomicI64 is valid for any bits and lives as long as &self. A
+        // read-only mapping is only loaded from (`set` refuses it): atomic
+        // loads on read-only memory are allowed.
         unsafe { &*(self.map.as_ptr().add(off) as *const AtomicI64) }
     }
 
@@ -267,6 +297,9 @@ impl Store {
     /// Set a balance (the caller holds the account's modify lock and has
     /// logged the change).
     pub fn set(&self, i: u64, value: i64, txid: u64) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly(self.path.clone()));
+        }
         let i = self.check(i)?;
         self.txid_cell(i).store(txid, Ordering::Relaxed);
         self.balance_cell(i).store(value, Ordering::Release);
@@ -308,7 +341,7 @@ mod tests {
             Store::create(dir.path(), 10, 100, false),
             Err(StoreError::Exists(_))
         ));
-        let f = OpenOptions::new()
+        let f = std::fs::OpenOptions::new()
             .write(true)
             .open(Store::path_in(dir.path()))
             .unwrap();

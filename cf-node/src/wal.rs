@@ -22,11 +22,19 @@
 //! then appends. Appending after torn bytes would hide the new records (a
 //! back-out's CLRs and ABORT) from every reader, and the next back-out would
 //! undo the same transaction again, over changes committed meanwhile.
+//!
+//! **Trust.** A log is backed out into the shared data, so it is read only if
+//! nobody but the plex's owner (or its group, in a group-mode plex) can have
+//! written it: it is opened through [`cf_core::plexfs::PlexDir`] (the plex
+//! directory checked; `O_NOFOLLOW`, `O_NONBLOCK`, created `O_EXCL`; the
+//! opened descriptor a regular file with one link, of the right owner and
+//! mode). A FIFO, a symlink, a directory, a hard link or another user's file
+//! at `log.<member>` is refused with one error, before anything waits on it.
 
 use crate::history::{self, HistoryError, HistoryWriter};
-use std::fs::{File, OpenOptions};
+use cf_core::plexfs::{PlexDir, PlexFileError};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -137,17 +145,27 @@ impl LogRecord {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{0} is a symbolic link; refusing to follow it")]
     Symlink(PathBuf),
     #[error("{0} is not a regular file")]
     NotRegularFile(PathBuf),
+    /// The plex directory or the log is not to be trusted (owner, links, mode).
+    #[error(transparent)]
+    Untrusted(PlexFileError),
     #[error("archiving committed transactions: {0}")]
     History(Box<HistoryError>),
+}
+
+impl From<PlexFileError> for LogError {
+    fn from(e: PlexFileError) -> LogError {
+        match e {
+            PlexFileError::Symlink { path } => LogError::Symlink(path),
+            PlexFileError::NotRegularFile { path, .. } => LogError::NotRegularFile(path),
+            other => LogError::Untrusted(other),
+        }
+    }
 }
 
 impl From<HistoryError> for LogError {
@@ -162,35 +180,27 @@ pub fn log_path(plex_dir: &Path, member: &str) -> PathBuf {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
-    move |source| LogError::Io {
+    move |err| LogError::Io {
         path: path.into(),
-        source,
+        err,
     }
 }
 
-fn open_log(path: &Path, group_access: bool) -> Result<File, LogError> {
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(LogError::Symlink(path.into()));
-    }
-    let file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(if group_access { 0o660 } else { 0o600 })
-        // O_NONBLOCK: a FIFO planted at the path must not hang the open.
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(io_err(path))?;
-    check_regular(&file, path)?;
+/// The plex directory a log lives in (its parent), checked.
+fn log_dir(path: &Path) -> Result<PlexDir, LogError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Ok(PlexDir::check(dir)?)
+}
+
+/// Open (or create, `O_EXCL`) a log for reading and appending, checked.
+fn open_log(plex_dir: &Path, path: &Path) -> Result<File, LogError> {
+    let dir = PlexDir::check(plex_dir)?;
+    let mut file = dir.open_or_create(path)?;
+    file.seek(SeekFrom::End(0)).map_err(io_err(path))?;
     Ok(file)
-}
-
-fn check_regular(file: &File, path: &Path) -> Result<(), LogError> {
-    if file.metadata().map_err(io_err(path))?.file_type().is_file() {
-        Ok(())
-    } else {
-        Err(LogError::NotRegularFile(path.into()))
-    }
 }
 
 /// What a log holds: its readable records, and where they end.
@@ -242,32 +252,38 @@ impl LogScan {
 
 /// Read a log: every readable record with its LSN, stopping at a torn tail,
 /// and the offset where the valid records end. A missing log is empty.
+///
+/// Refuses, without waiting on it, anything that is not a trusted regular
+/// file (see the module docs); a plex directory others can write too.
 pub fn read_log(path: &Path) -> Result<LogScan, LogError> {
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(LogError::Symlink(path.into()));
+    let dir = log_dir(path)?;
+    match dir.open(path, false)? {
+        None => Ok(LogScan::default()),
+        Some(mut file) => read_all(&mut file, path),
     }
-    let mut file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LogScan::default()),
-        Err(source) => {
-            return Err(LogError::Io {
-                path: path.into(),
-                source,
-            })
-        }
-    };
-    check_regular(&file, path)?;
-    read_all(&mut file, path)
 }
 
+/// The longest log a reader loads (a log is truncated at every checkpoint,
+/// 1 MiB by default; a larger file is refused rather than read into memory).
+pub const MAX_LOG_BYTES: u64 = 1 << 30;
+
 fn read_all(file: &mut File, path: &Path) -> Result<LogScan, LogError> {
+    let len = file.metadata().map_err(io_err(path))?.len();
+    if len > MAX_LOG_BYTES {
+        return Err(LogError::Io {
+            path: path.into(),
+            err: std::io::Error::other(format!(
+                "{len} bytes, more than a log may hold ({MAX_LOG_BYTES})"
+            )),
+        });
+    }
     let mut bytes = Vec::new();
     file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
     file.read_to_end(&mut bytes).map_err(io_err(path))?;
+    // Leave the offset at the end, where the writer's appends go (its
+    // descriptor is opened O_APPEND anyway; this keeps reads and writes on
+    // one descriptor in step).
+    file.seek(SeekFrom::End(0)).map_err(io_err(path))?;
     Ok(LogScan::parse(&bytes))
 }
 
@@ -301,15 +317,18 @@ impl LogWriter {
     /// (the process connected as the member, or its restart light). If the
     /// plex keeps history (`history/`), the member's history file is opened
     /// too (its own torn tail cut), to archive committed transactions before
-    /// the log is truncated.
-    pub fn open(plex_dir: &Path, member: &str, group_access: bool) -> Result<LogWriter, LogError> {
+    /// the log is truncated. New files get the plex's mode (0600, or 0660 in
+    /// a group-mode plex, whatever the umask): `group_access` is kept for
+    /// callers and changes nothing, the plex directory decides.
+    pub fn open(plex_dir: &Path, member: &str, _group_access: bool) -> Result<LogWriter, LogError> {
         let path = log_path(plex_dir, member);
-        let mut file = open_log(&path, group_access)?;
+        let mut file = open_log(plex_dir, &path)?;
         let scan = read_all(&mut file, &path)?;
         if scan.torn_bytes() > 0 {
             file.set_len(scan.valid_end).map_err(io_err(&path))?;
+            file.seek(SeekFrom::End(0)).map_err(io_err(&path))?;
         }
-        let history = HistoryWriter::open(plex_dir, member, group_access)?;
+        let history = HistoryWriter::open(plex_dir, member, false)?;
         Ok(LogWriter {
             cut: scan.torn_bytes(),
             inner: Mutex::new(Inner {
@@ -405,6 +424,10 @@ impl LogWriter {
             h.archive(&history::transactions(&scan.records).committed)?;
         }
         inner.file.set_len(0).map_err(io_err(&self.path))?;
+        inner
+            .file
+            .seek(SeekFrom::Start(0))
+            .map_err(io_err(&self.path))?;
         inner.end = 0;
         inner.active = 0;
         Ok(())
@@ -414,6 +437,7 @@ impl LogWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     #[test]
     fn round_trip_and_torn_tail() {

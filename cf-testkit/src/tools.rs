@@ -21,6 +21,29 @@ use std::time::{Duration, Instant};
 
 pub use crate::{cf_node, cfctl};
 
+/// `cfctl create` of a small plex: 16 lock entries, 4 members, 64 records each.
+pub const SMALL_CREATE: &[&str] = &[
+    "create",
+    "--lock-entries",
+    "16",
+    "--members",
+    "4",
+    "--records",
+    "64",
+];
+
+/// `cfctl --plex PLEX ARGS` to its end (no `CF_PLEX`, no crash point armed).
+pub fn cfctl_in(plex: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(cfctl())
+        .arg("--plex")
+        .arg(plex)
+        .args(args)
+        .env_remove("CF_PLEX")
+        .env_remove("CF_CRASH_AT")
+        .output()
+        .expect("running cfctl")
+}
+
 /// How long anything may take before the test gives up (a hang, not slowness).
 pub use crate::PATIENCE;
 

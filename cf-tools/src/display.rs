@@ -3,7 +3,7 @@
 //! once or every `--watch INTERVAL`.
 
 use anyhow::{bail, Result};
-use cf_core::inspect::{self, LockView, MemberView};
+use cf_core::inspect::{self, escape, LockView, MemberView};
 use cf_core::{MemberState, Plex, Region};
 use cf_harness::outln;
 use cf_harness::table::table;
@@ -151,7 +151,8 @@ fn once(plex: &Plex, a: &DisplayArgs, what: What, seen: &mut Seen) -> Result<Exi
     if let What::Accounts = what {
         return crate::recovery_view::accounts(plex, a.json);
     }
-    let region = Region::open(plex)?;
+    // Nothing here writes: a read-only mapping (works on a region we may only read).
+    let region = Region::open_read_only(plex)?;
     match what {
         What::Structures => structures(&region, a.json)?,
         What::Structure => structure(&region, a.name.as_deref().unwrap_or(""), a)?,
@@ -207,10 +208,13 @@ fn kind_of(name: &str, kind: &'static str) -> &'static str {
     }
 }
 
-/// A connector's state as an operator reads it: a slot still `active`
-/// whose process is gone is `failing` (dead, not cleaned up yet).
+/// A connector's state as an operator reads it: `fenced` or
+/// `status-update-missing` when its heartbeat says so; a slot still
+/// `active` whose process is gone is `failing` (dead, not cleaned up yet).
 pub fn state_text(m: &MemberView) -> &'static str {
-    if m.state == MemberState::Active && !m.alive {
+    if m.status != m.state.as_str() {
+        m.status
+    } else if m.state == MemberState::Active && !m.alive {
         "failing"
     } else {
         m.state.as_str()
@@ -237,7 +241,7 @@ fn structures(region: &Region, json: bool) -> Result<()> {
     let per_member: Vec<Value> = members
         .iter()
         .map(|m| {
-            json!({"member": m.name, "id": m.id, "state": state_text(m),
+            json!({"member": escape(&m.name), "id": m.id, "state": state_text(m),
                    "records_in_use": in_use.get(&m.id).copied().unwrap_or(0)})
         })
         .collect();
@@ -298,7 +302,13 @@ fn structures(region: &Region, json: bool) -> Result<()> {
             (_, _, _, Some(r)) => {
                 let used: Vec<String> = members
                     .iter()
-                    .map(|m| format!("{} {}", m.name, in_use.get(&m.id).copied().unwrap_or(0)))
+                    .map(|m| {
+                        format!(
+                            "{} {}",
+                            escape(&m.name),
+                            in_use.get(&m.id).copied().unwrap_or(0)
+                        )
+                    })
                     .collect();
                 format!(
                     "record entries in use of {r} per member: {}",
@@ -331,7 +341,8 @@ fn structures(region: &Region, json: bool) -> Result<()> {
 fn member_json(region: &Region, m: &MemberView, in_use: &HashMap<u32, usize>) -> Value {
     let act = cf_core::connector::activity(region, m.id).unwrap_or_default();
     json!({
-        "name": m.name, "id": m.id, "state": state_text(m), "connector_state": m.state.as_str(),
+        "name": escape(&m.name), "id": m.id, "state": state_text(m), "connector_state": m.state.as_str(),
+        "status": m.status, "heartbeat_age_ms": m.heartbeat_age_ms, "liveness": m.liveness,
         "pid": m.pid, "generation": m.generation, "alive": m.alive, "held": m.held, "retained": m.retained,
         "records_in_use": in_use.get(&m.id).copied().unwrap_or(0),
         "requests": act.requests, "contention": act.contention, "false_contention": act.false_contention,
@@ -350,7 +361,7 @@ fn connector_rows(
             let act = cf_core::connector::activity(region, m.id).unwrap_or_default();
             vec![
                 m.id.to_string(),
-                m.name.clone(),
+                escape(&m.name),
                 state_text(m).to_string(),
                 m.pid.to_string(),
                 if m.alive { "yes" } else { "no" }.to_string(),
@@ -361,12 +372,15 @@ fn connector_rows(
                 act.contention.to_string(),
                 act.false_contention.to_string(),
                 act.committed.to_string(),
+                m.heartbeat_age_ms
+                    .map_or_else(|| "-".to_string(), |a| format!("{:.1}s", a as f64 / 1000.0)),
+                m.liveness.to_string(),
             ]
         })
         .collect()
 }
 
-const CONNECTOR_HEADER: [&str; 12] = [
+const CONNECTOR_HEADER: [&str; 14] = [
     "ID",
     "NAME",
     "STATE",
@@ -379,6 +393,8 @@ const CONNECTOR_HEADER: [&str; 12] = [
     "CONTENTION",
     "FALSE",
     "COMMITTED",
+    "HEARTBEAT",
+    "LIVENESS",
 ];
 
 fn members(region: &Region, a: &DisplayArgs) -> Result<()> {
@@ -492,7 +508,7 @@ fn locks(list: Vec<LockView>, json: bool, empty: &str) {
             .iter()
             .map(|l| {
                 json!({
-                    "member": l.member, "member_id": l.member_id, "resource": l.resource,
+                    "member": escape(&l.member), "member_id": l.member_id, "resource": escape(&l.resource),
                     "mode": l.mode.as_str(), "entry": l.entry, "slot": l.slot,
                     "state": lock_state(l),
                 })
@@ -509,8 +525,8 @@ fn locks(list: Vec<LockView>, json: bool, empty: &str) {
         .iter()
         .map(|l| {
             vec![
-                l.member.clone(),
-                l.resource.clone(),
+                escape(&l.member),
+                escape(&l.resource),
                 l.mode.as_str().to_string(),
                 l.entry.to_string(),
                 lock_state(l).to_string(),
@@ -559,12 +575,12 @@ fn contention(region: &Region, a: &DisplayArgs, seen: &mut Seen) -> Result<()> {
             } else {
                 format!("≥{}", cf_harness::duration::human(age))
             };
-            docs.push(json!({"resource": res, "member": l.member, "mode": l.mode.as_str(),
+            docs.push(json!({"resource": escape(res), "member": escape(&l.member), "mode": l.mode.as_str(),
                              "status": status, "entry": l.entry,
                              "seen_for_s": if age.is_zero() { Value::Null } else { json!(age.as_secs_f64()) }}));
             rows.push(vec![
-                res.to_string(),
-                l.member.clone(),
+                escape(res),
+                escape(&l.member),
                 l.mode.as_str().to_string(),
                 status.to_string(),
                 l.entry.to_string(),

@@ -84,20 +84,38 @@ impl std::fmt::Display for NotTaken {
 
 impl std::error::Error for NotTaken {}
 
+/// Refuse a resource name no lock request would take (before connecting).
+fn check_resource(res: &str) -> Result<()> {
+    if cf_core::Resource::new(res.as_bytes()).is_none() {
+        bail!(
+            "bad resource {:?}: a resource name has 1 to {} bytes ({} given)",
+            cf_core::inspect::escape(res),
+            cf_core::layout::MAX_RESOURCE,
+            res.len()
+        );
+    }
+    Ok(())
+}
+
 pub fn hold(plex: &Plex, a: HoldArgs) -> Result<ExitCode> {
     let signals = cf_node::signals::StopWait::install().context("installing signal handlers")?;
+    // Every argument is checked before connecting: an error leaves no connector.
+    cf_core::connector::check_name(&a.member)?;
     let region = Arc::new(Region::open(plex)?);
     let wanted = requests(&a, region.lock_entries())?;
     if wanted.is_empty() {
         bail!("nothing to hold: give --s, --x, --modify or --modify-many");
     }
+    for (res, _) in &wanted {
+        check_resource(res)?;
+    }
     // What the member will hold must fit its record area: checked before
     // connecting, so a refusal leaves no connector behind.
-    let per = region.records_per_member() as usize;
-    if wanted.len() > per {
+    if wanted.len() as u64 > region.records_per_member() as u64 {
         bail!(
-            "{} locks do not fit the region's {per} record entries per member (cfctl create --records)",
-            wanted.len()
+            "{} locks asked for, but a member of this region holds at most {} (its record entries; cfctl create --records)",
+            wanted.len(),
+            region.records_per_member()
         );
     }
     let member = Member::connect(region, &a.member)?;
@@ -206,6 +224,9 @@ pub fn try_once(plex: &Plex, a: TryArgs) -> Result<ExitCode> {
         (None, None, Some(r)) => (r.clone(), Mode::Modify),
         _ => bail!("give exactly one of --s, --x, --modify"),
     };
+    // Every argument is checked before connecting: an error leaves no connector.
+    cf_core::connector::check_name(&a.member)?;
+    check_resource(&res)?;
     let region = Arc::new(Region::open(plex)?);
     let member = Member::connect(region, &a.member)?;
     // Whatever happens after the connect, the connector is given back.

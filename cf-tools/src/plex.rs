@@ -31,9 +31,31 @@ pub struct CreateArgs {
     /// every account can be checked against it (cf_node::history::check)
     #[arg(long)]
     history: bool,
+    /// Failure detection interval: a member whose heartbeat is older than
+    /// this is declared status-update-missing (e.g. 500ms, 2s, 1m)
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_interval)]
+    failure_detection_interval: std::time::Duration,
+    /// What happens to a status-update-missing member: fenced (SIGKILL after
+    /// the identity check) and recovered at once, or shown until `cfctl fence`
+    #[arg(long, value_enum, default_value_t = IsolateArg::AtOnce)]
+    isolate: IsolateArg,
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum IsolateArg {
+    /// Fence and recover a status-update-missing member at once (ISOLATETIME(0))
+    AtOnce,
+    /// Show it as status-update-missing and wait for `cfctl fence MEMBER`
+    Prompt,
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = cf_harness::duration::secs(s)?;
+    cf_core::connector::liveness::check_interval(d)?;
+    Ok(d)
 }
 
 pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
@@ -84,6 +106,18 @@ pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
             return Err(e.into());
         }
     };
+    let settings = cf_core::connector::liveness::Settings {
+        interval: a.failure_detection_interval,
+        isolate: match a.isolate {
+            IsolateArg::AtOnce => cf_core::connector::liveness::Isolate::AtOnce,
+            IsolateArg::Prompt => cf_core::connector::liveness::Isolate::Prompt,
+        },
+    };
+    if let Err(e) = cf_core::connector::liveness::set_settings(&region, settings) {
+        let _ = std::fs::remove_file(region.path());
+        undo_dir(made_dir);
+        bail!("{e}");
+    }
     if let Some(n) = a.accounts {
         if let Err(e) = cf_node::store::Store::create(&plex.dir, n, a.balance, a.group_mode) {
             let _ = std::fs::remove_file(region.path());
@@ -108,6 +142,8 @@ pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
             "lock_entries": a.lock_entries, "members": a.members, "records_per_member": a.records,
             "accounts": a.accounts, "balance": a.accounts.map(|_| a.balance),
             "history": a.history,
+            "failure_detection_interval_ms": settings.interval.as_millis() as u64,
+            "isolate": settings.isolate.as_str(),
         }));
     } else {
         outln!(
@@ -121,6 +157,11 @@ pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
         if let Some(n) = a.accounts {
             outln!("created {n} accounts of {} each", a.balance);
         }
+        outln!(
+            "failure detection interval {} ms, isolate {}",
+            settings.interval.as_millis(),
+            settings.isolate.as_str()
+        );
         if a.history {
             outln!(
                 "keeping the history of committed transactions in {}",
@@ -140,16 +181,27 @@ pub struct DestroyArgs {
 
 pub fn destroy(plex: &Plex, a: DestroyArgs) -> Result<ExitCode> {
     let path = plex.region_path();
-    match Region::open(plex) {
+    // Never through a symlinked (or otherwise untrusted) plex directory.
+    cf_core::plexfs::PlexDir::check(&plex.dir)?;
+    match Region::open_read_only(plex) {
         Ok(region) => {
-            let live: Vec<_> = inspect::members(&region)?
-                .into_iter()
-                .filter(|m| m.alive)
-                .collect();
+            // Who is live, from the connector slots alone (a damaged record
+            // must not stop a forced destroy).
+            let mut live = Vec::new();
+            for id in 0..region.members() {
+                match cf_core::connector::slot_view(&region, id) {
+                    Ok(s) if s.is_alive() => live.push(s),
+                    Ok(_) => {}
+                    Err(e) if !a.force => {
+                        bail!("cannot tell whether members are live ({e}); use --force")
+                    }
+                    Err(_) => {}
+                }
+            }
             if !live.is_empty() && !a.force {
                 let names: Vec<_> = live
                     .iter()
-                    .map(|m| format!("{} (pid {})", m.name, m.pid))
+                    .map(|m| format!("{} (pid {})", inspect::escape(&m.name), m.process.pid))
                     .collect();
                 bail!(
                     "live members are connected: {}; stop them or use --force",
@@ -243,11 +295,63 @@ pub fn settle(
     (left, cleared)
 }
 
+/// Problems of the plex's other files, as their readers see them: the
+/// accounts file, every member's log and history file.
+fn file_problems(plex: &Plex) -> Vec<String> {
+    let mut problems = Vec::new();
+    let say = |e: &dyn std::error::Error| inspect::escape(&e.to_string());
+    match cf_node::store::Store::open_read_only(&plex.dir) {
+        Ok(_) | Err(cf_node::store::StoreError::NotFound(_)) => {}
+        Err(e) => problems.push(say(&e)),
+    }
+    if let Ok(dir) = std::fs::read_dir(&plex.dir) {
+        let mut logs: Vec<_> = dir
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("log."))
+            .map(|e| e.path())
+            .collect();
+        logs.sort();
+        for path in logs {
+            if let Err(e) = cf_node::wal::read_log(&path) {
+                problems.push(say(&e));
+            }
+        }
+    }
+    match cf_node::history::enabled(&plex.dir) {
+        Ok(false) => {}
+        Ok(true) => {
+            if let Ok(dir) = std::fs::read_dir(cf_node::history::history_dir(&plex.dir)) {
+                let mut files: Vec<_> = dir.flatten().map(|e| e.path()).collect();
+                files.sort();
+                for path in files {
+                    if let Err(e) = cf_node::history::read_history(&path) {
+                        problems.push(say(&e));
+                    }
+                }
+            }
+        }
+        Err(e) => problems.push(say(&e)),
+    }
+    problems
+}
+
 pub fn verify(plex: &Plex, a: VerifyArgs) -> Result<ExitCode> {
-    let region = Region::open(plex)?;
-    let (problems, in_flight) = settle(inspect::verify(&region), a.settle, || {
-        inspect::verify(&region)
-    });
+    // Nothing is changed: a read-only mapping (works on a region we may only read).
+    let region = Region::open_read_only(plex)?;
+    let check = || {
+        let mut p = inspect::verify(&region);
+        p.extend(file_problems(plex));
+        p
+    };
+    // Only a live member moves between its record and its lock word: with
+    // none alive, the first look is the last.
+    let live = inspect::members(&region).is_ok_and(|ms| ms.iter().any(|m| m.alive));
+    let wait = if live {
+        a.settle
+    } else {
+        std::time::Duration::ZERO
+    };
+    let (problems, in_flight) = settle(check(), wait, check);
     if a.json {
         crate::print_json(&json!({ "ok": problems.is_empty(), "problems": problems,
                                    "in_flight": in_flight, "settle_s": a.settle.as_secs_f64() }));

@@ -2,11 +2,24 @@
 
 use anyhow::{bail, Result};
 use cf_core::events::{Event, EventKind};
+use cf_core::inspect::escape;
 use cf_core::{inspect, requests, MemberState, Plex, Region};
 use cf_harness::outln;
 use cf_node::store::Store;
 use serde_json::{json, Value};
 use std::process::ExitCode;
+
+/// A 128-bit integer as a JSON number, exactly as the text shows it (never
+/// wrapped into 64 bits; beyond 64 bits, a string of its digits).
+fn big(n: i128) -> Value {
+    if let Ok(v) = i64::try_from(n) {
+        json!(v)
+    } else if let Ok(v) = u64::try_from(n) {
+        json!(v)
+    } else {
+        json!(n.to_string())
+    }
+}
 
 /// A transfer in flight: logged legs without a commit record.
 struct InFlight {
@@ -72,9 +85,9 @@ fn in_flight(plex: &Plex, failed: &[String]) -> Vec<InFlight> {
 /// the transfers in flight (logged, not committed) that are in the accounts
 /// are set aside; only a total that never adds up is NOT BALANCED.
 pub fn accounts(plex: &Plex, as_json: bool) -> Result<ExitCode> {
-    let store = Store::open(&plex.dir)?;
+    let store = Store::open_read_only(&plex.dir)?;
     let expected = store.expected_total();
-    let failed: Vec<String> = Region::open(plex)
+    let failed: Vec<String> = Region::open_read_only(plex)
         .ok()
         .and_then(|r| inspect::members(&r).ok())
         .unwrap_or_default()
@@ -93,7 +106,7 @@ pub fn accounts(plex: &Plex, as_json: bool) -> Result<ExitCode> {
             .iter()
             .flat_map(|f| f.legs.iter())
             .filter(|(acct, _, after)| store.balance(*acct).is_ok_and(|b| b == *after))
-            .map(|(_, before, after)| (*after - *before) as i128)
+            .map(|(_, before, after)| *after as i128 - *before as i128)
             .sum();
         let adjusted = total - applied;
         if total == expected || adjusted == expected || t.elapsed() >= settle {
@@ -105,14 +118,14 @@ pub fn accounts(plex: &Plex, as_json: bool) -> Result<ExitCode> {
     let shown: Vec<Value> = flights
         .iter()
         .map(|f| {
-            json!({"member": f.member, "txid": f.txid, "failed_member": f.failed,
+            json!({"member": escape(&f.member), "txid": f.txid, "failed_member": f.failed,
                    "accounts": f.legs.iter().map(|l| l.0).collect::<Vec<_>>()})
         })
         .collect();
     if as_json {
         crate::print_json(&json!({
-            "accounts": store.count(), "total": total as i64, "expected_total": expected as i64,
-            "balanced": balanced, "total_without_in_flight": adjusted as i64,
+            "accounts": store.count(), "total": big(total), "expected_total": big(expected),
+            "balanced": balanced, "total_without_in_flight": big(adjusted),
             "in_flight": shown, "initial_balance": store.initial_balance(),
         }));
     } else {
@@ -135,7 +148,7 @@ pub fn accounts(plex: &Plex, as_json: bool) -> Result<ExitCode> {
         for f in &flights {
             outln!(
                 "  in flight: {} transaction {} on accounts {}{}",
-                f.member,
+                escape(&f.member),
                 f.txid,
                 f.legs
                     .iter()
@@ -159,8 +172,33 @@ pub fn accounts(plex: &Plex, as_json: bool) -> Result<ExitCode> {
 
 fn name_of(region: &Region, id: u32) -> String {
     cf_core::connector::slot_view(region, id)
-        .map(|s| s.name)
+        .map(|s| escape(&s.name))
         .unwrap_or_else(|_| format!("#{id}"))
+}
+
+/// The member a request is for, printable.
+fn request_member(region: &Region, r: &requests::RequestView) -> String {
+    if r.name.is_empty() {
+        name_of(region, r.member_id)
+    } else {
+        escape(&r.name)
+    }
+}
+
+/// Why a FAILED request failed (or why its last restart light did), printable.
+fn failure_text(r: &requests::RequestView) -> Option<String> {
+    if r.state != requests::RequestState::Failed && r.last_status.is_none() && r.reason.is_empty() {
+        return None;
+    }
+    let mut s = match r.last_status {
+        Some(st) => format!("last restart light exited with status {st}"),
+        None => "restart light failed".to_string(),
+    };
+    if !r.reason.is_empty() {
+        s.push_str(": ");
+        s.push_str(&escape(&r.reason));
+    }
+    Some(s)
 }
 
 pub fn requests(region: &Region, as_json: bool) -> Result<()> {
@@ -171,12 +209,16 @@ pub fn requests(region: &Region, as_json: bool) -> Result<()> {
             .iter()
             .map(|r| {
                 json!({
-                    "member": if r.name.is_empty() { name_of(region, r.member_id) } else { r.name.clone() }, "member_id": r.member_id, "state": r.state.as_str(),
+                    "member": request_member(region, r), "member_id": r.member_id, "state": r.state.as_str(),
                     "posted_unix_ns": r.posted_unix_ns, "claimed_unix_ns": r.claimed_unix_ns,
                     "posted_by": r.posted_by.map(|i| name_of(region, i)),
                     "claimed_by": r.claimed_by.map(|i| name_of(region, i)),
                     "claimer_pid": r.claimer_pid, "claimer_alive": r.claimer_alive,
                     "worker_pid": r.worker_pid, "worker_alive": r.worker_alive, "attempts": r.attempts,
+                    "failed_unix_ns": (r.failed_unix_ns != 0).then_some(r.failed_unix_ns),
+                    "retry_at_unix_ns": r.retry_at_unix_ns(),
+                    "last_status": r.last_status,
+                    "reason": (!r.reason.is_empty()).then(|| escape(&r.reason)),
                 })
             })
             .collect();
@@ -192,11 +234,7 @@ pub fn requests(region: &Region, as_json: bool) -> Result<()> {
         .iter()
         .map(|r| {
             vec![
-                if r.name.is_empty() {
-                    name_of(region, r.member_id)
-                } else {
-                    r.name.clone()
-                },
+                request_member(region, r),
                 r.state.as_str().to_string(),
                 r.posted_by
                     .map(|i| name_of(region, i))
@@ -227,12 +265,26 @@ pub fn requests(region: &Region, as_json: bool) -> Result<()> {
             rows
         )
     );
+    for r in &list {
+        if let Some(why) = failure_text(r) {
+            outln!("{}: {why}", request_member(region, r));
+        }
+        if r.state == requests::RequestState::Failed {
+            outln!(
+                "{}: not claimed again until `cfctl restart-light {}` re-posts it, or {} s after it failed",
+                request_member(region, r),
+                request_member(region, r),
+                requests::FAILED_RETRY.as_secs()
+            );
+        }
+    }
     Ok(())
 }
 
 /// An event as JSON: `kind`, `member`, `by`, `time_ns`, and named payload fields.
 pub fn event_json(e: &Event) -> Value {
-    let mut o = json!({ "seq": e.seq, "kind": e.kind.as_str(), "member": e.member, "by": e.by, "time_ns": e.time_ns });
+    let mut o = json!({ "seq": e.seq, "kind": e.kind.as_str(), "member": escape(&e.member),
+                        "by": e.by.as_deref().map(escape), "time_ns": e.time_ns });
     match e.kind {
         EventKind::Detected | EventKind::Connected => o["pid"] = json!(e.a),
         EventKind::CleanedUp => {
@@ -253,12 +305,24 @@ pub fn event_json(e: &Event) -> Value {
         EventKind::TerminatedNormally => {
             o["peak_rss_kib"] = json!(e.a);
             o["elapsed_ns"] = json!(e.b);
+            o["rss_without_region_kib"] = json!(e.c);
         }
-        EventKind::RestartLightFailed => o["status"] = json!(e.a),
+        EventKind::RestartLightFailed => {
+            o["status"] = json!(e.a);
+            o["failures"] = json!(e.b);
+            o["gave_up"] = json!(e.c == 1);
+        }
         EventKind::RecoveredAtRestart => {
             o["transactions"] = json!(e.a);
             o["locks"] = json!(e.b);
         }
+        EventKind::StatusUpdateMissing => o["heartbeat_age_ms"] = json!(e.a),
+        EventKind::Fenced => {
+            o["heartbeat_age_ms"] = json!(e.a);
+            o["pid"] = json!(e.b);
+            o["by_operator"] = json!(e.c == 1);
+        }
+        EventKind::StatusUpdateResumed => o["missing_ms"] = json!(e.a),
         EventKind::RequestPosted | EventKind::Disconnected | EventKind::RecoveryCompleted => {}
     }
     o
@@ -266,8 +330,8 @@ pub fn event_json(e: &Event) -> Value {
 
 /// One line describing an event, for people.
 pub fn event_text(e: &Event) -> String {
-    let by = e.by.as_deref().unwrap_or("-");
-    let m = &e.member;
+    let by = &escape(e.by.as_deref().unwrap_or("-"));
+    let m = &escape(&e.member);
     match e.kind {
         EventKind::Detected => format!("death of {m} (pid {}) detected by {by}", e.a),
         EventKind::CleanedUp => format!(
@@ -283,15 +347,23 @@ pub fn event_text(e: &Event) -> String {
         EventKind::BackedOut => format!("{m}: {} transaction(s) backed out ({} update(s) undone)", e.a, e.b),
         EventKind::Released => format!("{m}: {} retained lock(s) released", e.a),
         EventKind::TerminatedNormally => format!(
-            "restart light of {m} terminated normally (peak RSS {} KiB, {:.1} ms)",
+            "restart light of {m} terminated normally (peak RSS {} KiB, {} KiB without the region, {:.1} ms)",
             e.a,
+            e.c,
             e.b as f64 / 1e6
+        ),
+        EventKind::RestartLightFailed if e.c == 1 => format!(
+            "restart light of {m} failed {} time(s): request marked failed by {by}",
+            e.b
         ),
         EventKind::RestartLightFailed => format!("restart light of {m} failed (status {})", e.a),
         EventKind::Connected => format!("{m} connected (pid {})", e.a),
         EventKind::Disconnected => format!("{m} disconnected normally"),
         EventKind::RecoveryCompleted => format!("restart request for {m} completed by {by}: recovery over"),
         EventKind::RecoveredAtRestart => format!("{m} restarted normally and recovered itself: {} transaction(s) backed out, {} lock(s) released", e.a, e.b),
+        EventKind::StatusUpdateMissing => format!("status update missing for {m}: no heartbeat for {} ms (seen by {by})", e.a),
+        EventKind::Fenced => format!("{m} (pid {}) fenced by {by} after {} ms without a heartbeat", e.b, e.a),
+        EventKind::StatusUpdateResumed => format!("{m} beats again after {} ms of status update missing", e.a),
     }
 }
 
@@ -315,6 +387,9 @@ pub fn event_time(ns: u64) -> String {
 }
 
 pub fn events(region: &Region, as_json: bool, member: Option<&str>) -> Result<()> {
+    // A damaged ring (a counter beyond any run, a slot out of place) is an
+    // error here as in `verify`, not an empty list.
+    cf_core::events::check(region)?;
     let list: Vec<Event> = in_time_order(cf_core::events::read_all(region))
         .into_iter()
         .filter(|e| member.is_none_or(|m| e.member == m || e.by.as_deref() == Some(m)))
@@ -334,6 +409,7 @@ pub fn events(region: &Region, as_json: bool, member: Option<&str>) -> Result<()
 
 /// `cfctl restart-light MEMBER`: post a restart request by hand.
 pub fn post(plex: &Plex, member: &str) -> Result<()> {
+    cf_core::connector::check_name(member)?;
     let region = Region::open(plex)?;
     let Some(m) = inspect::members(&region)?
         .into_iter()
@@ -341,13 +417,7 @@ pub fn post(plex: &Plex, member: &str) -> Result<()> {
     else {
         bail!("no member named {member} in the connector table");
     };
-    if m.state != MemberState::FailedPersistent {
-        bail!(
-            "member {member} is {}, not failed-persistent: there is nothing to restart",
-            m.state.as_str()
-        );
-    }
-    if requests::post(&region, m.id, None, || {
+    let posted = || {
         cf_core::events::record(
             &region,
             EventKind::RequestPosted,
@@ -355,9 +425,21 @@ pub fn post(plex: &Plex, member: &str) -> Result<()> {
             Some("cfctl"),
             [0, 0, 0],
         )
-    })?
-    .is_some()
-    {
+    };
+    // A request that FAILED (its restart lights kept failing) is re-posted.
+    if requests::retry(&region, m.id, None, posted)?.is_some() {
+        outln!(
+            "the failed restart request for {member} is posted again; a live member will claim it"
+        );
+        return Ok(());
+    }
+    if m.state != MemberState::FailedPersistent {
+        bail!(
+            "member {member} is {}, not failed-persistent: there is nothing to restart",
+            m.state.as_str()
+        );
+    }
+    if requests::post(&region, m.id, None, posted)?.is_some() {
         outln!("restart request for {member} posted; a live member will claim it");
     } else {
         outln!("a restart request for {member} is already outstanding");

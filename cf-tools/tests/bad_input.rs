@@ -10,8 +10,10 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::mem::offset_of;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
+
+use cf_testkit::tools as common;
 
 /// A fresh directory under /dev/shm (removed on drop) holding a plex `p`.
 struct Scratch {
@@ -57,14 +59,7 @@ fn small() -> CreateOptions {
 }
 
 fn cfctl(plex: &Path, args: &[&str]) -> Output {
-    Command::new(cf_testkit::cfctl())
-        .arg("--plex")
-        .arg(plex)
-        .args(args)
-        .env_remove("CF_PLEX")
-        .env_remove("CF_CRASH_AT")
-        .output()
-        .expect("running cfctl")
+    common::cfctl_in(plex, args)
 }
 
 /// The commands every damaged region is tried with.
@@ -399,15 +394,7 @@ fn missing_region() {
 }
 
 fn create_args() -> Vec<&'static str> {
-    vec![
-        "create",
-        "--lock-entries",
-        "16",
-        "--members",
-        "4",
-        "--records",
-        "64",
-    ]
+    common::SMALL_CREATE.to_vec()
 }
 
 #[test]

@@ -38,7 +38,14 @@ const COVERED: &[&str] = &[
 /// Crash points reached only by `cf-node` processes (restart light, its
 /// request handler, its transactions): `cfctl` never reaches them, so their
 /// scenarios belong with `cf-node`.
-const CF_NODE_PREFIXES: &[&str] = &["restart_light.", "handler.", "bank.", "wal."];
+const CF_NODE_PREFIXES: &[&str] = &[
+    "restart_light.",
+    "handler.",
+    "bank.",
+    "wal.",
+    "liveness.",
+    "fence.",
+];
 
 #[test]
 fn every_crash_point_of_the_protocols_has_a_scenario() {

@@ -22,6 +22,9 @@ impl<'a> ConnectLatch<'a> {
         me: &ProcessId,
         timeout: Duration,
     ) -> Result<Self, ConnectError> {
+        if region.is_read_only() {
+            return Err(ConnectError::ReadOnly);
+        }
         let latch = &region.lock_header().connect_latch;
         let token = me.token();
         let deadline = crate::sync::now() + timeout;

@@ -5,6 +5,7 @@
 pub mod claim;
 pub mod identity;
 pub(crate) mod latch;
+pub mod liveness;
 mod slot;
 
 pub use slot::{

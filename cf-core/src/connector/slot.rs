@@ -302,6 +302,12 @@ pub(crate) fn occupy(
     c.pid.store(me.pid as u64, Ordering::Relaxed);
     c.start_time.store(me.start_time, Ordering::Relaxed);
     c.connected_ns.store(now_ns(), Ordering::Relaxed);
+    // No liveness word and no heartbeat until the new connection registers
+    // them (`liveness.rs`): a word the previous connection's death marked,
+    // or a heartbeat a fencer marked, belongs to that connection.
+    c.liveness_gen.store(0, Ordering::Relaxed);
+    c.liveness.store(0, Ordering::Relaxed);
+    c.heartbeat.store(0, Ordering::Relaxed);
     if fresh {
         c.incarnation.fetch_add(1, Ordering::Relaxed);
         slots::store_name(&c.name, name.as_bytes());

@@ -150,6 +150,108 @@ pub(crate) struct LatchWait<'a> {
     /// Called with the latch holder when the word has not changed for a whole
     /// sleep slice: the caller checks whether it is dead and cleans it up.
     pub on_stuck: &'a mut dyn FnMut(u32) -> Result<(), CorruptError>,
+    /// The caller's registration among the threads of its process that latch
+    /// in its name ([`OwnLatches`]): a latch in its own name that none of them
+    /// holds is taken over. `None`: every latch in its own name is waited for.
+    pub own: Option<&'a OwnLatchesGuard<'a>>,
+}
+
+/// The threads of one process that may hold latches in the name of one of
+/// its connections (its holders' requests, its releases). Only they latch in
+/// a live member's name (a cleaner latches in the name of a dead one), so a
+/// latch in that name that none of them holds is stale: left by damage, or
+/// from before the connect. Waiting for it as for a sibling thread's (whatever
+/// the deadline) would wait for nobody until the stuck-latch limit.
+///
+/// Each latched operation registers for its whole length ([`OwnLatches::enter`],
+/// before its first latch, until after its last unlatch). A thread that finds
+/// an entry latched in its own name holds no latch itself (a thread latches
+/// one entry at a time in its own name), so it steps out of the count and
+/// looks at the word again while no thread is registered and none can
+/// register ([`OwnLatchesGuard::alone`]): a latch in its name seen then is
+/// nobody's, and it takes it over. If another thread is registered, it steps
+/// back in and waits as for a sibling's latch.
+///
+/// Plain `std` atomics, also under loom: each thread's view of the count is
+/// sequentially consistent there (one thread runs at a time), and the models
+/// explore the lock words, not this count.
+#[derive(Debug)]
+pub(crate) struct OwnLatches {
+    count: std::sync::atomic::AtomicU32,
+    /// The generation of the connection (its slot is ours while it has it).
+    generation: u32,
+}
+
+/// Set in [`OwnLatches`] while a thread looks at a latch alone.
+const ALONE: u32 = 1 << 31;
+
+/// A registration in [`OwnLatches`], dropped when the operation is over.
+#[derive(Debug)]
+pub(crate) struct OwnLatchesGuard<'a>(&'a OwnLatches);
+
+impl OwnLatches {
+    pub(crate) fn new(generation: u32) -> OwnLatches {
+        OwnLatches {
+            count: std::sync::atomic::AtomicU32::new(0),
+            generation,
+        }
+    }
+
+    /// Register a latched operation (waits while a thread looks alone).
+    pub(crate) fn enter(&self) -> OwnLatchesGuard<'_> {
+        self.register();
+        OwnLatchesGuard(self)
+    }
+
+    fn register(&self) {
+        use std::sync::atomic::Ordering as O;
+        let mut cur = self.count.load(O::SeqCst);
+        loop {
+            if cur & ALONE != 0 {
+                crate::sync::spin_hint();
+                cur = self.count.load(O::SeqCst);
+                continue;
+            }
+            match self
+                .count
+                .compare_exchange_weak(cur, cur + 1, O::SeqCst, O::SeqCst)
+            {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
+impl OwnLatchesGuard<'_> {
+    fn generation(&self) -> u32 {
+        self.0.generation
+    }
+
+    /// Run `f` while no other thread of the process is registered and none
+    /// can register (the caller, which holds no latch now, steps out of the
+    /// count meanwhile); `None` (without running it) if another is registered.
+    fn alone<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
+        use std::sync::atomic::Ordering as O;
+        let n = &self.0.count;
+        n.fetch_sub(1, O::SeqCst);
+        if n.compare_exchange(0, ALONE, O::SeqCst, O::SeqCst).is_err() {
+            self.0.register();
+            return None;
+        }
+        let out = f();
+        // Nobody else was registered, and nobody could register since.
+        n.store(1, O::SeqCst);
+        Some(out)
+    }
+}
+
+impl Drop for OwnLatchesGuard<'_> {
+    fn drop(&mut self) {
+        self.0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Why a latch was not taken.
@@ -203,6 +305,19 @@ pub(crate) fn latch<'r>(
             // while mixed and latched only the waiter bits can change, so the
             // mask seen is the entry's interest.
             return Ok(latched(seen.mask() as u64));
+        }
+        if holder == as_id {
+            if let Some(own) = how.own {
+                match own.alone(|| own_latch_is_stale(region, word, as_id, own.generation())) {
+                    Some(OwnLatch::Stale(mask)) => {
+                        trace!("took over the stale latch of {entry} in our own name {as_id}");
+                        return Ok(latched(mask as u64));
+                    }
+                    Some(OwnLatch::Changed) => continue,
+                    // A sibling's, or a cleaner's: waited for.
+                    Some(OwnLatch::NotStale) | None => {}
+                }
+            }
         }
         if word::spin_for_change(word, seen.0, crate::sync::SPINS) {
             continue;
@@ -258,6 +373,47 @@ pub(crate) fn latch<'r>(
             (how.on_stuck)(holder)?;
             slice = (slice * 2).min(MAX_SLICE);
         }
+    }
+}
+
+/// What a latch in the caller's own name is, looked at alone.
+enum OwnLatch {
+    /// Nobody's: taken over, with this interest mask.
+    Stale(u32),
+    /// The word is no longer latched in our name: look again.
+    Changed,
+    /// Maybe a cleaner's (our connection is no longer ours): waited for.
+    NotStale,
+}
+
+/// Looked at while no other thread of our process is registered
+/// ([`OwnLatchesGuard::alone`]): is the latch in our name (`as_id`) stale?
+/// Besides our threads, only a cleaner latches in our name, after it moved
+/// our slot from our (state, generation) to CLEANING (a SIGKILLed process's
+/// threads may run on for a moment while it is cleaned up). So a latch seen
+/// before our slot is seen still ours (the latch's CAS would have made the
+/// CLEANING visible) is nobody's. While mixed and latched only the waiter
+/// bits of the word can change, so the mask seen is the entry's interest.
+fn own_latch_is_stale(region: &Region, word: &AtomicU64, as_id: u32, generation: u32) -> OwnLatch {
+    // A compare-and-swap of the word with itself reads its latest value (a
+    // plain load may return an older one): the latch is there now.
+    let cur = word.load(Ordering::Acquire);
+    let w = word::Word(cur);
+    if !(w.is_mixed() && w.holder() == Some(as_id))
+        || word
+            .compare_exchange(cur, cur, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+    {
+        return OwnLatch::Changed;
+    }
+    match connector::load_state(region, as_id) {
+        Ok(st)
+            if st.generation == generation
+                && matches!(st.state, MemberState::Active | MemberState::Recovering) =>
+        {
+            OwnLatch::Stale(w.mask())
+        }
+        _ => OwnLatch::NotStale,
     }
 }
 
@@ -569,6 +725,7 @@ fn latch_at_once(region: &Region, entry: u32, member: u32) -> Option<Latched<'_>
         deadline: Some(crate::sync::now()),
         steal: 0,
         on_stuck: &mut on_stuck,
+        own: None,
     };
     latch(region, entry, member, &mut how).ok()
 }

@@ -23,6 +23,7 @@ mod attack2;
 mod attack3;
 mod claim;
 mod connect;
+mod liveness;
 mod locks;
 mod requests;
 mod retention;

@@ -4,7 +4,7 @@
 
 use crate::connector::{self, MemberState};
 use crate::error::LockError;
-use crate::lock::entry::{self, LatchError, LatchWait};
+use crate::lock::entry::{self, LatchError, LatchWait, OwnLatches};
 use crate::recovery;
 use crate::shm::region::Region;
 use crate::sync::Ordering;
@@ -17,6 +17,8 @@ pub(crate) struct Connection {
     pub(crate) generation: u32,
     pub(crate) name: String,
     next_holder: StdAtomicU64,
+    /// This process's threads in a latched operation in our name.
+    pub(crate) own_latches: OwnLatches,
 }
 
 impl Connection {
@@ -27,6 +29,7 @@ impl Connection {
             generation,
             name: name.to_string(),
             next_holder: StdAtomicU64::new(1),
+            own_latches: OwnLatches::new(generation),
         }
     }
 
@@ -66,10 +69,12 @@ impl Connection {
         let region = &*self.region;
         let me = self.id;
         let mut on_stuck = |x: u32| recovery::try_clean(region, x, Some(me), 0, None).map(|_| ());
+        let own = self.own_latches.enter();
         let mut how = LatchWait {
             deadline: None,
             steal: 0,
             on_stuck: &mut on_stuck,
+            own: Some(&own),
         };
         entry::release(region, me, slot, entry, &mut how).map_err(latch_error)
     }
@@ -82,6 +87,7 @@ impl Connection {
         let me = self.id;
         let recs = crate::lock::records::slots_by_entry(region, me);
         let mut released = 0;
+        let own = self.own_latches.enter();
         for group in recs.chunk_by(|a, b| a.0 == b.0) {
             let mut on_stuck =
                 |x: u32| recovery::try_clean(region, x, Some(me), 0, None).map(|_| ());
@@ -89,6 +95,7 @@ impl Connection {
                 deadline: None,
                 steal: 0,
                 on_stuck: &mut on_stuck,
+                own: Some(&own),
             };
             released += entry::release_entry(region, me, group[0].0, group, &mut how)
                 .map_err(latch_error)?;

@@ -322,8 +322,11 @@ impl Holder {
         timeout: Option<Duration>,
         conflicts: &mut Vec<RecordView>,
     ) -> Result<TryOutcome, LockError> {
-        let region = &*self.m.region;
-        let me = self.m.id;
+        let m = self.m.clone();
+        let region = &*m.region;
+        let me = m.id;
+        // Registered until the last unlatch of this request (`OwnLatches`).
+        let own = m.own_latches.enter();
         let word = region.word(entry)?;
         let tag = records::tag(region, me, slot)?;
         let mut req = Request {
@@ -362,6 +365,7 @@ impl Holder {
                 deadline: Some(deadline),
                 steal: 0,
                 on_stuck: &mut on_stuck,
+                own: Some(&own),
             };
             let mut l = match entry::latch(region, entry, me, &mut how) {
                 Ok(l) => l,

@@ -4,11 +4,11 @@
 
 use crate::error::RegionError;
 use crate::shm::layout::{self, Header, Layout};
-use crate::shm::region::{CreateOptions, Plex, Region};
+use crate::shm::plexfs::{PlexDir, PlexFileError};
+use crate::shm::region::{CreateOptions, Mapping, Plex, Region};
 use memmap2::MmapMut;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RegionError + '_ {
@@ -18,67 +18,50 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RegionError + '_ {
     }
 }
 
-/// Make the plex directory (0700, or 0770 with group access) if it is missing;
-/// refuse a symlink or another user's directory.
-fn ensure_plex_dir(dir: &Path, group_access: bool) -> Result<(), RegionError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let mode = if group_access { 0o770 } else { 0o700 };
-    match std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(dir)
-    {
-        Ok(()) => {}
-        Err(source) => {
-            return Err(RegionError::PlexDir {
-                path: dir.into(),
-                err: source,
-            })
+impl From<PlexFileError> for RegionError {
+    fn from(e: PlexFileError) -> RegionError {
+        match e {
+            PlexFileError::NotFound { path } => RegionError::NotFound { path },
+            PlexFileError::AlreadyExists { path } => RegionError::AlreadyExists { path },
+            PlexFileError::Symlink { path } => RegionError::Symlink { path },
+            PlexFileError::NotRegularFile { path, .. } => RegionError::NotRegularFile { path },
+            PlexFileError::ForeignOwner { path, owner, me } => {
+                RegionError::ForeignOwner { path, owner, me }
+            }
+            other => RegionError::Untrusted(other),
         }
     }
-    let meta = std::fs::symlink_metadata(dir).map_err(|source| RegionError::PlexDir {
-        path: dir.into(),
-        err: source,
-    })?;
-    if meta.file_type().is_symlink() {
-        return Err(RegionError::Symlink { path: dir.into() });
+}
+
+/// The plex directory of a region file (its parent).
+fn plex_dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != me {
-        return Err(RegionError::ForeignOwner {
-            path: dir.into(),
-            owner: meta.uid(),
-            me,
-        });
+}
+
+/// Check the plex directory of a region file; a missing one means no region.
+fn checked_dir(path: &Path) -> Result<PlexDir, RegionError> {
+    match PlexDir::check(plex_dir_of(path)) {
+        Ok(d) => Ok(d),
+        Err(PlexFileError::NotFound { .. }) => Err(RegionError::NotFound { path: path.into() }),
+        Err(e) => Err(RegionError::PlexDirUntrusted(e)),
     }
-    Ok(())
 }
 
 impl Region {
     /// Create a new region in `plex`. Fails if one exists (`O_EXCL`), never
     /// follows a symlink, and writes the header last so a half-made region is
-    /// refused by `open` (its magic is still zero).
+    /// refused by `open` (its magic is still zero). The plex directory is
+    /// made 0700 (02770 with group access) if missing, and must pass the
+    /// checks of [`PlexDir::check`] (`plexfs.rs`).
     pub fn create(plex: &Plex, opts: &CreateOptions) -> Result<Region, RegionError> {
         opts.sizes.check().map_err(RegionError::BadOption)?;
-        ensure_plex_dir(&plex.dir, opts.group_access)?;
+        let dir =
+            PlexDir::ensure(&plex.dir, opts.group_access).map_err(RegionError::PlexDirUntrusted)?;
         let path = plex.region_path();
-        let mode = if opts.group_access { 0o660 } else { 0o600 };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::AlreadyExists => {
-                    RegionError::AlreadyExists { path: path.clone() }
-                }
-                _ => RegionError::Io {
-                    path: path.clone(),
-                    err: e,
-                },
-            })?;
+        let file = dir.create_new(&path)?;
         let layout = Layout::compute(opts.sizes);
         file.set_len(layout.total_size).map_err(io_err(&path))?;
         // SAFETY: the file was just created by us with O_EXCL and has the right
@@ -96,7 +79,12 @@ impl Region {
         map.flush_range(0, bytes.len()).map_err(io_err(&path))?;
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         map[..8].copy_from_slice(&bytes[..8]);
-        Ok(Region::from_mapping(map, layout, header, path))
+        Ok(Region::from_mapping(
+            Mapping::ReadWrite(map),
+            layout,
+            header,
+            path,
+        ))
     }
 
     /// Open and validate the region of `plex`.
@@ -104,55 +92,27 @@ impl Region {
         Self::open_path(&plex.region_path())
     }
 
+    /// Open and validate the region of `plex` with a read-only mapping, for
+    /// views that change nothing (`display`, `verify`): works on a region
+    /// this process may only read. Any write through such a region is refused
+    /// (connect, cleanup, posts) or skipped (events); see [`Region::is_read_only`].
+    pub fn open_read_only(plex: &Plex) -> Result<Region, RegionError> {
+        Self::open_path_with(&plex.region_path(), false)
+    }
+
     /// Open and validate a region file. Each failed check is its own error.
     pub fn open_path(path: &Path) -> Result<Region, RegionError> {
-        let meta = match std::fs::symlink_metadata(path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(RegionError::NotFound { path: path.into() })
-            }
-            Err(e) => {
-                return Err(RegionError::Io {
-                    path: path.into(),
-                    err: e,
-                })
-            }
-        };
-        if meta.file_type().is_symlink() {
-            return Err(RegionError::Symlink { path: path.into() });
-        }
-        if !meta.file_type().is_file() {
-            return Err(RegionError::NotRegularFile { path: path.into() });
-        }
-        let mut file: File = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|e| {
-                if e.raw_os_error() == Some(libc::ELOOP) {
-                    RegionError::Symlink { path: path.into() }
-                } else {
-                    RegionError::Io {
-                        path: path.into(),
-                        err: e,
-                    }
-                }
-            })?;
-        // Check the file we opened, not the name (it may have been swapped).
-        let meta = file.metadata().map_err(io_err(path))?;
-        if !meta.file_type().is_file() {
-            return Err(RegionError::NotRegularFile { path: path.into() });
-        }
-        let me = nix::unistd::geteuid().as_raw();
-        if meta.uid() != me {
-            return Err(RegionError::ForeignOwner {
-                path: path.into(),
-                owner: meta.uid(),
-                me,
-            });
-        }
-        let actual = meta.len();
+        Self::open_path_with(path, true)
+    }
+
+    fn open_path_with(path: &Path, write: bool) -> Result<Region, RegionError> {
+        let dir = checked_dir(path)?;
+        // O_NOFOLLOW, O_NONBLOCK (a FIFO cannot hang us); then the opened
+        // descriptor is checked: regular, one link, owner, mode.
+        let mut file: File = dir
+            .open(path, write)?
+            .ok_or_else(|| RegionError::NotFound { path: path.into() })?;
+        let actual = file.metadata().map_err(io_err(path))?.len();
         let mut raw = vec![0u8; std::mem::size_of::<Header>()];
         if actual < raw.len() as u64 {
             return Err(RegionError::SizeMismatch {
@@ -195,9 +155,17 @@ impl Region {
         // SAFETY: the file is a regular file of ours whose size matches the
         // layout. It may be shared with other processes and even shrunk by a
         // hostile one (then an access faults with SIGBUS, which no mapping can
-        // prevent); within this process every access is bounds-checked against
-        // the layout and goes through atomics.
-        let map = unsafe { MmapMut::map_mut(&file) }.map_err(io_err(path))?;
+        // prevent: the binaries install `install_sigbus_handler`); within this
+        // process every access is bounds-checked against the layout and goes
+        // through atomics.
+        let map = if write {
+            Mapping::ReadWrite(unsafe { MmapMut::map_mut(&file) }.map_err(io_err(path))?)
+        } else {
+            // SAFETY: as above; the mapping is read-only (PROT_READ), and the
+            // views that use it only load (atomic loads on read-only memory
+            // are allowed for lock-free sizes, see `std::sync::atomic`).
+            Mapping::ReadOnly(unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?)
+        };
         if (map.len() as u64) != layout.total_size {
             return Err(RegionError::SizeMismatch {
                 path: path.into(),
@@ -214,6 +182,7 @@ mod tests {
     use super::*;
     use crate::shm::layout::Sizes;
     use crate::shm::region::REGION_FILE;
+    use std::fs::OpenOptions;
     use std::io::{Seek, SeekFrom, Write};
 
     fn small() -> CreateOptions {

@@ -8,7 +8,7 @@
 //! connectors      [ConnectorSlot; members]                     256 bytes each
 //! lock structure  LockStructHeader (counters)                  one page
 //! lock table      [AtomicU64; lock_entries]                    the lock words
-//! restart list    header + [RequestEntry; members]             128 bytes each
+//! restart list    header + [RequestEntry; members]             256 bytes each
 //! events          header page + [Event; EVENT_CAPACITY]        128 bytes each
 //! member areas    per member: block headers, tags, records     see lock/records.rs
 //! ```
@@ -24,7 +24,10 @@ pub const MAGIC: [u8; 8] = *b"CFEMUREG";
 /// 2: restart requests carry an epoch in their state word.
 /// 3: a request records the generation of the connection it is for.
 /// 4: URGENT record state and wait tickets (bounded bypass).
-pub const LAYOUT_VERSION: u32 = 4;
+/// 5: restart requests grew to 256 bytes: a FAILED state with its reason.
+/// 6: connector slots gained the liveness word and the heartbeat, the lock
+/// structure page the failure detection settings.
+pub const LAYOUT_VERSION: u32 = 6;
 /// The header and the directory live in the first page.
 pub const HEADER_PAGE: u64 = 4096;
 /// Connector ids are bit positions in the 32-bit share/interest mask of a lock word.
@@ -48,7 +51,7 @@ pub const MAX_LOCK_ENTRIES: u32 = 1 << 30;
 /// Names in the directory.
 pub const DIR_ENTRIES: usize = 6;
 /// Size of one restart-request list entry, and of the list's header.
-pub const REQUEST_SIZE: u64 = 128;
+pub const REQUEST_SIZE: u64 = 256;
 /// Events kept in the event ring (older ones are overwritten).
 #[cfg(not(loom))]
 pub const EVENT_CAPACITY: u64 = 4096;

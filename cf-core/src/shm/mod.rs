@@ -9,3 +9,7 @@ pub(crate) mod slots;
 mod file;
 #[cfg(loom)]
 pub(crate) mod model;
+#[cfg(not(loom))]
+pub mod plexfs;
+#[cfg(not(loom))]
+pub mod sigbus;

@@ -103,10 +103,28 @@ pub(crate) struct Areas {
     pub(crate) members: Vec<MemberArea>,
 }
 
+/// A validated mapping of a region file.
+#[cfg(not(loom))]
+pub(crate) enum Mapping {
+    ReadWrite(memmap2::MmapMut),
+    /// `PROT_READ` only: for the views (`inspect`), which only load.
+    ReadOnly(memmap2::Mmap),
+}
+
+#[cfg(not(loom))]
+impl Mapping {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Mapping::ReadWrite(m) => m.len(),
+            Mapping::ReadOnly(m) => m.len(),
+        }
+    }
+}
+
 /// What keeps the memory of the areas alive.
 enum Backing {
     #[cfg(not(loom))]
-    File { _map: memmap2::MmapMut },
+    File { _map: Mapping },
     #[cfg(loom)]
     Model {
         _mem: Box<crate::shm::model::ModelMemory>,
@@ -119,6 +137,7 @@ pub struct Region {
     layout: Layout,
     header: Header,
     path: PathBuf,
+    read_only: bool,
     // Dropped last: the areas point into it.
     _backing: Backing,
 }
@@ -142,12 +161,18 @@ impl Region {
     /// Build a region over a validated mapping.
     #[cfg(not(loom))]
     pub(crate) fn from_mapping(
-        mut map: memmap2::MmapMut,
+        map: Mapping,
         layout: Layout,
         header: Header,
         path: PathBuf,
     ) -> Region {
-        let base = map.as_mut_ptr();
+        let read_only = matches!(map, Mapping::ReadOnly(_));
+        // A read-only mapping is never written through (see `is_read_only`):
+        // the pointer is `*mut` only because the areas are shared with writers.
+        let base = match &map {
+            Mapping::ReadWrite(m) => m.as_ptr() as *mut u8,
+            Mapping::ReadOnly(m) => m.as_ptr() as *mut u8,
+        };
         assert_eq!(
             map.len() as u64,
             layout.total_size,
@@ -227,6 +252,7 @@ impl Region {
             layout,
             header,
             path,
+            read_only,
             _backing: Backing::File { _map: map },
         }
     }
@@ -243,12 +269,30 @@ impl Region {
             layout,
             header,
             path: PathBuf::from("(loom model)"),
+            read_only: false,
             _backing: Backing::Model { _mem: mem },
         }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Was this region opened with a read-only mapping
+    /// ([`Region::open_read_only`])? Then nothing may be stored into it: the
+    /// operations that write (connect, cleanup, posting a request) refuse it
+    /// with an error, and recording an event is skipped.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// `Err` if this region is read-only: `what` needs to write.
+    pub(crate) fn writable(&self, what: &'static str) -> Result<(), CorruptError> {
+        if self.read_only {
+            Err(CorruptError::ReadOnly(what))
+        } else {
+            Ok(())
+        }
     }
     pub fn layout(&self) -> &Layout {
         &self.layout

@@ -32,8 +32,18 @@ pub(crate) struct ConnectorSlot {
     /// Bumped by every fresh connect (not by a reconnect that recovers a
     /// failed member): which occupant of the slot a restart request is for.
     pub incarnation: AtomicU64,
+    /// The liveness word (`connector/liveness.rs`): the TID of the member's
+    /// liveness thread, held in that thread's robust-futex list, so the
+    /// kernel sets `FUTEX_OWNER_DIED` in it (and wakes a waiter) when the
+    /// thread dies. 0: none registered.
+    pub liveness: AtomicU32,
+    /// The generation of the connection that registered `liveness`.
+    pub liveness_gen: AtomicU32,
+    /// `[milliseconds of CLOCK_MONOTONIC:56][flags:8]` (`liveness.rs`): the
+    /// member's heartbeat, status-update-missing and fenced. 0: no heartbeat.
+    pub heartbeat: AtomicU64,
     #[cfg(not(loom))]
-    _reserved: [AtomicU64; 16],
+    _reserved: [AtomicU64; 14],
 }
 
 /// The lock structure's header (the rest of its page is reserved).
@@ -51,6 +61,10 @@ pub(crate) struct LockHeader {
     /// time it has to wait, so urgent requests go in the order they began
     /// to wait.
     pub wait_ticket: AtomicU64,
+    /// Plex settings (`connector/liveness.rs`): the failure detection
+    /// interval in milliseconds (0: the default) and the isolate action.
+    pub failure_detection_ms: AtomicU64,
+    pub isolate: AtomicU64,
 }
 
 /// One block header of a member area: 64 bytes. See `lock/records.rs`.
@@ -75,7 +89,7 @@ pub(crate) struct RecordBody {
     pub name: [AtomicU64; 8],
 }
 
-/// The restart-request list's header: 128 bytes.
+/// The restart-request list's header: 256 bytes.
 #[repr(C)]
 #[derive(Default)]
 pub(crate) struct RequestListHeader {
@@ -88,10 +102,10 @@ pub(crate) struct RequestListHeader {
     #[cfg(not(loom))]
     _pad: AtomicU32,
     #[cfg(not(loom))]
-    _reserved2: [AtomicU64; 8],
+    _reserved2: [AtomicU64; 24],
 }
 
-/// One restart request: 128 bytes. See `requests.rs`.
+/// One restart request: 256 bytes. See `requests.rs`.
 #[repr(C)]
 #[derive(Default)]
 pub(crate) struct RequestEntry {
@@ -114,7 +128,16 @@ pub(crate) struct RequestEntry {
     pub generation: AtomicU64,
     #[cfg(not(loom))]
     _reserved2: [AtomicU64; 3],
+    /// When the request was marked FAILED (0: never).
+    pub failed_ns: AtomicU64,
+    /// Exit status of the last failed restart light (128 + signal), + 1 (0: none).
+    pub last_status: AtomicU64,
+    /// Why the last restart light failed: its error line, NUL-padded.
+    pub reason: [AtomicU64; REASON_WORDS],
 }
+
+/// Words of a request's failure reason (112 bytes).
+pub(crate) const REASON_WORDS: usize = 14;
 
 /// The event ring's header (the rest of its page is reserved).
 #[repr(C)]
@@ -152,6 +175,8 @@ mod pinned {
     const _: () = assert!(offset_of!(ConnectorSlot, name) == 32);
     const _: () = assert!(offset_of!(ConnectorSlot, hwm) == 64);
     const _: () = assert!(offset_of!(ConnectorSlot, committed) == 112);
+    const _: () = assert!(offset_of!(ConnectorSlot, liveness) == 128);
+    const _: () = assert!(offset_of!(ConnectorSlot, heartbeat) == 136);
     const _: () = assert!(size_of::<LockHeader>() <= 4096);
     const _: () = assert!(offset_of!(LockHeader, connect_latch) == 64);
     const _: () = assert!(offset_of!(LockHeader, wait_ticket) == 72);
@@ -161,6 +186,8 @@ mod pinned {
     const _: () = assert!(offset_of!(RequestListHeader, sequence) == 56);
     const _: () = assert!(size_of::<RequestEntry>() as u64 == REQUEST_SIZE);
     const _: () = assert!(offset_of!(RequestEntry, name) == 64);
+    const _: () = assert!(offset_of!(RequestEntry, failed_ns) == 128);
+    const _: () = assert!(offset_of!(RequestEntry, reason) == 144);
     const _: () = assert!(size_of::<EventHeader>() <= 4096);
     const _: () = assert!(size_of::<EventSlot>() as u64 == EVENT_SIZE);
     const _: () = assert!(offset_of!(EventSlot, member) == 48);
@@ -183,8 +210,19 @@ pub(crate) fn store_name(dst: &[AtomicU64; 4], name: &[u8]) {
     }
 }
 
-/// The raw bytes of a name stored in four words, up to the first NUL.
-pub(crate) fn load_name_bytes(src: &[AtomicU64; 4]) -> Vec<u8> {
+/// Store up to `8 * N` bytes of text into `N` words, NUL-padded.
+pub(crate) fn store_text<const N: usize>(dst: &[AtomicU64; N], text: &[u8]) {
+    for (i, w) in dst.iter().enumerate() {
+        let mut b = [0u8; 8];
+        let from = (i * 8).min(text.len());
+        let to = (from + 8).min(text.len());
+        b[..to - from].copy_from_slice(&text[from..to]);
+        w.store(u64::from_le_bytes(b), crate::sync::Ordering::Relaxed);
+    }
+}
+
+/// The bytes of a text stored in `N` words, up to the first NUL.
+pub(crate) fn load_text<const N: usize>(src: &[AtomicU64; N]) -> Vec<u8> {
     let mut bytes: Vec<u8> = src
         .iter()
         .flat_map(|w| w.load(crate::sync::Ordering::Relaxed).to_le_bytes())
@@ -192,4 +230,9 @@ pub(crate) fn load_name_bytes(src: &[AtomicU64; 4]) -> Vec<u8> {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     bytes.truncate(end);
     bytes
+}
+
+/// The raw bytes of a name stored in four words, up to the first NUL.
+pub(crate) fn load_name_bytes(src: &[AtomicU64; 4]) -> Vec<u8> {
+    load_text(src)
 }

@@ -50,6 +50,18 @@ impl ProcLife {
     }
 }
 
+/// The steps of a recovery, as events, in pipeline order (as `cfctl bench` shows them).
+pub const STEPS: [(EventKind, &str); 8] = [
+    (EventKind::Detected, "detected"),
+    (EventKind::CleanedUp, "cleaned_up"),
+    (EventKind::RequestPosted, "request_posted"),
+    (EventKind::Claimed, "claimed"),
+    (EventKind::RestartLightStarted, "restart_light_started"),
+    (EventKind::BackedOut, "backed_out"),
+    (EventKind::Released, "released"),
+    (EventKind::TerminatedNormally, "terminated_normally"),
+];
+
 fn how_str(h: &EndHow) -> String {
     match h {
         EndHow::Killed(k) => format!("killed ({k})"),
@@ -222,6 +234,13 @@ pub struct KillCheck {
     pub before_connect: usize,
     pub detection_us: Vec<f64>,
     pub recovery_ms: Vec<f64>,
+    /// Of member deaths by a fault other than a stop: each step of the
+    /// recovery after the death, µs (`STEPS`).
+    pub steps_us: std::collections::BTreeMap<&'static str, Vec<f64>>,
+    /// Members stopped by a fault (`--stop-members`): from the stop to the
+    /// `fenced` event and to the `detected` event, ms.
+    pub stop_to_fenced_ms: Vec<f64>,
+    pub stop_to_detected_ms: Vec<f64>,
     /// Deaths whose detection or completion may be an event the sim could not read.
     pub unverifiable: u64,
     /// Deaths with no recovery_completed after them (one line each).
@@ -353,7 +372,36 @@ pub fn check_kills(
                 .collect();
             v.iter().map(|e| event_line(e, t0)).collect()
         };
+        let stopped = matches!(how, EndHow::Killed("stop"));
+        if let (Some(d), Some(c)) = (det, completion) {
+            if stopped {
+                let fenced = events
+                    .range(..d.seq)
+                    .rev()
+                    .map(|(_, e)| e)
+                    .find(|e| e.kind == EventKind::Fenced && e.member == p.name);
+                if let Some(f) = fenced.filter(|f| f.time_ns >= t) {
+                    out.stop_to_fenced_ms.push((f.time_ns - t) as f64 / 1e6);
+                }
+                out.stop_to_detected_ms
+                    .push((d.time_ns as f64 - t as f64).max(0.0) / 1e6);
+            } else {
+                for (kind, name) in STEPS {
+                    let at = events
+                        .range(d.seq..=c.seq)
+                        .map(|(_, e)| e)
+                        .find(|e| e.kind == kind && e.member == p.name);
+                    if let Some(e) = at {
+                        out.steps_us
+                            .entry(name)
+                            .or_default()
+                            .push((e.time_ns as f64 - t as f64).max(0.0) / 1e3);
+                    }
+                }
+            }
+        }
         match det {
+            Some(_) if stopped => {}
             Some(d) => {
                 let us = (d.time_ns as f64 - t as f64).max(0.0) / 1e3;
                 out.detection_us.push(us);
@@ -389,6 +437,7 @@ pub fn check_kills(
             }
         }
         match completion {
+            Some(_) if stopped => {}
             Some(c) => out
                 .recovery_ms
                 .push((c.time_ns as f64 - t as f64).max(0.0) / 1e6),
