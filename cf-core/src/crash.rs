@@ -7,7 +7,7 @@
 //! child of the same parent runs through. Without the feature every crash point
 //! compiles to nothing.
 //!
-//! Under `--cfg loom` a model thread arms a point with [`model::arm`]; reaching
+//! Under `--cfg loom` a model thread arms a point with `model::arm`; reaching
 //! it marks the thread's modelled process dead and unwinds the thread (caught
 //! by the model), and [`killed`] tells destructors not to act: a SIGKILLed
 //! process runs no more code.

@@ -80,6 +80,9 @@
 //! ```
 
 #![deny(unsafe_op_in_unsafe_fn)]
+// The protocol modules' docs name the private functions that implement each
+// step (read them with `cargo doc --document-private-items`).
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod connector;
 pub mod crash;

@@ -29,7 +29,7 @@
 //!    record on the entry**, up to the half-made requests of rule 2, which
 //!    always latch afterwards and then recompute it. Every unlatch by a member
 //!    recomputes that member's own bit from its records ([`Latched::give_up`],
-//!    [`Latched::wait`], [`release`]), so the last one out clears it. (A
+//!    `Latched::step_out`, [`release`]), so the last one out clears it. (A
 //!    released record is PENDING, so a sibling never keeps the bit for it.)
 //!    A bit kept for a sibling's half-made request that then gives up without
 //!    latching (its latch wait timed out) would be left behind: so every

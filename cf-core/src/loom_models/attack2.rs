@@ -51,13 +51,7 @@ fn restart_light_release_happens_before_the_next_grant() {
         let r = region(3, 1);
         let data = Arc::new(Guarded::new());
         // C (process 5) takes R in modify mode and dies; process 1 cleans it up.
-        crate::connector::identity::model::enter(5);
-        let c = Member::connect(r.clone(), "C").unwrap();
-        let mut hc = c.holder().unwrap();
-        take(&mut hc, b"r", Mode::Modify);
-        kill(5);
-        std::mem::forget(hc);
-        std::mem::forget(c);
+        dies_holding(&r, 5, "C", &[(b"r", Mode::Modify)]);
         crate::connector::identity::model::enter(1);
         assert!(matches!(
             cleanup_member(&r, 0).unwrap(),
@@ -112,14 +106,7 @@ fn a_request_cleans_up_while_a_sibling_releases_on_the_entry() {
         let r = region(2, 2);
         let names = colliding(2);
         let (res_r, res_2) = (names[0].clone(), names[1].clone());
-        crate::connector::identity::model::enter(5);
-        let c = Member::connect(r.clone(), "C").unwrap();
-        let c_id = c.id();
-        let mut hc = c.holder().unwrap();
-        take(&mut hc, &res_r, Mode::Modify);
-        kill(5);
-        std::mem::forget(hc);
-        std::mem::forget(c);
+        let c_id = dies_holding(&r, 5, "C", &[(&res_r, Mode::Modify)]);
         crate::connector::identity::model::enter(1);
         let a = Arc::new(Member::connect(r.clone(), "A").unwrap());
         let mut h2 = a.holder().unwrap();
@@ -166,14 +153,7 @@ fn a_light_killed_between_entries_is_cleaned_up_while_requests_race() {
         let r = region(3, 1);
         let (r1, r2) = (b"m".to_vec(), b"s".to_vec());
         assert_ne!(entry_of(&r1), entry_of(&r2));
-        crate::connector::identity::model::enter(5);
-        let c = Member::connect(r.clone(), "C").unwrap();
-        let mut hc = c.holder().unwrap();
-        take(&mut hc, &r1, Mode::Modify);
-        take(&mut hc, &r2, Mode::Modify);
-        kill(5);
-        std::mem::forget(hc);
-        std::mem::forget(c);
+        dies_holding(&r, 5, "C", &[(&r1, Mode::Modify), (&r2, Mode::Modify)]);
         crate::connector::identity::model::enter(1);
         assert!(matches!(
             cleanup_member(&r, 0).unwrap(),
@@ -331,10 +311,7 @@ fn a_sweep_posts_for_a_member_whose_recovery_has_ended() {
     check(2, || {
         let r = region(2, 1);
         // X (process 5) fails; process 1 cleans it up and posts its request.
-        crate::connector::identity::model::enter(5);
-        let x = Member::connect(r.clone(), "X").unwrap();
-        kill(5);
-        std::mem::forget(x);
+        dies_holding(&r, 5, "X", &[]);
         crate::connector::identity::model::enter(1);
         assert!(matches!(
             cleanup_member(&r, 0).unwrap(),

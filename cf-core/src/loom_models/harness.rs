@@ -102,6 +102,24 @@ pub(super) fn kill(pid: u32) {
     crate::connector::identity::model::kill(pid);
 }
 
+/// Member `name` of process `pid` connects, takes each of `locks` (a
+/// try-loop) and is killed holding them (its connection and holder are
+/// leaked, as a killed process leaves them). Returns its connector id. The
+/// caller then enters the process it continues as.
+pub(super) fn dies_holding(r: &Arc<Region>, pid: u32, name: &str, locks: &[(&[u8], Mode)]) -> u32 {
+    crate::connector::identity::model::enter(pid);
+    let m = crate::Member::connect(r.clone(), name).unwrap();
+    let id = m.id();
+    let mut h = m.holder().unwrap();
+    for &(res, mode) in locks {
+        take(&mut h, res, mode);
+    }
+    kill(pid);
+    std::mem::forget(h);
+    std::mem::forget(m);
+    id
+}
+
 /// Names `n` resources on one lock table entry of the model region.
 pub(super) fn colliding(n: usize) -> Vec<Vec<u8>> {
     let first = Resource::new(b"r0").map(|r| r.entry(ENTRIES));

@@ -29,14 +29,7 @@ fn retained_lock_survives_a_half_made_request() {
         let names = colliding(2);
         let (res_r, res_q) = (names[0].clone(), names[1].clone());
         // C (process 5) takes R and dies.
-        crate::connector::identity::model::enter(5);
-        let c = Member::connect(r.clone(), "C").unwrap();
-        let c_id = c.id();
-        let mut hc = c.holder().unwrap();
-        take(&mut hc, &res_r, Mode::Modify);
-        kill(5);
-        std::mem::forget(hc);
-        std::mem::forget(c);
+        let c_id = dies_holding(&r, 5, "C", &[(&res_r, Mode::Modify)]);
         // X (process 2) holds Q on the same entry: false contention, mixed.
         crate::connector::identity::model::enter(2);
         let x = Member::connect(r.clone(), "X").unwrap();

@@ -8,7 +8,7 @@
 //! atomic, so concurrent writers are never a data race in this process, and
 //! every index or id read from it is checked by the accessors below before it
 //! is used. Under `--cfg loom` the areas are allocated from loom's atomics
-//! instead of a file ([`Region::new_model`]), so the protocols that ship are the
+//! instead of a file (`Region::new_model`), so the protocols that ship are the
 //! ones the models explore.
 
 use crate::error::CorruptError;

@@ -10,7 +10,7 @@
 //! unwound, no lock is taken, no destructor runs (the region is left as a
 //! killed process leaves it, which every protocol already survives).
 
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 /// Exit status after a SIGBUS caught by the handler.
 pub const SIGBUS_EXIT: i32 = 1;
@@ -18,7 +18,20 @@ pub const SIGBUS_EXIT: i32 = 1;
 static MESSAGE: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 static MESSAGE_LEN: AtomicUsize = AtomicUsize::new(0);
 
+/// Set by the first thread that takes the signal.
+static FIRED: AtomicBool = AtomicBool::new(false);
+
 extern "C" fn on_sigbus(_sig: libc::c_int) {
+    // Several threads may fault on the shrunk mapping at once (a worker and
+    // the liveness thread's heartbeat): the first one prints and exits; the
+    // others wait for that exit (an `_exit` of theirs could end the process
+    // before the line is written; returning would fault again).
+    if FIRED.swap(true, Ordering::AcqRel) {
+        loop {
+            // SAFETY: pause(2) is async-signal-safe; the process is exiting.
+            unsafe { libc::pause() };
+        }
+    }
     let ptr = MESSAGE.load(Ordering::Acquire);
     let len = MESSAGE_LEN.load(Ordering::Acquire);
     if !ptr.is_null() {
@@ -50,7 +63,9 @@ pub fn install_sigbus_handler(program: &str) -> std::io::Result<()> {
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_sigbus as extern "C" fn(libc::c_int) as usize;
-        sa.sa_flags = libc::SA_RESETHAND;
+        // Not SA_RESETHAND: a second thread faulting meanwhile must meet the
+        // handler too, not the default action (death by SIGBUS, no word).
+        sa.sa_flags = 0;
         libc::sigemptyset(&mut sa.sa_mask);
         if libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut()) != 0 {
             return Err(std::io::Error::last_os_error());
