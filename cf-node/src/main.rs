@@ -82,7 +82,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=16))]
     tx_size: u32,
     /// Pause between two transactions of a worker, in microseconds (or 10ms, 1.5s...)
-    #[arg(long, default_value = "0", value_parser = parse_micros)]
+    #[arg(long, default_value = "0", value_parser = cf_node::cli::micros)]
     think: Duration,
     /// Transactions per second of each worker thread, a fixed rate (open loop) instead of as
     /// fast as it goes (closed loop)
@@ -113,21 +113,6 @@ struct LightArgs {
     /// Print the summary as one JSON line
     #[arg(long)]
     json: bool,
-}
-
-/// A duration whose bare numbers are microseconds (`500`, `10ms`, `1.5s`).
-fn parse_micros(s: &str) -> Result<Duration, String> {
-    if let Ok(x) = s.trim().parse::<f64>() {
-        if x.is_finite() && x >= 0.0 {
-            return Ok(Duration::from_secs_f64(x / 1e6));
-        }
-        return Err(format!("{s:?} is not a duration"));
-    }
-    let d: jiff::SignedDuration = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("{s:?} is not a duration (e.g. 500, 10ms, 1.5s): {e}"))?;
-    Duration::try_from(d).map_err(|_| format!("{s:?} is negative"))
 }
 
 fn main() -> ExitCode {
