@@ -42,17 +42,9 @@ pub struct Plan {
     pub floor_reps: usize,
 }
 
-/// The steps of a recovery, as events of the region, in pipeline order.
-pub const STEPS: [(EventKind, &str); 8] = [
-    (EventKind::Detected, "detected"),
-    (EventKind::CleanedUp, "cleaned"),
-    (EventKind::RequestPosted, "posted"),
-    (EventKind::Claimed, "claimed"),
-    (EventKind::RestartLightStarted, "RL start"),
-    (EventKind::BackedOut, "backed out"),
-    (EventKind::Released, "released"),
-    (EventKind::TerminatedNormally, "terminated"),
-];
+/// The steps of a recovery, as events of the region, in pipeline order
+/// (the harness's list: the sim reports the same steps).
+pub use cf_harness::sim::check::STEPS;
 
 /// One line of the recovery table (all times in ns).
 #[derive(Debug, Serialize)]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 type Draw<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-const PALETTE: [RGBColor; 8] = [
+const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
@@ -18,6 +18,8 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),
     RGBColor(23, 190, 207),
+    RGBColor(188, 189, 34),
+    RGBColor(127, 127, 127),
 ];
 
 fn color(i: usize) -> RGBColor {
@@ -223,17 +225,11 @@ fn draw_bars(path: &Path, title: &str, unit: &str, bars: &[(String, f64)]) -> Dr
     Ok(())
 }
 
-/// The steps of a recovery, in the order they happen.
-pub const STEPS: [(&str, Option<EventKind>); 8] = [
-    ("death", None),
-    ("detected", Some(EventKind::Detected)),
-    ("cleaned up", Some(EventKind::CleanedUp)),
-    ("claimed", Some(EventKind::Claimed)),
-    ("restart light", Some(EventKind::RestartLightStarted)),
-    ("backed out", Some(EventKind::BackedOut)),
-    ("released", Some(EventKind::Released)),
-    ("terminated", Some(EventKind::TerminatedNormally)),
-];
+/// The marks of a recovery's timeline: its death, then each step of
+/// [`crate::sim::check::STEPS`].
+fn step_labels() -> impl Iterator<Item = &'static str> {
+    std::iter::once("death").chain(crate::sim::check::STEPS.iter().map(|(_, l)| *l))
+}
 
 /// The steps of the recovery of `name` dead at `death_ns`: the first event
 /// of each kind about it after the death and before its next `connected`,
@@ -249,9 +245,9 @@ pub fn recovery_steps(
         .filter(|e| e.member == name && e.time_ns + 5_000_000 >= death_ns)
         .take_while(|e| !(e.kind == EventKind::Connected && e.time_ns > death_ns))
         .collect();
-    for (label, kind) in STEPS.iter().skip(1) {
-        if let Some(e) = after.iter().find(|e| Some(e.kind) == *kind) {
-            out.push((*label, e.time_ns.saturating_sub(death_ns) as f64 / 1e6));
+    for (kind, label) in crate::sim::check::STEPS {
+        if let Some(e) = after.iter().find(|e| e.kind == kind) {
+            out.push((label, e.time_ns.saturating_sub(death_ns) as f64 / 1e6));
         }
     }
     out
@@ -309,7 +305,7 @@ fn draw_timeline(
             BLACK.mix(0.4),
         )))?;
     }
-    for (k, (label, _)) in STEPS.iter().enumerate() {
+    for (k, label) in step_labels().enumerate() {
         let c = color(k);
         let pts: Vec<(f64, f64)> = rows
             .iter()
@@ -317,13 +313,13 @@ fn draw_timeline(
             .filter_map(|(r, (_, steps))| {
                 steps
                     .iter()
-                    .find(|s| s.0 == *label)
+                    .find(|s| s.0 == label)
                     .map(|s| (s.1, n - r as f64 - 0.5))
             })
             .collect();
         chart
             .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, c.filled())))?
-            .label(*label)
+            .label(label)
             .legend(move |(x, y)| Circle::new((x + 8, y), 4, c.filled()));
     }
     chart

@@ -1671,7 +1671,8 @@ fn report(
     // (Beside the json! above: one more key there exceeds its recursion limit.)
     doc["recovery_steps"] = check::STEPS
         .iter()
-        .map(|(_, n)| {
+        .map(|(k, _)| k.as_str())
+        .map(|n| {
             (
                 n.to_string(),
                 json!(Summary::of(
@@ -1760,7 +1761,7 @@ fn report(
         outln!("  detection: {}", detection.line());
         outln!("  kill to all retained locks released: {}", recovery.line());
         outln!("  where the time goes (each step after the kill):");
-        for (_, n) in check::STEPS {
+        for n in check::STEPS.map(|(k, _)| k.as_str()) {
             let s = Summary::of(kills.steps_us.get(n).cloned().unwrap_or_default(), "µs");
             outln!("    {n:<22} {}", s.line());
         }
