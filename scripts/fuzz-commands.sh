@@ -58,9 +58,11 @@ RANDOM=$SEED
 echo "fuzz-commands: seed $SEED, $WANT commands, timeout ${TIMEOUT}s, binaries in $BIN"
 
 # ---- the base plexes
+mkdir -p "$WORK/base"   # cfctl create makes only the last component of a plex directory
 mkbase() {
   local p=$WORK/base/$1
-  "$BIN/cfctl" --plex "$p" create --lock-entries 16 --members 3 --records 64 --accounts 16 --history >/dev/null
+  "$BIN/cfctl" --plex "$p" create --lock-entries 16 --members 3 --records 64 --accounts 16 \
+    --history >/dev/null || { echo "fuzz-commands: cannot make the base plex $1" >&2; exit 1; }
 }
 mkbase clean
 mkbase dead
