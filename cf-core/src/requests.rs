@@ -474,7 +474,11 @@ pub fn unclaim(region: &Region, id: u32, epoch: u32, me: &ProcessId) -> Result<(
 /// false if that request was no longer claimed (completed meanwhile).
 pub fn fail(region: &Region, id: u32, epoch: u32, me: &ProcessId) -> Result<bool, CorruptError> {
     let e = region.request(id)?;
-    e.failed_ns.store(now_ns().max(1), Ordering::Relaxed);
+    // Written before the CAS publishes FAILED (a reader of FAILED reads it,
+    // and must never see the request as failed long ago); put back if the
+    // CAS fails, unless someone wrote it since.
+    let stamp = now_ns().max(1);
+    let before = e.failed_ns.swap(stamp, Ordering::Relaxed);
     let done = cas(
         e,
         StateWord {
@@ -486,10 +490,18 @@ pub fn fail(region: &Region, id: u32, epoch: u32, me: &ProcessId) -> Result<bool
             epoch,
         },
     );
+    if !done {
+        // Completed meanwhile (and maybe posted again, claimed by a thread
+        // of this very process): its fields, worker and claim are not ours.
+        let _ = e
+            .failed_ns
+            .compare_exchange(stamp, before, Ordering::Relaxed, Ordering::Relaxed);
+        return Ok(false);
+    }
     e.worker.store(0, Ordering::Relaxed);
     claim::release(&e.claim, me.token());
     bump(region);
-    Ok(done)
+    Ok(true)
 }
 
 /// Record why a restart light of request `epoch` of `id` failed: its exit

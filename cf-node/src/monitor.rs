@@ -498,13 +498,15 @@ impl Monitor {
                     cf_core::inspect::escape(name),
                     cf_core::inspect::escape(name)
                 );
-                let _ = requests::fail(&self.region, id, epoch, &self.me);
+                // Marked failed only if it was still ours (it may have been
+                // completed meanwhile): the event says which.
+                let marked = requests::fail(&self.region, id, epoch, &self.me).unwrap_or(false);
                 events::record(
                     &self.region,
                     EventKind::RestartLightFailed,
                     name,
                     Some(&self.me_name),
-                    [last_code, failures, 1],
+                    [last_code, failures, u64::from(marked)],
                 );
                 return;
             }
