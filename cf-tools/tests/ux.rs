@@ -596,6 +596,37 @@ fn displays_an_operator_knows() {
     b.expect_exit_ok();
 }
 
+/// A restart light reports its own peak memory, not the peak of the member
+/// that started it: `getrusage`'s `ru_maxrss` keeps the spawning process's
+/// high-water mark across `execve` (a light started by a member with a
+/// 64 MiB buffer pool reported 64 MiB), `VmHWM` is this program's.
+#[test]
+fn a_restart_light_reports_its_own_peak_memory() {
+    let plex = plex_made_with(&["--accounts", "10", "--lock-entries", "16"]);
+    let mut m = plex.spawn_node("run", &["--member", "BIG", "--buffer-pool-mb", "64"], &[]);
+    m.wait_line(|l| l.contains("running"));
+    let mut h = plex.hold("A", &[("modify", "acct:1")]);
+    h.kill_and_reap();
+    let light = || {
+        plex.json(&["display", "events"]).as_array().and_then(|e| {
+            e.iter()
+                .find(|e| e["kind"] == "terminated_normally" && e["member"] == "A")
+                .cloned()
+        })
+    };
+    common::eventually("A's restart light to end", || light().is_some());
+    let peak = light()
+        .and_then(|e| e["peak_rss_kib"].as_u64())
+        .unwrap_or(0);
+    assert!(peak > 0, "a peak is reported");
+    assert!(
+        peak < 32 * 1024,
+        "the light's own peak ({peak} KiB), not its 64 MiB starter's"
+    );
+    m.term();
+    assert!(m.finish().status.success());
+}
+
 #[test]
 fn a_member_counts_the_deaths_it_detected() {
     let plex = plex_made_with(&["--accounts", "10", "--lock-entries", "16"]);
