@@ -1,10 +1,14 @@
-//! Shared set-up for the criterion benchmarks in `lock_paths.rs`.
+//! The benchmarks of the lock paths: [`bench`] is `cfctl bench` (the product
+//! beside its peers in one run), and the rest of this file is the shared
+//! set-up of the criterion benchmarks in `lock_paths.rs`.
 //!
 //! Everything a benchmark maps lives in one fresh temporary directory under
 //! `/dev/shm` ([`ShmDir`]), removed when it is dropped: the bare word of the
 //! `cas_pair` floor ([`ShmWord`]) and the regions ([`Fixture`]), so the floor
 //! and the lock paths are measured on the same kind of memory (a `MAP_SHARED`
 //! mapping of a tmpfs file).
+
+pub mod bench;
 
 use cf_core::{
     CreateOptions, Holder, LockId, Member, Mode, Plex, Region, Resource, Sizes, TryOutcome,

@@ -1,16 +1,87 @@
-//! The bank workload: transfers between random accounts. Both legs are made
-//! under modify locks (taken in account order, so members never deadlock), each
-//! leg logged before the account changes, then a commit record, then the locks
-//! are released. The total of all balances never changes; `--pause-us` pauses
-//! between the legs so that a kill often lands inside a transaction.
+//! The bank workload. A *transfer* takes modify locks on its accounts (in
+//! account order, so members never deadlock), logs each leg before the
+//! account changes, then a commit record, then releases the locks: the total
+//! of all balances never changes, and `--pause-us` pauses between the legs so
+//! that a kill often lands inside a transaction. A *read* (`--read-pct`)
+//! takes share locks on its accounts (in the same order), reads them and
+//! releases them: it writes no log record, so the committed-history archive
+//! and recovery see only transfers.
+//!
+//! Which accounts a transaction touches is seeded (`--seed`; each worker
+//! thread gets its own stream): uniform, Zipfian, or a hot set taking a share
+//! of the accesses. `--tx-size` accounts per transaction, `--think` between
+//! transactions, and `--rate` a fixed rate instead of a closed loop.
 
 use crate::bufpool::{BufferPool, PAGE};
+use crate::stats::{Recorder, Summary};
 use crate::store::Store;
 use crate::wal::{LogRecord, LogWriter};
 use cf_core::{Holder, Mode, WaitError};
+use rand::{Rng as _, SeedableRng};
+use rand_distr::Distribution;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Which accounts a transaction picks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Skew {
+    /// Every account alike.
+    Uniform,
+    /// Zipfian with exponent `s` (> 0): account 0 the most popular.
+    Zipf(f64),
+    /// The first `accounts` accounts take `pct` percent of the accesses.
+    Hot { accounts: u64, pct: f64 },
+}
+
+impl std::str::FromStr for Skew {
+    type Err = String;
+    /// `uniform`, `zipf:S` (S > 0, e.g. `zipf:0.99`), `hot:K:P` (K accounts
+    /// taking P percent, e.g. `hot:10:90`).
+    fn from_str(s: &str) -> Result<Skew, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let num = |x: &str| -> Result<f64, String> {
+            x.parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| format!("{x:?} is not a number"))
+        };
+        match parts.as_slice() {
+            ["uniform"] => Ok(Skew::Uniform),
+            ["zipf", e] => {
+                let e = num(e)?;
+                if !(e > 0.0 && e <= 10.0) {
+                    return Err("zipf:S needs S in (0, 10]".into());
+                }
+                Ok(Skew::Zipf(e))
+            }
+            ["hot", k, p] => {
+                let k: u64 = k.parse().map_err(|_| format!("{k:?} is not a count"))?;
+                let p = num(p)?;
+                if k == 0 || !(0.0..=100.0).contains(&p) {
+                    return Err("hot:K:P needs K >= 1 accounts and P from 0 to 100".into());
+                }
+                Ok(Skew::Hot {
+                    accounts: k,
+                    pct: p,
+                })
+            }
+            _ => Err(format!(
+                "{s:?}: give uniform, zipf:S (e.g. zipf:0.99) or hot:K:P (e.g. hot:10:90)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Skew {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Skew::Uniform => write!(f, "uniform"),
+            Skew::Zipf(e) => write!(f, "zipf:{e}"),
+            Skew::Hot { accounts, pct } => write!(f, "hot:{accounts}:{pct}"),
+        }
+    }
+}
 
 /// Settings of the workload.
 #[derive(Clone, Debug)]
@@ -20,15 +91,74 @@ pub struct BankConfig {
     pub max_amount: i64,
     /// Checkpoint (truncate) the log when it grows past this many bytes.
     pub checkpoint_bytes: u64,
+    pub skew: Skew,
+    /// Percent of transactions that are reads (share locks, no log).
+    pub read_pct: f64,
+    /// Accounts per transaction (2 or more).
+    pub tx_size: u32,
+    /// Pause between two transactions of a worker.
+    pub think: Duration,
+    /// Transactions per second of each worker (None: closed loop).
+    pub rate: Option<f64>,
 }
+
+impl Default for BankConfig {
+    fn default() -> BankConfig {
+        BankConfig {
+            pause: Duration::ZERO,
+            lock_timeout: Duration::from_secs(2),
+            max_amount: 100,
+            checkpoint_bytes: 1 << 20,
+            skew: Skew::Uniform,
+            read_pct: 0.0,
+            tx_size: 2,
+            think: Duration::ZERO,
+            rate: None,
+        }
+    }
+}
+
+/// The kinds of transaction, for counts and latencies.
+pub const KINDS: [&str; 2] = ["transfer", "read"];
 
 /// Counters of one member's workload.
 #[derive(Debug, Default)]
 pub struct BankStats {
     pub committed: AtomicU64,
+    /// Read-only transactions done.
+    pub reads: AtomicU64,
     /// Transfers not started because a lock was retained or timed out.
     pub skipped_retained: AtomicU64,
     pub skipped_timeout: AtomicU64,
+    /// Latency (lock to release) of each kind, in µs.
+    latency: Mutex<Option<[Recorder; 2]>>,
+}
+
+impl BankStats {
+    fn record(&self, kind: usize, took: Duration) {
+        let mut l = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let r = l.get_or_insert_with(|| [Recorder::new("µs"), Recorder::new("µs")]);
+        r[kind].record(took.as_nanos() as f64 / 1e3);
+    }
+
+    /// The latency distribution of each kind (`KINDS` order), as
+    /// (µs, count) pairs.
+    pub fn latency_buckets(&self) -> [Vec<(f64, u64)>; 2] {
+        let l = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        match &*l {
+            Some([a, b]) => [a.buckets(), b.buckets()],
+            None => [Vec::new(), Vec::new()],
+        }
+    }
+
+    /// The latency of each kind of transaction (`KINDS` order).
+    pub fn latency(&self) -> [Summary; 2] {
+        let l = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        match &*l {
+            Some([a, b]) => [a.summary(), b.summary()],
+            None => [Summary::of([], "µs"), Summary::of([], "µs")],
+        }
+    }
 }
 
 /// What the worker threads of one member share.
@@ -45,23 +175,88 @@ pub struct Bank {
     poisoned: AtomicBool,
 }
 
-/// A small xorshift generator (no need for cryptographic randomness here).
-pub struct Rng(u64);
+/// The workload's seeded generator: PCG (`rand_pcg::Pcg64`), whose stream is
+/// fixed by its seed across platforms and versions.
+pub struct Rng(rand_pcg::Pcg64);
 
 impl Rng {
     pub fn seeded(seed: u64) -> Rng {
-        Rng(seed | 1)
+        Rng(rand_pcg::Pcg64::seed_from_u64(seed))
     }
     pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
+        self.0.random()
     }
+    /// Uniform in `0..n` (0 when `n` is 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
+        if n == 0 {
+            0
+        } else {
+            self.0.random_range(0..n)
+        }
+    }
+    /// True with probability `pct` percent.
+    pub fn percent(&mut self, pct: f64) -> bool {
+        pct > 0.0 && self.0.random::<f64>() * 100.0 < pct
+    }
+}
+
+/// Draws accounts for one worker.
+pub struct Picker {
+    n: u64,
+    skew: Skew,
+    zipf: Option<rand_distr::Zipf<f64>>,
+}
+
+impl Picker {
+    pub fn new(n: u64, skew: Skew) -> Picker {
+        let zipf = match skew {
+            Skew::Zipf(s) => rand_distr::Zipf::new(n.max(1) as f64, s).ok(),
+            _ => None,
+        };
+        Picker { n, skew, zipf }
+    }
+
+    /// One account.
+    pub fn one(&self, rng: &mut Rng) -> u64 {
+        match self.skew {
+            Skew::Uniform => rng.below(self.n),
+            Skew::Zipf(_) => match &self.zipf {
+                // Zipf samples ranks 1..=n.
+                Some(z) => (z.sample(&mut rng.0) as u64)
+                    .saturating_sub(1)
+                    .min(self.n - 1),
+                None => rng.below(self.n),
+            },
+            Skew::Hot { accounts, pct } => {
+                let k = accounts.min(self.n);
+                if k >= self.n || rng.percent(pct) {
+                    rng.below(k)
+                } else {
+                    k + rng.below(self.n - k)
+                }
+            }
+        }
+    }
+
+    /// `size` distinct accounts in the order drawn (a skewed draw that keeps
+    /// repeating itself falls back to the next unused account).
+    pub fn distinct(&self, rng: &mut Rng, size: usize) -> Vec<u64> {
+        let mut v: Vec<u64> = Vec::with_capacity(size);
+        let size = size.min(self.n as usize);
+        while v.len() < size {
+            let mut a = self.one(rng);
+            let mut tries = 0;
+            while v.contains(&a) {
+                tries += 1;
+                a = if tries < 32 {
+                    self.one(rng)
+                } else {
+                    (a + 1) % self.n
+                };
+            }
+            v.push(a);
+        }
+        v
     }
 }
 
@@ -133,54 +328,99 @@ impl Bank {
         Ok(())
     }
 
-    /// One transfer. Returns false if it was skipped (a lock retained or busy).
-    pub fn transfer(&self, h: &mut Holder, rng: &mut Rng) -> anyhow::Result<bool> {
-        let n = self.store.count();
-        if n < 2 {
-            anyhow::bail!("the bank needs at least two accounts");
+    /// Release `held` (on the way out of a transaction that could not take
+    /// all its locks) and count why.
+    fn give_up(
+        &self,
+        h: &mut Holder,
+        held: Vec<cf_core::LockId>,
+        e: WaitError,
+    ) -> anyhow::Result<()> {
+        for id in held {
+            h.unlock(id)?;
         }
-        let from = rng.below(n);
-        let to = (from + 1 + rng.below(n - 1)) % n;
-        let (lo, hi) = (from.min(to), from.max(to));
-        let mut held = Vec::with_capacity(2);
-        for acct in [lo, hi] {
+        match e {
+            WaitError::Retained(_) => {
+                self.stats.skipped_retained.fetch_add(1, Ordering::Relaxed);
+                // The retaining member is being recovered: give it a moment.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            WaitError::Timeout(_) => {
+                self.stats.skipped_timeout.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Lock `accounts` (sorted) in `mode`; None (locks given back) if one was
+    /// retained or busy.
+    fn lock_all(
+        &self,
+        h: &mut Holder,
+        sorted: &[u64],
+        mode: Mode,
+    ) -> anyhow::Result<Option<Vec<cf_core::LockId>>> {
+        let mut held = Vec::with_capacity(sorted.len());
+        for &acct in sorted {
             match h.lock(
                 Store::resource(acct).as_bytes(),
-                Mode::Modify,
+                mode,
                 self.config.lock_timeout,
             )? {
                 Ok(id) => held.push(id),
                 Err(e) => {
-                    for id in held {
-                        h.unlock(id)?;
-                    }
-                    match e {
-                        WaitError::Retained(_) => {
-                            self.stats.skipped_retained.fetch_add(1, Ordering::Relaxed);
-                            // The retaining member is being recovered: give it a moment.
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                        WaitError::Timeout(_) => {
-                            self.stats.skipped_timeout.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    return Ok(false);
+                    self.give_up(h, held, e)?;
+                    return Ok(None);
                 }
             }
         }
+        Ok(Some(held))
+    }
+
+    /// One transfer from the first of `accounts` to the others. Returns
+    /// false if it was skipped (a lock retained or busy).
+    pub fn transfer_between(
+        &self,
+        h: &mut Holder,
+        accounts: &[u64],
+        rng: &mut Rng,
+    ) -> anyhow::Result<bool> {
+        if accounts.len() < 2 {
+            anyhow::bail!("a transfer needs at least two accounts");
+        }
+        let mut sorted = accounts.to_vec();
+        sorted.sort_unstable();
+        let Some(held) = self.lock_all(h, &sorted, Mode::Modify)? else {
+            return Ok(false);
+        };
         let txid = self.next_txid.fetch_add(1, Ordering::Relaxed);
         let amount = 1 + rng.below(self.config.max_amount.max(1) as u64) as i64;
-        let a = self.read(from)?;
-        let b = self.read(to)?;
+        let from = accounts[0];
+        let before: Vec<i64> = accounts
+            .iter()
+            .map(|&a| self.read(a))
+            .collect::<Result<_, _>>()?;
         // Balances come from a shared file (and a forged log's back-out may
         // have put anything there): never wrap.
-        let (Some(a_after), Some(b_after)) = (a.checked_sub(amount), b.checked_add(amount)) else {
+        let debit = amount * (accounts.len() as i64 - 1);
+        let after: Option<Vec<i64>> = before
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if i == 0 {
+                    b.checked_sub(debit)
+                } else {
+                    b.checked_add(amount)
+                }
+            })
+            .collect();
+        let Some(after) = after else {
             for id in held {
                 h.unlock(id)?;
             }
             anyhow::bail!(
-                "account {from} ({a}) or {to} ({b}) would overflow by a transfer of {amount}: \
-                 the accounts file holds impossible balances"
+                "accounts {accounts:?} ({before:?}) would overflow by a transfer of {amount} \
+                 to each: the accounts file holds impossible balances"
             );
         };
         // From the first leg on, a failure leaves the transaction in flight.
@@ -188,12 +428,16 @@ impl Bank {
             self.poisoned.store(true, Ordering::Relaxed);
             e
         };
-        self.leg(txid, from, a, a_after, true).map_err(poison)?;
+        self.leg(txid, from, before[0], after[0], true)
+            .map_err(poison)?;
         cf_core::crash::point("bank.between_legs");
         if !self.config.pause.is_zero() {
             std::thread::sleep(self.config.pause);
         }
-        self.leg(txid, to, b, b_after, false).map_err(poison)?;
+        for (i, &to) in accounts.iter().enumerate().skip(1) {
+            self.leg(txid, to, before[i], after[i], false)
+                .map_err(poison)?;
+        }
         self.log
             .append(&LogRecord::Commit { txid }, false, true)
             .map_err(|e| poison(e.into()))?;
@@ -206,18 +450,78 @@ impl Bank {
         Ok(true)
     }
 
-    /// A worker thread's loop: transfer until told to stop.
-    /// A worker thread's loop: transfer until told to stop. A transfer that
-    /// failed inside its transaction keeps its locks (the holder is not
+    /// One uniform two-account transfer. Returns false if it was skipped.
+    pub fn transfer(&self, h: &mut Holder, rng: &mut Rng) -> anyhow::Result<bool> {
+        let n = self.store.count();
+        if n < 2 {
+            anyhow::bail!("the bank needs at least two accounts");
+        }
+        let accounts = Picker::new(n, Skew::Uniform).distinct(rng, 2);
+        self.transfer_between(h, &accounts, rng)
+    }
+
+    /// One read-only transaction: share locks on `accounts`, read, release.
+    /// No log record. Returns false if it was skipped.
+    pub fn read_only(&self, h: &mut Holder, accounts: &[u64]) -> anyhow::Result<bool> {
+        let mut sorted = accounts.to_vec();
+        sorted.sort_unstable();
+        let Some(held) = self.lock_all(h, &sorted, Mode::Share)? else {
+            return Ok(false);
+        };
+        for &a in &sorted {
+            self.read(a)?;
+        }
+        for id in held {
+            h.unlock(id)?;
+        }
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// A worker thread's loop: transactions until told to stop. A transfer
+    /// that failed inside its transaction keeps its locks (the holder is not
     /// dropped, which would release them over half-changed accounts).
     pub fn run_worker(&self, mut h: Holder, seed: u64) -> anyhow::Result<()> {
         let mut rng = Rng::seeded(seed);
+        let n = self.store.count();
+        if n < 2 {
+            anyhow::bail!("the bank needs at least two accounts");
+        }
+        let picker = Picker::new(n, self.config.skew);
+        let size = (self.config.tx_size.max(2) as usize).min(n as usize);
+        let start = Instant::now();
+        let mut started = 0u64;
         while !self.stop.load(Ordering::Relaxed) {
-            if let Err(e) = self.transfer(&mut h, &mut rng) {
-                if self.poisoned() {
-                    std::mem::forget(h);
+            if let Some(rate) = self.config.rate {
+                // Open loop: transaction i starts at i / rate.
+                let due = start + Duration::from_secs_f64(started as f64 / rate);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep((due - now).min(Duration::from_millis(50)));
+                    continue;
                 }
-                return Err(e);
+            }
+            started += 1;
+            let accounts = picker.distinct(&mut rng, size);
+            let read = rng.percent(self.config.read_pct);
+            let t = Instant::now();
+            let done = if read {
+                self.read_only(&mut h, &accounts)
+            } else {
+                self.transfer_between(&mut h, &accounts, &mut rng)
+            };
+            match done {
+                Ok(true) => self.stats.record(read as usize, t.elapsed()),
+                Ok(false) => {}
+                Err(e) => {
+                    if self.poisoned() {
+                        std::mem::forget(h);
+                    }
+                    return Err(e);
+                }
+            }
+            if !self.config.think.is_zero() {
+                std::thread::sleep(self.config.think);
             }
         }
         Ok(())
@@ -228,6 +532,46 @@ impl Bank {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn seeded_streams_differ_by_seed_and_repeat() {
+        let draw = |s| {
+            let mut r = Rng::seeded(s);
+            (0..8).map(|_| r.next_u64()).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(2), draw(2));
+        assert_ne!(draw(2), draw(3), "seeds 2k and 2k+1 must differ");
+    }
+
+    #[test]
+    fn skews_parse_and_pick_in_range() {
+        for s in ["uniform", "zipf:0.99", "hot:10:90"] {
+            let skew: Skew = s.parse().unwrap();
+            assert_eq!(skew.to_string(), s);
+            let p = Picker::new(100, skew);
+            let mut r = Rng::seeded(7);
+            for _ in 0..1000 {
+                let v = p.distinct(&mut r, 4);
+                assert_eq!(v.len(), 4);
+                assert!(v.iter().all(|&a| a < 100));
+                let mut d = v.clone();
+                d.sort();
+                d.dedup();
+                assert_eq!(d.len(), 4, "{v:?}");
+            }
+        }
+        for bad in ["zipf:0", "hot:0:50", "hot:5:101", "pareto", "zipf:x"] {
+            assert!(bad.parse::<Skew>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_hot_set_takes_its_share() {
+        let p = Picker::new(1000, "hot:10:90".parse().unwrap());
+        let mut r = Rng::seeded(1);
+        let hot = (0..10_000).filter(|_| p.one(&mut r) < 10).count();
+        assert!((8_500..9_500).contains(&hot), "{hot}");
+    }
 
     /// Balances from a forged log's back-out: a transfer must refuse to wrap
     /// (and give its locks back), never write a wrapped balance.
@@ -249,6 +593,7 @@ mod tests {
             lock_timeout: Duration::from_secs(1),
             max_amount: 100,
             checkpoint_bytes: 1 << 20,
+            ..BankConfig::default()
         };
         let bank = Bank::new(store, log, None, cfg);
         let m = cf_core::Member::connect(region, "A").unwrap();

@@ -119,29 +119,31 @@ impl BufferPool {
     }
 }
 
-/// Peak resident set size of this process in KiB (`VmHWM`), if readable.
-/// Resident memory of this process that is not the shared region (or any
-/// other shared-memory mapping): `RssAnon + RssFile` of `/proc/self/status`,
-/// in KiB. `VmHWM` counts every page of the region the process touched.
-pub fn rss_without_shmem_kib() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| -> Option<u64> {
-        s.lines()
-            .find(|l| l.starts_with(name))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    Some(field("RssAnon:")? + field("RssFile:")?)
-}
-
-pub fn peak_rss_kib() -> Option<u64> {
+/// A `kB` field of `/proc/self/status` (`VmHWM:`, `RssAnon:`...).
+///
+/// Read from `/proc` on purpose: no system call gives these. `getrusage`'s
+/// `ru_maxrss` is not this process's peak: Linux keeps the high-water mark
+/// of the process that spawned it across `execve`, so a restart light
+/// started by a member with a 64 MiB pool reported 64 MiB.
+fn status_kib(field: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     s.lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// Resident memory of this process that is not the shared region (or any
+/// other shared-memory mapping): `RssAnon + RssFile`, in KiB. `VmHWM`
+/// counts every page of the region the process touched.
+pub fn rss_without_shmem_kib() -> Option<u64> {
+    Some(status_kib("RssAnon:")? + status_kib("RssFile:")?)
+}
+
+/// Peak resident set size of this program in KiB (`VmHWM`, the kernel's
+/// high-water mark of this process's memory since its `execve`).
+pub fn peak_rss_kib() -> Option<u64> {
+    status_kib("VmHWM:")
 }

@@ -20,5 +20,7 @@ pub mod monitor;
 pub mod pidfd;
 pub mod recover;
 pub mod restart_light;
+pub mod signals;
+pub mod stats;
 pub mod store;
 pub mod wal;

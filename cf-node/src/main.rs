@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use cf_core::events::{self, EventKind};
 use cf_core::{Member, Plex, ProcessId, Region};
-use cf_node::bank::{Bank, BankConfig};
+use cf_node::bank::{Bank, BankConfig, Skew, KINDS};
 use cf_node::bufpool::{peak_rss_kib, BufferPool};
 use cf_node::monitor::Monitor;
 use cf_node::recover::recover;
@@ -53,18 +53,41 @@ struct RunArgs {
     member: String,
     #[arg(long, value_enum, default_value_t = Workload::Bank)]
     workload: Workload,
-    /// Worker threads running the workload
+    /// Worker threads running the workload, at least 1 (each takes a block of the region's
+    /// record entries: at most as many as a member has blocks; checked before connecting)
     #[arg(long, default_value_t = 1)]
     threads: u32,
     /// Pause between the two legs of a transfer, in microseconds (a kill then often lands inside a transaction)
     #[arg(long, default_value_t = 0)]
     pause_us: u64,
-    /// Buffer pool size in MiB (a private page cache of the data, allocated and touched at start; at most half of the machine's memory)
+    /// Buffer pool size in MiB (a private page cache of the data, allocated and touched at
+    /// start; at most half of the machine's memory, refused before connecting)
     #[arg(long, default_value_t = 64)]
     buffer_pool_mb: u64,
     /// How long a transfer waits for a lock held by a live member, in milliseconds
     #[arg(long, default_value_t = 2000)]
     lock_timeout_ms: u64,
+    /// Seed of the workload's choices (each worker thread draws its own stream from it);
+    /// default: from the clock, printed in the closing summary
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Which accounts a transaction picks: uniform, zipf:S (exponent S, e.g. zipf:0.99),
+    /// hot:K:P (the first K accounts take P percent of the accesses, e.g. hot:10:90)
+    #[arg(long, default_value = "uniform")]
+    skew: Skew,
+    /// Percent of transactions that only read (share locks, no log record), 0 to 100
+    #[arg(long, default_value_t = 0.0)]
+    read_pct: f64,
+    /// Accounts a transaction touches, 2 to 16 (a transfer moves money from the first to the others)
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=16))]
+    tx_size: u32,
+    /// Pause between two transactions of a worker, in microseconds (or 10ms, 1.5s...)
+    #[arg(long, default_value = "0", value_parser = cf_node::cli::micros)]
+    think: Duration,
+    /// Transactions per second of each worker thread, a fixed rate (open loop) instead of as
+    /// fast as it goes (closed loop)
+    #[arg(long)]
+    rate: Option<f64>,
     /// Checkpoint (truncate) the log when it grows past this many bytes (archiving its committed transactions first when the plex keeps history)
     #[arg(long, default_value_t = 1 << 20)]
     checkpoint_bytes: u64,
@@ -116,10 +139,12 @@ fn light(a: LightArgs) -> Result<()> {
     let plex = Plex::resolve(a.plex.as_deref());
     let s = cf_node::restart_light::run(&plex.dir, &a.member, a.by.as_deref())?;
     if a.json {
-        println!(
-            "{{\"member\":\"{}\",\"recovered\":{},\"transactions\":{},\"updates_undone\":{},\"released\":{},\"peak_rss_kib\":{},\"elapsed_ns\":{}}}",
-            s.member, s.recovered, s.transactions, s.updates_undone, s.released, s.peak_rss_kib, s.elapsed_ns
-        );
+        let v = serde_json::json!({
+            "member": s.member, "recovered": s.recovered, "transactions": s.transactions,
+            "updates_undone": s.updates_undone, "released": s.released,
+            "peak_rss_kib": s.peak_rss_kib, "elapsed_ns": s.elapsed_ns,
+        });
+        println!("{v}");
     } else if s.recovered {
         println!(
             "restart light of {}: backed out {} transaction(s) ({} updates), released {} retained lock(s), terminated normally; peak RSS {} KiB",
@@ -129,16 +154,6 @@ fn light(a: LightArgs) -> Result<()> {
         println!("restart light of {}: nothing to recover", s.member);
     }
     Ok(())
-}
-
-fn block_stop_signals() -> Result<nix::sys::signal::SigSet> {
-    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGINT);
-    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
-        .context("blocking signals")?;
-    Ok(set)
 }
 
 /// Connect, waiting while a restart light of the same name is still running.
@@ -185,7 +200,10 @@ fn prepare(a: &RunArgs) -> Result<Prepared> {
     let plex = Plex::resolve(a.plex.as_deref());
     let region = Arc::new(Region::open(&plex)?);
     // Each worker thread's holder claims a block of record entries at once.
-    let threads = a.threads.max(1);
+    if a.threads == 0 {
+        anyhow::bail!("--threads 0: a member runs at least one worker thread");
+    }
+    let threads = a.threads;
     let blocks = region.blocks_per_member();
     if a.workload == Workload::Bank && threads > blocks {
         anyhow::bail!(
@@ -196,16 +214,45 @@ fn prepare(a: &RunArgs) -> Result<Prepared> {
             region.records_per_member()
         );
     }
+    if !(a.read_pct.is_finite() && (0.0..=100.0).contains(&a.read_pct)) {
+        anyhow::bail!("--read-pct must be 0 to 100, got {}", a.read_pct);
+    }
+    if let Some(r) = a.rate {
+        if !(r.is_finite() && r > 0.0 && r <= 1e7) {
+            anyhow::bail!("--rate must be a positive number of transactions per second, got {r}");
+        }
+    }
+    if a.workload == Workload::Bank {
+        // Each worker holds up to --tx-size locks at once.
+        let per = region.records_per_member() as u64;
+        let need = threads as u64 * a.tx_size as u64;
+        if need > per {
+            anyhow::bail!(
+                "--threads {} × --tx-size {} needs {need} record entries, the region has {per} per member",
+                a.threads,
+                a.tx_size
+            );
+        }
+    }
     // Read-only checks of this member's plex files (the log is opened for
-    // writing only once we are connected as the member, its only writer).
+    // writing only once we are connected as the member, its only writer:
+    // opening it cuts a torn tail, which may be a record the running member
+    // of this name, or the restart light of our previous life, is writing).
     cf_node::wal::read_log(&cf_node::wal::log_path(&plex.dir, &a.member))?;
     cf_node::history::precheck(&plex.dir, &a.member)?;
     let (store, pool) = match a.workload {
         Workload::Idle => (None, None),
-        Workload::Bank => (
-            Some(Store::open(&plex.dir)?),
-            Some(BufferPool::with_mib(a.buffer_pool_mb)?),
-        ),
+        Workload::Bank => {
+            let store = Store::open(&plex.dir)?;
+            if (a.tx_size as u64) > store.count() {
+                anyhow::bail!(
+                    "--tx-size {} is more than the {} accounts",
+                    a.tx_size,
+                    store.count()
+                );
+            }
+            (Some(store), Some(BufferPool::with_mib(a.buffer_pool_mb)?))
+        }
     };
     Ok(Prepared {
         plex,
@@ -219,10 +266,12 @@ fn prepare(a: &RunArgs) -> Result<Prepared> {
 }
 
 fn run(a: RunArgs) -> Result<()> {
-    // Signals first, so every thread inherits the mask and SIGTERM waits for us.
-    let signals = block_stop_signals()?;
+    // Signals first, so that a stop signal is always handled.
+    let mut signals =
+        cf_node::signals::StopWait::install().context("installing signal handlers")?;
     let p = prepare(&a)?;
     let member = connect(&p.region, &a.member)?;
+    let first_event = events::next_seq(&p.region);
     let region = p.region.clone();
     let name = a.member.clone();
     // The liveness word and the heartbeat, from a thread of their own.
@@ -238,12 +287,12 @@ fn run(a: RunArgs) -> Result<()> {
             anyhow::bail!("starting the liveness thread: {e}");
         }
     };
-    match run_connected(&a, p, &member, signals) {
+    match run_connected(&a, p, &member, &mut signals, first_event) {
         Ok(stopped) => {
             liveness.stop();
             member.disconnect()?;
             events::record(&region, EventKind::Disconnected, &name, None, [0, 0, 0]);
-            print_summary(&a, &stopped);
+            print_summary(&a, &region, &stopped);
             Ok(())
         }
         // A transaction was in flight (or our own recovery did not finish):
@@ -278,7 +327,8 @@ fn run_connected(
     a: &RunArgs,
     p: Prepared,
     member: &Member,
-    signals: nix::sys::signal::SigSet,
+    signals: &mut cf_node::signals::StopWait,
+    first_event: u64,
 ) -> std::result::Result<Stopped, Failure> {
     let Prepared {
         plex,
@@ -354,6 +404,9 @@ fn run_connected(
     };
     monitor.spawn().map_err(disconnect_on)?;
     let mut workers = Vec::new();
+    let seed = a
+        .seed
+        .unwrap_or_else(|| cf_core::connector::now_ns() ^ std::process::id() as u64);
     let bank = match (store, pool) {
         (Some(store), Some(pool)) => {
             let log = LogWriter::open(&plex.dir, &a.member, false)
@@ -363,6 +416,11 @@ fn run_connected(
                 lock_timeout: Duration::from_millis(a.lock_timeout_ms),
                 max_amount: 100,
                 checkpoint_bytes: a.checkpoint_bytes,
+                skew: a.skew,
+                read_pct: a.read_pct,
+                tx_size: a.tx_size,
+                think: a.think,
+                rate: a.rate,
             };
             let bank = Arc::new(Bank::new(store, log, Some(pool), cfg));
             // Every holder first (each claims a block: checked in `prepare`),
@@ -377,9 +435,9 @@ fn run_connected(
             }
             for (t, h) in holders.into_iter().enumerate() {
                 let b = bank.clone();
-                let seed =
-                    cf_core::connector::now_ns() ^ ((t as u64) << 48) ^ std::process::id() as u64;
-                workers.push(std::thread::spawn(move || b.run_worker(h, seed)));
+                // Each worker its own stream, fixed by the seed.
+                let wseed = seed ^ (t as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                workers.push(std::thread::spawn(move || b.run_worker(h, wseed)));
             }
             Some(bank)
         }
@@ -396,7 +454,7 @@ fn run_connected(
     use std::io::Write;
     let _ = std::io::stdout().flush();
     // Wait for a stop signal, or for a worker that ends by itself (an error).
-    let sig = wait_for_stop(&signals, &workers, bank.as_deref());
+    let sig = wait_for_stop(signals, &workers, bank.as_deref());
     if let Some(b) = &bank {
         b.stop.store(true, Ordering::Relaxed);
     }
@@ -418,71 +476,94 @@ fn run_connected(
             Failure::Disconnect(e)
         });
     }
-    let sig = sig.map_err(disconnect_on)?;
-    Ok(Stopped { sig, bank, monitor })
+    Ok(Stopped {
+        sig,
+        bank,
+        monitor,
+        seed,
+        first_event,
+    })
 }
 
 /// A member that stopped on a signal, ready to disconnect.
 struct Stopped {
-    sig: nix::sys::signal::Signal,
+    sig: &'static str,
     bank: Option<Arc<Bank>>,
     monitor: Arc<Monitor>,
+    /// The workload's seed (printed: a run can be repeated).
+    seed: u64,
+    /// The first event after our connect (for the deaths we detected).
+    first_event: u64,
 }
 
-/// Block until SIGTERM/SIGINT, or until a worker thread has ended by itself
-/// (it failed: the member stops).
+/// Wait until SIGTERM/SIGINT, or until a worker thread has ended by itself
+/// (it failed: the member stops, as if told to).
 fn wait_for_stop(
-    signals: &nix::sys::signal::SigSet,
+    signals: &mut cf_node::signals::StopWait,
     workers: &[std::thread::JoinHandle<Result<()>>],
     bank: Option<&Bank>,
-) -> Result<nix::sys::signal::Signal> {
+) -> &'static str {
     if workers.is_empty() || bank.is_none() {
-        return signals.wait().context("waiting for a signal");
+        return signals.wait();
     }
-    // sigtimedwait in slices, so a dead worker is noticed.
-    loop {
-        let ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 50_000_000,
-        };
-        // SAFETY: `signals` is a valid sigset; a null siginfo is allowed.
-        let r = unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &ts) };
-        if r > 0 {
-            return nix::sys::signal::Signal::try_from(r).context("waiting for a signal");
-        }
-        if workers.iter().any(|w| w.is_finished()) {
-            return Ok(nix::sys::signal::Signal::SIGTERM);
-        }
-    }
+    signals
+        .wait_or(Duration::from_millis(50), || {
+            workers.iter().any(|w| w.is_finished())
+        })
+        .unwrap_or("SIGTERM")
 }
 
 /// Print the summary of a member that stopped normally (and disconnected).
-fn print_summary(a: &RunArgs, s: &Stopped) {
+fn print_summary(a: &RunArgs, region: &Region, s: &Stopped) {
     use std::io::Write;
-    let committed = s
-        .bank
-        .as_ref()
-        .map_or(0, |b| b.stats.committed.load(Ordering::Relaxed));
-    let skipped = s
-        .bank
-        .as_ref()
-        .map_or(0, |b| b.stats.skipped_retained.load(Ordering::Relaxed));
-    let rss = peak_rss_kib().unwrap_or(0);
-    let detections = s.monitor.detections.load(Ordering::Relaxed);
+    // Deaths this member detected: by its monitor, or through the lock path
+    // (a request that found a dead holder and cleaned it up); both record
+    // `detected` with this member as `by`.
+    let detected_events = events::read_since(region, s.first_event)
+        .iter()
+        .filter(|e| e.kind == EventKind::Detected && e.by.as_deref() == Some(a.member.as_str()))
+        .count() as u64;
+    let detections = detected_events.max(s.monitor.detections.load(Ordering::Relaxed));
+    let stats = s.bank.as_ref().map(|b| &b.stats);
+    let get = |f: fn(&cf_node::bank::BankStats) -> &AtomicU64| {
+        stats.map_or(0, |s| f(s).load(Ordering::Relaxed))
+    };
+    let committed = get(|s| &s.committed);
+    let reads = get(|s| &s.reads);
+    let skipped = get(|s| &s.skipped_retained);
+    let timeouts = get(|s| &s.skipped_timeout);
     let restarts = s.monitor.restarts.load(Ordering::Relaxed);
-    let sig = s.sig;
-    let mut out = std::io::stdout().lock();
-    let _ = if a.json {
-        writeln!(
-            out,
-            "{{\"member\":\"{}\",\"committed\":{committed},\"skipped_retained\":{skipped},\"detections\":{detections},\"restarts\":{restarts},\"peak_rss_kib\":{rss}}}",
-            a.member,
-        )
+    let rss = peak_rss_kib().unwrap_or(0);
+    let (sig, seed) = (s.sig, s.seed);
+    let line = if a.json {
+        let latency: serde_json::Map<String, serde_json::Value> = match stats {
+            Some(s) => KINDS
+                .iter()
+                .zip(s.latency())
+                .map(|(k, l)| (k.to_string(), serde_json::json!(l)))
+                .collect(),
+            None => Default::default(),
+        };
+        let buckets: serde_json::Map<String, serde_json::Value> = match stats {
+            Some(s) => KINDS
+                .iter()
+                .zip(s.latency_buckets())
+                .map(|(k, b)| (k.to_string(), serde_json::json!(b)))
+                .collect(),
+            None => Default::default(),
+        };
+        serde_json::json!({
+            "member": a.member, "seed": seed, "committed": committed, "reads": reads,
+            "skipped_retained": skipped, "skipped_timeout": timeouts,
+            "detections": detections, "restarts": restarts, "peak_rss_kib": rss,
+            "latency_us": latency, "latency_buckets_us": buckets,
+        })
+        .to_string()
     } else {
-        writeln!(
-            out,
-            "member {} stopped by {sig}: {committed} transfers committed, {skipped} skipped on retained locks, {detections} deaths detected, {restarts} restarts run; peak RSS {rss} KiB",
-            a.member,
+        format!(
+            "member {} stopped by {sig}: {committed} transfers committed, {reads} reads, {skipped} skipped on retained locks, {detections} deaths detected, {restarts} restarts run; peak RSS {rss} KiB; seed {seed}",
+            a.member
         )
     };
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }

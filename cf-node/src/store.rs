@@ -77,6 +77,10 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// FNV-1a 64 of the header's first 32 bytes. Kept hand-written on purpose:
+/// it is a field of the accounts-file format (version 1; another function
+/// would be a new version), and it only detects accidental damage to those
+/// 32 bytes. The log and the history use CRC-32C (`crc32c`) for their records.
 fn fnv(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {

@@ -9,7 +9,7 @@
 //! outcomes (events, who holds what, exit statuses, the data), never about
 //! how fast anything happened.
 
-mod support;
+use cf_testkit::node as support;
 
 use cf_core::connector::liveness::{self, Isolate, Settings};
 use cf_core::events::EventKind;

@@ -9,8 +9,6 @@
 //! with a deadline that only turns a hang into a failure; processes are
 //! killed and reaped, and the plex removed, on drop (also on failure).
 
-mod support;
-
 use cf_core::events::EventKind;
 #[cfg(feature = "crash-points")]
 use cf_core::{Member, Mode, TryOutcome};
@@ -18,7 +16,7 @@ use cf_node::history;
 #[cfg(feature = "crash-points")]
 use cf_node::wal;
 use cf_node::wal::LogRecord;
-use support::*;
+use cf_testkit::node::*;
 
 /// Why a crash point may not fire.
 #[cfg(feature = "crash-points")]

@@ -6,7 +6,7 @@
 //! restart lights; a region truncated under a member is one line, not a
 //! silent SIGBUS.
 
-mod support;
+use cf_testkit::node as support;
 
 use cf_core::events::EventKind;
 use cf_core::requests::{self, RequestState};
@@ -15,7 +15,7 @@ use cf_node::store::Store;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
-use support::{serial, TestPlex, CF_NODE};
+use support::{cf_node, serial, TestPlex};
 
 /// One UPDATE record of the log format (wal.rs), checksummed: valid, but
 /// forged (never committed): a back-out writes `before` into the account.
@@ -33,7 +33,7 @@ fn forged_update(account: u64, before: i64, after: i64) -> Vec<u8> {
 
 /// `cf-node ARGS --plex P` to its end: (exit code, stderr).
 fn node(plex: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = std::process::Command::new(CF_NODE)
+    let out = std::process::Command::new(cf_node())
         .args(args)
         .arg("--plex")
         .arg(plex)

@@ -12,13 +12,11 @@
 //!
 //! The tests start several processes each, so they run one at a time.
 
-mod support;
-
 use cf_core::events::EventKind;
 use cf_core::{LockError, Member, Mode, TryOutcome};
 use cf_node::bank::Rng;
+use cf_testkit::node::*;
 use std::time::{Duration, Instant};
-use support::*;
 
 /// Why a crash point may not fire.
 #[cfg(feature = "crash-points")]

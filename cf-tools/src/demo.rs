@@ -2,11 +2,12 @@
 //! members on the bank workload, one of them killed with SIGKILL inside a
 //! transaction, and every step of its recovery shown as it happens.
 
-use crate::procs::{cf_node_binary, MemberProc, TempPlex};
 use crate::recovery_view::event_text;
 use anyhow::{bail, Result};
 use cf_core::events::{self, Event, EventKind};
 use cf_core::{inspect, CreateOptions, Member, Mode, Plex, Region, Sizes, TryOutcome};
+use cf_harness::outln;
+use cf_harness::procs::{cf_node_binary, MemberProc, TempPlex};
 use cf_node::store::Store;
 use cf_node::wal::{self, LogRecord};
 use clap::Args;
@@ -16,7 +17,9 @@ use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Keep the plex afterwards (it is removed by default) to look at it with `cfctl display`
+    /// Keep the plex afterwards (it is removed by default) to look at it with `cfctl display`.
+    /// A Ctrl-C (SIGINT, SIGTERM) stops the demo early: a recovery under way finishes, the
+    /// members are stopped normally, and the plex is removed unless kept
     #[arg(long)]
     keep: bool,
     /// Accounts in the bank
@@ -29,11 +32,38 @@ pub struct DemoArgs {
 }
 
 fn ms(ns: u64) -> String {
-    if ns < 1_000_000 {
-        format!("{:.0} µs", ns as f64 / 1e3)
-    } else {
-        format!("{:.2} ms", ns as f64 / 1e6)
+    cf_harness::duration::human_ns(ns as f64)
+}
+
+/// Set by SIGINT or SIGTERM (a second one ends the demo at once).
+static STOP: std::sync::OnceLock<cf_node::signals::StopFlag> = std::sync::OnceLock::new();
+
+fn interrupted() -> bool {
+    STOP.get().is_some_and(|f| f.is_set())
+}
+
+/// The demo was interrupted: wind down.
+#[derive(Debug)]
+struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "interrupted")
     }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Sleep `d`, or end early (with [`Interrupted`]) on a stop signal.
+fn nap(d: Duration) -> Result<()> {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if interrupted() {
+            return Err(Interrupted.into());
+        }
+        std::thread::sleep(Duration::from_millis(5).min(until - Instant::now()));
+    }
+    Ok(())
 }
 
 /// Wait for an event about `member` of `kind`, up to `limit`.
@@ -55,21 +85,89 @@ fn wait_event(
         if t.elapsed() > limit {
             bail!("no {} event for {member} within {:?}", kind.as_str(), limit);
         }
+        if interrupted() {
+            return Err(Interrupted.into());
+        }
         std::thread::sleep(Duration::from_micros(200));
     }
 }
 
 pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
-    let t_start = Instant::now();
     let exe = cf_node_binary()?;
-    let mut tmp = TempPlex::fresh("demo");
-    if let Some(p) = plex_arg {
-        tmp.dir = p.to_path_buf();
+    let flag = cf_node::signals::StopFlag::install()
+        .map_err(|e| anyhow::anyhow!("installing signal handlers: {e}"))?;
+    let _ = STOP.set(flag);
+    let mut tmp = match plex_arg {
+        Some(p) => TempPlex::named(p)?,
+        None => TempPlex::fresh("demo")?,
+    };
+    tmp.keep |= a.keep;
+    let mut members: Vec<MemberProc> = Vec::new();
+    let mut killed = false;
+    let result = steps(&exe, &tmp.dir, &a, &mut members, &mut killed);
+    let stopped_early = interrupted()
+        || result
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.downcast_ref::<Interrupted>().is_some());
+    if stopped_early {
+        wind_down(&tmp.dir, &mut members, killed);
+        outln!(
+            "\nInterrupted: the faults stopped, the members were stopped normally; {}.",
+            if tmp.keep {
+                format!("the plex is kept at {}", tmp.dir.display())
+            } else {
+                "the plex is removed".to_string()
+            }
+        );
+        return Ok(cf_harness::exit::code(cf_harness::exit::INTERRUPTED));
     }
-    tmp.keep = a.keep || plex_arg.is_some();
-    let dir = tmp.dir.clone();
+    result
+}
+
+/// After an interrupt: let a recovery under way finish (so no lock stays
+/// retained), then stop the surviving members normally.
+fn wind_down(dir: &Path, members: &mut Vec<MemberProc>, killed: bool) {
+    let plex = Plex {
+        dir: dir.to_path_buf(),
+    };
+    if killed {
+        if let Ok(region) = Region::open(&plex) {
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(30) {
+                let retained = inspect::retained(&region).map(|r| r.len()).unwrap_or(0);
+                let pending = cf_core::requests::list(&region)
+                    .map(|r| r.len())
+                    .unwrap_or(0);
+                if retained == 0 && pending == 0 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    for m in members.iter_mut() {
+        if m.try_status().is_none() {
+            let (line, _) = m.stop();
+            if !line.is_empty() {
+                outln!("   {line}");
+            }
+        }
+    }
+    members.clear();
+}
+
+fn steps(
+    exe: &Path,
+    dir: &Path,
+    a: &DemoArgs,
+    members: &mut Vec<MemberProc>,
+    killed: &mut bool,
+) -> Result<ExitCode> {
+    let t_start = Instant::now();
+    let dir = dir.to_path_buf();
     let plex = Plex { dir: dir.clone() };
-    println!("== cfctl demo: a member dies holding modify locks; a peer restarts it light ==\n");
+    outln!("== cfctl demo: a member dies holding modify locks; a peer restarts it light ==\n");
     let opts = CreateOptions {
         sizes: Sizes {
             lock_entries: 1 << 16,
@@ -81,13 +179,12 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
     let region = Region::create(&plex, &opts)?;
     Store::create(&dir, a.accounts, 1000, false)?;
     let expected = a.accounts as i128 * 1000;
-    println!(
+    outln!(
         "1. Created plex {} (the coupling facility) and {} accounts of 1000 (total {expected}).",
         dir.display(),
         a.accounts
     );
 
-    let mut members = Vec::new();
     for (name, pause) in [("SYSA", 200u64), ("SYSB", 20_000), ("SYSC", 200)] {
         let args = [
             "--threads".to_string(),
@@ -97,13 +194,16 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
             "--claim-delay-ms".into(),
             a.claim_delay_ms.to_string(),
         ];
-        members.push(MemberProc::start(&exe, &dir, name, &args)?);
+        if interrupted() {
+            return Err(Interrupted.into());
+        }
+        members.push(MemberProc::start(exe, &dir, name, &args)?);
     }
-    println!("2. Started members SYSA, SYSB, SYSC (cf-node run --workload bank); each transfer takes two");
-    println!(
+    outln!("2. Started members SYSA, SYSB, SYSC (cf-node run --workload bank); each transfer takes two");
+    outln!(
         "   modify locks, logs each leg, commits, releases. SYSB pauses 20 ms between its legs."
     );
-    std::thread::sleep(Duration::from_millis(600));
+    nap(Duration::from_millis(600))?;
 
     // Kill SYSB between the two legs of a transfer: its log ends with an UPDATE.
     let victim = "SYSB";
@@ -120,17 +220,21 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
             let from = events::next_seq(&region);
             let t = cf_core::connector::now_ns();
             members[1].kill9();
+            *killed = true;
             break ((locks, from), t);
         }
         if Instant::now() > deadline {
             bail!("SYSB never held two modify locks inside a transaction");
         }
+        if interrupted() {
+            return Err(Interrupted.into());
+        }
         std::thread::sleep(Duration::from_micros(300));
     };
     let (locks, from) = held;
-    println!("\n3. SIGKILL to SYSB while inside a transfer, holding modify locks on:");
+    outln!("\n3. SIGKILL to SYSB while inside a transfer, holding modify locks on:");
     for l in &locks {
-        println!("      {} (lock table entry {})", l.resource, l.entry);
+        outln!("      {} (lock table entry {})", l.resource, l.entry);
     }
 
     let det = wait_event(
@@ -140,7 +244,7 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
         EventKind::Detected,
         Duration::from_secs(10),
     )?;
-    println!(
+    outln!(
         "\n4. {} (+{} after the kill)",
         event_text(&det),
         ms(det.time_ns.saturating_sub(t_kill))
@@ -152,14 +256,14 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
         EventKind::CleanedUp,
         Duration::from_secs(10),
     )?;
-    println!(
+    outln!(
         "   {} (+{})",
         event_text(&clean),
         ms(clean.time_ns.saturating_sub(t_kill))
     );
-    println!("\n5. Retained locks now (cfctl display retained):");
+    outln!("\n5. Retained locks now (cfctl display retained):");
     for l in inspect::retained(&region)? {
-        println!(
+        outln!(
             "      {:<12} {:<10} retained by {}",
             l.resource,
             l.mode.as_str(),
@@ -170,7 +274,7 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
     let mut h = probe.holder()?;
     let res = &locks[0].resource;
     match h.try_lock(res.as_bytes(), Mode::Modify)? {
-        TryOutcome::Retained(who) => println!(
+        TryOutcome::Retained(who) => outln!(
             "   A request from another member for {res}: refused at once, \"retained by {}\".",
             who.name
         ),
@@ -186,24 +290,24 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
         EventKind::TerminatedNormally,
         Duration::from_secs(30),
     )?;
-    println!("\n6. Recovery, as recorded in the region (cfctl display events):");
+    outln!("\n6. Recovery, as recorded in the region (cfctl display events):");
     for e in events::read_since(&region, from) {
         if e.member != victim || e.seq > done.seq {
             continue;
         }
-        println!(
+        outln!(
             "   +{:>10}  {}",
             ms(e.time_ns.saturating_sub(t_kill)),
             event_text(&e)
         );
     }
     if a.claim_delay_ms > 0 {
-        println!(
+        outln!(
             "   (the claim waited the demo's {} ms claim delay, so you could see step 5)",
             a.claim_delay_ms
         );
     }
-    println!(
+    outln!(
         "\n   Retained locks left: {}",
         inspect::retained(&region)?.len()
     );
@@ -216,7 +320,7 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
     members.clear();
     let store = Store::open(&dir)?;
     let total = store.total();
-    println!(
+    outln!(
         "\n7. Stopped SYSA and SYSC normally. Bank total: {total} (expected {expected}): {}.",
         if total == expected {
             "unchanged"
@@ -225,10 +329,10 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
         }
     );
     for s in &summaries {
-        println!("   {s}");
+        outln!("   {s}");
     }
     let problems = inspect::verify(&region);
-    println!(
+    outln!(
         "   Region check (cfctl verify): {}.",
         if problems.is_empty() {
             "consistent".to_string()
@@ -236,7 +340,7 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
             problems.join("; ")
         }
     );
-    println!(
+    outln!(
         "\nDone in {:.1} s.{}",
         t_start.elapsed().as_secs_f64(),
         if a.keep {
@@ -246,7 +350,8 @@ pub fn run(plex_arg: Option<&Path>, a: DemoArgs) -> Result<ExitCode> {
         }
     );
     if total != expected || !problems.is_empty() {
-        bail!("the demo found a broken invariant");
+        eprintln!("cfctl: the demo found a broken invariant");
+        return Ok(cf_harness::exit::code(cf_harness::exit::INVARIANT));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use cf_core::connector::liveness::{self, Fence};
 use cf_core::events::{self, EventKind};
 use cf_core::{inspect, Plex, Region};
+use cf_harness::{exit, outln};
 use clap::Args;
 use serde_json::json;
 use std::process::ExitCode;
@@ -19,9 +20,9 @@ pub struct FenceArgs {
     /// Fence it even if its heartbeat is fresh (or it has none)
     #[arg(long)]
     force: bool,
-    /// Print the result as JSON
+    /// Print the result as JSON (also: cfctl --json fence)
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 pub fn run(plex: &Plex, a: FenceArgs) -> Result<ExitCode> {
@@ -43,21 +44,22 @@ pub fn run(plex: &Plex, a: FenceArgs) -> Result<ExitCode> {
         )
     })?;
     let (word, code) = match out {
-        Fence::Fenced { .. } => ("fenced", 0),
-        Fence::AlreadyFenced => ("already-fenced", 0),
-        Fence::NotMissing => ("not-missing", 2),
-        Fence::Gone => ("gone", 1),
+        Fence::Fenced { .. } => ("fenced", exit::SUCCESS),
+        Fence::AlreadyFenced => ("already-fenced", exit::SUCCESS),
+        // Like `try`'s contention: a live member is in the way.
+        Fence::NotMissing => ("not-missing", exit::CONTENTION),
+        Fence::Gone => ("gone", exit::ERROR),
     };
     if a.json {
         crate::print_json(&json!({"member": a.member, "pid": m.pid, "outcome": word}));
     } else {
         match out {
-            Fence::Fenced { age_ms } => println!(
+            Fence::Fenced { age_ms } => outln!(
                 "{} (pid {}) fenced after {age_ms} ms without a heartbeat; a live member recovers it",
                 a.member, m.pid
             ),
-            Fence::AlreadyFenced => println!("{} was already fenced (killed again)", a.member),
-            Fence::NotMissing => println!(
+            Fence::AlreadyFenced => outln!("{} was already fenced (killed again)", a.member),
+            Fence::NotMissing => outln!(
                 "{}'s status update is not missing (heartbeat {}); use --force to fence it anyway",
                 a.member,
                 m.heartbeat_age_ms
@@ -66,5 +68,5 @@ pub fn run(plex: &Plex, a: FenceArgs) -> Result<ExitCode> {
             Fence::Gone => bail!("{}'s process is gone: nothing fenced", a.member),
         }
     }
-    Ok(ExitCode::from(code))
+    Ok(exit::code(code))
 }

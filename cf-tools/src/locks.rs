@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use cf_core::{HolderInfo, LockId, Member, Mode, Plex, Region, TryOutcome, WaitError};
+use cf_harness::outln;
 use clap::Args;
 use serde_json::{json, Value};
 use std::process::ExitCode;
@@ -26,12 +27,13 @@ pub struct HoldArgs {
     /// that would share an entry are skipped); the region needs N records per member
     #[arg(long, value_name = "N", default_value_t = 0)]
     modify_many: u64,
-    /// How long to wait for each lock held by a live member, in milliseconds
-    #[arg(long, default_value_t = 30_000)]
-    timeout_ms: u64,
+    /// How long to wait for each lock held by a live member: 30s, 500ms (a bare number is
+    /// milliseconds). Running out exits with status 4 (timed out), a retained lock with 3
+    #[arg(long, alias = "timeout", default_value = "30000", value_parser = cf_harness::duration::millis)]
+    timeout_ms: Duration,
     /// Print the result as JSON
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 fn requests(a: &HoldArgs, entries: u32) -> Result<Vec<(String, Mode)>> {
@@ -67,16 +69,20 @@ fn holder_json(h: &HolderInfo) -> Value {
     json!({ "member": h.name, "id": h.id, "pid": h.pid, "mode": h.mode.as_str() })
 }
 
-/// Block SIGTERM and SIGINT now, so they wait for `sigwait` instead of killing us.
-fn block_stop_signals() -> Result<nix::sys::signal::SigSet> {
-    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGINT);
-    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
-        .context("blocking signals")?;
-    Ok(set)
+/// Why a lock could not be taken, for the exit status.
+#[derive(Debug)]
+struct NotTaken {
+    text: String,
+    code: u8,
 }
+
+impl std::fmt::Display for NotTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for NotTaken {}
 
 /// Refuse a resource name no lock request would take (before connecting).
 fn check_resource(res: &str) -> Result<()> {
@@ -92,7 +98,7 @@ fn check_resource(res: &str) -> Result<()> {
 }
 
 pub fn hold(plex: &Plex, a: HoldArgs) -> Result<ExitCode> {
-    let signals = block_stop_signals()?;
+    let signals = cf_node::signals::StopWait::install().context("installing signal handlers")?;
     // Every argument is checked before connecting: an error leaves no connector.
     cf_core::connector::check_name(&a.member)?;
     let region = Arc::new(Region::open(plex)?);
@@ -103,9 +109,11 @@ pub fn hold(plex: &Plex, a: HoldArgs) -> Result<ExitCode> {
     for (res, _) in &wanted {
         check_resource(res)?;
     }
+    // What the member will hold must fit its record area: checked before
+    // connecting, so a refusal leaves no connector behind.
     if wanted.len() as u64 > region.records_per_member() as u64 {
         bail!(
-            "{} locks asked for, but a member of this region holds at most {} (its record entries)",
+            "{} locks asked for, but a member of this region holds at most {} (its record entries; cfctl create --records)",
             wanted.len(),
             region.records_per_member()
         );
@@ -114,10 +122,19 @@ pub fn hold(plex: &Plex, a: HoldArgs) -> Result<ExitCode> {
     // Whatever happens after the connect, the connector is given back.
     let held = take_and_hold(&member, &a, &wanted, signals);
     let report = member.disconnect();
-    let (sig, n) = held?;
+    let (sig, n) = match held {
+        Ok(x) => x,
+        Err(e) => {
+            if let Some(nt) = e.downcast_ref::<NotTaken>() {
+                eprintln!("cfctl: {nt}");
+                return Ok(cf_harness::exit::code(nt.code));
+            }
+            return Err(e);
+        }
+    };
     let report = report?;
     if !a.json {
-        println!(
+        outln!(
             "{sig}: released {n} lock(s), disconnected ({} more released at disconnect)",
             report.released
         );
@@ -131,14 +148,27 @@ fn take_and_hold(
     member: &Member,
     a: &HoldArgs,
     wanted: &[(String, Mode)],
-    signals: nix::sys::signal::SigSet,
-) -> Result<(nix::sys::signal::Signal, usize)> {
+    mut signals: cf_node::signals::StopWait,
+) -> Result<(&'static str, usize)> {
     let mut holder = member.holder()?;
     let mut held: Vec<(LockId, String)> = Vec::new();
     for (res, mode) in wanted {
-        match holder.lock(res.as_bytes(), *mode, Duration::from_millis(a.timeout_ms))? {
+        match holder.lock(res.as_bytes(), *mode, a.timeout_ms)? {
             Ok(id) => held.push((id, res.clone())),
-            Err(e) => bail!("could not take {res} ({mode}): {e}"),
+            Err(e) => {
+                let code = match e {
+                    WaitError::Retained(_) => cf_harness::exit::RETAINED,
+                    WaitError::Timeout(_) => cf_harness::exit::TIMED_OUT,
+                };
+                for (id, _) in held {
+                    let _ = holder.unlock(id);
+                }
+                return Err(NotTaken {
+                    text: format!("could not take {res} ({mode}): {e}"),
+                    code,
+                }
+                .into());
+            }
         }
     }
     if a.json {
@@ -146,12 +176,12 @@ fn take_and_hold(
             .iter()
             .map(|(id, r)| json!({ "resource": r, "mode": id.mode.as_str(), "entry": id.entry }))
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({ "holding": locks, "member": member.name(), "id": member.id(), "pid": std::process::id() })
         );
     } else {
-        println!(
+        outln!(
             "holding {} lock(s) as {} (connector {}, pid {}); SIGTERM or Ctrl-C releases them",
             held.len(),
             member.name(),
@@ -159,9 +189,8 @@ fn take_and_hold(
             std::process::id()
         );
     }
-    use std::io::Write;
-    std::io::stdout().flush()?;
-    let sig = signals.wait().context("waiting for a signal")?;
+    cf_harness::out::flush();
+    let sig = signals.wait();
     let n = held.len();
     for (id, _) in held {
         holder.unlock(id)?;
@@ -185,7 +214,7 @@ pub struct TryArgs {
     modify: Option<String>,
     /// Print the answer as JSON
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 pub fn try_once(plex: &Plex, a: TryArgs) -> Result<ExitCode> {
@@ -208,7 +237,7 @@ pub fn try_once(plex: &Plex, a: TryArgs) -> Result<ExitCode> {
     if a.json {
         crate::print_json(&doc);
     } else {
-        println!("{text}");
+        outln!("{text}");
     }
     Ok(code)
 }
@@ -220,12 +249,12 @@ fn ask_once(member: &Member, res: &str, mode: Mode) -> Result<(Value, String, Ex
     let outcome = holder.try_lock(res.as_bytes(), mode)?;
     let answer = match &outcome {
         TryOutcome::Granted(id) => (
-            json!({ "result": "granted", "resource": res, "mode": mode.as_str(), "entry": id.entry }),
+            json!({ "result": "granted", "resource": res, "requested_mode": mode.as_str(), "mode": mode.as_str(), "entry": id.entry }),
             format!("granted: {res} ({mode}) on lock entry {}", id.entry),
             ExitCode::SUCCESS,
         ),
         TryOutcome::Contention(hs) => (
-            json!({ "result": "contention", "resource": res, "mode": mode.as_str(),
+            json!({ "result": "contention", "resource": res, "requested_mode": mode.as_str(),
                     "holders": hs.iter().map(holder_json).collect::<Vec<_>>() }),
             format!(
                 "contention: {res} is held by {}",
@@ -233,16 +262,16 @@ fn ask_once(member: &Member, res: &str, mode: Mode) -> Result<(Value, String, Ex
                     .to_string()
                     .trim_start_matches("timed out; held by ")
             ),
-            ExitCode::from(2),
+            cf_harness::exit::code(cf_harness::exit::CONTENTION),
         ),
         TryOutcome::Retained(h) => (
-            json!({ "result": "retained", "resource": res, "mode": mode.as_str(),
+            json!({ "result": "retained", "resource": res, "requested_mode": mode.as_str(),
                     "member": h.name, "id": h.id, "holder_mode": h.mode.as_str() }),
             format!(
                 "retained: {res} is retained ({}) by failed member {} until its recovery ends",
                 h.mode, h.name
             ),
-            ExitCode::from(3),
+            cf_harness::exit::code(cf_harness::exit::RETAINED),
         ),
     };
     if let TryOutcome::Granted(id) = outcome {
@@ -255,7 +284,7 @@ fn ask_once(member: &Member, res: &str, mode: Mode) -> Result<(Value, String, Ex
 pub struct CleanupArgs {
     /// Print the result as JSON
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 pub fn cleanup(plex: &Plex, a: CleanupArgs) -> Result<ExitCode> {
@@ -269,10 +298,10 @@ pub fn cleanup(plex: &Plex, a: CleanupArgs) -> Result<ExitCode> {
             .collect();
         crate::print_json(&Value::Array(v));
     } else if done.is_empty() {
-        println!("no dead member to clean up");
+        outln!("no dead member to clean up");
     } else {
         for r in &done {
-            println!(
+            outln!(
                 "cleaned up {}: {} released, {} retained, {} discarded; now {}",
                 r.name,
                 r.released,

@@ -1,17 +1,16 @@
 //! `cfctl`: the operator's and experimenter's tool for a coupling-facility plex.
 
-mod bench;
 mod demo;
 mod display;
 mod fence;
 mod locks;
 mod plex;
-mod procs;
 mod recovery_view;
-mod sim;
-mod stress;
+mod report;
 
-use clap::{Parser, Subcommand};
+use cf_benches::bench;
+use cf_harness::{sim, stress};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -23,12 +22,16 @@ use std::process::ExitCode;
     long_about = "Operate a shared-memory coupling facility (a \"plex\"): a directory holding the \
 region file that stands in for a Parallel Sysplex coupling facility. Member processes take locks \
 in it; when one is killed its modify locks are retained until it is recovered.\n\n\
-The plex is --plex DIR, else $CF_PLEX, else /dev/shm/cf-plex-<uid>."
+The plex is --plex DIR, else $CF_PLEX, else /dev/shm/cf-plex-<uid>.",
+    after_help = cf_harness::exit::TABLE
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// Plex directory (default: $CF_PLEX, else /dev/shm/cf-plex-<uid>)
     #[arg(long, global = true, value_name = "DIR")]
     plex: Option<PathBuf>,
+    /// Print one JSON document (the same as the command's own --json)
+    #[arg(long)]
+    json: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -38,15 +41,25 @@ enum Cmd {
     /// Run the demo: three members, one killed inside a transaction, recovered by restart light
     Demo(demo::DemoArgs),
     /// Run N members, kill them from a seeded schedule, and report whether every invariant held
+    ///
+    /// Runs in a fresh directory under /dev/shm, removed at the end unless kept; with --plex DIR
+    /// or $CF_PLEX, in that directory (its last component is created; it must hold no region),
+    /// which is kept. A Ctrl-C (SIGINT, SIGTERM) stops the faults, lets the recoveries finish,
+    /// stops the members normally and prints the partial report; a second one ends it at once.
     Sim(sim::SimArgs),
-    /// Create a plex: its directory (0700) and region file (0600, never over an existing one)
+    /// Create a plex: its directory (0700, only the last component) and region file (0600,
+    /// never over an existing one), refused if larger than the free space of its filesystem
     Create(plex::CreateArgs),
     /// Remove a plex's region (refuses while live members are connected, unless --force)
     Destroy(plex::DestroyArgs),
-    /// Check the region's integrity and the invariants that hold at rest
+    /// Check the region's integrity and the invariants that hold at rest; on a live plex, a
+    /// discrepancy that clears within the settle interval is an in-flight state, not damage
     Verify(plex::VerifyArgs),
-    /// Show what the region holds now
+    /// Show what the region holds now (without WHAT: the list of displays)
     Display(display::DisplayArgs),
+    /// An activity report like RMF's CF activity: per interval and connector, request and
+    /// contention rates, retained locks, waits
+    Report(report::ReportArgs),
     /// Connect as a member, take locks, and hold them until SIGTERM/SIGINT
     Hold(locks::HoldArgs),
     /// Connect as a member, make one try request, print the answer, disconnect
@@ -58,7 +71,8 @@ enum Cmd {
     Cleanup(locks::CleanupArgs),
     /// Fence a member whose status update is missing: SIGKILL after the identity check, then normal recovery
     ///
-    /// Exit status: 0 fenced (or already fenced), 2 not missing (use --force), 1 error.
+    /// Exit status: 0 fenced (or already fenced), 2 not missing (a live member in the way, as
+    /// try's contention: use --force), 1 error.
     Fence(fence::FenceArgs),
     /// Post a restart request for a failed-persistent member by hand
     RestartLight {
@@ -72,6 +86,15 @@ enum Cmd {
     ///
     /// Works in a fresh directory under /dev/shm (not the plex), removed at the end.
     Bench(bench::BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    ///
+    /// e.g. `cfctl completions bash > ~/.local/share/bash-completion/completions/cfctl`
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from these definitions: `cfctl man | man -l -`
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -82,36 +105,88 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let plex = cf_core::Plex::resolve(cli.plex.as_deref());
+    // The sim and the demo make a fresh plex unless told where: --plex, and
+    // for the sim $CF_PLEX too (the demo's embedded default stays fresh).
+    let sim_plex = cli
+        .plex
+        .clone()
+        .or_else(|| std::env::var_os("CF_PLEX").map(PathBuf::from));
+    let j = cli.json;
     let result = match cli.cmd {
         Cmd::Demo(a) => demo::run(cli.plex.as_deref(), a),
-        Cmd::Sim(a) => sim::run(cli.plex.as_deref(), a),
-        Cmd::Create(a) => plex::create(&plex, a),
+        Cmd::Sim(mut a) => {
+            a.json |= j;
+            sim::run(sim_plex.as_deref(), a)
+        }
+        Cmd::Create(mut a) => {
+            a.json |= j;
+            plex::create(&plex, a)
+        }
         Cmd::Destroy(a) => plex::destroy(&plex, a),
-        Cmd::Verify(a) => plex::verify(&plex, a),
-        Cmd::Display(a) => display::run(&plex, a),
-        Cmd::Hold(a) => locks::hold(&plex, a),
-        Cmd::Try(a) => locks::try_once(&plex, a),
-        Cmd::Cleanup(a) => locks::cleanup(&plex, a),
-        Cmd::Fence(a) => fence::run(&plex, a),
-        Cmd::Stress(a) => stress::run(&plex, a),
-        Cmd::Bench(a) => bench::run(a),
+        Cmd::Verify(mut a) => {
+            a.json |= j;
+            plex::verify(&plex, a)
+        }
+        Cmd::Display(mut a) => {
+            a.json |= j;
+            display::run(&plex, a)
+        }
+        Cmd::Report(mut a) => {
+            a.json |= j;
+            report::run(&plex, a)
+        }
+        Cmd::Hold(mut a) => {
+            a.json |= j;
+            locks::hold(&plex, a)
+        }
+        Cmd::Try(mut a) => {
+            a.json |= j;
+            locks::try_once(&plex, a)
+        }
+        Cmd::Cleanup(mut a) => {
+            a.json |= j;
+            locks::cleanup(&plex, a)
+        }
+        Cmd::Fence(mut a) => {
+            a.json |= j;
+            fence::run(&plex, a)
+        }
+        Cmd::Stress(mut a) => {
+            a.json |= j;
+            stress::run(&plex, a)
+        }
+        Cmd::Bench(mut a) => {
+            a.json |= j;
+            bench::run(a)
+        }
         Cmd::RestartLight { member } => {
             recovery_view::post(&plex, &member).map(|()| ExitCode::SUCCESS)
         }
+        Cmd::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "cfctl", &mut out);
+            cf_harness::out!("{}", String::from_utf8_lossy(&out));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man => {
+            let mut out = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+                Ok(()) => {
+                    cf_harness::out!("{}", String::from_utf8_lossy(&out));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Err(anyhow::anyhow!("rendering the man page: {e}")),
+            }
+        }
     };
+    cf_harness::out::flush();
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cfctl: {}", cf_core::error::one_line(e.chain()));
-            ExitCode::FAILURE
+            cf_harness::exit::code(cf_harness::exit::of_error(&e))
         }
     }
 }
 
-/// Print a JSON value as one document on stdout.
-pub(crate) fn print_json(v: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into())
-    );
-}
+pub(crate) use cf_harness::out::print_json;

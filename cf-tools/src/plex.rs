@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use cf_core::{inspect, CreateOptions, Plex, Region, Sizes};
+use cf_harness::outln;
 use clap::Args;
 use serde_json::json;
 use std::process::ExitCode;
@@ -40,7 +41,7 @@ pub struct CreateArgs {
     isolate: IsolateArg,
     /// Print the result as JSON
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -51,46 +52,60 @@ pub enum IsolateArg {
     Prompt,
 }
 
-/// A human duration: a number and a unit (ms, s, m, h), e.g. `500ms`, `2s`, `1.5s`.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 2s, 1m)"))?;
-    let scale = match unit.trim() {
-        "ms" => 1e-3,
-        "s" | "" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        u => return Err(format!("unknown unit {u:?} in {s:?} (use ms, s, m or h)")),
-    };
-    let secs = n * scale;
-    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return Err(format!("{s:?} is out of range"));
-    }
-    Ok(std::time::Duration::from_secs_f64(secs))
-}
-
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
-    let d = parse_duration(s)?;
+    let d = cf_harness::duration::secs(s)?;
     cf_core::connector::liveness::check_interval(d)?;
     Ok(d)
 }
 
 pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
+    let sizes = Sizes {
+        lock_entries: a.lock_entries,
+        members: a.members,
+        records_per_member: a.records,
+    };
+    // Every check before anything is made.
+    sizes.check().map_err(|e| anyhow::anyhow!("{e}"))?;
     let opts = CreateOptions {
-        sizes: Sizes {
-            lock_entries: a.lock_entries,
-            members: a.members,
-            records_per_member: a.records,
-        },
+        sizes,
         group_access: a.group_mode,
     };
-    let region = Region::create(plex, &opts)?;
+    let region_bytes = cf_core::layout::Layout::compute(sizes).total_size;
+    let accounts_bytes = a.accounts.map_or(0, |n| 64 + 16 * n);
+    // Only the last component of the plex directory is made; a failed
+    // create takes back everything it made, the directory too.
+    let made_dir = cf_harness::plexdir::create_last(&plex.dir, a.group_mode)?;
+    let undo_dir = |made: bool| {
+        if made {
+            let _ = std::fs::remove_dir(&plex.dir);
+        }
+    };
+    if let Err(e) = cf_harness::plexdir::check_space(
+        &plex.dir,
+        region_bytes.saturating_add(accounts_bytes),
+        &format!(
+            "the region ({}){}",
+            cf_harness::plexdir::human_bytes(region_bytes),
+            if accounts_bytes > 0 {
+                format!(
+                    " and the accounts ({})",
+                    cf_harness::plexdir::human_bytes(accounts_bytes)
+                )
+            } else {
+                String::new()
+            }
+        ),
+    ) {
+        undo_dir(made_dir);
+        return Err(e);
+    }
+    let region = match Region::create(plex, &opts) {
+        Ok(r) => r,
+        Err(e) => {
+            undo_dir(made_dir);
+            return Err(e.into());
+        }
+    };
     let settings = cf_core::connector::liveness::Settings {
         interval: a.failure_detection_interval,
         isolate: match a.isolate {
@@ -100,11 +115,13 @@ pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
     };
     if let Err(e) = cf_core::connector::liveness::set_settings(&region, settings) {
         let _ = std::fs::remove_file(region.path());
+        undo_dir(made_dir);
         bail!("{e}");
     }
     if let Some(n) = a.accounts {
         if let Err(e) = cf_node::store::Store::create(&plex.dir, n, a.balance, a.group_mode) {
             let _ = std::fs::remove_file(region.path());
+            undo_dir(made_dir);
             return Err(e.into());
         }
     }
@@ -114,6 +131,7 @@ pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
             if a.accounts.is_some() {
                 let _ = std::fs::remove_file(cf_node::store::Store::path_in(&plex.dir));
             }
+            undo_dir(made_dir);
             return Err(e.into());
         }
     }
@@ -128,7 +146,7 @@ pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
             "isolate": settings.isolate.as_str(),
         }));
     } else {
-        println!(
+        outln!(
             "created plex {}: region {} bytes, {} lock entries, {} members, {} records per member",
             plex.dir.display(),
             l.total_size,
@@ -137,15 +155,15 @@ pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
             a.records
         );
         if let Some(n) = a.accounts {
-            println!("created {n} accounts of {} each", a.balance);
+            outln!("created {n} accounts of {} each", a.balance);
         }
-        println!(
+        outln!(
             "failure detection interval {} ms, isolate {}",
             settings.interval.as_millis(),
             settings.isolate.as_str()
         );
         if a.history {
-            println!(
+            outln!(
                 "keeping the history of committed transactions in {}",
                 cf_node::history::history_dir(&plex.dir).display()
             );
@@ -191,7 +209,17 @@ pub fn destroy(plex: &Plex, a: DestroyArgs) -> Result<ExitCode> {
                 );
             }
         }
-        Err(cf_core::RegionError::NotFound { .. }) => bail!("no region at {}", path.display()),
+        Err(cf_core::RegionError::NotFound { .. }) => {
+            // A plex directory left empty (by hand, or by an old failed
+            // create) is removed; anything else in it is left alone.
+            if std::fs::read_dir(&plex.dir).is_ok_and(|mut d| d.next().is_none())
+                && std::fs::remove_dir(&plex.dir).is_ok()
+            {
+                outln!("removed the empty plex directory {}", plex.dir.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            bail!("no region at {}", path.display())
+        }
         // A damaged region can still be destroyed, but never through a symlink
         // or another user's file.
         Err(
@@ -228,15 +256,43 @@ pub fn destroy(plex: &Plex, a: DestroyArgs) -> Result<ExitCode> {
     }
     // Remove the directory if nothing else is left in it.
     let _ = std::fs::remove_dir(&plex.dir);
-    println!("destroyed plex {}", plex.dir.display());
+    outln!("destroyed plex {}", plex.dir.display());
     Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args)]
 pub struct VerifyArgs {
-    /// Print the result as JSON: {"ok": bool, "problems": [...]}
+    /// How long a discrepancy may take to clear before it is damage: a live member between
+    /// its record and its lock word (acquire, release) shows one for a moment. 500ms, 2s (a
+    /// bare number is seconds); 0 reports every discrepancy of the first look
+    #[arg(long, default_value = "500ms", value_parser = cf_harness::duration::secs)]
+    settle: std::time::Duration,
+    /// Print the result as JSON: {"ok": bool, "problems": [...], "in_flight": [...]}
     #[arg(long)]
-    json: bool,
+    pub json: bool,
+}
+
+/// Tell damage from in-flight states: `first` (the problems of a first
+/// look) are looked at again with `look` until `settle` has passed; a
+/// problem that is gone in any later look was in flight. Returns (damage,
+/// in flight).
+pub fn settle(
+    first: Vec<String>,
+    settle: std::time::Duration,
+    mut look: impl FnMut() -> Vec<String>,
+) -> (Vec<String>, Vec<String>) {
+    let mut left = first;
+    let mut cleared = Vec::new();
+    let t = std::time::Instant::now();
+    while !left.is_empty() && t.elapsed() < settle {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let now = look();
+        let (still, gone): (Vec<String>, Vec<String>) =
+            left.into_iter().partition(|p| now.contains(p));
+        cleared.extend(gone);
+        left = still;
+    }
+    (left, cleared)
 }
 
 /// Problems of the plex's other files, as their readers see them: the
@@ -282,23 +338,77 @@ fn file_problems(plex: &Plex) -> Vec<String> {
 pub fn verify(plex: &Plex, a: VerifyArgs) -> Result<ExitCode> {
     // Nothing is changed: a read-only mapping (works on a region we may only read).
     let region = Region::open_read_only(plex)?;
-    let mut problems = inspect::verify(&region);
-    problems.extend(file_problems(plex));
+    let check = || {
+        let mut p = inspect::verify(&region);
+        p.extend(file_problems(plex));
+        p
+    };
+    // Only a live member moves between its record and its lock word: with
+    // none alive, the first look is the last.
+    let live = inspect::members(&region).is_ok_and(|ms| ms.iter().any(|m| m.alive));
+    let wait = if live {
+        a.settle
+    } else {
+        std::time::Duration::ZERO
+    };
+    let (problems, in_flight) = settle(check(), wait, check);
     if a.json {
-        crate::print_json(&json!({ "ok": problems.is_empty(), "problems": problems }));
+        crate::print_json(&json!({ "ok": problems.is_empty(), "problems": problems,
+                                   "in_flight": in_flight, "settle_s": a.settle.as_secs_f64() }));
     } else if problems.is_empty() {
-        println!("region {} is consistent", region.path().display());
+        outln!("region {} is consistent", region.path().display());
+        if !in_flight.is_empty() {
+            outln!(
+                "  {} in-flight state(s) seen and cleared within {} (a live member between its record and its lock word):",
+                in_flight.len(),
+                cf_harness::duration::human(a.settle)
+            );
+            for p in in_flight.iter().take(5) {
+                outln!("    {p}");
+            }
+        }
     } else {
         for p in &problems {
-            println!("problem: {p}");
+            outln!("problem: {p}");
         }
     }
     if problems.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
         if !a.json {
-            eprintln!("cfctl: verify found {} problem(s)", problems.len());
+            eprintln!(
+                "cfctl: verify found {} problem(s) that did not clear within {}",
+                problems.len(),
+                cf_harness::duration::human(a.settle)
+            );
         }
-        Ok(ExitCode::FAILURE)
+        Ok(cf_harness::exit::code(cf_harness::exit::INVARIANT))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_discrepancy_that_clears_is_in_flight() {
+        let mut looks = vec![
+            vec!["b".to_string(), "damage".into()],
+            vec!["damage".into()],
+        ]
+        .into_iter();
+        let (damage, in_flight) = settle(
+            vec!["a".into(), "damage".into()],
+            std::time::Duration::from_millis(100),
+            || looks.next().unwrap_or_else(|| vec!["damage".into()]),
+        );
+        assert_eq!(damage, ["damage"]);
+        assert_eq!(in_flight, ["a"]);
+    }
+
+    #[test]
+    fn nothing_to_settle() {
+        let (d, f) = settle(Vec::new(), std::time::Duration::from_secs(5), Vec::new);
+        assert!(d.is_empty() && f.is_empty());
     }
 }

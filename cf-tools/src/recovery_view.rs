@@ -4,8 +4,10 @@ use anyhow::{bail, Result};
 use cf_core::events::{Event, EventKind};
 use cf_core::inspect::escape;
 use cf_core::{inspect, requests, MemberState, Plex, Region};
+use cf_harness::outln;
 use cf_node::store::Store;
 use serde_json::{json, Value};
+use std::process::ExitCode;
 
 /// A 128-bit integer as a JSON number, exactly as the text shows it (never
 /// wrapped into 64 bits; beyond 64 bits, a string of its digits).
@@ -19,29 +21,153 @@ fn big(n: i128) -> Value {
     }
 }
 
-pub fn accounts(plex: &Plex, as_json: bool) -> Result<()> {
+/// A transfer in flight: logged legs without a commit record.
+struct InFlight {
+    member: String,
+    txid: u64,
+    /// (account, before, after) of each leg logged.
+    legs: Vec<(u64, i64, i64)>,
+    /// Its member has failed: the transfer waits for its backout.
+    failed: bool,
+}
+
+/// The uncommitted transfers in every member's log (`log.NAME` files).
+fn in_flight(plex: &Plex, failed: &[String]) -> Vec<InFlight> {
+    use cf_node::wal::{self, LogRecord};
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(&plex.dir) else {
+        return out;
+    };
+    let mut names: Vec<String> = dir
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("log.")
+                .map(String::from)
+        })
+        .collect();
+    names.sort();
+    for name in names {
+        let Ok(scan) = wal::read_log(&wal::log_path(&plex.dir, &name)) else {
+            continue;
+        };
+        let mut open: std::collections::BTreeMap<u64, Vec<(u64, i64, i64)>> = Default::default();
+        for (_, r) in scan.records {
+            match r {
+                LogRecord::Update {
+                    txid,
+                    account,
+                    before,
+                    after,
+                } => open.entry(txid).or_default().push((account, before, after)),
+                LogRecord::Commit { txid } => {
+                    open.remove(&txid);
+                }
+                #[allow(unreachable_patterns)]
+                _ => {}
+            }
+        }
+        for (txid, legs) in open {
+            out.push(InFlight {
+                failed: failed.contains(&name),
+                member: name.clone(),
+                txid,
+                legs,
+            });
+        }
+    }
+    out
+}
+
+/// `display accounts`: the total, honest on a live plex. The total is read
+/// again (for up to a settle interval) until it adds up once the legs of
+/// the transfers in flight (logged, not committed) that are in the accounts
+/// are set aside; only a total that never adds up is NOT BALANCED.
+pub fn accounts(plex: &Plex, as_json: bool) -> Result<ExitCode> {
     let store = Store::open_read_only(&plex.dir)?;
-    let total = store.total();
     let expected = store.expected_total();
+    let failed: Vec<String> = Region::open_read_only(plex)
+        .ok()
+        .and_then(|r| inspect::members(&r).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.state != MemberState::Active || !m.alive)
+        .map(|m| m.name)
+        .collect();
+    let settle = std::time::Duration::from_secs(1);
+    let t = std::time::Instant::now();
+    let (total, flights, adjusted) = loop {
+        let flights = in_flight(plex, &failed);
+        let total = store.total();
+        // A leg is in the accounts if the account shows its after-image
+        // (its lock is still held by the transfer, so nobody else moved it).
+        let applied: i128 = flights
+            .iter()
+            .flat_map(|f| f.legs.iter())
+            .filter(|(acct, _, after)| store.balance(*acct).is_ok_and(|b| b == *after))
+            .map(|(_, before, after)| *after as i128 - *before as i128)
+            .sum();
+        let adjusted = total - applied;
+        if total == expected || adjusted == expected || t.elapsed() >= settle {
+            break (total, flights, adjusted);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    let balanced = total == expected || adjusted == expected;
+    let shown: Vec<Value> = flights
+        .iter()
+        .map(|f| {
+            json!({"member": escape(&f.member), "txid": f.txid, "failed_member": f.failed,
+                   "accounts": f.legs.iter().map(|l| l.0).collect::<Vec<_>>()})
+        })
+        .collect();
     if as_json {
         crate::print_json(&json!({
             "accounts": store.count(), "total": big(total), "expected_total": big(expected),
-            "initial_balance": store.initial_balance(),
+            "balanced": balanced, "total_without_in_flight": big(adjusted),
+            "in_flight": shown, "initial_balance": store.initial_balance(),
         }));
     } else {
-        println!(
-            "{} accounts, total {} (expected {}: {})",
+        let verdict = if total == expected {
+            "balanced".to_string()
+        } else if balanced {
+            format!(
+                "balanced once the {} transfer(s) in flight are set aside",
+                flights.len()
+            )
+        } else {
+            "NOT BALANCED".to_string()
+        };
+        outln!(
+            "{} accounts, total {} (expected {}: {verdict})",
             store.count(),
             total,
-            expected,
-            if total == expected {
-                "balanced"
-            } else {
-                "NOT BALANCED"
-            }
+            expected
         );
+        for f in &flights {
+            outln!(
+                "  in flight: {} transaction {} on accounts {}{}",
+                escape(&f.member),
+                f.txid,
+                f.legs
+                    .iter()
+                    .map(|l| l.0.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if f.failed {
+                    " (member failed: backed out by its recovery)"
+                } else {
+                    ""
+                }
+            );
+        }
     }
-    Ok(())
+    Ok(if balanced {
+        ExitCode::SUCCESS
+    } else {
+        cf_harness::exit::code(cf_harness::exit::INVARIANT)
+    })
 }
 
 fn name_of(region: &Region, id: u32) -> String {
@@ -99,39 +225,54 @@ pub fn requests(region: &Region, as_json: bool) -> Result<()> {
         crate::print_json(&Value::Array(v));
         return Ok(());
     }
-    println!("{posted} restart request(s) posted, {done} completed since the region was created");
+    outln!("{posted} restart request(s) posted, {done} completed since the region was created");
     if list.is_empty() {
-        println!("no restart request outstanding");
+        outln!("no restart request outstanding");
         return Ok(());
     }
-    println!(
-        "{:<20} {:<8} {:<16} {:<16} {:>8} {:>8}",
-        "MEMBER", "STATE", "POSTED BY", "CLAIMED BY", "WORKER", "ATTEMPTS"
+    let rows = list
+        .iter()
+        .map(|r| {
+            vec![
+                request_member(region, r),
+                r.state.as_str().to_string(),
+                r.posted_by
+                    .map(|i| name_of(region, i))
+                    .unwrap_or_else(|| "-".into()),
+                r.claimed_by
+                    .map(|i| name_of(region, i))
+                    .unwrap_or_else(|| "-".into()),
+                if r.worker_pid == 0 {
+                    "-".to_string()
+                } else {
+                    r.worker_pid.to_string()
+                },
+                r.attempts.to_string(),
+            ]
+        })
+        .collect();
+    outln!(
+        "{}",
+        cf_harness::table::table(
+            &[
+                "MEMBER",
+                "STATE",
+                "POSTED BY",
+                "CLAIMED BY",
+                "WORKER",
+                "ATTEMPTS"
+            ],
+            rows
+        )
     );
     for r in &list {
-        println!(
-            "{:<20} {:<8} {:<16} {:<16} {:>8} {:>8}",
-            request_member(region, r),
-            r.state.as_str(),
-            r.posted_by
-                .map(|i| name_of(region, i))
-                .unwrap_or_else(|| "-".into()),
-            r.claimed_by
-                .map(|i| name_of(region, i))
-                .unwrap_or_else(|| "-".into()),
-            if r.worker_pid == 0 {
-                "-".to_string()
-            } else {
-                r.worker_pid.to_string()
-            },
-            r.attempts
-        );
         if let Some(why) = failure_text(r) {
-            println!("    {why}");
+            outln!("{}: {why}", request_member(region, r));
         }
         if r.state == requests::RequestState::Failed {
-            println!(
-                "    not claimed again until `cfctl restart-light {}` re-posts it, or {} s after it failed",
+            outln!(
+                "{}: not claimed again until `cfctl restart-light {}` re-posts it, or {} s after it failed",
+                request_member(region, r),
                 request_member(region, r),
                 requests::FAILED_RETRY.as_secs()
             );
@@ -226,28 +367,42 @@ pub fn event_text(e: &Event) -> String {
     }
 }
 
-pub fn events(region: &Region, as_json: bool) -> Result<()> {
+/// The events in time order (a writer takes its time before its sequence
+/// number, so sequence order can differ by a little); equal times keep
+/// their sequence order.
+pub fn in_time_order(mut list: Vec<Event>) -> Vec<Event> {
+    list.sort_by_key(|e| (e.time_ns, e.seq));
+    list
+}
+
+/// An event's time for people, in the local time zone (`jiff`).
+pub fn event_time(ns: u64) -> String {
+    match jiff::Timestamp::from_nanosecond(ns as i128) {
+        Ok(t) => t
+            .to_zoned(jiff::tz::TimeZone::system())
+            .strftime("%Y-%m-%d %H:%M:%S%.6f")
+            .to_string(),
+        Err(_) => format!("@{ns}ns"),
+    }
+}
+
+pub fn events(region: &Region, as_json: bool, member: Option<&str>) -> Result<()> {
     // A damaged ring (a counter beyond any run, a slot out of place) is an
     // error here as in `verify`, not an empty list.
     cf_core::events::check(region)?;
-    let list = cf_core::events::read_all(region);
+    let list: Vec<Event> = in_time_order(cf_core::events::read_all(region))
+        .into_iter()
+        .filter(|e| member.is_none_or(|m| e.member == m || e.by.as_deref() == Some(m)))
+        .collect();
     if as_json {
         crate::print_json(&Value::Array(list.iter().map(event_json).collect()));
         return Ok(());
     }
     if list.is_empty() {
-        println!("no events");
+        outln!("no events");
     }
     for e in &list {
-        let secs = e.time_ns / 1_000_000_000;
-        let t = format!(
-            "{:02}:{:02}:{:02}.{:06}",
-            secs / 3600 % 24,
-            secs / 60 % 60,
-            secs % 60,
-            e.time_ns % 1_000_000_000 / 1000
-        );
-        println!("{t}  {}", event_text(e));
+        outln!("{}  {}", event_time(e.time_ns), event_text(e));
     }
     Ok(())
 }
@@ -273,7 +428,7 @@ pub fn post(plex: &Plex, member: &str) -> Result<()> {
     };
     // A request that FAILED (its restart lights kept failing) is re-posted.
     if requests::retry(&region, m.id, None, posted)?.is_some() {
-        println!(
+        outln!(
             "the failed restart request for {member} is posted again; a live member will claim it"
         );
         return Ok(());
@@ -285,9 +440,42 @@ pub fn post(plex: &Plex, member: &str) -> Result<()> {
         );
     }
     if requests::post(&region, m.id, None, posted)?.is_some() {
-        println!("restart request for {member} posted; a live member will claim it");
+        outln!("restart request for {member} posted; a live member will claim it");
     } else {
-        println!("a restart request for {member} is already outstanding");
+        outln!("a restart request for {member} is already outstanding");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: u64, time_ns: u64) -> Event {
+        Event {
+            seq,
+            kind: EventKind::Connected,
+            member: "M".into(),
+            by: None,
+            time_ns,
+            a: 0,
+            b: 0,
+            c: 0,
+        }
+    }
+
+    #[test]
+    fn events_print_in_time_order() {
+        // A writer takes its time before its sequence number: 2 is earlier than 1.
+        let list = in_time_order(vec![ev(0, 10), ev(1, 30), ev(2, 20), ev(3, 30)]);
+        let seqs: Vec<u64> = list.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [0, 2, 1, 3]);
+    }
+
+    #[test]
+    fn event_times_are_dates() {
+        let t = event_time(1_700_000_000_123_456_789);
+        assert!(t.starts_with("2023-11-1"), "{t}");
+        assert!(t.ends_with(".123456"), "{t}");
+    }
 }

@@ -12,7 +12,7 @@
 
 #![cfg(feature = "crash-points")]
 
-mod common;
+use cf_testkit::tools as common;
 
 use common::{colliding, hold_args, Expect, Proc, TestPlex};
 use serde_json::Value;
@@ -83,7 +83,7 @@ fn require_crash_points() {
     assert!(
         ok,
         "{} has no crash points: build it with `--features crash-points` (or --all-features)",
-        common::CFCTL
+        common::cfctl().display()
     );
 }
 

@@ -7,7 +7,7 @@
 //! test fails (`common`). The tests start processes, so they run one at a
 //! time.
 
-mod common;
+use cf_testkit::tools as common;
 
 use cf_core::{
     inspect, recovery, testing, CleanupOutcome, Member, MemberState, Mode, Plex, Region,

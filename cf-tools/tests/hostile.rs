@@ -5,9 +5,9 @@
 //! a damaged region; a region truncated under `cfctl hold` is one line;
 //! `--group-mode` delivers the modes it documents.
 
-mod common;
+use cf_testkit::tools as common;
 
-use common::{TestPlex, CFCTL};
+use common::TestPlex;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -91,7 +91,11 @@ fn names_from_the_region_are_escaped_and_errors_not_repeated() {
         }
     }
     let out = cfctl(&p, &["verify"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "5: verify found damage: {out:?}"
+    );
     assert!(text(&out.stdout).contains("invalid member name"), "{out:?}");
     std::mem::forget(m);
 
@@ -152,7 +156,7 @@ fn display_and_verify_work_on_a_region_they_may_only_read() {
         &["verify"],
     ] {
         use std::os::unix::process::CommandExt;
-        let out = Command::new(CFCTL)
+        let out = Command::new(common::cfctl())
             .arg("--plex")
             .arg(&p)
             .args(args)

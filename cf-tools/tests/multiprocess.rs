@@ -6,7 +6,7 @@
 //! never timing. Every process is killed and reaped and every plex removed on
 //! drop, also when a test fails.
 
-mod common;
+use cf_testkit::tools as common;
 
 use common::{colliding, eventually, TestPlex};
 
@@ -182,7 +182,7 @@ fn stress_fails_loudly_on_a_violation_and_on_bad_input() {
         counter.to_str().unwrap(),
         "x",
     ));
-    assert_eq!(f.status.code(), Some(1), "{f}");
+    assert_eq!(f.status.code(), Some(5), "5: an invariant broke: {f}");
     assert!(f.stderr.contains("MUTUAL EXCLUSION VIOLATED"), "{f}");
     assert!(f.stderr.contains("iteration 1"), "{f}");
     assert_eq!(
@@ -385,7 +385,7 @@ fn a_waiter_on_a_killed_modify_holder_is_told_it_is_retained() {
     wait_pending(&plex, "r", &["B"]);
     a.kill_and_reap();
     let f = b.finish();
-    assert_eq!(f.status.code(), Some(1), "{f}");
+    assert_eq!(f.status.code(), Some(3), "3: retained: {f}");
     assert!(f.stderr.contains("retained by A"), "{f}");
     let r = plex.retained();
     assert_eq!(r.len(), 1, "{r:?}");

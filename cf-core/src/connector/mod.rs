@@ -8,8 +8,10 @@ pub(crate) mod latch;
 pub mod liveness;
 mod slot;
 
+pub use slot::{
+    activity, check_name, now_ns, slot_view, Activity, MemberState, SlotView, StateWord, MAX_NAME,
+};
 pub(crate) use slot::{
     cas_state, choose_slot, load_state, name_of, occupy, process_of, set_state, snapshot, vacate,
     SlotChoice,
 };
-pub use slot::{check_name, now_ns, slot_view, MemberState, SlotView, StateWord, MAX_NAME};

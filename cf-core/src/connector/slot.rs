@@ -406,3 +406,38 @@ impl SlotView {
         self.state.has_process() && self.process.is_alive()
     }
 }
+
+/// Lock activity of one connector (for `cfctl display structure` and
+/// `cfctl report`): what its slot and the record blocks its holders own
+/// have counted, and the transactions it reported committed. Counters of
+/// blocks that went back to the pool are in the lock header's totals only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    pub requests: u64,
+    pub contention: u64,
+    pub false_contention: u64,
+    pub committed: u64,
+}
+
+/// Read the [`Activity`] of connector `id`.
+pub fn activity(region: &Region, id: u32) -> Result<Activity, CorruptError> {
+    use crate::sync::Ordering::Relaxed;
+    let id = region.check_member(id)?;
+    let slot = region.connector(id)?;
+    let mut a = Activity {
+        requests: slot.requests.load(Relaxed),
+        contention: slot.contention.load(Relaxed),
+        false_contention: slot.false_contention.load(Relaxed),
+        committed: slot.committed.load(Relaxed),
+    };
+    for b in region.blocks(id)? {
+        if b.owner.load(Relaxed) != 0 {
+            a.requests = a.requests.saturating_add(b.requests.load(Relaxed));
+            a.contention = a.contention.saturating_add(b.contention.load(Relaxed));
+            a.false_contention = a
+                .false_contention
+                .saturating_add(b.false_contention.load(Relaxed));
+        }
+    }
+    Ok(a)
+}

@@ -11,7 +11,7 @@
 //!   modify) holder adds [`WRITER`] and requires nobody else inside, both
 //!   when it enters and when it leaves; a share holder adds 1 and requires no
 //!   writer inside. Anything else is a mutual-exclusion violation: the run
-//!   stops with exit status 1.
+//!   stops with exit status 5 (an invariant broke).
 //! * word 1, `total`: iterations done by everyone. An exclusive holder updates
 //!   it with a separate load and store (`--spin` pause instructions apart, to
 //!   widen the window), as unprotected code would, so a lost update shows up
@@ -27,7 +27,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,8 +63,8 @@ macro_rules! example {
   cfctl stress --member A --resource acct-1 --resource acct-2 --iterations 20000 --counter /dev/shm/ctr &
   cfctl stress --member B --resource acct-1 --resource acct-2 --iterations 20000 --counter /dev/shm/ctr
 
-Exit status: 0 done (a one-line summary with the counter total is printed), 1 error or \
-mutual-exclusion violation, 128+N stopped early by signal N (SIGTERM, SIGINT: locks released, \
+Exit status: 0 done (a one-line summary with the counter total is printed), 1 error, \
+5 mutual-exclusion violation (an invariant broke), 128+N stopped early by signal N (SIGTERM, SIGINT: locks released, \
 disconnected, summary printed)."
     };
 }
@@ -116,7 +116,7 @@ pub struct StressArgs {
     spin: u32,
     /// Print the summary as JSON
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// The shared counter file, mapped.
@@ -241,28 +241,23 @@ fn describe_inside(v: u64) -> String {
     format!("{writers} exclusive and {readers} share holder(s) were inside")
 }
 
-/// Block SIGTERM and SIGINT in every thread and start a thread that waits for
-/// them and records the signal number, so the run stops cleanly between
-/// iterations (locks released, disconnected).
-fn stop_on_signals() -> Result<Arc<AtomicI32>> {
-    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGINT);
-    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
-        .context("blocking signals")?;
-    let stop = Arc::new(AtomicI32::new(0));
-    let flag = stop.clone();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Ok(sig) = set.wait() {
-                flag.store(sig as i32, Ordering::Relaxed);
-            }
-        })
-        .context("starting the signal thread")?;
-    Ok(stop)
+/// Stop cleanly between iterations (locks released, disconnected) on
+/// SIGTERM or SIGINT: the workspace's one signal helper.
+fn stop_on_signals() -> Result<cf_node::signals::StopFlag> {
+    cf_node::signals::StopFlag::install().context("installing signal handlers")
 }
+
+/// A mutual-exclusion violation: an invariant broke (exit status 5).
+#[derive(Debug)]
+struct Violation(String);
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Violation {}
 
 /// What a run did.
 struct Run {
@@ -277,14 +272,14 @@ fn hammer(
     resources: &[String],
     a: &StressArgs,
     counter: &Counter,
-    stop: &AtomicI32,
+    stop: &cf_node::signals::StopFlag,
 ) -> Result<Run> {
     let mode = a.mode.mode();
     let exclusive = mode.is_exclusive();
     let timeout = Duration::from_millis(a.timeout_ms);
     let mut ids: Vec<LockId> = Vec::with_capacity(resources.len());
     for i in 0..a.iterations {
-        let sig = stop.load(Ordering::Relaxed);
+        let sig = stop.signal();
         if sig != 0 {
             return Ok(Run {
                 iterations: i,
@@ -305,14 +300,15 @@ fn hammer(
             }
         };
         if let Some((when, seen)) = violation {
-            bail!(
+            return Err(Violation(format!(
                 "MUTUAL EXCLUSION VIOLATED in iteration {}: holding {} ({mode}) as {}, found on \
                  {when} that {} (counter word `inside`: {seen:#x} besides us)",
                 i + 1,
                 resources.join(", "),
                 a.member,
                 describe_inside(seen)
-            );
+            ))
+            .into());
         }
         for id in ids.drain(..).rev() {
             holder.unlock(id)?;
@@ -358,7 +354,16 @@ pub fn run(plex: &Plex, a: StressArgs) -> Result<ExitCode> {
         .and_then(|mut holder| hammer(&mut holder, &resources, &a, &counter, &stop));
     let elapsed = started.elapsed().as_secs_f64();
     let disconnected = member.disconnect();
-    let run = outcome?;
+    let run = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(v) = e.downcast_ref::<Violation>() {
+                eprintln!("cfctl: {v}");
+                return Ok(crate::exit::code(crate::exit::INVARIANT));
+            }
+            return Err(e);
+        }
+    };
     disconnected.context("disconnecting")?;
     let total = counter.total().load(Ordering::Relaxed);
     let per_second = if elapsed > 0.0 {
@@ -372,7 +377,7 @@ pub fn run(plex: &Plex, a: StressArgs) -> Result<ExitCode> {
             .unwrap_or_else(|_| format!("signal {s}"))
     });
     if a.json {
-        crate::print_json(&json!({
+        crate::out::print_json(&json!({
             "member": a.member,
             "pid": std::process::id(),
             "mode": a.mode.mode().as_str(),
@@ -401,7 +406,7 @@ pub fn run(plex: &Plex, a: StressArgs) -> Result<ExitCode> {
         if let Some(s) = &signal_name {
             line.push_str(&format!("; stopped by {s}"));
         }
-        println!("{line}");
+        crate::outln!("{line}");
     }
     Ok(match run.interrupted {
         Some(sig) => ExitCode::from(128u8.saturating_add(sig.clamp(0, 127) as u8)),

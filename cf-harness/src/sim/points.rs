@@ -9,7 +9,7 @@
 //! that point in its expected life, so that a point reached on every lock
 //! request fires in the middle of a member's run and not on its first request.
 
-use cf_node::bank::Rng;
+use rand::{Rng as _, SeedableRng};
 
 /// Points not drawn (each has its scenario in cf-node/tests/fencing.rs):
 /// `fence.marked` is reached only when a member is fenced, which needs a
@@ -126,18 +126,35 @@ pub struct Planner {
     order: Vec<&'static str>,
 }
 
-/// A seed mixed so that nearby seeds give unrelated streams (splitmix64).
-pub fn mix(seed: u64) -> u64 {
-    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// The sim's seeded generator: PCG (`rand_pcg::Pcg64`), one stream per
+/// purpose. `seed_from_u64` expands the seed, so that nearby seeds (2k and
+/// 2k+1 too) give unrelated streams.
+pub struct Rng(rand_pcg::Pcg64);
+
+impl Rng {
+    /// The stream of `seed` for `purpose` (a constant per use).
+    pub fn stream(seed: u64, purpose: u64) -> Rng {
+        let mut base = rand_pcg::Pcg64::seed_from_u64(seed);
+        let salt: u64 = base.random();
+        Rng(rand_pcg::Pcg64::seed_from_u64(salt ^ purpose))
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0.random()
+    }
+    /// Uniform in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.0.random_range(0..n)
+        }
+    }
 }
 
 impl Planner {
     pub fn new(seed: u64, scale: Scale, points: &[&'static str]) -> Planner {
         Planner {
-            rng: Rng::seeded(mix(seed ^ 0x00c0_ffee_0000_0000)),
+            rng: Rng::stream(seed, 0x00c0_ffee),
             scale,
             points: points
                 .iter()
@@ -154,7 +171,7 @@ impl Planner {
     }
 
     /// The next arming.
-    pub fn next(&mut self) -> Option<Arming> {
+    pub fn draw(&mut self) -> Option<Arming> {
         if self.points.is_empty() {
             return None;
         }
@@ -190,7 +207,7 @@ mod tests {
         let pts = cf_core::crash::CRASH_POINTS;
         let mut p = Planner::new(7, SCALE, pts);
         let n = pts.len() - UNREACHED.len();
-        let mut seen: Vec<&str> = (0..n).filter_map(|_| p.next()).map(|a| a.point).collect();
+        let mut seen: Vec<&str> = (0..n).filter_map(|_| p.draw()).map(|a| a.point).collect();
         seen.sort();
         let mut want: Vec<&str> = pts
             .iter()
@@ -207,7 +224,7 @@ mod tests {
         for k in [0u64, 1, 10, 20261201 / 2] {
             let draw = |s| {
                 let mut p = Planner::new(s, SCALE, pts);
-                (0..8).filter_map(|_| p.next()).collect::<Vec<_>>()
+                (0..8).filter_map(|_| p.draw()).collect::<Vec<_>>()
             };
             assert_ne!(
                 draw(2 * k),
@@ -228,7 +245,7 @@ mod tests {
         );
         let mut nths = Vec::new();
         for _ in 0..40 {
-            if let Some(a) = p.next() {
+            if let Some(a) = p.draw() {
                 if a.point == "acquire.after_record" {
                     nths.push(a.nth);
                 } else {

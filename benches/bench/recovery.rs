@@ -42,17 +42,9 @@ pub struct Plan {
     pub floor_reps: usize,
 }
 
-/// The steps of a recovery, as events of the region, in pipeline order.
-pub const STEPS: [(EventKind, &str); 8] = [
-    (EventKind::Detected, "detected"),
-    (EventKind::CleanedUp, "cleaned"),
-    (EventKind::RequestPosted, "posted"),
-    (EventKind::Claimed, "claimed"),
-    (EventKind::RestartLightStarted, "RL start"),
-    (EventKind::BackedOut, "backed out"),
-    (EventKind::Released, "released"),
-    (EventKind::TerminatedNormally, "terminated"),
-];
+/// The steps of a recovery, as events of the region, in pipeline order
+/// (the harness's list: the sim reports the same steps).
+pub use cf_harness::sim::check::STEPS;
 
 /// One line of the recovery table (all times in ns).
 #[derive(Debug, Serialize)]
@@ -201,7 +193,7 @@ pub fn run(dir: &Path, plan: &Plan) -> Result<(Vec<Row>, Vec<RecoveryRow>)> {
                 "{} modify locks, {} MiB pool: SIGKILL to `detected`",
                 r.n, r.pool_mib
             ),
-            r.detect,
+            r.detect.clone(),
         ));
         rows.push(recovery_row(
             format!("recovery_released_n{}_pool{}m", r.n, r.pool_mib),
@@ -209,7 +201,7 @@ pub fn run(dir: &Path, plan: &Plan) -> Result<(Vec<Row>, Vec<RecoveryRow>)> {
                 "{} modify locks, {} MiB pool: SIGKILL to `terminated_normally` (all released)",
                 r.n, r.pool_mib
             ),
-            r.released,
+            r.released.clone(),
         ));
     }
     Ok((rows, table))

@@ -26,36 +26,37 @@ fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64() * 1e3)
 }
 
-/// Median, extremes and p99 (nearest rank) of a set of samples.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+/// Median, extremes and p99 of a set of samples: the workspace's one
+/// statistics implementation ([`cf_node::stats::Summary`], an HDR
+/// histogram), under the names the tables use.
+#[derive(Clone, Debug, Serialize)]
 pub struct Stats {
     pub median: f64,
     pub min: f64,
     pub max: f64,
     pub p99: f64,
     pub n: usize,
+    /// The full summary (mean, stdev, p50, p90, p99, p99.9, max).
+    pub summary: cf_node::stats::Summary,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats::of(&[])
+    }
 }
 
 impl Stats {
     pub fn of(samples: &[f64]) -> Stats {
-        let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
-        if v.is_empty() {
-            return Stats::default();
-        }
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        let rank = ((0.99 * n as f64).ceil() as usize).clamp(1, n);
+        let summary =
+            cf_node::stats::Summary::of(samples.iter().copied().filter(|x| x.is_finite()), "ns");
         Stats {
-            median,
-            min: v[0],
-            max: v[n - 1],
-            p99: v[rank - 1],
-            n,
+            median: summary.p50.unwrap_or(0.0),
+            min: summary.min.unwrap_or(0.0),
+            max: summary.max.unwrap_or(0.0),
+            p99: summary.p99.unwrap_or(0.0),
+            n: summary.count as usize,
+            summary,
         }
     }
 
@@ -164,14 +165,24 @@ pub fn fmt_rate(r: f64) -> String {
 mod tests {
     use super::*;
 
+    /// Within the histogram's resolution (3 significant digits: a value is
+    /// reported as the highest of its bucket, at most 0.1% above it).
+    fn near(got: f64, want: f64) -> bool {
+        got >= want && got <= want * 1.001
+    }
+
     #[test]
-    fn median_and_p99() {
+    fn median_and_p99_are_the_histograms() {
         let s = Stats::of(&[5.0, 1.0, 3.0]);
-        assert_eq!((s.median, s.min, s.max, s.p99), (3.0, 1.0, 5.0, 5.0));
+        for (got, want) in [(s.median, 3.0), (s.min, 1.0), (s.max, 5.0), (s.p99, 5.0)] {
+            assert!(near(got, want), "{got} for {want}: {s:?}");
+        }
+        // One definition: the lowest sample that half the samples do not exceed.
         let s = Stats::of(&[4.0, 1.0, 3.0, 2.0]);
-        assert_eq!(s.median, 2.5);
+        assert!(near(s.median, 2.0), "{s:?}");
         let v: Vec<f64> = (1..=200).map(f64::from).collect();
-        assert_eq!(Stats::of(&v).p99, 198.0);
+        let p99 = Stats::of(&v).p99;
+        assert!(near(p99, 198.0), "{p99}");
         assert_eq!(Stats::of(&[]).n, 0);
     }
 }

@@ -127,9 +127,9 @@ pub fn run(dir: &std::path::Path, m: &Method) -> Result<Vec<Row>> {
             group: "uncontended",
             name: name.to_string(),
             what: what(name).to_string(),
+            ops_per_s: 1e9 / t.ns.median,
             ns: t.ns,
             iters_per_rep: t.iters,
-            ops_per_s: 1e9 / t.ns.median,
         })
         .collect())
 }

@@ -50,16 +50,18 @@ impl ProcLife {
     }
 }
 
-/// The steps of a recovery, as events, in pipeline order (as `cfctl bench` shows them).
+/// The steps of a recovery, as events, in pipeline order, with the short
+/// label tables and charts give them (`cfctl bench`, `cfctl sim --plot`);
+/// reports name a step by its event kind (`EventKind::as_str`).
 pub const STEPS: [(EventKind, &str); 8] = [
     (EventKind::Detected, "detected"),
-    (EventKind::CleanedUp, "cleaned_up"),
-    (EventKind::RequestPosted, "request_posted"),
+    (EventKind::CleanedUp, "cleaned"),
+    (EventKind::RequestPosted, "posted"),
     (EventKind::Claimed, "claimed"),
-    (EventKind::RestartLightStarted, "restart_light_started"),
-    (EventKind::BackedOut, "backed_out"),
+    (EventKind::RestartLightStarted, "RL start"),
+    (EventKind::BackedOut, "backed out"),
     (EventKind::Released, "released"),
-    (EventKind::TerminatedNormally, "terminated_normally"),
+    (EventKind::TerminatedNormally, "terminated"),
 ];
 
 fn how_str(h: &EndHow) -> String {
@@ -386,14 +388,14 @@ pub fn check_kills(
                 out.stop_to_detected_ms
                     .push((d.time_ns as f64 - t as f64).max(0.0) / 1e6);
             } else {
-                for (kind, name) in STEPS {
+                for (kind, _) in STEPS {
                     let at = events
                         .range(d.seq..=c.seq)
                         .map(|(_, e)| e)
                         .find(|e| e.kind == kind && e.member == p.name);
                     if let Some(e) = at {
                         out.steps_us
-                            .entry(name)
+                            .entry(kind.as_str())
                             .or_default()
                             .push((e.time_ns as f64 - t as f64).max(0.0) / 1e3);
                     }

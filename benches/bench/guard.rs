@@ -6,46 +6,11 @@ use anyhow::{bail, Context, Result};
 use memmap2::MmapMut;
 use std::io::Read;
 use std::os::fd::AsFd;
-use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
-
-/// A fresh directory under `/dev/shm` (mode 0700), removed with everything in
-/// it when dropped.
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    pub fn new() -> Result<TempDir> {
-        let nanos = cf_core::connector::now_ns();
-        let path = PathBuf::from(format!(
-            "/dev/shm/cf-bench-{}-{:x}",
-            std::process::id(),
-            nanos & 0xffff_ffff
-        ));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        Ok(TempDir { path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            eprintln!("cfctl: removing {}: {e}", self.path.display());
-        }
-    }
-}
 
 /// A `MAP_SHARED` mapping of a whole file in the temporary directory: the
 /// memory the peers' lock words and mutexes live in, and the control words of
@@ -340,31 +305,19 @@ pub fn pin_to_cpu(cpu: usize) -> Result<()> {
     Ok(())
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
 /// Turn SIGINT and SIGTERM into a flag that the benchmark loops check, so
 /// that the guards still run (children killed, directory removed).
 pub fn catch_interrupts() -> Result<()> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let act = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for s in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is
-        // async-signal-safe.
-        unsafe { sigaction(s, &act) }.with_context(|| format!("catching {s}"))?;
-    }
+    let flag = cf_node::signals::StopFlag::install().context("catching SIGINT and SIGTERM")?;
+    let _ = STOP.set(flag);
     Ok(())
 }
 
+/// Set by SIGINT or SIGTERM (the workspace's one signal helper).
+static STOP: std::sync::OnceLock<cf_node::signals::StopFlag> = std::sync::OnceLock::new();
+
 pub fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::Relaxed) {
+    if STOP.get().is_some_and(|f| f.is_set()) {
         bail!("interrupted");
     }
     Ok(())

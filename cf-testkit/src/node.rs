@@ -7,8 +7,6 @@
 //! Every wait has a generous deadline that only turns a hang into a failure
 //! (with a dump of the plex); no test asserts how fast anything happens.
 
-#![allow(dead_code)]
-
 use cf_core::events::{self, Event, EventKind};
 use cf_core::inspect::{self, LockView, MemberView};
 use cf_core::requests::{self, RequestView};
@@ -25,11 +23,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The binary under test.
-pub const CF_NODE: &str = env!("CARGO_BIN_EXE_cf-node");
+pub use crate::cf_node;
 
 /// How long anything may take before a test gives up (a hang, not slowness).
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub use crate::PATIENCE;
 
 /// Accounts in a test plex, and their initial balance.
 pub const ACCOUNTS: u64 = 64;
@@ -81,6 +78,12 @@ pub fn wait_until<T>(
 pub struct TestPlex {
     region: Arc<Region>,
     dir: tempfile::TempDir,
+}
+
+impl Default for TestPlex {
+    fn default() -> TestPlex {
+        TestPlex::new()
+    }
 }
 
 impl TestPlex {
@@ -145,7 +148,7 @@ impl TestPlex {
 
     /// Run `cf-node restart-light --plex DIR --member NAME --json` to its end.
     pub fn restart_light(&self, name: &str, env: &[(&str, &str)]) -> Finished {
-        let mut c = Command::new(CF_NODE);
+        let mut c = Command::new(cf_node());
         c.arg("restart-light")
             .arg("--plex")
             .arg(self.path())
@@ -163,7 +166,7 @@ impl TestPlex {
 
     /// Like [`TestPlex::start`], without waiting.
     pub fn spawn(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> Node {
-        let mut c = Command::new(CF_NODE);
+        let mut c = Command::new(cf_node());
         c.arg("run")
             .arg("--plex")
             .arg(self.path())
@@ -699,7 +702,6 @@ pub fn proc_state(stat: &str) -> Option<char> {
 /// so a reused PID is never hit; if it was still alive then, kill it and
 /// return true. `want` must occur in its command line.
 pub fn stop_and_kill(pid: u32, want: &[&str]) -> bool {
-    use std::os::fd::AsRawFd;
     let Ok(fd) = cf_node::pidfd::open(pid) else {
         return false;
     };
@@ -714,20 +716,9 @@ pub fn stop_and_kill(pid: u32, want: &[&str]) -> bool {
     if !want.iter().all(|w| args.iter().any(|a| a == w)) {
         return false;
     }
-    let send = |sig: i32| {
-        // SAFETY: pidfd_send_signal takes a descriptor we own, a signal
-        // number, a null siginfo and flags 0; no memory is written.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                fd.as_raw_fd() as libc::c_long,
-                sig as libc::c_long,
-                std::ptr::null::<libc::siginfo_t>(),
-                0 as libc::c_long,
-            )
-        }
-    };
-    if send(libc::SIGSTOP) != 0 {
+    // Through the pidfd (`rustix`): a reused PID is never hit.
+    let send = |sig: rustix::process::Signal| rustix::process::pidfd_send_signal(&fd, sig);
+    if send(rustix::process::Signal::STOP).is_err() {
         return false;
     }
     // Stopped (alive) or already exiting?
@@ -743,11 +734,10 @@ pub fn stop_and_kill(pid: u32, want: &[&str]) -> bool {
         },
         || format!("pid {pid}"),
     );
-    let r = send(libc::SIGKILL);
+    let r = send(rustix::process::Signal::KILL);
     assert!(
-        r == 0 || !alive,
-        "SIGKILL to a stopped restart light failed: {}",
-        std::io::Error::last_os_error()
+        r.is_ok() || !alive,
+        "SIGKILL to a stopped restart light failed: {r:?}"
     );
     alive
 }

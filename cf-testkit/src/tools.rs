@@ -7,8 +7,6 @@
 //! Timeouts here are generous and only turn a hang into a test failure; no
 //! test asserts how fast anything is.
 
-#![allow(dead_code)]
-
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -21,13 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The binary under test.
-pub const CFCTL: &str = env!("CARGO_BIN_EXE_cfctl");
-
-/// The member binary, built beside `cfctl` by the workspace build.
-pub fn cf_node() -> PathBuf {
-    Path::new(CFCTL).with_file_name("cf-node")
-}
+pub use crate::{cf_node, cfctl};
 
 /// `cfctl create` of a small plex: 16 lock entries, 4 members, 64 records each.
 pub const SMALL_CREATE: &[&str] = &[
@@ -42,7 +34,7 @@ pub const SMALL_CREATE: &[&str] = &[
 
 /// `cfctl --plex PLEX ARGS` to its end (no `CF_PLEX`, no crash point armed).
 pub fn cfctl_in(plex: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(CFCTL)
+    Command::new(cfctl())
         .arg("--plex")
         .arg(plex)
         .args(args)
@@ -53,7 +45,7 @@ pub fn cfctl_in(plex: &Path, args: &[&str]) -> std::process::Output {
 }
 
 /// How long anything may take before the test gives up (a hang, not slowness).
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub use crate::PATIENCE;
 
 /// A plex in a fresh directory under `/dev/shm`, removed on drop.
 pub struct TestPlex {
@@ -104,7 +96,7 @@ impl TestPlex {
 
     /// `cfctl --plex DIR ARGS`, with no crash point and no `CF_PLEX` inherited.
     pub fn command<S: AsRef<str>>(&self, args: &[S]) -> Command {
-        let mut c = Command::new(CFCTL);
+        let mut c = Command::new(cfctl());
         c.arg("--plex").arg(self.dir.path());
         c.args(args.iter().map(|a| a.as_ref()));
         c.env_remove("CF_CRASH_AT")
@@ -135,7 +127,7 @@ impl TestPlex {
     /// Start `cf-node SUB --plex DIR ARGS` (the binary built next to cfctl)
     /// with extra environment (e.g. `CF_CRASH_AT`), guarded like `cfctl`.
     pub fn spawn_node(&self, sub: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut c = Command::new(Path::new(CFCTL).with_file_name("cf-node"));
+        let mut c = Command::new(cf_node());
         c.arg(sub).arg("--plex").arg(self.dir.path()).args(args);
         c.env_remove("CF_CRASH_AT")
             .env_remove("CF_CRASH_ONCE")
@@ -149,6 +141,21 @@ impl TestPlex {
 
     pub fn spawn<S: AsRef<str>>(&self, args: &[S]) -> Proc {
         self.spawn_env(args, &[])
+    }
+
+    /// Start `cfctl ARGS` in a process group of its own, as a shell starts
+    /// a foreground job (a Ctrl-C is then [`Proc::signal_group`]).
+    pub fn spawn_in_group<S: AsRef<str>>(&self, args: &[S]) -> Proc {
+        let mut c = self.command(args);
+        c.process_group(0);
+        let what = format!(
+            "cfctl {}",
+            args.iter()
+                .map(|a| a.as_ref())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        Proc::spawn(c, what)
     }
 
     /// Run `cfctl ARGS` to completion.
@@ -579,6 +586,12 @@ impl Proc {
         self.child.id()
     }
 
+    /// Send `sig` to the process group the process leads (a terminal's
+    /// Ctrl-C); see [`TestPlex::spawn_in_group`].
+    pub fn signal_group(&self, sig: Signal) {
+        let _ = nix::sys::signal::killpg(Pid::from_raw(self.child.id() as i32), sig);
+    }
+
     pub fn what(&self) -> &str {
         &self.what
     }
@@ -743,13 +756,14 @@ impl Drop for Proc {
     }
 }
 
-/// A small deterministic generator (xorshift) for random delays; print the
-/// seed so a failure can be replayed.
-pub struct Rng(u64);
+/// The tests' seeded generator (PCG, `rand_pcg`) for random delays; print
+/// the seed so a failure can be replayed.
+pub struct Rng(rand_pcg::Pcg64);
 
 impl Rng {
     /// Seeded from `CF_TEST_SEED` if set, else from the clock.
     pub fn from_env_or_clock() -> (Rng, u64) {
+        use rand::SeedableRng;
         let seed = std::env::var("CF_TEST_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -759,22 +773,43 @@ impl Rng {
                     .map(|d| d.as_nanos() as u64)
                     .unwrap_or(1)
             });
-        (Rng(seed | 1), seed)
+        (Rng(rand_pcg::Pcg64::seed_from_u64(seed)), seed)
     }
 
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform-ish in `0..n`.
+    /// Uniform in `0..n` (0 when `n` is 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        use rand::Rng as _;
+        if n == 0 {
+            0
+        } else {
+            self.0.random_range(0..n)
+        }
     }
+}
+
+/// PIDs of the running processes whose command line contains `needle`
+/// (e.g. a plex directory: the members a harness started in it).
+pub fn processes_naming(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // A zombie is gone already (waiting for its parent to reap it).
+            let zombie = stat
+                .rfind(')')
+                .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z'));
+            !zombie
+                && String::from_utf8_lossy(&cmd)
+                    .replace('\0', " ")
+                    .contains(needle)
+        })
+        .collect()
 }
 
 /// Poll `cond` until it holds (panics after [`PATIENCE`] with `what`).

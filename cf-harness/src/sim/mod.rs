@@ -17,52 +17,41 @@
 //! the detection times of kills. The report also shows each step of the
 //! recoveries (`check::STEPS`), from the kill.
 
-mod check;
-mod points;
+pub mod check;
+pub mod points;
 
+use crate::outln;
 use crate::procs::{cf_node_binary, MemberProc, TempPlex};
 use anyhow::{bail, Result};
 use cf_core::events::{self, Event, EventKind};
 use cf_core::{inspect, requests, CreateOptions, Plex, Region, Sizes};
-use cf_node::bank::Rng;
+use cf_node::stats::Summary;
 use cf_node::store::Store;
 use check::{EndHow, ProcLife};
 use clap::Args;
 use points::{Arming, Planner, Scale};
+use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::IsTerminal;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, ExitStatus};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Set by SIGINT or SIGTERM: stop injecting faults, let the recoveries
 /// finish, stop the members and report (a second signal ends the sim at once;
-/// its members die with it).
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// its members die with it by their parent-death signal).
+static STOP: std::sync::OnceLock<cf_node::signals::StopFlag> = std::sync::OnceLock::new();
 
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
-fn catch_stop_signals() {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let act = SigAction::new(
-        SigHandler::Handler(on_stop_signal),
-        SaFlags::SA_RESETHAND,
-        SigSet::empty(),
-    );
-    for s in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is
-        // async-signal-safe.
-        let _ = unsafe { sigaction(s, &act) };
-    }
+fn catch_stop_signals() -> Result<()> {
+    let flag = cf_node::signals::StopFlag::install()
+        .map_err(|e| anyhow::anyhow!("installing signal handlers: {e}"))?;
+    let _ = STOP.set(flag);
+    Ok(())
 }
 
 fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::Relaxed)
+    STOP.get().is_some_and(|f| f.is_set())
 }
 
 /// Lock table entries of the sim's region unless told.
@@ -71,59 +60,86 @@ const DEFAULT_LOCK_ENTRIES: u32 = 1 << 16;
 /// is taken as torn (its writer was killed mid-write).
 const TORN_AFTER: Duration = Duration::from_millis(500);
 
-#[derive(Args)]
+#[derive(Args, Serialize)]
+#[command(after_help = crate::exit::TABLE)]
 pub struct SimArgs {
     /// Members to run, 2 to 16 (kept at this number: a killed member is restarted after its recovery)
-    #[arg(long, default_value_t = 3)]
-    members: u32,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=16))]
+    pub members: u32,
     /// Worker threads of each member running the workload, 1 to 16 (cf-node run --threads)
-    #[arg(long, default_value_t = 1)]
-    threads: u32,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub threads: u32,
     /// Lock table entries of the sim's region: a power of two from 16 to 1073741824 (2^30).
     /// A small table puts false contention and the latched path on most requests
     #[arg(long, default_value_t = DEFAULT_LOCK_ENTRIES)]
-    lock_entries: u32,
+    pub lock_entries: u32,
     /// Record entries per member: a multiple of 64, at least 64 × (threads + 2), at most 2^24
     #[arg(long, default_value_t = 1024)]
-    records_per_member: u32,
-    /// Longest run time in seconds (the run also ends after --kills faults)
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
-    /// Mean time between faults, in milliseconds
-    #[arg(long, default_value_t = 500)]
-    kill_every: u64,
+    pub records_per_member: u32,
+    /// Longest run time, more than 0: 30s, 1.5s, 2m (a bare number is seconds). The run also
+    /// ends after --kills faults
+    #[arg(long, default_value = "10", value_parser = crate::duration::secs)]
+    #[serde(serialize_with = "ser_secs")]
+    pub duration: Duration,
+    /// Mean time between faults, at least 1ms: 200ms, 1.5s (a bare number is milliseconds)
+    #[arg(long, default_value = "500", value_parser = crate::duration::millis)]
+    #[serde(serialize_with = "ser_secs")]
+    pub kill_every: Duration,
     /// Stop after this many faults
     #[arg(long)]
-    kills: Option<u64>,
-    /// Seed of the fault schedule and of the crash points (same seed, same schedule)
+    pub kills: Option<u64>,
+    /// Seed of the fault schedule, the crash points and the members' workloads (same seed,
+    /// same schedule and the same choices of accounts)
     #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Pause between the two legs of a transfer, in microseconds
-    #[arg(long, default_value_t = 500)]
-    pause_us: u64,
+    pub seed: u64,
+    /// Pause between the two legs of a transfer: 500us, 2ms (a bare number is microseconds)
+    #[arg(long, default_value = "500", value_parser = crate::duration::micros)]
+    #[serde(serialize_with = "ser_secs", rename = "pause")]
+    pub pause_us: Duration,
     /// Also kill restarters: the member that claimed a restart request, or the restart-light process
     #[arg(long)]
-    kill_restarters: bool,
-    /// Every this many milliseconds, kill every member at once
-    #[arg(long)]
-    kill_all_every: Option<u64>,
+    pub kill_restarters: bool,
+    /// Every this long, kill every member at once, at least 1ms: 5s (a bare number is milliseconds)
+    #[arg(long, value_parser = crate::duration::millis)]
+    #[serde(serialize_with = "ser_opt_secs")]
+    pub kill_all_every: Option<Duration>,
     /// Also stop members (SIGSTOP) as faults, one fault in three: each must be declared
     /// status-update-missing after the failure detection interval, fenced by a survivor
     /// (SIGKILL after the identity check) and recovered like a killed one
     #[arg(long)]
-    stop_members: bool,
-    /// The plex's failure detection interval (cfctl create --failure-detection-interval)
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::plex::parse_duration)]
-    failure_detection_interval: Duration,
-    /// Accounts in the bank (at least 2; fewer accounts, more real contention)
+    pub stop_members: bool,
+    /// The plex's failure detection interval, 100ms to 1h (cfctl create
+    /// --failure-detection-interval; a bare number is seconds)
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::duration::secs)]
+    #[serde(serialize_with = "ser_secs")]
+    pub failure_detection_interval: Duration,
+    /// Accounts in the bank, at least 2 and at least --tx-size (fewer accounts, more real contention)
     #[arg(long, default_value_t = 1000)]
-    accounts: u64,
-    /// Buffer pool of each member, in MiB
-    #[arg(long, default_value_t = 16)]
-    buffer_pool_mb: u64,
+    pub accounts: u64,
+    /// Buffer pool of each member, in MiB, 0 to 65536
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(0..=65536))]
+    pub buffer_pool_mb: u64,
+    /// Which accounts a transaction picks: uniform, zipf:S (e.g. zipf:0.99), hot:K:P (K accounts
+    /// take P percent of the accesses, e.g. hot:10:90)
+    #[arg(long, default_value = "uniform")]
+    #[serde(serialize_with = "ser_display")]
+    pub skew: cf_node::bank::Skew,
+    /// Percent of transactions that only read (share locks, no log record), 0 to 100
+    #[arg(long, default_value_t = 0.0)]
+    pub read_pct: f64,
+    /// Accounts a transaction touches, 2 to 16
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=16))]
+    pub tx_size: u32,
+    /// Pause of each worker between transactions: 1ms (a bare number is microseconds)
+    #[arg(long, default_value = "0", value_parser = crate::duration::micros)]
+    #[serde(serialize_with = "ser_secs")]
+    pub think: Duration,
+    /// Transactions per second of each worker thread (a fixed rate, open loop; default: closed loop)
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Keep the plex afterwards (it is always kept when an invariant breaks)
     #[arg(long)]
-    keep: bool,
+    pub keep: bool,
     /// Also let members die at named crash points inside the protocols: one member start in
     /// --arm-one-in (and the restart lights it starts) dies once at a point of
     /// cf_core::crash::CRASH_POINTS (lock word and latch windows, cleanup of another member,
@@ -131,51 +147,96 @@ pub struct SimArgs {
     /// hit count drawn with it from the seed. Needs a build with the `crash-points` feature;
     /// without it the points are inert
     #[arg(long)]
-    crash_points: bool,
+    pub crash_points: bool,
     /// With --crash-points: draw only the points whose names start with one of these
     /// (comma-separated, e.g. `restart_light.,handler.`)
     #[arg(long, value_delimiter = ',')]
-    crash_point_names: Vec<String>,
+    pub crash_point_names: Vec<String>,
     /// With --crash-points: arm one member start in this many (1: every start)
-    #[arg(long, default_value_t = 4)]
-    arm_one_in: u64,
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    pub arm_one_in: u64,
     /// Also write every event read and every member process started (PID, start, end and
     /// how it ended, armed crash point) to FILE, one JSON document per line, for analysis
     #[arg(long, value_name = "FILE")]
-    history_out: Option<PathBuf>,
-    /// Print the report as one JSON document
+    pub history_out: Option<PathBuf>,
+    /// Write SVG charts to DIR (created if missing; its parent must exist): throughput over time
+    /// with every fault marked, detection and recovery latency histograms, and a timeline of
+    /// each recovery
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<PathBuf>,
+    /// Print the report as CSV: a header line and one row (configuration, then results)
     #[arg(long)]
-    json: bool,
+    pub csv: bool,
+    /// Print the report as one JSON document (also: cfctl --json sim)
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+fn ser_opt_secs<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64(d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
+fn ser_display<S: serde::Serializer, T: std::fmt::Display>(
+    v: &T,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 impl SimArgs {
-    /// Every option checked before anything is created; the error names it.
-    fn check(&self) -> Result<()> {
+    /// Every option checked before anything is created, connected or
+    /// spawned; the error names it (a value out of its range is a usage
+    /// error, exit status 64; a missing directory for an output is an error).
+    pub fn check(&self) -> Result<()> {
         if !(2..=16).contains(&self.members) {
-            bail!("--members must be 2 to 16, got {}", self.members);
+            crate::usage!("--members must be 2 to 16, got {}", self.members);
         }
         if !(1..=16).contains(&self.threads) {
-            bail!("--threads must be 1 to 16, got {}", self.threads);
+            crate::usage!("--threads must be 1 to 16, got {}", self.threads);
         }
         let e = self.lock_entries;
         if !(16..=cf_core::layout::MAX_LOCK_ENTRIES).contains(&e) || !e.is_power_of_two() {
-            bail!("--lock-entries must be a power of two from 16 to 2^30, got {e}");
+            crate::usage!("--lock-entries must be a power of two from 16 to 2^30, got {e}");
         }
         let r = self.records_per_member;
         let least = 64 * (self.threads + 2);
         if !r.is_multiple_of(64) || r < least || r > 1 << 24 {
-            bail!(
+            crate::usage!(
                 "--records-per-member must be a multiple of 64 from {least} (64 × (threads + 2)) to 2^24, got {r}"
             );
         }
-        if self.accounts < 2 {
-            bail!("--accounts must be at least 2, got {}", self.accounts);
+        if (self.threads * self.tx_size) as u64 > r as u64 {
+            crate::usage!(
+                "--threads {} × --tx-size {} locks at once need more than --records-per-member {r}",
+                self.threads,
+                self.tx_size
+            );
         }
-        if self.kill_every == 0 {
-            bail!("--kill-every must be at least 1 ms");
+        if self.accounts < 2 || self.accounts < self.tx_size as u64 {
+            crate::usage!(
+                "--accounts must be at least 2 and at least --tx-size {}, got {}",
+                self.tx_size,
+                self.accounts
+            );
         }
-        if self.kill_all_every == Some(0) {
-            bail!("--kill-all-every must be at least 1 ms");
+        if self.kill_every < Duration::from_millis(1) {
+            crate::usage!("--kill-every must be at least 1ms");
+        }
+        if self
+            .kill_all_every
+            .is_some_and(|d| d < Duration::from_millis(1))
+        {
+            crate::usage!("--kill-all-every must be at least 1ms");
         }
         if self.crash_points {
             for n in &self.crash_point_names {
@@ -183,17 +244,41 @@ impl SimArgs {
                     .iter()
                     .any(|p| p.starts_with(n.as_str()))
                 {
-                    bail!("--crash-point-names: no crash point starts with {n:?}");
+                    crate::usage!("--crash-point-names: no crash point starts with {n:?}");
                 }
             }
         }
-        cf_core::connector::liveness::check_interval(self.failure_detection_interval)
-            .map_err(|e| anyhow::anyhow!("--failure-detection-interval: {e}"))?;
-        if self.arm_one_in == 0 {
-            bail!("--arm-one-in must be at least 1");
+        if let Err(e) =
+            cf_core::connector::liveness::check_interval(self.failure_detection_interval)
+        {
+            crate::usage!("--failure-detection-interval: {e}");
         }
-        if !(self.duration.is_finite() && self.duration > 0.0) {
-            bail!("--duration must be a positive number of seconds");
+        if self.csv && self.json {
+            crate::usage!("--csv and --json: give one");
+        }
+        if self.arm_one_in == 0 {
+            crate::usage!("--arm-one-in must be at least 1");
+        }
+        if self.duration.is_zero() {
+            crate::usage!("--duration must be more than 0 (e.g. 10s)");
+        }
+        if !(self.read_pct.is_finite() && (0.0..=100.0).contains(&self.read_pct)) {
+            crate::usage!("--read-pct must be 0 to 100, got {}", self.read_pct);
+        }
+        if let Some(r) = self.rate {
+            if !(r.is_finite() && r > 0.0 && r <= 1e7) {
+                crate::usage!(
+                    "--rate must be a positive number of transactions per second, got {r}"
+                );
+            }
+        }
+        for (flag, p) in [("--history-out", &self.history_out), ("--plot", &self.plot)] {
+            if let Some(p) = p {
+                let parent = p.parent().filter(|q| !q.as_os_str().is_empty());
+                if parent.is_some_and(|q| !q.is_dir()) {
+                    bail!("{flag} {}: its directory does not exist", p.display());
+                }
+            }
         }
         Ok(())
     }
@@ -224,21 +309,22 @@ impl Fault {
 
 /// The fault schedule: a pure function of the seed and the options.
 fn schedule(a: &SimArgs) -> Vec<(Duration, Fault)> {
-    let mut rng = Rng::seeded(points::mix(a.seed) ^ 0x5eed);
+    let mut rng = points::Rng::stream(a.seed, 0x5eed);
     let mut out = Vec::new();
     let mut t = Duration::ZERO;
-    let mut next_all = a.kill_all_every.map(Duration::from_millis);
+    let mut next_all = a.kill_all_every;
     let limit = a.kills.unwrap_or(u64::MAX);
+    let every_us = a.kill_every.as_micros() as u64;
     while (out.len() as u64) < limit {
-        let gap = a.kill_every / 2 + rng.below(a.kill_every.max(1));
-        t += Duration::from_millis(gap);
-        if t.as_secs_f64() >= a.duration {
+        let gap = every_us / 2 + rng.below(every_us.max(1));
+        t += Duration::from_micros(gap);
+        if t >= a.duration {
             break;
         }
         if let Some(all) = next_all {
             if t >= all {
                 out.push((t, Fault::All));
-                next_all = a.kill_all_every.map(|e| all + Duration::from_millis(e));
+                next_all = a.kill_all_every.map(|e| all + e);
                 continue;
             }
         }
@@ -253,15 +339,6 @@ fn schedule(a: &SimArgs) -> Vec<(Duration, Fault)> {
         out.push((t, f));
     }
     out
-}
-
-fn stats(mut v: Vec<f64>) -> Value {
-    if v.is_empty() {
-        return json!({ "count": 0, "min": null, "p50": null, "p99": null, "max": null });
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
-    json!({ "count": v.len(), "min": v[0], "p50": q(0.5), "p99": q(0.99), "max": v[v.len() - 1] })
 }
 
 fn now_ns() -> u64 {
@@ -428,6 +505,19 @@ struct Sim<'a> {
     /// Why the run stopped waiting for a recovery, if it did.
     liveness: Vec<String>,
     t0_ns: u64,
+    /// Seed of the run (the members' workload seeds are drawn from it).
+    seed: u64,
+    /// Member starts so far (each start's workload seed differs).
+    starts: u64,
+    /// Committed transactions over time: (seconds since the start, total).
+    samples: Vec<(f64, u64)>,
+    last_sample: Instant,
+    /// Faults injected: (seconds since the start, kind).
+    fault_times: Vec<(f64, &'static str)>,
+    /// Transactions by kind from the closing summaries of members stopped
+    /// normally (a killed member's counts die with it): count and latency.
+    by_kind: BTreeMap<String, (u64, cf_node::stats::Recorder)>,
+    progress: indicatif::ProgressBar,
 }
 
 impl Sim<'_> {
@@ -449,6 +539,25 @@ impl Sim<'_> {
         self.unpublished
             .retain(|&q, since| q >= oldest_kept && now.duration_since(*since) < TORN_AFTER);
         self.cursor = self.unpublished.keys().next().copied().unwrap_or(head);
+        if self.last_sample.elapsed() >= Duration::from_millis(100) {
+            self.last_sample = Instant::now();
+            let t = now_ns().saturating_sub(self.t0_ns) as f64 / 1e9;
+            let committed = inspect::committed_total(&self.region);
+            self.samples.push((t, committed));
+            let retained = inspect::retained(&self.region)
+                .map(|r| r.len())
+                .unwrap_or(0);
+            let ended = self.procs.iter().filter(|p| p.life.end.is_some()).count();
+            let done = self
+                .events
+                .values()
+                .filter(|e| e.kind == EventKind::RecoveryCompleted)
+                .count();
+            self.progress.set_message(format!(
+                "{t:6.1}s  transactions {committed:>8}  faults {:>5}  ended {ended:>5}  recoveries {done:>5}  retained now {retained:>3}",
+                self.fault_times.len()
+            ));
+        }
     }
 
     fn name(i: usize) -> String {
@@ -509,25 +618,10 @@ impl Sim<'_> {
             (t.max(own), spec)
         });
         let r = &mut self.procs[rec];
-        let kind = match crash {
-            Some((t, spec)) => {
-                r.life.end = Some((t, EndHow::CrashPoint(spec)));
-                "crash_point"
-            }
-            None => {
-                r.life.end = Some((now, EndHow::Exited(describe(st))));
-                "exited"
-            }
-        };
-        // A start that failed before its "running" line is counted apart.
-        let kind = if r.life.running {
-            kind
-        } else if kind == "crash_point" {
-            "crash_point_at_start"
-        } else {
-            "exited_at_start"
-        };
-        *self.kinds.entry(kind).or_default() += 1;
+        r.life.end = Some(match crash {
+            Some((t, spec)) => (t, EndHow::CrashPoint(spec)),
+            None => (now, EndHow::Exited(describe(st))),
+        });
     }
 
     /// Start member `i` (armed with a crash point drawn from the seed, with
@@ -538,7 +632,7 @@ impl Sim<'_> {
         if !self.final_phase {
             if let Some(p) = self.planner.as_mut() {
                 if p.armed(self.arm_one_in) {
-                    if let Some(a) = p.next() {
+                    if let Some(a) = p.draw() {
                         self.armings += 1;
                         let marker = self.dir.join(format!("crash-once-{}", self.armings));
                         env.push(("CF_CRASH_AT".to_string(), a.spec()));
@@ -549,7 +643,13 @@ impl Sim<'_> {
             }
         }
         let started_ns = now_ns();
-        let mut p = MemberProc::spawn(&self.exe, self.dir, &Self::name(i), &self.args, &env)?;
+        // The member's workload seed: from the run's seed, the member and its start.
+        self.starts += 1;
+        let wseed =
+            points::Rng::stream(self.seed ^ ((i as u64) << 40) ^ self.starts, 0x3011).next_u64();
+        let mut args = self.args.clone();
+        args.extend(["--seed".to_string(), wseed.to_string()]);
+        let mut p = MemberProc::spawn(&self.exe, self.dir, &Self::name(i), &args, &env)?;
         let rec = self.procs.len();
         self.procs.push(ProcRec {
             life: ProcLife {
@@ -576,7 +676,6 @@ impl Sim<'_> {
                         let t = now_ns();
                         p.kill9();
                         self.procs[rec].life.end = Some((t, EndHow::Killed("start_timeout")));
-                        *self.kinds.entry("start_timeout").or_default() += 1;
                     }
                 }
                 Err(e)
@@ -844,6 +943,8 @@ impl Sim<'_> {
             return Ok(());
         }
         *self.kinds.entry(f.kind()).or_default() += 1;
+        let t = now_ns().saturating_sub(self.t0_ns) as f64 / 1e9;
+        self.fault_times.push((t, f.kind()));
         match f {
             Fault::All => {
                 for i in alive {
@@ -897,6 +998,25 @@ impl Sim<'_> {
         Ok(())
     }
 
+    /// Add a stopped member's transactions by kind (`cf-node run --json`'s
+    /// closing line: counts, and latency buckets in µs).
+    fn add_closing_summary(&mut self, v: &Value) {
+        for (kind, key) in [("transfer", "committed"), ("read", "reads")] {
+            let e = self
+                .by_kind
+                .entry(kind.to_string())
+                .or_insert_with(|| (0, cf_node::stats::Recorder::new("µs")));
+            e.0 += v[key].as_u64().unwrap_or(0);
+            if let Some(b) = v["latency_buckets_us"][kind].as_array() {
+                for pair in b {
+                    if let (Some(x), Some(n)) = (pair[0].as_f64(), pair[1].as_u64()) {
+                        e.1.record_n(x, n);
+                    }
+                }
+            }
+        }
+    }
+
     /// A running member still armed with a crash point that has not fired.
     fn armed_member(&self) -> Option<usize> {
         (0..self.members.len()).find(|&i| {
@@ -920,6 +1040,7 @@ impl Sim<'_> {
                 self.procs[live.rec].life.end = Some((now_ns(), EndHow::Stopped));
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
                     self.normal_rss.extend(v["peak_rss_kib"].as_u64());
+                    self.add_closing_summary(&v);
                 }
             }
             Some(st) if st.signal() == Some(libc::SIGKILL) && self.procs[live.rec].fired() => {
@@ -941,12 +1062,11 @@ impl Sim<'_> {
 pub fn run(plex_arg: Option<&Path>, a: SimArgs) -> Result<ExitCode> {
     a.check()?;
     let exe = cf_node_binary()?;
-    catch_stop_signals();
-    let mut tmp = TempPlex::fresh("sim");
-    if let Some(p) = plex_arg {
-        tmp.dir = p.to_path_buf();
-        tmp.keep = true;
-    }
+    catch_stop_signals()?;
+    let mut tmp = match plex_arg {
+        Some(p) => TempPlex::named(p)?,
+        None => TempPlex::fresh("sim")?,
+    };
     tmp.keep |= a.keep;
     let dir = tmp.dir.clone();
     let plex = Plex { dir: dir.clone() };
@@ -982,22 +1102,32 @@ pub fn run(plex_arg: Option<&Path>, a: SimArgs) -> Result<ExitCode> {
     }
     let store = Store::create(&dir, a.accounts, 1000, false)?;
     let plan = schedule(&a);
-    let tty = std::io::stdout().is_terminal() && !a.json;
-    let args = vec![
+    let mut args = vec![
         "--pause-us".to_string(),
-        a.pause_us.to_string(),
+        a.pause_us.as_micros().to_string(),
         "--buffer-pool-mb".into(),
         a.buffer_pool_mb.to_string(),
         "--threads".into(),
         a.threads.to_string(),
+        "--skew".into(),
+        a.skew.to_string(),
+        "--read-pct".into(),
+        a.read_pct.to_string(),
+        "--tx-size".into(),
+        a.tx_size.to_string(),
+        "--think".into(),
+        a.think.as_micros().to_string(),
         "--json".into(),
     ];
+    if let Some(r) = a.rate {
+        args.extend(["--rate".to_string(), r.to_string()]);
+    }
     let scale = Scale {
         members: a.members,
         threads: a.threads,
         lock_entries: a.lock_entries,
-        kill_every_ms: a.kill_every,
-        pause_us: a.pause_us,
+        kill_every_ms: a.kill_every.as_millis().max(1) as u64,
+        pause_us: a.pause_us.as_micros() as u64,
     };
     let sim_points: Vec<&'static str> = cf_core::crash::CRASH_POINTS
         .iter()
@@ -1037,29 +1167,26 @@ pub fn run(plex_arg: Option<&Path>, a: SimArgs) -> Result<ExitCode> {
         start_failures: 0,
         liveness: Vec::new(),
         t0_ns: now_ns(),
+        seed: a.seed,
+        starts: 0,
+        samples: Vec::new(),
+        last_sample: Instant::now(),
+        fault_times: Vec::new(),
+        by_kind: BTreeMap::new(),
+        // Drawn on stderr only when it is a terminal (indicatif hides it otherwise).
+        progress: if a.json || a.csv {
+            indicatif::ProgressBar::hidden()
+        } else {
+            let p = indicatif::ProgressBar::new_spinner();
+            p.enable_steady_tick(Duration::from_millis(200));
+            p
+        },
     };
     if let Some(why) = sim.restart_dead(Duration::from_secs(30))? {
         bail!("the members did not start: {why}");
     }
     let t0 = Instant::now();
     sim.t0_ns = now_ns();
-    let progress = |sim: &Sim, t0: Instant| {
-        let retained = inspect::retained(&sim.region).map(|r| r.len()).unwrap_or(0);
-        let deaths = sim.procs.iter().filter(|p| p.life.end.is_some()).count();
-        let done = sim
-            .events
-            .values()
-            .filter(|e| e.kind == EventKind::RecoveryCompleted)
-            .count();
-        eprint!(
-            "\r{:6.1}s  transactions {:>8}  ended {:>5}  recoveries {:>5}  retained now {:>3}   ",
-            t0.elapsed().as_secs_f64(),
-            inspect::committed_total(&sim.region),
-            deaths,
-            done,
-            retained
-        );
-    };
     'faults: for (at, fault) in &plan {
         while t0.elapsed() < *at {
             if interrupted() {
@@ -1081,13 +1208,10 @@ pub fn run(plex_arg: Option<&Path>, a: SimArgs) -> Result<ExitCode> {
             sim.liveness.push(why);
             break;
         }
-        if tty {
-            progress(&sim, t0);
-        }
     }
     while sim.liveness.is_empty()
         && !interrupted()
-        && t0.elapsed().as_secs_f64() < a.duration
+        && t0.elapsed() < a.duration
         && a.kills.is_none()
     {
         sim.pump();
@@ -1148,10 +1272,7 @@ pub fn run(plex_arg: Option<&Path>, a: SimArgs) -> Result<ExitCode> {
             "{leftover} restart-light process(es) still running at the end (killed)"
         ));
     }
-    if tty {
-        progress(&sim, t0);
-        eprintln!();
-    }
+    sim.progress.finish_and_clear();
     sim.pump();
     // Slots still being written at the end are read once more after a pause.
     if !sim.unpublished.is_empty() {
@@ -1159,6 +1280,69 @@ pub fn run(plex_arg: Option<&Path>, a: SimArgs) -> Result<ExitCode> {
         sim.pump();
     }
     report(&a, &sim, &store, elapsed, &mut tmp)
+}
+
+/// `--plot DIR`: throughput over time with every fault marked, histograms
+/// of detection and recovery, and a timeline of each recovery.
+fn charts(
+    dir: &Path,
+    sim: &Sim,
+    procs: &[ProcLife],
+    kills: &check::KillCheck,
+) -> Result<Vec<PathBuf>> {
+    use crate::plot;
+    plot::ensure_dir(dir)?;
+    let mut out = Vec::new();
+    let f = plot::file(dir, "throughput.svg");
+    let marks: Vec<(f64, String)> = sim
+        .fault_times
+        .iter()
+        .map(|(t, k)| (*t, k.to_string()))
+        .collect();
+    plot::line_chart(
+        &f,
+        &format!(
+            "cfctl sim, seed {}: committed transactions per second",
+            sim.seed
+        ),
+        "seconds",
+        "transactions/s",
+        &[("committed", plot::rates(&sim.samples))],
+        &marks,
+    )?;
+    out.push(f);
+    let f = plot::file(dir, "detection.svg");
+    plot::histogram(&f, "death to detected", "µs", &kills.detection_us)?;
+    out.push(f);
+    let f = plot::file(dir, "recovery.svg");
+    plot::histogram(
+        &f,
+        "kill to all retained locks released",
+        "ms",
+        &kills.recovery_ms,
+    )?;
+    out.push(f);
+    let rows: Vec<(String, Vec<(&'static str, f64)>)> = procs
+        .iter()
+        .filter(|p| p.had_slot || p.running)
+        .filter_map(|p| match &p.end {
+            Some((t, h)) if *h != EndHow::Stopped => Some((p, *t)),
+            _ => None,
+        })
+        .map(|(p, t)| {
+            let at = t.saturating_sub(sim.t0_ns) as f64 / 1e9;
+            (
+                format!("{} pid {} at {at:.2}s", p.name, p.pid),
+                plot::recovery_steps(&sim.events, &p.name, t),
+            )
+        })
+        .filter(|(_, steps)| steps.len() > 1)
+        .take(40)
+        .collect();
+    let f = plot::file(dir, "recoveries.svg");
+    plot::timeline(&f, "each recovery, step by step (first 40)", &rows)?;
+    out.push(f);
+    Ok(out)
 }
 
 /// Every event and every member process, one JSON document per line.
@@ -1211,10 +1395,6 @@ fn report(
     let kills = check::check_kills(&procs, ev, head, t0);
     let lives = check::check_lives(ev, head, t0);
     let lost = check::missing_seqs(ev, head).len();
-    let member_deaths = procs
-        .iter()
-        .filter(|p| matches!(p.end, Some((_, ref h)) if *h != EndHow::Stopped))
-        .count();
     let total = store.total();
     let expected = store.expected_total();
     // Every account against what the committed transactions did (the bank
@@ -1370,11 +1550,15 @@ fn report(
         .filter(|e| matches!(e.kind, EventKind::BackedOut | EventKind::RecoveredAtRestart))
         .map(|e| e.a)
         .sum();
-    let light_rss: Vec<f64> = ev
-        .values()
-        .filter(|e| e.kind == EventKind::TerminatedNormally)
-        .map(|e| e.a as f64)
-        .collect();
+    let light_rss = Summary::of(
+        ev.values()
+            .filter(|e| e.kind == EventKind::TerminatedNormally)
+            .map(|e| e.a as f64),
+        "KiB",
+    );
+    let member_rss = Summary::of(sim.normal_rss.iter().map(|&x| x as f64), "KiB");
+    let detection = Summary::of(kills.detection_us.iter().copied(), "µs");
+    let recovery = Summary::of(kills.recovery_ms.iter().copied(), "ms");
     let rate = |n: u64| {
         if c.requests == 0 {
             0.0
@@ -1393,17 +1577,66 @@ fn report(
         }
     }
     let fired: u64 = by_point.values().map(|v| v.1).sum();
+    let armed: u64 = by_point.values().map(|v| v.0).sum();
     if !ok {
         tmp.keep = true;
     }
+    // Kills: member processes the sim killed, by the fault that killed
+    // them, and restart-light processes; they add up to the total.
+    let mut kills_by_kind: BTreeMap<&str, u64> = BTreeMap::new();
+    // Every member process that ended other than by a normal stop, by cause.
+    let mut deaths_by_cause: BTreeMap<&str, u64> = BTreeMap::new();
+    for p in &procs {
+        match &p.end {
+            Some((_, EndHow::Killed(k))) => {
+                *kills_by_kind.entry(k).or_default() += 1;
+                *deaths_by_cause.entry("killed").or_default() += 1;
+            }
+            Some((_, EndHow::CrashPoint(_))) => {
+                *deaths_by_cause
+                    .entry(if p.running {
+                        "crash_point"
+                    } else {
+                        "crash_point_at_start"
+                    })
+                    .or_default() += 1;
+            }
+            Some((_, EndHow::Exited(_))) => {
+                *deaths_by_cause
+                    .entry(if p.running {
+                        "exited"
+                    } else {
+                        "exited_at_start"
+                    })
+                    .or_default() += 1;
+            }
+            Some((_, EndHow::Stopped)) | None => {}
+        }
+    }
+    if sim.light_kills > 0 {
+        kills_by_kind.insert("restart_light", sim.light_kills);
+    }
+    let kills_total: u64 = kills_by_kind.values().sum();
+    let deaths_total: u64 = deaths_by_cause.values().sum();
+    let faults_total: u64 = sim.kinds.values().sum();
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let by_kind: Vec<(String, u64, Summary)> = sim
+        .by_kind
+        .iter()
+        .map(|(k, (n, r))| (k.clone(), *n, r.summary()))
+        .collect();
+    let config = serde_json::to_value(a).unwrap_or(Value::Null);
     let mut doc = json!({
-        "seed": a.seed, "members": a.members, "threads": a.threads, "lock_entries": a.lock_entries,
-        "records_per_member": a.records_per_member, "accounts": a.accounts,
+        "program": {"name": "cfctl sim", "version": env!("CARGO_PKG_VERSION")},
+        "seed": a.seed,
+        "config": config,
         "elapsed_s": elapsed.as_secs_f64(),
-        "kills": member_deaths as u64 + sim.light_kills, "member_kills": member_deaths,
-        "member_deaths_connected": kills.deaths, "member_deaths_before_connect": kills.before_connect,
-        "restart_light_kills": sim.light_kills, "kills_by_kind": sim.kinds,
+        "interrupted": interrupted(),
+        "faults": {"total": faults_total, "by_kind": sim.kinds},
         "stops_fenced": sim.stops_fenced,
+        "kills": {"total": kills_total, "by_kind": kills_by_kind},
+        "deaths": {"total": deaths_total, "by_cause": deaths_by_cause,
+                   "connected": kills.deaths, "before_connect": kills.before_connect},
         "start_failures": sim.start_failures,
         "recoveries": count(EventKind::RecoveryCompleted),
         "restart_lights_terminated_normally": count(EventKind::TerminatedNormally),
@@ -1411,15 +1644,19 @@ fn report(
         "lives_unverifiable_lost_events": lives.unverifiable,
         "events": head, "events_lost": lost,
         "crash_points": {
-            "armed": by_point.values().map(|v| v.0).sum::<u64>(), "fired": fired,
+            "armed": armed, "fired": fired,
             "by_point": by_point.iter().map(|(k, v)| (k.to_string(), json!({"armed": v.0, "fired": v.1}))).collect::<serde_json::Map<_, _>>(),
         },
         "transactions_committed": committed, "transactions_backed_out": backed_out,
-        "throughput_tps": committed as f64 / elapsed.as_secs_f64(),
+        "throughput_tps": committed as f64 / secs,
+        "by_kind": by_kind.iter().map(|(k, n, l)| (k.clone(), json!({
+            "count": n, "per_s": *n as f64 / secs, "latency": l,
+        }))).collect::<serde_json::Map<_, _>>(),
+        "by_kind_source": "closing summaries of the members stopped normally (a killed member's counts die with it)",
         "lock_requests": c.requests, "contention_rate": rate(c.contention), "false_contention_rate": rate(c.false_contention),
-        "detection_us": stats(kills.detection_us.clone()), "recovery_ms": stats(kills.recovery_ms.clone()),
+        "detection": detection, "recovery": recovery,
         "slowest_detections": kills.slowest, "detections_timed_before_death": kills.timed_before_death,
-        "restart_light_peak_rss_kib": stats(light_rss), "member_peak_rss_kib": stats(sim.normal_rss.iter().map(|&x| x as f64).collect()),
+        "restart_light_peak_rss": light_rss, "member_peak_rss": member_rss,
         "bank_total_expected": expected as i64, "bank_total_actual": total as i64,
         "invariants": invariants.iter().map(|(n, ok, d, ev)| {
             let mut v = json!({"name": n, "ok": ok, "detail": d});
@@ -1429,109 +1666,134 @@ fn report(
             v
         }).collect::<Vec<_>>(),
         "invariants_ok": ok,
-        "interrupted": interrupted(),
         "plex": if tmp.keep { Some(tmp.dir.display().to_string()) } else { None },
     });
     // (Beside the json! above: one more key there exceeds its recursion limit.)
-    doc["recovery_steps_us"] = check::STEPS
+    doc["recovery_steps"] = check::STEPS
         .iter()
-        .map(|(_, n)| {
+        .map(|(k, _)| k.as_str())
+        .map(|n| {
             (
                 n.to_string(),
-                stats(kills.steps_us.get(n).cloned().unwrap_or_default()),
+                json!(Summary::of(
+                    kills.steps_us.get(n).cloned().unwrap_or_default(),
+                    "µs"
+                )),
             )
         })
         .collect::<serde_json::Map<_, _>>()
         .into();
-    doc["stop_to_fenced_ms"] = stats(kills.stop_to_fenced_ms.clone());
-    doc["stop_to_detected_ms"] = stats(kills.stop_to_detected_ms.clone());
+    doc["stop_to_fenced"] = json!(Summary::of(kills.stop_to_fenced_ms.iter().copied(), "ms"));
+    doc["stop_to_detected"] = json!(Summary::of(kills.stop_to_detected_ms.iter().copied(), "ms"));
+    if let Some(dir) = &a.plot {
+        let written = charts(dir, sim, &procs, &kills)?;
+        if !a.json && !a.csv {
+            for f in written {
+                eprintln!("cfctl sim: wrote {}", f.display());
+            }
+        }
+    }
     if a.json {
-        crate::print_json(&doc);
+        crate::out::print_json(&doc);
+    } else if a.csv {
+        crate::csvout::print_flat(&doc)?;
     } else {
-        println!(
-            "sim: {} members × {} thread(s), {} lock entries, seed {}, {:.1} s",
+        outln!(
+            "sim: {} members × {} thread(s), {} lock entries, seed {}, {} (cfctl {})",
             a.members,
             a.threads,
             a.lock_entries,
             a.seed,
-            elapsed.as_secs_f64()
+            crate::duration::human(elapsed),
+            env!("CARGO_PKG_VERSION")
         );
-        println!(
+        outln!(
+            "  workload: {} skew, {}% reads, {} accounts per transaction, think {}, {}",
+            a.skew,
+            a.read_pct,
+            a.tx_size,
+            crate::duration::human(a.think),
+            a.rate
+                .map_or("closed loop".to_string(), |r| format!("{r}/s per worker"))
+        );
+        outln!(
             "  transactions: {committed} committed ({:.0}/s), {backed_out} backed out",
-            doc["throughput_tps"].as_f64().unwrap_or(0.0)
+            committed as f64 / secs
         );
-        println!(
+        if !by_kind.is_empty() {
+            outln!("    by kind, from the members stopped normally (a killed member's counts die with it):");
+        }
+        for (k, n, l) in &by_kind {
+            outln!(
+                "    {k:<8} {n} ({:.0}/s) latency {}",
+                *n as f64 / secs,
+                l.line()
+            );
+        }
+        outln!(
             "  lock requests: {}, contention {:.3}%, false contention {:.3}%",
             c.requests,
             100.0 * rate(c.contention),
             100.0 * rate(c.false_contention)
         );
-        println!(
-            "  kills: {} members, {} restart-light processes (by kind: {})",
-            member_deaths,
-            sim.light_kills,
-            sim.kinds
-                .iter()
+        let list = |m: &BTreeMap<&str, u64>| {
+            m.iter()
                 .map(|(k, v)| format!("{k} {v}"))
                 .collect::<Vec<_>>()
                 .join(", ")
+        };
+        outln!("  faults injected: {faults_total} ({})", list(&sim.kinds));
+        outln!("  kills: {kills_total} ({})", list(&kills_by_kind));
+        outln!(
+            "  member deaths: {deaths_total} ({})",
+            list(&deaths_by_cause)
         );
         if a.crash_points {
-            println!(
-                "  crash points: {} armed, {} fired",
-                doc["crash_points"]["armed"], fired
-            );
+            outln!("  crash points: {armed} armed, {fired} fired");
         }
-        println!(
+        outln!(
             "  recoveries: {} (restart light failures: {}); events {} ({} lost)",
-            doc["recoveries"], doc["restart_light_failures"], head, lost
+            doc["recoveries"],
+            doc["restart_light_failures"],
+            head,
+            lost
         );
-        let line = |label: &str, v: &Value, unit: &str| {
-            println!(
-                "  {label}: min {} / p50 {} / p99 {} / max {} {unit} (n={})",
-                v["min"], v["p50"], v["p99"], v["max"], v["count"]
-            );
-        };
-        line("detection", &doc["detection_us"], "µs");
-        line(
-            "kill to all retained locks released",
-            &doc["recovery_ms"],
-            "ms",
-        );
-        println!("  where the time goes (each step after the kill, p50 / p99 µs):");
-        for (_, n) in check::STEPS {
-            let v = &doc["recovery_steps_us"][n];
-            println!("    {n:<22} {} / {} (n={})", v["p50"], v["p99"], v["count"]);
+        outln!("  detection: {}", detection.line());
+        outln!("  kill to all retained locks released: {}", recovery.line());
+        outln!("  where the time goes (each step after the kill):");
+        for n in check::STEPS.map(|(k, _)| k.as_str()) {
+            let s = Summary::of(kills.steps_us.get(n).cloned().unwrap_or_default(), "µs");
+            outln!("    {n:<22} {}", s.line());
         }
-        if doc["stop_to_fenced_ms"]["count"].as_u64().unwrap_or(0) > 0 {
-            line("stop to fenced", &doc["stop_to_fenced_ms"], "ms");
-            line("stop to detected", &doc["stop_to_detected_ms"], "ms");
+        if !kills.stop_to_fenced_ms.is_empty() {
+            let s = Summary::of(kills.stop_to_fenced_ms.iter().copied(), "ms");
+            outln!("  stop to fenced: {}", s.line());
+            let s = Summary::of(kills.stop_to_detected_ms.iter().copied(), "ms");
+            outln!("  stop to detected: {}", s.line());
         }
-        line(
-            "restart light peak RSS",
-            &doc["restart_light_peak_rss_kib"],
-            "KiB",
-        );
-        line("normal member peak RSS", &doc["member_peak_rss_kib"], "KiB");
-        println!("  invariants:");
+        outln!("  restart light peak RSS: {}", light_rss.line());
+        outln!("  normal member peak RSS: {}", member_rss.line());
+        outln!("  invariants:");
         for (n, ok, d, _) in &invariants {
-            println!(
-                "    {:<30} {}  {}",
+            outln!(
+                "    {:<30} {}{}",
                 n,
                 if *ok { "ok" } else { "BROKEN" },
-                if *ok { "" } else { d.as_str() }
+                if *ok { String::new() } else { format!("  {d}") }
             );
         }
         if interrupted() {
-            println!("  interrupted: the faults stopped early");
+            outln!("  interrupted: the faults stopped early");
         }
         if tmp.keep {
-            println!("  plex kept at {}", tmp.dir.display());
+            outln!("  plex kept at {}", tmp.dir.display());
         }
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
+    Ok(crate::exit::code(if !ok {
+        crate::exit::INVARIANT
+    } else if interrupted() {
+        crate::exit::INTERRUPTED
     } else {
-        ExitCode::FAILURE
-    })
+        crate::exit::SUCCESS
+    }))
 }

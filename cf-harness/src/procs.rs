@@ -184,31 +184,51 @@ impl Drop for MemberProc {
     }
 }
 
-/// A plex directory removed on drop unless kept.
+/// A plex directory removed on drop unless kept: a fresh one (`tempfile`)
+/// or one the user named (never removed).
 pub struct TempPlex {
     pub dir: PathBuf,
     pub keep: bool,
+    guard: Option<tempfile::TempDir>,
 }
 
 impl TempPlex {
-    /// A fresh directory for `what` under /dev/shm (or the temp dir).
-    pub fn fresh(what: &str) -> TempPlex {
+    /// A fresh directory `cf-WHAT-XXXXXX` under /dev/shm (or the temp dir).
+    pub fn fresh(what: &str) -> Result<TempPlex> {
         let base = if Path::new("/dev/shm").is_dir() {
             PathBuf::from("/dev/shm")
         } else {
             std::env::temp_dir()
         };
-        TempPlex {
-            dir: base.join(format!("cf-{what}-{}", std::process::id())),
+        let guard = tempfile::Builder::new()
+            .prefix(&format!("cf-{what}-"))
+            .tempdir_in(&base)
+            .with_context(|| format!("creating a directory under {}", base.display()))?;
+        Ok(TempPlex {
+            dir: guard.path().to_path_buf(),
             keep: false,
-        }
+            guard: Some(guard),
+        })
+    }
+
+    /// The directory the user named: its last component is created if
+    /// missing (never its parents), and it is kept.
+    pub fn named(dir: &Path) -> Result<TempPlex> {
+        crate::plexdir::create_last(dir, false)?;
+        Ok(TempPlex {
+            dir: dir.to_path_buf(),
+            keep: true,
+            guard: None,
+        })
     }
 }
 
 impl Drop for TempPlex {
     fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_dir_all(&self.dir);
+        if self.keep {
+            if let Some(g) = self.guard.take() {
+                let _ = g.keep();
+            }
         }
     }
 }

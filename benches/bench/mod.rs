@@ -19,6 +19,8 @@ mod stats;
 mod uncontended;
 
 use anyhow::{Context, Result};
+use cf_harness::outln;
+use cf_harness::table::table;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use stats::{fmt_ns, fmt_rate, Method, Stats};
@@ -32,7 +34,14 @@ pub struct BenchArgs {
     quick: bool,
     /// Print one JSON document instead of the tables
     #[arg(long)]
-    json: bool,
+    pub json: bool,
+    /// Print the results as CSV: a header line and one row per measured path
+    #[arg(long)]
+    pub csv: bool,
+    /// Write SVG charts to DIR (created if missing; its parent must exist): ns per operation of
+    /// every path, and recovery time against the number of locks held
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<std::path::PathBuf>,
     /// Run only these groups (comma-separated)
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Group>,
@@ -140,13 +149,22 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     if let Some(w) = &a.worker {
         return worker(w);
     }
+    if a.csv && a.json {
+        cf_harness::usage!("--csv and --json: give one");
+    }
+    if let Some(p) = &a.plot {
+        let parent = p.parent().filter(|q| !q.as_os_str().is_empty());
+        if parent.is_some_and(|q| !q.is_dir()) {
+            anyhow::bail!("--plot {}: its directory does not exist", p.display());
+        }
+    }
     guard::catch_interrupts()?;
     let started = Instant::now();
     let when = utc_now();
     let load_at_start = loadavg();
     let cfg = config(a.quick);
     let want = |g: Group| a.only.is_empty() || a.only.contains(&g);
-    let tmp = guard::TempDir::new()?;
+    let tmp = crate::ShmDir::new().context("creating a directory under /dev/shm")?;
     let cpus = guard::allowed_cpus();
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let progress = |s: &str| {
@@ -190,8 +208,41 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     let mut machine = machine(cpus.len());
     machine["loadavg_1min_at_start"] = json!(load_at_start);
     machine["loadavg_1min_at_end"] = json!(loadavg());
+    if let Some(dir) = &a.plot {
+        charts(dir, &rows, &recovery_table)?;
+    }
+    if a.csv {
+        let flat: Vec<Vec<(String, String)>> = rows
+            .iter()
+            .map(|r| {
+                let mut v = vec![
+                    ("program".to_string(), "cfctl bench".to_string()),
+                    ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+                    ("date_utc".to_string(), when.clone()),
+                    ("quick".to_string(), a.quick.to_string()),
+                    ("group".to_string(), r.group.to_string()),
+                    ("name".to_string(), r.name.clone()),
+                    ("ops_per_s".to_string(), r.ops_per_s.to_string()),
+                    ("ops_per_rep".to_string(), r.iters_per_rep.to_string()),
+                ];
+                let s = &r.ns.summary;
+                for (k, x) in cf_node::stats::Summary::csv_header("ns")
+                    .into_iter()
+                    .zip(s.csv_values())
+                {
+                    v.push((k, x));
+                }
+                v
+            })
+            .collect();
+        cf_harness::out!("{}", cf_harness::csvout::to_csv(&flat)?);
+        drop(tmp);
+        return Ok(ExitCode::SUCCESS);
+    }
     if a.json {
-        crate::print_json(&json!({
+        cf_harness::out::print_json(&json!({
+            "program": {"name": "cfctl bench", "version": env!("CARGO_PKG_VERSION")},
+            "config": {"quick": a.quick, "only": a.only.iter().map(|g| format!("{g:?}").to_lowercase()).collect::<Vec<_>>()},
             "command": command,
             "date_utc": when,
             "quick": a.quick,
@@ -199,7 +250,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             "method": {
                 "uncontended": cfg.uncontended,
                 "across": cfg.across,
-                "note": "ns_per_op and ops_per_s are of the median repetition; min/max over repetitions; p99 nearest-rank",
+                "note": "ns_per_op and ops_per_s are of the median repetition (p50 of an HDR histogram of the repetitions, 3 significant digits); ns has the full summary",
             },
             "results": rows.iter().map(|r| json!({
                 "group": r.group,
@@ -213,6 +264,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
                 "spread_pct": r.ns.spread_pct(),
                 "reps": r.ns.n,
                 "ops_per_rep": r.iters_per_rep,
+                "ns": r.ns.summary,
             })).collect::<Vec<_>>(),
             "checks": checks.iter().map(|c| json!({
                 "name": c.name,
@@ -257,12 +309,49 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--plot DIR`: ns per operation of every path, and recovery against N.
+fn charts(dir: &std::path::Path, rows: &[Row], recovery: &[recovery::RecoveryRow]) -> Result<()> {
+    use cf_harness::plot;
+    plot::ensure_dir(dir)?;
+    let bars: Vec<(String, f64)> = rows
+        .iter()
+        .filter(|r| r.group != "recovery")
+        .map(|r| (format!("{} {}", r.group, r.name), r.ns.median))
+        .collect();
+    plot::bar_chart(
+        &dir.join("paths.svg"),
+        "cfctl bench: ns per operation (median repetition)",
+        "ns",
+        &bars,
+    )?;
+    if !recovery.is_empty() {
+        let series = |f: fn(&recovery::RecoveryRow) -> f64| -> Vec<(f64, f64)> {
+            recovery.iter().map(|r| (r.n as f64, f(r) / 1e6)).collect()
+        };
+        plot::line_chart(
+            &dir.join("recovery.svg"),
+            "cfctl bench: SIGKILL of a holder of N modify locks, to each step (ms)",
+            "modify locks held",
+            "ms",
+            &[
+                ("detected", series(|r| r.detect.median)),
+                ("cleaned up", series(|r| r.cleaned.median)),
+                ("restart light started", series(|r| r.started.median)),
+                ("released", series(|r| r.released.median)),
+            ],
+            &[],
+        )?;
+    }
+    eprintln!("cfctl bench: wrote charts to {}", dir.display());
+    Ok(())
+}
+
 fn worker(spec: &str) -> Result<ExitCode> {
     let spec: WorkerSpec = serde_json::from_str(spec).context("bad worker spec")?;
     match spec {
         WorkerSpec::Across(s) => {
             let out = across::worker(&s)?;
-            println!("{}", serde_json::to_string(&out)?);
+            outln!("{}", serde_json::to_string(&out)?);
         }
         WorkerSpec::Hold(s) => recovery::hold(&s)?,
     }
@@ -345,7 +434,7 @@ fn checks(rows: &[Row], rec: &[recovery::RecoveryRow]) -> Vec<Check> {
     // The targets: detection whatever the victim's memory, recovery
     // in milliseconds.
     let row = |n: u64, pool: usize| rec.iter().find(|r| r.n == n && r.pool_mib == pool);
-    let small = row(10, 1).map(|r| r.detect);
+    let small = row(10, 1).map(|r| &r.detect);
     if let Some(d) = small {
         out.push(Check {
             name: "detection p50, 1 MiB victim".into(),
@@ -436,8 +525,8 @@ fn print_tables(
     rec: &[recovery::RecoveryRow],
     elapsed: Duration,
 ) {
-    println!("{command}");
-    println!(
+    outln!("{command}");
+    outln!(
         "{} UTC; {}, {} CPU(s), Linux {}; load average (1 min) {} at start, {} at end",
         when,
         machine["cpu"].as_str().unwrap_or("?"),
@@ -454,89 +543,100 @@ fn print_tables(
             m.rep_time.as_millis()
         )
     };
-    println!(
+    outln!(
         "method: uncontended: {} (paths interleaved); across: {}; figures: median [min .. max] over repetitions",
         m(&cfg.uncontended),
         m(&cfg.across)
     );
-    println!();
-    println!(
-        "{:<12} {:<32} {:>10} {:>11} {:>23} {:>7}",
-        "group", "name", "median/op", "ops/s", "[min .. max]", "spread"
+    outln!();
+    let paths = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.group.to_string(),
+                r.name.clone(),
+                fmt_ns(r.ns.median),
+                fmt_rate(r.ops_per_s),
+                format!("[{} .. {}]", fmt_ns(r.ns.min), fmt_ns(r.ns.max)),
+                format!("{:.0}%", r.ns.spread_pct()),
+            ]
+        })
+        .collect();
+    outln!(
+        "{}",
+        table(
+            &[
+                "group",
+                "name",
+                "median/op",
+                "ops/s",
+                "[min .. max]",
+                "spread"
+            ],
+            paths
+        )
     );
-    for r in rows {
-        println!(
-            "{:<12} {:<32} {:>10} {:>11} {:>23} {:>6.0}%",
-            r.group,
-            r.name,
-            fmt_ns(r.ns.median),
-            fmt_rate(r.ops_per_s),
-            format!("[{} .. {}]", fmt_ns(r.ns.min), fmt_ns(r.ns.max)),
-            r.ns.spread_pct()
-        );
-    }
     if !checks.is_empty() {
-        println!();
-        println!("Targets");
-        println!("{:<64} {:>9} {:>18}  verdict", "ratio", "value", "target");
-        for c in checks {
-            let v = if c.unit == "ns" {
-                fmt_ns(c.value)
-            } else if c.unit == "B" {
-                format!("{:.1} MiB", c.value / 1048576.0)
-            } else {
-                format!("{:.2}x", c.value)
-            };
-            let verdict = match c.met {
-                Some(true) => "met",
-                Some(false) => "MISSED",
-                None => "-",
-            };
-            println!("{:<64} {:>9} {:>18}  {verdict}", c.name, v, c.target);
-        }
+        outln!();
+        outln!("Targets");
+        let targets = checks
+            .iter()
+            .map(|c| {
+                let v = if c.unit == "ns" {
+                    fmt_ns(c.value)
+                } else if c.unit == "B" {
+                    format!("{:.1} MiB", c.value / 1048576.0)
+                } else {
+                    format!("{:.2}x", c.value)
+                };
+                let verdict = match c.met {
+                    Some(true) => "met",
+                    Some(false) => "MISSED",
+                    None => "-",
+                };
+                vec![c.name.to_string(), v, c.target.to_string(), verdict.into()]
+            })
+            .collect();
+        outln!(
+            "{}",
+            table(&["ratio", "value", "target", "verdict"], targets)
+        );
     }
     if !rec.is_empty() {
-        println!();
-        println!("Recovery: times after SIGKILL (t0) of a member holding N modify locks with a buffer pool, from the region's events:");
-        println!("exit = its pidfd readable here (kernel exit done); detected = death noticed by the monitoring member (liveness word);");
-        println!("cleaned = its locks marked retained; posted/claimed = restart request; RL start = restart light started;");
-        println!("backed out, released = its steps; terminated = restart light ended normally, every retained lock released");
-        println!("(medians, each step from t0; p99 where marked)");
-        print!(
-            "{:>9} {:>6} {:>5} {:>10} {:>10}",
-            "N locks", "pool", "reps", "exit", "detect p99"
-        );
-        for (_, name) in recovery::STEPS {
-            print!(" {name:>10}");
-        }
-        println!(
-            " {:>10} {:>13} {:>8} {:>8}",
-            "term p99", "marginal/lock", "RL RSS", "w/o reg"
-        );
-        for r in rec {
-            print!(
-                "{:>9} {:>5}M {:>5} {:>10} {:>10}",
-                r.n,
-                r.pool_mib,
-                r.reps,
-                fmt_ns(r.exited.median),
-                fmt_ns(r.detect.p99)
-            );
-            for (_, s) in &r.steps {
-                print!(" {:>10}", fmt_ns(s.median));
-            }
-            println!(
-                " {:>10} {:>13} {:>7.1}M {:>7.1}M",
-                fmt_ns(r.released.p99),
-                r.marginal_ns_per_lock.map_or("-".into(), fmt_ns),
-                r.light_rss_kib.max / 1024.0,
-                r.light_own_kib.max / 1024.0
-            );
-        }
-        println!("(p99 is nearest-rank: with fewer than 100 repetitions it is the maximum)");
+        outln!();
+        outln!("Recovery: times after SIGKILL (t0) of a member holding N modify locks with a buffer pool, from the region's events:");
+        outln!("exit = its pidfd readable here (kernel exit done); detected = death noticed by the monitoring member (liveness word);");
+        outln!("cleaned = its locks marked retained; posted/claimed = restart request; RL start = restart light started;");
+        outln!("backed out, released = its steps; terminated = restart light ended normally, every retained lock released");
+        outln!("(medians, each step from t0; p99 where marked)");
+        let mut header = vec!["N locks", "pool", "reps", "exit", "detect p99"];
+        header.extend(recovery::STEPS.iter().map(|(_, name)| *name));
+        header.extend(["term p99", "marginal/lock", "RL RSS", "w/o reg"]);
+        let steps = rec
+            .iter()
+            .map(|r| {
+                let mut row = vec![
+                    r.n.to_string(),
+                    format!("{}M", r.pool_mib),
+                    r.reps.to_string(),
+                    fmt_ns(r.exited.median),
+                    fmt_ns(r.detect.p99),
+                ];
+                row.extend(r.steps.iter().map(|(_, s)| fmt_ns(s.median)));
+                row.extend([
+                    fmt_ns(r.released.p99),
+                    r.marginal_ns_per_lock.map_or("-".into(), fmt_ns),
+                    format!("{:.1}M", r.light_rss_kib.max / 1024.0),
+                    format!("{:.1}M", r.light_own_kib.max / 1024.0),
+                ]);
+                row
+            })
+            .collect();
+        outln!("{}", table(&header, steps));
+        outln!("(p99 is the HDR histogram's: with fewer than 100 repetitions it is the maximum)");
     }
-    println!();
-    println!("total run time {:.1} s", elapsed.as_secs_f64());
+    outln!();
+    outln!("total run time {:.1} s", elapsed.as_secs_f64());
 }
 
 fn machine(cpus: usize) -> serde_json::Value {
@@ -565,24 +665,9 @@ fn loadavg() -> Option<f64> {
         .ok()
 }
 
-/// "YYYY-MM-DD HH:MM:SS" (UTC) from the realtime clock.
+/// "YYYY-MM-DD HH:MM:SS" (UTC) from the realtime clock (`jiff`).
 fn utc_now() -> String {
-    let secs = cf_core::connector::now_ns() / 1_000_000_000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!(
-        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string()
 }

@@ -1,0 +1,207 @@
+//! `cfctl report`: an activity report in the manner of RMF's CF activity
+//! report, per interval and per connector.
+//!
+//! What cf-core counts, and so what is reported: lock requests, contention
+//! and false contention per connector (its slot and the record blocks it
+//! owns), transactions reported committed, locks held and retained, and
+//! requests waiting (PENDING records) at the end of the interval. What it
+//! does not count, and so is not reported: the synchronous service time of
+//! a request (requests are not timed), and refusals of retained locks (the
+//! answer is given without counting it).
+
+use anyhow::{bail, Result};
+use cf_core::connector::Activity;
+use cf_core::inspect::{self, MemberView};
+use cf_core::{Plex, Region};
+use cf_harness::outln;
+use cf_harness::table::table;
+use clap::Args;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// Length of an interval: 1s, 500ms, 1m (a bare number is seconds)
+    #[arg(long, default_value = "1s", value_parser = cf_harness::duration::secs)]
+    interval: Duration,
+    /// Stop after this many intervals (default: until Ctrl-C or a closed pipe)
+    #[arg(long)]
+    count: Option<u64>,
+    /// Only this connector
+    #[arg(long, value_name = "NAME")]
+    member: Option<String>,
+    /// Print one JSON document per interval (one line each)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One connector at one moment.
+#[derive(Clone)]
+struct Sample {
+    view: MemberView,
+    act: Activity,
+    waits: usize,
+}
+
+fn sample(region: &Region, only: Option<&str>) -> Result<BTreeMap<(u32, u32), Sample>> {
+    let mut waits: BTreeMap<u32, usize> = BTreeMap::new();
+    for l in inspect::locks(region)? {
+        if !l.held {
+            *waits.entry(l.member_id).or_default() += 1;
+        }
+    }
+    let mut out = BTreeMap::new();
+    for m in inspect::members(region)? {
+        if only.is_some_and(|n| n != m.name) {
+            continue;
+        }
+        let act = cf_core::connector::activity(region, m.id).unwrap_or_default();
+        out.insert(
+            (m.id, m.generation),
+            Sample {
+                waits: waits.get(&m.id).copied().unwrap_or(0),
+                view: m,
+                act,
+            },
+        );
+    }
+    Ok(out)
+}
+
+pub fn run(plex: &Plex, a: ReportArgs) -> Result<ExitCode> {
+    if a.interval.is_zero() {
+        bail!("--interval must be more than 0");
+    }
+    if a.count == Some(0) {
+        bail!("--count must be at least 1");
+    }
+    let region = Region::open(plex)?;
+    let stop = cf_node::signals::StopFlag::install()
+        .map_err(|e| anyhow::anyhow!("installing signal handlers: {e}"))?;
+    if !a.json {
+        outln!(
+            "cfctl report: {} every {}; not measured: synchronous service time (cf-core does not \
+time requests), retained-lock refusals (not counted)",
+            region.path().display(),
+            cf_harness::duration::human(a.interval)
+        );
+    }
+    let mut before = sample(&region, a.member.as_deref())?;
+    let mut totals_before = inspect::counters(&region);
+    let mut t_before = Instant::now();
+    let mut wall_before = jiff::Zoned::now();
+    let mut n = 0u64;
+    loop {
+        let until = t_before + a.interval;
+        while Instant::now() < until {
+            if stop.is_set() || cf_harness::out::closed() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            std::thread::sleep(Duration::from_millis(10).min(until - Instant::now()));
+        }
+        let after = sample(&region, a.member.as_deref())?;
+        let totals = inspect::counters(&region);
+        let t = Instant::now();
+        let wall = jiff::Zoned::now();
+        let secs = t.duration_since(t_before).as_secs_f64().max(1e-9);
+        let per_s = |x: u64, y: u64| x.saturating_sub(y) as f64 / secs;
+        let pct = |x: u64, of: u64| {
+            if of == 0 {
+                0.0
+            } else {
+                100.0 * x as f64 / of as f64
+            }
+        };
+        let mut rows = Vec::new();
+        let mut docs = Vec::new();
+        for (key, s) in &after {
+            // A connector new in this interval counts from zero.
+            let zero = Activity::default();
+            let b = before.get(key).map_or(&zero, |b| &b.act);
+            let req = s.act.requests.saturating_sub(b.requests);
+            let cont = s.act.contention.saturating_sub(b.contention);
+            let fals = s.act.false_contention.saturating_sub(b.false_contention);
+            let state = crate::display::state_text(&s.view);
+            docs.push(json!({
+                "connector": s.view.name, "id": s.view.id, "state": state,
+                "requests_per_s": req as f64 / secs, "contention_per_s": cont as f64 / secs,
+                "false_contention_per_s": fals as f64 / secs,
+                "contention_pct": pct(cont, req), "false_contention_pct": pct(fals, req),
+                "committed_per_s": per_s(s.act.committed, b.committed),
+                "held": s.view.held, "retained": s.view.retained, "waits": s.waits,
+            }));
+            rows.push(vec![
+                s.view.name.clone(),
+                state.to_string(),
+                format!("{:.0}", req as f64 / secs),
+                format!("{:.0}", cont as f64 / secs),
+                format!("{:.0}", fals as f64 / secs),
+                format!("{:.2}", pct(cont, req)),
+                format!("{:.2}", pct(fals, req)),
+                format!("{:.0}", per_s(s.act.committed, b.committed)),
+                s.view.held.to_string(),
+                s.view.retained.to_string(),
+                s.waits.to_string(),
+            ]);
+        }
+        let all_req = totals.requests.saturating_sub(totals_before.requests);
+        let structure = json!({
+            "requests_per_s": all_req as f64 / secs,
+            "contention_per_s": per_s(totals.contention, totals_before.contention),
+            "false_contention_per_s": per_s(totals.false_contention, totals_before.false_contention),
+        });
+        if a.json {
+            let doc: Value = json!({
+                "start": wall_before.strftime("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string(),
+                "end": wall.strftime("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string(),
+                "seconds": secs, "lock_structure": structure, "connectors": docs,
+                "not_measured": ["synchronous service time", "retained-lock refusals"],
+            });
+            outln!("{doc}");
+        } else {
+            outln!(
+                "\nINTERVAL {} - {} ({})  LOCK STRUCTURE: {:.0} req/s, contention {:.0}/s, false contention {:.0}/s",
+                wall_before.strftime("%H:%M:%S%.3f"),
+                wall.strftime("%H:%M:%S%.3f"),
+                cf_harness::duration::human(Duration::from_secs_f64(secs)),
+                all_req as f64 / secs,
+                per_s(totals.contention, totals_before.contention),
+                per_s(totals.false_contention, totals_before.false_contention)
+            );
+            if rows.is_empty() {
+                outln!("no connectors");
+            } else {
+                outln!(
+                    "{}",
+                    table(
+                        &[
+                            "CONNECTOR",
+                            "STATE",
+                            "REQ/S",
+                            "CONT/S",
+                            "FALSE/S",
+                            "CONT%",
+                            "FALSE%",
+                            "COMMIT/S",
+                            "HELD",
+                            "RETAINED",
+                            "WAITS",
+                        ],
+                        rows
+                    )
+                );
+            }
+        }
+        cf_harness::out::flush();
+        n += 1;
+        if a.count.is_some_and(|c| n >= c) || stop.is_set() || cf_harness::out::closed() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        before = after;
+        totals_before = totals;
+        t_before = t;
+        wall_before = wall;
+    }
+}
