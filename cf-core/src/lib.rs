@@ -177,6 +177,20 @@ pub mod testing {
         }
     }
 
+    /// Overwrite a connector's heartbeat word (damage injection).
+    pub fn write_heartbeat(region: &Region, member: u32, value: u64) {
+        if let Ok(c) = region.connector(member) {
+            c.heartbeat.store(value, Ordering::Relaxed);
+        }
+    }
+
+    /// A connector's heartbeat word as stored.
+    pub fn read_heartbeat(region: &Region, member: u32) -> u64 {
+        region
+            .connector(member)
+            .map_or(0, |c| c.heartbeat.load(Ordering::Relaxed))
+    }
+
     /// Overwrite a connector's state word (damage injection).
     pub fn write_connector_state(region: &Region, member: u32, value: u64) {
         if let Ok(c) = region.connector(member) {
