@@ -31,6 +31,8 @@ pub const CRASH_POINTS: &[&str] = &[
     "cleanup.before_final_state",
     // connector.rs
     "connect.latched",
+    // member/mod.rs: a normal restart's request completed, not yet ACTIVE
+    "recovery.completed_before_active",
     // connector/liveness.rs: registration, the pass-on of a kernel wake, the fence
     "liveness.before_word",
     "liveness.woken",

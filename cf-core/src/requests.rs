@@ -58,6 +58,18 @@
 //!   a new epoch) or [`FAILED_RETRY`] has passed since it failed (then it is
 //!   claimed again as it is, same epoch). So a persistent failure costs a
 //!   handful of restart lights every [`FAILED_RETRY`], not thousands a second.
+//!   A [`retry`] works under the connect latch and re-posts only for a member
+//!   that is still failed-persistent: one recovering itself completes the
+//!   request when it finishes, one already recovered gets it completed by
+//!   the retry (the attack4 tests).
+//! * **A normal restart completes before it is ACTIVE**: the member's own
+//!   recovering connection completes its slot's outstanding request (any
+//!   state) under the connect latch, just before it becomes ACTIVE
+//!   ([`complete_outstanding`]). Killed before: the member died recovering,
+//!   its cleanup finds no request and posts one (the recovery is redone).
+//!   Killed after: the death of an ACTIVE member is a new failure with a
+//!   request of its own, never blocked by the old one (a FAILED request of
+//!   the previous life would otherwise stand for it until [`FAILED_RETRY`]).
 
 use crate::connector::claim::{self, Claim};
 use crate::connector::identity::ProcessId;
@@ -275,18 +287,31 @@ fn post_if_failed(
     by: Option<u32>,
     on_posted: impl FnOnce(),
 ) -> Result<Option<u32>, CorruptError> {
+    with_connects_latched(region, id, |state| {
+        if state != MemberState::FailedPersistent {
+            return Ok(None);
+        }
+        post_claimed(region, id, by, on_posted)
+    })
+}
+
+/// Run `f` with member `id`'s state, under the connect latch (so no
+/// connection of the member begins or ends its recovery meanwhile);
+/// `Ok(None)` without running it if connects are busy (or the latch is
+/// stuck): the caller looks again.
+fn with_connects_latched(
+    region: &Region,
+    id: u32,
+    f: impl FnOnce(MemberState) -> Result<Option<u32>, CorruptError>,
+) -> Result<Option<u32>, CorruptError> {
     let me = ProcessId::current().map_err(|e| CorruptError::BadConnector {
         id,
         what: format!("reading this process's identity: {e}"),
     })?;
     let Ok(_latch) = ConnectLatch::take(region, &me, POST_LATCH_WAIT) else {
-        // Connects are busy (or the latch is stuck): the poster looks again.
         return Ok(None);
     };
-    if crate::connector::load_state(region, id)?.state != MemberState::FailedPersistent {
-        return Ok(None);
-    }
-    post_claimed(region, id, by, on_posted)
+    f(crate::connector::load_state(region, id)?.state)
 }
 
 /// How long [`post`] waits for the connect latch.
@@ -537,8 +562,16 @@ pub fn set_reason(
 
 /// Re-post a FAILED request for member `id` by hand (`cfctl restart-light`):
 /// it becomes PENDING with a new epoch, so a member claims it at once.
-/// Returns the new epoch, or `None` if the request was not FAILED (then
-/// [`post`] is what to call).
+/// Returns the new epoch, or `None` if nothing was re-posted: the request
+/// was not FAILED (then [`post`] is what to call), the member is recovering
+/// itself (its connection completes the request), or the member was
+/// recovered already (the request is completed now).
+///
+/// All of it happens under the connect latch: a normal restart that began
+/// before the retry completes the request when it finishes recovering
+/// ([`complete_outstanding`], under the same latch), and one that begins
+/// after it finds the new request and completes that; so a retry never
+/// frees a request that nobody will complete.
 pub fn retry(
     region: &Region,
     id: u32,
@@ -546,24 +579,62 @@ pub fn retry(
     on_posted: impl FnOnce(),
 ) -> Result<Option<u32>, CorruptError> {
     under_cleanup_claim(region, id, || {
-        let e = region.request(id)?;
-        let now = load(id, e)?;
-        if now.state != RequestState::Failed {
-            return Ok(None);
-        }
-        // FAILED -> FREE (no completion: nothing was recovered), then a
-        // fresh post, as the sweep's: only for a member still failed (a
-        // restart light run by hand may have recovered it meanwhile). A
-        // death in between, or busy connects, leave it FREE: the sweep posts.
-        let free = StateWord {
-            state: RequestState::Free,
-            epoch: now.epoch,
-        };
-        if !cas(e, now, free) {
-            return Ok(None);
-        }
-        post_if_failed(region, id, by, on_posted)
+        with_connects_latched(region, id, |state| {
+            let e = region.request(id)?;
+            let now = load(id, e)?;
+            if now.state != RequestState::Failed {
+                return Ok(None);
+            }
+            match state {
+                // FAILED -> FREE (no completion: nothing was recovered),
+                // then a fresh post.
+                MemberState::FailedPersistent => {
+                    let free = StateWord {
+                        state: RequestState::Free,
+                        epoch: now.epoch,
+                    };
+                    if !cas(e, now, free) {
+                        return Ok(None);
+                    }
+                    post_claimed(region, id, by, on_posted)
+                }
+                // A restart light recovered it and left, and was killed
+                // before it completed the request.
+                MemberState::Free => {
+                    let by_name = by.map(|b| crate::connector::name_of(region, b));
+                    complete(
+                        region,
+                        id,
+                        now.epoch,
+                        &load_name(e),
+                        by_name.as_deref().unwrap_or("cf-core"),
+                    )?;
+                    Ok(None)
+                }
+                // Recovering (its connection completes the request), or
+                // being cleaned up (a new failure: its cleanup re-posts).
+                _ => Ok(None),
+            }
+        })
     })
+}
+
+/// The recovering connection of member `id` (named `by`) has finished:
+/// complete the slot's outstanding request, whatever its state (pending,
+/// claimed, or failed: the member recovered itself). Called under the
+/// connect latch, before the member becomes ACTIVE. Returns whether a
+/// request was completed.
+pub(crate) fn complete_outstanding(
+    region: &Region,
+    id: u32,
+    by: &str,
+) -> Result<bool, CorruptError> {
+    let e = region.request(id)?;
+    let now = load(id, e)?;
+    if now.state == RequestState::Free {
+        return Ok(false);
+    }
+    complete(region, id, now.epoch, by, by)
 }
 
 /// Request `epoch` of `id` (member `member`) is done: the member is no longer

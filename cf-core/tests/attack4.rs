@@ -92,7 +92,6 @@ fn a_late_fail_of_a_completed_request_strips_the_newer_requests_claim_and_worker
 ///    until FAILED_RETRY has passed. Broken: a new failure gets a request of
 ///    its own (it never ran the restart lights that failed).
 #[test]
-#[ignore = "known hole, open in the hostile-files issue: a FAILED request of a previous life blocks the new failure's request"]
 fn a_failed_request_of_a_previous_life_blocks_the_restart_of_a_new_failure() {
     let (_dir, r, id) = d_failed_with_a_failed_request();
 
@@ -116,30 +115,32 @@ fn a_failed_request_of_a_previous_life_blocks_the_restart_of_a_new_failure() {
 }
 
 /// An operator's `retry` of a FAILED request whose member is recovering
-/// itself frees the request with no completion: the request is never
-/// completed and `recovery_completed` is never recorded.
+/// itself used to free the request with no completion: the request was never
+/// completed and `recovery_completed` never recorded.
 ///
 /// Interleaving:
 /// 1. D dies; request e1 is posted, claimed, marked FAILED.
-/// 2. D restarts normally (`ConnectMode::Restart`) and finishes its recovery
-///    (ACTIVE), but has not yet called `complete_for_name`.
-/// 3. The operator runs `cfctl restart-light D` (`requests::retry`): FAILED
-///    e1 -> FREE (no completion: "nothing was recovered"), then
-///    `post_if_failed` finds D no longer failed-persistent and posts nothing.
-/// 4. D's `complete_for_name` finds no request. Broken: every request is
-///    completed (and `recovery_completed` recorded) exactly once; here e1 is
-///    never completed (totals: posted 1, completed 0, none outstanding).
+/// 2. D restarts normally (`ConnectMode::Restart`) and is recovering.
+/// 3. The operator runs `cfctl restart-light D` (`requests::retry`): it used
+///    to turn FAILED e1 into FREE (no completion: "nothing was recovered"),
+///    then `post_if_failed` found D no longer failed-persistent and posted
+///    nothing.
+/// 4. D finishes its recovery and finds no request. Broken: every request is
+///    completed (and `recovery_completed` recorded) exactly once.
+///
+/// Now the retry leaves a request of a member recovering itself alone, and
+/// the recovering connection completes it before it is ACTIVE.
 #[test]
-#[ignore = "known hole, open in the hostile-files issue: a retry racing a self-recovery frees the request with no completion"]
 fn a_retry_racing_a_self_recovery_loses_the_completion() {
     use cf_core::events::{self, EventKind};
     let (_dir, r, id) = d_failed_with_a_failed_request();
     let since = events::next_seq(&r);
 
     let restarted = Member::connect_with(r.clone(), "D", cf_core::ConnectMode::Restart).unwrap();
-    restarted.finish_recovery().unwrap();
     let reposted = requests::retry(&r, id, None, || {}).unwrap();
-    let completed = requests::complete_for_name(&r, "D", "D").unwrap();
+    let failed_still = requests::list(&r).unwrap();
+    restarted.finish_recovery().unwrap();
+    let completed_late = requests::complete_for_name(&r, "D", "D").unwrap();
 
     let completions = events::read_since(&r, since)
         .into_iter()
@@ -148,13 +149,54 @@ fn a_retry_racing_a_self_recovery_loses_the_completion() {
     let (posted, done) = requests::totals(&r);
     let outstanding = requests::list(&r).unwrap();
     drop(restarted);
-    assert_eq!(reposted, None);
-    assert!(
-        (completed, completions) == (1, 1) && posted == done + outstanding.len() as u64,
-        "request e1 of D was never completed: complete_for_name completed {completed}, \
-         recovery_completed recorded {completions} times, totals posted {posted} \
-         completed {done}, outstanding {outstanding:?}"
+    assert_eq!(
+        reposted, None,
+        "nothing re-posted for a member recovering itself"
     );
+    assert_eq!(
+        failed_still.iter().map(|v| v.state).collect::<Vec<_>>(),
+        [RequestState::Failed],
+        "the retry left the request alone"
+    );
+    assert_eq!(completed_late, 0, "completed before D was active");
+    assert!(
+        completions == 1 && posted == done && outstanding.is_empty(),
+        "request e1 of D was not completed exactly once: recovery_completed \
+         recorded {completions} times, totals posted {posted} completed {done}, \
+         outstanding {outstanding:?}"
+    );
+}
+
+/// A retry of a FAILED request whose member a restart light recovered (it
+/// left the slot free and was killed before it completed the request)
+/// completes the request instead of re-posting it for no failure.
+#[test]
+fn a_retry_of_a_request_whose_member_was_recovered_completes_it() {
+    let (_dir, r, id) = d_failed_with_a_failed_request();
+    let light = Member::connect_with(r.clone(), "D", cf_core::ConnectMode::Recovery).unwrap();
+    light.disconnect().unwrap();
+
+    let reposted = requests::retry(&r, id, None, || {}).unwrap();
+    let (posted, done) = requests::totals(&r);
+    assert_eq!(reposted, None);
+    assert!(requests::list(&r).unwrap().is_empty());
+    assert_eq!((posted, done), (1, 1));
+}
+
+/// A retry of a FAILED request whose member is still failed re-posts it: a
+/// new epoch, pending, claimable at once.
+#[test]
+fn a_retry_of_a_failed_request_reposts_it() {
+    let (_dir, r, id) = d_failed_with_a_failed_request();
+    let before = requests::list(&r).unwrap()[0].epoch;
+    let reposted = requests::retry(&r, id, None, || {}).unwrap();
+    let v = requests::list(&r).unwrap();
+    assert_eq!(reposted, Some(before.wrapping_add(1)));
+    assert_eq!(
+        (v[0].state, v[0].epoch),
+        (RequestState::Pending, before.wrapping_add(1))
+    );
+    assert!(requests::needs_handler(&r, id).unwrap());
 }
 
 /// D (connector `id`) died, was cleaned up, and its request `e1` was claimed

@@ -137,8 +137,9 @@ impl Monitor {
     /// declares status update missing, and fences at once if the plex says so.
     fn watch_liveness(self: Arc<Self>) {
         let settings = liveness::settings(&self.region);
-        let period = (settings.interval / 6).max(Duration::from_millis(10));
+        let period = liveness::beat_period(settings.interval);
         let mut handled: HashSet<(u32, u32)> = HashSet::new();
+        let mut missing = HashMap::new();
         let mut next_status = Instant::now();
         let mut changed = 0u32;
         while !self.stop.load(Ordering::Relaxed) {
@@ -166,7 +167,7 @@ impl Monitor {
                 }
             }
             if Instant::now() >= next_status {
-                self.check_status(&settings);
+                self.check_status(&settings, &mut missing);
                 next_status = Instant::now() + period;
             }
             let timeout = POLL.min(next_status.saturating_duration_since(Instant::now()));
@@ -187,7 +188,14 @@ impl Monitor {
 
     /// Heartbeats: declare status update missing, fence (at once, or a
     /// member the operator fenced whose kill did not happen yet).
-    fn check_status(&self, s: &Settings) {
+    ///
+    /// A fence at once is confirmed first: `missing` remembers, per
+    /// connection, the marked value this watcher saw and since when; only a
+    /// value that stood unchanged for a beat period of that member (in which
+    /// a healthy member whose word was damaged beats and changes it) is
+    /// fenced, by a CAS from exactly that value.
+    fn check_status(&self, s: &Settings, missing: &mut HashMap<(u32, u32), (u64, Instant)>) {
+        let mut still = HashMap::new();
         for id in 0..self.region.members() {
             if id == self.me_id {
                 continue;
@@ -219,25 +227,39 @@ impl Monitor {
                             [age_ms, 0, 0],
                         );
                     }
-                    if s.isolate == Isolate::AtOnce {
-                        self.fence(&slot, s);
+                    if s.isolate != Isolate::AtOnce {
+                        continue;
+                    }
+                    let key = (id, slot.generation);
+                    let value = seen | liveness::HB_MISSING;
+                    let since = match missing.get(&key) {
+                        Some(&(v, t)) if v == value => t,
+                        _ => Instant::now(),
+                    };
+                    let judged = liveness::judged_interval(&self.region, id, s.interval);
+                    if since.elapsed() > liveness::beat_period(judged) {
+                        self.fence(&slot, value);
+                    } else {
+                        still.insert(key, (value, since));
                     }
                 }
                 // Marked by someone who may have died before the kill.
-                Status::Fenced { .. } if slot.is_alive() => self.fence(&slot, s),
+                Status::Fenced { .. } if slot.is_alive() => {
+                    if let Err(e) =
+                        liveness::refence(&self.region, slot.id, slot.generation, s.interval)
+                    {
+                        eprintln!("cf-node {}: fencing {}: {e}", self.me_name, slot.name);
+                    }
+                }
                 _ => {}
             }
         }
+        *missing = still;
     }
 
-    fn fence(&self, slot: &cf_core::connector::SlotView, s: &Settings) {
-        let r = liveness::fence(
-            &self.region,
-            slot.id,
-            slot.generation,
-            s.interval,
-            false,
-            |age_ms, p| {
+    fn fence(&self, slot: &cf_core::connector::SlotView, seen: u64) {
+        let r =
+            liveness::fence_confirmed(&self.region, slot.id, slot.generation, seen, |age_ms, p| {
                 events::record(
                     &self.region,
                     EventKind::Fenced,
@@ -245,8 +267,7 @@ impl Monitor {
                     Some(&self.me_name),
                     [age_ms, p.pid as u64, 0],
                 )
-            },
-        );
+            });
         if let Err(e) = r {
             eprintln!("cf-node {}: fencing {}: {e}", self.me_name, slot.name);
         }

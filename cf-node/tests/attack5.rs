@@ -6,7 +6,7 @@
 //! was fenced or killed); an absence (nobody fenced) is observed over a
 //! bounded number of the watchers' status periods.
 
-mod support;
+use cf_testkit::node as support;
 
 use cf_core::connector::liveness::{self, Fence, Isolate, Settings, HB_FENCED};
 use cf_core::events::EventKind;
@@ -53,7 +53,6 @@ fn happens_within(d: Duration, mut bad: impl FnMut() -> bool) -> bool {
 /// ignores `MISSING` on a fresh beat, so the loop sees `Fresh` again, finds
 /// the flag already set, and after 64 turns answers `NotMissing`.
 #[test]
-#[ignore = "attack5: fence --force never fences a member whose heartbeat is fresh (NotMissing)"]
 fn a_forced_fence_of_a_fresh_member_fences_it() {
     let _serial = serial();
     let plex = plex_with(3000, Isolate::Prompt);
@@ -90,7 +89,6 @@ fn a_forced_fence_of_a_fresh_member_fences_it() {
 /// judged it missing): the liveness word's rule "death is confirmed, never
 /// assumed" has no counterpart for the heartbeat.
 #[test]
-#[ignore = "attack5: a damaged FENCED bit on a fresh heartbeat kills a healthy member"]
 fn a_damaged_fenced_bit_never_kills_a_healthy_member() {
     let _serial = serial();
     let plex = plex_with(600, Isolate::AtOnce);
@@ -119,7 +117,6 @@ fn a_damaged_fenced_bit_never_kills_a_healthy_member() {
 /// it hangs (SIGSTOP) it is never declared missing nor fenced; its modify
 /// locks are held by a hung process forever.
 #[test]
-#[ignore = "attack5: a far-future heartbeat time (damage) switches fencing off for that member"]
 fn a_damaged_future_heartbeat_never_switches_fencing_off() {
     let _serial = serial();
     let plex = plex_with(300, Isolate::AtOnce);
@@ -154,7 +151,6 @@ fn a_damaged_future_heartbeat_never_switches_fencing_off() {
 /// after the damage judges them with its own reading (100 ms), declares
 /// every one of them missing and fences them all at once.
 #[test]
-#[ignore = "attack5: in-range damage to the failure detection interval fences every healthy member"]
 fn in_range_damage_to_the_interval_fences_no_healthy_member() {
     let _serial = serial();
     let plex = plex_with(3000, Isolate::AtOnce);

@@ -375,6 +375,62 @@ fn restart_light_killed_after_disconnecting() {
     restart_light_killed_at("restart_light.disconnected");
 }
 
+/// A normal restart killed after it completed its request and before it is
+/// ACTIVE (`recovery.completed_before_active`): it died recovering, so its
+/// cleanup finds no request and posts one, and a survivor's restart light
+/// finishes the job. Every failure is recovered and completed exactly once.
+#[cfg(feature = "crash-points")]
+#[test]
+fn a_normal_restart_killed_before_it_is_active_gets_a_new_request() {
+    let _serial = serial();
+    let plex = TestPlex::new();
+    let mut v = plex.start("V", VICTIM, &[]);
+    let v_id = id_of(&plex, "V");
+    let since = plex.next_event();
+    plex.freeze_inside_transaction(&[&v]);
+    v.kill();
+
+    // Nobody watches: the restart cleans up its own death, backs out, completes
+    // the request and is killed before it is active.
+    let f = plex
+        .spawn(
+            "V",
+            VICTIM,
+            &[("CF_CRASH_AT", "recovery.completed_before_active")],
+        )
+        .finish();
+    assert_eq!(
+        Node::signal_of(&f.status),
+        Some(libc::SIGKILL),
+        "{NO_CRASH}: {f:?}\n{}",
+        plex.dump()
+    );
+    assert_eq!(
+        plex.count_events("V", since, EventKind::RecoveryCompleted),
+        1,
+        "the restart completed its request\n{}",
+        plex.dump()
+    );
+    assert!(plex.requests().is_empty(), "{}", plex.dump());
+    assert_eq!(plex.member("V").map(|m| m.alive), Some(false));
+
+    let mut s = plex.start("S", &survivor("0"), &[]);
+    plex.wait("V's death while recovering to be recovered", || {
+        plex.count_events("V", since, EventKind::RecoveryCompleted) == 2
+            && plex.is_recovered("V", Some(v_id))
+    });
+    assert_eq!(
+        plex.count_events("V", since, EventKind::RequestPosted),
+        2,
+        "one request per failure\n{}",
+        plex.dump()
+    );
+    assert!(plex.requests().is_empty(), "{}", plex.dump());
+    assert!(plex.retained_of("V").is_empty());
+    assert_eq!(stop_survivors(&mut [&mut s]), 1, "one restart light");
+    plex.assert_balanced_and_clean();
+}
+
 /// Restart-light processes killed by the test at random moments (seeded; the
 /// seed is printed): each one found running (stopped first, through a pidfd,
 /// so a kill "lands" only if it was still alive) is killed; the claimer starts

@@ -45,6 +45,7 @@ const CF_NODE_PREFIXES: &[&str] = &[
     "wal.",
     "liveness.",
     "fence.",
+    "recovery.",
 ];
 
 #[test]

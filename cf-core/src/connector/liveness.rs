@@ -55,28 +55,42 @@
 //!
 //! # The heartbeat and status update missing
 //! `ConnectorSlot::heartbeat` is `[ms of CLOCK_MONOTONIC:56][flags:8]`,
-//! written every `interval / 6` by the same liveness thread ([`beat`]): it
-//! takes no lock and allocates nothing, so a workload cannot block it. A
-//! survivor reads the clock *first* and the word second (a watcher stopped
-//! between the two then sees a newer beat, never an older one) and, when
-//! the beat is older than the plex's failure detection interval, marks the
-//! word `SUM` (status update missing) with a CAS from the exact value it
-//! read. A member whose beat resumes clears `SUM` with its next beat.
+//! written every beat period (`interval / 6`) by the same liveness thread
+//! ([`beat`]): it takes no lock and allocates nothing, so a workload cannot
+//! block it. The beat also publishes the period it uses
+//! (`ConnectorSlot::beat_period_ms`), and a member is judged by the longer
+//! of the plex's interval and six of its periods ([`judged_interval`]): an
+//! in-range damaged plex setting, or a damaged period, alone makes nobody
+//! look missing. A beat writes the clock (a damaged time lasts one beat); a
+//! time ahead of a watcher's clock by more than the interval counts as
+//! missing (damage cannot switch fencing off). A survivor reads the clock
+//! *first* and the word second (a watcher stopped between the two then sees
+//! a newer beat, never an older one) and, when the beat is older than the
+//! interval, marks the word `SUM` (status update missing) with a CAS from
+//! the exact value it read. A member whose beat resumes clears `SUM` with
+//! its next beat.
 //!
 //! # The fence
-//! Fencing is a CAS from the exact `(time, SUM)` value to `(time, SUM |
-//! FENCED)` ([`mark_fenced`]), then SIGKILL through a pidfd opened for the
-//! recorded PID and checked against the recorded start time *after* it was
-//! opened ([`kill_verified`]): a PID that now names another process is
-//! never signalled. Because the beat and the fence are CASes on one word,
-//! they are ordered: a beat that lands first makes the fence's CAS fail (a
-//! member that resumed is not fenced), and a beat that comes after finds
-//! `FENCED` and kills its own process ([`Beat::Fenced`]) in case the
-//! fencer died before its kill. Any survivor that sees `FENCED` on a live
-//! process kills it again (idempotent: the same verified process). A
-//! connect resets the word, so a mark can never reach a later connection;
-//! times only grow, so a value never repeats. A fenced member's death then
-//! goes the normal way (liveness word, cleanup, restart light).
+//! **Confirmed first**: a watcher fences only a `SUM` value that stood
+//! unchanged for a beat period of the member (it remembers the value and
+//! since when; the operator's [`fence`] sleeps a period and reads again),
+//! so a healthy member whose word was damaged, which beats within a
+//! period, is never fenced. Then a CAS from that exact `(time, SUM)` value
+//! to `(time, SUM | FENCED)` ([`mark_fenced`]), then SIGKILL through a
+//! pidfd opened for the recorded PID and checked against the recorded start
+//! time *after* it was opened ([`kill_verified`]): a PID that now names
+//! another process is never signalled. Because the beat and the fence are
+//! CASes on one word, they are ordered: a beat that lands first makes the
+//! fence's CAS fail (a member that resumed is not fenced), and a beat that
+//! comes after finds `FENCED` on the time it wrote last, older than its
+//! interval by its own clock, and kills its own process ([`Beat::Fenced`])
+//! in case the fencer died before its kill. `FENCED` anywhere else is
+//! damage (or a forced fence, whose kill follows at once): the beat writes
+//! over it ([`Beat::Repaired`]). A survivor that sees `FENCED` on an *old*
+//! beat of a live process kills it again ([`refence`]; idempotent: the
+//! same verified process). A connect resets the word, so a mark can never
+//! reach a later connection. A fenced member's death then goes the normal
+//! way (liveness word, cleanup, restart light).
 
 use crate::connector::identity::ProcessId;
 use crate::connector::snapshot;
@@ -427,7 +441,8 @@ impl LivenessThread {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
         let st = stop.clone();
-        let period = (settings(&region).interval / 6).max(Duration::from_millis(10));
+        let period = beat_period(settings(&region).interval);
+        let period_ms = period.as_millis() as u64;
         let handle = std::thread::Builder::new()
             .name("liveness".into())
             .spawn(move || {
@@ -439,10 +454,10 @@ impl LivenessThread {
                     }
                 };
                 let mut ready = Some(tx);
-                let mut last = monotonic_ms();
+                let mut last: Option<u64> = None;
                 while !st.load(std::sync::atomic::Ordering::Acquire) {
                     let now = monotonic_ms();
-                    match beat(&region, id, generation, now) {
+                    match beat(&region, id, generation, now, last, period_ms) {
                         Ok(Beat::Fenced) => {
                             // SAFETY: raise() has no memory-safety preconditions.
                             unsafe { libc::raise(libc::SIGKILL) };
@@ -452,11 +467,11 @@ impl LivenessThread {
                             crate::events::EventKind::StatusUpdateResumed,
                             &name,
                             None,
-                            [now.saturating_sub(last), 0, 0],
+                            [last.map_or(0, |l| now.saturating_sub(l)), 0, 0],
                         ),
-                        Ok(Beat::Ok) | Ok(Beat::Gone) | Err(_) => {}
+                        Ok(Beat::Ok) | Ok(Beat::Repaired) | Ok(Beat::Gone) | Err(_) => {}
                     }
-                    last = now;
+                    last = Some(now.clamp(1, u64::MAX >> 8));
                     if let Some(tx) = ready.take() {
                         let _ = tx.send(Ok(()));
                     }
@@ -530,34 +545,69 @@ pub enum Beat {
     Resumed,
     /// We are fenced: the caller must end its process now.
     Fenced,
+    /// The word held what no fence and no beat of ours leaves (damage):
+    /// written over.
+    Repaired,
     /// The slot is no longer our connection's (we were declared dead, e.g.
     /// a faked start time, and the slot moved on): nothing written.
     Gone,
 }
 
-/// Connection `(id, generation)`'s heartbeat at `now_ms` (a CAS loop that
-/// never overwrites `FENCED`; a beat never moves time backwards). The word
-/// is read *before* the generation is checked: a connect resets the word
-/// before it publishes its generation, so if the generation is still ours
-/// after the read, a CAS from the value read can only land on our word.
-pub fn beat(region: &Region, id: u32, generation: u32, now_ms: u64) -> Result<Beat, CorruptError> {
-    let w = heartbeat_word(region, id)?;
+/// Connection `(id, generation)`'s heartbeat at `now_ms`, beating every
+/// `period_ms` (published with the beat, so survivors judge this connection
+/// by its own period). `last_ms` is the time this connection's previous beat
+/// wrote (`None` before its first). A CAS loop; it writes `now_ms`, so a
+/// damaged time (even one far in the future) lasts one beat at most.
+///
+/// `FENCED` ends the process ([`Beat::Fenced`]) only if it is what a fence
+/// leaves: on the time this connection wrote last, and older than the
+/// interval by the member's own clock (a fencer marks only a beat older than
+/// the interval). Anything else is damage: the beat writes over it
+/// ([`Beat::Repaired`]), so one damaged bit never kills a healthy member.
+///
+/// The word is read *before* the generation is checked: a connect resets the
+/// word before it publishes its generation, so if the generation is still
+/// ours after the read, a CAS from the value read can only land on our word.
+pub fn beat(
+    region: &Region,
+    id: u32,
+    generation: u32,
+    now_ms: u64,
+    last_ms: Option<u64>,
+    period_ms: u64,
+) -> Result<Beat, CorruptError> {
+    let c = region.connector(id)?;
+    let w = &c.heartbeat;
+    let interval_ms = period_ms.saturating_mul(BEATS_PER_INTERVAL);
     let mut cur = w.load(Ordering::Acquire);
     loop {
         if crate::connector::load_state(region, id)?.generation != generation {
             return Ok(Beat::Gone);
         }
-        if cur & HB_FENCED != 0 {
+        let fenced = cur & HB_FENCED != 0;
+        if fenced && last_ms == Some(cur >> 8) && now_ms.saturating_sub(cur >> 8) > interval_ms {
             return Ok(Beat::Fenced);
         }
-        let t = (cur >> 8).max(now_ms).max(1);
-        let new = t << 8;
+        c.beat_period_ms.store(period_ms, Ordering::Relaxed);
+        let new = now_ms.clamp(1, u64::MAX >> 8) << 8;
         match w.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) if fenced || last_ms.is_some_and(|l| l != cur >> 8) && cur != 0 => {
+                return Ok(Beat::Repaired)
+            }
             Ok(_) if cur & HB_MISSING != 0 => return Ok(Beat::Resumed),
             Ok(_) => return Ok(Beat::Ok),
             Err(v) => cur = v,
         }
     }
+}
+
+/// Beats per failure detection interval: a member beats every
+/// `interval / 6`.
+pub const BEATS_PER_INTERVAL: u64 = 6;
+
+/// The beat period for an interval (at least 10 ms).
+pub fn beat_period(interval: Duration) -> Duration {
+    (interval / BEATS_PER_INTERVAL as u32).max(Duration::from_millis(10))
 }
 
 /// The member stops beating (a normal disconnect): no heartbeat, so no
@@ -594,12 +644,16 @@ pub enum Status {
     Fenced { age_ms: u64, seen: u64 },
 }
 
-/// Classify a heartbeat word read after the clock (`now_ms` first!).
+/// Classify a heartbeat word read after the clock (`now_ms` first!),
+/// judged by `interval`. A time *ahead* of the clock by more than the
+/// interval is damage (a member writes its own clock, and a beat written
+/// between the reads is ahead by a scheduling delay at most): it counts as
+/// missing too, so damage cannot switch fencing off.
 pub fn classify(word: u64, now_ms: u64, interval: Duration) -> Status {
     if word == 0 {
         return Status::NoHeartbeat;
     }
-    let age_ms = now_ms.saturating_sub(word >> 8);
+    let age_ms = now_ms.abs_diff(word >> 8);
     if word & HB_FENCED != 0 {
         return Status::Fenced { age_ms, seen: word };
     }
@@ -614,9 +668,24 @@ pub fn classify(word: u64, now_ms: u64, interval: Duration) -> Status {
     }
 }
 
-/// Member `id`'s status now (the clock read before the word).
+/// The interval member `id`'s heartbeat is judged by: the plex's
+/// `interval`, or the one its own beat period says if that is longer. So
+/// damage to either alone never makes a healthy member look missing: the
+/// plex's setting read after the member started (in range, yet not what
+/// it beats by) or the published period (rewritten by every beat).
+pub fn judged_interval(region: &Region, id: u32, interval: Duration) -> Duration {
+    let period = region
+        .connector(id)
+        .map_or(0, |c| c.beat_period_ms.load(Ordering::Relaxed));
+    let own = Duration::from_millis(period.saturating_mul(BEATS_PER_INTERVAL));
+    interval.max(own.min(MAX_INTERVAL))
+}
+
+/// Member `id`'s status now (the clock read before the word), judged by
+/// [`judged_interval`] of the plex's `interval`.
 #[cfg(not(loom))]
 pub fn status(region: &Region, id: u32, interval: Duration) -> Result<Status, CorruptError> {
+    let interval = judged_interval(region, id, interval);
     let now = monotonic_ms();
     let w = heartbeat_word(region, id)?.load(Ordering::Acquire);
     Ok(classify(w, now, interval))
@@ -655,12 +724,20 @@ pub enum Fence {
     Gone,
 }
 
-/// Fence member `id` if its status update is missing (or `force`): mark the
-/// heartbeat FENCED, call `on_marked` with the heartbeat's age (the caller
-/// records the event: before the kill, so a fencer killed in between leaves
-/// the event and a mark that any survivor finishes), then SIGKILL the
-/// recorded process after the identity check. `generation` is the
-/// connection judged (a later one is left alone).
+/// Fence member `id` (the operator's `cfctl fence`): mark the heartbeat
+/// FENCED, call `on_marked` with the heartbeat's age (the caller records the
+/// event: before the kill, so a fencer killed in between leaves the event
+/// and a mark that any survivor finishes), then SIGKILL the recorded process
+/// after the identity check. `generation` is the connection judged (a later
+/// one is left alone).
+///
+/// Without `force`, only a member whose status update is missing, and only
+/// once that is confirmed: the word marked missing still holds the same
+/// value a beat period later (a healthy member whose word was damaged beats
+/// meanwhile and changes it). With `force`, whatever its heartbeat says
+/// (fresh, or none): the mark is set on the exact value read, and the kill
+/// follows at once (the member writes over a fence on a fresh beat as
+/// damage, so a forcer killed before its kill fences nothing).
 #[cfg(not(loom))]
 pub fn fence(
     region: &Region,
@@ -679,10 +756,46 @@ pub fn fence(
         return Ok(Fence::Gone);
     }
     let w = heartbeat_word(region, id)?;
+    let judged = judged_interval(region, id, interval);
+    let mut confirmed = false;
     // Bounded: a hostile writer could change the word forever.
     for _ in 0..64 {
-        let (seen, age_ms) = match status(region, id, interval)? {
-            Status::Fenced { .. } => {
+        let now = monotonic_ms();
+        let seen = w.load(Ordering::Acquire);
+        let st = classify(seen, now, judged);
+        if force {
+            if let Status::Fenced { .. } = st {
+                kill_if(region, id, generation, &snap.process);
+                return Ok(Fence::AlreadyFenced);
+            }
+            let age_ms = match st {
+                Status::Fresh { age_ms } | Status::Missing { age_ms, .. } => age_ms,
+                _ => 0,
+            };
+            let base = if seen == 0 { now.max(1) << 8 } else { seen };
+            if w.compare_exchange(
+                seen,
+                base | HB_MISSING | HB_FENCED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+            {
+                return Ok(finish_fence(
+                    region,
+                    id,
+                    generation,
+                    &snap.process,
+                    age_ms,
+                    on_marked,
+                ));
+            }
+            continue;
+        }
+        match st {
+            // Marked by a fencer; killed again only if the mark is on a
+            // beat older than the interval (one on a fresh beat is damage).
+            Status::Fenced { age_ms, .. } if age_ms > judged.as_millis() as u64 => {
                 kill_if(region, id, generation, &snap.process);
                 return Ok(Fence::AlreadyFenced);
             }
@@ -690,51 +803,113 @@ pub fn fence(
                 seen,
                 marked: true,
                 age_ms,
-            } => (seen, age_ms),
-            Status::Missing {
-                seen,
-                marked: false,
-                ..
-            } => {
-                mark_missing(region, id, seen);
-                continue;
-            }
-            Status::Fresh { .. } if force => {
-                // The operator's word: declared missing as of now.
-                let seen = w.load(Ordering::Acquire);
-                if seen & HB_FLAGS == 0 {
-                    let _ = w.compare_exchange(
-                        seen,
-                        seen | HB_MISSING,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    );
+            } if confirmed => {
+                if mark_fenced(region, id, seen) {
+                    return Ok(finish_fence(
+                        region,
+                        id,
+                        generation,
+                        &snap.process,
+                        age_ms,
+                        on_marked,
+                    ));
                 }
-                continue;
             }
-            Status::NoHeartbeat if force => {
-                // A member without a heartbeat: missing as of now.
-                let _ = w.compare_exchange(
-                    0,
-                    (monotonic_ms().max(1) << 8) | HB_MISSING,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
-                continue;
+            Status::Missing { seen, marked, .. } => {
+                if !marked && !mark_missing(region, id, seen) {
+                    continue;
+                }
+                // Confirm: the same value a beat period (and a little) later.
+                let marked_value = seen | HB_MISSING;
+                std::thread::sleep(beat_period(judged) + Duration::from_millis(10));
+                if w.load(Ordering::Acquire) != marked_value {
+                    return Ok(Fence::NotMissing);
+                }
+                confirmed = true;
             }
             _ => return Ok(Fence::NotMissing),
-        };
-        if mark_fenced(region, id, seen) {
-            on_marked(age_ms, &snap.process);
-            crate::crash::point("fence.marked");
-            return Ok(if kill_if(region, id, generation, &snap.process) {
-                Fence::Fenced { age_ms }
-            } else {
-                Fence::Gone
-            });
         }
     }
     Ok(Fence::NotMissing)
+}
+
+/// Fence member `id`'s connection `generation` whose status update a
+/// survivor has seen missing, marked, at exactly `seen` (with `HB_MISSING`)
+/// for at least a beat period (the caller's confirmation): mark it FENCED
+/// from that exact value, `on_marked`, SIGKILL. Nothing happens if the word
+/// changed since (the member beat) or the slot moved on.
+#[cfg(not(loom))]
+pub fn fence_confirmed(
+    region: &Region,
+    id: u32,
+    generation: u32,
+    seen: u64,
+    on_marked: impl FnOnce(u64, &ProcessId),
+) -> Result<Fence, CorruptError> {
+    let snap = snapshot(region, id)?;
+    if snap.st.generation != generation
+        || !snap.st.state.has_process()
+        || snap.st.state == MemberState::Cleaning
+        || !snap.process.is_alive()
+    {
+        return Ok(Fence::Gone);
+    }
+    if !mark_fenced(region, id, seen) {
+        return Ok(Fence::NotMissing);
+    }
+    let age_ms = monotonic_ms().abs_diff(seen >> 8);
+    Ok(finish_fence(
+        region,
+        id,
+        generation,
+        &snap.process,
+        age_ms,
+        on_marked,
+    ))
+}
+
+/// After the FENCED mark: record (`on_marked`), then the kill.
+#[cfg(not(loom))]
+fn finish_fence(
+    region: &Region,
+    id: u32,
+    generation: u32,
+    process: &ProcessId,
+    age_ms: u64,
+    on_marked: impl FnOnce(u64, &ProcessId),
+) -> Fence {
+    on_marked(age_ms, process);
+    crate::crash::point("fence.marked");
+    if kill_if(region, id, generation, process) {
+        Fence::Fenced { age_ms }
+    } else {
+        Fence::Gone
+    }
+}
+
+/// Kill again a member marked FENCED on a beat older than the interval
+/// (its fencer may have died before the kill). A mark on a fresh beat is
+/// left alone (damage: the member's next beat writes over it).
+#[cfg(not(loom))]
+pub fn refence(
+    region: &Region,
+    id: u32,
+    generation: u32,
+    interval: Duration,
+) -> Result<Fence, CorruptError> {
+    let snap = snapshot(region, id)?;
+    if snap.st.generation != generation || !snap.process.is_alive() {
+        return Ok(Fence::Gone);
+    }
+    match status(region, id, interval)? {
+        Status::Fenced { age_ms, .. }
+            if age_ms > judged_interval(region, id, interval).as_millis() as u64 =>
+        {
+            kill_if(region, id, generation, &snap.process);
+            Ok(Fence::AlreadyFenced)
+        }
+        _ => Ok(Fence::NotMissing),
+    }
 }
 
 /// SIGKILL `process` if slot `id` still names it in `generation`. True if
@@ -1122,7 +1297,7 @@ mod tests {
         let m = Member::connect(r.clone(), "A").unwrap();
         let (id, g) = (m.id(), m.generation());
         let iv = Duration::from_millis(100);
-        assert_eq!(beat(&r, id, g, 1000).unwrap(), Beat::Ok);
+        assert_eq!(beat(&r, id, g, 1000, None, 16).unwrap(), Beat::Ok);
         let Status::Missing { seen, marked, .. } = classify(
             r.connector(id).unwrap().heartbeat.load(Ordering::Relaxed),
             1200,
@@ -1133,20 +1308,95 @@ mod tests {
         assert!(!marked);
         assert!(mark_missing(&r, id, seen));
         // The member beats again before the fence: resumed, fence refused.
-        assert_eq!(beat(&r, id, g, 1201).unwrap(), Beat::Resumed);
+        assert_eq!(
+            beat(&r, id, g, 1201, Some(1000), 16).unwrap(),
+            Beat::Resumed
+        );
         assert!(!mark_fenced(&r, id, seen | HB_MISSING));
         // Declared missing again, fenced: the next beat finds it.
         let w = r.connector(id).unwrap().heartbeat.load(Ordering::Relaxed);
         assert!(mark_missing(&r, id, w));
         assert!(mark_fenced(&r, id, w | HB_MISSING));
-        assert_eq!(beat(&r, id, g, 1500).unwrap(), Beat::Fenced);
+        assert_eq!(beat(&r, id, g, 1500, Some(1201), 16).unwrap(), Beat::Fenced);
         // A stop leaves the fence mark; a beat of an older connection writes nothing.
         stop_beating(&r, id, g);
         assert_ne!(
             r.connector(id).unwrap().heartbeat.load(Ordering::Relaxed) & HB_FENCED,
             0
         );
-        assert_eq!(beat(&r, id, g.wrapping_add(1), 2000).unwrap(), Beat::Gone);
+        assert_eq!(
+            beat(&r, id, g.wrapping_add(1), 2000, Some(1500), 16).unwrap(),
+            Beat::Gone
+        );
+        m.disconnect().unwrap();
+    }
+
+    /// Damage to the heartbeat word never kills a healthy member and never
+    /// lasts beyond its next beat: a FENCED bit on a fresh beat, or on a
+    /// time it did not write, is written over; a time far in the future is
+    /// replaced by the clock (and counts as missing until then).
+    #[test]
+    fn damage_to_the_heartbeat_is_written_over_by_the_next_beat() {
+        let (_d, r) = region();
+        let m = Member::connect(r.clone(), "A").unwrap();
+        let (id, g) = (m.id(), m.generation());
+        let hb = |v: Option<u64>| {
+            let w = &r.connector(id).unwrap().heartbeat;
+            if let Some(v) = v {
+                w.store(v, Ordering::Relaxed);
+            }
+            w.load(Ordering::Relaxed)
+        };
+        assert_eq!(beat(&r, id, g, 1000, None, 16).unwrap(), Beat::Ok);
+        // FENCED on the member's own fresh beat: damage.
+        hb(Some(1000 << 8 | HB_FENCED));
+        assert_eq!(
+            beat(&r, id, g, 1010, Some(1000), 16).unwrap(),
+            Beat::Repaired
+        );
+        assert_eq!(hb(None), 1010 << 8);
+        // FENCED on an old time the member never wrote: damage.
+        hb(Some(5 << 8 | HB_MISSING | HB_FENCED));
+        assert_eq!(
+            beat(&r, id, g, 1500, Some(1010), 16).unwrap(),
+            Beat::Repaired
+        );
+        // A time far ahead: missing to a watcher, then replaced by the clock.
+        hb(Some((u64::MAX >> 8) << 8));
+        assert!(matches!(
+            classify(hb(None), 1510, Duration::from_millis(100)),
+            Status::Missing { .. }
+        ));
+        assert_eq!(
+            beat(&r, id, g, 1516, Some(1500), 16).unwrap(),
+            Beat::Repaired
+        );
+        assert_eq!(hb(None), 1516 << 8);
+        assert_eq!(
+            r.connector(id)
+                .unwrap()
+                .beat_period_ms
+                .load(Ordering::Relaxed),
+            16
+        );
+        m.disconnect().unwrap();
+    }
+
+    /// The interval a heartbeat is judged by is the longer of the plex's and
+    /// the member's own (six beat periods), capped at the longest interval.
+    #[test]
+    fn a_member_is_judged_by_the_longer_of_its_own_interval_and_the_plexs() {
+        let (_d, r) = region();
+        let m = Member::connect(r.clone(), "A").unwrap();
+        let id = m.id();
+        let p = &r.connector(id).unwrap().beat_period_ms;
+        let ms = Duration::from_millis;
+        assert_eq!(judged_interval(&r, id, ms(100)), ms(100), "none published");
+        p.store(500, Ordering::Relaxed);
+        assert_eq!(judged_interval(&r, id, ms(100)), ms(3000));
+        assert_eq!(judged_interval(&r, id, ms(6000)), ms(6000));
+        p.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(judged_interval(&r, id, ms(100)), MAX_INTERVAL);
         m.disconnect().unwrap();
     }
 

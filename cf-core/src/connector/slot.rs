@@ -308,6 +308,7 @@ pub(crate) fn occupy(
     c.liveness_gen.store(0, Ordering::Relaxed);
     c.liveness.store(0, Ordering::Relaxed);
     c.heartbeat.store(0, Ordering::Relaxed);
+    c.beat_period_ms.store(0, Ordering::Relaxed);
     if fresh {
         c.incarnation.fetch_add(1, Ordering::Relaxed);
         slots::store_name(&c.name, name.as_bytes());

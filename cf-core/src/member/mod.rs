@@ -172,6 +172,16 @@ impl Member {
         let me = ProcessId::current().map_err(|_| LockError::Disconnected)?;
         let _latch =
             ConnectLatch::take(region, &me, CONNECT_WAIT).map_err(|_| LockError::Disconnected)?;
+        if connector::load_state(region, self.inner.id)? != from {
+            return self.inner.check_still_connected();
+        }
+        // The failure this connection recovered is done: its request is
+        // completed before the member is ACTIVE, so a death after this point
+        // is a new failure that gets a request of its own, and a death
+        // before it finds the request completed and posts again (the
+        // recovery is redone by a restart light).
+        crate::requests::complete_outstanding(region, self.inner.id, self.name())?;
+        crate::crash::point("recovery.completed_before_active");
         if connector::set_state(region, self.inner.id, from, MemberState::Active) {
             Ok(())
         } else {

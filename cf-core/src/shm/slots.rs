@@ -42,8 +42,12 @@ pub(crate) struct ConnectorSlot {
     /// `[milliseconds of CLOCK_MONOTONIC:56][flags:8]` (`liveness.rs`): the
     /// member's heartbeat, status-update-missing and fenced. 0: no heartbeat.
     pub heartbeat: AtomicU64,
+    /// The beat period (ms) the connection's liveness thread uses, written by
+    /// it with every beat (0: none): survivors judge its heartbeat by this,
+    /// not by the plex's interval as they read it (`liveness.rs`).
+    pub beat_period_ms: AtomicU64,
     #[cfg(not(loom))]
-    _reserved: [AtomicU64; 14],
+    _reserved: [AtomicU64; 13],
 }
 
 /// The lock structure's header (the rest of its page is reserved).
@@ -177,6 +181,7 @@ mod pinned {
     const _: () = assert!(offset_of!(ConnectorSlot, committed) == 112);
     const _: () = assert!(offset_of!(ConnectorSlot, liveness) == 128);
     const _: () = assert!(offset_of!(ConnectorSlot, heartbeat) == 136);
+    const _: () = assert!(offset_of!(ConnectorSlot, beat_period_ms) == 144);
     const _: () = assert!(size_of::<LockHeader>() <= 4096);
     const _: () = assert!(offset_of!(LockHeader, connect_latch) == 64);
     const _: () = assert!(offset_of!(LockHeader, wait_ticket) == 72);
