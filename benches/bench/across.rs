@@ -37,6 +37,8 @@ const BATCH: u64 = 32;
 /// Control file words (byte offsets, one cache line each).
 const CTL_BARRIER: usize = 0;
 const CTL_STOP: usize = 128;
+/// The word the spinning floor passes back and forth.
+const CTL_TURN: usize = 256;
 /// Offsets of the robust mutexes in their file.
 const MUTEX_STRIDE: usize = 256;
 
@@ -45,6 +47,8 @@ pub enum Kind {
     Cf,
     Robust,
     Ofd,
+    /// A bare word in a shared file, passed by spinning (ping-pong only).
+    Spin,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +89,7 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::Cf => "cf_exclusive",
         Kind::Robust => "pthread_robust_mutex",
         Kind::Ofd => "fcntl_ofd",
+        Kind::Spin => "spin",
     }
 }
 
@@ -154,20 +159,33 @@ pub fn run(dir: &Path, m: &Method, cpus: &[usize]) -> Result<Vec<Row>> {
     }
     run_no += 1;
     let outs = run_workers(dir, run_no, Kind::Cf, Shape::PingPong, 2, m, cpus)?;
-    let ns: Vec<f64> = (0..m.reps)
+    rows.push(row(
+        "cf_handoff_pingpong".into(),
+        "exclusive lock passed between 2 processes (3-lock ring): time per hand-off".into(),
+        Stats::of(&handoff_ns(m, &outs)),
+        &outs,
+    ));
+    run_no += 1;
+    let outs = run_workers(dir, run_no, Kind::Spin, Shape::PingPong, 2, m, cpus)?;
+    rows.push(row(
+        "handoff_spin_floor".into(),
+        "a bare word passed between 2 processes by spinning: time per hand-off (the floor)".into(),
+        Stats::of(&handoff_ns(m, &outs)),
+        &outs,
+    ));
+    Ok(rows)
+}
+
+/// Time per hand-off of each repetition: the mean elapsed over the
+/// hand-offs of both workers.
+fn handoff_ns(m: &Method, outs: &[Out]) -> Vec<f64> {
+    (0..m.reps)
         .map(|r| {
             let ops: u64 = outs.iter().map(|o| o.ops[r]).sum();
             let el: f64 = outs.iter().map(|o| o.ns[r] as f64).sum::<f64>() / outs.len() as f64;
             el / ops.max(1) as f64
         })
-        .collect();
-    rows.push(row(
-        "cf_handoff_pingpong".into(),
-        "exclusive lock passed between 2 processes (3-lock ring): time per hand-off".into(),
-        Stats::of(&ns),
-        &outs,
-    ));
-    Ok(rows)
+        .collect()
 }
 
 fn row(name: String, what: String, ns: Stats, outs: &[Out]) -> Row {
@@ -348,6 +366,8 @@ pub fn worker(spec: &Spec) -> Result<Out> {
             member.disconnect()?;
             Ok(out)
         }
+        (Kind::Spin, Shape::PingPong) => spin_pingpong(spec, &ctl),
+        (Kind::Spin, shape) => bail!("the spinning floor is a ping-pong, not {shape:?}"),
         (Kind::Robust, shape) => {
             let file = ShmFile::open(&spec.dir.join("across-mutexes"))?;
             let slot = if shape == Shape::Shared { 0 } else { i };
@@ -457,6 +477,54 @@ fn pingpong(spec: &Spec, ctl: &Ctl, h: &mut cf_core::Holder) -> Result<Out> {
         let ns = t.elapsed().as_nanos() as u64;
         h.unlock(cur_id)?;
         // Both have released everything before either starts the next round.
+        ctl.barrier()?;
+        if rep > 0 {
+            out.ops.push(ops);
+            out.ns.push(ns);
+        }
+    }
+    Ok(out)
+}
+
+/// The spinning hand-off floor: the word says whose turn it is; each worker
+/// waits for its turn by spinning, then gives the turn to the other. Every
+/// pass is one cache line moving between the two CPUs and back.
+fn spin_pingpong(spec: &Spec, ctl: &Ctl) -> Result<Out> {
+    if spec.nprocs != 2 {
+        bail!("the ping-pong needs 2 workers");
+    }
+    let turn = ctl.file.word(CTL_TURN)?;
+    let me = spec.index as u64;
+    let mut out = Out::default();
+    for rep in 0..=spec.reps {
+        turn.store(0, Ordering::Release);
+        ctl.barrier()?;
+        let stop = ctl.stop_word()?;
+        let limit = rep_time(spec, rep);
+        let t = Instant::now();
+        let mut ops = 0u64;
+        'rep: loop {
+            let mut spins = 0u32;
+            while turn.load(Ordering::Acquire) != me {
+                std::hint::spin_loop();
+                spins = spins.wrapping_add(1);
+                if spins.is_multiple_of(1024) && stop.load(Ordering::Acquire) > rep as u64 {
+                    break 'rep;
+                }
+            }
+            turn.store(1 - me, Ordering::Release);
+            ops += 1;
+            if spec.index == 0 {
+                if ops.is_multiple_of(64) && t.elapsed() >= limit {
+                    stop.store(rep as u64 + 1, Ordering::Release);
+                    break;
+                }
+            } else if stop.load(Ordering::Acquire) > rep as u64 {
+                break;
+            }
+        }
+        let ns = t.elapsed().as_nanos() as u64;
+        // Both have stopped before either resets the word for the next round.
         ctl.barrier()?;
         if rep > 0 {
             out.ops.push(ops);

@@ -241,3 +241,84 @@ impl Drop for SysvSem {
         }
     }
 }
+
+/// Berkeley DB's lock subsystem (`lock_get` + `lock_put` of a write lock on
+/// a named object, in a shared environment whose region files live in a
+/// directory of the same tmpfs), through the C shim `bdb/shim.c`. Built only
+/// where Berkeley DB's header was found (`cfg(have_bdb)`, see `build.rs`).
+#[cfg(have_bdb)]
+pub struct BdbLock {
+    b: std::ptr::NonNull<std::ffi::c_void>,
+}
+
+#[cfg(have_bdb)]
+mod bdb_ffi {
+    use std::ffi::{c_char, c_int, c_ulong, c_void};
+    extern "C" {
+        pub fn bdb_bench_open(home: *const c_char, out: *mut *mut c_void) -> c_int;
+        pub fn bdb_bench_get_put(b: *mut c_void, n: c_ulong) -> c_int;
+        pub fn bdb_bench_close(b: *mut c_void);
+        pub fn bdb_bench_strerror(r: c_int) -> *const c_char;
+        pub fn bdb_bench_version() -> *const c_char;
+    }
+}
+
+#[cfg(have_bdb)]
+impl BdbLock {
+    /// Create (or join) the environment in directory `home` and take a locker id.
+    pub fn open(home: &Path) -> Result<BdbLock> {
+        use std::os::unix::ffi::OsStrExt;
+        std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
+        let c = std::ffi::CString::new(home.as_os_str().as_bytes())
+            .context("a Berkeley DB home with a NUL byte")?;
+        let mut out = std::ptr::null_mut();
+        // SAFETY: `c` is a NUL-terminated string that outlives the call;
+        // `out` is a valid place for the shim to store its handle.
+        let r = unsafe { bdb_ffi::bdb_bench_open(c.as_ptr(), &mut out) };
+        bdb_check(r, "opening the Berkeley DB environment")?;
+        let b = std::ptr::NonNull::new(out).context("Berkeley DB returned no handle")?;
+        Ok(BdbLock { b })
+    }
+
+    /// `n` times lock_get (write) + lock_put.
+    pub fn get_put(&self, n: u64) -> Result<()> {
+        // SAFETY: `self.b` is the live handle `open` returned; it is closed
+        // only in `drop`, and the shim uses it from this thread only.
+        let r = unsafe { bdb_ffi::bdb_bench_get_put(self.b.as_ptr(), n as std::ffi::c_ulong) };
+        bdb_check(r, "lock_get/lock_put")
+    }
+
+    /// Berkeley DB's version line.
+    pub fn version() -> String {
+        // SAFETY: db_version returns a pointer to a static NUL-terminated string.
+        unsafe { std::ffi::CStr::from_ptr(bdb_ffi::bdb_bench_version()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+#[cfg(have_bdb)]
+fn bdb_check(r: std::ffi::c_int, what: &str) -> Result<()> {
+    if r == 0 {
+        return Ok(());
+    }
+    // SAFETY: db_strerror returns a pointer to a static NUL-terminated string.
+    let msg = unsafe { std::ffi::CStr::from_ptr(bdb_ffi::bdb_bench_strerror(r)) };
+    bail!("Berkeley DB {what}: {}", msg.to_string_lossy())
+}
+
+#[cfg(have_bdb)]
+impl Drop for BdbLock {
+    fn drop(&mut self) {
+        // SAFETY: the handle is live and not used after this.
+        unsafe { bdb_ffi::bdb_bench_close(self.b.as_ptr()) }
+    }
+}
+
+/// Why this build has no `bdb_lock` row, if it has none.
+pub fn bdb_missing() -> Option<&'static str> {
+    #[cfg(have_bdb)]
+    return None;
+    #[cfg(not(have_bdb))]
+    return Some(env!("BDB_MISSING"));
+}

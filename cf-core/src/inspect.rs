@@ -138,7 +138,7 @@ pub fn members(region: &Region) -> Result<Vec<MemberView>, CorruptError> {
         use crate::connector::liveness::{Status, OWNER_DIED, TID_MASK};
         let heartbeat_age_ms = match hb {
             Status::NoHeartbeat => None,
-            Status::Fresh { age_ms }
+            Status::Fresh { age_ms, .. }
             | Status::Missing { age_ms, .. }
             | Status::Fenced { age_ms, .. } => Some(age_ms),
         };

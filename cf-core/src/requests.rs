@@ -58,6 +58,10 @@
 //!   a new epoch) or [`FAILED_RETRY`] has passed since it failed (then it is
 //!   claimed again as it is, same epoch). So a persistent failure costs a
 //!   handful of restart lights every [`FAILED_RETRY`], not thousands a second.
+//!   A death of a later connection recovering the member (a normal
+//!   restart, a restart light run by hand) is a fault, not the persistent
+//!   reason: its cleanup finds the FAILED request of an earlier generation
+//!   and makes it claimable again (FREE, then posted; attack6).
 //!   A [`retry`] works under the connect latch and re-posts only for a member
 //!   that is still failed-persistent: one recovering itself completes the
 //!   request when it finishes, one already recovered gets it completed by
@@ -342,6 +346,23 @@ pub(crate) fn post_claimed(
         )?;
         now = load(id, e)?;
     }
+    let generation = crate::connector::load_state(region, id)?.generation;
+    if now.state == RequestState::Failed
+        && e.generation.load(Ordering::Acquire) != u64::from(generation)
+    {
+        // A FAILED request stands for a failure whose restart lights kept
+        // failing; this death is of a later connection recovering it (a
+        // normal restart, a restart light run by hand), killed: a fault,
+        // not the persistent reason. Claimable again at once (no
+        // completion: nothing was recovered), as a retry would make it.
+        let free = StateWord {
+            state: RequestState::Free,
+            epoch: now.epoch,
+        };
+        if cas(e, now, free) {
+            now = free;
+        }
+    }
     if now.state != RequestState::Free {
         return Ok(None);
     }
@@ -359,7 +380,6 @@ pub(crate) fn post_claimed(
     e.who
         .store(by.map_or(0, |b| b as u64 + 1), Ordering::Relaxed);
     e.incarnation.store(incarnation, Ordering::Relaxed);
-    let generation = crate::connector::load_state(region, id)?.generation;
     e.generation.store(u64::from(generation), Ordering::Relaxed);
     let epoch = now.epoch.wrapping_add(1);
     let posted = StateWord {

@@ -21,12 +21,12 @@ use std::sync::Arc;
 /// 4. The cleanup (CLEANING, under the cleanup claim) calls `post_claimed`
 ///    (requests.rs:345): e1 is not FREE and has the same incarnation, so it
 ///    returns `None`: nothing is posted, e1 stays FAILED.
+///
 /// Broken: a new failure is left without a claimable request (the
 /// SIGKILLed restart is treated as one more failing restart light, which
 /// the handler itself never counts: "a SIGKILL from outside is no reason to
 /// give recovery up").
 #[test]
-#[ignore = "attack6: a normal restart killed while recovering leaves the previous life's FAILED request standing for its new death (no claimable request until FAILED_RETRY)"]
 fn a_normal_restart_killed_while_recovering_leaves_a_failed_request() {
     let (_dir, r, id) = d_failed_with_a_failed_request();
     let restarted = Member::connect_with(r.clone(), "D", cf_core::ConnectMode::Restart).unwrap();

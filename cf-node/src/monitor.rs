@@ -139,7 +139,7 @@ impl Monitor {
         let settings = liveness::settings(&self.region);
         let period = liveness::beat_period(settings.interval);
         let mut handled: HashSet<(u32, u32)> = HashSet::new();
-        let mut missing = HashMap::new();
+        let mut memory = StatusMemory::default();
         let mut next_status = Instant::now();
         let mut changed = 0u32;
         while !self.stop.load(Ordering::Relaxed) {
@@ -167,7 +167,7 @@ impl Monitor {
                 }
             }
             if Instant::now() >= next_status {
-                self.check_status(&settings, &mut missing);
+                self.check_status(&settings, &mut memory);
                 next_status = Instant::now() + period;
             }
             let timeout = POLL.min(next_status.saturating_duration_since(Instant::now()));
@@ -189,13 +189,16 @@ impl Monitor {
     /// Heartbeats: declare status update missing, fence (at once, or a
     /// member the operator fenced whose kill did not happen yet).
     ///
-    /// A fence at once is confirmed first: `missing` remembers, per
-    /// connection, the marked value this watcher saw and since when; only a
-    /// value that stood unchanged for a beat period of that member (in which
-    /// a healthy member whose word was damaged beats and changes it) is
-    /// fenced, by a CAS from exactly that value.
-    fn check_status(&self, s: &Settings, missing: &mut HashMap<(u32, u32), (u64, Instant)>) {
+    /// What this watcher saw before counts (`memory`): a beat time older
+    /// than one it already saw from the same connection is damage (a
+    /// member's times only grow), and the member is judged by the newer
+    /// one. A fence at once is confirmed first: only a marked value that
+    /// stood unchanged for `CONFIRM_PERIODS` beat periods of that member (in
+    /// which a healthy member beats and changes it) is fenced, by a CAS from
+    /// exactly that value.
+    fn check_status(&self, s: &Settings, memory: &mut StatusMemory) {
         let mut still = HashMap::new();
+        let mut newest = HashMap::new();
         for id in 0..self.region.members() {
             if id == self.me_id {
                 continue;
@@ -209,7 +212,15 @@ impl Monitor {
             let Ok(st) = liveness::status(&self.region, id, s.interval) else {
                 continue;
             };
+            let key = (id, slot.generation);
+            let judged = liveness::judged_interval(&self.region, id, s.interval);
+            let now = liveness::monotonic_ms();
+            let best = memory.newest.get(&key).copied();
             match st {
+                Status::Fresh { seen, .. } => {
+                    let t = (seen >> 8).min(now).max(best.unwrap_or(0));
+                    newest.insert(key, t);
+                }
                 Status::Missing {
                     age_ms,
                     seen,
@@ -217,6 +228,13 @@ impl Monitor {
                 } => {
                     if !slot.is_alive() {
                         continue;
+                    }
+                    if let Some(b) = best {
+                        newest.insert(key, b);
+                        if b > seen >> 8 && now.saturating_sub(b) <= judged.as_millis() as u64 {
+                            // Older than a beat we saw: damage, not a gap.
+                            continue;
+                        }
                     }
                     if !marked && liveness::mark_missing(&self.region, id, seen) {
                         events::record(
@@ -230,14 +248,12 @@ impl Monitor {
                     if s.isolate != Isolate::AtOnce {
                         continue;
                     }
-                    let key = (id, slot.generation);
                     let value = seen | liveness::HB_MISSING;
-                    let since = match missing.get(&key) {
+                    let since = match memory.missing.get(&key) {
                         Some(&(v, t)) if v == value => t,
                         _ => Instant::now(),
                     };
-                    let judged = liveness::judged_interval(&self.region, id, s.interval);
-                    if since.elapsed() > liveness::beat_period(judged) {
+                    if since.elapsed() > liveness::CONFIRM_PERIODS * liveness::beat_period(judged) {
                         self.fence(&slot, value);
                     } else {
                         still.insert(key, (value, since));
@@ -254,7 +270,8 @@ impl Monitor {
                 _ => {}
             }
         }
-        *missing = still;
+        memory.missing = still;
+        memory.newest = newest;
     }
 
     fn fence(&self, slot: &cf_core::connector::SlotView, seen: u64) {
@@ -596,4 +613,14 @@ impl Monitor {
             }
         }
     }
+}
+
+/// What a liveness watcher remembers of the heartbeats between two status
+/// checks, per connection `(slot, generation)`.
+#[derive(Default)]
+struct StatusMemory {
+    /// A value marked MISSING, and since when this watcher has seen it.
+    missing: HashMap<(u32, u32), (u64, Instant)>,
+    /// The newest beat time (ms, not ahead of the clock) seen.
+    newest: HashMap<(u32, u32), u64>,
 }

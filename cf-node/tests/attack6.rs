@@ -33,11 +33,13 @@ const IDLE: &[&str] = &["--workload", "idle"];
 ///    interval; without the damage this never fences anyone).
 /// 5. S's next pass, t0 + 500 ms + ε < b + 1.2 s: value unchanged,
 ///    `since.elapsed() > 500 ms` -> `fence_confirmed` -> SIGKILL.
+///
 /// Broken: a healthy member (beat gap 1.2 s < 3 s interval) is fenced
 /// because of one damaged word. With no stall at all it is a race of V's
 /// beat jitter against S's pass jitter (probability ~ lateness / period).
+/// Now a watcher judges by the newest beat it saw (an older time is damage)
+/// and confirms over two beat periods.
 #[test]
-#[ignore = "attack6: the watcher confirms a missing status update over one period from its first sighting, with no margin: one damaged word + a stall within the interval fences a healthy member"]
 fn one_damaged_word_and_a_stall_within_the_interval_fence_a_healthy_member() {
     let _serial = serial();
     let plex = TestPlex::with_history();

@@ -601,6 +601,10 @@ pub fn beat(
     }
 }
 
+/// Beat periods a MISSING mark must stand unchanged before a fence (a
+/// healthy member beats at least once in them).
+pub const CONFIRM_PERIODS: u32 = 2;
+
 /// Beats per failure detection interval: a member beats every
 /// `interval / 6`.
 pub const BEATS_PER_INTERVAL: u64 = 6;
@@ -632,8 +636,8 @@ pub fn stop_beating(region: &Region, id: u32, generation: u32) {
 pub enum Status {
     /// No heartbeat (not beating yet, a restart light, a library user).
     NoHeartbeat,
-    /// Beat `age_ms` ago, within the interval.
-    Fresh { age_ms: u64 },
+    /// Beat `age_ms` ago, within the interval; `seen` is the word read.
+    Fresh { age_ms: u64, seen: u64 },
     /// Older than the interval; `marked` if the word says so already.
     Missing {
         age_ms: u64,
@@ -664,7 +668,7 @@ pub fn classify(word: u64, now_ms: u64, interval: Duration) -> Status {
             marked: word & HB_MISSING != 0,
         }
     } else {
-        Status::Fresh { age_ms }
+        Status::Fresh { age_ms, seen: word }
     }
 }
 
@@ -769,7 +773,7 @@ pub fn fence(
                 return Ok(Fence::AlreadyFenced);
             }
             let age_ms = match st {
-                Status::Fresh { age_ms } | Status::Missing { age_ms, .. } => age_ms,
+                Status::Fresh { age_ms, .. } | Status::Missing { age_ms, .. } => age_ms,
                 _ => 0,
             };
             let base = if seen == 0 { now.max(1) << 8 } else { seen };
@@ -819,9 +823,10 @@ pub fn fence(
                 if !marked && !mark_missing(region, id, seen) {
                     continue;
                 }
-                // Confirm: the same value a beat period (and a little) later.
+                // Confirm: the same value two beat periods later (a healthy
+                // member beats at least once meanwhile).
                 let marked_value = seen | HB_MISSING;
-                std::thread::sleep(beat_period(judged) + Duration::from_millis(10));
+                std::thread::sleep(CONFIRM_PERIODS * beat_period(judged));
                 if w.load(Ordering::Acquire) != marked_value {
                     return Ok(Fence::NotMissing);
                 }

@@ -126,11 +126,16 @@ pub struct LifeCheck {
     pub evidence: Vec<Value>,
 }
 
-/// Every death of a member incarnation is followed by exactly one completed
-/// recovery, and at most one restart light that terminated normally, before
-/// the member connects again; a life without a death has no completion. A
-/// life of a member runs from one of its `connected` events to the next (a
-/// member records `connected` after any recovery of its previous life).
+/// Every failure of a member is followed by exactly one completed recovery,
+/// and at most one restart light that terminated normally, before the next
+/// failure and before the member connects again; a life without a death has
+/// no completion. A life of a member runs from one of its `connected` events
+/// to the next (a member records `connected` after any recovery of its
+/// previous life). A failure begins with a death (`detected`) and ends with
+/// its completion: the deaths in between (a restart light or a normal
+/// restart killed while recovering) are the same failure; a death after it
+/// (a normal restart that completed its request and was killed before its
+/// `connected`) is a new one.
 pub fn check_lives(events: &BTreeMap<u64, Event>, head: u64, t0: u64) -> LifeCheck {
     let missing = missing_seqs(events, head);
     let gap_in = |a: u64, b: u64| missing.range(a..=b).next().is_some();
@@ -168,7 +173,7 @@ pub fn check_lives(events: &BTreeMap<u64, Event>, head: u64, t0: u64) -> LifeChe
                 .collect::<std::collections::BTreeSet<u64>>()
                 .len();
             let ended = count(EventKind::TerminatedNormally);
-            let ok = if deaths > 0 { done == 1 } else { done == 0 } && ended <= 1;
+            let ok = failures_each_completed_once(evs);
             if ok {
                 continue;
             }
@@ -224,6 +229,42 @@ pub fn check_lives(events: &BTreeMap<u64, Event>, head: u64, t0: u64) -> LifeChe
         }
     }
     out
+}
+
+/// The events of one life: each failure (a `detected` with no failure open)
+/// is closed by exactly one completion (one epoch, recorded at least once:
+/// a handler records the one a killed restart light could not, and may race
+/// the light's own record), has at most one `terminated_normally`, and none
+/// is left open; no completion comes without a failure.
+fn failures_each_completed_once(evs: &[&Event]) -> bool {
+    let mut open = false;
+    // Epochs completed in this life, and the restart lights that ended
+    // normally in the current (or last) failure.
+    let mut completed = BTreeSet::new();
+    let mut ended_in_failure = 0;
+    for e in evs {
+        match e.kind {
+            EventKind::Detected if !open => {
+                open = true;
+                ended_in_failure = 0;
+            }
+            EventKind::TerminatedNormally => {
+                ended_in_failure += 1;
+                if ended_in_failure > 1 {
+                    return false;
+                }
+            }
+            EventKind::RecoveryCompleted if open => {
+                open = false;
+                if !completed.insert(e.a) {
+                    return false;
+                }
+            }
+            EventKind::RecoveryCompleted if !completed.contains(&e.a) => return false,
+            _ => {}
+        }
+    }
+    !open
 }
 
 /// The verdict of `every_kill_recovered`, with the detection and recovery
@@ -557,6 +598,33 @@ mod tests {
         );
         assert!(line.contains("connected #8"), "{line}");
         assert_eq!(c.evidence[0]["events"].as_array().map(|a| a.len()), Some(5));
+    }
+
+    #[test]
+    fn a_death_after_a_self_recovery_is_a_failure_of_its_own() {
+        // M1 dies; its normal restart completes the request and is killed
+        // before its `connected`: a second failure in the same life, with a
+        // request and a completion of its own.
+        use EventKind::*;
+        let mut v = one_death();
+        v.truncate(4);
+        v.extend([
+            ev(4, RecoveredAtRestart, "M1", Some("M1"), 6, 1),
+            ev(5, RecoveryCompleted, "M1", Some("M1"), 6, 1),
+            ev(6, Detected, "M1", None, 7, 12),
+            ev(7, CleanedUp, "M1", None, 7, 0),
+            ev(8, RequestPosted, "M1", None, 7, 0),
+            ev(9, RecoveryCompleted, "M1", Some("M1"), 9, 2),
+            ev(10, Connected, "M1", None, 9, 13),
+        ]);
+        let (m, head) = map(v.clone());
+        let c = check_lives(&m, head, 0);
+        assert!(c.broken.is_empty(), "{:?}", c.broken);
+        // Without the second completion, the second failure is left open.
+        v.retain(|e| e.seq != 9);
+        v.last_mut().unwrap().seq = 9;
+        let (m, head) = map(v);
+        assert_eq!(check_lives(&m, head, 0).broken.len(), 1);
     }
 
     #[test]
