@@ -48,9 +48,10 @@
 //!   the request is completed.
 //! * **Failed**: a handler whose restart lights keep failing for a reason
 //!   that does not go away (a damaged accounts file, a log that is a
-//!   directory) marks its request FAILED after its attempts ([`fail`]: one
-//!   CAS from (CLAIMED, epoch) to (FAILED, epoch), then the claim is
-//!   released), with the last exit status and the reason the restart light
+//!   directory) marks its request FAILED after its attempts ([`fail`]: under
+//!   the connect latch, only if the member is still the failed-persistent
+//!   connection it judged, one CAS from (CLAIMED, epoch) to (FAILED,
+//!   epoch), then the claim is released), with the last exit status and the reason the restart light
 //!   wrote ([`set_reason`]). A FAILED request keeps its epoch and stays
 //!   outstanding (a completion still completes it: a normal restart of the
 //!   member, or a restart light run by hand), but nobody claims it again
@@ -513,11 +514,42 @@ pub fn unclaim(region: &Region, id: u32, epoch: u32, me: &ProcessId) -> Result<(
     Ok(())
 }
 
+/// What [`fail`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailOutcome {
+    /// The request is FAILED and the claim released.
+    Marked,
+    /// The request was no longer claimed (completed meanwhile): nothing done.
+    NotOutstanding,
+    /// The member is no longer the failed-persistent connection the handler
+    /// judged (a later connection recovered it, or died recovering it: a
+    /// new death, which a FAILED request would swallow): nothing done; the
+    /// handler goes on handling the request (or looks again, if connects
+    /// were busy).
+    MemberChanged,
+}
+
 /// Give claimed request `epoch` of `id` up: its restart lights failed for a
 /// reason that does not go away. It becomes FAILED (same epoch, still
-/// outstanding) and the claim is released; see the module docs. Returns
-/// false if that request was no longer claimed (completed meanwhile).
-pub fn fail(region: &Region, id: u32, epoch: u32, me: &ProcessId) -> Result<bool, CorruptError> {
+/// outstanding) and the claim is released; see the module docs. Only if
+/// the member is still the failed-persistent connection `judged` (the
+/// generation the handler saw when it counted its failed restart lights),
+/// checked under the connect latch, so no later connection of the member
+/// can begin in between (attack7).
+pub fn fail(
+    region: &Region,
+    id: u32,
+    epoch: u32,
+    me: &ProcessId,
+    judged: u32,
+) -> Result<FailOutcome, CorruptError> {
+    let Ok(_latch) = ConnectLatch::take(region, me, POST_LATCH_WAIT) else {
+        return Ok(FailOutcome::MemberChanged);
+    };
+    let st = crate::connector::load_state(region, id)?;
+    if st.state != MemberState::FailedPersistent || st.generation != judged {
+        return Ok(FailOutcome::MemberChanged);
+    }
     let e = region.request(id)?;
     // Written before the CAS publishes FAILED (a reader of FAILED reads it,
     // and must never see the request as failed long ago); put back if the
@@ -541,12 +573,12 @@ pub fn fail(region: &Region, id: u32, epoch: u32, me: &ProcessId) -> Result<bool
         let _ = e
             .failed_ns
             .compare_exchange(stamp, before, Ordering::Relaxed, Ordering::Relaxed);
-        return Ok(false);
+        return Ok(FailOutcome::NotOutstanding);
     }
     e.worker.store(0, Ordering::Relaxed);
     claim::release(&e.claim, me.token());
     bump(region);
-    Ok(true)
+    Ok(FailOutcome::Marked)
 }
 
 /// Record why a restart light of request `epoch` of `id` failed: its exit
@@ -654,7 +686,7 @@ pub(crate) fn complete_outstanding(
     if now.state == RequestState::Free {
         return Ok(false);
     }
-    complete(region, id, now.epoch, by, by)
+    complete_as(region, id, now.epoch, by, by, COMPLETED_BY_OWN_RESTART)
 }
 
 /// Request `epoch` of `id` (member `member`) is done: the member is no longer
@@ -667,6 +699,24 @@ pub fn complete(
     epoch: u32,
     member: &str,
     by: &str,
+) -> Result<bool, CorruptError> {
+    complete_as(region, id, epoch, member, by, 0)
+}
+
+/// `recovery_completed`'s `b` when the member's own normal restart
+/// completed the request, just before it became ACTIVE
+/// ([`complete_outstanding`]): a death after it is a new failure. (`b` = 1
+/// is a completion a handler records for its killed restart light.)
+pub const COMPLETED_BY_OWN_RESTART: u64 = 2;
+
+/// [`complete`], recording `how` as the event's `b`.
+fn complete_as(
+    region: &Region,
+    id: u32,
+    epoch: u32,
+    member: &str,
+    by: &str,
+    how: u64,
 ) -> Result<bool, CorruptError> {
     let e = region.request(id)?;
     let now = load(id, e)?;
@@ -696,7 +746,7 @@ pub fn complete(
         crate::events::EventKind::RecoveryCompleted,
         name,
         Some(by),
-        [epoch as u64, 0, 0],
+        [epoch as u64, how, 0],
     );
     bump(region);
     Ok(true)

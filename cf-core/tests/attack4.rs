@@ -27,6 +27,7 @@ use std::sync::Arc;
 fn a_late_fail_of_a_completed_request_strips_the_newer_requests_claim_and_worker() {
     // 1. D dies; request e1; H1 claims it.
     let (_dir, r, me, id, e1) = d_died_and_its_request_is_claimed();
+    let judged = cf_core::connector::slot_view(&r, id).unwrap().generation;
 
     // 2. D recovered by a restart light run by hand; e1 completed; D
     //    reconnects (same slot) and dies again: e2 posted by its cleanup.
@@ -56,7 +57,7 @@ fn a_late_fail_of_a_completed_request_strips_the_newer_requests_claim_and_worker
     );
 
     // 3. H1's late fail of e1.
-    let failed = requests::fail(&r, id, e1, &me).unwrap();
+    let failed = requests::fail(&r, id, e1, &me, judged).unwrap() == requests::FailOutcome::Marked;
 
     // 4. e2 must be untouched.
     let v = requests::list(&r).unwrap();
@@ -203,7 +204,17 @@ fn a_retry_of_a_failed_request_reposts_it() {
 /// and marked FAILED (its restart lights kept failing).
 fn d_failed_with_a_failed_request() -> (tempfile::TempDir, Arc<Region>, u32) {
     let (t, r, me, id, e1) = d_died_and_its_request_is_claimed();
-    assert!(requests::fail(&r, id, e1, &me).unwrap());
+    assert_eq!(
+        requests::fail(
+            &r,
+            id,
+            e1,
+            &me,
+            cf_core::connector::slot_view(&r, id).unwrap().generation
+        )
+        .unwrap(),
+        requests::FailOutcome::Marked
+    );
     (t, r, id)
 }
 

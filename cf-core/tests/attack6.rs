@@ -61,6 +61,16 @@ fn d_failed_with_a_failed_request() -> (tempfile::TempDir, Arc<Region>, u32) {
         ClaimOutcome::Claimed { epoch, .. } => epoch,
         other => panic!("{other:?}"),
     };
-    assert!(requests::fail(&r, id, e1, &me).unwrap());
+    assert_eq!(
+        requests::fail(
+            &r,
+            id,
+            e1,
+            &me,
+            cf_core::connector::slot_view(&r, id).unwrap().generation
+        )
+        .unwrap(),
+        requests::FailOutcome::Marked
+    );
     (t, r, id)
 }

@@ -226,7 +226,17 @@ fn a_failed_request_is_not_claimed_again_until_it_is_reposted() {
         other => panic!("{other:?}"),
     };
     requests::set_reason(&r, id, epoch, Some(1), Some("log.D is not a regular file")).unwrap();
-    assert!(requests::fail(&r, id, epoch, &me).unwrap());
+    assert_eq!(
+        requests::fail(
+            &r,
+            id,
+            epoch,
+            &me,
+            cf_core::connector::slot_view(&r, id).unwrap().generation
+        )
+        .unwrap(),
+        requests::FailOutcome::Marked
+    );
     let v = requests::list(&r).unwrap();
     assert_eq!(v[0].state, RequestState::Failed);
     assert_eq!(v[0].reason, "log.D is not a regular file");
@@ -255,7 +265,14 @@ fn a_failed_request_is_not_claimed_again_until_it_is_reposted() {
         ClaimOutcome::Claimed { epoch, .. } => epoch,
         other => panic!("{other:?}"),
     };
-    requests::fail(&r, id, epoch, &me).unwrap();
+    requests::fail(
+        &r,
+        id,
+        epoch,
+        &me,
+        cf_core::connector::slot_view(&r, id).unwrap().generation,
+    )
+    .unwrap();
     assert!(requests::complete(&r, id, epoch, "D", "test").unwrap());
     assert!(requests::list(&r).unwrap().is_empty());
 }

@@ -209,6 +209,14 @@ fn dead_member_modify_locks_are_retained_others_released() {
         other => panic!("{other:?}"),
     }
     assert_eq!(a2.held_records().unwrap().len(), 1);
+    // Every refusal because of A's retained lock was counted (the report's
+    // "incompatible retained lock").
+    assert_eq!(
+        cf_core::connector::activity(&r, b.id())
+            .unwrap()
+            .retained_refusals,
+        3
+    );
     a2.disconnect().unwrap();
     assert!(inspect::retained(&r).unwrap().is_empty());
     granted(hb.try_lock(&r1, Mode::Exclusive).unwrap());
@@ -260,4 +268,22 @@ fn hammering_threads_never_overlap() {
         inspect::locks(&r)
     );
     assert!(inspect::verify(&r).is_empty(), "{:?}", inspect::verify(&r));
+}
+
+/// One request in 64 is timed into the connection's service-time
+/// histogram: 128 uncontended requests give two samples.
+#[test]
+fn one_request_in_64_is_timed_for_the_service_time() {
+    let (_d, r) = region(16);
+    let a = Member::connect(r.clone(), "A").unwrap();
+    let mut h = a.holder().unwrap();
+    for _ in 0..128 {
+        let id = granted(h.try_lock(b"timed", Mode::Exclusive).unwrap());
+        h.unlock(id).unwrap();
+    }
+    let act = cf_core::connector::activity(&r, a.id()).unwrap();
+    assert_eq!(act.service_ns.iter().sum::<u64>(), 2, "{act:?}");
+    assert_eq!(act.retained_refusals, 0);
+    drop(h);
+    a.disconnect().unwrap();
 }

@@ -190,9 +190,9 @@ impl Monitor {
     /// member the operator fenced whose kill did not happen yet).
     ///
     /// What this watcher saw before counts (`memory`): a beat time older
-    /// than one it already saw from the same connection is damage (a
-    /// member's times only grow), and the member is judged by the newer
-    /// one. A fence at once is confirmed first: only a marked value that
+    /// than one it already saw from the same connection, or ahead of the
+    /// clock, is damage (a member's times only grow, and never pass the
+    /// clock), and the member is judged by the newest one seen. A fence at once is confirmed first: only a marked value that
     /// stood unchanged for `CONFIRM_PERIODS` beat periods of that member (in
     /// which a healthy member beats and changes it) is fenced, by a CAS from
     /// exactly that value.
@@ -231,8 +231,12 @@ impl Monitor {
                     }
                     if let Some(b) = best {
                         newest.insert(key, b);
-                        if b > seen >> 8 && now.saturating_sub(b) <= judged.as_millis() as u64 {
-                            // Older than a beat we saw: damage, not a gap.
+                        let t = seen >> 8;
+                        if (t < b || t > now) && now.saturating_sub(b) <= judged.as_millis() as u64
+                        {
+                            // Older than a beat we saw, or ahead of the
+                            // clock: damage, not a gap; the member is judged
+                            // by the newest beat seen (attack6, attack7).
                             continue;
                         }
                     }
@@ -528,17 +532,28 @@ impl Monitor {
                 }
             }
             if attempts >= MAX_ATTEMPTS {
-                eprintln!(
-                    "cf-node {}: restart light of {} failed {attempts} times; the request is \
-                     marked failed (re-post it with `cfctl restart-light {}` once the cause is \
-                     fixed)",
-                    self.me_name,
-                    cf_core::inspect::escape(name),
-                    cf_core::inspect::escape(name)
-                );
                 // Marked failed only if it was still ours (it may have been
-                // completed meanwhile): the event says which.
-                let marked = requests::fail(&self.region, id, epoch, &self.me).unwrap_or(false);
+                // completed meanwhile) and the member is still the connection
+                // judged here: the event says which.
+                let out = requests::fail(&self.region, id, epoch, &self.me, slot.generation)
+                    .unwrap_or(requests::FailOutcome::NotOutstanding);
+                if out == requests::FailOutcome::MemberChanged {
+                    // A later connection began meanwhile (recovered it, or
+                    // died recovering: a fault, not the persistent reason).
+                    attempts = 0;
+                    continue;
+                }
+                let marked = out == requests::FailOutcome::Marked;
+                if marked {
+                    eprintln!(
+                        "cf-node {}: restart light of {} failed {attempts} times; the request is \
+                         marked failed (re-post it with `cfctl restart-light {}` once the cause \
+                         is fixed)",
+                        self.me_name,
+                        cf_core::inspect::escape(name),
+                        cf_core::inspect::escape(name)
+                    );
+                }
                 events::record(
                     &self.region,
                     EventKind::RestartLightFailed,

@@ -35,7 +35,6 @@ const IDLE: &[&str] = &["--workload", "idle"];
 /// Suggested fix: judge a time ahead of the clock by the newest beat seen
 /// (skip while `now - best <= judged`), as an older one is.
 #[test]
-#[ignore = "attack7: a damaged heartbeat time far in the future + a stall within the interval fences a healthy member (the newest-beat memory only covers older times)"]
 fn a_damaged_future_time_and_a_stall_within_the_interval_fence_a_healthy_member() {
     let _serial = serial();
     let plex = TestPlex::with_history();

@@ -3,15 +3,17 @@
 //!
 //! What cf-core counts, and so what is reported: lock requests, contention
 //! and false contention per connector (its slot and the record blocks it
-//! owns), transactions reported committed, locks held and retained, and
-//! requests waiting (PENDING records) at the end of the interval. What it
-//! does not count, and so is not reported: the synchronous service time of
-//! a request (requests are not timed), and refusals of retained locks (the
-//! answer is given without counting it).
+//! owns), requests refused because a failed member retains the resource,
+//! the synchronous service time of one request in 64 (`lock::service`: a
+//! histogram with buckets 4x apart, so a percentile is shown as the upper
+//! bound of its bucket, `<=`), transactions reported committed, locks held
+//! and retained, and requests waiting (PENDING records) at the end of the
+//! interval.
 
 use anyhow::{bail, Result};
 use cf_core::connector::Activity;
 use cf_core::inspect::{self, MemberView};
+use cf_core::lock::service::{bucket_bounds_ns, percentile_bound_ns, BUCKETS};
 use cf_core::{Plex, Region};
 use cf_harness::outln;
 use cf_harness::table::table;
@@ -82,8 +84,8 @@ pub fn run(plex: &Plex, a: ReportArgs) -> Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("installing signal handlers: {e}"))?;
     if !a.json {
         outln!(
-            "cfctl report: {} every {}; not measured: synchronous service time (cf-core does not \
-time requests), retained-lock refusals (not counted)",
+            "cfctl report: {} every {}; service time: 1 request in 64 sampled, percentiles as the \
+upper bound of a 4x bucket",
             region.path().display(),
             cf_harness::duration::human(a.interval)
         );
@@ -123,6 +125,10 @@ time requests), retained-lock refusals (not counted)",
             let req = s.act.requests.saturating_sub(b.requests);
             let cont = s.act.contention.saturating_sub(b.contention);
             let fals = s.act.false_contention.saturating_sub(b.false_contention);
+            let refused = s.act.retained_refusals.saturating_sub(b.retained_refusals);
+            let service: [u64; BUCKETS] =
+                std::array::from_fn(|i| s.act.service_ns[i].saturating_sub(b.service_ns[i]));
+            let bound = |p: f64| percentile_bound_ns(&service, p);
             let state = crate::display::state_text(&s.view);
             docs.push(json!({
                 "connector": s.view.name, "id": s.view.id, "state": state,
@@ -131,6 +137,14 @@ time requests), retained-lock refusals (not counted)",
                 "contention_pct": pct(cont, req), "false_contention_pct": pct(fals, req),
                 "committed_per_s": per_s(s.act.committed, b.committed),
                 "held": s.view.held, "retained": s.view.retained, "waits": s.waits,
+                "retained_refusals_per_s": refused as f64 / secs,
+                "service_time": {
+                    "sampled": service.iter().sum::<u64>(),
+                    "p50_ns_at_most": bound(50.0).flatten(),
+                    "p90_ns_at_most": bound(90.0).flatten(),
+                    "p99_ns_at_most": bound(99.0).flatten(),
+                    "buckets": service.iter().zip(bucket_bounds_ns()).map(|(c, hi)| json!({"below_ns": hi, "count": c})).collect::<Vec<_>>(),
+                },
             }));
             rows.push(vec![
                 s.view.name.clone(),
@@ -140,6 +154,9 @@ time requests), retained-lock refusals (not counted)",
                 format!("{:.0}", fals as f64 / secs),
                 format!("{:.2}", pct(cont, req)),
                 format!("{:.2}", pct(fals, req)),
+                show_bound(bound(50.0)),
+                show_bound(bound(99.0)),
+                format!("{:.0}", refused as f64 / secs),
                 format!("{:.0}", per_s(s.act.committed, b.committed)),
                 s.view.held.to_string(),
                 s.view.retained.to_string(),
@@ -157,7 +174,6 @@ time requests), retained-lock refusals (not counted)",
                 "start": wall_before.strftime("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string(),
                 "end": wall.strftime("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string(),
                 "seconds": secs, "lock_structure": structure, "connectors": docs,
-                "not_measured": ["synchronous service time", "retained-lock refusals"],
             });
             outln!("{doc}");
         } else {
@@ -184,6 +200,9 @@ time requests), retained-lock refusals (not counted)",
                             "FALSE/S",
                             "CONT%",
                             "FALSE%",
+                            "SYNC P50",
+                            "SYNC P99",
+                            "RETREF/S",
                             "COMMIT/S",
                             "HELD",
                             "RETAINED",
@@ -203,5 +222,24 @@ time requests), retained-lock refusals (not counted)",
         totals_before = totals;
         t_before = t;
         wall_before = wall;
+    }
+}
+
+/// A percentile bound as the table shows it: `<=128ns`, `>33.6ms` (open
+/// last bucket), `-` (no samples).
+fn show_bound(b: Option<Option<u64>>) -> String {
+    match b {
+        None => "-".into(),
+        Some(Some(ns)) => format!(
+            "<={}",
+            cf_harness::duration::human(Duration::from_nanos(ns))
+        ),
+        Some(None) => {
+            let last = bucket_bounds_ns()[BUCKETS - 2].unwrap_or(0);
+            format!(
+                ">{}",
+                cf_harness::duration::human(Duration::from_nanos(last))
+            )
+        }
     }
 }

@@ -277,7 +277,8 @@ fn a_failed_request_shows_its_reason_in_display_requests() {
         Some("log.D is not a regular file\x1b"),
     )
     .unwrap();
-    cf_core::requests::fail(&r, id, epoch, &me).unwrap();
+    let judged = cf_core::connector::slot_view(&r, id).unwrap().generation;
+    cf_core::requests::fail(&r, id, epoch, &me, judged).unwrap();
     let out = cfctl(&p, &["display", "requests"]);
     let t = text(&out.stdout);
     assert!(out.status.success(), "{out:?}");

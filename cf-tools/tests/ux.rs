@@ -590,6 +590,13 @@ fn displays_an_operator_knows() {
         .unwrap()
         .iter()
         .any(|c| c["connector"] == "A"));
+    for c in docs[0]["connectors"].as_array().unwrap() {
+        let st = &c["service_time"];
+        assert_eq!(st["buckets"].as_array().map(|b| b.len()), Some(12), "{c}");
+        assert!(c["retained_refusals_per_s"].is_number(), "{c}");
+        // A percentile is given exactly when something was sampled.
+        assert_eq!(st["sampled"] == 0, st["p50_ns_at_most"].is_null(), "{c}");
+    }
     a.term();
     a.expect_exit_ok();
     b.term();

@@ -319,7 +319,11 @@ pub(crate) fn occupy(
             &c.false_contention,
             &c.failed_ns,
             &c.committed,
-        ] {
+            &c.retained_refusals,
+        ]
+        .into_iter()
+        .chain(&c.service_ns)
+        {
             f.store(0, Ordering::Relaxed);
         }
     }
@@ -418,6 +422,10 @@ pub struct Activity {
     pub contention: u64,
     pub false_contention: u64,
     pub committed: u64,
+    /// Requests refused because a failed member retains the resource.
+    pub retained_refusals: u64,
+    /// Sampled synchronous service times, per bucket (`lock::service`).
+    pub service_ns: [u64; crate::lock::service::BUCKETS],
 }
 
 /// Read the [`Activity`] of connector `id`.
@@ -430,6 +438,8 @@ pub fn activity(region: &Region, id: u32) -> Result<Activity, CorruptError> {
         contention: slot.contention.load(Relaxed),
         false_contention: slot.false_contention.load(Relaxed),
         committed: slot.committed.load(Relaxed),
+        retained_refusals: slot.retained_refusals.load(Relaxed),
+        service_ns: std::array::from_fn(|i| slot.service_ns[i].load(Relaxed)),
     };
     for b in region.blocks(id)? {
         if b.owner.load(Relaxed) != 0 {

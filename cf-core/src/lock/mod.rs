@@ -7,4 +7,5 @@
 pub mod entry;
 pub(crate) mod futex;
 pub mod records;
+pub mod service;
 pub mod word;

@@ -23,7 +23,7 @@ use crate::connector::{self, MemberState};
 use crate::error::{CorruptError, LockError};
 use crate::lock::entry::{self, Decision, LatchError, LatchWait, Request};
 use crate::lock::records::{self, Mode, RecordView, Resource, TAG_FREE, TAG_HELD, TAG_PENDING};
-use crate::lock::word;
+use crate::lock::{service, word};
 use crate::member::connection::Connection;
 use crate::recovery::{self, CleanupOutcome};
 use crate::shm::layout::MAX_RESOURCE;
@@ -99,6 +99,8 @@ pub struct Holder {
     /// The conflicting records of the request being decided (kept between
     /// requests, so waiting allocates nothing once it has grown).
     conflicts: Vec<RecordView>,
+    /// The request being decided slept (a wait, not a synchronous answer).
+    slept: bool,
 }
 
 /// Where a holder's hot path reads and writes: slices of the region, which
@@ -142,6 +144,7 @@ impl Holder {
             contention: 0,
             false_contention: 0,
             conflicts: Vec::new(),
+            slept: false,
         };
         h.grow()?;
         Ok(h)
@@ -245,6 +248,9 @@ impl Holder {
         if resource.is_empty() || resource.len() > MAX_RESOURCE {
             return Err(bad_resource(resource.len()));
         }
+        // One request in SAMPLE_EVERY is timed (`lock/service.rs`).
+        let t0 = (self.requests & (service::SAMPLE_EVERY - 1) == service::SAMPLE_EVERY - 1)
+            .then(crate::sync::now);
         let slot = self.alloc_slot()?;
         let me = self.m.id;
         let (tags, bodies, table) = self.area();
@@ -272,9 +278,22 @@ impl Holder {
             if self.requests.is_multiple_of(64) {
                 self.publish_counters();
             }
+            if let Some(t0) = t0 {
+                self.record_service(t0);
+            }
             return Ok(TryOutcome::Granted(LockId { slot, entry, mode }));
         }
-        self.acquire_slow(resource, mode, slot, entry, timeout)
+        self.acquire_slow(resource, mode, slot, entry, timeout, t0)
+    }
+
+    /// Count a sampled request's service time since `t0` in this
+    /// connection's histogram.
+    #[cold]
+    fn record_service(&self, t0: Instant) {
+        let ns = u64::try_from(crate::sync::since(t0).as_nanos()).unwrap_or(u64::MAX);
+        if let Ok(c) = self.m.region.connector(self.m.id) {
+            c.service_ns[service::bucket(ns)].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The word could not be settled by one CAS: the latched path.
@@ -287,8 +306,10 @@ impl Holder {
         slot: u32,
         entry: u32,
         timeout: Option<Duration>,
+        t0: Option<Instant>,
     ) -> Result<TryOutcome, LockError> {
         let m = self.m.clone();
+        self.slept = false;
         let tag = records::tag(&m.region, m.id, slot)?;
         tag.store(TAG_PENDING | entry, Ordering::Release);
         let res = Resource::new(resource).ok_or(LockError::BadResource {
@@ -309,6 +330,9 @@ impl Holder {
             self.free.push(slot);
         }
         self.publish_counters();
+        if let (Some(t0), Ok(_), false) = (t0, &out, self.slept) {
+            self.record_service(t0);
+        }
         out
     }
 
@@ -419,6 +443,9 @@ impl Holder {
                     // if nobody else is at it (never waiting for another).
                     recovery::try_clean(region, h.id, Some(me), 0, Some(deadline))?;
                 }
+                if let Ok(c) = region.connector(me) {
+                    c.retained_refusals.fetch_add(1, Ordering::Relaxed);
+                }
                 return Ok(TryOutcome::Retained(h));
             }
             let out_of_time = crate::sync::now() >= deadline;
@@ -467,6 +494,7 @@ impl Holder {
                 // Wait for the holdings to change from what our unlatch left
                 // (a release, a cleanup's settle: a change since is not missed).
                 let time_left = deadline.saturating_duration_since(crate::sync::now());
+                self.slept = true;
                 stale = word::wait_for_holdings(word, left, 0, slice.min(time_left))
                     == word::HoldingsWait::SliceEnded;
                 woken_by_change = !stale;
@@ -481,6 +509,7 @@ impl Holder {
             let left = l.step_out(region, &req);
             req.half_made = false;
             let time_left = deadline.saturating_duration_since(crate::sync::now());
+            self.slept = true;
             let end = word::wait_for_holdings(word, left, crate::sync::SPINS, slice.min(time_left));
             stale = end == word::HoldingsWait::SliceEnded;
             woken_by_change = !stale;

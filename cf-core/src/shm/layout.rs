@@ -27,7 +27,9 @@ pub const MAGIC: [u8; 8] = *b"CFEMUREG";
 /// 5: restart requests grew to 256 bytes: a FAILED state with its reason.
 /// 6: connector slots gained the liveness word and the heartbeat, the lock
 /// structure page the failure detection settings.
-pub const LAYOUT_VERSION: u32 = 6;
+/// 7: connector slots gained the beat period, the retained-lock refusals and
+/// the sampled service times.
+pub const LAYOUT_VERSION: u32 = 7;
 /// The header and the directory live in the first page.
 pub const HEADER_PAGE: u64 = 4096;
 /// Connector ids are bit positions in the 32-bit share/interest mask of a lock word.

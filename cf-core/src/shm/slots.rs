@@ -46,8 +46,12 @@ pub(crate) struct ConnectorSlot {
     /// it with every beat (0: none): survivors judge its heartbeat by this,
     /// not by the plex's interval as they read it (`liveness.rs`).
     pub beat_period_ms: AtomicU64,
-    #[cfg(not(loom))]
-    _reserved: [AtomicU64; 13],
+    /// Lock requests of this connection refused because a failed member
+    /// retains the resource (`incompatible retained lock`).
+    pub retained_refusals: AtomicU64,
+    /// Sampled synchronous service times (`lock/service.rs`): how many of
+    /// the sampled requests took each bucket's time.
+    pub service_ns: [AtomicU64; crate::lock::service::BUCKETS],
 }
 
 /// The lock structure's header (the rest of its page is reserved).
@@ -182,6 +186,7 @@ mod pinned {
     const _: () = assert!(offset_of!(ConnectorSlot, liveness) == 128);
     const _: () = assert!(offset_of!(ConnectorSlot, heartbeat) == 136);
     const _: () = assert!(offset_of!(ConnectorSlot, beat_period_ms) == 144);
+    const _: () = assert!(offset_of!(ConnectorSlot, service_ns) == 160);
     const _: () = assert!(size_of::<LockHeader>() <= 4096);
     const _: () = assert!(offset_of!(LockHeader, connect_latch) == 64);
     const _: () = assert!(offset_of!(LockHeader, wait_ticket) == 72);

@@ -113,6 +113,8 @@ pub fn missing_seqs(events: &BTreeMap<u64, Event>, head: u64) -> BTreeSet<u64> {
     (0..head).filter(|q| !events.contains_key(q)).collect()
 }
 
+use cf_core::requests::COMPLETED_BY_OWN_RESTART;
+
 /// The verdict of `one_restart_per_death`.
 #[derive(Debug, Default)]
 pub struct LifeCheck {
@@ -126,16 +128,14 @@ pub struct LifeCheck {
     pub evidence: Vec<Value>,
 }
 
-/// Every failure of a member is followed by exactly one completed recovery,
-/// and at most one restart light that terminated normally, before the next
-/// failure and before the member connects again; a life without a death has
-/// no completion. A life of a member runs from one of its `connected` events
-/// to the next (a member records `connected` after any recovery of its
-/// previous life). A failure begins with a death (`detected`) and ends with
-/// its completion: the deaths in between (a restart light or a normal
-/// restart killed while recovering) are the same failure; a death after it
-/// (a normal restart that completed its request and was killed before its
-/// `connected`) is a new one.
+/// Every death of a member incarnation is followed by exactly one completed
+/// recovery, and at most one restart light that terminated normally, before
+/// the member connects again; a life without a death has no completion. A
+/// life of a member runs from one of its `connected` events to the next (a
+/// member records `connected` after any recovery of its previous life), or
+/// ends with the completion its own normal restart recorded (`b` = 1: the
+/// member is ACTIVE from there, so a death before its `connected` is a new
+/// life's).
 pub fn check_lives(events: &BTreeMap<u64, Event>, head: u64, t0: u64) -> LifeCheck {
     let missing = missing_seqs(events, head);
     let gap_in = |a: u64, b: u64| missing.range(a..=b).next().is_some();
@@ -150,8 +150,13 @@ pub fn check_lives(events: &BTreeMap<u64, Event>, head: u64, t0: u64) -> LifeChe
         for e in evs {
             if e.kind == EventKind::Connected {
                 lives.push((Some(e), Vec::new()));
-            } else if let Some(l) = lives.last_mut() {
+                continue;
+            }
+            if let Some(l) = lives.last_mut() {
                 l.1.push(e);
+            }
+            if e.kind == EventKind::RecoveryCompleted && e.b == COMPLETED_BY_OWN_RESTART {
+                lives.push((Some(e), Vec::new()));
             }
         }
         let n_lives = lives.len();
@@ -173,7 +178,7 @@ pub fn check_lives(events: &BTreeMap<u64, Event>, head: u64, t0: u64) -> LifeChe
                 .collect::<std::collections::BTreeSet<u64>>()
                 .len();
             let ended = count(EventKind::TerminatedNormally);
-            let ok = failures_each_completed_once(evs);
+            let ok = if deaths > 0 { done == 1 } else { done == 0 } && ended <= 1;
             if ok {
                 continue;
             }
@@ -192,7 +197,15 @@ pub fn check_lives(events: &BTreeMap<u64, Event>, head: u64, t0: u64) -> LifeChe
                 }
             }
             let opened_s = match opened {
-                Some(c) => format!("connected #{} {} pid {}", c.seq, rel(c.time_ns, t0), c.a),
+                Some(c) if c.kind == EventKind::Connected => {
+                    format!("connected #{} {} pid {}", c.seq, rel(c.time_ns, t0), c.a)
+                }
+                Some(c) => format!(
+                    "after its own restart's {} #{} {}",
+                    c.kind.as_str(),
+                    c.seq,
+                    rel(c.time_ns, t0)
+                ),
                 None => "first life".into(),
             };
             let closed = lives.get(i + 1).and_then(|l| l.0);
@@ -229,42 +242,6 @@ pub fn check_lives(events: &BTreeMap<u64, Event>, head: u64, t0: u64) -> LifeChe
         }
     }
     out
-}
-
-/// The events of one life: each failure (a `detected` with no failure open)
-/// is closed by exactly one completion (one epoch, recorded at least once:
-/// a handler records the one a killed restart light could not, and may race
-/// the light's own record), has at most one `terminated_normally`, and none
-/// is left open; no completion comes without a failure.
-fn failures_each_completed_once(evs: &[&Event]) -> bool {
-    let mut open = false;
-    // Epochs completed in this life, and the restart lights that ended
-    // normally in the current (or last) failure.
-    let mut completed = BTreeSet::new();
-    let mut ended_in_failure = 0;
-    for e in evs {
-        match e.kind {
-            EventKind::Detected if !open => {
-                open = true;
-                ended_in_failure = 0;
-            }
-            EventKind::TerminatedNormally => {
-                ended_in_failure += 1;
-                if ended_in_failure > 1 {
-                    return false;
-                }
-            }
-            EventKind::RecoveryCompleted if open => {
-                open = false;
-                if !completed.insert(e.a) {
-                    return false;
-                }
-            }
-            EventKind::RecoveryCompleted if !completed.contains(&e.a) => return false,
-            _ => {}
-        }
-    }
-    !open
 }
 
 /// The verdict of `every_kill_recovered`, with the detection and recovery
@@ -610,7 +587,10 @@ mod tests {
         v.truncate(4);
         v.extend([
             ev(4, RecoveredAtRestart, "M1", Some("M1"), 6, 1),
-            ev(5, RecoveryCompleted, "M1", Some("M1"), 6, 1),
+            Event {
+                b: COMPLETED_BY_OWN_RESTART,
+                ..ev(5, RecoveryCompleted, "M1", Some("M1"), 6, 1)
+            },
             ev(6, Detected, "M1", None, 7, 12),
             ev(7, CleanedUp, "M1", None, 7, 0),
             ev(8, RequestPosted, "M1", None, 7, 0),
@@ -620,7 +600,7 @@ mod tests {
         let (m, head) = map(v.clone());
         let c = check_lives(&m, head, 0);
         assert!(c.broken.is_empty(), "{:?}", c.broken);
-        // Without the second completion, the second failure is left open.
+        // Without the second completion, the second death is not recovered.
         v.retain(|e| e.seq != 9);
         v.last_mut().unwrap().seq = 9;
         let (m, head) = map(v);
@@ -804,7 +784,6 @@ mod tests {
     /// is then killed, and that death gets a request and a recovery of its
     /// own. The check before a4dd1db (`done == 1` per life) rejected it.
     #[test]
-    #[ignore = "attack7: a completion with no recovery before it passes the sim check when a death follows it"]
     fn a_completion_with_no_recovery_followed_by_a_death_is_broken() {
         use EventKind::*;
         let mut v = one_death();
@@ -838,7 +817,6 @@ mod tests {
     /// completed (a second light that connected as the member at all is
     /// the bug). The check before a4dd1db (`ended <= 1` per life) rejected it.
     #[test]
-    #[ignore = "attack7: two restart lights for one death pass the sim check when the second one is killed"]
     fn two_restart_lights_for_one_death_are_broken() {
         use EventKind::*;
         let mut v = one_death();
