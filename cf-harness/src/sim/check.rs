@@ -842,4 +842,56 @@ mod tests {
              life passes"
         );
     }
+
+    /// attack8: a legal history the life check fails. M1's restart light
+    /// (pid 30) disconnects (the slot is FREE), records
+    /// `terminated_normally` and completes its request: `requests::complete`
+    /// is one CAS, then the event (requests.rs `complete_as`). Between the two
+    /// (or: the light is killed after its CAS and its handler records the lost
+    /// completion, `b` = 1, once `child.wait` returns: monitor.rs
+    /// `record_lost_completion`), M1 restarts normally: it connects to the
+    /// FREE slot as a fresh connection, `complete_for_name` finds nothing
+    /// outstanding, and it records `connected` (cf-node main.rs
+    /// `run_connected`). The completion's event lands after that
+    /// `connected`: the death's life has no completion and the new life has
+    /// one with no death; both are reported broken although every request
+    /// was completed exactly once, after its recovery.
+    #[test]
+    #[ignore = "attack8: a completion recorded after the member's next connected (legal) breaks two lives"]
+    fn a_completion_event_after_the_next_connected_is_legal() {
+        use EventKind::*;
+        let mut v = one_death();
+        v.truncate(7); // ... light 30 terminated normally (after its disconnect)
+        v.extend([
+            // M1 restarts normally into the FREE slot (nothing outstanding:
+            // the light's CAS completed it) and records `connected`.
+            ev(7, Connected, "M1", None, 8, 11),
+            // The light's completion event (CAS done before M1 connected).
+            ev(8, RecoveryCompleted, "M1", Some("M1"), 8, 0),
+        ]);
+        let (m, head) = map(v);
+        let c = check_lives(&m, head, 0);
+        assert!(
+            c.broken.is_empty(),
+            "request 0 was completed once, after its recovery; only its event came after M1's \
+             next `connected`: {:?}",
+            c.broken
+        );
+    }
+
+    /// attack8: the same with the handler recording the completion of its
+    /// killed light (`b` = 1) after M1's normal restart connected.
+    #[test]
+    #[ignore = "attack8: a lost completion recorded by the handler after the next connected breaks two lives"]
+    fn a_lost_completion_recorded_after_the_next_connected_is_legal() {
+        use EventKind::*;
+        let mut v = one_death();
+        v.truncate(7);
+        let mut lost = ev(8, RecoveryCompleted, "M1", Some("M0"), 9, 0);
+        lost.b = 1;
+        v.extend([ev(7, Connected, "M1", None, 8, 11), lost]);
+        let (m, head) = map(v);
+        let c = check_lives(&m, head, 0);
+        assert!(c.broken.is_empty(), "{:?}", c.broken);
+    }
 }
