@@ -159,8 +159,7 @@ fn a_death_after_the_fifth_failed_light_is_swallowed_by_failed() {
         }
         assert!(
             Instant::now() < deadline,
-            "no fifth restart light
-{}",
+            "no fifth restart light\n{}",
             plex.dump()
         );
         std::hint::spin_loop();
