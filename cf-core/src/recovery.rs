@@ -279,13 +279,13 @@ fn announce(
             rep.discarded as u64,
         ],
     );
-    requests::post_claimed(region, c, by, || {
+    requests::post_claimed(region, c, by, |epoch| {
         events::record(
             region,
             EventKind::RequestPosted,
             &rep.name,
             by_name,
-            [0, 0, 0],
+            [u64::from(epoch), 0, 0],
         )
     })?;
     Ok(())

@@ -250,7 +250,7 @@ pub fn post(
     region: &Region,
     id: u32,
     by: Option<u32>,
-    on_posted: impl FnOnce(),
+    on_posted: impl FnOnce(u32),
 ) -> Result<Option<u32>, CorruptError> {
     under_cleanup_claim(region, id, || post_if_failed(region, id, by, on_posted))
 }
@@ -290,7 +290,7 @@ fn post_if_failed(
     region: &Region,
     id: u32,
     by: Option<u32>,
-    on_posted: impl FnOnce(),
+    on_posted: impl FnOnce(u32),
 ) -> Result<Option<u32>, CorruptError> {
     with_connects_latched(region, id, |state| {
         if state != MemberState::FailedPersistent {
@@ -327,7 +327,7 @@ pub(crate) fn post_claimed(
     region: &Region,
     id: u32,
     by: Option<u32>,
-    on_posted: impl FnOnce(),
+    on_posted: impl FnOnce(u32),
 ) -> Result<Option<u32>, CorruptError> {
     let e = region.request(id)?;
     let incarnation = region.connector(id)?.incarnation.load(Ordering::Acquire);
@@ -394,7 +394,7 @@ pub(crate) fn post_claimed(
         .request_header()
         .posted
         .fetch_add(1, Ordering::Relaxed);
-    on_posted();
+    on_posted(epoch);
     bump(region);
     Ok(Some(epoch))
 }
@@ -628,7 +628,7 @@ pub fn retry(
     region: &Region,
     id: u32,
     by: Option<u32>,
-    on_posted: impl FnOnce(),
+    on_posted: impl FnOnce(u32),
 ) -> Result<Option<u32>, CorruptError> {
     under_cleanup_claim(region, id, || {
         with_connects_latched(region, id, |state| {

@@ -138,7 +138,7 @@ fn a_retry_racing_a_self_recovery_loses_the_completion() {
     let since = events::next_seq(&r);
 
     let restarted = Member::connect_with(r.clone(), "D", cf_core::ConnectMode::Restart).unwrap();
-    let reposted = requests::retry(&r, id, None, || {}).unwrap();
+    let reposted = requests::retry(&r, id, None, |_| {}).unwrap();
     let failed_still = requests::list(&r).unwrap();
     restarted.finish_recovery().unwrap();
     let completed_late = requests::complete_for_name(&r, "D", "D").unwrap();
@@ -177,7 +177,7 @@ fn a_retry_of_a_request_whose_member_was_recovered_completes_it() {
     let light = Member::connect_with(r.clone(), "D", cf_core::ConnectMode::Recovery).unwrap();
     light.disconnect().unwrap();
 
-    let reposted = requests::retry(&r, id, None, || {}).unwrap();
+    let reposted = requests::retry(&r, id, None, |_| {}).unwrap();
     let (posted, done) = requests::totals(&r);
     assert_eq!(reposted, None);
     assert!(requests::list(&r).unwrap().is_empty());
@@ -190,7 +190,7 @@ fn a_retry_of_a_request_whose_member_was_recovered_completes_it() {
 fn a_retry_of_a_failed_request_reposts_it() {
     let (_dir, r, id) = d_failed_with_a_failed_request();
     let before = requests::list(&r).unwrap()[0].epoch;
-    let reposted = requests::retry(&r, id, None, || {}).unwrap();
+    let reposted = requests::retry(&r, id, None, |_| {}).unwrap();
     let v = requests::list(&r).unwrap();
     assert_eq!(reposted, Some(before.wrapping_add(1)));
     assert_eq!(

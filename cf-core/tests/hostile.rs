@@ -248,9 +248,9 @@ fn a_failed_request_is_not_claimed_again_until_it_is_reposted() {
         requests::claim(&r, id, 3, &me).unwrap(),
         ClaimOutcome::NotClaimed
     );
-    assert_eq!(requests::post(&r, id, None, || {}).unwrap(), None);
+    assert_eq!(requests::post(&r, id, None, |_| {}).unwrap(), None);
     // An operator re-posts it: a new epoch, claimable at once.
-    let again = requests::retry(&r, id, None, || {})
+    let again = requests::retry(&r, id, None, |_| {})
         .unwrap()
         .expect("re-posted");
     assert_ne!(again, epoch);

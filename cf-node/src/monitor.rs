@@ -192,10 +192,12 @@ impl Monitor {
     /// What this watcher saw before counts (`memory`): a beat time older
     /// than one it already saw from the same connection, or ahead of the
     /// clock, is damage (a member's times only grow, and never pass the
-    /// clock), and the member is judged by the newest one seen. A fence at once is confirmed first: only a marked value that
-    /// stood unchanged for `CONFIRM_PERIODS` beat periods of that member (in
-    /// which a healthy member beats and changes it) is fenced, by a CAS from
-    /// exactly that value.
+    /// clock), and the member is judged by the newest one seen. A fence at
+    /// once is confirmed first: only a marked value that stood unchanged for
+    /// `CONFIRM_PERIODS` beat periods of that member (in which a healthy
+    /// member beats and changes it) is fenced, by a CAS from exactly that
+    /// value; a watcher that never saw the connection beat (it started
+    /// after the damage, or the stall) confirms over a whole interval.
     fn check_status(&self, s: &Settings, memory: &mut StatusMemory) {
         let mut still = HashMap::new();
         let mut newest = HashMap::new();
@@ -257,7 +259,15 @@ impl Monitor {
                         Some(&(v, t)) if v == value => t,
                         _ => Instant::now(),
                     };
-                    if since.elapsed() > liveness::CONFIRM_PERIODS * liveness::beat_period(judged) {
+                    // A watcher that never saw this connection beat cannot
+                    // tell a damaged time from a gap: it confirms over a
+                    // whole interval (a healthy member beats in it).
+                    let confirm = if best.is_some() {
+                        liveness::CONFIRM_PERIODS * liveness::beat_period(judged)
+                    } else {
+                        judged
+                    };
+                    if since.elapsed() > confirm {
                         self.fence(&slot, value);
                     } else {
                         still.insert(key, (value, since));
@@ -360,13 +370,13 @@ impl Monitor {
     }
 
     fn post(&self, id: u32, name: &str) {
-        let _ = requests::post(&self.region, id, Some(self.me_id), || {
+        let _ = requests::post(&self.region, id, Some(self.me_id), |epoch| {
             events::record(
                 &self.region,
                 EventKind::RequestPosted,
                 name,
                 Some(&self.me_name),
-                [0, 0, 0],
+                [u64::from(epoch), 0, 0],
             )
         });
     }
@@ -487,6 +497,13 @@ impl Monitor {
         // Events from our claim on, and did a restart light of ours fail?
         let since = events::next_seq(&self.region);
         let mut light_failed = false;
+        // The failure our restart lights work on: the failed slot's
+        // generation when the last one started, and that light's PID (a
+        // light that connected and failed leaves the slot with its own
+        // generation and PID). Any other connection since (a normal restart,
+        // a light run by hand, killed while recovering) is a new death its
+        // attempts must not be counted against.
+        let mut ours: Option<(u32, u32)> = None;
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 let _ = requests::unclaim(&self.region, id, epoch, &self.me);
@@ -530,6 +547,10 @@ impl Monitor {
                     }
                     continue;
                 }
+            }
+            if ours.is_some_and(|(g, pid)| slot.generation != g && slot.process.pid != pid) {
+                attempts = 0;
+                ours = None;
             }
             if attempts >= MAX_ATTEMPTS {
                 // Marked failed only if it was still ours (it may have been
@@ -595,6 +616,7 @@ impl Monitor {
             };
             // Only the latest light's fate matters to a lost completion.
             light_failed = false;
+            ours = Some((slot.generation, child.id()));
             if let Ok(Some(p)) = ProcessId::of(child.id()) {
                 let _ = requests::set_worker(&self.region, id, epoch, &p);
             }

@@ -36,7 +36,6 @@ const IDLE: &[&str] = &["--workload", "idle"];
 /// first sighting + interval), or keep the newest beat in the region (per
 /// slot, max-updated by every watcher) rather than per watcher.
 #[test]
-#[ignore = "attack8: a watcher that starts after the damage fences a healthy stalled member"]
 fn a_new_watcher_fences_a_healthy_member_on_one_damaged_word() {
     let _serial = serial();
     let plex = TestPlex::with_history();
@@ -125,7 +124,6 @@ fn a_new_watcher_fences_a_healthy_member_on_one_damaged_word() {
 /// against (set when a restart light is started) and reset the count, or
 /// pass that generation to `fail`, when the slot's generation differs.
 #[test]
-#[ignore = "attack8: a death cleaned up before the give-up iteration's slot read is swallowed by FAILED"]
 fn a_death_after_the_fifth_failed_light_is_swallowed_by_failed() {
     use cf_core::requests::RequestState;
     use cf_core::{testing, Member};

@@ -222,7 +222,7 @@ fn a_recovery_that_keeps_failing_ends_in_a_failed_request_with_its_reason() {
 
     // The cause is removed and the operator re-posts it: X is recovered.
     std::fs::remove_dir(cf_node::wal::log_path(plex.path(), "X")).unwrap();
-    requests::retry(plex.region(), id, None, || {})
+    requests::retry(plex.region(), id, None, |_| {})
         .unwrap()
         .expect("re-posted");
     plex.wait("X to be recovered", || plex.is_recovered("X", Some(id)));

@@ -417,13 +417,13 @@ pub fn post(plex: &Plex, member: &str) -> Result<()> {
     else {
         bail!("no member named {member} in the connector table");
     };
-    let posted = || {
+    let posted = |epoch: u32| {
         cf_core::events::record(
             &region,
             EventKind::RequestPosted,
             member,
             Some("cfctl"),
-            [0, 0, 0],
+            [u64::from(epoch), 0, 0],
         )
     };
     // A request that FAILED (its restart lights kept failing) is re-posted.

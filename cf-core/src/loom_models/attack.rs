@@ -185,7 +185,7 @@ fn a_losing_poster_clears_the_winners_claim() {
         let first = {
             let r = r.clone();
             process(2, move || {
-                let _ = requests::post(&r, 0, None, || {}).unwrap();
+                let _ = requests::post(&r, 0, None, |_| {}).unwrap();
                 requests::claim(&r, 0, 0, &me(2)).unwrap()
             })
         };
@@ -193,7 +193,7 @@ fn a_losing_poster_clears_the_winners_claim() {
         let second = {
             let r = r.clone();
             process(3, move || {
-                let _ = requests::post(&r, 0, None, || {}).unwrap();
+                let _ = requests::post(&r, 0, None, |_| {}).unwrap();
             })
         };
         let claimed = first.join().unwrap().unwrap();

@@ -332,7 +332,7 @@ fn a_sweep_posts_for_a_member_whose_recovery_has_ended() {
                     && req.is_none()
                     && !crate::recovery::cleanup_in_progress(&r, 0).unwrap()
                 {
-                    let _ = requests::post(&r, 0, Some(m_id), || {}).unwrap();
+                    let _ = requests::post(&r, 0, Some(m_id), |_| {}).unwrap();
                 }
             })
         };
