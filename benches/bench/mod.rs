@@ -620,6 +620,8 @@ fn print_tables(
                     fmt_ns(c.value)
                 } else if c.unit == "B" {
                     format!("{:.1} MiB", c.value / 1048576.0)
+                } else if c.unit == "% of a core" {
+                    format!("{:.2}%", c.value)
                 } else {
                     format!("{:.2}x", c.value)
                 };

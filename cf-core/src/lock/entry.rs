@@ -129,8 +129,12 @@ use std::time::{Duration, Instant};
 pub(crate) const BYPASS_LIMIT: u32 = 3;
 
 /// Longest single futex sleep while waiting: a waiter re-checks its holders'
-/// liveness at least this often, so a dead holder is found with no monitor.
-pub(crate) const MAX_SLICE: Duration = Duration::from_millis(20);
+/// liveness at least this often, so a dead holder is found with no monitor
+/// (with one, the holder's cleanup changes the word and wakes the waiter at
+/// once). 100 ms keeps a waiter's own CPU near 0.1% of a core (each look
+/// costs tens of µs: the latch, the holders' identity in /proc); 20 ms made
+/// 8 waiters cost 2.9% (`cfctl bench` row `waiters_cpu_k8`, 2026-12-01).
+pub(crate) const MAX_SLICE: Duration = Duration::from_millis(100);
 /// First sleep slice (doubling up to [`MAX_SLICE`]).
 pub(crate) const FIRST_SLICE: Duration = Duration::from_micros(50);
 /// Longest a latch wait without a deadline (a release, a cleanup) accepts a
