@@ -337,14 +337,7 @@ pub(crate) fn post_claimed(
         // which was recovered (only its recovering connection vacates a
         // failed slot) but not yet completed: complete it now, so this
         // failure gets a request of its own.
-        let by_name = by.map(|b| crate::connector::name_of(region, b));
-        complete(
-            region,
-            id,
-            now.epoch,
-            &load_name(e),
-            by_name.as_deref().unwrap_or("cf-core"),
-        )?;
+        complete_stale(region, id, now.epoch, by)?;
         now = load(id, e)?;
     }
     let generation = crate::connector::load_state(region, id)?.generation;
@@ -397,6 +390,25 @@ pub(crate) fn post_claimed(
     on_posted(epoch);
     bump(region);
     Ok(Some(epoch))
+}
+
+/// Complete request `epoch` of `id` for a member recovered meanwhile, on
+/// behalf of connector `by` (or "cf-core"), under the name it was posted for.
+fn complete_stale(
+    region: &Region,
+    id: u32,
+    epoch: u32,
+    by: Option<u32>,
+) -> Result<bool, CorruptError> {
+    let e = region.request(id)?;
+    let by_name = by.map(|b| crate::connector::name_of(region, b));
+    complete(
+        region,
+        id,
+        epoch,
+        &load_name(e),
+        by_name.as_deref().unwrap_or("cf-core"),
+    )
 }
 
 /// Is a request for `id` waiting for a (new) handler? Pending, or claimed by
@@ -653,14 +665,7 @@ pub fn retry(
                 // A restart light recovered it and left, and was killed
                 // before it completed the request.
                 MemberState::Free => {
-                    let by_name = by.map(|b| crate::connector::name_of(region, b));
-                    complete(
-                        region,
-                        id,
-                        now.epoch,
-                        &load_name(e),
-                        by_name.as_deref().unwrap_or("cf-core"),
-                    )?;
+                    complete_stale(region, id, now.epoch, by)?;
                     Ok(None)
                 }
                 // Recovering (its connection completes the request), or

@@ -11,7 +11,7 @@
 
 use cf_testkit::node as support;
 
-use cf_core::connector::liveness::{self, Isolate, Settings};
+use cf_core::connector::liveness::{self, Isolate};
 use cf_core::events::EventKind;
 use cf_core::TryOutcome;
 use nix::sys::signal::Signal;
@@ -22,28 +22,6 @@ use support::*;
 /// A member inside a transaction most of the time (20 ms between legs).
 const VICTIM: &[&str] = &["--workload", "bank", "--pause-us", "20000"];
 const SURVIVOR: &[&str] = &["--workload", "bank", "--pause-us", "500"];
-
-fn plex_with(interval_ms: u64, isolate: Isolate) -> TestPlex {
-    let plex = TestPlex::with_history();
-    liveness::set_settings(
-        plex.region(),
-        Settings {
-            interval: Duration::from_millis(interval_ms),
-            isolate,
-        },
-    )
-    .unwrap();
-    plex
-}
-
-/// Events of `kind` about `name` since `since` (any kind, unlike
-/// `TestPlex::count_events`, which counts recovery events only).
-fn count(plex: &TestPlex, name: &str, since: u64, kind: EventKind) -> usize {
-    plex.events()
-        .iter()
-        .filter(|e| e.seq >= since && e.member == name && e.kind == kind)
-        .count()
-}
 
 fn status_of(plex: &TestPlex, name: &str) -> Option<&'static str> {
     plex.member(name).map(|m| m.status)
@@ -58,13 +36,13 @@ fn status_of(plex: &TestPlex, name: &str) -> Option<&'static str> {
 #[test]
 fn a_stopped_member_is_fenced_after_the_interval_and_recovered() {
     let _serial = serial();
-    let plex = plex_with(400, Isolate::AtOnce);
+    let plex = TestPlex::with_detection(Duration::from_millis(400), Isolate::AtOnce);
     let mut v = plex.start("V", VICTIM, &[]);
     let mut s = plex.start("S", SURVIVOR, &[]);
     let since = plex.next_event();
     let held = plex.freeze_inside_transaction(&[&v]).remove(0);
     // Until it is fenced, its locks stay V's: contention, never granted.
-    while count(&plex, "V", since, EventKind::Fenced) == 0 {
+    while plex.count_any("V", since, EventKind::Fenced) == 0 {
         match plex.probe(&held[0]) {
             TryOutcome::Contention(_) | TryOutcome::Retained(_) => {}
             other => panic!(
@@ -72,14 +50,14 @@ fn a_stopped_member_is_fenced_after_the_interval_and_recovered() {
                 plex.dump()
             ),
         }
-        if count(&plex, "V", since, EventKind::Fenced) == 0 {
-            assert_eq!(count(&plex, "V", since, EventKind::Detected), 0);
+        if plex.count_any("V", since, EventKind::Fenced) == 0 {
+            assert_eq!(plex.count_any("V", since, EventKind::Detected), 0);
         }
         std::thread::sleep(Duration::from_millis(5));
         assert!(plex.events().len() < 4000, "{}", plex.dump());
     }
     plex.wait("V's recovery to complete", || {
-        count(&plex, "V", since, EventKind::RecoveryCompleted) == 1
+        plex.count_any("V", since, EventKind::RecoveryCompleted) == 1
     });
     let kinds: Vec<EventKind> = plex
         .events()
@@ -124,7 +102,7 @@ fn a_stopped_member_is_fenced_after_the_interval_and_recovered() {
 #[test]
 fn with_isolate_prompt_a_stopped_member_waits_for_the_operator() {
     let _serial = serial();
-    let plex = plex_with(300, Isolate::Prompt);
+    let plex = TestPlex::with_detection(Duration::from_millis(300), Isolate::Prompt);
     let mut v = plex.start("V", VICTIM, &[]);
     let mut s = plex.start("S", SURVIVOR, &[]);
     let since = plex.next_event();
@@ -132,14 +110,17 @@ fn with_isolate_prompt_a_stopped_member_waits_for_the_operator() {
     plex.wait("V to be declared status-update-missing", || {
         status_of(&plex, "V") == Some("status-update-missing")
     });
-    assert_eq!(count(&plex, "V", since, EventKind::StatusUpdateMissing), 1);
+    assert_eq!(
+        plex.count_any("V", since, EventKind::StatusUpdateMissing),
+        1
+    );
     // Several intervals later, still not fenced: the operator decides.
     for _ in 0..10 {
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(status_of(&plex, "V"), Some("status-update-missing"));
         assert!(matches!(plex.probe(&held[0]), TryOutcome::Contention(_)));
     }
-    assert_eq!(count(&plex, "V", since, EventKind::Fenced), 0);
+    assert_eq!(plex.count_any("V", since, EventKind::Fenced), 0);
     let m = plex.member("V").unwrap();
     let out = liveness::fence(
         plex.region(),
@@ -152,7 +133,7 @@ fn with_isolate_prompt_a_stopped_member_waits_for_the_operator() {
     .unwrap();
     assert!(matches!(out, liveness::Fence::Fenced { .. }), "{out:?}");
     plex.wait("V's recovery to complete", || {
-        count(&plex, "V", since, EventKind::RecoveryCompleted) == 1
+        plex.count_any("V", since, EventKind::RecoveryCompleted) == 1
     });
     plex.assert_clean_recovery("V", since, 1, Some(2));
     assert_eq!(v.kill().signal(), Some(libc::SIGKILL));
@@ -166,7 +147,7 @@ fn with_isolate_prompt_a_stopped_member_waits_for_the_operator() {
 #[test]
 fn a_missing_member_that_resumes_before_the_fence_is_active_again() {
     let _serial = serial();
-    let plex = plex_with(300, Isolate::Prompt);
+    let plex = TestPlex::with_detection(Duration::from_millis(300), Isolate::Prompt);
     let mut v = plex.start("V", VICTIM, &[]);
     let mut s = plex.start("S", SURVIVOR, &[]);
     let since = plex.next_event();
@@ -178,8 +159,11 @@ fn a_missing_member_that_resumes_before_the_fence_is_active_again() {
     plex.wait("V to beat again", || {
         status_of(&plex, "V") == Some("active")
     });
-    assert_eq!(count(&plex, "V", since, EventKind::StatusUpdateResumed), 1);
-    assert_eq!(count(&plex, "V", since, EventKind::Detected), 0);
+    assert_eq!(
+        plex.count_any("V", since, EventKind::StatusUpdateResumed),
+        1
+    );
+    assert_eq!(plex.count_any("V", since, EventKind::Detected), 0);
     let fv = v.stop();
     fv.assert_success();
     assert!(fv.summary("committed") > 0);
@@ -194,7 +178,7 @@ fn a_missing_member_that_resumes_before_the_fence_is_active_again() {
 #[test]
 fn a_slow_member_is_never_fenced() {
     let _serial = serial();
-    let plex = plex_with(200, Isolate::AtOnce);
+    let plex = TestPlex::with_detection(Duration::from_millis(200), Isolate::AtOnce);
     let since = plex.next_event();
     let mut slow = plex.start("SLOW", &["--workload", "bank", "--pause-us", "500000"], &[]);
     let mut busy = plex.start("BUSY", &["--workload", "bank", "--threads", "2"], &[]);
@@ -212,8 +196,8 @@ fn a_slow_member_is_never_fenced() {
         EventKind::Fenced,
         EventKind::Detected,
     ] {
-        assert_eq!(count(&plex, "SLOW", since, k), 0, "{}", plex.dump());
-        assert_eq!(count(&plex, "BUSY", since, k), 0, "{}", plex.dump());
+        assert_eq!(plex.count_any("SLOW", since, k), 0, "{}", plex.dump());
+        assert_eq!(plex.count_any("BUSY", since, k), 0, "{}", plex.dump());
     }
     slow.stop().assert_success();
     busy.stop().assert_success();
@@ -228,7 +212,7 @@ fn a_slow_member_is_never_fenced() {
 #[test]
 fn a_fencer_killed_between_its_mark_and_its_kill_is_finished_by_the_next_member() {
     let _serial = serial();
-    let plex = plex_with(300, Isolate::AtOnce);
+    let plex = TestPlex::with_detection(Duration::from_millis(300), Isolate::AtOnce);
     let mut v = plex.start("V", VICTIM, &[]);
     let mut s1 = plex.start("S1", SURVIVOR, &[("CF_CRASH_AT", "fence.marked")]);
     let since = plex.next_event();
@@ -239,17 +223,17 @@ fn a_fencer_killed_between_its_mark_and_its_kill_is_finished_by_the_next_member(
         Some(libc::SIGKILL),
         "S1 died at fence.marked: {f:?}"
     );
-    assert_eq!(count(&plex, "V", since, EventKind::Fenced), 1);
+    assert_eq!(plex.count_any("V", since, EventKind::Fenced), 1);
     assert!(v.is_running(), "V is marked fenced but was never signalled");
     assert_eq!(status_of(&plex, "V"), Some("fenced"));
     let mut s2 = plex.start("S2", SURVIVOR, &[]);
     plex.wait("V and S1 to be recovered", || {
-        count(&plex, "V", since, EventKind::RecoveryCompleted) == 1
-            && count(&plex, "S1", since, EventKind::RecoveryCompleted) == 1
+        plex.count_any("V", since, EventKind::RecoveryCompleted) == 1
+            && plex.count_any("S1", since, EventKind::RecoveryCompleted) == 1
     });
     assert_eq!(v.kill().signal(), Some(libc::SIGKILL));
     assert_eq!(
-        count(&plex, "V", since, EventKind::Fenced),
+        plex.count_any("V", since, EventKind::Fenced),
         1,
         "one fenced event"
     );
@@ -273,18 +257,18 @@ fn a_watcher_killed_before_passing_a_wake_on_leaves_nothing_undetected() {
     plex.freeze_inside_transaction(&[&v]);
     v.kill();
     plex.wait("V to be recovered", || {
-        count(&plex, "V", since, EventKind::RecoveryCompleted) == 1
+        plex.count_any("V", since, EventKind::RecoveryCompleted) == 1
     });
     if !s1.is_running() {
         plex.wait("S1 to be recovered", || {
-            count(&plex, "S1", since, EventKind::RecoveryCompleted) == 1
+            plex.count_any("S1", since, EventKind::RecoveryCompleted) == 1
         });
-        assert_eq!(count(&plex, "S1", since, EventKind::Detected), 1);
+        assert_eq!(plex.count_any("S1", since, EventKind::Detected), 1);
     } else {
         s1.stop().assert_success();
     }
-    assert_eq!(count(&plex, "V", since, EventKind::Detected), 1);
-    assert_eq!(count(&plex, "V", since, EventKind::CleanedUp), 1);
+    assert_eq!(plex.count_any("V", since, EventKind::Detected), 1);
+    assert_eq!(plex.count_any("V", since, EventKind::CleanedUp), 1);
     s2.stop().assert_success();
     plex.assert_balanced_and_clean();
     plex.assert_history_consistent();
@@ -304,7 +288,7 @@ fn a_member_killed_before_its_liveness_word_is_detected_by_the_backstop() {
     let f = v.finish();
     assert_eq!(f.status.signal(), Some(libc::SIGKILL), "{f:?}");
     plex.wait("V to be recovered", || {
-        count(&plex, "V", since, EventKind::RecoveryCompleted) == 1
+        plex.count_any("V", since, EventKind::RecoveryCompleted) == 1
     });
     let d: Vec<_> = plex
         .events()

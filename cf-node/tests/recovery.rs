@@ -765,3 +765,133 @@ fn a_death_in_a_slot_whose_request_entry_is_taken_gets_a_request_of_its_own() {
     x.stop().assert_success();
     plex.assert_balanced_and_clean();
 }
+
+/// attack7's fix (requests.rs `fail`, under the connect latch, only for the
+/// generation `judged`) is handed the generation the handler reads at the
+/// top of the loop iteration that gives up (monitor.rs `handle`:
+/// `requests::fail(.., slot.generation)`), not the one its failed restart
+/// lights were counted against. A later connection's death that is cleaned
+/// up before that read (the request is CLAIMED, so its cleanup's
+/// `post_claimed` posts nothing) is judged as the connection that failed
+/// five times: the request turns FAILED for a death no restart light ever
+/// tried, and nobody claims it until FAILED_RETRY (10 min).
+///
+/// Interleaving:
+/// 1. X dies (generation g1), its log a directory (a persistent reason);
+///    S claims; restart lights 1-4 fail; light 5 is started (S in
+///    `child.wait`).
+/// 2. (S descheduled / slow to be woken: here SIGSTOP.) Light 5 fails and
+///    exits: attempts = 5.
+/// 3. The operator fixes the log and restarts X normally (RECOVERING, g2);
+///    it is SIGKILLed while recovering; cleaned up (post_claimed: CLAIMED ->
+///    nothing posted); X is FAILED_PERSISTENT, generation g2.
+/// 4. S runs on: top of the loop reads FAILED_PERSISTENT g2, attempts >= 5
+///    -> `fail(.., g2)`: the latch check passes -> FAILED.
+///
+/// Suggested fix: remember the generation the attempts were counted
+/// against (set when a restart light is started) and reset the count, or
+/// pass that generation to `fail`, when the slot's generation differs.
+#[test]
+fn a_death_after_the_fifth_failed_light_is_swallowed_by_failed() {
+    use cf_core::requests::RequestState;
+    use cf_core::{testing, Member};
+    use cf_core::{Mode, TryOutcome};
+    let _serial = serial();
+    // The stop of S must land while light 5 runs: if it came too late, the
+    // scenario is built again (a few times at most).
+    for _ in 0..5 {
+        let plex = TestPlex::new();
+        let log = cf_node::wal::log_path(plex.path(), "X");
+        std::fs::create_dir(&log).unwrap();
+        let mut s = plex.start("S", &["--workload", "idle"], &[]);
+        // 1. X holds a modify lock and "dies".
+        let x = Member::connect(plex.region().clone(), "X").unwrap();
+        let id = x.id();
+        let mut h = x.holder().unwrap();
+        assert!(matches!(
+            h.try_lock(b"acct:1", Mode::Modify).unwrap(),
+            TryOutcome::Granted(_)
+        ));
+        std::mem::forget(h);
+        std::mem::forget(x);
+        testing::fake_reused_pid(plex.region(), id);
+        let g1 = cf_core::connector::slot_view(plex.region(), id)
+            .unwrap()
+            .generation;
+        // Light 5 started: H's set_worker and each light's own count attempts
+        // twice per light.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = cf_core::requests::list(plex.region()).unwrap();
+            if r.iter().any(|r| r.member_id == id && r.attempts >= 9) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no fifth restart light\n{}",
+                plex.dump()
+            );
+            std::hint::spin_loop();
+        }
+        // 2. S stopped while it waits for light 5.
+        s.signal(nix::sys::signal::Signal::SIGSTOP);
+        let before = plex.requests();
+        let r = before.iter().find(|r| r.member_id == id).unwrap().clone();
+        if r.state != RequestState::Claimed {
+            // Light 5 ended and S gave up before the stop landed: again.
+            s.signal(nix::sys::signal::Signal::SIGCONT);
+            s.stop().assert_success();
+            continue;
+        }
+        plex.wait("light 5 to end", || {
+            plex.requests()
+                .iter()
+                .find(|r| r.member_id == id)
+                .is_some_and(|r| !r.worker_alive)
+        });
+        // 3. Fixed; restarted normally; killed while recovering; cleaned up.
+        std::fs::remove_dir(&log).unwrap();
+        let since = plex.next_event();
+        let restarted =
+            Member::connect_with(plex.region().clone(), "X", cf_core::ConnectMode::Restart)
+                .unwrap();
+        assert_eq!(restarted.id(), id);
+        assert!(restarted.is_recovering().unwrap());
+        let g2 = cf_core::connector::slot_view(plex.region(), id)
+            .unwrap()
+            .generation;
+        assert_ne!(g1, g2);
+        testing::fake_reused_pid(plex.region(), id);
+        std::mem::forget(restarted);
+        cf_core::cleanup_member(plex.region(), id).unwrap();
+        assert_eq!(
+            cf_core::connector::slot_view(plex.region(), id)
+                .unwrap()
+                .state,
+            cf_core::MemberState::FailedPersistent
+        );
+        // 4. S runs on.
+        s.signal(nix::sys::signal::Signal::SIGCONT);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline
+            && plex.count_any("X", since, EventKind::RecoveryCompleted) == 0
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let done = plex.count_any("X", since, EventKind::RecoveryCompleted);
+        let dump = plex.dump();
+        let reqs = plex.requests();
+        s.stop().assert_success();
+        assert!(
+            done == 1,
+            "X's normal restart (generation {g2}) died recovering after the fifth failed light of \
+             generation {g1} (its log since fixed): a new death, yet its request is {:?} and it was \
+             not recovered in 15 s\n{dump}",
+            reqs.iter().find(|r| r.member_id == id).map(|r| r.state)
+        );
+        return;
+    }
+    panic!(
+        "S gave up before it could be stopped, five times: the machine is too slow for this test"
+    );
+}

@@ -7,6 +7,7 @@
 //! Every wait has a generous deadline that only turns a hang into a failure
 //! (with a dump of the plex); no test asserts how fast anything happens.
 
+use cf_core::connector::liveness;
 use cf_core::events::{self, Event, EventKind};
 use cf_core::inspect::{self, LockView, MemberView};
 use cf_core::requests::{self, RequestView};
@@ -121,6 +122,36 @@ impl TestPlex {
         let plex = TestPlex::new();
         cf_node::history::create_dir(plex.path(), false).expect("creating history/");
         plex
+    }
+
+    /// [`TestPlex::with_history`] with these failure-detection settings.
+    pub fn with_detection(interval: Duration, isolate: liveness::Isolate) -> TestPlex {
+        let plex = TestPlex::with_history();
+        liveness::set_settings(plex.region(), liveness::Settings { interval, isolate })
+            .expect("failure detection settings");
+        plex
+    }
+
+    /// Events of `kind` about `name` since `since`, of any kind (unlike
+    /// [`TestPlex::count_events`], which counts recovery events only).
+    pub fn count_any(&self, name: &str, since: u64, kind: EventKind) -> usize {
+        self.events()
+            .iter()
+            .filter(|e| e.seq >= since && e.member == name && e.kind == kind)
+            .count()
+    }
+
+    /// Wait for connector `id`'s next beat; its heartbeat word then.
+    pub fn next_beat(&self, id: u32) -> u64 {
+        let first = cf_core::testing::read_heartbeat(self.region(), id);
+        wait_until(
+            "a member to beat",
+            || {
+                let hb = cf_core::testing::read_heartbeat(self.region(), id);
+                (hb != first).then_some(hb)
+            },
+            || format!("connector {id}"),
+        )
     }
 
     pub fn path(&self) -> &Path {
@@ -740,4 +771,18 @@ pub fn stop_and_kill(pid: u32, want: &[&str]) -> bool {
         "SIGKILL to a stopped restart light failed: {r:?}"
     );
     alive
+}
+
+/// Watch for `d`, returning early (true) as soon as `bad` holds: for
+/// asserting that something does *not* happen within a bounded number of
+/// a protocol's periods.
+pub fn happens_within(d: Duration, mut bad: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if bad() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bad()
 }

@@ -751,14 +751,9 @@ pub fn fence(
     force: bool,
     on_marked: impl FnOnce(u64, &ProcessId),
 ) -> Result<Fence, CorruptError> {
-    let snap = snapshot(region, id)?;
-    if snap.st.generation != generation
-        || !snap.st.state.has_process()
-        || snap.st.state == MemberState::Cleaning
-        || !snap.process.is_alive()
-    {
+    let Some(snap) = fenceable(region, id, generation)? else {
         return Ok(Fence::Gone);
-    }
+    };
     let w = heartbeat_word(region, id)?;
     let judged = judged_interval(region, id, interval);
     let mut confirmed = false;
@@ -809,13 +804,9 @@ pub fn fence(
                 age_ms,
             } if confirmed => {
                 if mark_fenced(region, id, seen) {
+                    let process = &snap.process;
                     return Ok(finish_fence(
-                        region,
-                        id,
-                        generation,
-                        &snap.process,
-                        age_ms,
-                        on_marked,
+                        region, id, generation, process, age_ms, on_marked,
                     ));
                 }
             }
@@ -851,14 +842,9 @@ pub fn fence_confirmed(
     seen: u64,
     on_marked: impl FnOnce(u64, &ProcessId),
 ) -> Result<Fence, CorruptError> {
-    let snap = snapshot(region, id)?;
-    if snap.st.generation != generation
-        || !snap.st.state.has_process()
-        || snap.st.state == MemberState::Cleaning
-        || !snap.process.is_alive()
-    {
+    let Some(snap) = fenceable(region, id, generation)? else {
         return Ok(Fence::Gone);
-    }
+    };
     if !mark_fenced(region, id, seen) {
         return Ok(Fence::NotMissing);
     }
@@ -871,6 +857,22 @@ pub fn fence_confirmed(
         age_ms,
         on_marked,
     ))
+}
+
+/// Slot `id` as it is, if it still holds connection `generation` with a
+/// live process that is not being cleaned up: the only one a fence may mark.
+#[cfg(not(loom))]
+fn fenceable(
+    region: &Region,
+    id: u32,
+    generation: u32,
+) -> Result<Option<crate::connector::slot::Snapshot>, CorruptError> {
+    let snap = snapshot(region, id)?;
+    Ok((snap.st.generation == generation
+        && snap.st.state.has_process()
+        && snap.st.state != MemberState::Cleaning
+        && snap.process.is_alive())
+    .then_some(snap))
 }
 
 /// After the FENCED mark: record (`on_marked`), then the kill.

@@ -1,5 +1,7 @@
-//! attack4: restart requests marked FAILED (`requests::fail`) racing a newer
-//! request of the same slot.
+//! FAILED restart requests under attack: attack4 (`requests::fail` racing
+//! a newer request of the same slot), attack6 (a later connection's death
+//! behind a FAILED request), attack7 (a handler's give-up after such a
+//! death was cleaned up).
 
 use cf_core::requests::{self, ClaimOutcome, RequestState};
 use cf_core::{testing, CreateOptions, Member, Plex, ProcessId, Region};
@@ -198,6 +200,104 @@ fn a_retry_of_a_failed_request_reposts_it() {
         (RequestState::Pending, before.wrapping_add(1))
     );
     assert!(requests::needs_handler(&r, id).unwrap());
+}
+
+// --- attack6 ---------------------------------------------------------------
+
+/// A normal restart that dies *while recovering* (SIGKILLed, or fenced
+/// because it hung) is a new failure with retained locks, yet its slot is
+/// left with the previous life's FAILED request: nobody claims it until
+/// `FAILED_RETRY` (10 min) has passed, so the member's retained locks stay
+/// for ten minutes with no restart light.
+///
+/// Interleaving:
+/// 1. D dies; request e1 posted, claimed, marked FAILED (`requests::fail`).
+/// 2. The operator fixes the cause and restarts D normally
+///    (`ConnectMode::Restart`, member/mod.rs `connect_with`): RECOVERING,
+///    a new generation, the same incarnation.
+/// 3. D is killed before `finish_recovery` (member/mod.rs:183, the only
+///    place that completes e1 for it).
+/// 4. The cleanup (CLEANING, under the cleanup claim) calls `post_claimed`
+///    (requests.rs:345): e1 is not FREE and has the same incarnation, so it
+///    returns `None`: nothing is posted, e1 stays FAILED.
+///
+/// Broken: a new failure is left without a claimable request (the
+/// SIGKILLed restart is treated as one more failing restart light, which
+/// the handler itself never counts: "a SIGKILL from outside is no reason to
+/// give recovery up").
+#[test]
+fn a_normal_restart_killed_while_recovering_leaves_a_failed_request() {
+    let (_dir, r, id) = d_failed_with_a_failed_request();
+    let restarted = Member::connect_with(r.clone(), "D", cf_core::ConnectMode::Restart).unwrap();
+    assert_eq!(restarted.id(), id);
+    assert!(restarted.is_recovering().unwrap());
+    // Killed halfway through its own recovery.
+    testing::fake_reused_pid(&r, id);
+    std::mem::forget(restarted);
+    cf_core::cleanup_member(&r, id).unwrap();
+    let v = requests::list(&r).unwrap();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(
+        v[0].state != RequestState::Failed && requests::needs_handler(&r, id).unwrap(),
+        "D died recovering (a new death: new generation, retained locks) and has no \
+         claimable request until FAILED_RETRY: {v:?}"
+    );
+}
+
+// --- attack7 ---------------------------------------------------------------
+
+/// The re-post of a4dd1db (requests.rs:350, `post_claimed`) resets only a
+/// request that is FAILED *when the cleanup looks*. A handler on its way to
+/// `requests::fail` (cf-node monitor.rs:541: it saw the member
+/// failed-persistent at monitor.rs:500 and counted 5 failed restart lights)
+/// turns the request FAILED *after* a later connection's death was cleaned
+/// up, so that death (a fault: a normal restart SIGKILLed while recovering)
+/// is swallowed by the FAILED state, exactly the attack6 hole.
+///
+/// Interleaving (now `fail` refuses: it checks under the connect latch
+/// that the member is still the connection the handler judged):
+/// 1. D dies (generation g1); request e1 posted, claimed by handler H; its
+///    restart lights fail 5 times; H reads the slot: FAILED_PERSISTENT
+///    (monitor.rs:500), attempts >= MAX_ATTEMPTS (monitor.rs:529), and is
+///    descheduled (or blocks in its `eprintln!` on a full stderr pipe).
+/// 2. The operator restarts D normally (RECOVERING, generation g2).
+/// 3. D is SIGKILLed before `finish_recovery`.
+/// 4. The cleanup of g2 calls `post_claimed` (requests.rs:349): e1 is
+///    CLAIMED, not FAILED: nothing is reset, `None` returned; the slot is
+///    FAILED_PERSISTENT again.
+/// 5. H runs on: `requests::fail` CASes (CLAIMED, e1) -> (FAILED, e1).
+///
+/// Broken: a new failure (g2's death, with retained locks) has no claimable
+/// request until FAILED_RETRY (10 min).
+#[test]
+fn a_fail_after_a_killed_restart_was_cleaned_up_leaves_a_failed_request() {
+    // 1. D dies; the handler claims its request.
+    let (_dir, r, me, id, e1) = d_died_and_its_request_is_claimed();
+    let judged = cf_core::connector::slot_view(&r, id).unwrap().generation;
+    // 2.-4. A normal restart, killed while recovering, cleaned up.
+    let restarted = Member::connect_with(r.clone(), "D", cf_core::ConnectMode::Restart).unwrap();
+    assert_eq!(restarted.id(), id);
+    assert!(restarted.is_recovering().unwrap());
+    testing::fake_reused_pid(&r, id);
+    std::mem::forget(restarted);
+    cf_core::cleanup_member(&r, id).unwrap();
+    assert_eq!(
+        cf_core::connector::slot_view(&r, id).unwrap().state,
+        cf_core::MemberState::FailedPersistent
+    );
+    // 5. The handler, which judged before step 2, gives up: refused, the
+    //    member is not the connection it judged; it goes on handling.
+    assert_eq!(
+        requests::fail(&r, id, e1, &me, judged).unwrap(),
+        requests::FailOutcome::MemberChanged
+    );
+    let v = requests::list(&r).unwrap();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(
+        v[0].state == RequestState::Claimed && v[0].claimer_pid == me.pid,
+        "D's normal restart died recovering (a new death: new generation, retained locks): \
+         its request must stay with its live handler, not turn FAILED: {v:?}"
+    );
 }
 
 /// D (connector `id`) died, was cleaned up, and its request `e1` was claimed
