@@ -21,6 +21,7 @@ mod harness;
 mod attack;
 mod attack2;
 mod attack3;
+mod attack9;
 mod claim;
 mod connect;
 mod liveness;
