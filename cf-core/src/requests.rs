@@ -62,7 +62,9 @@
 //!   A death of a later connection recovering the member (a normal
 //!   restart, a restart light run by hand) is a fault, not the persistent
 //!   reason: its cleanup finds the FAILED request of an earlier generation
-//!   and makes it claimable again (FREE, then posted; attack6).
+//!   and makes it claimable again (re-posted in place: PENDING with the
+//!   next epoch, the same request, counted once in the totals; attack6,
+//!   attack9).
 //!   A [`retry`] works under the connect latch and re-posts only for a member
 //!   that is still failed-persistent: one recovering itself completes the
 //!   request when it finishes, one already recovered gets it completed by
@@ -329,6 +331,21 @@ pub(crate) fn post_claimed(
     by: Option<u32>,
     on_posted: impl FnOnce(u32),
 ) -> Result<Option<u32>, CorruptError> {
+    post_or_repost(region, id, by, on_posted, false)
+}
+
+/// [`post_claimed`]; with `repost_failed`, a FAILED request of the member's
+/// current failure is re-posted too ([`retry`]). A re-post turns the FAILED
+/// request PENDING in place with the next epoch: the same request again,
+/// not a new one (the totals count it once: posted = completed +
+/// outstanding, attack9).
+fn post_or_repost(
+    region: &Region,
+    id: u32,
+    by: Option<u32>,
+    on_posted: impl FnOnce(u32),
+    repost_failed: bool,
+) -> Result<Option<u32>, CorruptError> {
     let e = region.request(id)?;
     let incarnation = region.connector(id)?.incarnation.load(Ordering::Acquire);
     let mut now = load(id, e)?;
@@ -341,23 +358,14 @@ pub(crate) fn post_claimed(
         now = load(id, e)?;
     }
     let generation = crate::connector::load_state(region, id)?.generation;
-    if now.state == RequestState::Failed
-        && e.generation.load(Ordering::Acquire) != u64::from(generation)
-    {
-        // A FAILED request stands for a failure whose restart lights kept
-        // failing; this death is of a later connection recovering it (a
-        // normal restart, a restart light run by hand), killed: a fault,
-        // not the persistent reason. Claimable again at once (no
-        // completion: nothing was recovered), as a retry would make it.
-        let free = StateWord {
-            state: RequestState::Free,
-            epoch: now.epoch,
-        };
-        if cas(e, now, free) {
-            now = free;
-        }
-    }
-    if now.state != RequestState::Free {
+    // A FAILED request stands for a failure whose restart lights kept
+    // failing. A death of a later connection recovering it (a normal
+    // restart, a restart light run by hand), killed, is a fault, not the
+    // persistent reason: the request is claimable again at once (re-posted
+    // in place; no completion: nothing was recovered), as a retry makes it.
+    let repost = now.state == RequestState::Failed
+        && (repost_failed || e.generation.load(Ordering::Acquire) != u64::from(generation));
+    if now.state != RequestState::Free && !repost {
         return Ok(None);
     }
     // The request's fields are written before the state publishes it; a
@@ -383,10 +391,12 @@ pub(crate) fn post_claimed(
     if !cas(e, now, posted) {
         return Ok(None);
     }
-    region
-        .request_header()
-        .posted
-        .fetch_add(1, Ordering::Relaxed);
+    if !repost {
+        region
+            .request_header()
+            .posted
+            .fetch_add(1, Ordering::Relaxed);
+    }
     on_posted(epoch);
     bump(region);
     Ok(Some(epoch))
@@ -650,18 +660,8 @@ pub fn retry(
                 return Ok(None);
             }
             match state {
-                // FAILED -> FREE (no completion: nothing was recovered),
-                // then a fresh post.
-                MemberState::FailedPersistent => {
-                    let free = StateWord {
-                        state: RequestState::Free,
-                        epoch: now.epoch,
-                    };
-                    if !cas(e, now, free) {
-                        return Ok(None);
-                    }
-                    post_claimed(region, id, by, on_posted)
-                }
+                // Re-posted in place: PENDING with the next epoch.
+                MemberState::FailedPersistent => post_or_repost(region, id, by, on_posted, true),
                 // A restart light recovered it and left, and was killed
                 // before it completed the request.
                 MemberState::Free => {
@@ -687,12 +687,27 @@ pub(crate) fn complete_outstanding(
     by: &str,
 ) -> Result<bool, CorruptError> {
     let e = region.request(id)?;
-    let now = load(id, e)?;
-    if now.state == RequestState::Free {
-        return Ok(false);
+    // Under the connect latch nothing posts for the member, but a claim (or
+    // an unclaim) may change the state word between the load and the
+    // completion's CAS (attack9): load again until the request is free.
+    for _ in 0..COMPLETE_TRIES {
+        let now = load(id, e)?;
+        if now.state == RequestState::Free {
+            return Ok(false);
+        }
+        if complete_as(region, id, now.epoch, by, by, COMPLETED_BY_OWN_RESTART)? {
+            return Ok(true);
+        }
     }
-    complete_as(region, id, now.epoch, by, by, COMPLETED_BY_OWN_RESTART)
+    Err(CorruptError::BadConnector {
+        id,
+        what: format!("restart request state kept changing for {COMPLETE_TRIES} tries"),
+    })
 }
+
+/// How often [`complete_outstanding`] tries (a claim changes the state word
+/// once per claimer; only damage changes it forever).
+const COMPLETE_TRIES: u32 = 64;
 
 /// Request `epoch` of `id` (member `member`) is done: the member is no longer
 /// failed-persistent. Records `recovery_completed` (by `by`) if this call

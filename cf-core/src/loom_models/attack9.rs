@@ -153,7 +153,6 @@ fn restart_retry_handler(
 /// meanwhile, only claim/unclaim move it) -- with that loop this model
 /// passes (15,299 executions).
 #[test]
-#[ignore = "attack9: a handler's claim (PENDING -> CLAIMED) between complete_outstanding's load and its CAS fails the CAS; finish_recovery ignores the false and A becomes ACTIVE with its request outstanding"]
 fn a_normal_restart_racing_a_retry_and_a_handler_completes_once() {
     check(2, || {
         let r = region(2, 1);
@@ -205,7 +204,6 @@ fn a_normal_restart_racing_a_retry_and_a_handler_completes_once() {
 /// re-post in place (FAILED -> PENDING with the next epoch, counting no
 /// new post).
 #[test]
-#[ignore = "attack9: retry (and post_claimed's attack6 reset) turns FAILED into FREE without counting a completion, then posts: 0 outstanding, 2 posted, 1 completed"]
 fn the_request_totals_balance_after_a_retry_and_a_normal_restart() {
     check(2, || {
         let r = region(2, 1);
