@@ -22,6 +22,7 @@ mod attack;
 mod attack2;
 mod attack3;
 mod attack9;
+mod attack10;
 mod claim;
 mod connect;
 mod liveness;
