@@ -368,9 +368,44 @@ fn post_or_repost(
     if now.state != RequestState::Free && !repost {
         return Ok(None);
     }
+    // A re-post holds the claim word while it rewrites the request: a
+    // claimer of the FAILED request (due after FAILED_RETRY) then either
+    // finds it busy, or won first and the re-post finds it CLAIMED and
+    // stops; it never loses its claim to the rewrite (attack10).
+    let token = if repost {
+        let me = ProcessId::current()
+            .map_err(|e| CorruptError::BadConnector {
+                id,
+                what: format!("reading this process's identity: {e}"),
+            })?
+            .token();
+        let alive = |t: u64| {
+            ProcessId::token_is_alive(t)
+                || ProcessId::token_is_alive(e.worker.load(Ordering::Acquire))
+        };
+        let mut tries = 0u32;
+        while let Claim::Busy(_) = claim::try_claim(&e.claim, me, alive) {
+            // A claimer of the FAILED request holds the word: one that wins
+            // turns the request CLAIMED (it is handled: nothing to re-post),
+            // one that backs off (not due yet) lets go at once (attack9).
+            if load(id, e)? != now || tries >= REPOST_TRIES {
+                return Ok(None);
+            }
+            tries += 1;
+            crate::sync::pause(Duration::from_micros(50));
+        }
+        if load(id, e)? != now {
+            claim::release(&e.claim, me);
+            return Ok(None);
+        }
+        Some(me)
+    } else {
+        // FREE: nobody claims it (a claim needs it outstanding).
+        e.claim.store(0, Ordering::Relaxed);
+        None
+    };
     // The request's fields are written before the state publishes it; a
     // reader sees them with the state (Release/Acquire).
-    e.claim.store(0, Ordering::Relaxed);
     e.worker.store(0, Ordering::Relaxed);
     e.attempts.store(0, Ordering::Relaxed);
     e.failed_ns.store(0, Ordering::Relaxed);
@@ -388,7 +423,11 @@ fn post_or_repost(
         state: RequestState::Pending,
         epoch,
     };
-    if !cas(e, now, posted) {
+    let published = cas(e, now, posted);
+    if let Some(me) = token {
+        claim::release(&e.claim, me);
+    }
+    if !published {
         return Ok(None);
     }
     if !repost {
@@ -401,6 +440,16 @@ fn post_or_repost(
     bump(region);
     Ok(Some(epoch))
 }
+
+/// How often a re-post waits 50 µs for a claimer of the FAILED request to
+/// decide (about 1 s: a claimer holds the word for microseconds).
+#[cfg(not(loom))]
+const REPOST_TRIES: u32 = 20_000;
+/// Under loom a wait is a yield, and a long spin exceeds loom's branch
+/// budget: a few yields let a backing-off claimer go (the same code, a
+/// smaller bound; a re-post that gives up is the case it covers either way).
+#[cfg(loom)]
+const REPOST_TRIES: u32 = 4;
 
 /// Complete request `epoch` of `id` for a member recovered meanwhile, on
 /// behalf of connector `by` (or "cf-core"), under the name it was posted for.

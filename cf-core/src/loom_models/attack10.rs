@@ -79,7 +79,6 @@ fn one_claimer(r: &Arc<Region>, claimed: ClaimOutcome, what: &str) {
 /// it needs one, and process 7 claims e1 too (two live handlers, two restart
 /// lights). Before the commit the retry CASed FAILED -> FREE before writing.
 #[test]
-#[ignore = "attack10: an in-place re-post zeroes the claim word of a live due claimer (two claimers)"]
 fn a_retry_racing_a_due_claim_keeps_one_claimer() {
     check(2, || {
         let r = region(2, 1);
@@ -109,7 +108,6 @@ fn a_retry_racing_a_due_claim_keeps_one_claimer() {
 /// Found: the same interleaving through the cleanup's re-post
 /// (`post_claimed` -> `post_or_repost`, requests.rs:366-391).
 #[test]
-#[ignore = "attack10: a cleanup's in-place re-post zeroes the claim word of a live due claimer"]
 fn a_cleanup_repost_racing_a_due_claim_keeps_one_claimer() {
     check(2, || {
         let r = region(2, 1);
@@ -185,6 +183,10 @@ fn a_normal_restart_racing_a_retry_and_a_due_claim_completes_once() {
         assert_eq!(done.len(), 1, "{done:?}");
         let (posted, completed) = requests::totals(&r);
         let outstanding = requests::list(&r).unwrap().len() as u64;
-        assert_eq!(posted, completed + outstanding, "retry {reposted:?} claim {claimed:?}");
+        assert_eq!(
+            posted,
+            completed + outstanding,
+            "retry {reposted:?} claim {claimed:?}"
+        );
     });
 }

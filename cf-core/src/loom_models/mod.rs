@@ -19,10 +19,10 @@
 mod harness;
 
 mod attack;
+mod attack10;
 mod attack2;
 mod attack3;
 mod attack9;
-mod attack10;
 mod claim;
 mod connect;
 mod liveness;
