@@ -20,6 +20,7 @@ mod harness;
 
 mod attack;
 mod attack10;
+mod attack11;
 mod attack2;
 mod attack3;
 mod attack9;
