@@ -88,3 +88,42 @@ fn a_due_claim_does_not_claim_a_request_that_failed_again_meanwhile() {
         );
     });
 }
+
+/// Model 2: a cleanup re-post of the FAILED request (a later generation,
+/// killed) that may give up after REPOST_TRIES while a due claimer holds
+/// the claim word. Required: afterwards the death has a claimable or
+/// claimed request (PENDING, or CLAIMED by the live claimer).
+#[test]
+fn a_repost_that_gives_up_leaves_the_request_handled() {
+    use crate::{ConnectMode, Member};
+    check(2, || {
+        let r = region(2, 1);
+        a_failed_request_due_again(&r);
+        crate::connector::identity::model::enter(3);
+        let light = Member::connect_with(r.clone(), "A", ConnectMode::Recovery).unwrap();
+        kill(3);
+        std::mem::forget(light);
+        crate::connector::identity::model::enter(1);
+        let cleaner = process(4, {
+            let r = r.clone();
+            move || cleanup_member(&r, 0).unwrap()
+        });
+        let claimer = process(6, {
+            let r = r.clone();
+            move || {
+                let me = ProcessId::current().unwrap();
+                requests::claim(&r, 0, 2, &me).unwrap()
+            }
+        });
+        let cleaned = cleaner.join().unwrap().unwrap();
+        let claimed = claimer.join().unwrap().unwrap();
+        let q = requests::list(&r).unwrap();
+        let q = q.first().expect("a request");
+        assert!(
+            q.state == crate::requests::RequestState::Pending
+                || q.state == crate::requests::RequestState::Claimed
+                    && matches!(claimed, ClaimOutcome::Claimed { .. }),
+            "cleanup {cleaned:?} claim {claimed:?}: {q:?}"
+        );
+    });
+}
