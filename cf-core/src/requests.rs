@@ -525,9 +525,16 @@ pub fn claim(
         state: RequestState::Claimed,
         epoch: now.epoch,
     };
+    // A FAILED request is claimed only if it is due *now*: it may have been
+    // claimed, failed again and stamped since we looked (the same state
+    // word: a due claim keeps the epoch; attack11). A re-fail needs the
+    // claim word, which we hold, so the stamp read here is the last one.
+    let due_now =
+        now.state != RequestState::Failed || retry_due(e.failed_ns.load(Ordering::Acquire));
     if now.state == RequestState::Free
         || now.state != seen.state && now.state == RequestState::Failed
         || now.epoch != seen.epoch
+        || !due_now
         || !cas(e, now, claimed)
     {
         claim::release(&e.claim, me.token());

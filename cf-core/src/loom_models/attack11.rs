@@ -51,7 +51,6 @@ fn a_failed_request_due_again(r: &Arc<Region>) -> u32 {
 /// again after `try_claim` (under the claim word: a re-fail needs the word),
 /// or bump the epoch on a due claim.
 #[test]
-#[ignore = "attack11: a due claim's retry_due check is read before the claim word; a re-claim and re-fail of the same epoch in between (ABA) lets it claim a request that just failed"]
 fn a_due_claim_does_not_claim_a_request_that_failed_again_meanwhile() {
     check(2, || {
         let r = region(2, 1);
@@ -84,7 +83,8 @@ fn a_due_claim_does_not_claim_a_request_that_failed_again_meanwhile() {
                 && matches!(claimed, ClaimOutcome::Claimed { .. })),
             "process 8 claimed due e1 and marked it FAILED again (not due for FAILED_RETRY), \
              yet process 6 claimed it too ({claimed:?}): {:?}",
-            q.first().map(|q| (q.state, q.epoch, q.failed_unix_ns, q.claimer_pid))
+            q.first()
+                .map(|q| (q.state, q.epoch, q.failed_unix_ns, q.claimer_pid))
         );
     });
 }
