@@ -139,7 +139,7 @@ upper bound of a 4x bucket",
                 "held": s.view.held, "retained": s.view.retained, "waits": s.waits,
                 "retained_refusals_per_s": refused as f64 / secs,
                 "service_time": {
-                    "sampled": service.iter().sum::<u64>(),
+                    "sampled": service.iter().fold(0u64, |a, &c| a.saturating_add(c)),
                     "p50_ns_at_most": bound(50.0).flatten(),
                     "p90_ns_at_most": bound(90.0).flatten(),
                     "p99_ns_at_most": bound(99.0).flatten(),

@@ -52,15 +52,16 @@ pub fn bucket_bounds_ns() -> [Option<u64>; BUCKETS] {
 /// assert_eq!(percentile_bound_ns(&counts, 99.0), Some(Some(8_192)));
 /// ```
 pub fn percentile_bound_ns(counts: &[u64; BUCKETS], p: f64) -> Option<Option<u64>> {
-    let total: u64 = counts.iter().sum();
+    // Counts come from the region: a damaged one must not overflow.
+    let total = counts.iter().fold(0u64, |a, &c| a.saturating_add(c));
     if total == 0 {
         return None;
     }
     let rank = ((p / 100.0) * total as f64).ceil().max(1.0) as u64;
     let bounds = bucket_bounds_ns();
-    let mut seen = 0;
+    let mut seen = 0u64;
     for (i, c) in counts.iter().enumerate() {
-        seen += c;
+        seen = seen.saturating_add(*c);
         if seen >= rank {
             return Some(bounds[i]);
         }
@@ -95,6 +96,12 @@ mod tests {
                 "{ns} above the last"
             );
         }
+    }
+
+    #[test]
+    fn damaged_counts_do_not_overflow() {
+        let c = [u64::MAX; BUCKETS];
+        assert_eq!(percentile_bound_ns(&c, 99.0), Some(Some(32)));
     }
 
     #[test]

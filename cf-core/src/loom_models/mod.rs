@@ -19,13 +19,11 @@
 mod harness;
 
 mod attack;
-mod attack10;
-mod attack11;
 mod attack2;
 mod attack3;
-mod attack9;
 mod claim;
 mod connect;
+mod failed_requests;
 mod liveness;
 mod locks;
 mod requests;

@@ -1,14 +1,16 @@
-//! Adversarial models (review `attack9`): the restart-request lifecycle's
-//! newer pieces (`Member::finish_recovery`'s `complete_outstanding`,
-//! `requests::retry`, `requests::fail` under the connect latch, the cleanup's
-//! reset of a FAILED request of an earlier generation) racing each other, on
-//! the code that ships.
+//! Models of the FAILED restart request's lifecycle on the code that ships
+//! (adversarial reviews attack9, attack10, attack11): a normal restart's
+//! completion before ACTIVE (`Member::finish_recovery`) racing a retry and a
+//! handler; `requests::fail` racing a later death and a claim; the in-place
+//! re-post (`requests::post_or_repost`, by `retry` and by a cleanup) racing
+//! a due claim; a due claim racing a re-fail of the same epoch.
 
 use super::harness::*;
 use crate::connector::identity::ProcessId;
 use crate::connector::slot_view;
 use crate::events::{self, EventKind};
 use crate::requests::{self, ClaimOutcome, FailOutcome, RequestState};
+use crate::sync::Ordering;
 use crate::{cleanup_member, CleanupOutcome, ConnectMode, Member, MemberState, Region};
 use std::sync::atomic::AtomicUsize;
 
@@ -318,13 +320,7 @@ fn a_fail_racing_a_later_death_and_a_claim_leaves_it_claimable() {
                 (g2, out)
             }
         });
-        let claimer = process(6, {
-            let r = r.clone();
-            move || {
-                let me = ProcessId::current().unwrap();
-                requests::claim(&r, 0, HANDLER_ID, &me).unwrap()
-            }
-        });
+        let claimer = claimer(&r, 6);
         let failed = failer.join().unwrap().unwrap();
         let (g2, cleaned) = later.join().unwrap().unwrap();
         let claimed = claimer.join().unwrap().unwrap();
@@ -365,4 +361,256 @@ fn a_fail_racing_a_later_death_and_a_claim_leaves_it_claimable() {
         hits(&CHANGED) > 0,
         "the fail never saw the later connection"
     );
+}
+
+/// [`a_failed_with_a_failed_request`], then `FAILED_RETRY` passed (its
+/// `failed_ns` put far in the past): a due claim takes it as it is.
+/// Returns e1.
+fn a_failed_request_due_again(r: &Arc<Region>) -> u32 {
+    let (e1, _) = a_failed_with_a_failed_request(r);
+    r.request(0).unwrap().failed_ns.store(1, Ordering::Release);
+    e1
+}
+
+/// A handler process `pid` claiming A's request (as it is).
+fn claimer(r: &Arc<Region>, pid: u32) -> loom::thread::JoinHandle<Option<ClaimOutcome>> {
+    let r = r.clone();
+    process(pid, move || {
+        let me = ProcessId::current().unwrap();
+        requests::claim(&r, 0, HANDLER_ID, &me).unwrap()
+    })
+}
+
+// --- attack10: the in-place re-post against a due claim -------------------
+
+/// After the race: whoever holds the request CLAIMED must be named by its
+/// claim word, so no other live member can claim it too.
+fn one_claimer(r: &Arc<Region>, claimed: ClaimOutcome, what: &str) {
+    let reqs = requests::list(r).unwrap();
+    let Some(q) = reqs.first() else { return };
+    if let ClaimOutcome::Claimed { epoch, .. } = claimed {
+        if q.state == RequestState::Claimed && q.epoch == epoch {
+            // Process 6 is alive and holds it: a second claimer must lose.
+            crate::connector::identity::model::enter(7);
+            let me = ProcessId::current().unwrap();
+            let second = requests::claim(r, 0, 2, &me).unwrap();
+            assert_eq!(
+                second,
+                ClaimOutcome::NotClaimed,
+                "{what}: request e{epoch} claimed by live process 6, yet its claim word is \
+                 {:#x} and process 7 claimed it too: {q:?}",
+                q.claimer_pid
+            );
+        }
+    }
+}
+
+/// Model 1: an operator's `cfctl restart-light A` (process 4,
+/// `requests::retry`: re-posts FAILED e1 in place as PENDING e2) races a
+/// handler (process 6) claiming FAILED e1 as it is (FAILED_RETRY passed).
+/// Required (requests.rs "Claim": exactly one claimer wins): if process 6
+/// holds the request CLAIMED, its claim word names it.
+///
+/// Found (bound 2, at once; passes on 7b0928a): process 6's `claim` loads
+/// (FAILED, e1), due (requests.rs:461), and takes the claim word
+/// (requests.rs:468); the retry's `post_or_repost` then writes the fields
+/// with the state still FAILED e1, among them `claim = 0`
+/// (requests.rs:373); process 6 reloads (FAILED, e1), unchanged, and CASes
+/// it to (CLAIMED, e1) (requests.rs:482); the retry's CAS fails
+/// (requests.rs:391, returns None). e1 is CLAIMED with claim word 0 (and
+/// attempts, failed_ns, reason, generation rewritten): `needs_handler` says
+/// it needs one, and process 7 claims e1 too (two live handlers, two restart
+/// lights). Before the commit the retry CASed FAILED -> FREE before writing.
+#[test]
+fn a_retry_racing_a_due_claim_keeps_one_claimer() {
+    check(2, || {
+        let r = region(2, 1);
+        a_failed_request_due_again(&r);
+        let operator = process(4, {
+            let r = r.clone();
+            move || requests::retry(&r, 0, None, |_| {}).unwrap()
+        });
+        let claimer = claimer(&r, 6);
+        let reposted = operator.join().unwrap().unwrap();
+        let claimed = claimer.join().unwrap().unwrap();
+        one_claimer(&r, claimed, &format!("retry {reposted:?}"));
+    });
+}
+
+/// Model 2: the same with the cleanup's re-post: a restart light run by
+/// hand connects as A (a later generation) and is killed; its cleanup
+/// (process 4) re-posts the FAILED request of the earlier generation in
+/// place while handler process 6 claims it as it is (FAILED_RETRY passed).
+///
+/// Found: the same interleaving through the cleanup's re-post
+/// (`post_claimed` -> `post_or_repost`, requests.rs:366-391).
+#[test]
+fn a_cleanup_repost_racing_a_due_claim_keeps_one_claimer() {
+    check(2, || {
+        let r = region(2, 1);
+        a_failed_request_due_again(&r);
+        crate::connector::identity::model::enter(3);
+        let light = Member::connect_with(r.clone(), "A", ConnectMode::Recovery).unwrap();
+        kill(3);
+        std::mem::forget(light);
+        crate::connector::identity::model::enter(1);
+        let cleaner = process(4, {
+            let r = r.clone();
+            move || cleanup_member(&r, 0).unwrap()
+        });
+        let claimer = claimer(&r, 6);
+        let cleaned = cleaner.join().unwrap().unwrap();
+        let claimed = claimer.join().unwrap().unwrap();
+        one_claimer(&r, claimed, &format!("cleanup {cleaned:?}"));
+    });
+}
+
+/// Model 3: A's normal restart (process 3: `finish_recovery`, whose
+/// `complete_outstanding` retries until the slot's request is free) races an
+/// operator's retry (process 4) and a due claim of the FAILED request
+/// (process 6). Required: A is ACTIVE with nothing outstanding, every
+/// completed epoch recorded once, and the totals balance (posted =
+/// completed + outstanding).
+#[test]
+fn a_normal_restart_racing_a_retry_and_a_due_claim_completes_once() {
+    use crate::events::{self, EventKind};
+    check(2, || {
+        let r = region(2, 1);
+        a_failed_request_due_again(&r);
+        let since = events::next_seq(&r);
+        let restart = process(3, {
+            let r = r.clone();
+            move || {
+                let m = Member::connect_with(r.clone(), "A", ConnectMode::Restart).unwrap();
+                m.finish_recovery().unwrap();
+                let at_active = requests::list(&r).unwrap();
+                std::mem::forget(m);
+                at_active
+            }
+        });
+        let operator = process(4, {
+            let r = r.clone();
+            move || requests::retry(&r, 0, None, |_| {}).unwrap()
+        });
+        let claimer = claimer(&r, 6);
+        let at_active = restart.join().unwrap().unwrap();
+        let reposted = operator.join().unwrap().unwrap();
+        let claimed = claimer.join().unwrap().unwrap();
+        assert!(
+            at_active.is_empty(),
+            "retry {reposted:?} claim {claimed:?}: {at_active:?}"
+        );
+        let done: Vec<u64> = events::read_since(&r, since)
+            .into_iter()
+            .filter(|e| e.kind == EventKind::RecoveryCompleted)
+            .map(|e| e.a)
+            .collect();
+        assert_eq!(done.len(), 1, "{done:?}");
+        let (posted, completed) = requests::totals(&r);
+        let outstanding = requests::list(&r).unwrap().len() as u64;
+        assert_eq!(
+            posted,
+            completed + outstanding,
+            "retry {reposted:?} claim {claimed:?}"
+        );
+    });
+}
+
+// --- attack11: a due claim against a re-fail of the same epoch -------------
+
+/// Model 1: handler process 8 claims the due FAILED e1 and, its lights
+/// failing again, marks it FAILED again (same epoch e1, `failed_ns` now:
+/// not due for FAILED_RETRY); handler process 6 claims concurrently.
+/// Required (requests.rs module docs, "Failed": nobody claims a FAILED
+/// request again until it is re-posted or FAILED_RETRY has passed since it
+/// failed): process 6 never ends holding e1 CLAIMED after process 8's
+/// fail, i.e. if 8 marked it FAILED and 6 claimed it, 6's claim came first
+/// (then 8 could not have claimed it: exactly one claimer).
+///
+/// Found (bound 2, at once): process 6's `claim` loads (FAILED, e1)
+/// (requests.rs:508) and the old `failed_ns` (due, requests.rs:510);
+/// process 8 claims e1, and `fail` stamps `failed_ns` and CASes it back to
+/// (FAILED, e1) (requests.rs:629-640): the same state word, same epoch (a
+/// due claim keeps the epoch). Process 6 then takes the free claim word
+/// (requests.rs:517), reloads (FAILED, e1) == seen (ABA), and CASes it to
+/// CLAIMED: a request marked FAILED a moment ago is claimed again without
+/// FAILED_RETRY (another round of restart lights). Fix: check `retry_due`
+/// again after `try_claim` (under the claim word: a re-fail needs the word),
+/// or bump the epoch on a due claim.
+#[test]
+fn a_due_claim_does_not_claim_a_request_that_failed_again_meanwhile() {
+    check(2, || {
+        let r = region(2, 1);
+        a_failed_request_due_again(&r);
+        let judged = crate::connector::load_state(&r, 0).unwrap().generation;
+        let refail = process(8, {
+            let r = r.clone();
+            move || {
+                let me = ProcessId::current().unwrap();
+                match requests::claim(&r, 0, 1, &me).unwrap() {
+                    ClaimOutcome::Claimed { epoch, .. } => {
+                        Some(requests::fail(&r, 0, epoch, &me, judged).unwrap())
+                    }
+                    ClaimOutcome::NotClaimed => None,
+                }
+            }
+        });
+        let claimer = process(6, {
+            let r = r.clone();
+            move || {
+                let me = ProcessId::current().unwrap();
+                requests::claim(&r, 0, 2, &me).unwrap()
+            }
+        });
+        let refailed = refail.join().unwrap().unwrap();
+        let claimed = claimer.join().unwrap().unwrap();
+        let q = requests::list(&r).unwrap();
+        assert!(
+            !(refailed == Some(FailOutcome::Marked)
+                && matches!(claimed, ClaimOutcome::Claimed { .. })),
+            "process 8 claimed due e1 and marked it FAILED again (not due for FAILED_RETRY), \
+             yet process 6 claimed it too ({claimed:?}): {:?}",
+            q.first()
+                .map(|q| (q.state, q.epoch, q.failed_unix_ns, q.claimer_pid))
+        );
+    });
+}
+
+/// Model 2: a cleanup re-post of the FAILED request (a later generation,
+/// killed) that may give up after REPOST_TRIES while a due claimer holds
+/// the claim word. Required: afterwards the death has a claimable or
+/// claimed request (PENDING, or CLAIMED by the live claimer).
+#[test]
+fn a_repost_that_gives_up_leaves_the_request_handled() {
+    use crate::{ConnectMode, Member};
+    check(2, || {
+        let r = region(2, 1);
+        a_failed_request_due_again(&r);
+        crate::connector::identity::model::enter(3);
+        let light = Member::connect_with(r.clone(), "A", ConnectMode::Recovery).unwrap();
+        kill(3);
+        std::mem::forget(light);
+        crate::connector::identity::model::enter(1);
+        let cleaner = process(4, {
+            let r = r.clone();
+            move || cleanup_member(&r, 0).unwrap()
+        });
+        let claimer = process(6, {
+            let r = r.clone();
+            move || {
+                let me = ProcessId::current().unwrap();
+                requests::claim(&r, 0, 2, &me).unwrap()
+            }
+        });
+        let cleaned = cleaner.join().unwrap().unwrap();
+        let claimed = claimer.join().unwrap().unwrap();
+        let q = requests::list(&r).unwrap();
+        let q = q.first().expect("a request");
+        assert!(
+            q.state == crate::requests::RequestState::Pending
+                || q.state == crate::requests::RequestState::Claimed
+                    && matches!(claimed, ClaimOutcome::Claimed { .. }),
+            "cleanup {cleaned:?} claim {claimed:?}: {q:?}"
+        );
+    });
 }
