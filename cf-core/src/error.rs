@@ -1,6 +1,7 @@
 //! Typed errors of the library. Binaries print them as one line (`Display`,
 //! or [`one_line`] for a chain of causes).
 
+use crate::shm::ids::{ConnectorId, SlotIndex};
 use std::path::PathBuf;
 
 /// One printable line for an error and its causes: each cause is added
@@ -92,12 +93,12 @@ pub enum CorruptError {
     ConnectorOutOfRange { id: u64, len: u64 },
     #[error("record slot {slot} of connector {member}: {what}")]
     BadRecord {
-        member: u32,
-        slot: u32,
+        member: ConnectorId,
+        slot: SlotIndex,
         what: String,
     },
     #[error("connector {id}: {what}")]
-    BadConnector { id: u32, what: String },
+    BadConnector { id: ConnectorId, what: String },
     #[error("the region was opened read-only: {0} needs a writable region")]
     ReadOnly(&'static str),
     #[error("event ring: {0}")]
@@ -138,7 +139,7 @@ pub enum LockError {
     #[error("record area of this member is full ({0} records)")]
     RecordsFull(u32),
     #[error("lock not held by this holder (slot {0})")]
-    NotHeld(u32),
+    NotHeld(SlotIndex),
     #[error("holders (threads) of this member are still open: drop them first")]
     HoldersOpen,
     #[error("this connector is no longer active (it was cleaned up as dead)")]

@@ -15,6 +15,7 @@ use crate::lock::entry::bits;
 use crate::lock::records::{self, Mode, RecordView};
 use crate::lock::word::{self as lockword, Word};
 use crate::region::Region;
+use crate::shm::ids::{ConnectorId, EntryIndex, SlotIndex};
 use crate::sync::Ordering;
 use std::collections::HashMap;
 
@@ -56,7 +57,7 @@ fn name_problem(name: &str) -> Result<(), &'static str> {
 /// One connector slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberView {
-    pub id: u32,
+    pub id: ConnectorId,
     pub name: String,
     pub state: MemberState,
     pub generation: u32,
@@ -81,11 +82,11 @@ pub struct MemberView {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockView {
     pub member: String,
-    pub member_id: u32,
+    pub member_id: ConnectorId,
     pub resource: String,
     pub mode: Mode,
-    pub entry: u32,
-    pub slot: u32,
+    pub entry: EntryIndex,
+    pub slot: SlotIndex,
     /// False for a request still waiting (pending record).
     pub held: bool,
     /// Held by a failed-persistent or recovering member in modify mode.
@@ -118,7 +119,7 @@ pub struct StructureView {
 
 pub fn members(region: &Region) -> Result<Vec<MemberView>, CorruptError> {
     let mut out = Vec::new();
-    for id in 0..region.members() {
+    for id in region.connector_ids() {
         let snap = connector::snapshot(region, id)?;
         let st = snap.st;
         if st.state == MemberState::Free {
@@ -197,7 +198,7 @@ fn view(region: &Region, r: &RecordView, name: &str, state: MemberState) -> Lock
 /// Every record of every non-free member.
 pub fn locks(region: &Region) -> Result<Vec<LockView>, CorruptError> {
     let mut out = Vec::new();
-    for id in 0..region.members() {
+    for id in region.connector_ids() {
         let st = connector::load_state(region, id)?;
         if st.state == MemberState::Free {
             continue;
@@ -229,7 +230,7 @@ pub fn counters(region: &Region) -> Counters {
             c.contention = c.contention.saturating_add(n.load(Ordering::Relaxed));
             c.false_contention = c.false_contention.saturating_add(f.load(Ordering::Relaxed));
         };
-    for id in 0..region.members() {
+    for id in region.connector_ids() {
         let Ok(slot) = region.connector(id) else {
             continue;
         };
@@ -247,7 +248,7 @@ pub fn counters(region: &Region) -> Counters {
 /// over every member past and present.
 pub fn committed_total(region: &Region) -> u64 {
     let mut n = region.lock_header().counters[3].load(Ordering::Relaxed);
-    for id in 0..region.members() {
+    for id in region.connector_ids() {
         if let Ok(slot) = region.connector(id) {
             n = n.saturating_add(slot.committed.load(Ordering::Relaxed));
         }
@@ -279,7 +280,8 @@ pub fn structures(region: &Region) -> Vec<StructureView> {
                 v.kind = "lock structure";
                 v.lock_entries = Some(region.lock_entries());
                 v.entries_in_use = Some(
-                    (0..region.lock_entries())
+                    region
+                        .entry_indices()
                         .filter(|&e| {
                             region
                                 .word(e)
@@ -308,9 +310,10 @@ pub fn structures(region: &Region) -> Vec<StructureView> {
 pub fn verify(region: &Region) -> Vec<String> {
     let mut problems = Vec::new();
     let mut held: Vec<(RecordView, MemberState)> = Vec::new();
-    let mut urgent_on: std::collections::HashSet<(u32, u32)> = std::collections::HashSet::new();
+    let mut urgent_on: std::collections::HashSet<(ConnectorId, EntryIndex)> =
+        std::collections::HashSet::new();
     let mut states = Vec::new();
-    for id in 0..region.members() {
+    for id in region.connector_ids() {
         let st = match connector::load_state(region, id) {
             Ok(s) => s,
             Err(e) => {
@@ -417,11 +420,11 @@ pub fn verify(region: &Region) -> Vec<String> {
         }
     }
     // Lock words: known bits, named connectors hold something there, no stale latch.
-    let mut holds_on: HashMap<(u32, u32), usize> = HashMap::new();
+    let mut holds_on: HashMap<(ConnectorId, EntryIndex), usize> = HashMap::new();
     for (r, _) in &held {
         *holds_on.entry((r.member, r.entry)).or_default() += 1;
     }
-    for e in 0..region.lock_entries() {
+    for e in region.entry_indices() {
         let Ok(w) = region.word(e) else { continue };
         let w = Word(w.load(Ordering::Relaxed));
         if w.is_free() {
@@ -442,7 +445,7 @@ pub fn verify(region: &Region) -> Vec<String> {
             }
         }
         for c in bits(w.named()) {
-            if c >= region.members() {
+            if c.get() >= region.members() {
                 problems.push(format!(
                     "lock entry {e} names connector {c}, beyond the table of {}",
                     region.members()

@@ -120,6 +120,7 @@ pub use {
     member::{ConnectMode, DisconnectReport, Member},
     recovery::{cleanup_member, cleanup_member_as, CleanupOutcome, CleanupReport},
     region::{CreateOptions, Plex, Region},
+    shm::ids::{ConnectorId, EntryIndex, SlotIndex},
 };
 
 impl CreateOptions {
@@ -142,11 +143,12 @@ impl CreateOptions {
 #[doc(hidden)]
 pub mod testing {
     use crate::region::Region;
+    use crate::shm::ids::{ConnectorId, EntryIndex, SlotIndex};
     use crate::sync::Ordering;
 
     /// Make connector `id` look like a different process with the same PID
     /// (a reused PID): its identity check then fails, as after a death.
-    pub fn fake_reused_pid(region: &Region, id: u32) {
+    pub fn fake_reused_pid(region: &Region, id: ConnectorId) {
         if let Ok(c) = region.connector(id) {
             c.start_time.fetch_xor(0x5a5a_5a5a, Ordering::Relaxed);
         }
@@ -154,45 +156,85 @@ pub mod testing {
 
     /// Has a holding waiter announced itself on `entry` (it sleeps, or is
     /// about to, until the holdings change)?
-    pub fn holding_waiter_sleeps(region: &Region, entry: u32) -> bool {
+    pub fn holding_waiter_sleeps(region: &Region, entry: EntryIndex) -> bool {
         region
             .word(entry)
             .is_ok_and(|w| w.load(Ordering::Acquire) & crate::lock::word::HOLDING_WAITERS != 0)
+    }
+
+    /// The words a damage-injection test forges, from the real definitions
+    /// (`lock/word.rs`, `lock/records.rs`), so tests never redefine bits.
+    pub mod forge {
+        use crate::lock::{records, word};
+        use crate::shm::ids::{ConnectorId, EntryIndex};
+
+        /// Tag state: a free record slot.
+        pub const TAG_FREE: u32 = records::TAG_FREE;
+        /// Tag state: a record being acquired or released.
+        pub const TAG_PENDING: u32 = records::TAG_PENDING;
+        /// Tag state: a held record.
+        pub const TAG_HELD: u32 = records::TAG_HELD;
+        /// Tag state: a waiting record that may no longer be bypassed.
+        pub const TAG_URGENT: u32 = records::TAG_URGENT;
+        /// Lock word: mixed (latched-protocol) mode.
+        pub const MIXED: u64 = word::MIXED;
+        /// Lock word: a holding waiter sleeps.
+        pub const HOLDING_WAITERS: u64 = word::HOLDING_WAITERS;
+        /// Lock word: a latch waiter sleeps.
+        pub const LATCH_WAITERS: u64 = word::LATCH_WAITERS;
+        /// Lock word: the epoch's lowest bit.
+        pub const EPOCH_SHIFT: u32 = word::EPOCH_SHIFT;
+
+        /// The holder field naming connector `c` (exclusive owner in fast
+        /// mode, latch holder in mixed mode).
+        pub fn holder_field(c: ConnectorId) -> u64 {
+            crate::lock::word::holder_field(c)
+        }
+
+        /// Connector `c`'s bit in the share / interest mask.
+        pub fn bit(c: ConnectorId) -> u64 {
+            crate::lock::word::bit(c)
+        }
+
+        /// A record tag: `state` (one of the `TAG_*`) on `entry`.
+        pub fn tag(state: u32, entry: EntryIndex) -> u32 {
+            state | entry.get()
+        }
     }
 
     /// How often a waiting request may be bypassed before it turns urgent.
     pub const BYPASS_LIMIT: u32 = crate::lock::entry::BYPASS_LIMIT;
 
     /// Overwrite a lock word (damage injection).
-    pub fn write_lock_word(region: &Region, entry: u32, value: u64) {
+    pub fn write_lock_word(region: &Region, entry: EntryIndex, value: u64) {
         if let Ok(w) = region.word(entry) {
             w.store(value, Ordering::Relaxed);
         }
     }
 
     /// Overwrite the tag of a record slot (damage injection).
-    pub fn write_tag(region: &Region, member: u32, slot: u32, value: u32) {
-        if let Ok(t) = crate::lock::records::tag(region, member, slot) {
+    pub fn write_tag(region: &Region, member: ConnectorId, slot: SlotIndex, value: u32) {
+        if let Ok(t) = crate::lock::records::tag(region, member, slot.get()) {
             t.store(value, Ordering::Relaxed);
         }
     }
 
     /// Overwrite a connector's heartbeat word (damage injection).
-    pub fn write_heartbeat(region: &Region, member: u32, value: u64) {
+    pub fn write_heartbeat(region: &Region, member: ConnectorId, value: u64) {
         if let Ok(c) = region.connector(member) {
             c.heartbeat.store(value, Ordering::Relaxed);
         }
     }
 
     /// A connector's heartbeat word as stored.
-    pub fn read_heartbeat(region: &Region, member: u32) -> u64 {
+    pub fn read_heartbeat(region: &Region, member: ConnectorId) -> u64 {
         region
             .connector(member)
             .map_or(0, |c| c.heartbeat.load(Ordering::Relaxed))
     }
 
     /// Overwrite a connector's state word (damage injection).
-    pub fn write_connector_state(region: &Region, member: u32, value: u64) {
+    pub fn write_connector_state(region: &Region, member: ConnectorId, value: u64) {
         if let Ok(c) = region.connector(member) {
             c.state.store(value, Ordering::Relaxed);
         }
@@ -200,11 +242,17 @@ pub mod testing {
 
     /// Overwrite word `i` (< 9; 0 is length/mode/flags, 1.. the resource bytes)
     /// of the body of record slot `slot` of `member` (damage injection).
-    pub fn write_record_word(region: &Region, member: u32, slot: u32, i: u32, value: u64) {
+    pub fn write_record_word(
+        region: &Region,
+        member: ConnectorId,
+        slot: SlotIndex,
+        i: u32,
+        value: u64,
+    ) {
         let Ok(bodies) = region.bodies(member) else {
             return;
         };
-        if let Some(b) = bodies.get(slot as usize) {
+        if let Some(b) = bodies.get(slot.index()) {
             match i {
                 0 => b.meta.store(value, Ordering::Relaxed),
                 1..=8 => b.name[i as usize - 1].store(value, Ordering::Relaxed),
@@ -223,7 +271,7 @@ pub mod testing {
 
     /// Set connector `id`'s cleanup claim word to `token` (a process
     /// `ProcessId::token`): simulates a cleaner at work.
-    pub fn set_cleanup_claim(region: &Region, id: u32, token: u64) {
+    pub fn set_cleanup_claim(region: &Region, id: ConnectorId, token: u64) {
         if let Ok(c) = region.connector(id) {
             c.cleanup.store(token, Ordering::Relaxed);
         }

@@ -60,6 +60,7 @@ use crate::lock::entry::{self, LatchError, LatchWait};
 use crate::lock::records::{self, BLOCK_RETAINED};
 use crate::lock::word;
 use crate::requests;
+use crate::shm::ids::ConnectorId;
 use crate::shm::region::Region;
 use crate::sync::{trace, Ordering};
 use std::collections::BTreeSet;
@@ -84,7 +85,7 @@ pub enum CleanupOutcome {
 /// The result of one cleanup.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CleanupReport {
-    pub member: u32,
+    pub member: ConnectorId,
     pub name: String,
     /// Locks released (non-modify held locks).
     pub released: usize,
@@ -108,7 +109,7 @@ fn my_token() -> Result<u64, CorruptError> {
         ProcessId::current()
             .map(|p| p.token())
             .map_err(|e| CorruptError::BadConnector {
-                id: u32::MAX,
+                id: ConnectorId::new(u32::MAX),
                 what: format!("reading this process's identity: {e}"),
             })
     };
@@ -132,8 +133,8 @@ fn my_token() -> Result<u64, CorruptError> {
 /// holder.
 pub(crate) fn try_clean(
     region: &Region,
-    c: u32,
-    by: Option<u32>,
+    c: ConnectorId,
+    by: Option<ConnectorId>,
     held: u64,
     deadline: Option<Instant>,
 ) -> Result<CleanupOutcome, CorruptError> {
@@ -146,7 +147,7 @@ pub(crate) fn try_clean(
 }
 
 /// Clean up connector `c` if its process is dead. See the module docs.
-pub fn cleanup_member(region: &Region, c: u32) -> Result<CleanupOutcome, CorruptError> {
+pub fn cleanup_member(region: &Region, c: ConnectorId) -> Result<CleanupOutcome, CorruptError> {
     cleanup(region, c, None, None, 0, None)
 }
 
@@ -156,8 +157,8 @@ pub fn cleanup_member(region: &Region, c: u32) -> Result<CleanupOutcome, Corrupt
 /// posts the restart request (`request_posted`).
 pub fn cleanup_member_as(
     region: &Region,
-    c: u32,
-    by: Option<u32>,
+    c: ConnectorId,
+    by: Option<ConnectorId>,
     seen_ns: Option<u64>,
 ) -> Result<CleanupOutcome, CorruptError> {
     cleanup(region, c, by, seen_ns, 0, None)
@@ -165,8 +166,8 @@ pub fn cleanup_member_as(
 
 fn cleanup(
     region: &Region,
-    c: u32,
-    by: Option<u32>,
+    c: ConnectorId,
+    by: Option<ConnectorId>,
     seen_ns: Option<u64>,
     held: u64,
     deadline: Option<Instant>,
@@ -247,8 +248,8 @@ fn cleanup(
 /// sweep can post for this member before these events are recorded.
 fn announce(
     region: &Region,
-    c: u32,
-    by: Option<u32>,
+    c: ConnectorId,
+    by: Option<ConnectorId>,
     rep: &CleanupReport,
     dead_pid: u32,
     seen_ns: u64,
@@ -295,8 +296,8 @@ fn announce(
 /// deadline passed first (the member then stays CLEANING).
 fn walk(
     region: &Region,
-    c: u32,
-    by: Option<u32>,
+    c: ConnectorId,
+    by: Option<ConnectorId>,
     held: u64,
     deadline: Option<Instant>,
 ) -> Result<Option<CleanupReport>, CorruptError> {
@@ -325,7 +326,8 @@ fn walk(
         let before = todo.len();
         let mut deferred = Vec::new();
         for (e, recs) in todo {
-            let mut on_stuck = |x: u32| try_clean(region, x, by, held, deadline).map(|_| ());
+            let mut on_stuck =
+                |x: ConnectorId| try_clean(region, x, by, held, deadline).map(|_| ());
             let defer_at = crate::sync::now() + DEFER_AFTER;
             let mut how = LatchWait {
                 deadline: Some(deadline.map_or(defer_at, |d| d.min(defer_at))),
@@ -367,7 +369,7 @@ fn walk(
     report.retained = left.len();
     let used_blocks: BTreeSet<u32> = left
         .iter()
-        .map(|r| r.slot / crate::shm::layout::BLOCK_SLOTS)
+        .map(|r| r.slot.get() / crate::shm::layout::BLOCK_SLOTS)
         .collect();
     for b in 0..region.blocks_per_member() {
         let used = used_blocks.contains(&b);
@@ -393,7 +395,7 @@ fn walk(
 /// cleanups this call performed.
 pub fn cleanup_all_dead(region: &Region) -> Result<Vec<CleanupReport>, CorruptError> {
     let mut out = Vec::new();
-    for c in 0..region.members() {
+    for c in region.connector_ids() {
         if let CleanupOutcome::Cleaned(r) = cleanup_member(region, c)? {
             out.push(r);
         }
@@ -403,7 +405,7 @@ pub fn cleanup_all_dead(region: &Region) -> Result<Vec<CleanupReport>, CorruptEr
 
 /// Is a live process cleaning member `c` up right now? (Its cleaner posts the
 /// restart request when done; others should not post for it meanwhile.)
-pub fn cleanup_in_progress(region: &Region, c: u32) -> Result<bool, CorruptError> {
+pub fn cleanup_in_progress(region: &Region, c: ConnectorId) -> Result<bool, CorruptError> {
     let t = region.connector(c)?.cleanup.load(Ordering::Acquire);
     Ok(t != 0 && ProcessId::token_is_alive(t))
 }

@@ -84,6 +84,7 @@ use crate::connector::latch::ConnectLatch;
 use crate::connector::now_ns;
 use crate::connector::MemberState;
 use crate::error::CorruptError;
+use crate::shm::ids::ConnectorId;
 use crate::shm::region::Region;
 use crate::shm::slots::{self, RequestEntry};
 use crate::sync::Ordering;
@@ -140,15 +141,15 @@ impl StateWord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestView {
     /// Connector id of the member to restart.
-    pub member_id: u32,
+    pub member_id: ConnectorId,
     pub state: RequestState,
     /// Which request of this slot it is (changes at every post).
     pub epoch: u32,
     pub posted_unix_ns: u64,
     pub claimed_unix_ns: u64,
     /// Connector ids of the poster and the claimer, where known.
-    pub posted_by: Option<u32>,
-    pub claimed_by: Option<u32>,
+    pub posted_by: Option<ConnectorId>,
+    pub claimed_by: Option<ConnectorId>,
     pub claimer_pid: u32,
     pub claimer_alive: bool,
     pub worker_pid: u32,
@@ -180,7 +181,7 @@ fn retry_due(failed_ns: u64) -> bool {
     now_ns() >= retry_at(failed_ns)
 }
 
-fn load(id: u32, e: &RequestEntry) -> Result<StateWord, CorruptError> {
+fn load(id: ConnectorId, e: &RequestEntry) -> Result<StateWord, CorruptError> {
     let raw = e.state.load(Ordering::Acquire);
     let state = match raw & 0xff {
         0 => RequestState::Free,
@@ -250,8 +251,8 @@ pub fn wait_for_change(region: &Region, seen: u32, timeout: Duration) {
 /// so a losing poster never writes over the fields of the request that won.
 pub fn post(
     region: &Region,
-    id: u32,
-    by: Option<u32>,
+    id: ConnectorId,
+    by: Option<ConnectorId>,
     on_posted: impl FnOnce(u32),
 ) -> Result<Option<u32>, CorruptError> {
     under_cleanup_claim(region, id, || post_if_failed(region, id, by, on_posted))
@@ -262,7 +263,7 @@ pub fn post(
 /// holds the claim.
 fn under_cleanup_claim(
     region: &Region,
-    id: u32,
+    id: ConnectorId,
     f: impl FnOnce() -> Result<Option<u32>, CorruptError>,
 ) -> Result<Option<u32>, CorruptError> {
     region.writable("posting a restart request")?;
@@ -290,8 +291,8 @@ fn under_cleanup_claim(
 /// nothing is posted.
 fn post_if_failed(
     region: &Region,
-    id: u32,
-    by: Option<u32>,
+    id: ConnectorId,
+    by: Option<ConnectorId>,
     on_posted: impl FnOnce(u32),
 ) -> Result<Option<u32>, CorruptError> {
     with_connects_latched(region, id, |state| {
@@ -308,7 +309,7 @@ fn post_if_failed(
 /// stuck): the caller looks again.
 fn with_connects_latched(
     region: &Region,
-    id: u32,
+    id: ConnectorId,
     f: impl FnOnce(MemberState) -> Result<Option<u32>, CorruptError>,
 ) -> Result<Option<u32>, CorruptError> {
     let me = ProcessId::current().map_err(|e| CorruptError::BadConnector {
@@ -327,8 +328,8 @@ const POST_LATCH_WAIT: Duration = Duration::from_secs(1);
 /// [`post`] by the holder of member `id`'s cleanup claim.
 pub(crate) fn post_claimed(
     region: &Region,
-    id: u32,
-    by: Option<u32>,
+    id: ConnectorId,
+    by: Option<ConnectorId>,
     on_posted: impl FnOnce(u32),
 ) -> Result<Option<u32>, CorruptError> {
     post_or_repost(region, id, by, on_posted, false)
@@ -341,8 +342,8 @@ pub(crate) fn post_claimed(
 /// outstanding, attack9).
 fn post_or_repost(
     region: &Region,
-    id: u32,
-    by: Option<u32>,
+    id: ConnectorId,
+    by: Option<ConnectorId>,
     on_posted: impl FnOnce(u32),
     repost_failed: bool,
 ) -> Result<Option<u32>, CorruptError> {
@@ -415,7 +416,7 @@ fn post_or_repost(
     e.claimed_ns.store(0, Ordering::Relaxed);
     e.posted_ns.store(now_ns(), Ordering::Relaxed);
     e.who
-        .store(by.map_or(0, |b| b as u64 + 1), Ordering::Relaxed);
+        .store(by.map_or(0, |b| b.get() as u64 + 1), Ordering::Relaxed);
     e.incarnation.store(incarnation, Ordering::Relaxed);
     e.generation.store(u64::from(generation), Ordering::Relaxed);
     let epoch = now.epoch.wrapping_add(1);
@@ -455,9 +456,9 @@ const REPOST_TRIES: u32 = 4;
 /// behalf of connector `by` (or "cf-core"), under the name it was posted for.
 fn complete_stale(
     region: &Region,
-    id: u32,
+    id: ConnectorId,
     epoch: u32,
-    by: Option<u32>,
+    by: Option<ConnectorId>,
 ) -> Result<bool, CorruptError> {
     let e = region.request(id)?;
     let by_name = by.map(|b| crate::connector::name_of(region, b));
@@ -472,7 +473,7 @@ fn complete_stale(
 
 /// Is a request for `id` waiting for a (new) handler? Pending, or claimed by
 /// a dead claimer whose restart light is dead too.
-pub fn needs_handler(region: &Region, id: u32) -> Result<bool, CorruptError> {
+pub fn needs_handler(region: &Region, id: ConnectorId) -> Result<bool, CorruptError> {
     let e = region.request(id)?;
     Ok(match load(id, e)?.state {
         RequestState::Free => false,
@@ -500,8 +501,8 @@ pub enum ClaimOutcome {
 /// Try to claim the request for `id` as connector `by` in this process.
 pub fn claim(
     region: &Region,
-    id: u32,
-    by: u32,
+    id: ConnectorId,
+    by: ConnectorId,
     me: &ProcessId,
 ) -> Result<ClaimOutcome, CorruptError> {
     let e = region.request(id)?;
@@ -544,7 +545,7 @@ pub fn claim(
     e.claimed_ns.store(now_ns(), Ordering::Relaxed);
     let posted_by = e.who.load(Ordering::Relaxed) & 0xffff_ffff;
     e.who
-        .store(posted_by | (by as u64 + 1) << 32, Ordering::Relaxed);
+        .store(posted_by | (by.get() as u64 + 1) << 32, Ordering::Relaxed);
     bump(region);
     Ok(ClaimOutcome::Claimed {
         taken_over: previous != 0,
@@ -557,7 +558,7 @@ pub fn claim(
 /// is no longer outstanding (then nothing is recorded).
 pub fn set_worker(
     region: &Region,
-    id: u32,
+    id: ConnectorId,
     epoch: u32,
     worker: &ProcessId,
 ) -> Result<Option<u64>, CorruptError> {
@@ -574,7 +575,12 @@ pub fn set_worker(
 
 /// Give claimed request `epoch` of `id` back (pending again) so another
 /// member may take it.
-pub fn unclaim(region: &Region, id: u32, epoch: u32, me: &ProcessId) -> Result<(), CorruptError> {
+pub fn unclaim(
+    region: &Region,
+    id: ConnectorId,
+    epoch: u32,
+    me: &ProcessId,
+) -> Result<(), CorruptError> {
     let e = region.request(id)?;
     let _ = cas(
         e,
@@ -616,7 +622,7 @@ pub enum FailOutcome {
 /// can begin in between (attack7).
 pub fn fail(
     region: &Region,
-    id: u32,
+    id: ConnectorId,
     epoch: u32,
     me: &ProcessId,
     judged: u32,
@@ -665,7 +671,7 @@ pub fn fail(
 /// for a request no longer outstanding.
 pub fn set_reason(
     region: &Region,
-    id: u32,
+    id: ConnectorId,
     epoch: u32,
     status: Option<u64>,
     reason: Option<&str>,
@@ -704,8 +710,8 @@ pub fn set_reason(
 /// frees a request that nobody will complete.
 pub fn retry(
     region: &Region,
-    id: u32,
-    by: Option<u32>,
+    id: ConnectorId,
+    by: Option<ConnectorId>,
     on_posted: impl FnOnce(u32),
 ) -> Result<Option<u32>, CorruptError> {
     under_cleanup_claim(region, id, || {
@@ -739,7 +745,7 @@ pub fn retry(
 /// request was completed.
 pub(crate) fn complete_outstanding(
     region: &Region,
-    id: u32,
+    id: ConnectorId,
     by: &str,
 ) -> Result<bool, CorruptError> {
     let e = region.request(id)?;
@@ -771,7 +777,7 @@ const COMPLETE_TRIES: u32 = 64;
 /// one, is left alone (false).
 pub fn complete(
     region: &Region,
-    id: u32,
+    id: ConnectorId,
     epoch: u32,
     member: &str,
     by: &str,
@@ -788,7 +794,7 @@ pub const COMPLETED_BY_OWN_RESTART: u64 = 2;
 /// [`complete`], recording `how` as the event's `b`.
 fn complete_as(
     region: &Region,
-    id: u32,
+    id: ConnectorId,
     epoch: u32,
     member: &str,
     by: &str,
@@ -829,7 +835,7 @@ fn complete_as(
 }
 
 /// Is request `epoch` of `id` still outstanding (pending or claimed)?
-pub fn is_outstanding(region: &Region, id: u32, epoch: u32) -> Result<bool, CorruptError> {
+pub fn is_outstanding(region: &Region, id: ConnectorId, epoch: u32) -> Result<bool, CorruptError> {
     let e = region.request(id)?;
     let st = load(id, e)?;
     Ok(st.state != RequestState::Free && st.epoch == epoch)
@@ -841,7 +847,10 @@ pub fn is_outstanding(region: &Region, id: u32, epoch: u32) -> Result<bool, Corr
 /// request for an earlier connection is for a failure this connection was
 /// recovering.) Called under the member's cleanup claim, which serializes
 /// posts.
-pub(crate) fn is_posted_for_connection(region: &Region, id: u32) -> Result<bool, CorruptError> {
+pub(crate) fn is_posted_for_connection(
+    region: &Region,
+    id: ConnectorId,
+) -> Result<bool, CorruptError> {
     let e = region.request(id)?;
     let generation = crate::connector::load_state(region, id)?.generation;
     let st = load(id, e)?;
@@ -850,8 +859,8 @@ pub(crate) fn is_posted_for_connection(region: &Region, id: u32) -> Result<bool,
 }
 
 /// The outstanding request (id, epoch) for the member named `name`, if any.
-pub fn find(region: &Region, name: &str) -> Result<Option<(u32, u32)>, CorruptError> {
-    for id in 0..region.members() {
+pub fn find(region: &Region, name: &str) -> Result<Option<(ConnectorId, u32)>, CorruptError> {
+    for id in region.connector_ids() {
         let e = region.request(id)?;
         let st = load(id, e)?;
         if st.state != RequestState::Free && load_name(e) == name {
@@ -864,14 +873,18 @@ pub fn find(region: &Region, name: &str) -> Result<Option<(u32, u32)>, CorruptEr
 /// Every request that is not free.
 pub fn list(region: &Region) -> Result<Vec<RequestView>, CorruptError> {
     let mut out = Vec::new();
-    for id in 0..region.members() {
+    for id in region.connector_ids() {
         let e = region.request(id)?;
         let st = load(id, e)?;
         if st.state == RequestState::Free {
             continue;
         }
         let who = e.who.load(Ordering::Relaxed);
-        let ids = |v: u64| (v & 0xffff_ffff).checked_sub(1).map(|x| x as u32);
+        let ids = |v: u64| {
+            (v & 0xffff_ffff)
+                .checked_sub(1)
+                .map(|x| ConnectorId::new(x as u32))
+        };
         let claim = e.claim.load(Ordering::Relaxed);
         let worker = e.worker.load(Ordering::Relaxed);
         out.push(RequestView {

@@ -4,23 +4,20 @@
 //! exact region a SIGKILL leaves at one instant of such an interleaving, and
 //! asserts what must hold afterwards.
 
+use cf_core::testing::forge;
+use cf_core::testing::forge::{bit, holder_field, MIXED, TAG_HELD, TAG_PENDING};
+use cf_core::EntryIndex;
 use cf_core::{
     inspect, recovery, testing, CleanupOutcome, CreateOptions, Member, Mode, Plex, Region,
     Resource, TryOutcome,
 };
+use cf_core::{ConnectorId, SlotIndex};
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
 const HANG: Duration = Duration::from_secs(60);
-const MIXED: u64 = 1 << 39;
-fn holder_field(id: u32) -> u64 {
-    (id as u64 + 1) << 32
-}
-fn bit(id: u32) -> u64 {
-    1 << id
-}
 
 fn region() -> (tempfile::TempDir, Arc<Region>) {
     let base = if Path::new("/dev/shm").is_dir() {
@@ -59,7 +56,7 @@ fn guarded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static
     }
 }
 
-fn entry_of(r: &Region, res: &[u8]) -> u32 {
+fn entry_of(r: &Region, res: &[u8]) -> EntryIndex {
     Resource::new(res).unwrap().entry(r.lock_entries())
 }
 
@@ -297,12 +294,16 @@ fn a_normal_restart_gets_back_the_blocks_of_its_retained_locks() {
     });
 }
 
-const TAG_PENDING: u32 = 1 << 30;
-const TAG_HELD: u32 = 2 << 30;
-
 /// Write the body of record `slot` of `member` for `res` in `mode` and its
 /// tag (encoding of `records.rs`, as `holes.rs` forges it).
-fn forge_record(r: &Region, member: u32, slot: u32, res: &[u8], mode: Mode, state: u32) {
+fn forge_record(
+    r: &Region,
+    member: ConnectorId,
+    slot: SlotIndex,
+    res: &[u8],
+    mode: Mode,
+    state: u32,
+) {
     let (m, flags) = match mode {
         Mode::Share => (0u64, 0u64),
         Mode::Exclusive => (1, 0),
@@ -314,7 +315,7 @@ fn forge_record(r: &Region, member: u32, slot: u32, res: &[u8], mode: Mode, stat
         b[..chunk.len()].copy_from_slice(chunk);
         testing::write_record_word(r, member, slot, 1 + i as u32, u64::from_le_bytes(b));
     }
-    testing::write_tag(r, member, slot, state | entry_of(r, res));
+    testing::write_tag(r, member, slot, forge::tag(state, entry_of(r, res)));
 }
 
 /// A release that fails puts its record back to HELD after another member
@@ -348,7 +349,14 @@ fn a_failed_release_never_takes_back_a_lock_granted_to_another() {
             o => panic!("{o:?}"),
         };
         // X asks for R: its record PENDING, E latched by X (converted: A named).
-        forge_record(&r, x.id(), 63, &res, Mode::Exclusive, TAG_PENDING);
+        forge_record(
+            &r,
+            x.id(),
+            SlotIndex::new(63),
+            &res,
+            Mode::Exclusive,
+            TAG_PENDING,
+        );
         testing::write_lock_word(&r, e, MIXED | holder_field(x.id()) | bit(a.id()));
         // A releases R: its record turns PENDING and it waits for E's latch.
         let releaser = std::thread::spawn(move || {
@@ -367,7 +375,14 @@ fn a_failed_release_never_takes_back_a_lock_granted_to_another() {
         }
         // X decides: A has no held record on E (it is being released), so R
         // is granted to X; X is stopped before its unlatch.
-        forge_record(&r, x.id(), 63, &res, Mode::Exclusive, TAG_HELD);
+        forge_record(
+            &r,
+            x.id(),
+            SlotIndex::new(63),
+            &res,
+            Mode::Exclusive,
+            TAG_HELD,
+        );
         let (ha, out) = releaser.join().unwrap();
         // X resumes and unlatches, naming itself only (A was dropped).
         testing::write_lock_word(&r, e, MIXED | bit(x.id()));
@@ -380,7 +395,7 @@ fn a_failed_release_never_takes_back_a_lock_granted_to_another() {
             .collect();
         // Tidy up (A's holder releases what its record says it holds).
         drop(ha);
-        testing::write_tag(&r, x.id(), 63, 0);
+        testing::write_tag(&r, x.id(), SlotIndex::new(63), 0);
         testing::write_lock_word(&r, e, 0);
         drop(hx);
         assert!(

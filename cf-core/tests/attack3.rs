@@ -56,7 +56,7 @@ fn b_urgent_while_a_shares_r() -> Setup {
     // B wakes, is refused a third time, turns URGENT and sleeps again.
     let since = Instant::now();
     loop {
-        let urgent = (0..r.members())
+        let urgent = (r.connector_ids())
             .flat_map(|c| records::all_records(&r, c).unwrap())
             .any(|rec| rec.urgent);
         if urgent && testing::holding_waiter_sleeps(&r, entry) {

@@ -8,6 +8,11 @@
 //! it. A panic inside the thread fails the test too (the panic is propagated,
 //! not caught and accepted).
 
+use cf_core::testing::forge;
+use cf_core::testing::forge::{bit, holder_field, MIXED, TAG_HELD, TAG_PENDING, TAG_URGENT};
+use cf_core::ConnectorId;
+use cf_core::EntryIndex;
+use cf_core::SlotIndex;
 use cf_core::{
     inspect, recovery, testing, ConnectError, CorruptError, CreateOptions, LockError, Member, Mode,
     Plex, Region, Resource, TryOutcome,
@@ -22,19 +27,9 @@ use std::time::Duration;
 const HANG: Duration = Duration::from_secs(60);
 
 // Lock word fields (lockword.rs).
-const MIXED: u64 = 1 << 39;
 const WAITERS: u64 = 1 << 38;
-fn holder_field(id: u32) -> u64 {
-    (id as u64 + 1) << 32
-}
-fn bit(id: u32) -> u64 {
-    1 << id
-}
 
 // Record tags (records.rs): [state:2][entry:30].
-const TAG_PENDING: u32 = 1 << 30;
-const TAG_HELD: u32 = 2 << 30;
-const TAG_URGENT: u32 = 3 << 30;
 
 /// Run `f` in its own thread; fail if it panics or does not finish within [`HANG`].
 fn guarded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -88,7 +83,7 @@ fn granted(o: Result<TryOutcome, LockError>) -> cf_core::LockId {
     }
 }
 
-fn entry_of(r: &Region, res: &[u8]) -> u32 {
+fn entry_of(r: &Region, res: &[u8]) -> EntryIndex {
     Resource::new(res).unwrap().entry(r.lock_entries())
 }
 
@@ -123,7 +118,11 @@ fn has_problem(problems: &[String], needles: &[&str]) -> bool {
 
 /// Verify must not report a latch left behind at rest on `entry` (a failed
 /// request must drop the latch it took).
-fn assert_not_latched(r: &Region, entry: u32) {
+fn cid(n: u32) -> ConnectorId {
+    ConnectorId::new(n)
+}
+
+fn assert_not_latched(r: &Region, entry: EntryIndex) {
     let problems = inspect::verify(r);
     assert!(
         !has_problem(&problems, &[&format!("lock entry {entry} is latched")]),
@@ -218,7 +217,7 @@ fn urgent_record_with_a_bad_mode_gives_a_typed_error_and_no_stale_latch() {
         let x = granted(ha.try_lock(b"acct:1", Mode::Modify));
         // Every tag state means something (URGENT: a waiting request); the
         // body says what: here a mode that does not exist.
-        testing::write_tag(&r, a.id(), x.slot, TAG_URGENT | x.entry);
+        testing::write_tag(&r, a.id(), x.slot, forge::tag(TAG_URGENT, x.entry));
         testing::write_record_word(&r, a.id(), x.slot, 0, 6 | 7 << 8);
         let problems = inspect::verify(&r);
         assert!(has_problem(&problems, &["mode 7 flags 0"]), "{problems:#?}");
@@ -374,16 +373,16 @@ fn lock_word_naming_a_connector_beyond_the_table() {
         let b = Member::connect(r.clone(), "B").unwrap();
         let mut hb = b.holder().unwrap();
         let e = entry_of(&r, b"res");
-        let out_of_range = |id: u32| {
+        let out_of_range = |id: ConnectorId| {
             move |o: &Result<TryOutcome, LockError>| {
                 matches!(o, Err(LockError::Corrupt(CorruptError::ConnectorOutOfRange { id: i, len }))
-                    if *i == id as u64 && *len == members as u64)
+                    if *i == id.get() as u64 && *len == members as u64)
             }
         };
 
         // Mixed mode, latch "held" by connector 39 (holder field 40) and 62.
         for latch in [39u32, 62] {
-            let w = MIXED | holder_field(latch);
+            let w = MIXED | holder_field(cid(latch));
             testing::write_lock_word(&r, e, w);
             let problems = inspect::verify(&r);
             assert!(
@@ -395,7 +394,7 @@ fn lock_word_naming_a_connector_beyond_the_table() {
             );
             for mode in [Mode::Share, Mode::Exclusive, Mode::Modify] {
                 let o = hb.try_lock(b"res", mode);
-                assert!(out_of_range(latch)(&o), "{latch} {mode}: {o:?}");
+                assert!(out_of_range(cid(latch))(&o), "{latch} {mode}: {o:?}");
             }
             let o = hb.lock(b"res", Mode::Exclusive, Duration::from_secs(5));
             assert!(
@@ -409,7 +408,7 @@ fn lock_word_naming_a_connector_beyond_the_table() {
 
         // Mixed mode, interest mask naming connectors 4, 10 and 31.
         for c in [4u32, 10, 31] {
-            testing::write_lock_word(&r, e, MIXED | bit(c) | bit(a.id()));
+            testing::write_lock_word(&r, e, MIXED | bit(cid(c)) | bit(a.id()));
             let problems = inspect::verify(&r);
             assert!(
                 has_problem(
@@ -422,20 +421,20 @@ fn lock_word_naming_a_connector_beyond_the_table() {
             );
             for mode in [Mode::Share, Mode::Exclusive, Mode::Modify] {
                 let o = hb.try_lock(b"res", mode);
-                assert!(out_of_range(c)(&o), "{c} {mode}: {o:?}");
+                assert!(out_of_range(cid(c))(&o), "{c} {mode}: {o:?}");
                 // The failed request dropped its latch and changed nothing.
                 assert_not_latched(&r, e);
             }
             // Also with the waiters bit set (a sleeper would be woken).
-            testing::write_lock_word(&r, e, MIXED | WAITERS | bit(c));
+            testing::write_lock_word(&r, e, MIXED | WAITERS | bit(cid(c)));
             let o = hb.try_lock(b"res", Mode::Exclusive);
-            assert!(out_of_range(c)(&o), "{o:?}");
+            assert!(out_of_range(cid(c))(&o), "{o:?}");
             assert_not_latched(&r, e);
         }
 
         // Fast mode, exclusive holder 39: verify names it; a request may
         // override it (the holder cannot be represented in the mask) or refuse.
-        testing::write_lock_word(&r, e, holder_field(39));
+        testing::write_lock_word(&r, e, holder_field(cid(39)));
         let problems = inspect::verify(&r);
         assert!(
             has_problem(
@@ -448,20 +447,20 @@ fn lock_word_naming_a_connector_beyond_the_table() {
         );
         answered(&mut hb, b"res", Mode::Exclusive);
         // Fast mode, holder 10 (representable in the mask): refused, typed.
-        testing::write_lock_word(&r, e, holder_field(10));
+        testing::write_lock_word(&r, e, holder_field(cid(10)));
         let o = hb.try_lock(b"res", Mode::Exclusive);
-        assert!(out_of_range(10)(&o), "{o:?}");
+        assert!(out_of_range(cid(10))(&o), "{o:?}");
         assert_not_latched(&r, e);
 
         // Fast mode, share mask bit 31: exclusive requests are refused (typed),
         // a share request is compatible and may be granted by the fast path.
-        testing::write_lock_word(&r, e, bit(31));
+        testing::write_lock_word(&r, e, bit(cid(31)));
         let o = hb.try_lock(b"res", Mode::Exclusive);
-        assert!(out_of_range(31)(&o), "{o:?}");
+        assert!(out_of_range(cid(31))(&o), "{o:?}");
         answered(&mut hb, b"res", Mode::Share);
 
         // A malformed word is reported; requests still answer.
-        testing::write_lock_word(&r, e, 1 << 38 | holder_field(1));
+        testing::write_lock_word(&r, e, 1 << 38 | holder_field(cid(1)));
         let problems = inspect::verify(&r);
         assert!(
             has_problem(&problems, &[&format!("lock entry {e}: malformed word")]),
@@ -487,7 +486,7 @@ fn releasing_or_cleaning_up_through_a_damaged_word_is_a_typed_error() {
         let (mut ha, mut hb) = (a.holder().unwrap(), b.holder().unwrap());
         let x = granted(ha.try_lock(b"acct:1", Mode::Exclusive));
         // Latch "held" by connector 39: the release cannot latch the entry.
-        testing::write_lock_word(&r, x.entry, MIXED | holder_field(39) | bit(a.id()));
+        testing::write_lock_word(&r, x.entry, MIXED | holder_field(cid(39)) | bit(a.id()));
         assert!(matches!(
             ha.unlock(x),
             Err(LockError::Corrupt(CorruptError::ConnectorOutOfRange {
@@ -497,7 +496,7 @@ fn releasing_or_cleaning_up_through_a_damaged_word_is_a_typed_error() {
         ));
         // Interest of a connector beyond the table: a release only recomputes
         // its own bit, so it succeeds and leaves the foreign bit alone.
-        testing::write_lock_word(&r, x.entry, MIXED | bit(10) | bit(a.id()));
+        testing::write_lock_word(&r, x.entry, MIXED | bit(cid(10)) | bit(a.id()));
         ha.unlock(x).unwrap();
         assert!(has_problem(
             &inspect::verify(&r),
@@ -509,7 +508,7 @@ fn releasing_or_cleaning_up_through_a_damaged_word_is_a_typed_error() {
         // 10: the cleanup decides from its own records and the word's bit for
         // it alone, so it retains the lock and leaves the foreign bit alone.
         let y = granted(ha.try_lock(b"acct:2", Mode::Modify));
-        testing::write_lock_word(&r, y.entry, MIXED | bit(10) | bit(a.id()));
+        testing::write_lock_word(&r, y.entry, MIXED | bit(cid(10)) | bit(a.id()));
         testing::fake_reused_pid(&r, a.id());
         match recovery::cleanup_member(&r, a.id()) {
             Ok(cf_core::CleanupOutcome::Cleaned(rep)) => assert_eq!(rep.retained, 1),
@@ -606,14 +605,14 @@ fn latch_held_by_a_free_or_failed_connector_is_taken_over() {
         let x = granted(ha.try_lock(b"acct:1", Mode::Exclusive));
         // Connector 3 is free: a latch in its name can never be dropped by
         // anyone, so the next request takes it over and decides as usual.
-        testing::write_lock_word(&r, x.entry, MIXED | holder_field(free) | bit(a.id()));
+        testing::write_lock_word(&r, x.entry, MIXED | holder_field(cid(free)) | bit(a.id()));
         match hb.try_lock(b"acct:1", Mode::Share) {
             Ok(TryOutcome::Contention(h)) => assert_eq!(h[0].id, a.id()),
             other => panic!("{other:?}"),
         }
         assert_not_latched(&r, x.entry);
         // Again, taken over by a release (which waits without a deadline).
-        testing::write_lock_word(&r, x.entry, MIXED | holder_field(free) | bit(a.id()));
+        testing::write_lock_word(&r, x.entry, MIXED | holder_field(cid(free)) | bit(a.id()));
         ha.unlock(x).unwrap();
         assert_not_latched(&r, x.entry);
 
@@ -713,16 +712,16 @@ fn unknown_connector_state_is_a_typed_error() {
         drop(ha);
         drop(hb);
         // A free slot with an unknown state is damage too.
-        testing::write_connector_state(&r, 3, 0x42);
+        testing::write_connector_state(&r, cid(3), 0x42);
         assert!(matches!(
             inspect::members(&r),
-            Err(CorruptError::BadConnector { id: 3, .. })
+            Err(CorruptError::BadConnector { id, .. }) if id == cid(3)
         ));
         assert!(has_problem(
             &inspect::verify(&r),
             &["connector 3: unknown state 66"]
         ));
-        testing::write_connector_state(&r, 3, 0);
+        testing::write_connector_state(&r, cid(3), 0);
         a.disconnect().unwrap();
         b.disconnect().unwrap();
     });
@@ -816,13 +815,13 @@ fn random_damage_case(d: Damage, requests: Vec<(usize, u8)>) {
     granted(ha.try_lock(&other, Mode::Modify));
     granted(hb.try_lock(RESOURCES[3], Mode::Modify));
     for &(e, v) in &d.words {
-        testing::write_lock_word(&r, e, v);
+        testing::write_lock_word(&r, EntryIndex::new(e), v);
     }
     for &(m, slot, t) in &d.tags {
-        testing::write_tag(&r, m, slot, t);
+        testing::write_tag(&r, cid(m), SlotIndex::new(slot), t);
     }
     for &(m, slot, i, v) in &d.bodies {
-        testing::write_record_word(&r, m, slot, i, v);
+        testing::write_record_word(&r, cid(m), SlotIndex::new(slot), i, v);
     }
     let r2 = r.clone();
     guarded("random damage", move || {
@@ -888,7 +887,7 @@ fn random_state_case(states: Vec<(u32, u64)>, requests: Vec<(usize, u8)>) {
     granted(ha.try_lock(RESOURCES[2], Mode::Share));
     granted(hb.try_lock(RESOURCES[3], Mode::Modify));
     for &(id, v) in &states {
-        testing::write_connector_state(&r, id, v);
+        testing::write_connector_state(&r, cid(id), v);
     }
     let r2 = r.clone();
     guarded("random connector states", move || {

@@ -4,6 +4,7 @@
 //! death was cleaned up).
 
 use cf_core::requests::{self, ClaimOutcome, RequestState};
+use cf_core::ConnectorId;
 use cf_core::{testing, CreateOptions, Member, Plex, ProcessId, Region};
 use std::sync::Arc;
 
@@ -42,7 +43,7 @@ fn a_late_fail_of_a_completed_request_strips_the_newer_requests_claim_and_worker
     std::mem::forget(again);
     cf_core::cleanup_member(&r, id).unwrap();
     //    H2 (same process) claims e2 and starts restart light W2.
-    let e2 = match requests::claim(&r, id, 3, &me).unwrap() {
+    let e2 = match requests::claim(&r, id, ConnectorId::new(3), &me).unwrap() {
         ClaimOutcome::Claimed { epoch, .. } => epoch,
         other => panic!("{other:?}"),
     };
@@ -302,7 +303,7 @@ fn a_fail_after_a_killed_restart_was_cleaned_up_leaves_a_failed_request() {
 
 /// D (connector `id`) died, was cleaned up, and its request `e1` was claimed
 /// and marked FAILED (its restart lights kept failing).
-fn d_failed_with_a_failed_request() -> (tempfile::TempDir, Arc<Region>, u32) {
+fn d_failed_with_a_failed_request() -> (tempfile::TempDir, Arc<Region>, ConnectorId) {
     let (t, r, me, id, e1) = d_died_and_its_request_is_claimed();
     assert_eq!(
         requests::fail(
@@ -320,7 +321,8 @@ fn d_failed_with_a_failed_request() -> (tempfile::TempDir, Arc<Region>, u32) {
 
 /// D (connector `id`) died and was cleaned up; its request `e1` is claimed
 /// by this process (as handler connector 3).
-fn d_died_and_its_request_is_claimed() -> (tempfile::TempDir, Arc<Region>, ProcessId, u32, u32) {
+fn d_died_and_its_request_is_claimed(
+) -> (tempfile::TempDir, Arc<Region>, ProcessId, ConnectorId, u32) {
     let t = tempfile::tempdir().unwrap();
     let plex = Plex {
         dir: t.path().join("p"),
@@ -332,7 +334,7 @@ fn d_died_and_its_request_is_claimed() -> (tempfile::TempDir, Arc<Region>, Proce
     testing::fake_reused_pid(&r, id);
     std::mem::forget(dead);
     cf_core::cleanup_member(&r, id).unwrap();
-    let e1 = match requests::claim(&r, id, 3, &me).unwrap() {
+    let e1 = match requests::claim(&r, id, ConnectorId::new(3), &me).unwrap() {
         ClaimOutcome::Claimed { epoch, .. } => epoch,
         other => panic!("{other:?}"),
     };

@@ -16,10 +16,14 @@
 //! update [`forge_half_made`] to keep these tests meaningful.
 
 use cf_core::events::{self, EventKind};
+use cf_core::testing::forge;
+use cf_core::testing::forge::{bit, holder_field, MIXED, TAG_FREE, TAG_HELD};
+use cf_core::EntryIndex;
 use cf_core::{
     inspect, recovery, requests, testing, CleanupOutcome, CreateOptions, LockError, Member, Mode,
     Plex, Region, Resource, TryOutcome,
 };
+use cf_core::{ConnectorId, SlotIndex};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -28,9 +32,6 @@ use std::time::Duration;
 
 /// Longest a scenario may take before it counts as a hang.
 const HANG: Duration = Duration::from_secs(60);
-
-const TAG_FREE: u32 = 0;
-const TAG_HELD: u32 = 2 << 30;
 
 /// A fresh 16-entry region (`small_for_tests`: 4 connectors, 256 records
 /// each), under /dev/shm when it exists; removed with the returned directory.
@@ -82,7 +83,7 @@ fn granted(o: Result<TryOutcome, LockError>) -> cf_core::LockId {
     }
 }
 
-fn entry_of(r: &Region, res: &[u8]) -> u32 {
+fn entry_of(r: &Region, res: &[u8]) -> EntryIndex {
     Resource::new(res)
         .expect("valid resource")
         .entry(r.lock_entries())
@@ -98,7 +99,7 @@ fn colliding_with(r: &Region, res: &[u8], prefix: &str) -> Vec<u8> {
 }
 
 /// Does `member` have any record (held or pending) in `slot`?
-fn slot_in_use(r: &Region, member: u32, slot: u32) -> bool {
+fn slot_in_use(r: &Region, member: ConnectorId, slot: SlotIndex) -> bool {
     inspect::locks(r)
         .expect("reading the locks")
         .iter()
@@ -109,7 +110,7 @@ fn slot_in_use(r: &Region, member: u32, slot: u32) -> bool {
 /// its threads for `res` in `mode`: the body, then the tag HELD on `res`'s
 /// entry (see the module docs). The slot must be free and inside the
 /// member's first block (so every scan of its records reaches it).
-fn forge_half_made(r: &Region, member: u32, slot: u32, res: &[u8], mode: Mode) {
+fn forge_half_made(r: &Region, member: ConnectorId, slot: SlotIndex, res: &[u8], mode: Mode) {
     assert!(
         !slot_in_use(r, member, slot),
         "test setup: slot {slot} of connector {member} is in use"
@@ -125,18 +126,18 @@ fn forge_half_made(r: &Region, member: u32, slot: u32, res: &[u8], mode: Mode) {
         b[..chunk.len()].copy_from_slice(chunk);
         testing::write_record_word(r, member, slot, 1 + i as u32, u64::from_le_bytes(b));
     }
-    testing::write_tag(r, member, slot, TAG_HELD | entry_of(r, res));
+    testing::write_tag(r, member, slot, forge::tag(TAG_HELD, entry_of(r, res)));
 }
 
 /// The forged request moves on (its tag leaves HELD: it turned PENDING and
 /// then gave up, or was granted in another slot): free the forged slot.
-fn unforge(r: &Region, member: u32, slot: u32) {
+fn unforge(r: &Region, member: ConnectorId, slot: SlotIndex) {
     testing::write_tag(r, member, slot, TAG_FREE);
 }
 
 /// A slot of a member's first block that the tests' few requests never reach
 /// (a holder hands out its block's slots from the lowest).
-const FORGED_SLOT: u32 = 63;
+const FORGED_SLOT: SlotIndex = SlotIndex::new(63);
 
 fn retained_by(r: &Region, name: &str) -> Vec<String> {
     let mut v: Vec<String> = inspect::retained(r)
@@ -258,7 +259,7 @@ fn hole4_a_member_that_is_still_connecting_is_never_cleaned_up() {
                 (r.clone(), stop.clone(), cleaned.clone(), rounds.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    for c in 0..r.members() {
+                    for c in r.connector_ids() {
                         if let Ok(CleanupOutcome::Cleaned(rep)) = recovery::cleanup_member(&r, c) {
                             cleaned.lock().unwrap().push(rep);
                             stop.store(true, Ordering::Relaxed);
@@ -464,8 +465,11 @@ fn hole6c_a_held_record_is_never_handed_to_a_new_holder_after_a_failed_unlock_al
         // Damage: the entry's word says it is latched by connector 39 (beyond
         // the table), so the latched release fails with a typed error.
         let e = entry_of(&r, &res);
-        const MIXED: u64 = 1 << 39;
-        testing::write_lock_word(&r, e, MIXED | 40 << 32 | 1 << x.id());
+        testing::write_lock_word(
+            &r,
+            e,
+            MIXED | holder_field(ConnectorId::new(39)) | bit(x.id()),
+        );
         let err = h1.unlock_all();
         assert!(
             matches!(err, Err(LockError::Corrupt(_))),
@@ -473,9 +477,9 @@ fn hole6c_a_held_record_is_never_handed_to_a_new_holder_after_a_failed_unlock_al
         );
         drop(h1);
         // The damage is repaired; acct:1 is still HELD (the release failed).
-        testing::write_lock_word(&r, e, MIXED | 1 << x.id());
+        testing::write_lock_word(&r, e, MIXED | bit(x.id()));
         // (The record is left PENDING: being released, never HELD again.)
-        let held: Vec<(u32, String)> = inspect::locks(&r)
+        let held: Vec<(SlotIndex, String)> = inspect::locks(&r)
             .unwrap()
             .into_iter()
             .filter(|l| l.member_id == x.id())
@@ -496,7 +500,7 @@ fn hole6c_a_held_record_is_never_handed_to_a_new_holder_after_a_failed_unlock_al
                 );
             }
         }
-        let now: Vec<(u32, String)> = inspect::locks(&r)
+        let now: Vec<(SlotIndex, String)> = inspect::locks(&r)
             .unwrap()
             .into_iter()
             .filter(|l| l.member_id == x.id() && held.iter().any(|(s, _)| *s == l.slot))

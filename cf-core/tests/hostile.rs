@@ -6,6 +6,8 @@
 
 use cf_core::events::{self, EventKind};
 use cf_core::requests::{self, ClaimOutcome, RequestState};
+use cf_core::testing::forge;
+use cf_core::ConnectorId;
 use cf_core::{inspect, testing, CreateOptions, Member, Plex, ProcessId, Region, RegionError};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -133,7 +135,7 @@ fn a_read_only_region_serves_every_view_and_refuses_writers() {
     let ro = Arc::new(ro);
     let e = Member::connect(ro.clone(), "B").unwrap_err();
     assert!(e.to_string().contains("read-only"), "{e}");
-    assert!(cf_core::cleanup_member(&ro, 0).is_err());
+    assert!(cf_core::cleanup_member(&ro, ConnectorId::new(0)).is_err());
     events::record(&ro, EventKind::Connected, "X", None, [0; 3]); // skipped, no fault
     a.disconnect().unwrap();
 }
@@ -170,7 +172,7 @@ fn verify_reports_what_other_readers_refuse() {
     assert!(inspect::verify(&r).is_empty());
 
     // A request state of 255: `display requests` fails, so must verify.
-    let req = r.layout().restart_list + cf_core::layout::REQUEST_SIZE * (1 + id as u64);
+    let req = r.layout().restart_list + cf_core::layout::REQUEST_SIZE * (1 + id.get() as u64);
     poke(&plex, req, &255u64.to_le_bytes());
     assert!(requests::list(&r).is_err());
     let p = inspect::verify(&r);
@@ -182,7 +184,7 @@ fn verify_reports_what_other_readers_refuse() {
 
     // A member name with a newline and an escape code: nothing can connect
     // or recover under it, and it must not print raw.
-    let name_at = r.layout().connectors + 256 * id as u64 + 32;
+    let name_at = r.layout().connectors + 256 * id.get() as u64 + 32;
     poke(&plex, name_at, b"B\nproblem: \x1b[2J");
     let p = inspect::verify(&r);
     assert!(p.iter().any(|p| p.contains("invalid member name")), "{p:?}");
@@ -221,7 +223,7 @@ fn a_failed_request_is_not_claimed_again_until_it_is_reposted() {
     // The cleanup posts the request.
     cf_core::cleanup_member(&r, id).unwrap();
     let me = ProcessId::current().unwrap();
-    let epoch = match requests::claim(&r, id, 3, &me).unwrap() {
+    let epoch = match requests::claim(&r, id, ConnectorId::new(3), &me).unwrap() {
         ClaimOutcome::Claimed { epoch, .. } => epoch,
         other => panic!("{other:?}"),
     };
@@ -245,7 +247,7 @@ fn a_failed_request_is_not_claimed_again_until_it_is_reposted() {
     // Nobody claims it, and a cleanup's post does not re-arm it.
     assert!(!requests::needs_handler(&r, id).unwrap());
     assert_eq!(
-        requests::claim(&r, id, 3, &me).unwrap(),
+        requests::claim(&r, id, ConnectorId::new(3), &me).unwrap(),
         ClaimOutcome::NotClaimed
     );
     assert_eq!(requests::post(&r, id, None, |_| {}).unwrap(), None);
@@ -261,7 +263,7 @@ fn a_failed_request_is_not_claimed_again_until_it_is_reposted() {
         (RequestState::Pending, "")
     );
     // And a FAILED request can still be completed (a recovery by hand).
-    let epoch = match requests::claim(&r, id, 3, &me).unwrap() {
+    let epoch = match requests::claim(&r, id, ConnectorId::new(3), &me).unwrap() {
         ClaimOutcome::Claimed { epoch, .. } => epoch,
         other => panic!("{other:?}"),
     };
@@ -280,7 +282,7 @@ fn a_failed_request_is_not_claimed_again_until_it_is_reposted() {
 #[test]
 fn one_line_never_repeats_a_cause() {
     let e = cf_core::ConnectError::Corrupt(cf_core::CorruptError::BadConnector {
-        id: 0,
+        id: ConnectorId::new(0),
         what: "unknown state 119".into(),
     });
     let line = cf_core::error::one_line(std::iter::successors(
@@ -303,8 +305,8 @@ fn a_stale_latch_in_the_requesters_own_name_is_taken_over() {
     let r = Arc::new(create(&plex));
     let a = Member::connect(r.clone(), "A").unwrap();
     // Mixed, latched by connector `a` (holder field id + 1), nobody's interest.
-    let latched = (1u64 << 39) | ((a.id() as u64 + 1) << 32);
-    for e in 0..r.lock_entries() {
+    let latched = forge::MIXED | forge::holder_field(a.id());
+    for e in r.entry_indices() {
         testing::write_lock_word(&r, e, latched);
     }
     let mut h = a.holder().unwrap();
@@ -322,7 +324,7 @@ fn a_stale_latch_in_the_requesters_own_name_is_taken_over() {
         "{:?}",
         inspect::verify(&r)
     );
-    for e in 0..r.lock_entries() {
+    for e in r.entry_indices() {
         testing::write_lock_word(&r, e, 0);
     }
     drop(h);

@@ -39,11 +39,13 @@
 //!   lock of the connection once no holder is open (it is refused before);
 //!   disconnecting releases everything and frees the slot.
 
+use cf_core::EntryIndex;
 use cf_core::{
     cleanup_member, inspect, testing, CleanupOutcome, ConnectError, ConnectMode, CreateOptions,
     Holder, LockId, Member, MemberState, Mode, Plex, Region, Resource, Sizes, TryOutcome,
     WaitError,
 };
+use cf_core::{ConnectorId, SlotIndex};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use std::collections::{BTreeMap, BTreeSet};
@@ -70,7 +72,7 @@ fn resources() -> &'static [String] {
     static R: OnceLock<Vec<String>> = OnceLock::new();
     R.get_or_init(|| {
         let quotas = [3usize, 3, 1, 1];
-        let mut entries: Vec<(u32, usize)> = Vec::new(); // (entry, names still wanted)
+        let mut entries: Vec<(EntryIndex, usize)> = Vec::new(); // (entry, names still wanted)
         let mut out = Vec::new();
         for i in 0.. {
             if out.len() == quotas.iter().sum::<usize>() {
@@ -101,7 +103,7 @@ fn compatible(a: Mode, b: Mode) -> bool {
     a == Mode::Share && b == Mode::Share
 }
 
-fn entry_of(name: &str) -> u32 {
+fn entry_of(name: &str) -> EntryIndex {
     Resource::new(name.as_bytes()).unwrap().entry(ENTRIES)
 }
 
@@ -195,12 +197,12 @@ struct Hold {
     owner: Owner,
     res: usize,
     mode: Mode,
-    slot: u32,
+    slot: SlotIndex,
 }
 
 #[derive(Clone, Debug)]
 struct MemberModel {
-    id: u32,
+    id: ConnectorId,
     life: Life,
     holds: Vec<Hold>,
 }
@@ -931,7 +933,7 @@ fn resources_collide_as_intended() {
     assert_eq!(rs.len(), 8);
     assert!(rs.iter().any(|r| r.len() <= 8));
     assert!(rs.iter().filter(|r| r.len() == 64).count() >= 2);
-    let mut per_entry: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut per_entry: BTreeMap<EntryIndex, usize> = BTreeMap::new();
     for r in rs {
         *per_entry.entry(entry_of(r)).or_default() += 1;
     }

@@ -29,7 +29,7 @@ use cf_core::connector::liveness::{self, Isolate, Settings, Status};
 use cf_core::connector::{now_ns, slot_view};
 use cf_core::events::{self, EventKind};
 use cf_core::requests::{self, ClaimOutcome, RequestState};
-use cf_core::{cleanup_member_as, CleanupOutcome, MemberState, ProcessId, Region};
+use cf_core::{cleanup_member_as, CleanupOutcome, ConnectorId, MemberState, ProcessId, Region};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
@@ -52,7 +52,7 @@ const MAX_FAILURE_EVENTS: u64 = 8;
 pub struct Monitor {
     pub region: Arc<Region>,
     pub plex_dir: PathBuf,
-    pub me_id: u32,
+    pub me_id: ConnectorId,
     pub me_name: String,
     pub me: ProcessId,
     /// Wait this long after a request is posted before claiming it.
@@ -63,7 +63,7 @@ pub struct Monitor {
     pub detections: AtomicU64,
     pub restarts: AtomicU64,
     /// Connectors whose request names no member (reported once).
-    pub nameless: std::sync::Mutex<std::collections::BTreeSet<u32>>,
+    pub nameless: std::sync::Mutex<std::collections::BTreeSet<ConnectorId>>,
 }
 
 impl Monitor {
@@ -96,10 +96,10 @@ impl Monitor {
     // ---- detection ----
 
     fn watch(self: Arc<Self>) {
-        let mut peers: HashMap<u32, (u32, ProcessId, OwnedFd)> = HashMap::new();
+        let mut peers: HashMap<ConnectorId, (u32, ProcessId, OwnedFd)> = HashMap::new();
         while !self.stop.load(Ordering::Relaxed) {
             self.rescan(&mut peers);
-            let ids: Vec<u32> = peers.keys().copied().collect();
+            let ids: Vec<ConnectorId> = peers.keys().copied().collect();
             let fds: Vec<&OwnedFd> = ids.iter().map(|i| &peers[i].2).collect();
             let ready = match pidfd::poll_readable(&fds, POLL) {
                 Ok(r) => r,
@@ -138,7 +138,7 @@ impl Monitor {
     fn watch_liveness(self: Arc<Self>) {
         let settings = liveness::settings(&self.region);
         let period = liveness::beat_period(settings.interval);
-        let mut handled: HashSet<(u32, u32)> = HashSet::new();
+        let mut handled: HashSet<(ConnectorId, u32)> = HashSet::new();
         let mut memory = StatusMemory::default();
         let mut next_status = Instant::now();
         let mut changed = 0u32;
@@ -201,7 +201,7 @@ impl Monitor {
     fn check_status(&self, s: &Settings, memory: &mut StatusMemory) {
         let mut still = HashMap::new();
         let mut newest = HashMap::new();
-        for id in 0..self.region.members() {
+        for id in self.region.connector_ids() {
             if id == self.me_id {
                 continue;
             }
@@ -305,8 +305,8 @@ impl Monitor {
     }
 
     /// Watch every slot with a process; notice the ones already dead.
-    fn rescan(&self, peers: &mut HashMap<u32, (u32, ProcessId, OwnedFd)>) {
-        for id in 0..self.region.members() {
+    fn rescan(&self, peers: &mut HashMap<ConnectorId, (u32, ProcessId, OwnedFd)>) {
+        for id in self.region.connector_ids() {
             if id == self.me_id {
                 continue;
             }
@@ -352,7 +352,7 @@ impl Monitor {
     /// death was handled meanwhile and the slot reused), that one is not the
     /// death seen, and is left to its own detection: cleaning it up here would
     /// record its `detected` with the time of an earlier death.
-    fn on_death(&self, id: u32, seen_ns: u64, dead: Option<(u32, ProcessId)>) {
+    fn on_death(&self, id: ConnectorId, seen_ns: u64, dead: Option<(u32, ProcessId)>) {
         if let Some((generation, process)) = dead {
             match slot_view(&self.region, id) {
                 Ok(s) if s.generation == generation && s.process == process => {}
@@ -369,7 +369,7 @@ impl Monitor {
         }
     }
 
-    fn post(&self, id: u32, name: &str) {
+    fn post(&self, id: ConnectorId, name: &str) {
         let _ = requests::post(&self.region, id, Some(self.me_id), |epoch| {
             events::record(
                 &self.region,
@@ -407,7 +407,7 @@ impl Monitor {
         while !self.stop.load(Ordering::Relaxed) {
             let seq = requests::sequence(&self.region);
             let mut soonest = Duration::from_millis(100);
-            for id in 0..self.region.members() {
+            for id in self.region.connector_ids() {
                 if self.stop.load(Ordering::Relaxed) {
                     return;
                 }
@@ -421,7 +421,7 @@ impl Monitor {
 
     /// Look at member `id`: post a missing request, claim and handle one that
     /// needs a handler. Returns how long to wait before looking again, if soon.
-    fn consider(&self, id: u32) -> Option<Duration> {
+    fn consider(&self, id: ConnectorId) -> Option<Duration> {
         let slot = slot_view(&self.region, id).ok()?;
         let reqs = requests::list(&self.region).ok()?;
         let req = reqs.iter().find(|r| r.member_id == id);
@@ -486,7 +486,7 @@ impl Monitor {
     }
 
     /// Drive claimed request `epoch` of `id` until its member needs no restart.
-    fn handle(&self, id: u32, epoch: u32, name: &str) {
+    fn handle(&self, id: ConnectorId, epoch: u32, name: &str) {
         // Failures that count toward giving up, every failure (for the
         // back-off and the event budget), and the next back-off.
         let mut attempts = 0;
@@ -657,7 +657,7 @@ impl Monitor {
 #[derive(Default)]
 struct StatusMemory {
     /// A value marked MISSING, and since when this watcher has seen it.
-    missing: HashMap<(u32, u32), (u64, Instant)>,
+    missing: HashMap<(ConnectorId, u32), (u64, Instant)>,
     /// The newest beat time (ms, not ahead of the clock) seen.
-    newest: HashMap<(u32, u32), u64>,
+    newest: HashMap<(ConnectorId, u32), u64>,
 }

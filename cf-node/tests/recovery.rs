@@ -13,6 +13,7 @@
 //! The tests start several processes each, so they run one at a time.
 
 use cf_core::events::EventKind;
+use cf_core::ConnectorId;
 use cf_core::{LockError, Member, Mode, TryOutcome};
 use cf_node::bank::Rng;
 use cf_testkit::node::*;
@@ -51,7 +52,7 @@ fn stop_survivors(nodes: &mut [&mut Node]) -> u64 {
     restarts
 }
 
-fn id_of(plex: &TestPlex, name: &str) -> u32 {
+fn id_of(plex: &TestPlex, name: &str) -> ConnectorId {
     plex.member(name)
         .unwrap_or_else(|| panic!("{name} has no slot\n{}", plex.dump()))
         .id
@@ -73,7 +74,7 @@ fn wait_retained(plex: &TestPlex, name: &str, since: u64, held: &[String]) {
     });
 }
 
-fn assert_retained_by(plex: &TestPlex, resource: &str, name: &str, id: u32) {
+fn assert_retained_by(plex: &TestPlex, resource: &str, name: &str, id: ConnectorId) {
     match plex.probe(resource) {
         TryOutcome::Retained(h) => {
             assert_eq!((h.name.as_str(), h.id), (name, id), "retained by whom");

@@ -11,6 +11,7 @@ use cf_core::connector::liveness;
 use cf_core::events::{self, Event, EventKind};
 use cf_core::inspect::{self, LockView, MemberView};
 use cf_core::requests::{self, RequestView};
+use cf_core::ConnectorId;
 use cf_core::{CreateOptions, Member, Mode, Plex, Region, Sizes, TryOutcome};
 use cf_node::store::Store;
 use cf_node::wal::{self, LogRecord};
@@ -142,7 +143,7 @@ impl TestPlex {
     }
 
     /// Wait for connector `id`'s next beat; its heartbeat word then.
-    pub fn next_beat(&self, id: u32) -> u64 {
+    pub fn next_beat(&self, id: ConnectorId) -> u64 {
         let first = cf_core::testing::read_heartbeat(self.region(), id);
         wait_until(
             "a member to beat",
@@ -307,7 +308,7 @@ impl TestPlex {
     /// Is member `name` completely gone: no slot, no record, nothing
     /// retained, and no restart request outstanding for its former slot
     /// `id` (if known)?
-    pub fn is_recovered(&self, name: &str, id: Option<u32>) -> bool {
+    pub fn is_recovered(&self, name: &str, id: Option<ConnectorId>) -> bool {
         self.member(name).is_none()
             && self.locks_of(name).is_empty()
             && id.is_none_or(|id| !self.requests().iter().any(|r| r.member_id == id))

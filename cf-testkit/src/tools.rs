@@ -7,6 +7,7 @@
 //! Timeouts here are generous and only turn a hang into a test failure; no
 //! test asserts how fast anything is.
 
+use cf_core::ConnectorId;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -296,7 +297,7 @@ impl TestPlex {
             .iter()
             .map(|m| MemberRow {
                 name: m["name"].as_str().unwrap_or_default().into(),
-                id: m["id"].as_u64().unwrap_or(u64::MAX) as u32,
+                id: ConnectorId::new(m["id"].as_u64().unwrap_or(u64::MAX) as u32),
                 state: m["state"].as_str().unwrap_or_default().into(),
                 pid: m["pid"].as_u64().unwrap_or(0) as u32,
                 alive: m["alive"].as_bool().unwrap_or(false),
@@ -411,6 +412,7 @@ pub fn entry_of(resource: &str, entries: u32) -> u32 {
     cf_core::Resource::new(resource.as_bytes())
         .expect("valid resource name")
         .entry(entries)
+        .get()
 }
 
 /// A resource `{prefix}{n}` that hashes to the same entry as `other` in a
@@ -459,7 +461,7 @@ pub struct LockRow {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberRow {
     pub name: String,
-    pub id: u32,
+    pub id: ConnectorId,
     pub state: String,
     pub pid: u32,
     pub alive: bool,

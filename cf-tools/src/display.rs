@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Result};
 use cf_core::inspect::{self, escape, LockView, MemberView};
+use cf_core::ConnectorId;
 use cf_core::{MemberState, Plex, Region};
 use cf_harness::outln;
 use cf_harness::table::table;
@@ -96,7 +97,7 @@ pub struct DisplayArgs {
 /// State kept across the displays of one `--watch` (when a wait was first seen).
 #[derive(Default)]
 struct Seen {
-    waits: HashMap<(u32, String, &'static str), Instant>,
+    waits: HashMap<(ConnectorId, String, &'static str), Instant>,
 }
 
 pub fn run(plex: &Plex, a: DisplayArgs) -> Result<ExitCode> {
@@ -222,7 +223,7 @@ pub fn state_text(m: &MemberView) -> &'static str {
 }
 
 /// Records in use per connector (held and pending), by connector id.
-fn records_in_use(region: &Region) -> Result<HashMap<u32, usize>> {
+fn records_in_use(region: &Region) -> Result<HashMap<ConnectorId, usize>> {
     let mut m = HashMap::new();
     for l in inspect::locks(region)? {
         *m.entry(l.member_id).or_default() += 1;
@@ -338,7 +339,7 @@ fn structures(region: &Region, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn member_json(region: &Region, m: &MemberView, in_use: &HashMap<u32, usize>) -> Value {
+fn member_json(region: &Region, m: &MemberView, in_use: &HashMap<ConnectorId, usize>) -> Value {
     let act = cf_core::connector::activity(region, m.id).unwrap_or_default();
     json!({
         "name": escape(&m.name), "id": m.id, "state": state_text(m), "connector_state": m.state.as_str(),
@@ -354,7 +355,7 @@ fn member_json(region: &Region, m: &MemberView, in_use: &HashMap<u32, usize>) ->
 fn connector_rows(
     region: &Region,
     list: &[MemberView],
-    in_use: &HashMap<u32, usize>,
+    in_use: &HashMap<ConnectorId, usize>,
 ) -> Vec<Vec<String>> {
     list.iter()
         .map(|m| {

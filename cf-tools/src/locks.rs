@@ -56,7 +56,7 @@ fn requests(a: &HoldArgs, entries: u32) -> Result<Vec<(String, Mode)>> {
     {
         let name = format!("{}:{i}", a.member);
         i += 1;
-        let e = cf_core::Resource::new(name.as_bytes()).map_or(0, |r| r.entry(entries)) as usize;
+        let e = cf_core::Resource::new(name.as_bytes()).map_or(0, |r| r.entry(entries).index());
         if !used[e] {
             used[e] = true;
             v.push((name, Mode::Modify));

@@ -188,7 +188,7 @@ pub fn destroy(plex: &Plex, a: DestroyArgs) -> Result<ExitCode> {
             // Who is live, from the connector slots alone (a damaged record
             // must not stop a forced destroy).
             let mut live = Vec::new();
-            for id in 0..region.members() {
+            for id in region.connector_ids() {
                 match cf_core::connector::slot_view(&region, id) {
                     Ok(s) if s.is_alive() => live.push(s),
                     Ok(_) => {}

@@ -3,6 +3,7 @@
 use anyhow::{bail, Result};
 use cf_core::events::{Event, EventKind};
 use cf_core::inspect::escape;
+use cf_core::ConnectorId;
 use cf_core::{inspect, requests, MemberState, Plex, Region};
 use cf_harness::outln;
 use cf_node::store::Store;
@@ -170,7 +171,7 @@ pub fn accounts(plex: &Plex, as_json: bool) -> Result<ExitCode> {
     })
 }
 
-fn name_of(region: &Region, id: u32) -> String {
+fn name_of(region: &Region, id: ConnectorId) -> String {
     cf_core::connector::slot_view(region, id)
         .map(|s| escape(&s.name))
         .unwrap_or_else(|_| format!("#{id}"))

@@ -14,6 +14,7 @@ use anyhow::{bail, Result};
 use cf_core::connector::Activity;
 use cf_core::inspect::{self, MemberView};
 use cf_core::lock::service::{bucket_bounds_ns, percentile_bound_ns, BUCKETS};
+use cf_core::ConnectorId;
 use cf_core::{Plex, Region};
 use cf_harness::outln;
 use cf_harness::table::table;
@@ -47,8 +48,8 @@ struct Sample {
     waits: usize,
 }
 
-fn sample(region: &Region, only: Option<&str>) -> Result<BTreeMap<(u32, u32), Sample>> {
-    let mut waits: BTreeMap<u32, usize> = BTreeMap::new();
+fn sample(region: &Region, only: Option<&str>) -> Result<BTreeMap<(ConnectorId, u32), Sample>> {
+    let mut waits: BTreeMap<ConnectorId, usize> = BTreeMap::new();
     for l in inspect::locks(region)? {
         if !l.held {
             *waits.entry(l.member_id).or_default() += 1;

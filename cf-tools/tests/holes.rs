@@ -7,6 +7,7 @@
 //! test fails (`common`). The tests start processes, so they run one at a
 //! time.
 
+use cf_core::testing::forge::{bit, holder_field, MIXED};
 use cf_testkit::tools as common;
 
 use cf_core::{
@@ -234,15 +235,6 @@ fn hole1_a_lock_retained_by_a_dead_member_is_never_granted_to_a_racing_requester
     x.disconnect().unwrap();
 }
 
-// Lock word fields (lockword.rs), to make the cleaner of hole 3 wait.
-const MIXED: u64 = 1 << 39;
-fn holder_field(id: u32) -> u64 {
-    (id as u64 + 1) << 32
-}
-fn bit(id: u32) -> u64 {
-    1 << id
-}
-
 /// HOLE 3: a request's deadline is not honoured while another process cleans
 /// up a dead holder.
 ///
@@ -278,7 +270,7 @@ fn hole3_requests_answer_in_time_while_a_stopped_process_holds_the_cleanup_claim
         .map(|i| format!("acct:P{i}"))
         .find(|p| entry_of(p, n) < e_r)
         .unwrap();
-    let e_p = entry_of(&p_res, n);
+    let e_p = cf_core::EntryIndex::new(entry_of(&p_res, n));
 
     let d = Member::connect(region.clone(), "D").unwrap();
     let x = Member::connect(region.clone(), "X").unwrap();

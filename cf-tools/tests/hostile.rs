@@ -5,6 +5,7 @@
 //! a damaged region; a region truncated under `cfctl hold` is one line;
 //! `--group-mode` delivers the modes it documents.
 
+use cf_core::ConnectorId;
 use cf_testkit::tools as common;
 
 use common::TestPlex;
@@ -64,7 +65,7 @@ fn names_from_the_region_are_escaped_and_errors_not_repeated() {
     let region = cf_core::Region::open(&cf_core::Plex { dir: p.clone() }).unwrap();
     let hold_region = std::sync::Arc::new(region);
     let m = cf_core::Member::connect(hold_region.clone(), "B").unwrap();
-    let at = hold_region.layout().connectors + 256 * m.id() as u64 + 32;
+    let at = hold_region.layout().connectors + 256 * m.id().get() as u64 + 32;
     poke(&p.join("region"), at, b"B\nproblem: \x1b[2J");
     for args in [
         &["display", "members"][..],
@@ -265,7 +266,7 @@ fn a_failed_request_shows_its_reason_in_display_requests() {
     cf_core::testing::fake_reused_pid(&r, id);
     cf_core::cleanup_member(&r, id).unwrap();
     let me = cf_core::ProcessId::current().unwrap();
-    let epoch = match cf_core::requests::claim(&r, id, 3, &me).unwrap() {
+    let epoch = match cf_core::requests::claim(&r, id, ConnectorId::new(3), &me).unwrap() {
         cf_core::requests::ClaimOutcome::Claimed { epoch, .. } => epoch,
         o => panic!("{o:?}"),
     };

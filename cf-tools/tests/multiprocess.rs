@@ -302,7 +302,7 @@ fn a_reused_pid_is_not_taken_for_the_member() {
     ]);
     let line = a.wait_holding();
     let v: serde_json::Value = serde_json::from_str(&line).expect("hold --json line");
-    let id = v["id"].as_u64().expect("connector id") as u32;
+    let id = cf_core::ConnectorId::new(v["id"].as_u64().expect("connector id") as u32);
     assert_eq!(plex.member("A").map(|m| m.alive), Some(true));
 
     // The slot now names another process with A's PID (as after PID reuse).

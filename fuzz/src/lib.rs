@@ -73,7 +73,7 @@ pub fn every_view(region: &Region) {
         .iter()
         .map(|e| inspect::escape(&e.member))
         .count();
-    for id in 0..region.members() {
+    for id in region.connector_ids() {
         let _ = cf_core::connector::slot_view(region, id).map(|s| s.is_alive());
     }
 }
@@ -115,7 +115,7 @@ pub fn names_a_live_process(region: &Region) -> bool {
             return true;
         }
     }
-    for id in 0..region.members() {
+    for id in region.connector_ids() {
         if cf_core::connector::slot_view(region, id).is_ok_and(|s| s.is_alive()) {
             return true;
         }

@@ -97,6 +97,7 @@ use crate::connector::snapshot;
 #[cfg(not(loom))]
 use crate::connector::MemberState;
 use crate::error::CorruptError;
+use crate::shm::ids::ConnectorId;
 use crate::shm::region::Region;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -214,7 +215,7 @@ pub fn set_settings(region: &Region, s: Settings) -> Result<(), String> {
 
 // ---------------------------------------------------------------- the word
 
-fn slot_words(region: &Region, id: u32) -> Result<(&AtomicU32, &AtomicU32), CorruptError> {
+fn slot_words(region: &Region, id: ConnectorId) -> Result<(&AtomicU32, &AtomicU32), CorruptError> {
     let c = region.connector(id)?;
     Ok((&c.liveness, &c.liveness_gen))
 }
@@ -222,7 +223,7 @@ fn slot_words(region: &Region, id: u32) -> Result<(&AtomicU32, &AtomicU32), Corr
 /// A live peer's word as a watcher expects it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Watched {
-    pub id: u32,
+    pub id: ConnectorId,
     pub generation: u32,
     /// The value the watcher sleeps on (TID | WAITERS).
     pub expected: u32,
@@ -231,7 +232,7 @@ pub struct Watched {
 /// A peer whose liveness word says its thread died.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Died {
-    pub id: u32,
+    pub id: ConnectorId,
     pub generation: u32,
     pub process: ProcessId,
 }
@@ -245,14 +246,14 @@ pub struct Survey {
     pub died: Vec<Died>,
     /// Slots with a process but no word of theirs (not registered yet, a
     /// restart light, a library user, damage): the pidfd backstop's.
-    pub unregistered: Vec<u32>,
+    pub unregistered: Vec<ConnectorId>,
 }
 
 /// Read every other slot's liveness word (see the module docs): mark live
 /// words `WAITERS`, pass on the wake of every word the kernel marked.
-pub fn survey(region: &Region, me: u32) -> Survey {
+pub fn survey(region: &Region, me: ConnectorId) -> Survey {
     let mut out = Survey::default();
-    for id in 0..region.members() {
+    for id in region.connector_ids() {
         if id == me {
             continue;
         }
@@ -371,7 +372,7 @@ pub fn confirm_dead(region: &Region, d: &Died, patience: Duration) -> bool {
 #[cfg(not(loom))]
 pub fn register_this_thread(
     region: &Region,
-    id: u32,
+    id: ConnectorId,
     generation: u32,
 ) -> Result<Registration, std::io::Error> {
     let (word, gen) = slot_words(region, id).map_err(std::io::Error::other)?;
@@ -434,7 +435,7 @@ impl LivenessThread {
     /// registered and the first beat written.
     pub fn start(
         region: std::sync::Arc<Region>,
-        id: u32,
+        id: ConnectorId,
         generation: u32,
         name: String,
     ) -> std::io::Result<LivenessThread> {
@@ -533,7 +534,7 @@ pub fn monotonic_ms() -> u64 {
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
-fn heartbeat_word(region: &Region, id: u32) -> Result<&AtomicU64, CorruptError> {
+fn heartbeat_word(region: &Region, id: ConnectorId) -> Result<&AtomicU64, CorruptError> {
     Ok(&region.connector(id)?.heartbeat)
 }
 
@@ -570,7 +571,7 @@ pub enum Beat {
 /// ours after the read, a CAS from the value read can only land on our word.
 pub fn beat(
     region: &Region,
-    id: u32,
+    id: ConnectorId,
     generation: u32,
     now_ms: u64,
     last_ms: Option<u64>,
@@ -616,7 +617,7 @@ pub fn beat_period(interval: Duration) -> Duration {
 
 /// The member stops beating (a normal disconnect): no heartbeat, so no
 /// survivor will declare it missing. A fence already marked stays.
-pub fn stop_beating(region: &Region, id: u32, generation: u32) {
+pub fn stop_beating(region: &Region, id: ConnectorId, generation: u32) {
     if let Ok(w) = heartbeat_word(region, id) {
         let mut cur = w.load(Ordering::Acquire);
         // Read before the generation check, as in `beat`.
@@ -677,7 +678,7 @@ pub fn classify(word: u64, now_ms: u64, interval: Duration) -> Status {
 /// damage to either alone never makes a healthy member look missing: the
 /// plex's setting read after the member started (in range, yet not what
 /// it beats by) or the published period (rewritten by every beat).
-pub fn judged_interval(region: &Region, id: u32, interval: Duration) -> Duration {
+pub fn judged_interval(region: &Region, id: ConnectorId, interval: Duration) -> Duration {
     let period = region
         .connector(id)
         .map_or(0, |c| c.beat_period_ms.load(Ordering::Relaxed));
@@ -688,7 +689,11 @@ pub fn judged_interval(region: &Region, id: u32, interval: Duration) -> Duration
 /// Member `id`'s status now (the clock read before the word), judged by
 /// [`judged_interval`] of the plex's `interval`.
 #[cfg(not(loom))]
-pub fn status(region: &Region, id: u32, interval: Duration) -> Result<Status, CorruptError> {
+pub fn status(
+    region: &Region,
+    id: ConnectorId,
+    interval: Duration,
+) -> Result<Status, CorruptError> {
     let interval = judged_interval(region, id, interval);
     let now = monotonic_ms();
     let w = heartbeat_word(region, id)?.load(Ordering::Acquire);
@@ -696,7 +701,7 @@ pub fn status(region: &Region, id: u32, interval: Duration) -> Result<Status, Co
 }
 
 /// Mark a heartbeat seen as `seen` status-update-missing; true if this call did.
-pub fn mark_missing(region: &Region, id: u32, seen: u64) -> bool {
+pub fn mark_missing(region: &Region, id: ConnectorId, seen: u64) -> bool {
     seen & HB_FLAGS == 0
         && heartbeat_word(region, id).is_ok_and(|w| {
             w.compare_exchange(seen, seen | HB_MISSING, Ordering::AcqRel, Ordering::Acquire)
@@ -706,7 +711,7 @@ pub fn mark_missing(region: &Region, id: u32, seen: u64) -> bool {
 
 /// Mark a heartbeat seen as `seen` (status update missing) fenced; true if
 /// this call did. After it, no beat of the member can succeed.
-pub fn mark_fenced(region: &Region, id: u32, seen: u64) -> bool {
+pub fn mark_fenced(region: &Region, id: ConnectorId, seen: u64) -> bool {
     seen & HB_MISSING != 0
         && seen & HB_FENCED == 0
         && heartbeat_word(region, id).is_ok_and(|w| {
@@ -745,7 +750,7 @@ pub enum Fence {
 #[cfg(not(loom))]
 pub fn fence(
     region: &Region,
-    id: u32,
+    id: ConnectorId,
     generation: u32,
     interval: Duration,
     force: bool,
@@ -837,7 +842,7 @@ pub fn fence(
 #[cfg(not(loom))]
 pub fn fence_confirmed(
     region: &Region,
-    id: u32,
+    id: ConnectorId,
     generation: u32,
     seen: u64,
     on_marked: impl FnOnce(u64, &ProcessId),
@@ -864,7 +869,7 @@ pub fn fence_confirmed(
 #[cfg(not(loom))]
 fn fenceable(
     region: &Region,
-    id: u32,
+    id: ConnectorId,
     generation: u32,
 ) -> Result<Option<crate::connector::slot::Snapshot>, CorruptError> {
     let snap = snapshot(region, id)?;
@@ -879,7 +884,7 @@ fn fenceable(
 #[cfg(not(loom))]
 fn finish_fence(
     region: &Region,
-    id: u32,
+    id: ConnectorId,
     generation: u32,
     process: &ProcessId,
     age_ms: u64,
@@ -900,7 +905,7 @@ fn finish_fence(
 #[cfg(not(loom))]
 pub fn refence(
     region: &Region,
-    id: u32,
+    id: ConnectorId,
     generation: u32,
     interval: Duration,
 ) -> Result<Fence, CorruptError> {
@@ -922,7 +927,7 @@ pub fn refence(
 /// SIGKILL `process` if slot `id` still names it in `generation`. True if
 /// the signal was sent.
 #[cfg(not(loom))]
-fn kill_if(region: &Region, id: u32, generation: u32, process: &ProcessId) -> bool {
+fn kill_if(region: &Region, id: ConnectorId, generation: u32, process: &ProcessId) -> bool {
     match snapshot(region, id) {
         Ok(s) if s.st.generation == generation && s.process == *process => {
             kill_verified(process).unwrap_or(false)
@@ -1267,7 +1272,7 @@ pub(crate) mod sys {
 /// Loom: register connection `(id, generation)`'s word for modelled thread
 /// `tid` (the model's stand-in for [`register_this_thread`]).
 #[cfg(loom)]
-pub(crate) fn model_register(region: &Region, id: u32, generation: u32, tid: u32) {
+pub(crate) fn model_register(region: &Region, id: ConnectorId, generation: u32, tid: u32) {
     let (word, gen) = slot_words(region, id).unwrap();
     gen.store(generation, Ordering::Release);
     word.store(tid, Ordering::Release);
@@ -1275,7 +1280,7 @@ pub(crate) fn model_register(region: &Region, id: u32, generation: u32, tid: u32
 
 /// Loom: the kernel's walk of a dead thread `tid`'s robust list.
 #[cfg(loom)]
-pub(crate) fn model_kernel_death(region: &Region, id: u32, tid: u32) {
+pub(crate) fn model_kernel_death(region: &Region, id: ConnectorId, tid: u32) {
     if let Ok((word, _)) = slot_words(region, id) {
         sys::kernel_death(word, tid);
     }

@@ -35,6 +35,7 @@
 
 use crate::connector::identity::ProcessId;
 use crate::error::{ConnectError, CorruptError};
+use crate::shm::ids::ConnectorId;
 use crate::shm::region::Region;
 use crate::shm::slots::{self, ConnectorSlot};
 use crate::sync::Ordering;
@@ -107,7 +108,7 @@ impl StateWord {
     }
 }
 
-fn decode(id: u32, raw: u64) -> Result<StateWord, CorruptError> {
+fn decode(id: ConnectorId, raw: u64) -> Result<StateWord, CorruptError> {
     let state = MemberState::from_code(raw & 0xff).ok_or_else(|| CorruptError::BadConnector {
         id,
         what: format!("unknown state {}", raw & 0xff),
@@ -124,13 +125,13 @@ fn decode(id: u32, raw: u64) -> Result<StateWord, CorruptError> {
     })
 }
 
-pub(crate) fn load_state(region: &Region, id: u32) -> Result<StateWord, CorruptError> {
+pub(crate) fn load_state(region: &Region, id: ConnectorId) -> Result<StateWord, CorruptError> {
     let raw = region.connector(id)?.state.load(Ordering::Acquire);
     decode(id, raw)
 }
 
 /// Move slot `id` from exactly `from` to `to`; false if it was not `from`.
-pub(crate) fn cas_state(region: &Region, id: u32, from: StateWord, to: StateWord) -> bool {
+pub(crate) fn cas_state(region: &Region, id: ConnectorId, from: StateWord, to: StateWord) -> bool {
     region.connector(id).is_ok_and(|c| {
         c.state
             .compare_exchange(
@@ -166,7 +167,7 @@ fn identity(c: &ConnectorSlot) -> ProcessId {
 }
 
 /// Read the state and the identity of slot `id` consistently (see the module docs).
-pub(crate) fn snapshot(region: &Region, id: u32) -> Result<Snapshot, CorruptError> {
+pub(crate) fn snapshot(region: &Region, id: ConnectorId) -> Result<Snapshot, CorruptError> {
     let c = region.connector(id)?;
     let mut raw = c.state.load(Ordering::Acquire);
     // A hostile writer could change the state forever: after a few tries the
@@ -190,7 +191,7 @@ pub(crate) fn snapshot(region: &Region, id: u32) -> Result<Snapshot, CorruptErro
 }
 
 /// The process recorded in a slot (for displays and events).
-pub(crate) fn process_of(region: &Region, id: u32) -> ProcessId {
+pub(crate) fn process_of(region: &Region, id: ConnectorId) -> ProcessId {
     region.connector(id).map_or(
         ProcessId {
             pid: 0,
@@ -200,7 +201,7 @@ pub(crate) fn process_of(region: &Region, id: u32) -> ProcessId {
     )
 }
 
-pub(crate) fn name_of(region: &Region, id: u32) -> String {
+pub(crate) fn name_of(region: &Region, id: ConnectorId) -> String {
     region.connector(id).map_or_else(
         |_| String::new(),
         |c| String::from_utf8_lossy(&slots::load_name_bytes(&c.name)).into_owned(),
@@ -234,17 +235,17 @@ pub fn check_name(name: &str) -> Result<(), ConnectError> {
 /// What `choose_slot` found for a name.
 pub(crate) enum SlotChoice {
     /// A free slot for a new member.
-    Fresh(u32),
+    Fresh(ConnectorId),
     /// The failed-persistent slot of this name (its log needs recovery).
-    Failed(u32),
+    Failed(ConnectorId),
     /// A slot of this name whose process is dead but not yet cleaned up.
-    NeedsCleanup(u32),
+    NeedsCleanup(ConnectorId),
 }
 
 /// Pick the slot for `name` (under the connect latch).
 pub(crate) fn choose_slot(region: &Region, name: &str) -> Result<SlotChoice, ConnectError> {
     let mut free = None;
-    for id in 0..region.members() {
+    for id in region.connector_ids() {
         let snap = snapshot(region, id)?;
         if snap.st.state == MemberState::Free {
             free = free.or(Some(id));
@@ -272,7 +273,7 @@ pub(crate) fn choose_slot(region: &Region, name: &str) -> Result<SlotChoice, Con
 /// latch). Returns the generation.
 pub(crate) fn occupy(
     region: &Region,
-    id: u32,
+    id: ConnectorId,
     name: &str,
     me: &ProcessId,
     state: MemberState,
@@ -337,7 +338,12 @@ pub(crate) fn occupy(
 
 /// Change a connected slot's state within its generation (under the connect
 /// latch): a normal restart that has recovered itself becomes ACTIVE.
-pub(crate) fn set_state(region: &Region, id: u32, from: StateWord, to: MemberState) -> bool {
+pub(crate) fn set_state(
+    region: &Region,
+    id: ConnectorId,
+    from: StateWord,
+    to: MemberState,
+) -> bool {
     cas_state(
         region,
         id,
@@ -351,7 +357,11 @@ pub(crate) fn set_state(region: &Region, id: u32, from: StateWord, to: MemberSta
 
 /// Return a slot to FREE, folding its counters into the structure's totals
 /// (under the connect latch, by the slot's own connection).
-pub(crate) fn vacate(region: &Region, id: u32, from: StateWord) -> Result<(), CorruptError> {
+pub(crate) fn vacate(
+    region: &Region,
+    id: ConnectorId,
+    from: StateWord,
+) -> Result<(), CorruptError> {
     let c = region.connector(id)?;
     let free = StateWord {
         state: MemberState::Free,
@@ -385,7 +395,7 @@ pub(crate) fn vacate(region: &Region, id: u32, from: StateWord) -> Result<(), Co
 /// table often; `inspect::members` also reads every record).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlotView {
-    pub id: u32,
+    pub id: ConnectorId,
     pub state: MemberState,
     pub generation: u32,
     pub process: ProcessId,
@@ -393,7 +403,7 @@ pub struct SlotView {
 }
 
 /// Read connector slot `id` (checked, state and identity consistent).
-pub fn slot_view(region: &Region, id: u32) -> Result<SlotView, CorruptError> {
+pub fn slot_view(region: &Region, id: ConnectorId) -> Result<SlotView, CorruptError> {
     let id = region.check_member(id)?;
     let snap = snapshot(region, id)?;
     Ok(SlotView {
@@ -429,7 +439,7 @@ pub struct Activity {
 }
 
 /// Read the [`Activity`] of connector `id`.
-pub fn activity(region: &Region, id: u32) -> Result<Activity, CorruptError> {
+pub fn activity(region: &Region, id: ConnectorId) -> Result<Activity, CorruptError> {
     use crate::sync::Ordering::Relaxed;
     let id = region.check_member(id)?;
     let slot = region.connector(id)?;

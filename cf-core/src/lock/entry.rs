@@ -121,6 +121,7 @@ use crate::lock::records::{
     self, Mode, RecordView, Resource, TAG_FREE, TAG_HELD, TAG_PENDING, TAG_URGENT,
 };
 use crate::lock::word::{self, Change, Latch};
+use crate::shm::ids::{ConnectorId, EntryIndex};
 use crate::shm::region::Region;
 use crate::sync::{trace, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -153,7 +154,7 @@ pub(crate) struct LatchWait<'a> {
     pub steal: u64,
     /// Called with the latch holder when the word has not changed for a whole
     /// sleep slice: the caller checks whether it is dead and cleans it up.
-    pub on_stuck: &'a mut dyn FnMut(u32) -> Result<(), CorruptError>,
+    pub on_stuck: &'a mut dyn FnMut(ConnectorId) -> Result<(), CorruptError>,
     /// The caller's registration among the threads of its process that latch
     /// in its name ([`OwnLatches`]): a latch in its own name that none of them
     /// holds is taken over. `None`: every latch in its own name is waited for.
@@ -261,7 +262,7 @@ impl Drop for OwnLatchesGuard<'_> {
 /// Why a latch was not taken.
 #[derive(Debug)]
 pub(crate) enum LatchError {
-    TimedOut { holder: u32 },
+    TimedOut { holder: ConnectorId },
     Corrupt(CorruptError),
 }
 
@@ -277,7 +278,7 @@ impl From<CorruptError> for LatchError {
 #[must_use = "an entry latch must be dropped with grant, give_up, wait or unlatch_unchanged"]
 pub(crate) struct Latched<'r> {
     pub word: &'r AtomicU64,
-    pub entry: u32,
+    pub entry: EntryIndex,
     /// The connectors the word named when it was latched (a bit set).
     pub named: u64,
 }
@@ -285,8 +286,8 @@ pub(crate) struct Latched<'r> {
 /// Latch `entry` as connector `as_id`, waiting for a live latch holder.
 pub(crate) fn latch<'r>(
     region: &'r Region,
-    entry: u32,
-    as_id: u32,
+    entry: EntryIndex,
+    as_id: ConnectorId,
     how: &mut LatchWait,
 ) -> Result<Latched<'r>, LatchError> {
     let word = region.word(entry)?;
@@ -398,7 +399,12 @@ enum OwnLatch {
 /// before our slot is seen still ours (the latch's CAS would have made the
 /// CLEANING visible) is nobody's. While mixed and latched only the waiter
 /// bits of the word can change, so the mask seen is the entry's interest.
-fn own_latch_is_stale(region: &Region, word: &AtomicU64, as_id: u32, generation: u32) -> OwnLatch {
+fn own_latch_is_stale(
+    region: &Region,
+    word: &AtomicU64,
+    as_id: ConnectorId,
+    generation: u32,
+) -> OwnLatch {
     // A compare-and-swap of the word with itself reads its latest value (a
     // plain load may return an older one): the latch is there now.
     let cur = word.load(Ordering::Acquire);
@@ -429,7 +435,11 @@ fn own_latch_is_stale(region: &Region, word: &AtomicU64, as_id: u32, generation:
 /// frees the record that covers its latch; only damage can). Seen with the
 /// state word unchanged around the reading of the lock word (a reconnect
 /// changes the generation), the latch is taken over by whoever finds it.
-fn latch_is_stale(region: &Region, word: &AtomicU64, holder: u32) -> Result<bool, CorruptError> {
+fn latch_is_stale(
+    region: &Region,
+    word: &AtomicU64,
+    holder: ConnectorId,
+) -> Result<bool, CorruptError> {
     let before = connector::load_state(region, holder)?;
     if !matches!(
         before.state,
@@ -447,7 +457,7 @@ fn latch_is_stale(region: &Region, word: &AtomicU64, holder: u32) -> Result<bool
 pub(crate) struct Request<'a> {
     pub resource: &'a Resource,
     pub mode: Mode,
-    pub member: u32,
+    pub member: ConnectorId,
     /// The request's own (PENDING or URGENT) record slot.
     pub slot: u32,
     /// Its wait ticket (0: it has not waited yet; `records::take_wait_ticket`).
@@ -485,8 +495,10 @@ fn first_unlatch_change(req: &Request) -> Change {
 }
 
 /// Iterate the set bits of a connector mask.
-pub(crate) fn bits(mask: u64) -> impl Iterator<Item = u32> {
-    (0..64u32).filter(move |i| mask & (1u64 << i) != 0)
+pub(crate) fn bits(mask: u64) -> impl Iterator<Item = ConnectorId> {
+    (0..64u32)
+        .filter(move |i| mask & (1u64 << i) != 0)
+        .map(ConnectorId::new)
 }
 
 /// Does record `r` (another request's, on the entry) make `req` wait?
@@ -521,7 +533,7 @@ impl<'r> Latched<'r> {
             let mut any = false;
             records::for_each_interest_on(region, c, self.entry, |r| {
                 any = true;
-                if c == req.member && r.slot == req.slot {
+                if c == req.member && r.slot.get() == req.slot {
                     return;
                 }
                 member_holds |= c == req.member && r.held && r.resource == *req.resource;
@@ -557,13 +569,13 @@ impl<'r> Latched<'r> {
     /// incompatible requests for its resource wait behind it.
     pub(crate) fn make_urgent(&self, region: &Region, req: &Request) -> Result<(), CorruptError> {
         records::tag(region, req.member, req.slot)?
-            .store(TAG_URGENT | self.entry, Ordering::Release);
+            .store(TAG_URGENT | self.entry.get(), Ordering::Release);
         Ok(())
     }
 
     /// The mask with `member`'s bit recomputed from its HELD records on the
     /// entry other than `except` (rule 3).
-    fn mask_recomputed(&self, region: &Region, member: u32, except: Option<u32>) -> u32 {
+    fn mask_recomputed(&self, region: &Region, member: ConnectorId, except: Option<u32>) -> u32 {
         let bit = word::bit(member);
         let mask = if records::holds_other_on(region, member, self.entry, except) {
             self.named | bit
@@ -576,7 +588,8 @@ impl<'r> Latched<'r> {
     /// Grant the request: its record becomes HELD, then the latch is dropped
     /// with the member's bit set.
     pub(crate) fn grant(self, region: &Region, req: &Request) -> Result<(), CorruptError> {
-        records::tag(region, req.member, req.slot)?.store(TAG_HELD | self.entry, Ordering::Release);
+        records::tag(region, req.member, req.slot)?
+            .store(TAG_HELD | self.entry.get(), Ordering::Release);
         crate::crash::point("slow.granted_before_unlatch");
         // A grant frees nothing: holding waiters sleep on (unless one waits
         // for our half-made record, which is now a real holding: it wakes
@@ -638,7 +651,7 @@ impl<'r> Latched<'r> {
             return Ok(first_unlatch_change(req));
         }
         records::tag(region, req.member, req.slot)?
-            .store(TAG_PENDING | self.entry, Ordering::Release);
+            .store(TAG_PENDING | self.entry.get(), Ordering::Release);
         Ok(Change::Holdings)
     }
 
@@ -653,15 +666,15 @@ impl<'r> Latched<'r> {
 /// release CAS failed: the entry is mixed, or a second holding of the member).
 pub(crate) fn release(
     region: &Region,
-    member: u32,
+    member: ConnectorId,
     slot: u32,
-    entry: u32,
+    entry: EntryIndex,
     how: &mut LatchWait,
 ) -> Result<(), LatchError> {
     let tag = records::tag(region, member, slot)?;
     // Being released: no longer counted as held by anyone; it still covers
     // the word and the latch until it is freed.
-    tag.store(TAG_PENDING | entry, Ordering::Release);
+    tag.store(TAG_PENDING | entry.get(), Ordering::Release);
     // If the latch cannot be had (a damaged word, a stopped latch holder),
     // the record stays PENDING: while it was, another request may have been
     // granted the resource, so it must never become HELD again. The next
@@ -693,7 +706,13 @@ pub(crate) fn release(
 /// the bit is not left behind. `slot` is the caller's own (PENDING) record,
 /// which covers the latch. A latch that cannot be had at once is left alone
 /// (its holder, or the next decision on the entry, drops the interest).
-fn recheck_own_bit(region: &Region, word: &AtomicU64, entry: u32, member: u32, slot: u32) {
+fn recheck_own_bit(
+    region: &Region,
+    word: &AtomicU64,
+    entry: EntryIndex,
+    member: ConnectorId,
+    slot: u32,
+) {
     if records::holds_other_on(region, member, entry, Some(slot)) {
         return;
     }
@@ -710,11 +729,16 @@ fn recheck_own_bit(region: &Region, word: &AtomicU64, entry: u32, member: u32, s
 /// cannot be had at once, its holder's decision drops a bit left behind, and
 /// those waiters look again when their sleep slice ends. The caller frees
 /// the record afterwards.
-pub(crate) fn abandon_unlatched(region: &Region, member: u32, slot: u32, entry: u32) {
+pub(crate) fn abandon_unlatched(
+    region: &Region,
+    member: ConnectorId,
+    slot: u32,
+    entry: EntryIndex,
+) {
     let Ok(tag) = records::tag(region, member, slot) else {
         return;
     };
-    tag.store(TAG_PENDING | entry, Ordering::Release);
+    tag.store(TAG_PENDING | entry.get(), Ordering::Release);
     if let Some(l) = latch_at_once(region, entry, member) {
         let mask = l.mask_recomputed(region, member, Some(slot));
         word::unlatch(l.word, mask, Change::Holdings);
@@ -723,8 +747,8 @@ pub(crate) fn abandon_unlatched(region: &Region, member: u32, slot: u32, entry: 
 
 /// One attempt at the latch of `entry` as `member`, waiting for nobody
 /// (except a sibling thread's latch, which is always waited for).
-fn latch_at_once(region: &Region, entry: u32, member: u32) -> Option<Latched<'_>> {
-    let mut on_stuck = |_: u32| Ok(());
+fn latch_at_once(region: &Region, entry: EntryIndex, member: ConnectorId) -> Option<Latched<'_>> {
+    let mut on_stuck = |_: ConnectorId| Ok(());
     let mut how = LatchWait {
         deadline: Some(crate::sync::now()),
         steal: 0,
@@ -740,7 +764,7 @@ fn latch_at_once(region: &Region, entry: u32, member: u32) -> Option<Latched<'_>
 /// thread that kept its member's bit for a sibling's half-made request which
 /// then gave up without latching (its latch wait timed out): every latched
 /// operation drops such interests. Returns the mask of the bits to keep.
-fn heal(region: &Region, entry: u32, named: u64, me: u32) -> u64 {
+fn heal(region: &Region, entry: EntryIndex, named: u64, me: ConnectorId) -> u64 {
     let mut keep = u64::MAX;
     for c in bits(named) {
         if c != me
@@ -759,9 +783,9 @@ fn heal(region: &Region, entry: u32, named: u64, me: u32) -> u64 {
 /// many were held. No other thread of the member may use the entry meanwhile.
 pub(crate) fn release_entry(
     region: &Region,
-    member: u32,
-    entry: u32,
-    slots: &[(u32, u32, u32)],
+    member: ConnectorId,
+    entry: EntryIndex,
+    slots: &[(EntryIndex, u32, u32)],
     how: &mut LatchWait,
 ) -> Result<usize, LatchError> {
     let l = latch(region, entry, member, how)?;
@@ -799,8 +823,8 @@ pub(crate) struct Settled {
 /// area; `c` being dead, only its cleaners change them.
 pub(crate) fn settle_dead(
     region: &Region,
-    c: u32,
-    entry: u32,
+    c: ConnectorId,
+    entry: EntryIndex,
     recs: &[RecordView],
     how: &mut LatchWait,
 ) -> Result<Settled, LatchError> {
@@ -815,10 +839,10 @@ pub(crate) fn settle_dead(
     for r in recs {
         if !r.held || !c_named {
             out.discarded += 1;
-            free.push(r.slot);
+            free.push(r.slot.get());
         } else if !r.mode.is_modify() {
             out.released += 1;
-            free.push(r.slot);
+            free.push(r.slot.get());
         } else {
             out.retained += 1;
         }

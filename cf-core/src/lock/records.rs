@@ -20,6 +20,7 @@
 //! latch while the record is PENDING (read only under that latch).
 
 use crate::error::CorruptError;
+use crate::shm::ids::{ConnectorId, EntryIndex, SlotIndex};
 use crate::shm::layout::{BLOCK_SLOTS, MAX_RESOURCE};
 use crate::shm::region::Region;
 use crate::shm::slots::{BlockHeader, RecordBody};
@@ -183,8 +184,8 @@ impl Resource {
     }
 
     /// The lock table entry this resource maps to in a table of `entries` (a power of two).
-    pub fn entry(&self, entries: u32) -> u32 {
-        (self.hash() & (entries as u64 - 1)) as u32
+    pub fn entry(&self, entries: u32) -> EntryIndex {
+        EntryIndex::new((self.hash() & (entries as u64 - 1)) as u32)
     }
 }
 
@@ -293,7 +294,7 @@ const TICKET_SHIFT: u32 = 32;
 /// thread, under the entry's latch).
 pub(crate) fn set_wait_ticket(
     region: &Region,
-    member: u32,
+    member: ConnectorId,
     slot: u32,
     ticket: u32,
 ) -> Result<(), CorruptError> {
@@ -303,7 +304,7 @@ pub(crate) fn set_wait_ticket(
             .get(slot as usize)
             .ok_or_else(|| CorruptError::BadRecord {
                 member,
-                slot,
+                slot: SlotIndex::new(slot),
                 what: format!("slot out of range ({} slots)", region.records_per_member()),
             })?;
     let meta = body.meta.load(Ordering::Relaxed) & ((1 << TICKET_SHIFT) - 1);
@@ -342,16 +343,16 @@ pub(crate) fn tag_state(tag: u32) -> u32 {
     tag & TAG_STATE
 }
 #[inline]
-pub(crate) fn tag_entry(tag: u32) -> u32 {
-    tag & TAG_ENTRY
+pub(crate) fn tag_entry(tag: u32) -> EntryIndex {
+    EntryIndex::new(tag & TAG_ENTRY)
 }
 
 /// A record as read from the region, checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordView {
-    pub member: u32,
-    pub slot: u32,
-    pub entry: u32,
+    pub member: ConnectorId,
+    pub slot: SlotIndex,
+    pub entry: EntryIndex,
     pub held: bool,
     /// A waiting request that was bypassed too often (not held).
     pub urgent: bool,
@@ -365,13 +366,17 @@ pub struct RecordView {
 /// Read and check the body of a slot whose tag was just read as `tag`.
 pub(crate) fn read_record(
     region: &Region,
-    member: u32,
+    member: ConnectorId,
     slot: u32,
     tag: u32,
 ) -> Result<RecordView, CorruptError> {
-    let bad = |what: String| CorruptError::BadRecord { member, slot, what };
+    let bad = |what: String| CorruptError::BadRecord {
+        member,
+        slot: SlotIndex::new(slot),
+        what,
+    };
     let entry = tag_entry(tag);
-    if entry >= region.lock_entries() {
+    if entry.get() >= region.lock_entries() {
         return Err(bad(format!(
             "lock table index {entry} out of range ({} entries)",
             region.lock_entries()
@@ -411,7 +416,7 @@ pub(crate) fn read_record(
     }
     Ok(RecordView {
         member,
-        slot,
+        slot: SlotIndex::new(slot),
         entry,
         held,
         urgent,
@@ -425,7 +430,7 @@ pub(crate) fn read_record(
 }
 
 /// How many slots of `member` may be in use (high-water mark in blocks, checked).
-pub(crate) fn scan_limit(region: &Region, member: u32) -> u32 {
+pub(crate) fn scan_limit(region: &Region, member: ConnectorId) -> u32 {
     let Ok(slot) = region.connector(member) else {
         return 0;
     };
@@ -437,7 +442,7 @@ pub(crate) fn scan_limit(region: &Region, member: u32) -> u32 {
 }
 
 /// Every non-free tag of `member` below its high-water mark, as `(slot, tag)`.
-fn live_tags(region: &Region, member: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
+fn live_tags(region: &Region, member: ConnectorId) -> impl Iterator<Item = (u32, u32)> + '_ {
     let tags = region.tags(member).unwrap_or(&[]);
     let limit = (scan_limit(region, member) as usize).min(tags.len());
     tags[..limit]
@@ -451,8 +456,8 @@ fn live_tags(region: &Region, member: u32) -> impl Iterator<Item = (u32, u32)> +
 /// allocation), stopping at the first error.
 pub(crate) fn for_each_interest_on(
     region: &Region,
-    member: u32,
-    entry: u32,
+    member: ConnectorId,
+    entry: EntryIndex,
     mut f: impl FnMut(RecordView),
 ) -> Result<(), CorruptError> {
     let member = region.check_member(member)?;
@@ -471,17 +476,17 @@ pub(crate) fn for_each_interest_on(
 /// do not matter for the member's interest.)
 pub(crate) fn holds_other_on(
     region: &Region,
-    member: u32,
-    entry: u32,
+    member: ConnectorId,
+    entry: EntryIndex,
     except: Option<u32>,
 ) -> bool {
     live_tags(region, member).any(|(slot, tag)| {
-        (tag == TAG_HELD | entry || tag == TAG_URGENT | entry) && Some(slot) != except
+        (tag == TAG_HELD | entry.get() || tag == TAG_URGENT | entry.get()) && Some(slot) != except
     })
 }
 
 /// Every non-free record of `member`.
-pub fn all_records(region: &Region, member: u32) -> Result<Vec<RecordView>, CorruptError> {
+pub fn all_records(region: &Region, member: ConnectorId) -> Result<Vec<RecordView>, CorruptError> {
     let member = region.check_member(member)?;
     live_tags(region, member)
         .map(|(slot, tag)| read_record(region, member, slot, tag))
@@ -492,7 +497,7 @@ pub fn all_records(region: &Region, member: u32) -> Result<Vec<RecordView>, Corr
 #[inline]
 pub(crate) fn tag(
     region: &Region,
-    member: u32,
+    member: ConnectorId,
     slot: u32,
 ) -> Result<&crate::sync::AtomicU32, CorruptError> {
     region
@@ -500,13 +505,13 @@ pub(crate) fn tag(
         .get(slot as usize)
         .ok_or_else(|| CorruptError::BadRecord {
             member,
-            slot,
+            slot: SlotIndex::new(slot),
             what: format!("slot out of range ({} slots)", region.records_per_member()),
         })
 }
 
 /// Claim a free block of `member`'s area for a holder identified by `token`.
-pub(crate) fn claim_block(region: &Region, member: u32, token: u64) -> Option<u32> {
+pub(crate) fn claim_block(region: &Region, member: ConnectorId, token: u64) -> Option<u32> {
     let blocks = region.blocks(member).ok()?;
     for (b, h) in blocks.iter().enumerate() {
         if h.owner.load(Ordering::Relaxed) == 0
@@ -526,7 +531,7 @@ pub(crate) fn claim_block(region: &Region, member: u32, token: u64) -> Option<u3
 }
 
 /// Does block `block` of `member` hold only free tags?
-pub(crate) fn block_is_empty(region: &Region, member: u32, block: u32) -> bool {
+pub(crate) fn block_is_empty(region: &Region, member: ConnectorId, block: u32) -> bool {
     let first = (block * BLOCK_SLOTS) as usize;
     region.tags(member).is_ok_and(|tags| {
         tags.get(first..first + BLOCK_SLOTS as usize)
@@ -535,12 +540,12 @@ pub(crate) fn block_is_empty(region: &Region, member: u32, block: u32) -> bool {
 }
 
 /// The header of block `block` of `member`.
-pub(crate) fn block(region: &Region, member: u32, block: u32) -> Option<&BlockHeader> {
+pub(crate) fn block(region: &Region, member: ConnectorId, block: u32) -> Option<&BlockHeader> {
     region.blocks(member).ok()?.get(block as usize)
 }
 
 /// Give a block back, folding its counters into the connector's totals.
-pub(crate) fn release_block(region: &Region, member: u32, b: u32) {
+pub(crate) fn release_block(region: &Region, member: ConnectorId, b: u32) {
     fold_block_counters(region, member, b);
     if let Some(h) = block(region, member, b) {
         h.owner.store(0, Ordering::Release);
@@ -548,7 +553,7 @@ pub(crate) fn release_block(region: &Region, member: u32, b: u32) {
 }
 
 /// Fold block `b`'s counters into its connector's totals.
-pub(crate) fn fold_block_counters(region: &Region, member: u32, b: u32) {
+pub(crate) fn fold_block_counters(region: &Region, member: ConnectorId, b: u32) {
     let (Some(h), Ok(c)) = (block(region, member, b), region.connector(member)) else {
         return;
     };
@@ -564,8 +569,8 @@ pub(crate) fn fold_block_counters(region: &Region, member: u32, b: u32) {
 /// Every non-free slot of `member` as `(entry, slot, tag)`, sorted by entry:
 /// one pass over the tags, 12 bytes per record, for walks that handle a
 /// member's records entry by entry (recovery, release of everything).
-pub(crate) fn slots_by_entry(region: &Region, member: u32) -> Vec<(u32, u32, u32)> {
-    let mut out: Vec<(u32, u32, u32)> = live_tags(region, member)
+pub(crate) fn slots_by_entry(region: &Region, member: ConnectorId) -> Vec<(EntryIndex, u32, u32)> {
+    let mut out: Vec<(EntryIndex, u32, u32)> = live_tags(region, member)
         .map(|(slot, tag)| (tag_entry(tag), slot, tag))
         .collect();
     out.sort_unstable();

@@ -57,6 +57,7 @@
 //! its bit from its records. The order of word and record writes that makes
 //! that possible is described in `entry.rs`.
 
+use crate::shm::ids::ConnectorId;
 use crate::sync::{spin_hint, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -96,9 +97,9 @@ impl Word {
     /// Holder field as a connector id: exclusive owner (fast) or latch holder (mixed).
     /// `Some(id)` may be out of range if the region is damaged: callers check it.
     #[inline]
-    pub fn holder(self) -> Option<u32> {
+    pub fn holder(self) -> Option<ConnectorId> {
         let h = ((self.0 & HOLDER_BITS) >> HOLDER_SHIFT) as u32;
-        h.checked_sub(1)
+        h.checked_sub(1).map(ConnectorId::new)
     }
     #[inline]
     pub fn is_mixed(self) -> bool {
@@ -120,7 +121,7 @@ impl Word {
         let mut named = self.mask() as u64;
         if !self.is_mixed() {
             if let Some(h) = self.holder() {
-                named |= 1u64.checked_shl(h).unwrap_or(0);
+                named |= 1u64.checked_shl(h.get()).unwrap_or(0);
             }
         }
         named
@@ -141,13 +142,13 @@ impl Word {
 }
 
 #[inline]
-pub(crate) fn holder_field(id: u32) -> u64 {
-    ((id as u64 + 1) << HOLDER_SHIFT) & HOLDER_BITS
+pub(crate) fn holder_field(id: ConnectorId) -> u64 {
+    ((id.get() as u64 + 1) << HOLDER_SHIFT) & HOLDER_BITS
 }
 
 #[inline]
-pub(crate) fn bit(id: u32) -> u64 {
-    1u64 << id
+pub(crate) fn bit(id: ConnectorId) -> u64 {
+    1u64 << id.get()
 }
 
 /// The next epoch after that of `w` (wrapping in its 23 bits).
@@ -158,7 +159,7 @@ fn next_epoch(w: Word) -> u64 {
 
 /// Fast exclusive acquire: free entry to "held exclusively by `me`".
 #[inline]
-pub(crate) fn try_fast_exclusive(word: &AtomicU64, me: u32) -> bool {
+pub(crate) fn try_fast_exclusive(word: &AtomicU64, me: ConnectorId) -> bool {
     let cur = word.load(Ordering::Relaxed);
     cur & !EPOCH_BITS == 0
         && word
@@ -187,7 +188,11 @@ pub(crate) fn try_fast_release_exclusive(word: &AtomicU64, seen: u64) -> bool {
 /// Could a fast release by `me` succeed now? (Fast mode and naming `me` as
 /// the exclusive holder, or in the share mask.) Returns the word seen.
 #[inline]
-pub(crate) fn fast_release_possible(word: &AtomicU64, me: u32, exclusive: bool) -> Option<u64> {
+pub(crate) fn fast_release_possible(
+    word: &AtomicU64,
+    me: ConnectorId,
+    exclusive: bool,
+) -> Option<u64> {
     let w = word.load(Ordering::Relaxed);
     let ok = if exclusive {
         w & !EPOCH_BITS == holder_field(me)
@@ -199,7 +204,7 @@ pub(crate) fn fast_release_possible(word: &AtomicU64, me: u32, exclusive: bool) 
 
 /// Fast share acquire: fast mode, no exclusive holder, my bit not yet set.
 #[inline]
-pub(crate) fn try_fast_share(word: &AtomicU64, me: u32) -> bool {
+pub(crate) fn try_fast_share(word: &AtomicU64, me: ConnectorId) -> bool {
     let mut cur = word.load(Ordering::Relaxed);
     loop {
         if cur & (MIXED | HOLDER_BITS | bit(me)) != 0 {
@@ -223,7 +228,7 @@ pub(crate) fn try_fast_share(word: &AtomicU64, me: u32) -> bool {
 /// (Only an epoch that wraps, 2^23 holdings changes while the releaser is
 /// preempted between its two loads, could fool this.)
 #[inline]
-pub(crate) fn try_fast_release_share(word: &AtomicU64, me: u32, seen: u64) -> bool {
+pub(crate) fn try_fast_release_share(word: &AtomicU64, me: ConnectorId, seen: u64) -> bool {
     let mut cur = word.load(Ordering::Relaxed);
     loop {
         if cur & MIXED != 0 || cur & bit(me) == 0 || cur & EPOCH_BITS != seen & EPOCH_BITS {
@@ -243,11 +248,11 @@ pub(crate) enum Latch {
     /// Latched; `named` is the set of connectors the word named (as a bit set).
     Latched { named: u64 },
     /// Another connector holds the latch; the word as seen.
-    Busy { holder: u32, seen: Word },
+    Busy { holder: ConnectorId, seen: Word },
 }
 
 /// Try once to latch the entry for `me` (converting a fast-mode word).
-pub(crate) fn try_latch(word: &AtomicU64, me: u32) -> Latch {
+pub(crate) fn try_latch(word: &AtomicU64, me: ConnectorId) -> Latch {
     let mut cur = word.load(Ordering::Acquire);
     loop {
         let w = Word(cur);
@@ -421,16 +426,20 @@ pub(crate) fn load(word: &AtomicU64) -> Word {
 mod tests {
     use super::*;
 
+    fn c(n: u32) -> ConnectorId {
+        ConnectorId::new(n)
+    }
+
     #[test]
     fn fast_exclusive_round_trip() {
         let w = AtomicU64::new(0);
-        assert!(try_fast_exclusive(&w, 3));
-        assert_eq!(load(&w).holder(), Some(3));
-        assert!(!try_fast_exclusive(&w, 4));
-        assert!(!try_fast_share(&w, 4));
+        assert!(try_fast_exclusive(&w, c(3)));
+        assert_eq!(load(&w).holder(), Some(c(3)));
+        assert!(!try_fast_exclusive(&w, c(4)));
+        assert!(!try_fast_share(&w, c(4)));
 
-        assert_eq!(fast_release_possible(&w, 4, true), None);
-        let seen = fast_release_possible(&w, 3, true).unwrap();
+        assert_eq!(fast_release_possible(&w, c(4), true), None);
+        let seen = fast_release_possible(&w, c(3), true).unwrap();
         assert!(try_fast_release_exclusive(&w, seen));
         assert!(load(&w).is_free());
     }
@@ -438,18 +447,18 @@ mod tests {
     #[test]
     fn fast_share_counts_members_once() {
         let w = AtomicU64::new(0);
-        assert!(try_fast_share(&w, 0));
-        assert!(try_fast_share(&w, 31));
+        assert!(try_fast_share(&w, c(0)));
+        assert!(try_fast_share(&w, c(31)));
         assert!(
-            !try_fast_share(&w, 0),
+            !try_fast_share(&w, c(0)),
             "a second share by one member goes slow"
         );
-        assert!(!try_fast_exclusive(&w, 5));
+        assert!(!try_fast_exclusive(&w, c(5)));
         assert_eq!(load(&w).mask(), 1 | 1 << 31);
         let seen = w.load(Ordering::Relaxed);
-        assert!(try_fast_release_share(&w, 0, seen));
-        assert!(!try_fast_release_share(&w, 0, seen));
-        assert!(try_fast_release_share(&w, 31, seen));
+        assert!(try_fast_release_share(&w, c(0), seen));
+        assert!(!try_fast_release_share(&w, c(0), seen));
+        assert!(try_fast_release_share(&w, c(31), seen));
         assert!(load(&w).is_free());
     }
 
@@ -459,30 +468,30 @@ mod tests {
         // by a decision), back to fast mode with the next epoch, and a
         // sibling's fast share set my bit again: not mine to clear.
         let w = AtomicU64::new(0);
-        assert!(try_fast_share(&w, 3));
+        assert!(try_fast_share(&w, c(3)));
         let seen = w.load(Ordering::Relaxed);
-        assert!(matches!(try_latch(&w, 1), Latch::Latched { .. }));
+        assert!(matches!(try_latch(&w, c(1)), Latch::Latched { .. }));
         unlatch(&w, 0, Change::Look);
-        assert!(try_fast_share(&w, 3));
-        assert!(!try_fast_release_share(&w, 3, seen));
+        assert!(try_fast_share(&w, c(3)));
+        assert!(!try_fast_release_share(&w, c(3), seen));
         assert_eq!(load(&w).mask(), 1 << 3);
     }
 
     #[test]
     fn latch_converts_and_names_the_exclusive_holder() {
         let w = AtomicU64::new(0);
-        assert!(try_fast_exclusive(&w, 7));
-        assert_eq!(try_latch(&w, 2), Latch::Latched { named: 1 << 7 });
+        assert!(try_fast_exclusive(&w, c(7)));
+        assert_eq!(try_latch(&w, c(2)), Latch::Latched { named: 1 << 7 });
         let seen = load(&w);
         assert!(seen.is_mixed());
-        assert_eq!(seen.holder(), Some(2));
+        assert_eq!(seen.holder(), Some(c(2)));
         // The fast paths are closed while mixed.
-        assert_eq!(fast_release_possible(&w, 7, true), None);
-        assert!(!try_fast_share(&w, 1));
-        assert!(matches!(try_latch(&w, 1), Latch::Busy { holder: 2, .. }));
+        assert_eq!(fast_release_possible(&w, c(7), true), None);
+        assert!(!try_fast_share(&w, c(1)));
+        assert!(matches!(try_latch(&w, c(1)), Latch::Busy { holder, .. } if holder == c(2)));
         unlatch(&w, 1 << 7, Change::Look);
         assert_eq!(load(&w), Word(MIXED | 1 << 7));
-        assert_eq!(try_latch(&w, 7), Latch::Latched { named: 1 << 7 });
+        assert_eq!(try_latch(&w, c(7)), Latch::Latched { named: 1 << 7 });
         unlatch(&w, 0, Change::Holdings);
         assert_eq!(
             load(&w),
@@ -490,14 +499,14 @@ mod tests {
             "free, one holdings change later"
         );
         // The fast paths keep the epoch.
-        assert!(try_fast_exclusive(&w, 1));
-        assert_eq!(load(&w), Word(1 << EPOCH_SHIFT | holder_field(1)));
+        assert!(try_fast_exclusive(&w, c(1)));
+        assert_eq!(load(&w), Word(1 << EPOCH_SHIFT | holder_field(c(1))));
     }
 
     #[test]
     fn only_a_holdings_change_moves_the_epoch() {
         let w = AtomicU64::new(0);
-        assert!(matches!(try_latch(&w, 0), Latch::Latched { .. }));
+        assert!(matches!(try_latch(&w, c(0)), Latch::Latched { .. }));
         let left = unlatch(&w, 1 << 3, Change::Look);
         assert_eq!(Word(left).epoch(), 0, "a look keeps the epoch");
         // A holding waiter whose slice ends with nothing changed.
@@ -507,12 +516,12 @@ mod tests {
         );
         assert!(load(&w).0 & HOLDING_WAITERS != 0, "announced");
         // Another waiter looks: the holding waiter's bit and the epoch stay.
-        assert!(matches!(try_latch(&w, 1), Latch::Latched { .. }));
+        assert!(matches!(try_latch(&w, c(1)), Latch::Latched { .. }));
         unlatch(&w, 1 << 3, Change::Look);
         assert!(load(&w).0 & HOLDING_WAITERS != 0);
         assert_eq!(load(&w).epoch(), 0);
         // A release changes the holdings: the bit goes, the epoch moves.
-        assert!(matches!(try_latch(&w, 3), Latch::Latched { .. }));
+        assert!(matches!(try_latch(&w, c(3)), Latch::Latched { .. }));
         unlatch(&w, 1 << 3, Change::Holdings);
         assert!(!load(&w).has_waiters());
         assert_eq!(load(&w).epoch(), 1 << EPOCH_SHIFT);

@@ -62,7 +62,7 @@ fn timed_out_half_made_request_leaves_a_stale_bit() {
         // At rest: A holds nothing anywhere (`inspect::verify`, not built
         // under loom, reports "lock entry E names connector 0, which holds
         // nothing there").
-        assert!(records::all_records(&r, 0).unwrap().is_empty());
+        assert!(records::all_records(&r, cid(0)).unwrap().is_empty());
         let w = r.word(e).unwrap().load(Ordering::Relaxed);
         assert!(
             word::Word(w).is_free(),
@@ -102,7 +102,7 @@ fn a_cleanup_posts_after_the_recovery_it_announces_has_ended() {
         std::mem::forget(x);
         crate::connector::identity::model::enter(1);
         assert!(matches!(
-            cleanup_member(&r, 0).unwrap(),
+            cleanup_member(&r, cid(0)).unwrap(),
             CleanupOutcome::Cleaned(_)
         ));
         assert_eq!(crate::requests::totals(&r).0, 1);
@@ -114,14 +114,14 @@ fn a_cleanup_posts_after_the_recovery_it_announces_has_ended() {
         let since = crate::events::next_seq(&r);
         let cleaner = {
             let r = r.clone();
-            process(6, move || cleanup_member(&r, 0).unwrap())
+            process(6, move || cleanup_member(&r, cid(0)).unwrap())
         };
         // The handler's second restart light (process 4), started as soon as
         // the slot is failed-persistent again.
         let second = {
             let r = r.clone();
             process(4, move || {
-                while crate::connector::load_state(&r, 0).unwrap().state
+                while crate::connector::load_state(&r, cid(0)).unwrap().state
                     != MemberState::FailedPersistent
                 {
                     thread::yield_now();
@@ -185,15 +185,15 @@ fn a_losing_poster_clears_the_winners_claim() {
         let first = {
             let r = r.clone();
             process(2, move || {
-                let _ = requests::post(&r, 0, None, |_| {}).unwrap();
-                requests::claim(&r, 0, 0, &me(2)).unwrap()
+                let _ = requests::post(&r, cid(0), None, |_| {}).unwrap();
+                requests::claim(&r, cid(0), cid(0), &me(2)).unwrap()
             })
         };
         // Monitor of member 3: its sweep posts too.
         let second = {
             let r = r.clone();
             process(3, move || {
-                let _ = requests::post(&r, 0, None, |_| {}).unwrap();
+                let _ = requests::post(&r, cid(0), None, |_| {}).unwrap();
             })
         };
         let claimed = first.join().unwrap().unwrap();
@@ -202,12 +202,12 @@ fn a_losing_poster_clears_the_winners_claim() {
             return; // the second poster's request was posted after the claim attempt
         }
         assert!(
-            !requests::needs_handler(&r, 0).unwrap(),
+            !requests::needs_handler(&r, cid(0)).unwrap(),
             "a request claimed by a live member needs no new handler"
         );
         // Member 4's restarter looks at it.
         crate::connector::identity::model::enter(4);
-        let again = requests::claim(&r, 0, 0, &me(4)).unwrap();
+        let again = requests::claim(&r, cid(0), cid(0), &me(4)).unwrap();
         assert_eq!(
             again,
             ClaimOutcome::NotClaimed,

@@ -13,7 +13,7 @@ use loom::thread;
 /// entry, every held record's connector is named.
 fn at_rest_problems(r: &crate::Region) -> Vec<String> {
     let mut out = Vec::new();
-    for e in 0..ENTRIES {
+    for e in r.entry_indices() {
         let w = Word(r.word(e).unwrap().load(Ordering::Relaxed));
         if w.is_mixed() && w.holder().is_some() {
             out.push(format!("entry {e} latched at rest: {:#x}", w.0));
@@ -27,7 +27,7 @@ fn at_rest_problems(r: &crate::Region) -> Vec<String> {
             }
         }
     }
-    for c in 0..r.members() {
+    for c in r.connector_ids() {
         for rec in records::all_records(r, c).unwrap() {
             let w = Word(r.word(rec.entry).unwrap().load(Ordering::Relaxed));
             if rec.held && w.named() & word::bit(c) == 0 {
@@ -54,7 +54,7 @@ fn restart_light_release_happens_before_the_next_grant() {
         dies_holding(&r, 5, "C", &[(b"r", Mode::Modify)]);
         crate::connector::identity::model::enter(1);
         assert!(matches!(
-            cleanup_member(&r, 0).unwrap(),
+            cleanup_member(&r, cid(0)).unwrap(),
             CleanupOutcome::Cleaned(_)
         ));
         crate::connector::identity::model::enter(2);
@@ -156,7 +156,7 @@ fn a_light_killed_between_entries_is_cleaned_up_while_requests_race() {
         dies_holding(&r, 5, "C", &[(&r1, Mode::Modify), (&r2, Mode::Modify)]);
         crate::connector::identity::model::enter(1);
         assert!(matches!(
-            cleanup_member(&r, 0).unwrap(),
+            cleanup_member(&r, cid(0)).unwrap(),
             CleanupOutcome::Cleaned(_)
         ));
         crate::connector::identity::model::enter(3);
@@ -172,7 +172,7 @@ fn a_light_killed_between_entries_is_cleaned_up_while_requests_race() {
         assert!(l.join().unwrap().is_none());
         let cleaner = {
             let r = r.clone();
-            process(4, move || cleanup_member(&r, 0).unwrap())
+            process(4, move || cleanup_member(&r, cid(0)).unwrap())
         };
         let asker = process(2, move || {
             let mut h = x.holder().unwrap();
@@ -191,12 +191,12 @@ fn a_light_killed_between_entries_is_cleaned_up_while_requests_race() {
         });
         let _ = cleaner.join().unwrap().unwrap();
         let (x, got) = asker.join().unwrap().unwrap();
-        let _ = cleanup_member(&r, 0).unwrap();
+        let _ = cleanup_member(&r, cid(0)).unwrap();
         assert_eq!(
-            crate::connector::load_state(&r, 0).unwrap().state,
+            crate::connector::load_state(&r, cid(0)).unwrap().state,
             MemberState::FailedPersistent
         );
-        let kept: Vec<Vec<u8>> = records::all_records(&r, 0)
+        let kept: Vec<Vec<u8>> = records::all_records(&r, cid(0))
             .unwrap()
             .into_iter()
             .map(|x| x.resource.bytes())
@@ -314,7 +314,7 @@ fn a_sweep_posts_for_a_member_whose_recovery_has_ended() {
         dies_holding(&r, 5, "X", &[]);
         crate::connector::identity::model::enter(1);
         assert!(matches!(
-            cleanup_member(&r, 0).unwrap(),
+            cleanup_member(&r, cid(0)).unwrap(),
             CleanupOutcome::Cleaned(_)
         ));
         // M (process 2) runs a restarter.
@@ -325,14 +325,14 @@ fn a_sweep_posts_for_a_member_whose_recovery_has_ended() {
             let r = r.clone();
             process(2, move || {
                 // Monitor::consider(0), its posting branch.
-                let slot = slot_view(&r, 0).unwrap();
+                let slot = slot_view(&r, cid(0)).unwrap();
                 let reqs = requests::list(&r).unwrap();
-                let req = reqs.iter().find(|q| q.member_id == 0);
+                let req = reqs.iter().find(|q| q.member_id == cid(0));
                 if slot.state == MemberState::FailedPersistent
                     && req.is_none()
-                    && !crate::recovery::cleanup_in_progress(&r, 0).unwrap()
+                    && !crate::recovery::cleanup_in_progress(&r, cid(0)).unwrap()
                 {
-                    let _ = requests::post(&r, 0, Some(m_id), |_| {}).unwrap();
+                    let _ = requests::post(&r, cid(0), Some(m_id), |_| {}).unwrap();
                 }
             })
         };

@@ -32,8 +32,8 @@ fn a_member_connecting_is_never_cleaned_up() {
             let r = r.clone();
             move || {
                 [
-                    cleanup_member(&r, 0).unwrap(),
-                    cleanup_member(&r, 0).unwrap(),
+                    cleanup_member(&r, cid(0)).unwrap(),
+                    cleanup_member(&r, cid(0)).unwrap(),
                 ]
             }
         });
@@ -44,7 +44,7 @@ fn a_member_connecting_is_never_cleaned_up() {
                 "a live member was cleaned up: {out:?}"
             );
         }
-        let st = crate::connector::load_state(&r, 0).unwrap().state;
+        let st = crate::connector::load_state(&r, cid(0)).unwrap().state;
         assert_eq!(st, MemberState::Free);
         assert!(crate::requests::list(&r).unwrap().is_empty());
     });

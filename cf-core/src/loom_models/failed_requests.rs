@@ -10,12 +10,13 @@ use crate::connector::identity::ProcessId;
 use crate::connector::slot_view;
 use crate::events::{self, EventKind};
 use crate::requests::{self, ClaimOutcome, FailOutcome, RequestState};
+use crate::shm::ids::ConnectorId;
 use crate::sync::Ordering;
 use crate::{cleanup_member, CleanupOutcome, ConnectMode, Member, MemberState, Region};
 use std::sync::atomic::AtomicUsize;
 
 /// Connector id the handlers give as theirs (recorded only).
-const HANDLER_ID: u32 = 1;
+const HANDLER_ID: ConnectorId = ConnectorId::new(1);
 
 /// A (process 5) died; process 1 cleaned it up (request e1 posted); handler
 /// process 2 claimed e1 and marked it FAILED for the generation it judged.
@@ -24,13 +25,13 @@ fn a_failed_with_a_failed_request(r: &Arc<Region>) -> (u32, u32) {
     dies_holding(r, 5, "A", &[]);
     crate::connector::identity::model::enter(1);
     assert!(matches!(
-        cleanup_member(r, 0).unwrap(),
+        cleanup_member(r, cid(0)).unwrap(),
         CleanupOutcome::Cleaned(_)
     ));
     let (e1, judged) = a_request_claimed_by(r, 2);
     let me = ProcessId::current().unwrap();
     assert_eq!(
-        requests::fail(r, 0, e1, &me, judged).unwrap(),
+        requests::fail(r, cid(0), e1, &me, judged).unwrap(),
         FailOutcome::Marked
     );
     crate::connector::identity::model::enter(1);
@@ -42,11 +43,11 @@ fn a_failed_with_a_failed_request(r: &Arc<Region>) -> (u32, u32) {
 fn a_request_claimed_by(r: &Arc<Region>, pid: u32) -> (u32, u32) {
     crate::connector::identity::model::enter(pid);
     let me = ProcessId::current().unwrap();
-    let ClaimOutcome::Claimed { epoch, .. } = requests::claim(r, 0, HANDLER_ID, &me).unwrap()
+    let ClaimOutcome::Claimed { epoch, .. } = requests::claim(r, cid(0), HANDLER_ID, &me).unwrap()
     else {
         panic!("setup: A's request is claimable")
     };
-    let slot = slot_view(r, 0).unwrap();
+    let slot = slot_view(r, cid(0)).unwrap();
     assert_eq!(slot.state, MemberState::FailedPersistent);
     (epoch, slot.generation)
 }
@@ -58,19 +59,19 @@ fn a_request_claimed_by(r: &Arc<Region>, pid: u32) -> (u32, u32) {
 /// restart light, keeping the claim) otherwise. Returns the epoch claimed.
 fn handler(r: &Arc<Region>) -> Option<u32> {
     let me = ProcessId::current().unwrap();
-    let ClaimOutcome::Claimed { epoch, .. } = requests::claim(r, 0, HANDLER_ID, &me).unwrap()
+    let ClaimOutcome::Claimed { epoch, .. } = requests::claim(r, cid(0), HANDLER_ID, &me).unwrap()
     else {
         return None;
     };
-    while requests::is_outstanding(r, 0, epoch).unwrap() {
-        let slot = slot_view(r, 0).unwrap();
+    while requests::is_outstanding(r, cid(0), epoch).unwrap() {
+        let slot = slot_view(r, cid(0)).unwrap();
         match slot.state {
             MemberState::Free => {
-                requests::complete(r, 0, epoch, "A", "H").unwrap();
+                requests::complete(r, cid(0), epoch, "A", "H").unwrap();
                 break;
             }
             MemberState::Active if slot.is_alive() => {
-                requests::complete(r, 0, epoch, "A", "H").unwrap();
+                requests::complete(r, cid(0), epoch, "A", "H").unwrap();
                 break;
             }
             MemberState::Recovering if slot.is_alive() => loom::thread::yield_now(),
@@ -115,7 +116,7 @@ fn restart_retry_handler(
     });
     let operator = process(4, {
         let r = r.clone();
-        move || requests::retry(&r, 0, None, |_| {}).unwrap()
+        move || requests::retry(&r, cid(0), None, |_| {}).unwrap()
     });
     let handler = process(6, {
         let r = r.clone();
@@ -169,7 +170,7 @@ fn a_normal_restart_racing_a_retry_and_a_handler_completes_once() {
              {claimed:?}): {at_active:?}"
         );
         assert_eq!(
-            crate::connector::load_state(&r, 0).unwrap().state,
+            crate::connector::load_state(&r, cid(0)).unwrap().state,
             MemberState::Active
         );
         let left = requests::list(&r).unwrap();
@@ -239,11 +240,11 @@ fn a_normal_restart_killed_after_completing_leaves_a_claimable_request() {
         assert!(at_active.is_none(), "killed at its crash point");
         crate::connector::identity::model::enter(1);
         assert!(matches!(
-            cleanup_member(&r, 0).unwrap(),
+            cleanup_member(&r, cid(0)).unwrap(),
             CleanupOutcome::Cleaned(_)
         ));
         assert_eq!(
-            crate::connector::load_state(&r, 0).unwrap().state,
+            crate::connector::load_state(&r, cid(0)).unwrap().state,
             MemberState::FailedPersistent
         );
         let reqs = requests::list(&r).unwrap();
@@ -296,7 +297,7 @@ fn a_fail_racing_a_later_death_and_a_claim_leaves_it_claimable() {
         dies_holding(&r, 5, "A", &[]);
         crate::connector::identity::model::enter(1);
         assert!(matches!(
-            cleanup_member(&r, 0).unwrap(),
+            cleanup_member(&r, cid(0)).unwrap(),
             CleanupOutcome::Cleaned(_)
         ));
         let (e1, g1) = a_request_claimed_by(&r, 2);
@@ -305,7 +306,7 @@ fn a_fail_racing_a_later_death_and_a_claim_leaves_it_claimable() {
             let r = r.clone();
             move || {
                 let me = ProcessId::current().unwrap();
-                requests::fail(&r, 0, e1, &me, g1).unwrap()
+                requests::fail(&r, cid(0), e1, &me, g1).unwrap()
             }
         });
         let later = process(3, {
@@ -316,7 +317,7 @@ fn a_fail_racing_a_later_death_and_a_claim_leaves_it_claimable() {
                 kill(3);
                 std::mem::forget(light);
                 crate::connector::identity::model::enter(4);
-                let out = cleanup_member(&r, 0).unwrap();
+                let out = cleanup_member(&r, cid(0)).unwrap();
                 (g2, out)
             }
         });
@@ -325,7 +326,7 @@ fn a_fail_racing_a_later_death_and_a_claim_leaves_it_claimable() {
         let (g2, cleaned) = later.join().unwrap().unwrap();
         let claimed = claimer.join().unwrap().unwrap();
         assert!(matches!(cleaned, CleanupOutcome::Cleaned(_)), "{cleaned:?}");
-        let st = crate::connector::load_state(&r, 0).unwrap();
+        let st = crate::connector::load_state(&r, cid(0)).unwrap();
         assert_eq!(
             (st.state, st.generation),
             (MemberState::FailedPersistent, g2)
@@ -368,7 +369,10 @@ fn a_fail_racing_a_later_death_and_a_claim_leaves_it_claimable() {
 /// Returns e1.
 fn a_failed_request_due_again(r: &Arc<Region>) -> u32 {
     let (e1, _) = a_failed_with_a_failed_request(r);
-    r.request(0).unwrap().failed_ns.store(1, Ordering::Release);
+    r.request(cid(0))
+        .unwrap()
+        .failed_ns
+        .store(1, Ordering::Release);
     e1
 }
 
@@ -377,7 +381,7 @@ fn claimer(r: &Arc<Region>, pid: u32) -> loom::thread::JoinHandle<Option<ClaimOu
     let r = r.clone();
     process(pid, move || {
         let me = ProcessId::current().unwrap();
-        requests::claim(&r, 0, HANDLER_ID, &me).unwrap()
+        requests::claim(&r, cid(0), HANDLER_ID, &me).unwrap()
     })
 }
 
@@ -393,7 +397,7 @@ fn one_claimer(r: &Arc<Region>, claimed: ClaimOutcome, what: &str) {
             // Process 6 is alive and holds it: a second claimer must lose.
             crate::connector::identity::model::enter(7);
             let me = ProcessId::current().unwrap();
-            let second = requests::claim(r, 0, 2, &me).unwrap();
+            let second = requests::claim(r, cid(0), cid(2), &me).unwrap();
             assert_eq!(
                 second,
                 ClaimOutcome::NotClaimed,
@@ -428,7 +432,7 @@ fn a_retry_racing_a_due_claim_keeps_one_claimer() {
         a_failed_request_due_again(&r);
         let operator = process(4, {
             let r = r.clone();
-            move || requests::retry(&r, 0, None, |_| {}).unwrap()
+            move || requests::retry(&r, cid(0), None, |_| {}).unwrap()
         });
         let claimer = claimer(&r, 6);
         let reposted = operator.join().unwrap().unwrap();
@@ -456,7 +460,7 @@ fn a_cleanup_repost_racing_a_due_claim_keeps_one_claimer() {
         crate::connector::identity::model::enter(1);
         let cleaner = process(4, {
             let r = r.clone();
-            move || cleanup_member(&r, 0).unwrap()
+            move || cleanup_member(&r, cid(0)).unwrap()
         });
         let claimer = claimer(&r, 6);
         let cleaned = cleaner.join().unwrap().unwrap();
@@ -490,7 +494,7 @@ fn a_normal_restart_racing_a_retry_and_a_due_claim_completes_once() {
         });
         let operator = process(4, {
             let r = r.clone();
-            move || requests::retry(&r, 0, None, |_| {}).unwrap()
+            move || requests::retry(&r, cid(0), None, |_| {}).unwrap()
         });
         let claimer = claimer(&r, 6);
         let at_active = restart.join().unwrap().unwrap();
@@ -542,14 +546,14 @@ fn a_due_claim_does_not_claim_a_request_that_failed_again_meanwhile() {
     check(2, || {
         let r = region(2, 1);
         a_failed_request_due_again(&r);
-        let judged = crate::connector::load_state(&r, 0).unwrap().generation;
+        let judged = crate::connector::load_state(&r, cid(0)).unwrap().generation;
         let refail = process(8, {
             let r = r.clone();
             move || {
                 let me = ProcessId::current().unwrap();
-                match requests::claim(&r, 0, 1, &me).unwrap() {
+                match requests::claim(&r, cid(0), cid(1), &me).unwrap() {
                     ClaimOutcome::Claimed { epoch, .. } => {
-                        Some(requests::fail(&r, 0, epoch, &me, judged).unwrap())
+                        Some(requests::fail(&r, cid(0), epoch, &me, judged).unwrap())
                     }
                     ClaimOutcome::NotClaimed => None,
                 }
@@ -559,7 +563,7 @@ fn a_due_claim_does_not_claim_a_request_that_failed_again_meanwhile() {
             let r = r.clone();
             move || {
                 let me = ProcessId::current().unwrap();
-                requests::claim(&r, 0, 2, &me).unwrap()
+                requests::claim(&r, cid(0), cid(2), &me).unwrap()
             }
         });
         let refailed = refail.join().unwrap().unwrap();
@@ -593,13 +597,13 @@ fn a_repost_that_gives_up_leaves_the_request_handled() {
         crate::connector::identity::model::enter(1);
         let cleaner = process(4, {
             let r = r.clone();
-            move || cleanup_member(&r, 0).unwrap()
+            move || cleanup_member(&r, cid(0)).unwrap()
         });
         let claimer = process(6, {
             let r = r.clone();
             move || {
                 let me = ProcessId::current().unwrap();
-                requests::claim(&r, 0, 2, &me).unwrap()
+                requests::claim(&r, cid(0), cid(2), &me).unwrap()
             }
         });
         let cleaned = cleaner.join().unwrap().unwrap();

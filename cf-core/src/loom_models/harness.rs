@@ -1,6 +1,7 @@
 //! What the models share: a small region in loom's memory, modelled
 //! processes, and the protected data.
 
+use crate::shm::ids::{ConnectorId, EntryIndex};
 use crate::shm::layout::{Sizes, BLOCK_SLOTS};
 use crate::shm::region::Region;
 use crate::{Holder, LockId, Mode, Resource, TryOutcome};
@@ -106,7 +107,12 @@ pub(super) fn kill(pid: u32) {
 /// try-loop) and is killed holding them (its connection and holder are
 /// leaked, as a killed process leaves them). Returns its connector id. The
 /// caller then enters the process it continues as.
-pub(super) fn dies_holding(r: &Arc<Region>, pid: u32, name: &str, locks: &[(&[u8], Mode)]) -> u32 {
+pub(super) fn dies_holding(
+    r: &Arc<Region>,
+    pid: u32,
+    name: &str,
+    locks: &[(&[u8], Mode)],
+) -> ConnectorId {
     crate::connector::identity::model::enter(pid);
     let m = crate::Member::connect(r.clone(), name).unwrap();
     let id = m.id();
@@ -118,6 +124,11 @@ pub(super) fn dies_holding(r: &Arc<Region>, pid: u32, name: &str, locks: &[(&[u8
     std::mem::forget(h);
     std::mem::forget(m);
     id
+}
+
+/// Connector `n` of the model region.
+pub(super) fn cid(n: u32) -> ConnectorId {
+    ConnectorId::new(n)
 }
 
 /// Names `n` resources on one lock table entry of the model region.
@@ -136,8 +147,8 @@ pub(super) fn colliding(n: usize) -> Vec<Vec<u8>> {
 }
 
 /// The entry of resource `name` in the model region.
-pub(super) fn entry_of(name: &[u8]) -> u32 {
-    Resource::new(name).map_or(0, |r| r.entry(ENTRIES))
+pub(super) fn entry_of(name: &[u8]) -> EntryIndex {
+    Resource::new(name).map_or(EntryIndex::new(0), |r| r.entry(ENTRIES))
 }
 
 /// Ask until granted (a try-loop: a model that must not depend on the

@@ -9,6 +9,7 @@
 
 use super::harness::*;
 use crate::connector::liveness::{self, confirm_dead, survey, wait_any};
+use crate::shm::ids::ConnectorId;
 use crate::{cleanup_member_as, CleanupOutcome, Member, MemberState};
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ struct Learned {
 }
 
 /// A survivor's watch loop, as cf-node's liveness watcher runs it.
-fn watch(r: &crate::Region, me: u32, victim: u32) -> Learned {
+fn watch(r: &crate::Region, me: ConnectorId, victim: ConnectorId) -> Learned {
     let mut out = Learned::default();
     loop {
         let s = survey(r, me);
@@ -51,8 +52,8 @@ fn watch(r: &crate::Region, me: u32, victim: u32) -> Learned {
 fn survivor(
     r: Arc<crate::Region>,
     pid: u32,
-    me: u32,
-    victim: u32,
+    me: ConnectorId,
+    victim: ConnectorId,
     arm: bool,
 ) -> loom::thread::JoinHandle<Option<Learned>> {
     loom::thread::spawn(move || {

@@ -1,5 +1,6 @@
 //! The restart-request list (`requests.rs`).
 
+use super::harness::cid;
 use super::harness::*;
 use crate::events::{self, EventKind};
 use crate::{cleanup_member, CleanupOutcome, ConnectMode, Member};
@@ -22,7 +23,7 @@ fn a_late_completion_never_completes_a_newer_request() {
         std::mem::forget(a);
         crate::connector::identity::model::enter(1);
         assert!(matches!(
-            cleanup_member(&r, 0).unwrap(),
+            cleanup_member(&r, cid(0)).unwrap(),
             CleanupOutcome::Cleaned(_)
         ));
         // A's restart light (process 3): recovers A, disconnects...
@@ -35,7 +36,7 @@ fn a_late_completion_never_completes_a_newer_request() {
         // ... B (process 4) takes the slot and dies.
         crate::connector::identity::model::enter(4);
         let b = Member::connect(r.clone(), "B").unwrap();
-        assert_eq!(b.id(), 0);
+        assert_eq!(b.id(), cid(0));
         kill(4);
         std::mem::forget(b);
         let since = events::next_seq(&r);
@@ -45,7 +46,7 @@ fn a_late_completion_never_completes_a_newer_request() {
         });
         let watcher = process(6, {
             let r = r.clone();
-            move || cleanup_member(&r, 0).unwrap()
+            move || cleanup_member(&r, cid(0)).unwrap()
         });
         let completed_late = late.join().unwrap().unwrap();
         assert!(matches!(

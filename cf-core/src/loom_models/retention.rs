@@ -3,10 +3,11 @@
 
 use super::harness::*;
 use crate::lock::records;
+use crate::shm::ids::ConnectorId;
 use crate::{cleanup_member, CleanupOutcome, Member, MemberState, Mode, TryOutcome};
 
 /// The modify records `member` keeps (as resource names).
-fn modify_records(r: &crate::Region, member: u32) -> Vec<Vec<u8>> {
+fn modify_records(r: &crate::Region, member: ConnectorId) -> Vec<Vec<u8>> {
     let mut v: Vec<Vec<u8>> = records::all_records(r, member)
         .unwrap()
         .into_iter()

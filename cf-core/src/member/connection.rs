@@ -6,6 +6,7 @@ use crate::connector::{self, MemberState};
 use crate::error::LockError;
 use crate::lock::entry::{self, LatchError, LatchWait, OwnLatches};
 use crate::recovery;
+use crate::shm::ids::{ConnectorId, EntryIndex};
 use crate::shm::region::Region;
 use crate::sync::Ordering;
 use std::sync::atomic::AtomicU64 as StdAtomicU64;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 pub(crate) struct Connection {
     pub(crate) region: Arc<Region>,
-    pub(crate) id: u32,
+    pub(crate) id: ConnectorId,
     pub(crate) generation: u32,
     pub(crate) name: String,
     next_holder: StdAtomicU64,
@@ -22,7 +23,12 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(region: Arc<Region>, id: u32, generation: u32, name: &str) -> Connection {
+    pub(crate) fn new(
+        region: Arc<Region>,
+        id: ConnectorId,
+        generation: u32,
+        name: &str,
+    ) -> Connection {
         Connection {
             region,
             id,
@@ -65,10 +71,11 @@ impl Connection {
     }
 
     /// Release record `slot` on `entry` on the latched path.
-    pub(crate) fn release_slow(&self, slot: u32, entry: u32) -> Result<(), LockError> {
+    pub(crate) fn release_slow(&self, slot: u32, entry: EntryIndex) -> Result<(), LockError> {
         let region = &*self.region;
         let me = self.id;
-        let mut on_stuck = |x: u32| recovery::try_clean(region, x, Some(me), 0, None).map(|_| ());
+        let mut on_stuck =
+            |x: ConnectorId| recovery::try_clean(region, x, Some(me), 0, None).map(|_| ());
         let own = self.own_latches.enter();
         let mut how = LatchWait {
             deadline: None,
@@ -90,7 +97,7 @@ impl Connection {
         let own = self.own_latches.enter();
         for group in recs.chunk_by(|a, b| a.0 == b.0) {
             let mut on_stuck =
-                |x: u32| recovery::try_clean(region, x, Some(me), 0, None).map(|_| ());
+                |x: ConnectorId| recovery::try_clean(region, x, Some(me), 0, None).map(|_| ());
             let mut how = LatchWait {
                 deadline: None,
                 steal: 0,

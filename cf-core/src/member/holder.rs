@@ -26,6 +26,7 @@ use crate::lock::records::{self, Mode, RecordView, Resource, TAG_FREE, TAG_HELD,
 use crate::lock::{service, word};
 use crate::member::connection::Connection;
 use crate::recovery::{self, CleanupOutcome};
+use crate::shm::ids::{ConnectorId, EntryIndex, SlotIndex};
 use crate::shm::layout::MAX_RESOURCE;
 use crate::shm::region::Region;
 use crate::shm::slots::RecordBody;
@@ -43,15 +44,15 @@ pub const TRY_WAIT: Duration = Duration::from_secs(1);
 /// A lock held by a [`Holder`]: pass it back to [`Holder::unlock`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LockId {
-    pub slot: u32,
-    pub entry: u32,
+    pub slot: SlotIndex,
+    pub entry: EntryIndex,
     pub mode: Mode,
 }
 
 /// A connector named in an answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HolderInfo {
-    pub id: u32,
+    pub id: ConnectorId,
     pub name: String,
     pub pid: u32,
     /// The mode that holder holds the resource in.
@@ -205,7 +206,7 @@ impl Holder {
     }
 
     /// The member this holder belongs to.
-    pub fn member_id(&self) -> u32 {
+    pub fn member_id(&self) -> ConnectorId {
         self.m.id
     }
 
@@ -259,9 +260,9 @@ impl Holder {
         };
         let hash = records::write_body_and_hash(body, resource, mode);
         // The table's length is a power of two (checked when the region opened).
-        let entry = (hash & (table.len() as u64 - 1)) as u32;
-        let word = &table[entry as usize];
-        tag.store(TAG_HELD | entry, Ordering::Release);
+        let entry = EntryIndex::new((hash & (table.len() as u64 - 1)) as u32);
+        let word = &table[entry.index()];
+        tag.store(TAG_HELD | entry.get(), Ordering::Release);
         crate::crash::point("acquire.after_record");
         let fast = if mode.is_exclusive() {
             word::try_fast_exclusive(word, me)
@@ -281,7 +282,11 @@ impl Holder {
             if let Some(t0) = t0 {
                 self.record_service(t0);
             }
-            return Ok(TryOutcome::Granted(LockId { slot, entry, mode }));
+            return Ok(TryOutcome::Granted(LockId {
+                slot: SlotIndex::new(slot),
+                entry,
+                mode,
+            }));
         }
         self.acquire_slow(resource, mode, slot, entry, timeout, t0)
     }
@@ -304,14 +309,14 @@ impl Holder {
         resource: &[u8],
         mode: Mode,
         slot: u32,
-        entry: u32,
+        entry: EntryIndex,
         timeout: Option<Duration>,
         t0: Option<Instant>,
     ) -> Result<TryOutcome, LockError> {
         let m = self.m.clone();
         self.slept = false;
         let tag = records::tag(&m.region, m.id, slot)?;
-        tag.store(TAG_PENDING | entry, Ordering::Release);
+        tag.store(TAG_PENDING | entry.get(), Ordering::Release);
         let res = Resource::new(resource).ok_or(LockError::BadResource {
             len: resource.len(),
             max: MAX_RESOURCE,
@@ -342,7 +347,7 @@ impl Holder {
         res: &Resource,
         mode: Mode,
         slot: u32,
-        entry: u32,
+        entry: EntryIndex,
         timeout: Option<Duration>,
         conflicts: &mut Vec<RecordView>,
     ) -> Result<TryOutcome, LockError> {
@@ -383,8 +388,9 @@ impl Holder {
         };
         loop {
             self.m.check_still_connected()?;
-            let mut on_stuck =
-                |x: u32| recovery::try_clean(region, x, Some(me), 0, Some(deadline)).map(|_| ());
+            let mut on_stuck = |x: ConnectorId| {
+                recovery::try_clean(region, x, Some(me), 0, Some(deadline)).map(|_| ())
+            };
             let mut how = LatchWait {
                 deadline: Some(deadline),
                 steal: 0,
@@ -413,7 +419,11 @@ impl Holder {
                     if false_contention {
                         self.false_contention += 1;
                     }
-                    return Ok(TryOutcome::Granted(LockId { slot, entry, mode }));
+                    return Ok(TryOutcome::Granted(LockId {
+                        slot: SlotIndex::new(slot),
+                        entry,
+                        mode,
+                    }));
                 }
                 Ok(Decision::Conflict) => {}
                 Err(e) => {
@@ -525,31 +535,31 @@ impl Holder {
     #[inline]
     pub fn unlock(&mut self, id: LockId) -> Result<(), LockError> {
         let me = self.m.id;
-        if !self.owns_slot(id.slot) {
+        let slot = id.slot.get();
+        if !self.owns_slot(slot) {
             return Err(LockError::NotHeld(id.slot));
         }
         let (tags, _, table) = self.area();
-        let (Some(tag), Some(word)) = (tags.get(id.slot as usize), table.get(id.entry as usize))
-        else {
+        let (Some(tag), Some(word)) = (tags.get(slot as usize), table.get(id.entry.index())) else {
             return Err(LockError::NotHeld(id.slot));
         };
         let now = tag.load(Ordering::Relaxed);
-        if now == TAG_PENDING | id.entry {
+        if now == TAG_PENDING | id.entry.get() {
             // A release of ours that failed (its latch could not be had):
             // finish it on the latched path.
             self.m.check_still_connected()?;
-            self.m.release_slow(id.slot, id.entry)?;
-            self.free.push(id.slot);
+            self.m.release_slow(slot, id.entry)?;
+            self.free.push(slot);
             return Ok(());
         }
-        if now != TAG_HELD | id.entry {
+        if now != TAG_HELD | id.entry.get() {
             return Err(LockError::NotHeld(id.slot));
         }
         if let Some(seen) = word::fast_release_possible(word, me, id.mode.is_exclusive()) {
             // The record turns PENDING first: the lock is being given up, and
             // no one (a sibling thread least of all) counts it as held any
             // more; it still covers the word until it is freed (`entry.rs`).
-            tag.store(TAG_PENDING | id.entry, Ordering::Release);
+            tag.store(TAG_PENDING | id.entry.get(), Ordering::Release);
             crate::crash::point("release.marked");
             let fast = if id.mode.is_exclusive() {
                 word::try_fast_release_exclusive(word, seen)
@@ -559,7 +569,7 @@ impl Holder {
             if fast {
                 crate::crash::point("release.after_word");
                 tag.store(TAG_FREE, Ordering::Release);
-                self.free.push(id.slot);
+                self.free.push(slot);
                 return Ok(());
             }
         }
@@ -568,8 +578,8 @@ impl Holder {
         // record marked above while the word was still fast is its cleanup's
         // to free).
         self.m.check_still_connected()?;
-        self.m.release_slow(id.slot, id.entry)?;
-        self.free.push(id.slot);
+        self.m.release_slow(slot, id.entry)?;
+        self.free.push(slot);
         Ok(())
     }
 
@@ -681,7 +691,7 @@ struct DeadHolders {
 /// request's deadline, never waiting for another cleaner.
 fn clean_dead(
     region: &Region,
-    me: u32,
+    me: ConnectorId,
     conflicts: &[RecordView],
     deadline: Instant,
 ) -> Result<DeadHolders, CorruptError> {
@@ -720,7 +730,7 @@ fn dedup_holders(region: &Region, conflicts: &[RecordView]) -> Vec<HolderInfo> {
     out
 }
 
-pub(crate) fn holder_info(region: &Region, id: u32, mode: Mode) -> HolderInfo {
+pub(crate) fn holder_info(region: &Region, id: ConnectorId, mode: Mode) -> HolderInfo {
     HolderInfo {
         id,
         name: connector::name_of(region, id),

@@ -21,6 +21,7 @@ use crate::connector::{self, MemberState, SlotChoice, StateWord};
 use crate::error::{ConnectError, LockError};
 use crate::lock::records::{self, RecordView, TAG_HELD};
 use crate::recovery::{cleanup_member, CleanupOutcome};
+use crate::shm::ids::{ConnectorId, SlotIndex};
 use crate::shm::region::Region;
 use crate::sync::Ordering;
 use connection::Connection;
@@ -138,7 +139,7 @@ impl Member {
         }
     }
 
-    pub fn id(&self) -> u32 {
+    pub fn id(&self) -> ConnectorId {
         self.inner.id
     }
     pub fn name(&self) -> &str {
@@ -212,16 +213,16 @@ impl Member {
 
     /// Release one held record of this connector by slot (for retained locks
     /// taken back by a reconnect; holders release their own with `unlock`).
-    pub fn release_record(&self, slot: u32) -> Result<(), LockError> {
+    pub fn release_record(&self, slot: SlotIndex) -> Result<(), LockError> {
         self.inner.check_still_connected()?;
         let region = &self.inner.region;
-        let tag = records::tag(region, self.inner.id, slot)
+        let tag = records::tag(region, self.inner.id, slot.get())
             .map_err(|_| LockError::NotHeld(slot))?
             .load(Ordering::Acquire);
         if records::tag_state(tag) != TAG_HELD {
             return Err(LockError::NotHeld(slot));
         }
-        self.inner.release_slow(slot, records::tag_entry(tag))
+        self.inner.release_slow(slot.get(), records::tag_entry(tag))
     }
 
     /// Release every lock this connector holds (after a reconnect: the retained

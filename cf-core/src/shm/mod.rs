@@ -1,6 +1,7 @@
 //! Shared memory: the region's layout ([`layout`]), its typed structures
 //! (`slots.rs`), and the file and mapping that hold them ([`region`]).
 
+pub mod ids;
 pub mod layout;
 pub mod region;
 pub(crate) mod slots;

@@ -12,6 +12,7 @@
 //! ones the models explore.
 
 use crate::error::CorruptError;
+use crate::shm::ids::{ConnectorId, EntryIndex};
 use crate::shm::layout::{Header, Layout, Sizes};
 use crate::shm::slots::{
     BlockHeader, ConnectorSlot, EventHeader, EventSlot, LockHeader, RecordBody, RequestEntry,
@@ -312,15 +313,20 @@ impl Region {
         self.layout.sizes.lock_entries
     }
 
+    /// Every entry index of the lock table.
+    pub fn entry_indices(&self) -> impl Iterator<Item = EntryIndex> {
+        (0..self.lock_entries()).map(EntryIndex::new)
+    }
+
     /// The lock word of entry `e`, checked.
     #[inline]
-    pub(crate) fn word(&self, e: u32) -> Result<&AtomicU64, CorruptError> {
+    pub(crate) fn word(&self, e: EntryIndex) -> Result<&AtomicU64, CorruptError> {
         self.areas
             .lock_table
             .get()
-            .get(e as usize)
+            .get(e.index())
             .ok_or_else(|| CorruptError::EntryOutOfRange {
-                index: e as u64,
+                index: e.get() as u64,
                 len: self.lock_entries() as u64,
             })
     }
@@ -342,11 +348,11 @@ impl Region {
     }
 
     /// The restart request of connector `id` (checked).
-    pub(crate) fn request(&self, id: u32) -> Result<&RequestEntry, CorruptError> {
+    pub(crate) fn request(&self, id: ConnectorId) -> Result<&RequestEntry, CorruptError> {
         self.areas
             .requests
             .get()
-            .get(id as usize)
+            .get(id.index())
             .ok_or_else(|| self.bad_member(id))
     }
 
@@ -366,18 +372,25 @@ impl Region {
         self.layout.sizes.members
     }
 
-    fn bad_member(&self, id: u32) -> CorruptError {
+    /// Every connector id of this region.
+    #[inline]
+    pub fn connector_ids(&self) -> impl Iterator<Item = ConnectorId> {
+        ConnectorId::all(self.members())
+    }
+
+    fn bad_member(&self, id: impl Into<u32>) -> CorruptError {
         CorruptError::ConnectorOutOfRange {
-            id: id as u64,
+            id: id.into() as u64,
             len: self.members() as u64,
         }
     }
 
     /// Check a connector id read from the region.
     #[inline]
-    pub(crate) fn check_member(&self, id: u32) -> Result<u32, CorruptError> {
+    pub(crate) fn check_member(&self, id: impl Into<u32>) -> Result<ConnectorId, CorruptError> {
+        let id = id.into();
         if id < self.members() {
-            Ok(id)
+            Ok(ConnectorId::new(id))
         } else {
             Err(self.bad_member(id))
         }
@@ -385,11 +398,11 @@ impl Region {
 
     /// Connector slot `id`, checked.
     #[inline]
-    pub(crate) fn connector(&self, id: u32) -> Result<&ConnectorSlot, CorruptError> {
+    pub(crate) fn connector(&self, id: ConnectorId) -> Result<&ConnectorSlot, CorruptError> {
         self.areas
             .connectors
             .get()
-            .get(id as usize)
+            .get(id.index())
             .ok_or_else(|| self.bad_member(id))
     }
 
@@ -406,28 +419,28 @@ impl Region {
     }
 
     #[inline]
-    fn member_area(&self, id: u32) -> Result<&MemberArea, CorruptError> {
+    fn member_area(&self, id: ConnectorId) -> Result<&MemberArea, CorruptError> {
         self.areas
             .members
-            .get(id as usize)
+            .get(id.index())
             .ok_or_else(|| self.bad_member(id))
     }
 
     /// The block headers of member `id`.
     #[inline]
-    pub(crate) fn blocks(&self, id: u32) -> Result<&[BlockHeader], CorruptError> {
+    pub(crate) fn blocks(&self, id: ConnectorId) -> Result<&[BlockHeader], CorruptError> {
         Ok(self.member_area(id)?.blocks.get())
     }
 
     /// The record tags of member `id`.
     #[inline]
-    pub(crate) fn tags(&self, id: u32) -> Result<&[AtomicU32], CorruptError> {
+    pub(crate) fn tags(&self, id: ConnectorId) -> Result<&[AtomicU32], CorruptError> {
         Ok(self.member_area(id)?.tags.get())
     }
 
     /// The record bodies of member `id`.
     #[inline]
-    pub(crate) fn bodies(&self, id: u32) -> Result<&[RecordBody], CorruptError> {
+    pub(crate) fn bodies(&self, id: ConnectorId) -> Result<&[RecordBody], CorruptError> {
         Ok(self.member_area(id)?.bodies.get())
     }
 }

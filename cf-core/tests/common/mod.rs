@@ -7,7 +7,8 @@
 #![allow(dead_code)]
 
 use cf_core::{
-    testing, CreateOptions, LockId, Member, Mode, Plex, Region, Resource, Sizes, TryOutcome,
+    testing, CreateOptions, EntryIndex, LockId, Member, Mode, Plex, Region, Resource, Sizes,
+    TryOutcome,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -98,7 +99,7 @@ impl ChildB {
 
     /// Stop B at a moment it sleeps waiting for the holdings of `entry` to
     /// change (announced, and every thread in the kernel's futex call).
-    pub fn stop_while_asleep(&self, r: &Region, entry: u32) {
+    pub fn stop_while_asleep(&self, r: &Region, entry: EntryIndex) {
         let b = self.pid();
         loop {
             if testing::holding_waiter_sleeps(r, entry) {

@@ -574,7 +574,7 @@ impl Sim<'_> {
 
     /// Does a connector slot name this PID?
     fn has_slot(&self, pid: u32) -> bool {
-        (0..self.region.members()).any(|id| {
+        (self.region.connector_ids()).any(|id| {
             cf_core::connector::slot_view(&self.region, id)
                 .is_ok_and(|s| s.state != cf_core::MemberState::Free && s.process.pid == pid)
         })
