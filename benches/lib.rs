@@ -162,7 +162,7 @@ pub fn try_lock_unlock(h: &mut Holder, resource: &[u8], mode: Mode) {
 #[inline]
 pub fn lock_unlock(h: &mut Holder, resource: &[u8], mode: Mode) {
     let id = match h.lock(resource, mode, WAIT) {
-        Ok(Ok(id)) => id,
+        Ok(id) => id,
         other => panic!("lock {resource:?} in {mode} within {WAIT:?}: {other:?}"),
     };
     h.unlock(std::hint::black_box(id)).expect("unlock");

@@ -355,7 +355,7 @@ pub fn worker(spec: &Spec) -> Result<Out> {
             } else {
                 let res = resource(shape, i);
                 timed_loop(spec, &ctl, || {
-                    match h.lock(res.as_bytes(), Mode::Exclusive, WAIT)? {
+                    match h.lock(res.as_bytes(), Mode::Exclusive, WAIT) {
                         Ok(id) => h.unlock(id)?,
                         Err(e) => bail!("{res}: {e}"),
                     }
@@ -442,7 +442,7 @@ fn pingpong(spec: &Spec, ctl: &Ctl, h: &mut cf_core::Holder) -> Result<Out> {
     }
     let ring = ["pingpong-0", "pingpong-1", "pingpong-2"];
     let take = |h: &mut cf_core::Holder, r: &str| -> Result<cf_core::LockId> {
-        match h.lock(r.as_bytes(), Mode::Exclusive, WAIT)? {
+        match h.lock(r.as_bytes(), Mode::Exclusive, WAIT) {
             Ok(id) => Ok(id),
             Err(e) => bail!("{r}: {e}"),
         }

@@ -386,7 +386,7 @@ pub fn hold(spec: &HoldSpec) -> Result<()> {
     let mut h = member.holder()?;
     for i in 0..spec.count {
         let r = format!("r{i}");
-        if let Err(e) = h.lock(r.as_bytes(), Mode::Modify, Duration::from_secs(10))? {
+        if let Err(e) = h.lock(r.as_bytes(), Mode::Modify, Duration::from_secs(10)) {
             bail!("{r}: {e}");
         }
     }

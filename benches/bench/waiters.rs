@@ -217,7 +217,7 @@ pub fn worker(spec: &Spec) -> Result<()> {
     let member = Member::connect(region, &format!("WW{}", spec.index))?;
     let mut h = member.holder()?;
     ctl.word(CTL_WAITING)?.fetch_add(1, Ordering::AcqRel);
-    match h.lock(RESOURCE, Mode::Exclusive, WAIT)? {
+    match h.lock(RESOURCE, Mode::Exclusive, WAIT) {
         Ok(id) => h.unlock(id)?,
         Err(e) => bail!("waiting for the held lock: {e}"),
     }

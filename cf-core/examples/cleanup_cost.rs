@@ -45,7 +45,6 @@ fn main() {
             Mode::Modify,
             Duration::from_secs(10),
         )
-        .unwrap()
         .unwrap();
     }
     eprintln!(

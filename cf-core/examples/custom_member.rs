@@ -54,7 +54,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 for _ in 0..iterations {
                     let lock = holder
                         .lock(b"example:counter", Mode::Exclusive, Duration::from_secs(30))
-                        .map_err(|e| e.to_string())?
                         .map_err(|e| e.to_string())?;
                     let mut buf = [0u8; 8];
                     // A file shorter than 8 bytes reads as a counter of 0.
@@ -68,7 +67,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 Ok(())
             }))
         })
-        .collect::<Result<_, cf_core::LockError>>()?;
+        .collect::<Result<_, cf_core::HolderError>>()?;
     for w in workers {
         w.join().map_err(|_| "a worker panicked")??;
     }

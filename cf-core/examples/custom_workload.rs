@@ -74,7 +74,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                             Mode::Modify,
                             Duration::from_secs(30),
                         )
-                        .map_err(|e| e.to_string())?
                         .map_err(|e| e.to_string())
                     };
                     let l1 = take(lo)?;

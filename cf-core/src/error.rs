@@ -1,7 +1,7 @@
 //! Typed errors of the library. Binaries print them as one line (`Display`,
 //! or [`one_line`] for a chain of causes).
 
-use crate::shm::ids::{ConnectorId, SlotIndex};
+use crate::shm::ids::{ConnectorId, EntryIndex, SlotIndex};
 use std::path::PathBuf;
 
 /// One printable line for an error and its causes: each cause is added
@@ -76,74 +76,368 @@ pub enum RegionError {
         computed: u64,
     },
     #[error("{path}: header is inconsistent: {what}")]
-    BadHeader { path: PathBuf, what: String },
+    BadHeader { path: PathBuf, what: HeaderError },
     #[error("invalid size option: {0}")]
-    BadOption(String),
+    BadOption(SizesError),
 
     #[error("{path}: {err}")]
     Io { path: PathBuf, err: std::io::Error },
 }
 
-/// Something read from the shared region failed a bounds or consistency check.
+/// A size option out of range (`Sizes::check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SizesError {
+    /// The lock table must have a power of two of entries, from 16 to 2^30.
+    #[error("lock entries must be a power of two from 16 to 2^30, got {0}")]
+    LockEntries(u32),
+    /// The region holds 1 to `MAX_MEMBERS` connectors.
+    #[error("members must be 1 to {max}, got {got}", max = crate::shm::layout::MAX_MEMBERS)]
+    Members {
+        /// The value asked for.
+        got: u32,
+    },
+    /// Records per member: a multiple of `BLOCK_SLOTS`, up to 2^24.
+    #[error("records per member must be a multiple of {block} from {block} to 2^24, got {got}",
+        block = crate::shm::layout::BLOCK_SLOTS)]
+    RecordsPerMember {
+        /// The value asked for.
+        got: u32,
+    },
+}
+
+/// A failure detection interval out of range (`liveness::check_interval`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "failure detection interval must be from {} ms to {} s, got {} ms",
+    crate::connector::liveness::MIN_INTERVAL.as_millis(),
+    crate::connector::liveness::MAX_INTERVAL.as_secs(),
+    .0.as_millis()
+)]
+pub struct IntervalError(pub std::time::Duration);
+
+/// A region header whose fields disagree with each other (`Layout::from_header`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeaderError {
+    /// A size field is out of range.
+    #[error(transparent)]
+    Sizes(#[from] SizesError),
+    /// The record block size is not this program's.
+    #[error("block size {found} (expected {expected})")]
+    BlockSize {
+        /// As stored.
+        found: u32,
+        /// This program's `BLOCK_SLOTS`.
+        expected: u32,
+    },
+    /// The header size field is not this program's header size.
+    #[error("header size {0}")]
+    HeaderSize(u32),
+    /// The total size does not follow from the sizes.
+    #[error("total size {found} does not match the sizes (expected {expected})")]
+    TotalSize {
+        /// As stored.
+        found: u64,
+        /// As computed from the sizes.
+        expected: u64,
+    },
+    /// The structure directory does not follow from the sizes.
+    #[error("structure directory does not match the sizes")]
+    Directory,
+}
+
+/// Something read from the shared region failed a bounds or consistency
+/// check: the region is damaged (or was written by a foreign program). Only
+/// damage is reported this way; a step that waits too long is [`Stuck`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CorruptError {
+    /// A lock table index read from the region is out of range.
     #[error("lock table index {index} out of range (table has {len} entries)")]
-    EntryOutOfRange { index: u64, len: u64 },
+    EntryOutOfRange {
+        /// The index read.
+        index: u64,
+        /// The table's length.
+        len: u64,
+    },
+    /// A connector id read from the region is out of range.
     #[error("connector id {id} out of range (table has {len} connectors)")]
-    ConnectorOutOfRange { id: u64, len: u64 },
+    ConnectorOutOfRange {
+        /// The id read.
+        id: u64,
+        /// The number of connector slots.
+        len: u64,
+    },
+    /// A record slot holds something no protocol step writes.
     #[error("record slot {slot} of connector {member}: {what}")]
     BadRecord {
+        /// Whose record area.
         member: ConnectorId,
+        /// Which slot.
         slot: SlotIndex,
+        /// What is wrong with it.
         what: String,
     },
+    /// A connector slot holds something no protocol step writes.
     #[error("connector {id}: {what}")]
-    BadConnector { id: ConnectorId, what: String },
-    #[error("the region was opened read-only: {0} needs a writable region")]
-    ReadOnly(&'static str),
+    BadConnector {
+        /// Which connector.
+        id: ConnectorId,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// The event ring's counter or a slot is damaged.
     #[error("event ring: {0}")]
     BadEvents(String),
 }
 
-/// Errors of connect / disconnect.
+/// A protocol step waited longer than any live process needs: another
+/// process is stopped (SIGSTOP, a debugger), or a word it waits on is
+/// damaged. The step was abandoned without changing anything it had not
+/// finished; it can be retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Stuck {
+    /// A lock entry's latch stayed with one holder.
+    #[error(
+        "connector {holder} has held the latch of lock entry {entry} for over {secs} s \
+         (a stopped process, or a damaged lock word)"
+    )]
+    Latch {
+        /// The latch holder named by the word.
+        holder: ConnectorId,
+        /// The entry.
+        entry: EntryIndex,
+        /// How long it was waited for, in seconds.
+        secs: u64,
+    },
+    /// A cleanup could not latch some of the dead member's entries.
+    #[error(
+        "the cleanup of connector {id} could not latch {entries} lock entr{plural} for {secs} s \
+         (stopped processes or damaged lock words)",
+        plural = if *entries == 1 { "y" } else { "ies" }
+    )]
+    Cleanup {
+        /// The member being cleaned up.
+        id: ConnectorId,
+        /// How many entries are left.
+        entries: usize,
+        /// How long it tried, in seconds.
+        secs: u64,
+    },
+    /// A restart request's state kept changing under a completion.
+    #[error("the restart request of connector {id} kept changing for {tries} tries")]
+    Request {
+        /// Whose request.
+        id: ConnectorId,
+        /// How often it was tried.
+        tries: u32,
+    },
+}
+
+/// Why a dead member could not be cleaned up (`recovery::cleanup_member`).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CleanupError {
+    /// The region is damaged.
+    #[error("region is damaged: {0}")]
+    Corrupt(#[from] CorruptError),
+    /// The cleanup waited too long for another process.
+    #[error(transparent)]
+    Stuck(#[from] Stuck),
+    /// The region was opened read-only.
+    #[error("the region was opened read-only: cleaning up needs a writable region")]
+    ReadOnly,
+    /// This process could not read its own identity (`/proc/self/stat`).
+    #[error("reading this process's identity: {0}")]
+    Identity(std::io::Error),
+    /// Posting the member's restart request failed.
+    #[error("posting the restart request: {0}")]
+    Request(#[from] RestartRequestError),
+}
+
+/// Why a step on the restart-request list failed (`requests::post`, `claim`,
+/// `fail`, `retry`, `complete` and the others that write).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestartRequestError {
+    /// The region is damaged.
+    #[error("region is damaged: {0}")]
+    Corrupt(#[from] CorruptError),
+    /// The step waited too long for another process.
+    #[error(transparent)]
+    Stuck(#[from] Stuck),
+    /// The region was opened read-only: the step needs to write.
+    #[error("the region was opened read-only: {0} needs a writable region")]
+    ReadOnly(&'static str),
+    /// This process could not read its own identity (`/proc/self/stat`).
+    #[error("reading this process's identity: {0}")]
+    Identity(std::io::Error),
+}
+
+/// Errors of connect.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectError {
+    /// The name is empty, too long, or has bytes a name may not have.
     #[error("member name {0:?} is invalid: {1}")]
     BadName(String, &'static str),
+    /// A live member has this name.
     #[error("member {name:?} is already connected (pid {pid})")]
-    NameInUse { name: String, pid: u32 },
+    NameInUse {
+        /// The name asked for.
+        name: String,
+        /// The process that has it.
+        pid: u32,
+    },
+    /// A recovery connection was asked for a member that is not failed-persistent.
     #[error("member {0:?} is not failed-persistent: nothing to recover")]
     NotFailed(String),
+    /// A normal connection was asked for a member whose locks are retained.
     #[error(
         "member {0:?} is failed-persistent: its locks stay retained until its log is recovered \
          (start `cf-node run --member {0}`, or post `cfctl restart-light {0}`)"
     )]
     FailedPersistent(String),
+    /// Every connector slot is taken.
     #[error("all {0} connector slots are in use")]
     TableFull(u32),
+    /// Another process kept the connect latch longer than a connect waits.
     #[error("timed out waiting for the connect latch (held by pid {0})")]
     LatchTimeout(u32),
+    /// The region was opened read-only.
     #[error("the region was opened read-only: connecting needs a writable region")]
     ReadOnly,
+    /// This process could not read its own identity (`/proc/self/stat`).
     #[error("reading this process's identity: {0}")]
     Identity(std::io::Error),
+    /// Cleaning up the dead previous holder of the slot failed.
+    #[error(transparent)]
+    Cleanup(#[from] CleanupError),
+    /// The region is damaged.
     #[error("region is damaged: {0}")]
     Corrupt(#[from] CorruptError),
 }
 
-/// Errors of lock requests.
+/// Why a member could not open a holder (`Member::holder`).
 #[derive(Debug, thiserror::Error)]
-pub enum LockError {
-    #[error("resource is empty or longer than {max} bytes ({len})")]
-    BadResource { len: usize, max: usize },
+#[non_exhaustive]
+pub enum HolderError {
+    /// The member's record area has no free block.
     #[error("record area of this member is full ({0} records)")]
     RecordsFull(u32),
-    #[error("lock not held by this holder (slot {0})")]
-    NotHeld(SlotIndex),
-    #[error("holders (threads) of this member are still open: drop them first")]
-    HoldersOpen,
+    /// The connection was cleaned up as dead.
     #[error("this connector is no longer active (it was cleaned up as dead)")]
     Disconnected,
+    /// The region is damaged.
+    #[error("region is damaged: {0}")]
+    Corrupt(#[from] CorruptError),
+}
+
+/// Why a lock request could not be answered (`Holder::try_lock`; inside
+/// [`WaitError::Failed`](crate::WaitError::Failed) for `Holder::lock`).
+/// Granted, contention and retained are answers, not errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcquireError {
+    /// The resource name is empty or too long.
+    #[error("resource is empty or longer than {max} bytes ({len})")]
+    BadResource {
+        /// Its length.
+        len: usize,
+        /// `MAX_RESOURCE`.
+        max: usize,
+    },
+    /// The member's record area has no free slot.
+    #[error("record area of this member is full ({0} records)")]
+    RecordsFull(u32),
+    /// The connection was cleaned up as dead.
+    #[error("this connector is no longer active (it was cleaned up as dead)")]
+    Disconnected,
+    /// A waiting lock waited too long for an entry's latch.
+    #[error(transparent)]
+    Stuck(#[from] Stuck),
+    /// Cleaning up a dead holder met on the way failed.
+    #[error("cleaning up a dead holder: {0}")]
+    Cleanup(#[from] CleanupError),
+    /// The region is damaged.
+    #[error("region is damaged: {0}")]
+    Corrupt(#[from] CorruptError),
+}
+
+/// Why a lock could not be released (`Holder::unlock`, `unlock_all`,
+/// `Member::release_record`, `release_all_held`). A release that failed
+/// leaves the lock being released; releasing it again finishes it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UnlockError {
+    /// The lock is not held by this holder (or member) in that slot.
+    #[error("lock not held by this holder (slot {0})")]
+    NotHeld(SlotIndex),
+    /// `Member::release_all_held` with holders (threads) still open.
+    #[error("holders (threads) of this member are still open: drop them first")]
+    HoldersOpen,
+    /// The connection was cleaned up as dead: its locks are now retained
+    /// (or released) by the cleanup, not by this process.
+    #[error("this connector is no longer active (it was cleaned up as dead)")]
+    Disconnected,
+    /// The release waited too long for an entry's latch.
+    #[error(transparent)]
+    Stuck(#[from] Stuck),
+    /// Cleaning up a dead holder met on the way failed.
+    #[error("cleaning up a dead holder: {0}")]
+    Cleanup(#[from] CleanupError),
+    /// The region is damaged.
+    #[error("region is damaged: {0}")]
+    Corrupt(#[from] CorruptError),
+}
+
+/// Why a member could not disconnect (`Member::disconnect`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DisconnectError {
+    /// Holders (threads) of the member are still open: drop them first.
+    #[error("holders (threads) of this member are still open: drop them first")]
+    HoldersOpen,
+    /// The connection was cleaned up as dead (its slot is no longer ours).
+    #[error("this connector is no longer active (it was cleaned up as dead)")]
+    Disconnected,
+    /// Another process kept the connect latch longer than a disconnect waits.
+    #[error("timed out waiting for the connect latch (held by pid {0})")]
+    LatchTimeout(u32),
+    /// This process could not read its own identity (`/proc/self/stat`).
+    #[error("reading this process's identity: {0}")]
+    Identity(std::io::Error),
+    /// Releasing the member's remaining locks failed.
+    #[error("releasing its locks: {0}")]
+    Release(#[from] UnlockError),
+    /// Completing the member's restart request failed.
+    #[error("completing its restart request: {0}")]
+    Request(#[from] RestartRequestError),
+    /// The region is damaged.
+    #[error("region is damaged: {0}")]
+    Corrupt(#[from] CorruptError),
+}
+
+/// Why a recovering connection could not change its recovery state
+/// (`Member::is_recovering`, `Member::finish_recovery`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecoveryStateError {
+    /// The connection was cleaned up as dead.
+    #[error("this connector is no longer active (it was cleaned up as dead)")]
+    Disconnected,
+    /// Another process kept the connect latch longer than this step waits.
+    #[error("timed out waiting for the connect latch (held by pid {0})")]
+    LatchTimeout(u32),
+    /// This process could not read its own identity (`/proc/self/stat`).
+    #[error("reading this process's identity: {0}")]
+    Identity(std::io::Error),
+    /// Completing the member's restart request failed.
+    #[error("completing its restart request: {0}")]
+    Request(#[from] RestartRequestError),
+    /// The region is damaged.
     #[error("region is damaged: {0}")]
     Corrupt(#[from] CorruptError),
 }

@@ -113,7 +113,10 @@ pub use shm::sigbus::install_sigbus_handler;
 pub use {
     connector::identity::ProcessId,
     connector::MemberState,
-    error::{ConnectError, CorruptError, LockError, RegionError},
+    error::{
+        AcquireError, CleanupError, ConnectError, CorruptError, DisconnectError, HolderError,
+        RecoveryStateError, RegionError, RestartRequestError, Stuck, UnlockError,
+    },
     layout::Sizes,
     lock::records::{Mode, Resource},
     member::holder::{Holder, HolderInfo, LockId, TryOutcome, WaitError, TRY_WAIT},

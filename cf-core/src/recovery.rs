@@ -54,7 +54,7 @@
 use crate::connector::claim::{self, Claim};
 use crate::connector::identity::ProcessId;
 use crate::connector::{self, MemberState, StateWord};
-use crate::error::CorruptError;
+use crate::error::{CleanupError, CorruptError, Stuck};
 use crate::events::{self, EventKind};
 use crate::lock::entry::{self, LatchError, LatchWait};
 use crate::lock::records::{self, BLOCK_RETAINED};
@@ -104,14 +104,11 @@ const DEFER_AFTER: Duration = Duration::from_millis(5);
 const WALK_STUCK: Duration = Duration::from_secs(30);
 
 /// This process's token (PID and start time).
-fn my_token() -> Result<u64, CorruptError> {
+fn my_token() -> Result<u64, CleanupError> {
     let current = || {
         ProcessId::current()
             .map(|p| p.token())
-            .map_err(|e| CorruptError::BadConnector {
-                id: ConnectorId::new(u32::MAX),
-                what: format!("reading this process's identity: {e}"),
-            })
+            .map_err(CleanupError::Identity)
     };
     #[cfg(not(loom))]
     {
@@ -137,7 +134,7 @@ pub(crate) fn try_clean(
     by: Option<ConnectorId>,
     held: u64,
     deadline: Option<Instant>,
-) -> Result<CleanupOutcome, CorruptError> {
+) -> Result<CleanupOutcome, CleanupError> {
     if held & word::bit(c) != 0 {
         return Ok(CleanupOutcome::InProgress {
             by_pid: std::process::id(),
@@ -147,7 +144,7 @@ pub(crate) fn try_clean(
 }
 
 /// Clean up connector `c` if its process is dead. See the module docs.
-pub fn cleanup_member(region: &Region, c: ConnectorId) -> Result<CleanupOutcome, CorruptError> {
+pub fn cleanup_member(region: &Region, c: ConnectorId) -> Result<CleanupOutcome, CleanupError> {
     cleanup(region, c, None, None, 0, None)
 }
 
@@ -160,7 +157,7 @@ pub fn cleanup_member_as(
     c: ConnectorId,
     by: Option<ConnectorId>,
     seen_ns: Option<u64>,
-) -> Result<CleanupOutcome, CorruptError> {
+) -> Result<CleanupOutcome, CleanupError> {
     cleanup(region, c, by, seen_ns, 0, None)
 }
 
@@ -171,9 +168,11 @@ fn cleanup(
     seen_ns: Option<u64>,
     held: u64,
     deadline: Option<Instant>,
-) -> Result<CleanupOutcome, CorruptError> {
+) -> Result<CleanupOutcome, CleanupError> {
     let seen_ns = seen_ns.unwrap_or_else(connector::now_ns);
-    region.writable("a cleanup")?;
+    if region.is_read_only() {
+        return Err(CleanupError::ReadOnly);
+    }
     let c = region.check_member(c)?;
     let snap = connector::snapshot(region, c)?;
     match snap.st.state {
@@ -234,7 +233,8 @@ fn cleanup(
             return Err(CorruptError::BadConnector {
                 id: c,
                 what: "state changed while it was being cleaned up".into(),
-            });
+            }
+            .into());
         }
         Ok(CleanupOutcome::Cleaned(rep))
     })();
@@ -253,7 +253,7 @@ fn announce(
     rep: &CleanupReport,
     dead_pid: u32,
     seen_ns: u64,
-) -> Result<(), CorruptError> {
+) -> Result<(), CleanupError> {
     if requests::is_posted_for_connection(region, c)? {
         // A cleaner that died after announcing (its process may have been
         // killed by a sibling thread that claimed the request at once).
@@ -300,7 +300,7 @@ fn walk(
     by: Option<ConnectorId>,
     held: u64,
     deadline: Option<Instant>,
-) -> Result<Option<CleanupReport>, CorruptError> {
+) -> Result<Option<CleanupReport>, CleanupError> {
     let mut report = CleanupReport {
         member: c,
         name: connector::name_of(region, c),
@@ -341,7 +341,9 @@ fn walk(
                     report.discarded += s.discarded;
                 }
                 Err(LatchError::TimedOut { .. }) => deferred.push((e, recs)),
-                Err(LatchError::Corrupt(err)) => return Err(err),
+                Err(LatchError::Corrupt(err)) => return Err(err.into()),
+                Err(LatchError::Stuck(err)) => return Err(err.into()),
+                Err(LatchError::Cleanup(err)) => return Err(err),
             }
         }
         if !deferred.is_empty() && deadline.is_some_and(|d| crate::sync::now() >= d) {
@@ -350,16 +352,12 @@ fn walk(
         if deferred.len() < before {
             last_progress = crate::sync::now();
         } else if crate::sync::since(last_progress) > WALK_STUCK {
-            return Err(CorruptError::BadConnector {
+            return Err(Stuck::Cleanup {
                 id: c,
-                what: format!(
-                    "cleanup could not latch {} lock entr{} for {} s (stopped processes \
-                     or damaged lock words)",
-                    deferred.len(),
-                    if deferred.len() == 1 { "y" } else { "ies" },
-                    WALK_STUCK.as_secs()
-                ),
-            });
+                entries: deferred.len(),
+                secs: WALK_STUCK.as_secs(),
+            }
+            .into());
         } else {
             crate::sync::pause(Duration::from_micros(200));
         }
@@ -393,7 +391,7 @@ fn walk(
 
 /// Clean up every dead member of the region. Returns the reports of the
 /// cleanups this call performed.
-pub fn cleanup_all_dead(region: &Region) -> Result<Vec<CleanupReport>, CorruptError> {
+pub fn cleanup_all_dead(region: &Region) -> Result<Vec<CleanupReport>, CleanupError> {
     let mut out = Vec::new();
     for c in region.connector_ids() {
         if let CleanupOutcome::Cleaned(r) = cleanup_member(region, c)? {

@@ -83,7 +83,7 @@ use crate::connector::identity::ProcessId;
 use crate::connector::latch::ConnectLatch;
 use crate::connector::now_ns;
 use crate::connector::MemberState;
-use crate::error::CorruptError;
+use crate::error::{CorruptError, RestartRequestError, Stuck};
 use crate::shm::ids::ConnectorId;
 use crate::shm::region::Region;
 use crate::shm::slots::{self, RequestEntry};
@@ -254,8 +254,16 @@ pub fn post(
     id: ConnectorId,
     by: Option<ConnectorId>,
     on_posted: impl FnOnce(u32),
-) -> Result<Option<u32>, CorruptError> {
+) -> Result<Option<u32>, RestartRequestError> {
     under_cleanup_claim(region, id, || post_if_failed(region, id, by, on_posted))
+}
+
+/// `Err` if the region is read-only: `what` needs to write.
+fn writable(region: &Region, what: &'static str) -> Result<(), RestartRequestError> {
+    if region.is_read_only() {
+        return Err(RestartRequestError::ReadOnly(what));
+    }
+    Ok(())
 }
 
 /// Run `f` (a post) under member `id`'s cleanup claim, which serializes posts
@@ -264,14 +272,11 @@ pub fn post(
 fn under_cleanup_claim(
     region: &Region,
     id: ConnectorId,
-    f: impl FnOnce() -> Result<Option<u32>, CorruptError>,
-) -> Result<Option<u32>, CorruptError> {
-    region.writable("posting a restart request")?;
+    f: impl FnOnce() -> Result<Option<u32>, RestartRequestError>,
+) -> Result<Option<u32>, RestartRequestError> {
+    writable(region, "posting a restart request")?;
     let me = ProcessId::current()
-        .map_err(|e| CorruptError::BadConnector {
-            id,
-            what: format!("reading this process's identity: {e}"),
-        })?
+        .map_err(RestartRequestError::Identity)?
         .token();
     let claim = &region.connector(id)?.cleanup;
     if let Claim::Busy(_) = claim::try_claim(claim, me, ProcessId::token_is_alive) {
@@ -294,7 +299,7 @@ fn post_if_failed(
     id: ConnectorId,
     by: Option<ConnectorId>,
     on_posted: impl FnOnce(u32),
-) -> Result<Option<u32>, CorruptError> {
+) -> Result<Option<u32>, RestartRequestError> {
     with_connects_latched(region, id, |state| {
         if state != MemberState::FailedPersistent {
             return Ok(None);
@@ -310,12 +315,9 @@ fn post_if_failed(
 fn with_connects_latched(
     region: &Region,
     id: ConnectorId,
-    f: impl FnOnce(MemberState) -> Result<Option<u32>, CorruptError>,
-) -> Result<Option<u32>, CorruptError> {
-    let me = ProcessId::current().map_err(|e| CorruptError::BadConnector {
-        id,
-        what: format!("reading this process's identity: {e}"),
-    })?;
+    f: impl FnOnce(MemberState) -> Result<Option<u32>, RestartRequestError>,
+) -> Result<Option<u32>, RestartRequestError> {
+    let me = ProcessId::current().map_err(RestartRequestError::Identity)?;
     let Ok(_latch) = ConnectLatch::take(region, &me, POST_LATCH_WAIT) else {
         return Ok(None);
     };
@@ -331,7 +333,7 @@ pub(crate) fn post_claimed(
     id: ConnectorId,
     by: Option<ConnectorId>,
     on_posted: impl FnOnce(u32),
-) -> Result<Option<u32>, CorruptError> {
+) -> Result<Option<u32>, RestartRequestError> {
     post_or_repost(region, id, by, on_posted, false)
 }
 
@@ -346,7 +348,7 @@ fn post_or_repost(
     by: Option<ConnectorId>,
     on_posted: impl FnOnce(u32),
     repost_failed: bool,
-) -> Result<Option<u32>, CorruptError> {
+) -> Result<Option<u32>, RestartRequestError> {
     let e = region.request(id)?;
     let incarnation = region.connector(id)?.incarnation.load(Ordering::Acquire);
     let mut now = load(id, e)?;
@@ -375,10 +377,7 @@ fn post_or_repost(
     // stops; it never loses its claim to the rewrite (attack10).
     let token = if repost {
         let me = ProcessId::current()
-            .map_err(|e| CorruptError::BadConnector {
-                id,
-                what: format!("reading this process's identity: {e}"),
-            })?
+            .map_err(RestartRequestError::Identity)?
             .token();
         let alive = |t: u64| {
             ProcessId::token_is_alive(t)
@@ -459,7 +458,7 @@ fn complete_stale(
     id: ConnectorId,
     epoch: u32,
     by: Option<ConnectorId>,
-) -> Result<bool, CorruptError> {
+) -> Result<bool, RestartRequestError> {
     let e = region.request(id)?;
     let by_name = by.map(|b| crate::connector::name_of(region, b));
     complete(
@@ -504,7 +503,7 @@ pub fn claim(
     id: ConnectorId,
     by: ConnectorId,
     me: &ProcessId,
-) -> Result<ClaimOutcome, CorruptError> {
+) -> Result<ClaimOutcome, RestartRequestError> {
     let e = region.request(id)?;
     let seen = load(id, e)?;
     if seen.state == RequestState::Free
@@ -561,7 +560,7 @@ pub fn set_worker(
     id: ConnectorId,
     epoch: u32,
     worker: &ProcessId,
-) -> Result<Option<u64>, CorruptError> {
+) -> Result<Option<u64>, RestartRequestError> {
     let e = region.request(id)?;
     let now = load(id, e)?;
     if now.state == RequestState::Free || now.epoch != epoch {
@@ -580,7 +579,7 @@ pub fn unclaim(
     id: ConnectorId,
     epoch: u32,
     me: &ProcessId,
-) -> Result<(), CorruptError> {
+) -> Result<(), RestartRequestError> {
     let e = region.request(id)?;
     let _ = cas(
         e,
@@ -626,7 +625,7 @@ pub fn fail(
     epoch: u32,
     me: &ProcessId,
     judged: u32,
-) -> Result<FailOutcome, CorruptError> {
+) -> Result<FailOutcome, RestartRequestError> {
     let Ok(_latch) = ConnectLatch::take(region, me, POST_LATCH_WAIT) else {
         return Ok(FailOutcome::MemberChanged);
     };
@@ -675,8 +674,8 @@ pub fn set_reason(
     epoch: u32,
     status: Option<u64>,
     reason: Option<&str>,
-) -> Result<(), CorruptError> {
-    region.writable("recording a restart failure")?;
+) -> Result<(), RestartRequestError> {
+    writable(region, "recording a restart failure")?;
     let e = region.request(id)?;
     let now = load(id, e)?;
     if now.state == RequestState::Free || now.epoch != epoch {
@@ -713,7 +712,7 @@ pub fn retry(
     id: ConnectorId,
     by: Option<ConnectorId>,
     on_posted: impl FnOnce(u32),
-) -> Result<Option<u32>, CorruptError> {
+) -> Result<Option<u32>, RestartRequestError> {
     under_cleanup_claim(region, id, || {
         with_connects_latched(region, id, |state| {
             let e = region.request(id)?;
@@ -747,7 +746,7 @@ pub(crate) fn complete_outstanding(
     region: &Region,
     id: ConnectorId,
     by: &str,
-) -> Result<bool, CorruptError> {
+) -> Result<bool, RestartRequestError> {
     let e = region.request(id)?;
     // Under the connect latch nothing posts for the member, but a claim (or
     // an unclaim) may change the state word between the load and the
@@ -761,10 +760,11 @@ pub(crate) fn complete_outstanding(
             return Ok(true);
         }
     }
-    Err(CorruptError::BadConnector {
+    Err(Stuck::Request {
         id,
-        what: format!("restart request state kept changing for {COMPLETE_TRIES} tries"),
-    })
+        tries: COMPLETE_TRIES,
+    }
+    .into())
 }
 
 /// How often [`complete_outstanding`] tries (a claim changes the state word
@@ -781,7 +781,7 @@ pub fn complete(
     epoch: u32,
     member: &str,
     by: &str,
-) -> Result<bool, CorruptError> {
+) -> Result<bool, RestartRequestError> {
     complete_as(region, id, epoch, member, by, 0)
 }
 
@@ -799,7 +799,7 @@ fn complete_as(
     member: &str,
     by: &str,
     how: u64,
-) -> Result<bool, CorruptError> {
+) -> Result<bool, RestartRequestError> {
     let e = region.request(id)?;
     let now = load(id, e)?;
     if now.state == RequestState::Free || now.epoch != epoch {
@@ -921,7 +921,11 @@ pub fn totals(region: &Region) -> (u64, u64) {
 /// Complete every outstanding request for the member named `name` (it
 /// restarted normally and recovered itself, perhaps in another slot than the
 /// one it died in). Returns how many it completed.
-pub fn complete_for_name(region: &Region, name: &str, by: &str) -> Result<usize, CorruptError> {
+pub fn complete_for_name(
+    region: &Region,
+    name: &str,
+    by: &str,
+) -> Result<usize, RestartRequestError> {
     let mut n = 0;
     for r in list(region)? {
         if r.name == name && complete(region, r.member_id, r.epoch, name, by)? {

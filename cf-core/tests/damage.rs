@@ -14,8 +14,8 @@ use cf_core::ConnectorId;
 use cf_core::EntryIndex;
 use cf_core::SlotIndex;
 use cf_core::{
-    inspect, recovery, testing, ConnectError, CorruptError, CreateOptions, LockError, Member, Mode,
-    Plex, Region, Resource, TryOutcome,
+    inspect, recovery, testing, AcquireError, CleanupError, ConnectError, CorruptError,
+    CreateOptions, Member, Mode, Plex, Region, Resource, TryOutcome, UnlockError,
 };
 use proptest::prelude::*;
 use std::path::Path;
@@ -76,7 +76,7 @@ fn region() -> (tempfile::TempDir, Arc<Region>) {
     (dir, r)
 }
 
-fn granted(o: Result<TryOutcome, LockError>) -> cf_core::LockId {
+fn granted(o: Result<TryOutcome, AcquireError>) -> cf_core::LockId {
     match o {
         Ok(TryOutcome::Granted(id)) => id,
         other => panic!("expected granted, got {other:?}"),
@@ -105,7 +105,9 @@ fn answered(h: &mut cf_core::Holder, res: &[u8], mode: Mode) {
             let _ = h.unlock(id);
         }
         Ok(TryOutcome::Contention(_) | TryOutcome::Retained(_)) => {}
-        Err(LockError::Corrupt(_) | LockError::RecordsFull(_) | LockError::Disconnected) => {}
+        Err(
+            AcquireError::Corrupt(_) | AcquireError::RecordsFull(_) | AcquireError::Disconnected,
+        ) => {}
         Err(e) => panic!("unexpected error kind on a damaged region: {e:?}"),
     }
 }
@@ -187,7 +189,7 @@ fn record_tag_with_entry_out_of_range_is_reported_not_used() {
         }
         // The damaged tag no longer matches A's lock: typed "not held".
         testing::write_tag(&r, a.id(), x.slot, TAG_HELD | n);
-        assert!(matches!(ha.unlock(x), Err(LockError::NotHeld(s)) if s == x.slot));
+        assert!(matches!(ha.unlock(x), Err(UnlockError::NotHeld(s)) if s == x.slot));
         ha.unlock(y).unwrap();
         // Dropping the holder walks the damaged tag (release fails, typed, ignored).
         drop(ha);
@@ -195,14 +197,14 @@ fn record_tag_with_entry_out_of_range_is_reported_not_used() {
         // A's process is "dead": its cleanup meets the damaged record.
         testing::fake_reused_pid(&r, a.id());
         match recovery::cleanup_member(&r, a.id()) {
-            Err(CorruptError::BadRecord { member, slot, .. }) => {
+            Err(CleanupError::Corrupt(CorruptError::BadRecord { member, slot, .. })) => {
                 assert_eq!((member, slot), (a.id(), x.slot))
             }
             other => panic!("cleanup: {other:?}"),
         }
         assert!(matches!(
             recovery::cleanup_all_dead(&r),
-            Err(CorruptError::BadRecord { .. })
+            Err(CleanupError::Corrupt(CorruptError::BadRecord { .. }))
         ));
     });
 }
@@ -225,7 +227,7 @@ fn urgent_record_with_a_bad_mode_gives_a_typed_error_and_no_stale_latch() {
         // first one must not leave the entry latched).
         for _ in 0..2 {
             match hb.try_lock(b"acct:1", Mode::Share) {
-                Err(LockError::Corrupt(CorruptError::BadRecord { member, slot, .. })) => {
+                Err(AcquireError::Corrupt(CorruptError::BadRecord { member, slot, .. })) => {
                     assert_eq!((member, slot), (a.id(), x.slot))
                 }
                 other => panic!("{other:?}"),
@@ -236,10 +238,10 @@ fn urgent_record_with_a_bad_mode_gives_a_typed_error_and_no_stale_latch() {
         let other = colliding_with(&r, b"acct:1");
         assert!(matches!(
             hb.try_lock(&other, Mode::Exclusive),
-            Err(LockError::Corrupt(CorruptError::BadRecord { .. }))
+            Err(AcquireError::Corrupt(CorruptError::BadRecord { .. }))
         ));
         assert_not_latched(&r, x.entry);
-        assert!(matches!(ha.unlock(x), Err(LockError::NotHeld(_))));
+        assert!(matches!(ha.unlock(x), Err(UnlockError::NotHeld(_))));
         drop(ha);
         drop(hb);
     });
@@ -266,7 +268,7 @@ fn failed_release_does_not_leave_the_entry_latched() {
         assert_not_latched(&r, x.entry);
         // B's request reads A's records: a typed error, and no stale latch.
         match hb.try_lock(&first, Mode::Exclusive) {
-            Err(LockError::Corrupt(CorruptError::BadRecord { member, slot, what })) => {
+            Err(AcquireError::Corrupt(CorruptError::BadRecord { member, slot, what })) => {
                 assert_eq!((member, slot), (a.id(), y.slot));
                 assert!(what.contains("resource length 0"), "{what}");
             }
@@ -330,7 +332,9 @@ fn record_body_with_bad_length_or_mode_is_a_typed_error() {
             ));
             for mode in [Mode::Share, Mode::Exclusive, Mode::Modify] {
                 match hb.try_lock(b"acct:1", mode) {
-                    Err(LockError::Corrupt(CorruptError::BadRecord { member, slot, .. })) => {
+                    Err(AcquireError::Corrupt(CorruptError::BadRecord {
+                        member, slot, ..
+                    })) => {
                         assert_eq!((member, slot), (a.id(), x.slot))
                     }
                     other => panic!("{meta:#x} {mode}: {other:?}"),
@@ -374,8 +378,8 @@ fn lock_word_naming_a_connector_beyond_the_table() {
         let mut hb = b.holder().unwrap();
         let e = entry_of(&r, b"res");
         let out_of_range = |id: ConnectorId| {
-            move |o: &Result<TryOutcome, LockError>| {
-                matches!(o, Err(LockError::Corrupt(CorruptError::ConnectorOutOfRange { id: i, len }))
+            move |o: &Result<TryOutcome, AcquireError>| {
+                matches!(o, Err(AcquireError::Corrupt(CorruptError::ConnectorOutOfRange { id: i, len }))
                     if *i == id.get() as u64 && *len == members as u64)
             }
         };
@@ -400,7 +404,9 @@ fn lock_word_naming_a_connector_beyond_the_table() {
             assert!(
                 matches!(
                     o,
-                    Err(LockError::Corrupt(CorruptError::ConnectorOutOfRange { .. }))
+                    Err(cf_core::WaitError::Failed(AcquireError::Corrupt(
+                        CorruptError::ConnectorOutOfRange { .. }
+                    )))
                 ),
                 "{o:?}"
             );
@@ -489,7 +495,7 @@ fn releasing_or_cleaning_up_through_a_damaged_word_is_a_typed_error() {
         testing::write_lock_word(&r, x.entry, MIXED | holder_field(cid(39)) | bit(a.id()));
         assert!(matches!(
             ha.unlock(x),
-            Err(LockError::Corrupt(CorruptError::ConnectorOutOfRange {
+            Err(UnlockError::Corrupt(CorruptError::ConnectorOutOfRange {
                 id: 39,
                 ..
             }))
@@ -532,7 +538,7 @@ fn releasing_or_cleaning_up_through_a_damaged_word_is_a_typed_error() {
         assert!(
             matches!(
                 o,
-                Err(LockError::Corrupt(CorruptError::ConnectorOutOfRange {
+                Err(AcquireError::Corrupt(CorruptError::ConnectorOutOfRange {
                     id: 10,
                     ..
                 }))
@@ -568,7 +574,7 @@ fn try_on_an_entry_latched_by_a_live_member_answers() {
         testing::write_lock_word(&r, x.entry, MIXED | holder_field(a.id()) | bit(a.id()));
         match hb.try_lock(b"acct:1", Mode::Exclusive) {
             Ok(TryOutcome::Contention(h)) => assert_eq!(h[0].id, a.id()),
-            Err(LockError::Corrupt(_)) => {}
+            Err(AcquireError::Corrupt(_)) => {}
             other => panic!("{other:?}"),
         }
         // A timed request gives up at its timeout.
@@ -576,7 +582,8 @@ fn try_on_an_entry_latched_by_a_live_member_answers() {
         assert!(
             matches!(
                 o,
-                Ok(Err(cf_core::WaitError::Timeout(_))) | Err(LockError::Corrupt(_))
+                Err(cf_core::WaitError::Timeout(_))
+                    | Err(cf_core::WaitError::Failed(AcquireError::Corrupt(_)))
             ),
             "{o:?}"
         );
@@ -686,7 +693,7 @@ fn unknown_connector_state_is_a_typed_error() {
             // (the first failure must drop the latch).
             for _ in 0..2 {
                 match ha.try_lock(b"acct:1", Mode::Share) {
-                    Err(LockError::Corrupt(e)) if is_bad_b(&e) => {}
+                    Err(AcquireError::Corrupt(e)) if is_bad_b(&e) => {}
                     other => panic!("try: {other:?}"),
                 }
                 assert_not_latched(&r, x.entry);
@@ -696,11 +703,11 @@ fn unknown_connector_state_is_a_typed_error() {
             ha.unlock(z).unwrap();
             // B's slow path checks its own state first.
             match hb.try_lock(b"acct:1", Mode::Share) {
-                Err(LockError::Corrupt(e)) if is_bad_b(&e) => {}
+                Err(AcquireError::Corrupt(e)) if is_bad_b(&e) => {}
                 other => panic!("B: {other:?}"),
             }
             match recovery::cleanup_member(&r, b.id()) {
-                Err(e) if is_bad_b(&e) => {}
+                Err(CleanupError::Corrupt(e)) if is_bad_b(&e) => {}
                 other => panic!("cleanup: {other:?}"),
             }
             assert!(recovery::cleanup_all_dead(&r).is_err());

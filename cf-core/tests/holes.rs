@@ -20,8 +20,8 @@ use cf_core::testing::forge;
 use cf_core::testing::forge::{bit, holder_field, MIXED, TAG_FREE, TAG_HELD};
 use cf_core::EntryIndex;
 use cf_core::{
-    inspect, recovery, requests, testing, CleanupOutcome, CreateOptions, LockError, Member, Mode,
-    Plex, Region, Resource, TryOutcome,
+    inspect, recovery, requests, testing, AcquireError, CleanupOutcome, CreateOptions, Member,
+    Mode, Plex, Region, Resource, TryOutcome, UnlockError,
 };
 use cf_core::{ConnectorId, SlotIndex};
 use std::path::Path;
@@ -76,7 +76,7 @@ fn guarded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static
     }
 }
 
-fn granted(o: Result<TryOutcome, LockError>) -> cf_core::LockId {
+fn granted(o: Result<TryOutcome, AcquireError>) -> cf_core::LockId {
     match o {
         Ok(TryOutcome::Granted(id)) => id,
         other => panic!("expected granted, got {other:?}"),
@@ -282,7 +282,7 @@ fn hole4_a_member_that_is_still_connecting_is_never_cleaned_up() {
                     break;
                 }
             };
-            let step = (|| -> Result<(), LockError> {
+            let step = (|| -> Result<(), Box<dyn std::error::Error>> {
                 let mut h = m.holder()?;
                 let id = match h.try_lock(b"probe", Mode::Share)? {
                     TryOutcome::Granted(id) => id,
@@ -472,7 +472,7 @@ fn hole6c_a_held_record_is_never_handed_to_a_new_holder_after_a_failed_unlock_al
         );
         let err = h1.unlock_all();
         assert!(
-            matches!(err, Err(LockError::Corrupt(_))),
+            matches!(err, Err(UnlockError::Corrupt(_))),
             "setup: unlock_all on a damaged entry must fail, got {err:?}"
         );
         drop(h1);

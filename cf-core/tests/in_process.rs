@@ -126,9 +126,7 @@ fn waiting_request_is_woken_by_release_in_another_thread() {
     let waiter = std::thread::spawn(move || {
         let mut hb = b.holder().unwrap();
         tx.send(()).unwrap();
-        let got = hb
-            .lock(b"hot", Mode::Exclusive, Duration::from_secs(60))
-            .unwrap();
+        let got = hb.lock(b"hot", Mode::Exclusive, Duration::from_secs(60));
         let id = got.expect("granted after release");
         hb.unlock(id).unwrap();
     });
@@ -147,10 +145,7 @@ fn wait_times_out_naming_the_holder() {
     let mut ha = a.holder().unwrap();
     let _held = granted(ha.try_lock(b"hot", Mode::Exclusive).unwrap());
     let mut hb = b.holder().unwrap();
-    match hb
-        .lock(b"hot", Mode::Share, Duration::from_millis(30))
-        .unwrap()
-    {
+    match hb.lock(b"hot", Mode::Share, Duration::from_millis(30)) {
         Err(cf_core::WaitError::Timeout(h)) => assert_eq!(h[0].name, "A"),
         other => panic!("{other:?}"),
     }
@@ -185,10 +180,7 @@ fn dead_member_modify_locks_are_retained_others_released() {
     granted(hb.try_lock(b"plain-s", Mode::Exclusive).unwrap());
     granted(hb.try_lock(&r2, Mode::Modify).unwrap());
     // Waiting for a retained resource answers at once.
-    match hb
-        .lock(&r1, Mode::Exclusive, Duration::from_secs(600))
-        .unwrap()
-    {
+    match hb.lock(&r1, Mode::Exclusive, Duration::from_secs(600)) {
         Err(cf_core::WaitError::Retained(h)) => assert_eq!(h.name, "A"),
         other => panic!("{other:?}"),
     }
@@ -243,16 +235,12 @@ fn hammering_threads_never_overlap() {
                     };
                     let id = h
                         .lock(b"shared", Mode::Exclusive, Duration::from_secs(60))
-                        .unwrap()
                         .unwrap();
                     assert_eq!(inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst), 0);
                     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     h.unlock(id).unwrap();
-                    let s = h
-                        .lock(res, Mode::Share, Duration::from_secs(60))
-                        .unwrap()
-                        .unwrap();
+                    let s = h.lock(res, Mode::Share, Duration::from_secs(60)).unwrap();
                     h.unlock(s).unwrap();
                 }
             }));

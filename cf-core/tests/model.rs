@@ -500,9 +500,9 @@ impl World {
         let out = if wait {
             // A waiting request answers like a try once its time is up.
             match holder.lock(res.as_bytes(), mode, Duration::from_millis(1)) {
-                Ok(Ok(id)) => TryOutcome::Granted(id),
-                Ok(Err(WaitError::Timeout(h))) => TryOutcome::Contention(h),
-                Ok(Err(WaitError::Retained(h))) => TryOutcome::Retained(h),
+                Ok(id) => TryOutcome::Granted(id),
+                Err(WaitError::Timeout(h)) => TryOutcome::Contention(h),
+                Err(WaitError::Retained(h)) => TryOutcome::Retained(h),
                 Err(e) => return Err(TestCaseError::fail(format!("lock: {e}"))),
             }
         } else {
@@ -636,7 +636,7 @@ impl World {
             // Refused while a holder (thread) is open: nothing changes.
             let out = conn.member.release_all_held(|| {});
             prop_assert!(
-                matches!(out, Err(cf_core::LockError::HoldersOpen)),
+                matches!(out, Err(cf_core::UnlockError::HoldersOpen)),
                 "release_all_held with holders open: {:?}",
                 out
             );

@@ -96,7 +96,6 @@ fn lock_and_release_paths_allocate_nothing() {
         // A waiting request granted at once (nobody holds the resource).
         let l = ha
             .lock(&r1, Mode::Exclusive, std::time::Duration::from_secs(5))
-            .unwrap()
             .unwrap();
         ha.unlock(l).unwrap();
     };

@@ -287,7 +287,7 @@ fn hammer(
             });
         }
         for r in resources {
-            match holder.lock(r.as_bytes(), mode, timeout)? {
+            match holder.lock(r.as_bytes(), mode, timeout) {
                 Ok(id) => ids.push(id),
                 Err(e) => bail!("iteration {}: could not take {r} ({mode}): {e}", i + 1),
             }

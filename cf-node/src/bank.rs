@@ -348,6 +348,7 @@ impl Bank {
             WaitError::Timeout(_) => {
                 self.stats.skipped_timeout.fetch_add(1, Ordering::Relaxed);
             }
+            e => return Err(e.into()),
         }
         Ok(())
     }
@@ -366,11 +367,18 @@ impl Bank {
                 Store::resource(acct).as_bytes(),
                 mode,
                 self.config.lock_timeout,
-            )? {
+            ) {
                 Ok(id) => held.push(id),
-                Err(e) => {
+                Err(e @ (WaitError::Retained(_) | WaitError::Timeout(_))) => {
                     self.give_up(h, held, e)?;
                     return Ok(None);
+                }
+                Err(e) => {
+                    // An error, not an answer: give back what was taken, then fail.
+                    for id in held {
+                        let _ = h.unlock(id);
+                    }
+                    return Err(e.into());
                 }
             }
         }

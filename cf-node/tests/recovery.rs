@@ -14,7 +14,7 @@
 
 use cf_core::events::EventKind;
 use cf_core::ConnectorId;
-use cf_core::{LockError, Member, Mode, TryOutcome};
+use cf_core::{AcquireError, DisconnectError, HolderError, Member, Mode, TryOutcome, UnlockError};
 use cf_node::bank::Rng;
 use cf_testkit::node::*;
 use std::time::{Duration, Instant};
@@ -687,8 +687,8 @@ fn a_process_with_a_members_pid_but_another_start_time_is_not_taken_for_it() {
 
     // This process is still running with its `Member`: member operations
     // fail, its lock was released by restart light.
-    assert!(matches!(p.holder(), Err(LockError::Disconnected)));
-    assert!(matches!(h.unlock(lock), Err(LockError::NotHeld(_))));
+    assert!(matches!(p.holder(), Err(HolderError::Disconnected)));
+    assert!(matches!(h.unlock(lock), Err(UnlockError::NotHeld(_))));
     // A holder that already exists is not re-checked on the uncontended fast
     // path (it costs nothing by design); only the slow path and member
     // operations check the connector. Whatever it answers, leave nothing behind.
@@ -697,11 +697,11 @@ fn a_process_with_a_members_pid_but_another_start_time_is_not_taken_for_it() {
             eprintln!("a cleaned-up member's fast path still grants");
             h.unlock(l).expect("unlock");
         }
-        Err(LockError::Disconnected) => {}
+        Err(AcquireError::Disconnected) => {}
         other => panic!("{other:?}"),
     }
     drop(h);
-    assert!(matches!(p.disconnect(), Err(LockError::Disconnected)));
+    assert!(matches!(p.disconnect(), Err(DisconnectError::Disconnected)));
 
     assert_eq!(stop_survivors(&mut [&mut z]), 1);
     plex.assert_balanced_and_clean();

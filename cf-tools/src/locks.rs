@@ -153,16 +153,17 @@ fn take_and_hold(
     let mut holder = member.holder()?;
     let mut held: Vec<(LockId, String)> = Vec::new();
     for (res, mode) in wanted {
-        match holder.lock(res.as_bytes(), *mode, a.timeout_ms)? {
+        match holder.lock(res.as_bytes(), *mode, a.timeout_ms) {
             Ok(id) => held.push((id, res.clone())),
             Err(e) => {
+                for (id, _) in std::mem::take(&mut held) {
+                    let _ = holder.unlock(id);
+                }
                 let code = match e {
                     WaitError::Retained(_) => cf_harness::exit::RETAINED,
                     WaitError::Timeout(_) => cf_harness::exit::TIMED_OUT,
+                    e => return Err(e.into()),
                 };
-                for (id, _) in held {
-                    let _ = holder.unlock(id);
-                }
                 return Err(NotTaken {
                     text: format!("could not take {res} ({mode}): {e}"),
                     code,

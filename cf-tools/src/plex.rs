@@ -54,7 +54,7 @@ pub enum IsolateArg {
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
     let d = cf_harness::duration::secs(s)?;
-    cf_core::connector::liveness::check_interval(d)?;
+    cf_core::connector::liveness::check_interval(d).map_err(|e| e.to_string())?;
     Ok(d)
 }
 

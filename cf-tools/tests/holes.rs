@@ -321,7 +321,7 @@ fn hole3_requests_answer_in_time_while_a_stopped_process_holds_the_cleanup_claim
     let r3 = r_res.clone();
     let lock_thread = std::thread::spawn(move || {
         let out = hl.lock(r3.as_bytes(), Mode::Modify, Duration::from_secs(1));
-        let ok = matches!(out, Ok(Err(WaitError::Timeout(_) | WaitError::Retained(_))));
+        let ok = matches!(out, Err(WaitError::Timeout(_) | WaitError::Retained(_)));
         let _ = tx.send(("lock with a 1 s timeout", format!("{out:?}"), ok));
         hl
     });

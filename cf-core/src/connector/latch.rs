@@ -21,9 +21,9 @@ impl<'a> ConnectLatch<'a> {
         region: &'a Region,
         me: &ProcessId,
         timeout: Duration,
-    ) -> Result<Self, ConnectError> {
+    ) -> Result<Self, LatchTakeError> {
         if region.is_read_only() {
-            return Err(ConnectError::ReadOnly);
+            return Err(LatchTakeError::ReadOnly);
         }
         let latch = &region.lock_header().connect_latch;
         let token = me.token();
@@ -42,7 +42,7 @@ impl<'a> ConnectLatch<'a> {
                 continue;
             }
             if crate::sync::now() > deadline {
-                return Err(ConnectError::LatchTimeout(cur as u32));
+                return Err(LatchTakeError::Timeout { pid: cur as u32 });
             }
             spins += 1;
             if spins < 64 {
@@ -50,6 +50,24 @@ impl<'a> ConnectLatch<'a> {
             } else {
                 crate::sync::pause(Duration::from_micros(200));
             }
+        }
+    }
+}
+
+/// Why the connect latch was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LatchTakeError {
+    /// The region is read-only.
+    ReadOnly,
+    /// A live process kept it past the timeout.
+    Timeout { pid: u32 },
+}
+
+impl From<LatchTakeError> for ConnectError {
+    fn from(e: LatchTakeError) -> ConnectError {
+        match e {
+            LatchTakeError::ReadOnly => ConnectError::ReadOnly,
+            LatchTakeError::Timeout { pid } => ConnectError::LatchTimeout(pid),
         }
     }
 }

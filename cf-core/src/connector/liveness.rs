@@ -96,7 +96,7 @@ use crate::connector::identity::ProcessId;
 use crate::connector::snapshot;
 #[cfg(not(loom))]
 use crate::connector::MemberState;
-use crate::error::CorruptError;
+use crate::error::{CorruptError, IntervalError};
 use crate::shm::ids::ConnectorId;
 use crate::shm::region::Region;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
@@ -164,14 +164,9 @@ impl Default for Settings {
 }
 
 /// Check an interval given by the user.
-pub fn check_interval(d: Duration) -> Result<(), String> {
+pub fn check_interval(d: Duration) -> Result<(), IntervalError> {
     if d < MIN_INTERVAL || d > MAX_INTERVAL {
-        return Err(format!(
-            "failure detection interval must be from {} ms to {} s, got {} ms",
-            MIN_INTERVAL.as_millis(),
-            MAX_INTERVAL.as_secs(),
-            d.as_millis()
-        ));
+        return Err(IntervalError(d));
     }
     Ok(())
 }
@@ -198,7 +193,7 @@ pub fn settings(region: &Region) -> Settings {
 }
 
 /// Store the plex's settings (`cfctl create`).
-pub fn set_settings(region: &Region, s: Settings) -> Result<(), String> {
+pub fn set_settings(region: &Region, s: Settings) -> Result<(), IntervalError> {
     check_interval(s.interval)?;
     let h = region.lock_header();
     h.failure_detection_ms

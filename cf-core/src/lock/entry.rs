@@ -116,7 +116,7 @@
 //!   cleanup (they are PENDING, or HELD and no longer named).
 
 use crate::connector::{self, MemberState};
-use crate::error::CorruptError;
+use crate::error::{CleanupError, CorruptError, Stuck};
 use crate::lock::records::{
     self, Mode, RecordView, Resource, TAG_FREE, TAG_HELD, TAG_PENDING, TAG_URGENT,
 };
@@ -154,7 +154,7 @@ pub(crate) struct LatchWait<'a> {
     pub steal: u64,
     /// Called with the latch holder when the word has not changed for a whole
     /// sleep slice: the caller checks whether it is dead and cleans it up.
-    pub on_stuck: &'a mut dyn FnMut(ConnectorId) -> Result<(), CorruptError>,
+    pub on_stuck: &'a mut dyn FnMut(ConnectorId) -> Result<(), CleanupError>,
     /// The caller's registration among the threads of its process that latch
     /// in its name ([`OwnLatches`]): a latch in its own name that none of them
     /// holds is taken over. `None`: every latch in its own name is waited for.
@@ -262,7 +262,13 @@ impl Drop for OwnLatchesGuard<'_> {
 /// Why a latch was not taken.
 #[derive(Debug)]
 pub(crate) enum LatchError {
+    /// The wait's deadline passed (the latch holder is named).
     TimedOut { holder: ConnectorId },
+    /// A wait without a deadline saw the latch unchanged for `LATCH_STUCK`.
+    Stuck(Stuck),
+    /// Cleaning up a dead latch holder failed.
+    Cleanup(CleanupError),
+    /// The region is damaged.
     Corrupt(CorruptError),
 }
 
@@ -341,13 +347,10 @@ pub(crate) fn latch<'r>(
         match unchanged {
             Some((k, since)) if k == key => {
                 if deadline.is_none() && crate::sync::since(since) >= LATCH_STUCK {
-                    return Err(LatchError::Corrupt(CorruptError::BadConnector {
-                        id: holder,
-                        what: format!(
-                            "has held the latch of lock entry {entry} for over {} s \
-                             (damaged lock word, or a stopped process)",
-                            LATCH_STUCK.as_secs()
-                        ),
+                    return Err(LatchError::Stuck(Stuck::Latch {
+                        holder,
+                        entry,
+                        secs: LATCH_STUCK.as_secs(),
                     }));
                 }
             }
@@ -375,7 +378,7 @@ pub(crate) fn latch<'r>(
                 }
                 continue;
             }
-            (how.on_stuck)(holder)?;
+            (how.on_stuck)(holder).map_err(LatchError::Cleanup)?;
             slice = (slice * 2).min(MAX_SLICE);
         }
     }

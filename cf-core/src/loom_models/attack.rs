@@ -50,11 +50,17 @@ fn timed_out_half_made_request_leaves_a_stale_bit() {
         });
         let r3 = names[2].clone();
         let asker = thread::spawn(move || {
-            let out = h2.lock(&r3, Mode::Exclusive, Duration::ZERO).unwrap();
-            if let Ok(id) = out {
-                h2.unlock(id).unwrap();
-            }
-            (h2, format!("{out:?}"))
+            let answer = match h2.lock(&r3, Mode::Exclusive, Duration::ZERO) {
+                Ok(id) => {
+                    h2.unlock(id).unwrap();
+                    format!("granted {id:?}")
+                }
+                Err(e @ (crate::WaitError::Timeout(_) | crate::WaitError::Retained(_))) => {
+                    format!("{e:?}")
+                }
+                Err(e) => panic!("{e}"),
+            };
+            (h2, answer)
         });
         drop(releaser.join().unwrap());
         let (h2, answer) = asker.join().unwrap();

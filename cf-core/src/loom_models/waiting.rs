@@ -23,7 +23,6 @@ fn waiter_is_woken_by_the_release() {
             let mut h = b.holder().unwrap();
             let id = h
                 .lock(b"acct", Mode::Exclusive, Duration::from_secs(3600))
-                .unwrap()
                 .unwrap();
             d.bump();
             h.unlock(id).unwrap();

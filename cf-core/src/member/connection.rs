@@ -3,7 +3,7 @@
 //! operations both need.
 
 use crate::connector::{self, MemberState};
-use crate::error::LockError;
+use crate::error::{CorruptError, Stuck, UnlockError};
 use crate::lock::entry::{self, LatchError, LatchWait, OwnLatches};
 use crate::recovery;
 use crate::shm::ids::{ConnectorId, EntryIndex};
@@ -52,15 +52,10 @@ impl Connection {
 
     /// Is our connector still ours? (A member is cleaned up only if its
     /// process is dead or if someone tampered with the region.)
-    pub(crate) fn check_still_connected(&self) -> Result<(), LockError> {
+    pub(crate) fn still_connected(&self) -> Result<bool, CorruptError> {
         let st = connector::load_state(&self.region, self.id)?;
-        if st.generation == self.generation
-            && matches!(st.state, MemberState::Active | MemberState::Recovering)
-        {
-            Ok(())
-        } else {
-            Err(LockError::Disconnected)
-        }
+        Ok(st.generation == self.generation
+            && matches!(st.state, MemberState::Active | MemberState::Recovering))
     }
 
     /// Count `n` transactions committed by this member's application.
@@ -71,7 +66,7 @@ impl Connection {
     }
 
     /// Release record `slot` on `entry` on the latched path.
-    pub(crate) fn release_slow(&self, slot: u32, entry: EntryIndex) -> Result<(), LockError> {
+    pub(crate) fn release_slow(&self, slot: u32, entry: EntryIndex) -> Result<(), UnlockError> {
         let region = &*self.region;
         let me = self.id;
         let mut on_stuck =
@@ -83,13 +78,13 @@ impl Connection {
             on_stuck: &mut on_stuck,
             own: Some(&own),
         };
-        entry::release(region, me, slot, entry, &mut how).map_err(latch_error)
+        entry::release(region, me, slot, entry, &mut how).map_err(|e| latch_error(e, entry))
     }
 
     /// Release every record of this connector (held or pending), entry by
     /// entry: cost linear in what it held. `after_entry` runs after each
     /// entry (a crash point for restart light). Returns how many were held.
-    pub(crate) fn release_all(&self, mut after_entry: impl FnMut()) -> Result<usize, LockError> {
+    pub(crate) fn release_all(&self, mut after_entry: impl FnMut()) -> Result<usize, UnlockError> {
         let region = &*self.region;
         let me = self.id;
         let recs = crate::lock::records::slots_by_entry(region, me);
@@ -105,7 +100,7 @@ impl Connection {
                 own: Some(&own),
             };
             released += entry::release_entry(region, me, group[0].0, group, &mut how)
-                .map_err(latch_error)?;
+                .map_err(|e| latch_error(e, group[0].0))?;
             after_entry();
         }
         // Blocks that held retained records (marked by the cleanup of this
@@ -123,15 +118,17 @@ impl Connection {
     }
 }
 
-fn latch_error(e: LatchError) -> LockError {
+fn latch_error(e: LatchError, entry: EntryIndex) -> UnlockError {
     match e {
         LatchError::Corrupt(c) => c.into(),
+        LatchError::Stuck(s) => s.into(),
+        LatchError::Cleanup(c) => c.into(),
         // Only waits with a deadline time out; these have none.
-        LatchError::TimedOut { holder } => {
-            LockError::Corrupt(crate::error::CorruptError::BadConnector {
-                id: holder,
-                what: "latch wait timed out without a deadline".into(),
-            })
+        LatchError::TimedOut { holder } => Stuck::Latch {
+            holder,
+            entry,
+            secs: 0,
         }
+        .into(),
     }
 }

@@ -20,7 +20,7 @@
 //!   under that deadline.
 
 use crate::connector::{self, MemberState};
-use crate::error::{CorruptError, LockError};
+use crate::error::{AcquireError, CleanupError, CorruptError, HolderError, UnlockError};
 use crate::lock::entry::{self, Decision, LatchError, LatchWait, Request};
 use crate::lock::records::{self, Mode, RecordView, Resource, TAG_FREE, TAG_HELD, TAG_PENDING};
 use crate::lock::{service, word};
@@ -69,13 +69,20 @@ pub enum TryOutcome {
     Retained(HolderInfo),
 }
 
-/// The answer to a waiting request that was not granted.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// Why a waiting request ([`Holder::lock`]) was not granted: one of the two
+/// answers other than "granted", or an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WaitError {
+    /// Live holders kept the resource past the timeout (they are named).
     #[error("timed out; held by {}", names(.0))]
     Timeout(Vec<HolderInfo>),
+    /// A failed member retains the resource until its recovery ends.
     #[error("retained by {} (failed member, recovery pending)", .0.name)]
     Retained(HolderInfo),
+    /// The request could not be answered.
+    #[error(transparent)]
+    Failed(#[from] AcquireError),
 }
 
 fn names(h: &[HolderInfo]) -> String {
@@ -127,7 +134,7 @@ impl std::fmt::Debug for Holder {
 }
 
 impl Holder {
-    pub(crate) fn new(m: Arc<Connection>) -> Result<Holder, LockError> {
+    pub(crate) fn new(m: Arc<Connection>) -> Result<Holder, HolderError> {
         let token = m.next_holder_token();
         let region = &*m.region;
         let area = Area {
@@ -147,7 +154,9 @@ impl Holder {
             conflicts: Vec::new(),
             slept: false,
         };
-        h.grow()?;
+        if !h.grow() {
+            return Err(HolderError::RecordsFull(h.m.region.records_per_member()));
+        }
         Ok(h)
     }
 
@@ -168,26 +177,28 @@ impl Holder {
         }
     }
 
-    fn grow(&mut self) -> Result<(), LockError> {
-        let region = &self.m.region;
-        let b = records::claim_block(region, self.m.id, self.token)
-            .ok_or(LockError::RecordsFull(region.records_per_member()))?;
+    /// Claim one more block of record slots; `false` if none is free.
+    fn grow(&mut self) -> bool {
+        let Some(b) = records::claim_block(&self.m.region, self.m.id, self.token) else {
+            return false;
+        };
         self.blocks.push(b);
         let first = b * crate::shm::layout::BLOCK_SLOTS;
         self.free
             .extend((first..first + crate::shm::layout::BLOCK_SLOTS).rev());
-        Ok(())
+        true
     }
 
     #[inline]
-    fn alloc_slot(&mut self) -> Result<u32, LockError> {
+    fn alloc_slot(&mut self) -> Result<u32, AcquireError> {
         match self.free.pop() {
             Some(s) => Ok(s),
             None => {
-                self.grow()?;
-                self.free
-                    .pop()
-                    .ok_or(LockError::RecordsFull(self.m.region.records_per_member()))
+                let full = AcquireError::RecordsFull(self.m.region.records_per_member());
+                if !self.grow() {
+                    return Err(full);
+                }
+                self.free.pop().ok_or(full)
             }
         }
     }
@@ -219,7 +230,7 @@ impl Holder {
     /// holders) or retained (naming the retaining member). Never waits for a
     /// live holder; a dead one is cleaned up first. Answers within [`TRY_WAIT`].
     #[inline]
-    pub fn try_lock(&mut self, resource: &[u8], mode: Mode) -> Result<TryOutcome, LockError> {
+    pub fn try_lock(&mut self, resource: &[u8], mode: Mode) -> Result<TryOutcome, AcquireError> {
         self.acquire(resource, mode, None)
     }
 
@@ -230,12 +241,12 @@ impl Holder {
         resource: &[u8],
         mode: Mode,
         timeout: Duration,
-    ) -> Result<Result<LockId, WaitError>, LockError> {
-        Ok(match self.acquire(resource, mode, Some(timeout))? {
+    ) -> Result<LockId, WaitError> {
+        match self.acquire(resource, mode, Some(timeout))? {
             TryOutcome::Granted(id) => Ok(id),
             TryOutcome::Contention(h) => Err(WaitError::Timeout(h)),
             TryOutcome::Retained(h) => Err(WaitError::Retained(h)),
-        })
+        }
     }
 
     /// The uncontended path: the record from the caller's bytes, then one CAS.
@@ -245,7 +256,7 @@ impl Holder {
         resource: &[u8],
         mode: Mode,
         timeout: Option<Duration>,
-    ) -> Result<TryOutcome, LockError> {
+    ) -> Result<TryOutcome, AcquireError> {
         if resource.is_empty() || resource.len() > MAX_RESOURCE {
             return Err(bad_resource(resource.len()));
         }
@@ -256,7 +267,7 @@ impl Holder {
         let me = self.m.id;
         let (tags, bodies, table) = self.area();
         let (Some(body), Some(tag)) = (bodies.get(slot as usize), tags.get(slot as usize)) else {
-            return Err(LockError::RecordsFull(tags.len() as u32));
+            return Err(AcquireError::RecordsFull(tags.len() as u32));
         };
         let hash = records::write_body_and_hash(body, resource, mode);
         // The table's length is a power of two (checked when the region opened).
@@ -312,12 +323,12 @@ impl Holder {
         entry: EntryIndex,
         timeout: Option<Duration>,
         t0: Option<Instant>,
-    ) -> Result<TryOutcome, LockError> {
+    ) -> Result<TryOutcome, AcquireError> {
         let m = self.m.clone();
         self.slept = false;
         let tag = records::tag(&m.region, m.id, slot)?;
         tag.store(TAG_PENDING | entry.get(), Ordering::Release);
-        let res = Resource::new(resource).ok_or(LockError::BadResource {
+        let res = Resource::new(resource).ok_or(AcquireError::BadResource {
             len: resource.len(),
             max: MAX_RESOURCE,
         })?;
@@ -329,7 +340,7 @@ impl Holder {
             // The record was freed by slow_acquire; an error may have left it
             // pending: free it (nothing is latched any more). Not if we were
             // cleaned up: the slot is no longer ours to write.
-            if matches!(&out, Err(e) if !matches!(e, LockError::Disconnected)) {
+            if matches!(&out, Err(e) if !matches!(e, AcquireError::Disconnected)) {
                 tag.store(TAG_FREE, Ordering::Release);
             }
             self.free.push(slot);
@@ -350,7 +361,7 @@ impl Holder {
         entry: EntryIndex,
         timeout: Option<Duration>,
         conflicts: &mut Vec<RecordView>,
-    ) -> Result<TryOutcome, LockError> {
+    ) -> Result<TryOutcome, AcquireError> {
         let m = self.m.clone();
         let region = &*m.region;
         let me = m.id;
@@ -387,7 +398,9 @@ impl Holder {
             tag.store(TAG_FREE, Ordering::Release)
         };
         loop {
-            self.m.check_still_connected()?;
+            if !self.m.still_connected()? {
+                return Err(AcquireError::Disconnected);
+            }
             let mut on_stuck = |x: ConnectorId| {
                 recovery::try_clean(region, x, Some(me), 0, Some(deadline)).map(|_| ())
             };
@@ -399,7 +412,11 @@ impl Holder {
             };
             let mut l = match entry::latch(region, entry, me, &mut how) {
                 Ok(l) => l,
-                Err(LatchError::TimedOut { holder }) => {
+                // (A wait with a deadline is never stuck: it times out.)
+                Err(
+                    LatchError::TimedOut { holder }
+                    | LatchError::Stuck(crate::error::Stuck::Latch { holder, .. }),
+                ) => {
                     free_record(req.urgent || req.half_made);
                     return Ok(TryOutcome::Contention(vec![holder_info(
                         region,
@@ -410,6 +427,14 @@ impl Holder {
                 Err(LatchError::Corrupt(e)) => {
                     free_record(req.urgent || req.half_made);
                     return Err(e.into());
+                }
+                Err(LatchError::Cleanup(e)) => {
+                    free_record(req.urgent || req.half_made);
+                    return Err(e.into());
+                }
+                Err(LatchError::Stuck(e)) => {
+                    free_record(req.urgent || req.half_made);
+                    return Err(CleanupError::Stuck(e).into());
                 }
             };
             crate::crash::point("slow.latched");
@@ -533,27 +558,29 @@ impl Holder {
     /// region) leaves the lock being released; calling `unlock` again with the
     /// same id finishes it.
     #[inline]
-    pub fn unlock(&mut self, id: LockId) -> Result<(), LockError> {
+    pub fn unlock(&mut self, id: LockId) -> Result<(), UnlockError> {
         let me = self.m.id;
         let slot = id.slot.get();
         if !self.owns_slot(slot) {
-            return Err(LockError::NotHeld(id.slot));
+            return Err(UnlockError::NotHeld(id.slot));
         }
         let (tags, _, table) = self.area();
         let (Some(tag), Some(word)) = (tags.get(slot as usize), table.get(id.entry.index())) else {
-            return Err(LockError::NotHeld(id.slot));
+            return Err(UnlockError::NotHeld(id.slot));
         };
         let now = tag.load(Ordering::Relaxed);
         if now == TAG_PENDING | id.entry.get() {
             // A release of ours that failed (its latch could not be had):
             // finish it on the latched path.
-            self.m.check_still_connected()?;
+            if !self.m.still_connected()? {
+                return Err(UnlockError::Disconnected);
+            }
             self.m.release_slow(slot, id.entry)?;
             self.free.push(slot);
             return Ok(());
         }
         if now != TAG_HELD | id.entry.get() {
-            return Err(LockError::NotHeld(id.slot));
+            return Err(UnlockError::NotHeld(id.slot));
         }
         if let Some(seen) = word::fast_release_possible(word, me, id.mode.is_exclusive()) {
             // The record turns PENDING first: the lock is being given up, and
@@ -577,7 +604,9 @@ impl Holder {
         // retained lock's word is always mixed, so it comes here unmarked; a
         // record marked above while the word was still fast is its cleanup's
         // to free).
-        self.m.check_still_connected()?;
+        if !self.m.still_connected()? {
+            return Err(UnlockError::Disconnected);
+        }
         self.m.release_slow(slot, id.entry)?;
         self.free.push(slot);
         Ok(())
@@ -591,7 +620,7 @@ impl Holder {
     }
 
     /// Release every lock this holder still holds (slow path, any order).
-    pub fn unlock_all(&mut self) -> Result<usize, LockError> {
+    pub fn unlock_all(&mut self) -> Result<usize, UnlockError> {
         let m = self.m.clone();
         let tags = m.region.tags(m.id)?;
         let mut n = 0;
@@ -622,7 +651,7 @@ impl Drop for Holder {
         }
         // Locks still held are released, then the blocks go back. If the
         // member was cleaned up under us, there is nothing left to release.
-        if self.m.check_still_connected().is_ok() {
+        if self.m.still_connected().unwrap_or(false) {
             let _ = self.unlock_all();
             if !self.blocks.is_empty() {
                 self.publish_counters();
@@ -641,8 +670,8 @@ impl Drop for Holder {
 }
 
 #[cold]
-fn bad_resource(len: usize) -> LockError {
-    LockError::BadResource {
+fn bad_resource(len: usize) -> AcquireError {
+    AcquireError::BadResource {
         len,
         max: MAX_RESOURCE,
     }
@@ -694,7 +723,7 @@ fn clean_dead(
     me: ConnectorId,
     conflicts: &[RecordView],
     deadline: Instant,
-) -> Result<DeadHolders, CorruptError> {
+) -> Result<DeadHolders, CleanupError> {
     let mut out = DeadHolders {
         changed: false,
         cleaning: false,

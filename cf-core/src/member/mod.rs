@@ -17,8 +17,11 @@ pub mod holder;
 
 use crate::connector::identity::ProcessId;
 use crate::connector::latch::ConnectLatch;
+use crate::connector::latch::LatchTakeError;
 use crate::connector::{self, MemberState, SlotChoice, StateWord};
-use crate::error::{ConnectError, LockError};
+use crate::error::{
+    ConnectError, CorruptError, DisconnectError, HolderError, RecoveryStateError, UnlockError,
+};
 use crate::lock::records::{self, RecordView, TAG_HELD};
 use crate::recovery::{cleanup_member, CleanupOutcome};
 use crate::shm::ids::{ConnectorId, SlotIndex};
@@ -154,7 +157,7 @@ impl Member {
 
     /// Did this connection take over a failed member (RECOVERING: its modify
     /// locks still answer "retained" until it finishes or disconnects)?
-    pub fn is_recovering(&self) -> Result<bool, LockError> {
+    pub fn is_recovering(&self) -> Result<bool, CorruptError> {
         Ok(
             connector::load_state(&self.inner.region, self.inner.id)?.state
                 == MemberState::Recovering,
@@ -163,18 +166,25 @@ impl Member {
 
     /// A normal restart has backed out its log and released what it took
     /// back: become an active member.
-    pub fn finish_recovery(&self) -> Result<(), LockError> {
-        self.inner.check_still_connected()?;
+    pub fn finish_recovery(&self) -> Result<(), RecoveryStateError> {
+        let connected = || match self.inner.still_connected()? {
+            true => Ok(()),
+            false => Err(RecoveryStateError::Disconnected),
+        };
+        connected()?;
         let region = &self.inner.region;
         let from = StateWord {
             state: MemberState::Recovering,
             generation: self.inner.generation,
         };
-        let me = ProcessId::current().map_err(|_| LockError::Disconnected)?;
-        let _latch =
-            ConnectLatch::take(region, &me, CONNECT_WAIT).map_err(|_| LockError::Disconnected)?;
+        let me = ProcessId::current().map_err(RecoveryStateError::Identity)?;
+        let _latch = ConnectLatch::take(region, &me, CONNECT_WAIT).map_err(|e| match e {
+            // A connected member's region is writable.
+            LatchTakeError::ReadOnly => RecoveryStateError::Disconnected,
+            LatchTakeError::Timeout { pid } => RecoveryStateError::LatchTimeout(pid),
+        })?;
         if connector::load_state(region, self.inner.id)? != from {
-            return self.inner.check_still_connected();
+            return connected();
         }
         // The failure this connection recovered is done: its request is
         // completed before the member is ACTIVE, so a death after this point
@@ -186,7 +196,7 @@ impl Member {
         if connector::set_state(region, self.inner.id, from, MemberState::Active) {
             Ok(())
         } else {
-            self.inner.check_still_connected()
+            connected()
         }
     }
 
@@ -197,14 +207,16 @@ impl Member {
     }
 
     /// A holder for the calling thread (each thread takes its own).
-    pub fn holder(&self) -> Result<Holder, LockError> {
-        self.inner.check_still_connected()?;
+    pub fn holder(&self) -> Result<Holder, HolderError> {
+        if !self.inner.still_connected()? {
+            return Err(HolderError::Disconnected);
+        }
         Holder::new(self.inner.clone())
     }
 
     /// The held records of this connector: after a reconnect, the retained
     /// locks taken back.
-    pub fn held_records(&self) -> Result<Vec<RecordView>, LockError> {
+    pub fn held_records(&self) -> Result<Vec<RecordView>, CorruptError> {
         Ok(records::all_records(&self.inner.region, self.inner.id)?
             .into_iter()
             .filter(|r| r.held)
@@ -213,14 +225,16 @@ impl Member {
 
     /// Release one held record of this connector by slot (for retained locks
     /// taken back by a reconnect; holders release their own with `unlock`).
-    pub fn release_record(&self, slot: SlotIndex) -> Result<(), LockError> {
-        self.inner.check_still_connected()?;
+    pub fn release_record(&self, slot: SlotIndex) -> Result<(), UnlockError> {
+        if !self.inner.still_connected()? {
+            return Err(UnlockError::Disconnected);
+        }
         let region = &self.inner.region;
         let tag = records::tag(region, self.inner.id, slot.get())
-            .map_err(|_| LockError::NotHeld(slot))?
+            .map_err(|_| UnlockError::NotHeld(slot))?
             .load(Ordering::Acquire);
         if records::tag_state(tag) != TAG_HELD {
-            return Err(LockError::NotHeld(slot));
+            return Err(UnlockError::NotHeld(slot));
         }
         self.inner.release_slow(slot.get(), records::tag_entry(tag))
     }
@@ -230,21 +244,25 @@ impl Member {
     /// `after_entry` runs after each lock table entry is done. Returns the
     /// number of locks released.
     /// No holder may be open (their locks would be released under them).
-    pub fn release_all_held(&self, after_entry: impl FnMut()) -> Result<usize, LockError> {
+    pub fn release_all_held(&self, after_entry: impl FnMut()) -> Result<usize, UnlockError> {
         if Arc::strong_count(&self.inner) != 1 {
-            return Err(LockError::HoldersOpen);
+            return Err(UnlockError::HoldersOpen);
         }
-        self.inner.check_still_connected()?;
+        if !self.inner.still_connected()? {
+            return Err(UnlockError::Disconnected);
+        }
         self.inner.release_all(after_entry)
     }
 
     /// Release everything this connector holds and free its slot. Every
     /// holder must have been dropped first.
-    pub fn disconnect(self) -> Result<DisconnectReport, LockError> {
+    pub fn disconnect(self) -> Result<DisconnectReport, DisconnectError> {
         if Arc::strong_count(&self.inner) != 1 {
-            return Err(LockError::HoldersOpen);
+            return Err(DisconnectError::HoldersOpen);
         }
-        self.inner.check_still_connected()?;
+        if !self.inner.still_connected()? {
+            return Err(DisconnectError::Disconnected);
+        }
         let region = &self.inner.region;
         let id = self.inner.id;
         // (Its windows are those of `restart_light.released_some`: the same walk.)
@@ -256,12 +274,15 @@ impl Member {
                 records::release_block(region, id, b);
             }
         }
-        let me = ProcessId::current().map_err(|_| LockError::Disconnected)?;
-        let _latch =
-            ConnectLatch::take(region, &me, CONNECT_WAIT).map_err(|_| LockError::Disconnected)?;
+        let me = ProcessId::current().map_err(DisconnectError::Identity)?;
+        let _latch = ConnectLatch::take(region, &me, CONNECT_WAIT).map_err(|e| match e {
+            // A connected member's region is writable.
+            LatchTakeError::ReadOnly => DisconnectError::Disconnected,
+            LatchTakeError::Timeout { pid } => DisconnectError::LatchTimeout(pid),
+        })?;
         let st = connector::load_state(region, id)?;
         if st.generation != self.inner.generation {
-            return Err(LockError::Disconnected);
+            return Err(DisconnectError::Disconnected);
         }
         connector::vacate(region, id, st)?;
         Ok(report)

@@ -16,6 +16,7 @@
 //! The structures inside the areas are typed (`slots.rs`), pinned by size and
 //! offset assertions.
 
+use crate::error::{HeaderError, SizesError};
 use bytemuck::{Pod, Zeroable};
 
 /// "CFEMUREG" in ASCII.
@@ -146,25 +147,18 @@ impl Default for Sizes {
 }
 
 impl Sizes {
-    /// Check the options; the error text names the bad one.
-    pub fn check(&self) -> Result<(), String> {
+    /// Check the options; the error names the bad one.
+    pub fn check(&self) -> Result<(), SizesError> {
         let e = self.lock_entries;
         if !(16..=MAX_LOCK_ENTRIES).contains(&e) || !e.is_power_of_two() {
-            return Err(format!(
-                "lock entries must be a power of two from 16 to 2^30, got {e}"
-            ));
+            return Err(SizesError::LockEntries(e));
         }
         if !(1..=MAX_MEMBERS).contains(&self.members) {
-            return Err(format!(
-                "members must be 1 to {MAX_MEMBERS}, got {}",
-                self.members
-            ));
+            return Err(SizesError::Members { got: self.members });
         }
         let r = self.records_per_member;
         if r < BLOCK_SLOTS || !r.is_multiple_of(BLOCK_SLOTS) || r > (1 << 24) {
-            return Err(format!(
-                "records per member must be a multiple of {BLOCK_SLOTS} from {BLOCK_SLOTS} to 2^24, got {r}"
-            ));
+            return Err(SizesError::RecordsPerMember { got: r });
         }
         Ok(())
     }
@@ -293,7 +287,7 @@ impl Layout {
 
     /// Recompute the layout from a header already checked for magic, version and
     /// checksum, and check that it is the layout this program would build.
-    pub fn from_header(h: &Header) -> Result<Layout, String> {
+    pub fn from_header(h: &Header) -> Result<Layout, HeaderError> {
         let sizes = Sizes {
             lock_entries: h.lock_entries,
             members: h.members,
@@ -301,24 +295,24 @@ impl Layout {
         };
         sizes.check()?;
         if h.block_slots != BLOCK_SLOTS {
-            return Err(format!(
-                "block size {} (expected {BLOCK_SLOTS})",
-                h.block_slots
-            ));
+            return Err(HeaderError::BlockSize {
+                found: h.block_slots,
+                expected: BLOCK_SLOTS,
+            });
         }
         if h.header_size as usize != std::mem::size_of::<Header>() {
-            return Err(format!("header size {}", h.header_size));
+            return Err(HeaderError::HeaderSize(h.header_size));
         }
         let layout = Layout::compute(sizes);
         if layout.total_size != h.total_size {
-            return Err(format!(
-                "total size {} does not match the sizes (expected {})",
-                h.total_size, layout.total_size
-            ));
+            return Err(HeaderError::TotalSize {
+                found: h.total_size,
+                expected: layout.total_size,
+            });
         }
         let expected = layout.header(h.created_unix_ns);
         if expected.dir != h.dir {
-            return Err("structure directory does not match the sizes".into());
+            return Err(HeaderError::Directory);
         }
         Ok(layout)
     }
@@ -365,17 +359,18 @@ mod tests {
             lock_entries: 1000,
             ..Default::default()
         };
-        assert!(s.check().unwrap_err().contains("power of two"));
+        assert_eq!(s.check(), Err(SizesError::LockEntries(1000)));
+        assert!(s.check().unwrap_err().to_string().contains("power of two"));
         let s = Sizes {
             members: 33,
             ..Default::default()
         };
-        assert!(s.check().is_err());
+        assert_eq!(s.check(), Err(SizesError::Members { got: 33 }));
         let s = Sizes {
             records_per_member: 100,
             ..Default::default()
         };
-        assert!(s.check().is_err());
+        assert_eq!(s.check(), Err(SizesError::RecordsPerMember { got: 100 }));
     }
 
     #[test]
@@ -383,6 +378,9 @@ mod tests {
         let l = Layout::compute(Sizes::default());
         let mut h = l.header(1);
         h.total_size += 4096;
-        assert!(Layout::from_header(&h).is_err());
+        assert!(matches!(
+            Layout::from_header(&h),
+            Err(HeaderError::TotalSize { .. })
+        ));
     }
 }

@@ -287,14 +287,6 @@ impl Region {
         self.read_only
     }
 
-    /// `Err` if this region is read-only: `what` needs to write.
-    pub(crate) fn writable(&self, what: &'static str) -> Result<(), CorruptError> {
-        if self.read_only {
-            Err(CorruptError::ReadOnly(what))
-        } else {
-            Ok(())
-        }
-    }
     pub fn layout(&self) -> &Layout {
         &self.layout
     }

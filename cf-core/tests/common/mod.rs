@@ -44,7 +44,6 @@ pub fn child_b_waits_for_r(env: &str) {
     println!("waiting");
     let id = h
         .lock(b"r", Mode::Exclusive, Duration::from_secs(600))
-        .unwrap()
         .expect("B is granted R");
     println!("granted");
     h.unlock(id).unwrap();
