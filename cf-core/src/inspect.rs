@@ -24,6 +24,15 @@ use std::collections::HashMap;
 /// else (newlines, escape codes, other control or non-ASCII characters) is
 /// written as a Rust-style escape (`\n`, `\x1b`, `\u{202e}`). Valid member
 /// names and resources made of printable ASCII are unchanged.
+///
+/// ```
+/// use cf_core::inspect::escape;
+///
+/// assert_eq!(escape("bank-1"), "bank-1");
+/// assert_eq!(escape("a\\b"), "a\\\\b");
+/// assert_eq!(escape("x\n\x1b[2J"), "x\\n\\x1b[2J");
+/// assert_eq!(escape("\u{202e}txt"), "\\u{202e}txt");
+/// ```
 pub fn escape(s: &str) -> String {
     use std::fmt::Write;
     let mut out = String::with_capacity(s.len());
@@ -54,20 +63,34 @@ fn name_problem(name: &str) -> Result<(), &'static str> {
     }
 }
 
-/// One connector slot.
+/// One connector slot that is not free ([`members`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberView {
+    /// The slot's connector id.
     pub id: ConnectorId,
+    /// The member name stored in the slot (raw: print it through [`escape`]).
     pub name: String,
+    /// The slot's state (never [`MemberState::Free`]).
     pub state: MemberState,
+    /// The generation of the slot's connection.
     pub generation: u32,
+    /// PID of the recorded process.
     pub pid: u32,
+    /// Start time of the recorded process (clock ticks since boot, as in
+    /// [`ProcessId::start_time`](crate::ProcessId::start_time)).
     pub start_time: u64,
-    /// Is the recorded process running (same PID and start time)?
+    /// Is the recorded process running (same PID and start time)? Always
+    /// false in a state without a process (cleaning, failed-persistent).
     pub alive: bool,
+    /// Records of the member that are held (not waiting).
     pub held: usize,
+    /// Held modify records, which are retained: 0 unless the member is
+    /// failed-persistent or recovering.
     pub retained: usize,
+    /// When the slot was last connected: wall-clock ns since the Unix epoch.
     pub connected_unix_ns: u64,
+    /// When a cleanup made the member failed-persistent: wall-clock ns since
+    /// the Unix epoch (0: not since its last fresh connect).
     pub failed_unix_ns: u64,
     /// The operator's state: active, status-update-missing, fenced,
     /// cleaning, failed-persistent, recovering.
@@ -78,16 +101,25 @@ pub struct MemberView {
     pub liveness: &'static str,
 }
 
-/// One held (or pending) lock.
+/// One held (or pending) lock ([`locks`], [`retained`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockView {
+    /// The name of the member whose record it is (raw: print it through
+    /// [`escape`]).
     pub member: String,
+    /// That member's connector id.
     pub member_id: ConnectorId,
+    /// The resource in [`Resource::display`](crate::Resource::display) form
+    /// (text or `0x` hex; print it through [`escape`]).
     pub resource: String,
+    /// The mode held or asked for.
     pub mode: Mode,
+    /// The lock table entry the record is on.
     pub entry: EntryIndex,
+    /// The record's slot in the member's area.
     pub slot: SlotIndex,
-    /// False for a request still waiting (pending record).
+    /// False for a request still waiting (pending or urgent record) or a
+    /// lock being released.
     pub held: bool,
     /// Held by a failed-persistent or recovering member in modify mode.
     pub retained: bool,
@@ -96,27 +128,44 @@ pub struct LockView {
 /// Lock-structure activity, summed over live holders, connectors and the past.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// Lock requests made.
     pub requests: u64,
+    /// Requests that met a real conflict (an incompatible holding of the
+    /// same resource), counted once per request.
     pub contention: u64,
+    /// Requests granted after meeting another resource hashed to the same
+    /// lock entry.
     pub false_contention: u64,
 }
 
-/// One structure of the directory.
+/// One structure of the directory ([`structures`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StructureView {
+    /// The directory entry's name ([`StructureKind::name`]).
     pub name: String,
+    /// What it is, in words: `"connector table"`, `"lock structure"`,
+    /// `"lock table"`, `"record areas"`, or `"unknown"` for the other kinds.
     pub kind: &'static str,
+    /// Byte offset of the structure in the region file.
     pub offset: u64,
+    /// Size of the structure in bytes.
     pub size: u64,
-    /// Lock structure only.
+    /// Lock structure only: the number of lock table entries.
     pub lock_entries: Option<u32>,
+    /// Lock structure only: entries whose word is not free (something held
+    /// or latched) at the time of the read.
     pub entries_in_use: Option<u64>,
+    /// Lock structure only: its activity ([`counters`]).
     pub counters: Option<Counters>,
-    /// Connectors only.
+    /// Connectors only: the number of connector slots.
     pub members: Option<u32>,
+    /// Record areas only: record slots per member.
     pub records_per_member: Option<u32>,
 }
 
+/// Every connector slot that is not free, in connector id order, with its
+/// process, records and liveness. An error if a slot's state word, or one
+/// of its records, is damaged.
 pub fn members(region: &Region) -> Result<Vec<MemberView>, CorruptError> {
     let mut out = Vec::new();
     for id in region.connector_ids() {
@@ -195,7 +244,9 @@ fn view(region: &Region, r: &RecordView, name: &str, state: MemberState) -> Lock
     }
 }
 
-/// Every record of every non-free member.
+/// Every record (held, pending or urgent) of every non-free member, in
+/// connector and slot order. An error at the first damaged state word or
+/// record.
 pub fn locks(region: &Region) -> Result<Vec<LockView>, CorruptError> {
     let mut out = Vec::new();
     for id in region.connector_ids() {
@@ -211,12 +262,15 @@ pub fn locks(region: &Region) -> Result<Vec<LockView>, CorruptError> {
     Ok(out)
 }
 
-/// The retained locks only.
+/// The retained locks only: held modify records of failed-persistent or
+/// recovering members.
 pub fn retained(region: &Region) -> Result<Vec<LockView>, CorruptError> {
     Ok(locks(region)?.into_iter().filter(|l| l.retained).collect())
 }
 
-/// Counters are summed saturating: they are read from the (untrusted) region.
+/// The lock structure's activity: the totals folded in from connections
+/// that left, plus every connector slot's, plus the blocks in use. Counters
+/// are summed saturating: they are read from the (untrusted) region.
 pub fn counters(region: &Region) -> Counters {
     let t = &region.lock_header().counters;
     let mut c = Counters {
@@ -256,6 +310,8 @@ pub fn committed_total(region: &Region) -> u64 {
     n
 }
 
+/// The structures of the region's directory, in directory order, as its
+/// validated header describes them.
 pub fn structures(region: &Region) -> Vec<StructureView> {
     let h = region.header();
     let mut out = Vec::new();

@@ -94,11 +94,15 @@ use std::time::Duration;
 /// (an operator's `cfctl restart-light MEMBER` re-posts it at once).
 pub const FAILED_RETRY: Duration = Duration::from_secs(600);
 
-/// Request states.
+/// Request states (the low 8 bits of an entry's state word).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestState {
+    /// No request: the slot's member needs no restart (or it was completed).
     Free,
+    /// Posted, waiting for a member to claim it and start a restart light.
     Pending,
+    /// A member process holds the claim and handles it (starts restart
+    /// lights); a dead claimer's request is taken over.
     Claimed,
     /// Its restart lights failed for a reason that did not go away: not
     /// claimed again until re-posted or [`FAILED_RETRY`] has passed.
@@ -106,6 +110,8 @@ pub enum RequestState {
 }
 
 impl RequestState {
+    /// The state's name as displays print it (`"free"`, `"pending"`,
+    /// `"claimed"`, `"failed"`).
     pub fn as_str(self) -> &'static str {
         match self {
             RequestState::Free => "free",
@@ -137,36 +143,54 @@ impl StateWord {
     }
 }
 
-/// A request as read back.
+/// A request as read back ([`list`]). Everything but `member_id`, `state`
+/// and `epoch` is read from the region without further checks: times, ids
+/// and text may be damaged.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestView {
     /// Connector id of the member to restart.
     pub member_id: ConnectorId,
+    /// The request's state (never [`RequestState::Free`] in [`list`]).
     pub state: RequestState,
     /// Which request of this slot it is (changes at every post).
     pub epoch: u32,
+    /// When it was (last re-)posted: wall-clock ns since the Unix epoch.
     pub posted_unix_ns: u64,
+    /// When it was last claimed: wall-clock ns since the Unix epoch (0: not
+    /// claimed since it was posted).
     pub claimed_unix_ns: u64,
-    /// Connector ids of the poster and the claimer, where known.
+    /// Connector id of the member that posted it; `None` when no member
+    /// did (a cleanup or `cfctl` run outside a member). Not checked against
+    /// the region's size.
     pub posted_by: Option<ConnectorId>,
+    /// Connector id of the member that claimed it last (`None`: never
+    /// claimed since it was posted). Not checked against the region's size.
     pub claimed_by: Option<ConnectorId>,
+    /// PID of the process holding the claim word (0: nobody).
     pub claimer_pid: u32,
+    /// Is the process named by the claim word running (PID and start time)?
     pub claimer_alive: bool,
+    /// PID of the restart-light process last started for it (0: none yet).
     pub worker_pid: u32,
+    /// Is that restart-light process running (PID and start time)?
     pub worker_alive: bool,
+    /// Restart lights started for it since it was posted.
     pub attempts: u64,
     /// The name of the member to restart.
     pub name: String,
     /// When it was marked FAILED (0: never).
     pub failed_unix_ns: u64,
     /// Exit status of the last restart light that failed (128 + signal).
+    /// `None` if none was recorded.
     pub last_status: Option<u64>,
     /// Why the last restart light failed, as it said (raw: escape to print).
     pub reason: String,
 }
 
 impl RequestView {
-    /// For a FAILED request: when it will be claimed again by itself.
+    /// For a FAILED request: when it will be claimed again by itself
+    /// (wall-clock ns since the Unix epoch: `failed_unix_ns` +
+    /// [`FAILED_RETRY`]); `None` in any other state.
     pub fn retry_at_unix_ns(&self) -> Option<u64> {
         (self.state == RequestState::Failed).then(|| retry_at(self.failed_unix_ns))
     }
@@ -492,7 +516,12 @@ pub fn needs_handler(region: &Region, id: ConnectorId) -> Result<bool, CorruptEr
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClaimOutcome {
     /// We hold request `epoch`; `taken_over` if from a dead claimer.
-    Claimed { taken_over: bool, epoch: u32 },
+    Claimed {
+        /// The claim word named a dead claimer, whose claim we took over.
+        taken_over: bool,
+        /// The epoch of the request we claimed; pass it to the later steps.
+        epoch: u32,
+    },
     /// Nothing to claim, or someone alive holds it.
     NotClaimed,
 }

@@ -10,17 +10,35 @@
 
 use crate::sync::{AtomicU64, Ordering};
 
-/// Result of a claim attempt.
+/// Result of a claim attempt ([`try_claim`]). Tokens are
+/// [`ProcessId::token`](crate::ProcessId::token) values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Claim {
     /// We hold the claim; `previous` is the dead claimer we took it from (0: none).
-    Claimed { previous: u64 },
-    /// A live process (possibly this one) holds it.
+    Claimed {
+        /// The token the word held before our CAS: a dead claimer's, or 0.
+        previous: u64,
+    },
+    /// A live process (possibly this one) holds it; the value is its token.
     Busy(u64),
 }
 
 /// Try to claim `word` for `me` (nonzero). `is_alive` tells whether a token's
-/// process still runs.
+/// process still runs. A word already holding `me` is [`Claim::Busy`]: a
+/// claim is not re-entrant.
+///
+/// ```
+/// use cf_core::connector::claim::{release, try_claim, Claim};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// let word = AtomicU64::new(0);
+/// assert_eq!(try_claim(&word, 7, |_| true), Claim::Claimed { previous: 0 });
+/// assert_eq!(try_claim(&word, 8, |_| true), Claim::Busy(7));
+/// // Token 7's process died: 8 takes the claim over.
+/// assert_eq!(try_claim(&word, 8, |t| t != 7), Claim::Claimed { previous: 7 });
+/// release(&word, 7); // no effect: 7 no longer holds it
+/// assert_eq!(word.load(Ordering::Relaxed), 8);
+/// ```
 pub fn try_claim(word: &AtomicU64, me: u64, is_alive: impl Fn(u64) -> bool) -> Claim {
     debug_assert!(me != 0);
     loop {

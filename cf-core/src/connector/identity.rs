@@ -22,14 +22,21 @@
 use std::io;
 
 /// A process as identified by PID and start time.
+///
+/// One read from a connector slot is untrusted data. [`ProcessId::is_alive`]
+/// answers for exactly the process it names (same PID *and* start time),
+/// never for a later process that reused the PID.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcessId {
+    /// The process ID (0: no process).
     pub pid: u32,
+    /// The process's start time: field 22 of `/proc/<pid>/stat`, in clock
+    /// ticks since boot (`sysconf(_SC_CLK_TCK)` per second).
     pub start_time: u64,
 }
 
 impl ProcessId {
-    /// This process.
+    /// This process (its start time read from `/proc/<pid>/stat`).
     #[cfg(not(loom))]
     pub fn current() -> io::Result<ProcessId> {
         let pid = std::process::id();
@@ -51,7 +58,8 @@ impl ProcessId {
         })
     }
 
-    /// The process now running under `pid`, if any.
+    /// The process now running under `pid`, if any (`Ok(None)`: no such
+    /// process). A zombie still counts as "running under" its PID here.
     #[cfg(not(loom))]
     pub fn of(pid: u32) -> io::Result<Option<ProcessId>> {
         Ok(read_stat(pid)?.map(|s| ProcessId {
@@ -61,7 +69,11 @@ impl ProcessId {
     }
 
     /// Is this exact process still running? A zombie (dead, not yet reaped)
-    /// counts as dead; a different process with the same PID counts as dead.
+    /// counts as dead; a different process with the same PID counts as dead;
+    /// so does a process all of whose threads are exiting (see the module
+    /// docs). PID 0 is never alive. If `/proc` cannot be read for another
+    /// reason than the process being gone, the answer is `true`: a death it
+    /// cannot see is never declared.
     #[cfg(not(loom))]
     pub fn is_alive(&self) -> bool {
         if self.pid == 0 {
@@ -88,7 +100,9 @@ impl ProcessId {
         self.pid as u64 | (self.start_time & 0xffff_ffff) << 32
     }
 
-    /// Is the process named by a token still running?
+    /// Is the process named by a token ([`ProcessId::token`]) still running?
+    /// As [`ProcessId::is_alive`], comparing the low 32 bits of the start
+    /// time; 0 names nobody (false).
     #[cfg(not(loom))]
     pub fn token_is_alive(token: u64) -> bool {
         let pid = token as u32;
@@ -171,6 +185,7 @@ pub mod model {
         CURRENT.with(|c| c.set(pid));
     }
 
+    /// The process this model thread plays (1 unless it called [`enter`]).
     pub fn current() -> u32 {
         CURRENT.with(|c| c.get())
     }
@@ -180,6 +195,7 @@ pub mod model {
         DEAD[pid as usize].store(true, Ordering::SeqCst);
     }
 
+    /// Is modelled process `pid` (at most [`MAX`]) not killed yet?
     pub fn is_alive(pid: u32) -> bool {
         pid <= MAX && !DEAD[pid as usize].load(Ordering::SeqCst)
     }

@@ -72,8 +72,9 @@
 //!
 //! # The fence
 //! **Confirmed first**: a watcher fences only a `SUM` value that stood
-//! unchanged for a beat period of the member (it remembers the value and
-//! since when; the operator's [`fence`] sleeps a period and reads again),
+//! unchanged for [`CONFIRM_PERIODS`] beat periods of the member (it
+//! remembers the value and since when; the operator's [`fence`] sleeps that
+//! long and reads again),
 //! so a healthy member whose word was damaged, which beats within a
 //! period, is never fenced. Then a CAS from that exact `(time, SUM)` value
 //! to `(time, SUM | FENCED)` ([`mark_fenced`]), then SIGKILL through a
@@ -130,6 +131,7 @@ pub enum Isolate {
 }
 
 impl Isolate {
+    /// The action's name as `cfctl` spells it (`"at-once"`, `"prompt"`).
     pub fn as_str(self) -> &'static str {
         match self {
             Isolate::AtOnce => "at-once",
@@ -138,10 +140,16 @@ impl Isolate {
     }
 }
 
-/// The plex's failure-detection settings.
+/// The plex's failure-detection settings, stored in the lock structure's
+/// page ([`settings`], [`set_settings`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
+    /// The failure detection interval: a member whose heartbeat is older
+    /// than this is status-update-missing. [`MIN_INTERVAL`] to
+    /// [`MAX_INTERVAL`], stored in whole milliseconds; members beat every
+    /// [`beat_period`] of it.
     pub interval: Duration,
+    /// What survivors do with a member whose status update is missing.
     pub isolate: Isolate,
 }
 
@@ -150,8 +158,10 @@ pub struct Settings {
 /// so a busy member is never declared missing, and short enough that a
 /// hung member's locks come back within seconds.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3);
-/// Shortest and longest interval a plex may have.
+/// Shortest interval a plex may have (100 ms).
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest interval a plex may have (one hour); also the cap of
+/// [`judged_interval`].
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 
 impl Default for Settings {
@@ -163,7 +173,17 @@ impl Default for Settings {
     }
 }
 
-/// Check an interval given by the user.
+/// Check an interval given by the user: from [`MIN_INTERVAL`] to
+/// [`MAX_INTERVAL`], both included. The error's text gives the range.
+///
+/// ```
+/// use cf_core::connector::liveness::check_interval;
+/// use std::time::Duration;
+///
+/// assert!(check_interval(Duration::from_secs(3)).is_ok());
+/// assert!(check_interval(Duration::from_millis(99)).is_err());
+/// assert!(check_interval(Duration::from_secs(3601)).is_err());
+/// ```
 pub fn check_interval(d: Duration) -> Result<(), IntervalError> {
     if d < MIN_INTERVAL || d > MAX_INTERVAL {
         return Err(IntervalError(d));
@@ -192,7 +212,9 @@ pub fn settings(region: &Region) -> Settings {
     }
 }
 
-/// Store the plex's settings (`cfctl create`).
+/// Store the plex's settings (`cfctl create`); the interval is checked
+/// ([`check_interval`]) and stored in whole milliseconds. Members that
+/// already beat keep their beat period until they reconnect.
 pub fn set_settings(region: &Region, s: Settings) -> Result<(), IntervalError> {
     check_interval(s.interval)?;
     let h = region.lock_header();
@@ -218,17 +240,23 @@ fn slot_words(region: &Region, id: ConnectorId) -> Result<(&AtomicU32, &AtomicU3
 /// A live peer's word as a watcher expects it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Watched {
+    /// The peer's connector id.
     pub id: ConnectorId,
+    /// The generation of the peer's connection the word was registered for.
     pub generation: u32,
     /// The value the watcher sleeps on (TID | WAITERS).
     pub expected: u32,
 }
 
-/// A peer whose liveness word says its thread died.
+/// A peer whose liveness word says its thread died. Not yet confirmed: see
+/// [`confirm_dead`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Died {
+    /// The peer's connector id.
     pub id: ConnectorId,
+    /// The generation of the connection whose word says it died.
     pub generation: u32,
+    /// The process recorded in the slot with that generation.
     pub process: ProcessId,
 }
 
@@ -313,13 +341,15 @@ pub enum Woke {
     Word(usize),
     /// A word no longer had its expected value.
     Changed,
+    /// The timeout passed (also with nothing to wait on).
     Timeout,
     /// A signal, or an error of the call: look again.
     Other,
 }
 
-/// Sleep on the words of `watch` (at most [`MAX_WAITV`]) until one is woken
-/// or changes, at most `timeout`.
+/// Sleep on the words of `watch` (only the first [`MAX_WAITV`]) until one is
+/// woken or changes, at most `timeout`. With nothing to wait on, or on a
+/// kernel without `futex_waitv` (before 5.16), it sleeps the whole timeout.
 pub fn wait_any(region: &Region, watch: &[Watched], timeout: Duration) -> Woke {
     let words: Vec<(&AtomicU32, u32)> = watch
         .iter()
@@ -536,6 +566,7 @@ fn heartbeat_word(region: &Region, id: ConnectorId) -> Result<&AtomicU64, Corrup
 /// What a beat found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Beat {
+    /// Beat written; nothing else to report.
     Ok,
     /// Our status update had been declared missing; it is no longer.
     Resumed,
@@ -633,15 +664,30 @@ pub enum Status {
     /// No heartbeat (not beating yet, a restart light, a library user).
     NoHeartbeat,
     /// Beat `age_ms` ago, within the interval; `seen` is the word read.
-    Fresh { age_ms: u64, seen: u64 },
-    /// Older than the interval; `marked` if the word says so already.
-    Missing {
+    Fresh {
+        /// How far the beat's time is from the clock, in ms (either way).
         age_ms: u64,
+        /// The heartbeat word as read.
         seen: u64,
+    },
+    /// Older than the interval (or ahead of the clock by more than it);
+    /// `marked` if the word says so already.
+    Missing {
+        /// How far the beat's time is from the clock, in ms (either way).
+        age_ms: u64,
+        /// The heartbeat word as read (to pass to [`mark_missing`] or
+        /// [`mark_fenced`]).
+        seen: u64,
+        /// The word has [`HB_MISSING`] set.
         marked: bool,
     },
     /// Marked fenced.
-    Fenced { age_ms: u64, seen: u64 },
+    Fenced {
+        /// How far the beat's time is from the clock, in ms (either way).
+        age_ms: u64,
+        /// The heartbeat word as read.
+        seen: u64,
+    },
 }
 
 /// Classify a heartbeat word read after the clock (`now_ms` first!),
@@ -719,7 +765,10 @@ pub fn mark_fenced(region: &Region, id: ConnectorId, seen: u64) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fence {
     /// This call marked it fenced and killed it (`age_ms`: heartbeat age).
-    Fenced { age_ms: u64 },
+    Fenced {
+        /// The heartbeat's age when it was marked, in ms.
+        age_ms: u64,
+    },
     /// Already marked by someone else; the process was killed (again).
     AlreadyFenced,
     /// Its heartbeat is fresh, or it has none: not fenced.
@@ -737,11 +786,11 @@ pub enum Fence {
 ///
 /// Without `force`, only a member whose status update is missing, and only
 /// once that is confirmed: the word marked missing still holds the same
-/// value a beat period later (a healthy member whose word was damaged beats
-/// meanwhile and changes it). With `force`, whatever its heartbeat says
-/// (fresh, or none): the mark is set on the exact value read, and the kill
-/// follows at once (the member writes over a fence on a fresh beat as
-/// damage, so a forcer killed before its kill fences nothing).
+/// value [`CONFIRM_PERIODS`] beat periods later (a healthy member whose word
+/// was damaged beats meanwhile and changes it). With `force`, whatever its
+/// heartbeat says (fresh, or none): the mark is set on the exact value read,
+/// and the kill follows at once (the member writes over a fence on a fresh
+/// beat as damage, so a forcer killed before its kill fences nothing).
 #[cfg(not(loom))]
 pub fn fence(
     region: &Region,
@@ -831,9 +880,9 @@ pub fn fence(
 
 /// Fence member `id`'s connection `generation` whose status update a
 /// survivor has seen missing, marked, at exactly `seen` (with `HB_MISSING`)
-/// for at least a beat period (the caller's confirmation): mark it FENCED
-/// from that exact value, `on_marked`, SIGKILL. Nothing happens if the word
-/// changed since (the member beat) or the slot moved on.
+/// for [`CONFIRM_PERIODS`] beat periods (the caller's confirmation): mark it
+/// FENCED from that exact value, `on_marked`, SIGKILL. Nothing happens if the
+/// word changed since (the member beat) or the slot moved on.
 #[cfg(not(loom))]
 pub fn fence_confirmed(
     region: &Region,

@@ -40,16 +40,26 @@ use crate::shm::region::Region;
 use crate::shm::slots::{self, ConnectorSlot};
 use crate::sync::Ordering;
 
-/// Longest member name.
+/// Longest member name, in bytes.
 pub const MAX_NAME: usize = 32;
 
-/// Connector states.
+/// Connector states, as decoded from a slot's state word (see the module
+/// docs for the transitions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemberState {
+    /// No member: the slot can be taken by a fresh connect.
     Free,
+    /// A connected member. Its process may have died since: whoever finds
+    /// it dead (identity check) cleans it up.
     Active,
+    /// A dead member whose cleanup is in progress (by the holder of the
+    /// slot's cleanup claim; a dead cleaner's claim is taken over).
     Cleaning,
+    /// A dead member, cleaned up: its modify locks are retained until its
+    /// log is recovered (by restart light or a normal restart).
     FailedPersistent,
+    /// The failed member reconnected in recovery mode to back out its log;
+    /// its modify locks are still retained.
     Recovering,
 }
 
@@ -73,6 +83,8 @@ impl MemberState {
             _ => return None,
         })
     }
+    /// The state's name as displays print it (`"free"`, `"active"`,
+    /// `"cleaning"`, `"failed-persistent"`, `"recovering"`).
     pub fn as_str(self) -> &'static str {
         match self {
             MemberState::Free => "free",
@@ -82,23 +94,28 @@ impl MemberState {
             MemberState::Recovering => "recovering",
         }
     }
-    /// States whose modify locks are retained (requests get "retained by").
+    /// States whose modify locks are retained (requests get "retained by"):
+    /// [`MemberState::FailedPersistent`] and [`MemberState::Recovering`].
     pub fn retains(self) -> bool {
         matches!(
             self,
             MemberState::FailedPersistent | MemberState::Recovering
         )
     }
-    /// States in which a live process is expected behind the slot.
+    /// States in which a live process is expected behind the slot:
+    /// [`MemberState::Active`] and [`MemberState::Recovering`].
     pub fn has_process(self) -> bool {
         matches!(self, MemberState::Active | MemberState::Recovering)
     }
 }
 
-/// A decoded state word.
+/// A decoded state word (`[generation:32][unused:24][state:8]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StateWord {
+    /// The slot's state (the low 8 bits).
     pub state: MemberState,
+    /// The connection's generation (the high 32 bits): changed by every
+    /// connect of the slot, and kept by the other transitions.
     pub generation: u32,
 }
 
@@ -215,6 +232,17 @@ pub fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// Check a member name: 1 to [`MAX_NAME`] bytes of ASCII letters, digits,
+/// `-`, `_` and `.`. The error ([`ConnectError::BadName`]) says why not.
+///
+/// ```
+/// use cf_core::connector::check_name;
+///
+/// assert!(check_name("bank-1.a_b").is_ok());
+/// assert!(check_name("").is_err());
+/// assert!(check_name("has space").is_err());
+/// assert!(check_name(&"x".repeat(33)).is_err());
+/// ```
 pub fn check_name(name: &str) -> Result<(), ConnectError> {
     let bad = |why| Err(ConnectError::BadName(name.to_string(), why));
     if name.is_empty() {
@@ -395,10 +423,17 @@ pub(crate) fn vacate(
 /// table often; `inspect::members` also reads every record).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlotView {
+    /// The connector id read (checked against the region's size).
     pub id: ConnectorId,
+    /// The slot's state.
     pub state: MemberState,
+    /// The generation of the slot's current (or last) connection.
     pub generation: u32,
+    /// The process recorded in the slot, read consistently with `state`
+    /// (meaningful only in a state with a process; PID 0 once vacated).
     pub process: ProcessId,
+    /// The member name stored in the slot (lossy UTF-8; empty when free).
+    /// Untrusted: print it through [`escape`](crate::inspect::escape).
     pub name: String,
 }
 
@@ -425,20 +460,33 @@ impl SlotView {
 /// Lock activity of one connector (for `cfctl display structure` and
 /// `cfctl report`): what its slot and the record blocks its holders own
 /// have counted, and the transactions it reported committed. Counters of
-/// blocks that went back to the pool are in the lock header's totals only.
+/// blocks that went back to the pool were folded into the slot's; those of
+/// connections that disconnected are in the lock header's totals only
+/// ([`inspect::counters`](crate::inspect::counters)). Holders publish their
+/// counts every 64 uncontended requests (and after each contended one), so a
+/// live connection's counts may lag a little.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Activity {
+    /// Lock requests made (the slot's folded count plus its blocks' in use).
     pub requests: u64,
+    /// Requests that met a real conflict (an incompatible holding of the
+    /// same resource, retained ones included), counted once per request.
     pub contention: u64,
+    /// Requests granted after meeting another resource hashed to the same
+    /// lock entry (false contention).
     pub false_contention: u64,
+    /// Transactions the member's application reported committed
+    /// ([`Member::add_committed`](crate::Member::add_committed)).
     pub committed: u64,
     /// Requests refused because a failed member retains the resource.
     pub retained_refusals: u64,
-    /// Sampled synchronous service times, per bucket (`lock::service`).
+    /// Sampled synchronous service times: how many sampled requests fell in
+    /// each bucket of [`bucket_bounds_ns`](crate::lock::service::bucket_bounds_ns).
     pub service_ns: [u64; crate::lock::service::BUCKETS],
 }
 
-/// Read the [`Activity`] of connector `id`.
+/// Read the [`Activity`] of connector `id` (checked). The counts come from
+/// the region and may be damaged; sums saturate.
 pub fn activity(region: &Region, id: ConnectorId) -> Result<Activity, CorruptError> {
     use crate::sync::Ordering::Relaxed;
     let id = region.check_member(id)?;

@@ -99,11 +99,23 @@ impl Mode {
     pub fn is_modify(self) -> bool {
         self.encoded().1
     }
-    /// May `self` and `other` be held on one resource at once?
+    /// May `self` and `other` be held on one resource at once? Only two
+    /// share holdings are; the relation is symmetric.
+    ///
+    /// ```
+    /// use cf_core::Mode;
+    ///
+    /// assert!(Mode::Share.compatible(Mode::Share));
+    /// assert!(!Mode::Share.compatible(Mode::Exclusive));
+    /// assert!(!Mode::Modify.compatible(Mode::Share));
+    /// assert!(!Mode::Exclusive.compatible(Mode::Modify));
+    /// ```
     #[inline]
     pub fn compatible(self, other: Mode) -> bool {
         COMPATIBLE[self.encoded().0 as usize][other.encoded().0 as usize]
     }
+    /// The mode's name as displays print it (`"share"`, `"exclusive"`,
+    /// `"modify"`); also its [`Display`](std::fmt::Display) form.
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Share => "share",
@@ -119,7 +131,10 @@ impl std::fmt::Display for Mode {
     }
 }
 
-/// A resource name (1 to 64 bytes), padded into words, with its hash.
+/// A resource name: 1 to [`MAX_RESOURCE`] (64) bytes of any value, padded
+/// into words. Two resources are equal if their bytes are (trailing zero
+/// bytes count). Its [`hash`](Resource::hash) picks its lock table entry.
+/// Made by [`Resource::new`].
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Resource {
     len: u8,
@@ -134,6 +149,20 @@ impl std::fmt::Debug for Resource {
 
 impl Resource {
     /// A resource from its bytes; `None` if empty or longer than 64 bytes.
+    ///
+    /// ```
+    /// use cf_core::Resource;
+    ///
+    /// let r = Resource::new(b"acct:1").unwrap();
+    /// assert_eq!(r.len(), 6);
+    /// assert_eq!(r.bytes(), b"acct:1");
+    /// assert_eq!(r.display(), "acct:1");
+    /// assert!(r.entry(16).get() < 16);
+    /// assert_eq!(Resource::new(&[0, 0xff]).unwrap().display(), "0x00ff");
+    ///
+    /// assert!(Resource::new(b"").is_none());
+    /// assert!(Resource::new(&[b'x'; 65]).is_none());
+    /// ```
     #[inline]
     pub fn new(bytes: &[u8]) -> Option<Resource> {
         if bytes.is_empty() || bytes.len() > MAX_RESOURCE {
@@ -149,21 +178,27 @@ impl Resource {
         })
     }
 
+    /// The name's length in bytes (1 to 64).
     pub fn len(&self) -> usize {
         self.len as usize
     }
 
+    /// Always `false`: a resource has at least one byte.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// The name's bytes (a copy).
     pub fn bytes(&self) -> Vec<u8> {
         let mut out: Vec<u8> = self.words.iter().flat_map(|w| w.to_le_bytes()).collect();
         out.truncate(self.len as usize);
         out
     }
 
-    /// Printable form: the text if it is printable UTF-8, else `0x` and hex.
+    /// Printable form: the text if it is UTF-8 without control characters,
+    /// else `0x` and hex. Not escaped: other characters (bidirectional
+    /// overrides, for one) pass, so print a resource read from the region
+    /// through [`escape`](crate::inspect::escape).
     pub fn display(&self) -> String {
         let b = self.bytes();
         match std::str::from_utf8(&b) {
@@ -183,7 +218,9 @@ impl Resource {
         hash_words(self.len as usize, self.words[..n].iter().copied())
     }
 
-    /// The lock table entry this resource maps to in a table of `entries` (a power of two).
+    /// The lock table entry this resource maps to in a table of `entries`
+    /// (a nonzero power of two, as [`Region::lock_entries`] is): the low bits
+    /// of [`Resource::hash`].
     pub fn entry(&self, entries: u32) -> EntryIndex {
         EntryIndex::new((self.hash() & (entries as u64 - 1)) as u32)
     }
@@ -347,19 +384,28 @@ pub(crate) fn tag_entry(tag: u32) -> EntryIndex {
     EntryIndex::new(tag & TAG_ENTRY)
 }
 
-/// A record as read from the region, checked.
+/// A record as read from the region, checked: its entry is in the lock
+/// table, its state, length and mode are valid. The region is untrusted, so
+/// it is what the record said when read, not proof of a holding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordView {
+    /// The member whose area holds the record.
     pub member: ConnectorId,
+    /// The record's slot in that member's area.
     pub slot: SlotIndex,
+    /// The lock table entry it is on (checked to be in range).
     pub entry: EntryIndex,
+    /// Held (tag HELD); `false` for a request that waits or a lock being
+    /// released (PENDING), or an urgent request.
     pub held: bool,
     /// A waiting request that was bypassed too often (not held).
     pub urgent: bool,
     /// When the request first waited (a [`take_wait_ticket`] value; 0 if it
     /// never did). Orders urgent requests: the older goes first.
     pub ticket: u32,
+    /// The mode held or asked for.
     pub mode: Mode,
+    /// The resource, exactly as the record names it.
     pub resource: Resource,
 }
 
@@ -485,7 +531,8 @@ pub(crate) fn holds_other_on(
     })
 }
 
-/// Every non-free record of `member`.
+/// Every non-free record of `member` (held, pending or urgent) below its
+/// high-water mark, in slot order; the first damaged record is the error.
 pub fn all_records(region: &Region, member: ConnectorId) -> Result<Vec<RecordView>, CorruptError> {
     let member = region.check_member(member)?;
     live_tags(region, member)

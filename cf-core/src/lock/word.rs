@@ -84,7 +84,10 @@ pub(crate) enum Change {
     Look,
 }
 
-/// A decoded lock word.
+/// A decoded lock word: `.0` is the raw value as loaded from the lock table
+/// (see the module docs for its fields). The region is untrusted, so any
+/// bits may be set: [`Word::is_malformed`] tells a value no protocol step
+/// writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Word(pub u64);
 
@@ -101,10 +104,13 @@ impl Word {
         let h = ((self.0 & HOLDER_BITS) >> HOLDER_SHIFT) as u32;
         h.checked_sub(1).map(ConnectorId::new)
     }
+    /// Is the word in mixed mode (the records decide, under the latch)?
     #[inline]
     pub fn is_mixed(self) -> bool {
         self.0 & MIXED != 0
     }
+    /// Is either waiter bit set (a holding waiter or a latch waiter may
+    /// sleep on the word)?
     #[inline]
     pub fn has_waiters(self) -> bool {
         self.0 & WAITER_BITS != 0
@@ -114,8 +120,10 @@ impl Word {
     pub fn is_free(self) -> bool {
         self.0 & !EPOCH_BITS == 0
     }
-    /// Every connector the word names as having an interest in the entry:
-    /// the mask, plus the exclusive holder in fast mode.
+    /// Every connector the word names as having an interest in the entry, as
+    /// a bit set (bit `c` for connector `c`): the mask, plus the exclusive
+    /// holder in fast mode. In a damaged word a bit may be beyond the
+    /// region's connectors.
     #[inline]
     pub fn named(self) -> u64 {
         let mut named = self.mask() as u64;

@@ -55,7 +55,8 @@ impl Region {
     /// follows a symlink, and writes the header last so a half-made region is
     /// refused by `open` (its magic is still zero). The plex directory is
     /// made 0700 (02770 with group access) if missing, and must pass the
-    /// checks of [`PlexDir::check`] (`plexfs.rs`).
+    /// checks of [`PlexDir::check`] (`plexfs.rs`). Sizes out of range
+    /// ([`Sizes::check`](crate::Sizes::check)) are [`RegionError::BadOption`].
     pub fn create(plex: &Plex, opts: &CreateOptions) -> Result<Region, RegionError> {
         opts.sizes.check().map_err(RegionError::BadOption)?;
         let dir =
@@ -87,7 +88,8 @@ impl Region {
         ))
     }
 
-    /// Open and validate the region of `plex`.
+    /// Open and validate the region of `plex` ([`Plex::region_path`]) with a
+    /// read-write mapping; see [`Region::open_path`].
     pub fn open(plex: &Plex) -> Result<Region, RegionError> {
         Self::open_path(&plex.region_path())
     }
@@ -100,7 +102,12 @@ impl Region {
         Self::open_path_with(&plex.region_path(), false)
     }
 
-    /// Open and validate a region file. Each failed check is its own error.
+    /// Open and validate a region file with a read-write mapping. Each failed
+    /// check is its own error: the plex directory (the file's parent) and
+    /// the opened file must pass the [`PlexDir`] checks, then the header's
+    /// magic, version and checksum, the file's size and the layout the
+    /// header describes ([`Layout::from_header`]) are checked, in that
+    /// order. A missing file or directory is [`RegionError::NotFound`].
     pub fn open_path(path: &Path) -> Result<Region, RegionError> {
         Self::open_path_with(path, true)
     }

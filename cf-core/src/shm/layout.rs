@@ -58,29 +58,47 @@ pub const REQUEST_SIZE: u64 = 256;
 /// Events kept in the event ring (older ones are overwritten).
 #[cfg(not(loom))]
 pub const EVENT_CAPACITY: u64 = 4096;
+/// Events kept in the event ring under loom (a smaller ring for the models).
 #[cfg(loom)]
 pub const EVENT_CAPACITY: u64 = 32;
 /// Size of one event.
 pub const EVENT_SIZE: u64 = 128;
 
-/// Defaults for `cfctl create`.
+/// Default number of lock table entries (2^20) for `cfctl create` and
+/// [`Sizes::default`].
 pub const DEFAULT_LOCK_ENTRIES: u32 = 1 << 20;
+/// Default number of connector slots (the maximum, [`MAX_MEMBERS`]) for
+/// `cfctl create` and [`Sizes::default`].
 pub const DEFAULT_MEMBERS: u32 = 32;
+/// Default number of record slots per member (256 blocks of
+/// [`BLOCK_SLOTS`]) for `cfctl create` and [`Sizes::default`].
 pub const DEFAULT_RECORDS_PER_MEMBER: u32 = 16384;
 
-/// Kinds of named structures in the directory.
+/// Kinds of named structures in the directory; the discriminant is the
+/// value stored in [`DirEntry::kind`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StructureKind {
+    /// The connector table: one [`CONNECTOR_SLOT_SIZE`]-byte slot per member.
     Connectors = 1,
+    /// The lock structure's header page (counters, connect latch, wait
+    /// ticket, failure-detection settings).
     Lock = 2,
+    /// The lock table: one 8-byte lock word per entry.
     LockTable = 3,
+    /// The members' record areas (block headers, tags and record bodies).
     MemberAreas = 4,
+    /// The restart-request list: a header and one entry per member, each
+    /// [`REQUEST_SIZE`] bytes.
     RestartList = 5,
+    /// The event ring: a header page and [`EVENT_CAPACITY`] events of
+    /// [`EVENT_SIZE`] bytes.
     Events = 6,
 }
 
 impl StructureKind {
+    /// The name this kind has in the directory (`"connectors"`, `"lock"`,
+    /// `"lock-table"`, `"member-areas"`, `"restart"`, `"events"`).
     pub fn name(self) -> &'static str {
         match self {
             StructureKind::Connectors => "connectors",
@@ -93,46 +111,80 @@ impl StructureKind {
     }
 }
 
-/// One entry of the structure directory.
+/// One entry of the structure directory (40 bytes, in the header).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
 pub struct DirEntry {
+    /// The structure's name ([`StructureKind::name`]), NUL-padded ASCII.
     pub name: [u8; 16],
+    /// The structure's [`StructureKind`], as its `u32` discriminant.
     pub kind: u32,
+    /// Padding; always 0.
     pub _pad: u32,
+    /// Byte offset of the structure from the start of the region file.
     pub offset: u64,
+    /// Size of the structure in bytes.
     pub size: u64,
 }
 
 impl DirEntry {
+    /// The name up to its first NUL (all 16 bytes if there is none), with
+    /// any invalid UTF-8 replaced by U+FFFD.
     pub fn name_str(&self) -> String {
         let end = self.name.iter().position(|&b| b == 0).unwrap_or(16);
         String::from_utf8_lossy(&self.name[..end]).into_owned()
     }
 }
 
-/// The region header. Immutable after creation; covered by `checksum`.
+/// The region header, at offset 0 of the file. Immutable after creation;
+/// covered by `checksum`. Fields are stored little-endian (the crate builds
+/// only for little-endian targets).
+///
+/// A header read from a file is untrusted until [`Layout::from_header`]
+/// accepted it (after the magic, version and checksum were checked, as
+/// [`Region::open`](crate::Region::open) does).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
 pub struct Header {
+    /// [`MAGIC`]; written last at creation, so a half-made region has zeros here.
     pub magic: [u8; 8],
+    /// The layout version the region was made with ([`LAYOUT_VERSION`]).
     pub version: u32,
+    /// Size of this struct in bytes (`size_of::<Header>()`).
     pub header_size: u32,
+    /// Size of the whole region file in bytes ([`Layout::total_size`]).
     pub total_size: u64,
+    /// Number of lock table entries ([`Sizes::lock_entries`]).
     pub lock_entries: u32,
+    /// Number of connector slots ([`Sizes::members`]).
     pub members: u32,
+    /// Record slots per member ([`Sizes::records_per_member`]).
     pub records_per_member: u32,
+    /// Record slots per block ([`BLOCK_SLOTS`] of the program that made it).
     pub block_slots: u32,
+    /// When the region was created: wall-clock nanoseconds since the Unix
+    /// epoch (0 if the clock was before the epoch).
     pub created_unix_ns: u64,
+    /// The structure directory: where each area is and how big it is.
     pub dir: [DirEntry; DIR_ENTRIES],
+    /// [`checksum`] of this header with this field zeroed.
     pub checksum: u64,
 }
 
-/// Sizes chosen at creation.
+/// Sizes chosen at creation. [`Sizes::check`] says whether a region can be
+/// made with them; the default is `cfctl create`'s (2^20 entries, 32
+/// members, 16384 records each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sizes {
+    /// Number of lock table entries: a power of two from 16 to 2^30
+    /// ([`MAX_LOCK_ENTRIES`]). Resources hash onto them.
     pub lock_entries: u32,
+    /// Number of connector slots, i.e. of members connected at once: 1 to
+    /// [`MAX_MEMBERS`].
     pub members: u32,
+    /// Record slots in each member's area, i.e. the most locks (held or
+    /// waited for) one member can have at once: a multiple of
+    /// [`BLOCK_SLOTS`] from [`BLOCK_SLOTS`] to 2^24.
     pub records_per_member: u32,
 }
 
@@ -147,7 +199,24 @@ impl Default for Sizes {
 }
 
 impl Sizes {
-    /// Check the options; the error names the bad one.
+    /// Check the sizes against the ranges documented on each field; the
+    /// error names the first bad one and its value.
+    ///
+    /// ```
+    /// use cf_core::Sizes;
+    ///
+    /// assert_eq!(Sizes::default().check(), Ok(()));
+    /// let ok = Sizes { lock_entries: 16, members: 1, records_per_member: 64 };
+    /// assert_eq!(ok.check(), Ok(()));
+    ///
+    /// // Lock entries must be a power of two; the error names the bad option.
+    /// let bad = Sizes { lock_entries: 1000, ..ok };
+    /// assert!(bad.check().unwrap_err().to_string().contains("lock entries"));
+    /// let none = Sizes { members: 0, ..ok };
+    /// assert!(none.check().unwrap_err().to_string().contains("members"));
+    /// assert!(Sizes { members: 33, ..ok }.check().is_err());
+    /// assert!(Sizes { records_per_member: 100, ..ok }.check().is_err());
+    /// ```
     pub fn check(&self) -> Result<(), SizesError> {
         let e = self.lock_entries;
         if !(16..=MAX_LOCK_ENTRIES).contains(&e) || !e.is_power_of_two() {
@@ -164,24 +233,39 @@ impl Sizes {
     }
 }
 
-/// Byte offsets of every area, derived from the sizes.
+/// Byte offsets of every area, derived from the sizes ([`Layout::compute`]).
+/// Offsets are from the start of the region file, in bytes; areas start on
+/// 4096-byte pages (the ones inside a member area on 64-byte lines).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
+    /// The sizes the layout was computed from.
     pub sizes: Sizes,
+    /// The connector table: `members` slots of [`CONNECTOR_SLOT_SIZE`]
+    /// bytes (always [`HEADER_PAGE`], right after the header page).
     pub connectors: u64,
+    /// The lock structure's header page (4096 bytes).
     pub lock_struct: u64,
+    /// The lock table: `lock_entries` 8-byte lock words.
     pub lock_table: u64,
     /// The restart-request list: a header, then one entry per connector.
     pub restart_list: u64,
     /// The event ring: a header page, then `EVENT_CAPACITY` events.
     pub events: u64,
+    /// The first member's area; member `m`'s is at
+    /// `member_areas + m * member_area_size`.
     pub member_areas: u64,
-    /// Bytes of one member's area.
+    /// Bytes of one member's area (a multiple of 4096).
     pub member_area_size: u64,
-    /// Offsets inside one member area.
+    /// Offsets inside one member area: the block headers
+    /// ([`BLOCK_HEADER_SIZE`] bytes per block of [`BLOCK_SLOTS`] records;
+    /// always 0).
     pub area_blocks: u64,
+    /// Offset inside one member area of the record tags (4 bytes per record).
     pub area_tags: u64,
+    /// Offset inside one member area of the record bodies ([`RECORD_SIZE`]
+    /// bytes per record).
     pub area_records: u64,
+    /// Size of the whole region file in bytes (a multiple of 4096).
     pub total_size: u64,
 }
 
@@ -190,10 +274,25 @@ const fn align_up(x: u64, a: u64) -> u64 {
 }
 
 impl Layout {
+    /// Number of record blocks in one member's area
+    /// (`records_per_member / BLOCK_SLOTS`).
     pub fn blocks_per_member(&self) -> u32 {
         self.sizes.records_per_member / BLOCK_SLOTS
     }
 
+    /// The layout for `sizes`. It does not check them: call [`Sizes::check`]
+    /// first (out-of-range sizes give a layout no region is made with).
+    ///
+    /// ```
+    /// use cf_core::layout::{Layout, HEADER_PAGE};
+    /// use cf_core::Sizes;
+    ///
+    /// let l = Layout::compute(Sizes { lock_entries: 16, members: 4, records_per_member: 256 });
+    /// assert_eq!(l.connectors, HEADER_PAGE);
+    /// assert_eq!(l.blocks_per_member(), 4);
+    /// assert_eq!(l.total_size % 4096, 0);
+    /// assert_eq!(l.total_size, l.member_areas + 4 * l.member_area_size);
+    /// ```
     pub fn compute(sizes: Sizes) -> Layout {
         let connectors = HEADER_PAGE;
         let lock_struct = align_up(
@@ -230,7 +329,8 @@ impl Layout {
         }
     }
 
-    /// Build the header for these sizes, checksum included.
+    /// Build the header for these sizes, checksum included; `created_unix_ns`
+    /// is stored as [`Header::created_unix_ns`].
     pub fn header(&self, created_unix_ns: u64) -> Header {
         let mut h = Header::zeroed();
         h.magic = MAGIC;
@@ -286,7 +386,10 @@ impl Layout {
     }
 
     /// Recompute the layout from a header already checked for magic, version and
-    /// checksum, and check that it is the layout this program would build.
+    /// checksum, and check that it is the layout this program would build
+    /// (sizes in range, same block size and header size, same total size and
+    /// directory). The error says what does not match. It does not look at
+    /// the file: the caller checks that the file is `total_size` bytes.
     pub fn from_header(h: &Header) -> Result<Layout, HeaderError> {
         let sizes = Sizes {
             lock_entries: h.lock_entries,
@@ -318,7 +421,8 @@ impl Layout {
     }
 }
 
-/// FNV-1a 64 over the header with the checksum field zeroed.
+/// FNV-1a 64 over the header's bytes with the checksum field zeroed (the
+/// value of [`Header::checksum`]).
 ///
 /// Kept hand-written on purpose: it is a field of the region format (a
 /// different function is a new layout version), it guards one small header

@@ -42,34 +42,89 @@ pub const PRIVATE_DIR_MODE: u32 = 0o700;
 /// Why a plex file or directory is not used.
 #[derive(Debug, thiserror::Error)]
 pub enum PlexFileError {
+    /// The file or directory does not exist.
     #[error("{path}: no such file")]
-    NotFound { path: PathBuf },
+    NotFound {
+        /// The missing path.
+        path: PathBuf,
+    },
+    /// A create found something at the name (`O_EXCL`), a dangling symlink
+    /// included; or [`PlexDir::open_or_create`] lost its race 8 times.
     #[error("{path} already exists")]
-    AlreadyExists { path: PathBuf },
+    AlreadyExists {
+        /// The path that exists.
+        path: PathBuf,
+    },
+    /// The name is a symbolic link (refused, never followed).
     #[error("{path} is a symbolic link; refusing to follow it")]
-    Symlink { path: PathBuf },
+    Symlink {
+        /// The symlink's path.
+        path: PathBuf,
+    },
+    /// The opened file is not a regular file (a FIFO, a directory, a device...).
     #[error("{path} is not a regular file (it is a {kind})")]
-    NotRegularFile { path: PathBuf, kind: &'static str },
+    NotRegularFile {
+        /// The file's path.
+        path: PathBuf,
+        /// What it is instead, in words (`"FIFO"`, `"directory"`, ...).
+        kind: &'static str,
+    },
+    /// A plex directory path names something that is not a directory.
     #[error("{path} is not a directory")]
-    NotDirectory { path: PathBuf },
+    NotDirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The file or directory belongs to another user (and the group mode
+    /// does not admit it).
     #[error("{path} is owned by uid {owner}, not by this user (uid {me})")]
-    ForeignOwner { path: PathBuf, owner: u32, me: u32 },
+    ForeignOwner {
+        /// The file's path.
+        path: PathBuf,
+        /// Its owner's uid.
+        owner: u32,
+        /// This process's effective uid.
+        me: u32,
+    },
+    /// In a group-mode plex, a file of another user whose group is not the
+    /// plex directory's group.
     #[error("{path} belongs to group {group}, not to the plex's group {plex_group}")]
     ForeignGroup {
+        /// The file's path.
         path: PathBuf,
+        /// The file's gid.
         group: u32,
+        /// The plex directory's gid.
         plex_group: u32,
     },
+    /// The file has more than one hard link (it may be a link to a file
+    /// outside the plex).
     #[error("{path} has {links} hard links; a plex file must have exactly one")]
-    HardLinks { path: PathBuf, links: u64 },
+    HardLinks {
+        /// The file's path.
+        path: PathBuf,
+        /// Its link count.
+        links: u64,
+    },
+    /// Others (or the group, outside the group mode) may write the file or
+    /// directory.
     #[error("{path} is writable by {who} (mode {mode:04o}); refusing to trust it")]
     Writable {
+        /// The file's or directory's path.
         path: PathBuf,
+        /// Its permission bits (`st_mode & 0o7777`).
         mode: u32,
+        /// Who may write it, in words, for the message.
         who: &'static str,
     },
+    /// Any other error of a system call on the path.
     #[error("{path}: {err}")]
-    Io { path: PathBuf, err: std::io::Error },
+    Io {
+        /// The path the call was about.
+        path: PathBuf,
+        /// The error.
+        err: std::io::Error,
+    },
 }
 
 impl PlexFileError {
@@ -112,6 +167,8 @@ fn in_group(gid: u32) -> bool {
 }
 
 /// A checked plex directory: every file of the plex is opened through it.
+/// It remembers the directory's group and whether it is a group-mode plex,
+/// which decide the modes of new files and what an opened file may be.
 #[derive(Clone, Debug)]
 pub struct PlexDir {
     path: PathBuf,
@@ -120,7 +177,10 @@ pub struct PlexDir {
 }
 
 impl PlexDir {
-    /// Check an existing plex directory (see the module docs).
+    /// Check an existing plex directory (see the module docs): not a
+    /// symlink, a directory, not writable by others, group-writable only
+    /// with the set-group-ID bit (the group mode), and owned by this user
+    /// (in group mode, owned by anyone if its group is one this process is in).
     pub fn check(dir: &Path) -> Result<PlexDir, PlexFileError> {
         let meta = match std::fs::symlink_metadata(dir) {
             Ok(m) => m,
@@ -195,6 +255,8 @@ impl PlexDir {
         Self::check(dir)
     }
 
+    /// The directory's path, as given to [`PlexDir::check`] or
+    /// [`PlexDir::ensure`].
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -252,7 +314,8 @@ impl PlexDir {
         self.subdir(name)?.ok_or(PlexFileError::NotFound { path })
     }
 
-    /// Check an opened descriptor of plex file `path` (see the module docs).
+    /// Check an opened descriptor of plex file `path` (see the module docs);
+    /// returns its metadata. `path` is only used in the error.
     pub fn check_file(&self, file: &File, path: &Path) -> Result<std::fs::Metadata, PlexFileError> {
         let meta = file.metadata().map_err(PlexFileError::io(path))?;
         if !meta.file_type().is_file() {

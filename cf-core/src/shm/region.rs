@@ -28,14 +28,19 @@ pub const REGION_FILE: &str = "region";
 /// Options for creating a region.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CreateOptions {
+    /// The region's sizes; checked by [`Region::create`] ([`Sizes::check`]).
     pub sizes: Sizes,
-    /// Create files 0660 instead of 0600 (and the directory 0770).
+    /// Create files 0660 instead of 0600 (and the directory 02770:
+    /// group-writable and set-group-ID; see [`plexfs`](crate::plexfs)).
     pub group_access: bool,
 }
 
 /// A plex directory: the region, the shared data and the logs.
 #[derive(Clone, Debug)]
 pub struct Plex {
+    /// The directory's path; its region file is [`REGION_FILE`] in it
+    /// ([`Plex::region_path`]). Nothing is checked until the region is
+    /// created or opened.
     pub dir: PathBuf,
 }
 
@@ -52,6 +57,7 @@ impl Plex {
         Plex { dir }
     }
 
+    /// The path of the region file: `dir/`[`REGION_FILE`].
     pub fn region_path(&self) -> PathBuf {
         self.dir.join(REGION_FILE)
     }
@@ -133,6 +139,13 @@ enum Backing {
 }
 
 /// A mapped, validated region.
+///
+/// Made by [`Region::create`], [`Region::open`], [`Region::open_path`] or
+/// [`Region::open_read_only`]; share it between threads in an
+/// [`Arc`](std::sync::Arc). The sizes and layout it returns were checked
+/// when it was opened; the contents of the mapping are untrusted (any
+/// process that can write the file may change them at any time) and are
+/// checked by every reader.
 pub struct Region {
     areas: Areas,
     layout: Layout,
@@ -275,6 +288,8 @@ impl Region {
         }
     }
 
+    /// The path of the region file, as it was given to create or open it
+    /// (`"(loom model)"` under loom).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -287,12 +302,16 @@ impl Region {
         self.read_only
     }
 
+    /// The byte offsets of every area, computed from the header at open.
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
+    /// The header as it was read and validated at open (or built at
+    /// creation): a copy, so later writes to the file's header do not show.
     pub fn header(&self) -> &Header {
         &self.header
     }
+    /// The sizes the region was made with (from its validated header).
     pub fn sizes(&self) -> Sizes {
         self.layout.sizes
     }
@@ -359,6 +378,9 @@ impl Region {
 
     // ---- connectors ----
 
+    /// Number of connector slots (1 to
+    /// [`MAX_MEMBERS`](crate::layout::MAX_MEMBERS)): connector ids are
+    /// `0..members()`.
     #[inline]
     pub fn members(&self) -> u32 {
         self.layout.sizes.members
@@ -400,11 +422,15 @@ impl Region {
 
     // ---- member areas ----
 
+    /// Record slots in each member's area: slot indices are
+    /// `0..records_per_member()`.
     #[inline]
     pub fn records_per_member(&self) -> u32 {
         self.layout.sizes.records_per_member
     }
 
+    /// Record blocks in each member's area (`records_per_member()` /
+    /// [`BLOCK_SLOTS`](crate::layout::BLOCK_SLOTS)).
     #[inline]
     pub fn blocks_per_member(&self) -> u32 {
         self.layout.blocks_per_member()

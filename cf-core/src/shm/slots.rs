@@ -15,6 +15,7 @@ pub(crate) struct ConnectorSlot {
     pub state: AtomicU64,
     /// Cleanup claim: token of the process cleaning this member up (0: none).
     pub cleanup: AtomicU64,
+    /// PID of the connected process (a `u32`; 0 once the slot is vacated).
     pub pid: AtomicU64,
     /// Start time of the process (clock ticks since boot, `/proc/<pid>/stat` field 22).
     pub start_time: AtomicU64,
@@ -22,10 +23,18 @@ pub(crate) struct ConnectorSlot {
     pub name: [AtomicU64; 4],
     /// Record high-water mark, in blocks.
     pub hwm: AtomicU64,
+    /// Lock requests of this connection, folded in from its holders' blocks
+    /// when they go back to the pool (live blocks count their own).
     pub requests: AtomicU64,
+    /// Requests that met a real conflict, folded in likewise.
     pub contention: AtomicU64,
+    /// Requests that met another resource on the same entry (false
+    /// contention), folded in likewise.
     pub false_contention: AtomicU64,
+    /// When the connection was made: wall-clock ns since the Unix epoch.
     pub connected_ns: AtomicU64,
+    /// When a cleanup made the member failed-persistent: wall-clock ns since
+    /// the Unix epoch (0: never, since the slot's last fresh connect).
     pub failed_ns: AtomicU64,
     /// Transactions the member's application reported committed.
     pub committed: AtomicU64,
@@ -72,6 +81,8 @@ pub(crate) struct LockHeader {
     /// Plex settings (`connector/liveness.rs`): the failure detection
     /// interval in milliseconds (0: the default) and the isolate action.
     pub failure_detection_ms: AtomicU64,
+    /// The isolate action: 1 prompt (wait for `cfctl fence`), anything else
+    /// at once.
     pub isolate: AtomicU64,
 }
 
@@ -81,8 +92,13 @@ pub(crate) struct LockHeader {
 pub(crate) struct BlockHeader {
     /// The holder owning the block (0: free; `BLOCK_RETAINED`: retained records).
     pub owner: AtomicU64,
+    /// The owning holder's request count, published by it (plain stores:
+    /// only the owner writes them) every 64 uncontended requests, after each
+    /// contended one, and when it is dropped.
     pub requests: AtomicU64,
+    /// The owning holder's requests that met a real conflict, published likewise.
     pub contention: AtomicU64,
+    /// The owning holder's false contentions, published likewise.
     pub false_contention: AtomicU64,
     #[cfg(not(loom))]
     _reserved: [AtomicU64; 4],
@@ -94,6 +110,7 @@ pub(crate) struct BlockHeader {
 pub(crate) struct RecordBody {
     /// `len | mode << 8 | flags << 16`.
     pub meta: AtomicU64,
+    /// The resource's bytes in little-endian words, zero-padded.
     pub name: [AtomicU64; 8],
 }
 
@@ -101,7 +118,10 @@ pub(crate) struct RecordBody {
 #[repr(C)]
 #[derive(Default)]
 pub(crate) struct RequestListHeader {
+    /// Requests posted since the region was created (a re-post of a FAILED
+    /// request is not counted again).
     pub posted: AtomicU64,
+    /// Requests completed since the region was created.
     pub completed: AtomicU64,
     #[cfg(not(loom))]
     _reserved: [AtomicU64; 5],
@@ -123,10 +143,14 @@ pub(crate) struct RequestEntry {
     pub claim: AtomicU64,
     /// Token of the restart-light process it started.
     pub worker: AtomicU64,
+    /// When it was posted: wall-clock ns since the Unix epoch.
     pub posted_ns: AtomicU64,
+    /// When it was last claimed: wall-clock ns since the Unix epoch (0: not
+    /// since it was posted).
     pub claimed_ns: AtomicU64,
     /// Poster and claimer connector ids + 1 (`claimer << 32 | poster`).
     pub who: AtomicU64,
+    /// Restart lights started for it since it was posted.
     pub attempts: AtomicU64,
     /// The incarnation of the slot's occupant whose failure it is for.
     pub incarnation: AtomicU64,
@@ -163,9 +187,13 @@ pub(crate) struct EventSlot {
     pub seq: AtomicU64,
     /// `kind | has_by << 32`.
     pub kind: AtomicU64,
+    /// When it happened: wall-clock ns since the Unix epoch.
     pub time_ns: AtomicU64,
+    /// The event's numbers `[a, b, c]` (their meaning depends on the kind).
     pub payload: [AtomicU64; 3],
+    /// The name of the member it is about, NUL-padded.
     pub member: [AtomicU64; 4],
+    /// The name of the member that caused it (if `has_by`), NUL-padded.
     pub by: [AtomicU64; 4],
     #[cfg(not(loom))]
     _reserved: [AtomicU64; 2],
