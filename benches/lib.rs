@@ -10,10 +10,10 @@
 
 pub mod bench;
 
+use cf_core::shm::mapping::{Access, SharedMap};
 use cf_core::{
     CreateOptions, Holder, LockId, Member, Mode, Plex, Region, Resource, Sizes, TryOutcome,
 };
-use memmap2::MmapMut;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -59,7 +59,7 @@ impl ShmDir {
 /// One `AtomicU64` at the start of a `MAP_SHARED` mapping of a file in a
 /// [`ShmDir`]: the memory a lock word lives in, without the lock protocol.
 pub struct ShmWord {
-    map: MmapMut,
+    map: SharedMap,
 }
 
 impl ShmWord {
@@ -71,19 +71,18 @@ impl ShmWord {
             .create_new(true)
             .open(&path)?;
         file.set_len(4096)?;
-        // SAFETY: the file is ours (created just now in a private directory);
-        // nothing else truncates it while the mapping lives.
-        let map = unsafe { MmapMut::map_mut(&file)? };
+        let map = SharedMap::map(&file, 4096, Access::ReadWrite)?;
+        map.atomic::<AtomicU64>(0).map_err(std::io::Error::other)?;
         Ok(ShmWord { map })
     }
 
+    /// The word (checked when mapped: a failure here is a bug).
     #[inline]
     pub fn word(&self) -> &AtomicU64 {
-        let p = self.map.as_ptr() as *mut u64;
-        // SAFETY: the mapping is page-aligned (so 8-aligned), at least 8 bytes
-        // long and lives as long as `self`; every access to it goes through
-        // this atomic, so there is no non-atomic access to race with.
-        unsafe { AtomicU64::from_ptr(p) }
+        match self.map.atomic(0) {
+            Ok(w) => w,
+            Err(e) => panic!("internal: the floor word: {e}"),
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! and reaps every child process.
 
 use anyhow::{bail, Context, Result};
-use memmap2::MmapMut;
+use cf_core::shm::mapping::{Access, SharedMap};
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// memory the peers' lock words and mutexes live in, and the control words of
 /// the multi-process benchmarks.
 pub struct ShmFile {
-    map: MmapMut,
+    map: SharedMap,
 }
 
 impl ShmFile {
@@ -44,38 +44,31 @@ impl ShmFile {
     }
 
     fn map(file: &std::fs::File, path: &Path) -> Result<ShmFile> {
-        // SAFETY: the file lives in our private temporary directory and is
-        // never truncated while mapped; every access to the mapping that
-        // another process may make at the same time goes through atomics or
-        // through the pthread functions made for shared memory.
-        let map = unsafe { MmapMut::map_mut(file) }
-            .with_context(|| format!("mapping {}", path.display()))?;
-        if map.len() < 4096 {
+        // The file lives in our private temporary directory and is never
+        // truncated while mapped; every access to the mapping that another
+        // process may make at the same time goes through atomics or through
+        // the pthread functions made for shared memory.
+        let len = file
+            .metadata()
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
+        if len < 4096 {
             bail!("{} is shorter than a page", path.display());
         }
+        let map = SharedMap::map(file, len, Access::ReadWrite)
+            .with_context(|| format!("mapping {}", path.display()))?;
         Ok(ShmFile { map })
     }
 
     /// A raw pointer to byte `off`, checked to leave `size` bytes in the
     /// mapping and to be aligned to 8.
     pub fn ptr(&self, off: usize, size: usize) -> Result<*mut u8> {
-        if !off.is_multiple_of(8) || off.checked_add(size).is_none_or(|end| end > self.map.len()) {
-            bail!(
-                "offset {off} (+{size}) outside a mapping of {}",
-                self.map.len()
-            );
-        }
-        // The mapping is page-aligned, so `off % 8 == 0` means 8-aligned.
-        Ok(self.map.as_ptr().wrapping_add(off) as *mut u8)
+        Ok(self.map.ptr(off, size, 8)?)
     }
 
     /// The atomic word at byte `off`.
     pub fn word(&self, off: usize) -> Result<&AtomicU64> {
-        let p = self.ptr(off, 8)?;
-        // SAFETY: `p` is 8-aligned and in bounds (checked above); the mapping
-        // lives as long as `&self`; every access to this word, in any
-        // process, is atomic.
-        Ok(unsafe { &*(p as *const AtomicU64) })
+        Ok(self.map.atomic(off)?)
     }
 }
 

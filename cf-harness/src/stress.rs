@@ -19,9 +19,9 @@
 //!   legitimately overlap, add atomically.
 
 use anyhow::{bail, Context, Result};
+use cf_core::shm::mapping::{Access, SharedMap};
 use cf_core::{LockId, Member, Mode, Plex, Region, Resource};
 use clap::{Args, ValueEnum};
-use memmap2::MmapRaw;
 use serde_json::json;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -121,7 +121,7 @@ pub struct StressArgs {
 
 /// The shared counter file, mapped.
 struct Counter {
-    map: MmapRaw,
+    map: SharedMap,
 }
 
 impl Counter {
@@ -155,26 +155,18 @@ impl Counter {
                 path.display()
             ),
         }
-        let map = memmap2::MmapOptions::new()
-            .len(COUNTER_LEN as usize)
-            .map_raw(&file)
+        let map = SharedMap::map(&file, COUNTER_LEN, Access::ReadWrite)
             .with_context(|| format!("mapping counter file {}", path.display()))?;
-        if map.len() < COUNTER_LEN as usize || map.as_ptr().align_offset(8) != 0 {
-            bail!("mapping counter file {}: bad mapping", path.display());
-        }
         Ok(Counter { map })
     }
 
+    /// Word `i` (< 2) of the file, which is mapped whole (`COUNTER_LEN` =
+    /// 16 bytes): a failed check is a bug here, not bad input.
     fn word(&self, i: usize) -> &AtomicU64 {
-        assert!(i < 2, "the counter file has two words");
-        // SAFETY: the mapping is COUNTER_LEN (16) bytes and 8-byte aligned
-        // (checked in `open`), so word `i < 2` is in bounds and aligned; it
-        // lives as long as `self`, which the reference borrows. Every process
-        // touches these bytes only through atomics, so there is no data race,
-        // and `AtomicU64` has the size and alignment of `u64`. (A process that
-        // truncated the file would make the access fault with SIGBUS, which
-        // is what any shared mapping risks; it is not undefined behaviour.)
-        unsafe { &*self.map.as_mut_ptr().cast::<AtomicU64>().add(i) }
+        match self.map.atomic(8 * i) {
+            Ok(w) => w,
+            Err(e) => panic!("internal: counter word {i}: {e}"),
+        }
     }
 
     fn inside(&self) -> &AtomicU64 {

@@ -19,7 +19,7 @@
 //! account index is checked.
 
 use cf_core::plexfs::{PlexDir, PlexFileError};
-use memmap2::MmapRaw;
+use cf_core::shm::mapping::{Access, InShared, SharedMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -70,7 +70,7 @@ impl From<PlexFileError> for StoreError {
 
 /// The mapped accounts file.
 pub struct Store {
-    map: MmapRaw,
+    map: SharedMap,
     read_only: bool,
     count: u64,
     initial: i64,
@@ -128,7 +128,7 @@ impl Store {
             err,
         };
         file.set_len(HEADER + RECORD * count).map_err(io)?;
-        let map = memmap2::MmapOptions::new().map_raw(&file).map_err(io)?;
+        let map = SharedMap::map(&file, HEADER + RECORD * count, Access::ReadWrite).map_err(io)?;
         let store = Store {
             map,
             read_only: false,
@@ -157,11 +157,18 @@ impl Store {
     /// Header word `i` (< 8) of the mapping.
     fn header_word(&self, i: usize) -> &AtomicU64 {
         assert!(i < 8, "internal: the header has 8 words");
-        // SAFETY: the mapping is at least the 64-byte header (checked at
-        // open and create) and page-aligned; word i < 8 is inside it and
-        // 8-aligned; an AtomicU64 is valid for any bits and lives as long as
-        // &self. Stores happen only on a writable mapping (create).
-        unsafe { &*(self.map.as_ptr().add(8 * i) as *const AtomicU64) }
+        self.cell(8 * i)
+    }
+
+    /// The atomic at byte `off` of the mapping. Every caller's offset lies in
+    /// the header or in record `i < count`, and the mapping is exactly the
+    /// header plus `count` records (checked at open and create): a failed
+    /// check is a bug here, not bad input.
+    fn cell<T: InShared>(&self, off: usize) -> &T {
+        match self.map.atomic(off) {
+            Ok(c) => c,
+            Err(e) => panic!("internal: accounts file cell: {e}"),
+        }
     }
 
     /// Open and validate the accounts file of a plex.
@@ -224,20 +231,15 @@ impl Store {
             return Err(bad(format!("{len} bytes for {count} accounts")));
         }
         let initial = u64_at(24) as i64;
-        let mut opts = memmap2::MmapOptions::new();
-        opts.len(len as usize);
-        let map = if write {
-            opts.map_raw(&file)
+        let access = if write {
+            Access::ReadWrite
         } else {
-            opts.map_raw_read_only(&file)
-        }
-        .map_err(|err| StoreError::Io {
+            Access::ReadOnly
+        };
+        let map = SharedMap::map(&file, len, access).map_err(|err| StoreError::Io {
             path: path.clone(),
             err,
         })?;
-        if (map.len() as u64) < len {
-            return Err(bad(format!("mapped {} of {len} bytes", map.len())));
-        }
         Ok(Store {
             map,
             read_only: !write,
@@ -263,20 +265,13 @@ impl Store {
 
     fn balance_cell(&self, i: u64) -> &AtomicI64 {
         assert!(i < self.count, "internal: account index checked by callers");
-        let off = (HEADER + RECORD * i) as usize;
-        // SAFETY: `off` is inside the mapping (i < count and the length is
-        // 64 + 16 * count) and 8-aligned (the mapping is page-aligned); an
-        // AtomicI64 is valid for any bits and lives as long as &self. A
-        // read-only mapping is only loaded from (`set` refuses it): atomic
-        // loads on read-only memory are allowed.
-        unsafe { &*(self.map.as_ptr().add(off) as *const AtomicI64) }
+        // A read-only mapping is only loaded from (`set` refuses it).
+        self.cell((HEADER + RECORD * i) as usize)
     }
 
     fn txid_cell(&self, i: u64) -> &AtomicU64 {
         assert!(i < self.count, "internal: account index checked by callers");
-        let off = (HEADER + RECORD * i + 8) as usize;
-        // SAFETY: as in `balance_cell`, 8 bytes further, still inside record i.
-        unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU64) }
+        self.cell((HEADER + RECORD * i + 8) as usize)
     }
 
     fn check(&self, i: u64) -> Result<u64, StoreError> {

@@ -4,9 +4,9 @@
 
 use crate::error::RegionError;
 use crate::shm::layout::{self, Header, Layout};
+use crate::shm::mapping::{Access, SharedMap};
 use crate::shm::plexfs::{PlexDir, PlexFileError};
-use crate::shm::region::{CreateOptions, Mapping, Plex, Region};
-use memmap2::MmapMut;
+use crate::shm::region::{CreateOptions, Plex, Region};
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
@@ -65,10 +65,11 @@ impl Region {
         let file = dir.create_new(&path)?;
         let layout = Layout::compute(opts.sizes);
         file.set_len(layout.total_size).map_err(io_err(&path))?;
-        // SAFETY: the file was just created by us with O_EXCL and has the right
-        // length; other processes may map it too, which is why every access to
-        // the mapping after the header is through atomics.
-        let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(io_err(&path))?;
+        // The file was just created by us with O_EXCL and has the right
+        // length; other processes may map it too, which is why every access
+        // to the mapping after the header is through atomics.
+        let map =
+            SharedMap::map(&file, layout.total_size, Access::ReadWrite).map_err(io_err(&path))?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -76,16 +77,11 @@ impl Region {
         let header = layout.header(now);
         let bytes = bytemuck::bytes_of(&header);
         // Magic last: write everything after it, then the magic.
-        map[8..bytes.len()].copy_from_slice(&bytes[8..]);
-        map.flush_range(0, bytes.len()).map_err(io_err(&path))?;
+        map.write_new(8, &bytes[8..]).map_err(io_err(&path))?;
+        map.flush(0, bytes.len()).map_err(io_err(&path))?;
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        map[..8].copy_from_slice(&bytes[..8]);
-        Ok(Region::from_mapping(
-            Mapping::ReadWrite(map),
-            layout,
-            header,
-            path,
-        ))
+        map.write_new(0, &bytes[..8]).map_err(io_err(&path))?;
+        Ok(Region::from_mapping(map, layout, header, path))
     }
 
     /// Open and validate the region of `plex` ([`Plex::region_path`]) with a
@@ -159,20 +155,18 @@ impl Region {
             path: path.into(),
             what,
         })?;
-        // SAFETY: the file is a regular file of ours whose size matches the
-        // layout. It may be shared with other processes and even shrunk by a
-        // hostile one (then an access faults with SIGBUS, which no mapping can
-        // prevent: the binaries install `install_sigbus_handler`); within this
-        // process every access is bounds-checked against the layout and goes
-        // through atomics.
-        let map = if write {
-            Mapping::ReadWrite(unsafe { MmapMut::map_mut(&file) }.map_err(io_err(path))?)
+        // The file is a regular file of ours whose size matches the layout.
+        // It may be shared with other processes and even shrunk by a hostile
+        // one (`mapping.rs`); within this process every access is
+        // bounds-checked against the layout and goes through atomics. A
+        // read-only mapping is only loaded from (atomic loads on read-only
+        // memory are allowed for lock-free sizes, see `std::sync::atomic`).
+        let access = if write {
+            Access::ReadWrite
         } else {
-            // SAFETY: as above; the mapping is read-only (PROT_READ), and the
-            // views that use it only load (atomic loads on read-only memory
-            // are allowed for lock-free sizes, see `std::sync::atomic`).
-            Mapping::ReadOnly(unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?)
+            Access::ReadOnly
         };
+        let map = SharedMap::map(&file, layout.total_size, access).map_err(io_err(path))?;
         if (map.len() as u64) != layout.total_size {
             return Err(RegionError::SizeMismatch {
                 path: path.into(),

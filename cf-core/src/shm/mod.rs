@@ -8,6 +8,8 @@ pub(crate) mod slots;
 
 #[cfg(not(loom))]
 mod file;
+#[cfg(not(loom))]
+pub mod mapping;
 #[cfg(loom)]
 pub(crate) mod model;
 #[cfg(not(loom))]

@@ -110,28 +110,12 @@ pub(crate) struct Areas {
     pub(crate) members: Vec<MemberArea>,
 }
 
-/// A validated mapping of a region file.
-#[cfg(not(loom))]
-pub(crate) enum Mapping {
-    ReadWrite(memmap2::MmapMut),
-    /// `PROT_READ` only: for the views (`inspect`), which only load.
-    ReadOnly(memmap2::Mmap),
-}
-
-#[cfg(not(loom))]
-impl Mapping {
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Mapping::ReadWrite(m) => m.len(),
-            Mapping::ReadOnly(m) => m.len(),
-        }
-    }
-}
-
 /// What keeps the memory of the areas alive.
 enum Backing {
     #[cfg(not(loom))]
-    File { _map: Mapping },
+    File {
+        _map: crate::shm::mapping::SharedMap,
+    },
     #[cfg(loom)]
     Model {
         _mem: Box<crate::shm::model::ModelMemory>,
@@ -175,18 +159,15 @@ impl Region {
     /// Build a region over a validated mapping.
     #[cfg(not(loom))]
     pub(crate) fn from_mapping(
-        map: Mapping,
+        map: crate::shm::mapping::SharedMap,
         layout: Layout,
         header: Header,
         path: PathBuf,
     ) -> Region {
-        let read_only = matches!(map, Mapping::ReadOnly(_));
+        let read_only = map.access() == crate::shm::mapping::Access::ReadOnly;
         // A read-only mapping is never written through (see `is_read_only`):
         // the pointer is `*mut` only because the areas are shared with writers.
-        let base = match &map {
-            Mapping::ReadWrite(m) => m.as_ptr() as *mut u8,
-            Mapping::ReadOnly(m) => m.as_ptr() as *mut u8,
-        };
+        let base = map.base();
         assert_eq!(
             map.len() as u64,
             layout.total_size,
