@@ -14,12 +14,12 @@
 
 /// Every crash point in the protocols, for tests to iterate over.
 pub const CRASH_POINTS: &[&str] = &[
-    // lock.rs: acquire (record written, then word) and release (word, then record)
+    // member/holder.rs: acquire (record written, then word) and release (word, then record)
     "acquire.after_record",
     "acquire.after_word",
     "release.marked",
     "release.after_word",
-    // lock.rs: the latched resource-level path
+    // member/holder.rs and lock/entry.rs: the latched resource-level path
     "slow.latched",
     "slow.granted_before_unlatch",
     "slow_release.latched",
@@ -29,7 +29,7 @@ pub const CRASH_POINTS: &[&str] = &[
     "cleanup.entry_latched",
     "cleanup.entry_unlatched",
     "cleanup.before_final_state",
-    // connector.rs
+    // connector/latch.rs
     "connect.latched",
     // member/mod.rs: a normal restart's request completed, not yet ACTIVE
     "recovery.completed_before_active",
@@ -37,7 +37,8 @@ pub const CRASH_POINTS: &[&str] = &[
     "liveness.before_word",
     "liveness.woken",
     "fence.marked",
-    // cf-node: restart light (restart_light.rs) and the request handler (monitor.rs)
+    // cf-node: restart light (restart_light.rs; backing out and releasing in
+    // recover.rs) and the request handler (monitor.rs)
     "restart_light.connected",
     "restart_light.backed_out_some",
     "restart_light.backed_out",
@@ -161,7 +162,11 @@ pub mod model {
             match a.as_mut() {
                 Some((n, left)) if *n == name => {
                     *left -= 1;
-                    *left == 0
+                    let fire = *left == 0;
+                    if fire {
+                        *a = None; // fired: a later hit of the point is no kill
+                    }
+                    fire
                 }
                 _ => false,
             }

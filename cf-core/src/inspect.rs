@@ -353,6 +353,11 @@ pub fn structures(region: &Region) -> Vec<StructureView> {
                 v.kind = "record areas";
                 v.records_per_member = Some(region.records_per_member());
             }
+            k if k == StructureKind::RestartList as u32 => {
+                v.kind = "restart-request list";
+                v.members = Some(region.members());
+            }
+            k if k == StructureKind::Events as u32 => v.kind = "event ring",
             _ => v.kind = "unknown",
         }
         out.push(v);

@@ -533,6 +533,7 @@ pub fn claim(
     by: ConnectorId,
     me: &ProcessId,
 ) -> Result<ClaimOutcome, RestartRequestError> {
+    writable(region, "claiming a restart request")?;
     let e = region.request(id)?;
     let seen = load(id, e)?;
     if seen.state == RequestState::Free
@@ -590,6 +591,7 @@ pub fn set_worker(
     epoch: u32,
     worker: &ProcessId,
 ) -> Result<Option<u64>, RestartRequestError> {
+    writable(region, "recording a restart light")?;
     let e = region.request(id)?;
     let now = load(id, e)?;
     if now.state == RequestState::Free || now.epoch != epoch {
@@ -609,6 +611,7 @@ pub fn unclaim(
     epoch: u32,
     me: &ProcessId,
 ) -> Result<(), RestartRequestError> {
+    writable(region, "giving up a claim")?;
     let e = region.request(id)?;
     let _ = cas(
         e,
@@ -811,6 +814,7 @@ pub fn complete(
     member: &str,
     by: &str,
 ) -> Result<bool, RestartRequestError> {
+    writable(region, "completing a restart request")?;
     complete_as(region, id, epoch, member, by, 0)
 }
 
@@ -863,7 +867,8 @@ fn complete_as(
     Ok(true)
 }
 
-/// Is request `epoch` of `id` still outstanding (pending or claimed)?
+/// Is request `epoch` of `id` still outstanding (pending, claimed, or
+/// FAILED: a failed request waits to be retried, it is not over)?
 pub fn is_outstanding(region: &Region, id: ConnectorId, epoch: u32) -> Result<bool, CorruptError> {
     let e = region.request(id)?;
     let st = load(id, e)?;
@@ -955,6 +960,7 @@ pub fn complete_for_name(
     name: &str,
     by: &str,
 ) -> Result<usize, RestartRequestError> {
+    writable(region, "completing a restart request")?;
     let mut n = 0;
     for r in list(region)? {
         if r.name == name && complete(region, r.member_id, r.epoch, name, by)? {

@@ -135,7 +135,27 @@ fn a_read_only_region_serves_every_view_and_refuses_writers() {
     let ro = Arc::new(ro);
     let e = Member::connect(ro.clone(), "B").unwrap_err();
     assert!(e.to_string().contains("read-only"), "{e}");
-    assert!(cf_core::cleanup_member(&ro, ConnectorId::new(0)).is_err());
+    assert!(matches!(
+        cf_core::cleanup_member(&ro, ConnectorId::new(0)),
+        Err(cf_core::CleanupError::ReadOnly)
+    ));
+    // Every writer of the restart-request list refuses a read-only region
+    // (a store through a PROT_READ mapping would fault).
+    let me = cf_core::ProcessId::current().unwrap();
+    let c0 = ConnectorId::new(0);
+    let ro_err = |r: Result<_, cf_core::RestartRequestError>| {
+        matches!(r, Err(cf_core::RestartRequestError::ReadOnly(_)))
+    };
+    assert!(ro_err(requests::claim(&ro, c0, c0, &me).map(|_| ())));
+    assert!(ro_err(requests::set_worker(&ro, c0, 1, &me).map(|_| ())));
+    assert!(ro_err(requests::unclaim(&ro, c0, 1, &me)));
+    assert!(ro_err(requests::complete(&ro, c0, 1, "A", "B").map(|_| ())));
+    assert!(ro_err(
+        requests::complete_for_name(&ro, "A", "B").map(|_| ())
+    ));
+    assert!(ro_err(requests::post(&ro, c0, None, |_| {}).map(|_| ())));
+    assert!(!cf_core::connector::liveness::mark_missing(&ro, c0, 0));
+    assert!(cf_core::connector::liveness::register_this_thread(&ro, c0, 1).is_err());
     events::record(&ro, EventKind::Connected, "X", None, [0; 3]); // skipped, no fault
     a.disconnect().unwrap();
 }

@@ -200,15 +200,6 @@ fn rate(n: u64, of: u64) -> f64 {
     }
 }
 
-/// The kind of a structure, also for the ones `inspect` does not name.
-fn kind_of(name: &str, kind: &'static str) -> &'static str {
-    match (kind, name) {
-        ("unknown", "restart") => "restart-request list",
-        ("unknown", "events") => "event ring",
-        (k, _) => k,
-    }
-}
-
 /// A connector's state as an operator reads it: `fenced` or
 /// `status-update-missing` when its heartbeat says so; a slot still
 /// `active` whose process is gone is `failing` (dead, not cleaned up yet).
@@ -250,7 +241,8 @@ fn structures(region: &Region, json: bool) -> Result<()> {
         let v: Vec<Value> = list
             .iter()
             .map(|s| {
-                let mut o = json!({ "name": s.name, "kind": kind_of(&s.name, s.kind), "offset": s.offset, "size": s.size });
+                let mut o =
+                    json!({ "name": s.name, "kind": s.kind, "offset": s.offset, "size": s.size });
                 if let Some(n) = s.lock_entries {
                     o["lock_entries"] = json!(n);
                     o["entries_in_use"] = json!(s.entries_in_use);
@@ -270,7 +262,7 @@ fn structures(region: &Region, json: bool) -> Result<()> {
                     o["records_per_member"] = json!(r);
                     o["records_in_use"] = json!(per_member);
                 }
-                match kind_of(&s.name, s.kind) {
+                match s.kind {
                     "restart-request list" => {
                         o["outstanding"] = json!(outstanding);
                         o["posted"] = json!(posted);
@@ -290,7 +282,7 @@ fn structures(region: &Region, json: bool) -> Result<()> {
     }
     let mut rows = Vec::new();
     for s in &list {
-        let kind = kind_of(&s.name, s.kind);
+        let kind = s.kind;
         let usage = match (s.lock_entries, s.counters, s.members, s.records_per_member) {
             (Some(n), Some(c), _, _) => format!(
                 "entries in use {} of {n}; requests {}, contention {:.3}%, false contention {:.3}%",
@@ -432,7 +424,7 @@ fn structure(region: &Region, name: &str, a: &DisplayArgs) -> Result<()> {
             names.join(", ")
         );
     };
-    let kind = kind_of(&s.name, s.kind);
+    let kind = s.kind;
     let conns: Vec<MemberView> = inspect::members(region)?
         .into_iter()
         .filter(|m| a.member.as_deref().is_none_or(|n| m.name == n))

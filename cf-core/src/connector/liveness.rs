@@ -217,6 +217,10 @@ pub fn settings(region: &Region) -> Settings {
 /// already beat keep their beat period until they reconnect.
 pub fn set_settings(region: &Region, s: Settings) -> Result<(), IntervalError> {
     check_interval(s.interval)?;
+    if region.is_read_only() {
+        // Nothing to store into (`cfctl create` maps its new region writable).
+        return Ok(());
+    }
     let h = region.lock_header();
     h.failure_detection_ms
         .store(s.interval.as_millis() as u64, Ordering::Relaxed);
@@ -396,10 +400,16 @@ pub fn confirm_dead(region: &Region, d: &Died, patience: Duration) -> bool {
 /// [`Registration`] is dropped, on the same thread).
 #[cfg(not(loom))]
 pub fn register_this_thread(
-    region: &Region,
+    region: &std::sync::Arc<Region>,
     id: ConnectorId,
     generation: u32,
 ) -> Result<Registration, std::io::Error> {
+    if region.is_read_only() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "the region was opened read-only: a liveness word needs a writable region",
+        ));
+    }
     let (word, gen) = slot_words(region, id).map_err(std::io::Error::other)?;
     let tid = sys::gettid();
     if tid == 0 || tid & !TID_MASK != 0 {
@@ -416,6 +426,7 @@ pub fn register_this_thread(
         word: word as *const AtomicU32,
         tid,
         robust: Some(robust),
+        _region: region.clone(),
     })
 }
 
@@ -426,13 +437,16 @@ pub struct Registration {
     word: *const AtomicU32,
     tid: u32,
     robust: Option<sys::RobustList>,
+    /// Keeps the mapping `word` points into (and the kernel's robust list
+    /// entry) alive until this registration is dropped.
+    _region: std::sync::Arc<Region>,
 }
 
 #[cfg(not(loom))]
 impl Drop for Registration {
     fn drop(&mut self) {
-        // SAFETY: the word is in the region's mapping, which the caller keeps
-        // mapped (the Region outlives the liveness thread that owns this).
+        // SAFETY: the word is in the mapping of `self._region`, which this
+        // registration keeps alive (it is dropped after this function).
         let word = unsafe { &*self.word };
         // Withdraw the word first (the kernel then finds no TID of ours in
         // it, so the thread's exit marks nothing), then the list.
@@ -603,6 +617,9 @@ pub fn beat(
     last_ms: Option<u64>,
     period_ms: u64,
 ) -> Result<Beat, CorruptError> {
+    if region.is_read_only() {
+        return Ok(Beat::Gone); // no member of this process is connected through it
+    }
     let c = region.connector(id)?;
     let w = &c.heartbeat;
     let interval_ms = period_ms.saturating_mul(BEATS_PER_INTERVAL);
@@ -644,6 +661,9 @@ pub fn beat_period(interval: Duration) -> Duration {
 /// The member stops beating (a normal disconnect): no heartbeat, so no
 /// survivor will declare it missing. A fence already marked stays.
 pub fn stop_beating(region: &Region, id: ConnectorId, generation: u32) {
+    if region.is_read_only() {
+        return;
+    }
     if let Ok(w) = heartbeat_word(region, id) {
         let mut cur = w.load(Ordering::Acquire);
         // Read before the generation check, as in `beat`.
@@ -743,7 +763,8 @@ pub fn status(
 
 /// Mark a heartbeat seen as `seen` status-update-missing; true if this call did.
 pub fn mark_missing(region: &Region, id: ConnectorId, seen: u64) -> bool {
-    seen & HB_FLAGS == 0
+    !region.is_read_only()
+        && seen & HB_FLAGS == 0
         && heartbeat_word(region, id).is_ok_and(|w| {
             w.compare_exchange(seen, seen | HB_MISSING, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
@@ -753,7 +774,8 @@ pub fn mark_missing(region: &Region, id: ConnectorId, seen: u64) -> bool {
 /// Mark a heartbeat seen as `seen` (status update missing) fenced; true if
 /// this call did. After it, no beat of the member can succeed.
 pub fn mark_fenced(region: &Region, id: ConnectorId, seen: u64) -> bool {
-    seen & HB_MISSING != 0
+    !region.is_read_only()
+        && seen & HB_MISSING != 0
         && seen & HB_FENCED == 0
         && heartbeat_word(region, id).is_ok_and(|w| {
             w.compare_exchange(seen, seen | HB_FENCED, Ordering::AcqRel, Ordering::Acquire)

@@ -57,7 +57,10 @@ pub fn percentile_bound_ns(counts: &[u64; BUCKETS], p: f64) -> Option<Option<u64
     if total == 0 {
         return None;
     }
-    let rank = ((p / 100.0) * total as f64).ceil().max(1.0) as u64;
+    // p is clamped to 0..=100 (a rank beyond the total names no bucket).
+    let rank = ((p.clamp(0.0, 100.0) / 100.0) * total as f64)
+        .ceil()
+        .max(1.0) as u64;
     let bounds = bucket_bounds_ns();
     let mut seen = 0u64;
     for (i, c) in counts.iter().enumerate() {
@@ -110,5 +113,15 @@ mod tests {
         let mut c = [0; BUCKETS];
         c[BUCKETS - 1] = 3;
         assert_eq!(percentile_bound_ns(&c, 50.0), Some(None));
+    }
+
+    #[test]
+    fn a_percentile_beyond_100_is_the_maximum() {
+        let mut c = [0; BUCKETS];
+        c[0] = 1;
+        c[2] = 1;
+        assert_eq!(percentile_bound_ns(&c, 100.0), Some(Some(512)));
+        assert_eq!(percentile_bound_ns(&c, 250.0), Some(Some(512)));
+        assert_eq!(percentile_bound_ns(&c, -5.0), Some(Some(32)));
     }
 }

@@ -117,7 +117,9 @@ impl Region {
             .ok_or_else(|| RegionError::NotFound { path: path.into() })?;
         let actual = file.metadata().map_err(io_err(path))?.len();
         let mut raw = vec![0u8; std::mem::size_of::<Header>()];
-        if actual < raw.len() as u64 {
+        if actual < layout::HEADER_PAGE {
+            // Shorter than the header page no region is (the smallest is
+            // many pages): say what was checked.
             return Err(RegionError::SizeMismatch {
                 path: path.into(),
                 actual,

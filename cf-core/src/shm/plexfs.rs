@@ -289,10 +289,14 @@ impl PlexDir {
     pub fn subdir(&self, name: &str) -> Result<Option<PlexDir>, PlexFileError> {
         let path = self.path.join(name);
         match PlexDir::check(&path) {
-            Ok(d) => Ok(Some(PlexDir {
-                group_mode: self.group_mode && d.group_mode,
-                ..d
-            })),
+            // A group-writable directory in a private plex would let the
+            // group rename or delete the files a private plex trusts.
+            Ok(d) if d.group_mode && !self.group_mode => Err(PlexFileError::Writable {
+                path,
+                mode: d.dir_mode(),
+                who: "its group, in a private plex",
+            }),
+            Ok(d) => Ok(Some(d)),
             Err(PlexFileError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -479,6 +483,23 @@ mod tests {
         }
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o2770)).unwrap();
         assert!(PlexDir::check(&p).unwrap().group_mode());
+    }
+
+    #[test]
+    fn a_group_subdirectory_of_a_private_plex_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("p");
+        std::fs::create_dir(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let sub = p.join("history");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o2770)).unwrap();
+        let plex = PlexDir::check(&p).unwrap();
+        assert!(!plex.group_mode());
+        let r = plex.subdir("history");
+        assert!(matches!(r, Err(PlexFileError::Writable { .. })), "{r:?}");
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(!plex.subdir("history").unwrap().unwrap().group_mode());
     }
 
     #[test]
