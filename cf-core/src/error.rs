@@ -35,53 +35,110 @@ fn escape_line(s: &str) -> String {
 
 /// Why a region could not be created or opened.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegionError {
-    /// (The plex files are not compiled into the loom models.)
+    /// The plex directory fails the checks of `PlexDir::check` (its type,
+    /// owner or mode). (The plex files are not compiled into the loom models.)
     #[cfg(not(loom))]
     #[error("plex directory: {0}")]
     PlexDirUntrusted(crate::shm::plexfs::PlexFileError),
+    /// The region file fails the checks of the plex directory (a link, a
+    /// FIFO, a foreign owner, a writable mode...).
     #[cfg(not(loom))]
     #[error(transparent)]
     Untrusted(crate::shm::plexfs::PlexFileError),
+    /// `create` found a region file already there.
     #[error("{path} already exists (destroy the plex first)")]
-    AlreadyExists { path: PathBuf },
+    AlreadyExists {
+        /// The region file.
+        path: PathBuf,
+    },
+    /// `open` found no region file.
     #[error("{path}: no region here (create one with `cfctl create`)")]
-    NotFound { path: PathBuf },
+    NotFound {
+        /// The region file looked for.
+        path: PathBuf,
+    },
+    /// The region file is a symbolic link (never followed).
     #[error("{path} is a symbolic link; refusing to follow it")]
-    Symlink { path: PathBuf },
+    Symlink {
+        /// The link.
+        path: PathBuf,
+    },
+    /// The region file is not a regular file.
     #[error("{path} is not a regular file")]
-    NotRegularFile { path: PathBuf },
+    NotRegularFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The region file belongs to another user.
     #[error("{path} is owned by uid {owner}, not by this user (uid {me})")]
-    ForeignOwner { path: PathBuf, owner: u32, me: u32 },
+    ForeignOwner {
+        /// The file.
+        path: PathBuf,
+        /// Its owner's uid.
+        owner: u32,
+        /// This process's effective uid.
+        me: u32,
+    },
+    /// The file does not start with [`MAGIC`](crate::layout::MAGIC).
     #[error("{path}: wrong magic number: not a coupling-facility region")]
-    BadMagic { path: PathBuf },
+    BadMagic {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file's layout version is not this program's.
     #[error("{path}: layout version {found}, this program reads version {expected}")]
     BadVersion {
+        /// The file.
         path: PathBuf,
+        /// The version in its header.
         found: u32,
+        /// [`LAYOUT_VERSION`](crate::layout::LAYOUT_VERSION).
         expected: u32,
     },
+    /// The file's size is not the one its header gives (or it is shorter
+    /// than the header page).
     #[error(
         "{path}: file is {actual} bytes but its header says {expected} (truncated or extended)"
     )]
     SizeMismatch {
+        /// The file.
         path: PathBuf,
+        /// Its size in bytes.
         actual: u64,
+        /// The size it must have, in bytes.
         expected: u64,
     },
+    /// The header's checksum does not match its contents.
     #[error("{path}: header checksum mismatch (stored {stored:#018x}, computed {computed:#018x})")]
     BadChecksum {
+        /// The file.
         path: PathBuf,
+        /// The checksum in the header.
         stored: u64,
+        /// The checksum of the header as read.
         computed: u64,
     },
+    /// The header's fields disagree with each other.
     #[error("{path}: header is inconsistent: {what}")]
-    BadHeader { path: PathBuf, what: HeaderError },
+    BadHeader {
+        /// The file.
+        path: PathBuf,
+        /// What disagrees.
+        what: HeaderError,
+    },
+    /// `create` was given sizes out of range.
     #[error("invalid size option: {0}")]
     BadOption(SizesError),
-
+    /// A system call on the file failed.
     #[error("{path}: {err}")]
-    Io { path: PathBuf, err: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        err: std::io::Error,
+    },
 }
 
 /// A size option out of range (`Sizes::check`).

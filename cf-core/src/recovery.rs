@@ -74,7 +74,10 @@ pub enum CleanupOutcome {
     /// Already failed-persistent or free.
     AlreadyDone,
     /// Another live process (or this one, deeper in its call chain) holds the claim.
-    InProgress { by_pid: u32 },
+    InProgress {
+        /// The PID of the process holding the cleanup claim.
+        by_pid: u32,
+    },
     /// This call cleaned it up.
     Cleaned(CleanupReport),
     /// This call ran out of its time (a request's deadline) before every entry
@@ -85,7 +88,9 @@ pub enum CleanupOutcome {
 /// The result of one cleanup.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CleanupReport {
+    /// The member cleaned up.
     pub member: ConnectorId,
+    /// Its name.
     pub name: String,
     /// Locks released (non-modify held locks).
     pub released: usize,

@@ -44,16 +44,22 @@ pub const TRY_WAIT: Duration = Duration::from_secs(1);
 /// A lock held by a [`Holder`]: pass it back to [`Holder::unlock`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LockId {
+    /// The record slot (in the member's area) that holds the lock.
     pub slot: SlotIndex,
+    /// The lock table entry the resource hashes to.
     pub entry: EntryIndex,
+    /// The mode it was granted in.
     pub mode: Mode,
 }
 
 /// A connector named in an answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HolderInfo {
+    /// Its connector.
     pub id: ConnectorId,
+    /// Its member name (as read from the region: escape it before printing).
     pub name: String,
+    /// Its process, as recorded in its slot (0 if none).
     pub pid: u32,
     /// The mode that holder holds the resource in.
     pub mode: Mode,
@@ -62,6 +68,7 @@ pub struct HolderInfo {
 /// The answer to a try request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TryOutcome {
+    /// The lock is held: release it with [`Holder::unlock`].
     Granted(LockId),
     /// Live holders of the same resource in an incompatible mode.
     Contention(Vec<HolderInfo>),

@@ -65,6 +65,7 @@ impl std::fmt::Debug for Member {
 /// What a disconnect did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DisconnectReport {
+    /// Locks released by the disconnect (those its holders had not released).
     pub released: usize,
 }
 
@@ -92,10 +93,16 @@ impl Member {
     /// drop(h);
     /// a.disconnect().unwrap();
     /// ```
+    /// Connect as member `name` ([`ConnectMode::Normal`]): a fresh slot, or
+    /// the slot of a dead member of that name once it is cleaned up. A
+    /// failed-persistent member is refused (its locks stay retained until
+    /// its log is recovered: connect with [`ConnectMode::Recovery`]).
     pub fn connect(region: Arc<Region>, name: &str) -> Result<Member, ConnectError> {
         Self::connect_with(region, name, ConnectMode::Normal)
     }
 
+    /// Connect as member `name` in `mode`: [`ConnectMode::Recovery`] takes
+    /// over a failed-persistent member and its retained locks.
     pub fn connect_with(
         region: Arc<Region>,
         name: &str,
@@ -142,15 +149,20 @@ impl Member {
         }
     }
 
+    /// This connection's connector slot (its bit in the lock words).
     pub fn id(&self) -> ConnectorId {
         self.inner.id
     }
+    /// The member's name.
     pub fn name(&self) -> &str {
         &self.inner.name
     }
+    /// This connection's generation (the slot's count of connections, which
+    /// tells this connection from an earlier or later one of the slot).
     pub fn generation(&self) -> u32 {
         self.inner.generation
     }
+    /// The region this member is connected to.
     pub fn region(&self) -> &Arc<Region> {
         &self.inner.region
     }
