@@ -22,15 +22,130 @@ pub fn one_line<'a>(
         }
         line.push_str(&text);
     }
-    escape_line(&line)
+    escape(&line)
 }
 
-/// Escape what is unprintable (see `inspect::escape`, the same rules).
-fn escape_line(s: &str) -> String {
-    #[cfg(not(loom))]
-    return crate::inspect::escape(s);
-    #[cfg(loom)]
-    s.to_string()
+/// Make text from the region (a name, a resource, an error message) safe to
+/// print: printable ASCII stays as it is (a backslash is doubled); anything
+/// else (newlines, escape codes, other control or non-ASCII characters) is
+/// written as a Rust-style escape (`\n`, `\x1b`, `\u{202e}`). Valid member
+/// names and resources made of printable ASCII are unchanged.
+///
+/// ```
+/// use cf_core::inspect::escape;
+///
+/// assert_eq!(escape("bank-1"), "bank-1");
+/// assert_eq!(escape("a\\b"), "a\\\\b");
+/// assert_eq!(escape("x\n\x1b[2J"), "x\\n\\x1b[2J");
+/// assert_eq!(escape("\u{202e}txt"), "\\u{202e}txt");
+/// ```
+pub fn escape(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x80 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+        }
+    }
+    out
+}
+
+/// Why a plex file or directory is not used.
+#[derive(Debug, thiserror::Error)]
+pub enum PlexFileError {
+    /// The file or directory does not exist.
+    #[error("{path}: no such file")]
+    NotFound {
+        /// The missing path.
+        path: PathBuf,
+    },
+    /// A create found something at the name (`O_EXCL`), a dangling symlink
+    /// included; or [`PlexDir::open_or_create`](crate::shm::plexfs::PlexDir::open_or_create) lost its race 8 times.
+    #[error("{path} already exists")]
+    AlreadyExists {
+        /// The path that exists.
+        path: PathBuf,
+    },
+    /// The name is a symbolic link (refused, never followed).
+    #[error("{path} is a symbolic link; refusing to follow it")]
+    Symlink {
+        /// The symlink's path.
+        path: PathBuf,
+    },
+    /// The opened file is not a regular file (a FIFO, a directory, a device...).
+    #[error("{path} is not a regular file (it is a {kind})")]
+    NotRegularFile {
+        /// The file's path.
+        path: PathBuf,
+        /// What it is instead, in words (`"FIFO"`, `"directory"`, ...).
+        kind: &'static str,
+    },
+    /// A plex directory path names something that is not a directory.
+    #[error("{path} is not a directory")]
+    NotDirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The file or directory belongs to another user (and the group mode
+    /// does not admit it).
+    #[error("{path} is owned by uid {owner}, not by this user (uid {me})")]
+    ForeignOwner {
+        /// The file's path.
+        path: PathBuf,
+        /// Its owner's uid.
+        owner: u32,
+        /// This process's effective uid.
+        me: u32,
+    },
+    /// In a group-mode plex, a file of another user whose group is not the
+    /// plex directory's group.
+    #[error("{path} belongs to group {group}, not to the plex's group {plex_group}")]
+    ForeignGroup {
+        /// The file's path.
+        path: PathBuf,
+        /// The file's gid.
+        group: u32,
+        /// The plex directory's gid.
+        plex_group: u32,
+    },
+    /// The file has more than one hard link (it may be a link to a file
+    /// outside the plex).
+    #[error("{path} has {links} hard links; a plex file must have exactly one")]
+    HardLinks {
+        /// The file's path.
+        path: PathBuf,
+        /// Its link count.
+        links: u64,
+    },
+    /// Others (or the group, outside the group mode) may write the file or
+    /// directory.
+    #[error("{path} is writable by {who} (mode {mode:04o}); refusing to trust it")]
+    Writable {
+        /// The file's or directory's path.
+        path: PathBuf,
+        /// Its permission bits (`st_mode & 0o7777`).
+        mode: u32,
+        /// Who may write it, in words, for the message.
+        who: &'static str,
+    },
+    /// Any other error of a system call on the path.
+    #[error("{path}: {err}")]
+    Io {
+        /// The path the call was about.
+        path: PathBuf,
+        /// The error.
+        err: std::io::Error,
+    },
 }
 
 /// Why a region could not be created or opened.
@@ -41,12 +156,12 @@ pub enum RegionError {
     /// owner or mode). (The plex files are not compiled into the loom models.)
     #[cfg(not(loom))]
     #[error("plex directory: {0}")]
-    PlexDirUntrusted(crate::shm::plexfs::PlexFileError),
+    PlexDirUntrusted(PlexFileError),
     /// The region file fails the checks of the plex directory (a link, a
     /// FIFO, a foreign owner, a writable mode...).
     #[cfg(not(loom))]
     #[error(transparent)]
-    Untrusted(crate::shm::plexfs::PlexFileError),
+    Untrusted(PlexFileError),
     /// `create` found a region file already there.
     #[error("{path} already exists (destroy the plex first)")]
     AlreadyExists {
@@ -148,18 +263,21 @@ pub enum SizesError {
     /// The lock table must have a power of two of entries, from 16 to 2^30.
     #[error("lock entries must be a power of two from 16 to 2^30, got {0}")]
     LockEntries(u32),
-    /// The region holds 1 to `MAX_MEMBERS` connectors.
-    #[error("members must be 1 to {max}, got {got}", max = crate::shm::layout::MAX_MEMBERS)]
+    /// The region holds 1 to `max` (`MAX_MEMBERS`) connectors.
+    #[error("members must be 1 to {max}, got {got}")]
     Members {
         /// The value asked for.
         got: u32,
+        /// `MAX_MEMBERS`.
+        max: u32,
     },
-    /// Records per member: a multiple of `BLOCK_SLOTS`, up to 2^24.
-    #[error("records per member must be a multiple of {block} from {block} to 2^24, got {got}",
-        block = crate::shm::layout::BLOCK_SLOTS)]
+    /// Records per member: a multiple of `block` (`BLOCK_SLOTS`), up to 2^24.
+    #[error("records per member must be a multiple of {block} from {block} to 2^24, got {got}")]
     RecordsPerMember {
         /// The value asked for.
         got: u32,
+        /// `BLOCK_SLOTS`.
+        block: u32,
     },
 }
 
@@ -167,11 +285,18 @@ pub enum SizesError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
     "failure detection interval must be from {} ms to {} s, got {} ms",
-    crate::connector::liveness::MIN_INTERVAL.as_millis(),
-    crate::connector::liveness::MAX_INTERVAL.as_secs(),
-    .0.as_millis()
+    .min.as_millis(),
+    .max.as_secs(),
+    .got.as_millis()
 )]
-pub struct IntervalError(pub std::time::Duration);
+pub struct IntervalError {
+    /// The interval asked for.
+    pub got: std::time::Duration,
+    /// `MIN_INTERVAL`.
+    pub min: std::time::Duration,
+    /// `MAX_INTERVAL`.
+    pub max: std::time::Duration,
+}
 
 /// A region header whose fields disagree with each other (`Layout::from_header`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

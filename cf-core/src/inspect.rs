@@ -19,40 +19,7 @@ use crate::shm::ids::{ConnectorId, EntryIndex, SlotIndex};
 use crate::sync::Ordering;
 use std::collections::HashMap;
 
-/// Make text from the region (a name, a resource, an error message) safe to
-/// print: printable ASCII stays as it is (a backslash is doubled); anything
-/// else (newlines, escape codes, other control or non-ASCII characters) is
-/// written as a Rust-style escape (`\n`, `\x1b`, `\u{202e}`). Valid member
-/// names and resources made of printable ASCII are unchanged.
-///
-/// ```
-/// use cf_core::inspect::escape;
-///
-/// assert_eq!(escape("bank-1"), "bank-1");
-/// assert_eq!(escape("a\\b"), "a\\\\b");
-/// assert_eq!(escape("x\n\x1b[2J"), "x\\n\\x1b[2J");
-/// assert_eq!(escape("\u{202e}txt"), "\\u{202e}txt");
-/// ```
-pub fn escape(s: &str) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            ' '..='~' => out.push(c),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x80 => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-        }
-    }
-    out
-}
+pub use crate::error::escape;
 
 /// Why a name read from the region is no member name (`check_name`'s reason).
 fn name_problem(name: &str) -> Result<(), &'static str> {

@@ -186,7 +186,11 @@ impl Default for Settings {
 /// ```
 pub fn check_interval(d: Duration) -> Result<(), IntervalError> {
     if d < MIN_INTERVAL || d > MAX_INTERVAL {
-        return Err(IntervalError(d));
+        return Err(IntervalError {
+            got: d,
+            min: MIN_INTERVAL,
+            max: MAX_INTERVAL,
+        });
     }
     Ok(())
 }

@@ -482,7 +482,7 @@ pub struct Activity {
     pub retained_refusals: u64,
     /// Sampled synchronous service times: how many sampled requests fell in
     /// each bucket of [`bucket_bounds_ns`](crate::lock::service::bucket_bounds_ns).
-    pub service_ns: [u64; crate::lock::service::BUCKETS],
+    pub service_ns: [u64; crate::shm::layout::SERVICE_BUCKETS],
 }
 
 /// Read the [`Activity`] of connector `id` (checked). The counts come from

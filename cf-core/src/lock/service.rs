@@ -15,7 +15,7 @@
 //! structure's), releases.
 
 /// Buckets of the histogram.
-pub const BUCKETS: usize = 12;
+pub const BUCKETS: usize = crate::shm::layout::SERVICE_BUCKETS;
 /// One request in this many is timed (a power of two).
 pub const SAMPLE_EVERY: u64 = 64;
 

@@ -63,6 +63,8 @@ pub const EVENT_CAPACITY: u64 = 4096;
 pub const EVENT_CAPACITY: u64 = 32;
 /// Size of one event.
 pub const EVENT_SIZE: u64 = 128;
+/// Buckets of a connector's sampled service-time histogram (`lock/service.rs`).
+pub const SERVICE_BUCKETS: usize = 12;
 
 /// Default number of lock table entries (2^20) for `cfctl create` and
 /// [`Sizes::default`].
@@ -223,11 +225,17 @@ impl Sizes {
             return Err(SizesError::LockEntries(e));
         }
         if !(1..=MAX_MEMBERS).contains(&self.members) {
-            return Err(SizesError::Members { got: self.members });
+            return Err(SizesError::Members {
+                got: self.members,
+                max: MAX_MEMBERS,
+            });
         }
         let r = self.records_per_member;
         if r < BLOCK_SLOTS || !r.is_multiple_of(BLOCK_SLOTS) || r > (1 << 24) {
-            return Err(SizesError::RecordsPerMember { got: r });
+            return Err(SizesError::RecordsPerMember {
+                got: r,
+                block: BLOCK_SLOTS,
+            });
         }
         Ok(())
     }
@@ -469,12 +477,24 @@ mod tests {
             members: 33,
             ..Default::default()
         };
-        assert_eq!(s.check(), Err(SizesError::Members { got: 33 }));
+        assert_eq!(
+            s.check(),
+            Err(SizesError::Members {
+                got: 33,
+                max: MAX_MEMBERS
+            })
+        );
         let s = Sizes {
             records_per_member: 100,
             ..Default::default()
         };
-        assert_eq!(s.check(), Err(SizesError::RecordsPerMember { got: 100 }));
+        assert_eq!(
+            s.check(),
+            Err(SizesError::RecordsPerMember {
+                got: 100,
+                block: BLOCK_SLOTS
+            })
+        );
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub(crate) struct ConnectorSlot {
     pub retained_refusals: AtomicU64,
     /// Sampled synchronous service times (`lock/service.rs`): how many of
     /// the sampled requests took each bucket's time.
-    pub service_ns: [AtomicU64; crate::lock::service::BUCKETS],
+    pub service_ns: [AtomicU64; crate::shm::layout::SERVICE_BUCKETS],
 }
 
 /// The lock structure's header (the rest of its page is reserved).
