@@ -173,7 +173,7 @@ pub mod model {
         });
         if fire {
             KILLED.with(|k| k.set(true));
-            crate::connector::identity::model::kill(crate::connector::identity::model::current());
+            crate::sync::model::kill(crate::sync::model::current());
             std::panic::resume_unwind(Box::new(Killed));
         }
     }
@@ -181,7 +181,7 @@ pub mod model {
     /// Run `f` as model process `pid`; true if it ran to the end, false if it
     /// was killed at its armed crash point.
     pub fn run_as(pid: u32, f: impl FnOnce()) -> bool {
-        crate::connector::identity::model::enter(pid);
+        crate::sync::model::enter(pid);
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
             Ok(()) => true,
             Err(p) if p.is::<Killed>() => false,

@@ -1,7 +1,7 @@
 //! Typed errors of the library. Binaries print them as one line (`Display`,
 //! or [`one_line`] for a chain of causes).
 
-use crate::shm::ids::{ConnectorId, EntryIndex, SlotIndex};
+use crate::ids::{ConnectorId, EntryIndex, SlotIndex};
 use std::path::PathBuf;
 
 /// One printable line for an error and its causes: each cause is added

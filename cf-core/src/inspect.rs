@@ -10,12 +10,12 @@
 
 use crate::connector::{self, MemberState};
 use crate::error::CorruptError;
+use crate::ids::{ConnectorId, EntryIndex, SlotIndex};
 use crate::layout::StructureKind;
 use crate::lock::entry::bits;
 use crate::lock::records::{self, Mode, RecordView};
 use crate::lock::word::{self as lockword, Word};
 use crate::region::Region;
-use crate::shm::ids::{ConnectorId, EntryIndex, SlotIndex};
 use crate::sync::Ordering;
 use std::collections::HashMap;
 

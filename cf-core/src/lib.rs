@@ -5,12 +5,20 @@
 //! through atomic ownership words ([`Holder`]), and when one of them dies its
 //! modify locks are *retained* until a peer recovers it ([`recovery`]).
 //!
-//! The parts, lowest first (each imports only from those above it):
-//! * [`shm`]: the region's layout, its typed structures, the file and mapping;
-//! * [`connector`]: member slots, process identity, the connect latch, claims;
+//! The parts, lowest first (each imports only from those above it; the test
+//! `tests/layering.rs` checks it):
+//! * [`ids`] and [`error`]: the index types ([`ConnectorId`], [`EntryIndex`],
+//!   [`SlotIndex`]) and every error type, one per operation;
+//! * `sync`: atomics, the clock and futexes (from loom under `--cfg loom`),
+//!   and [`crash`], the named crash points;
+//! * [`shm`]: the region's layout, its typed structures, the checked mapping
+//!   ([`shm::mapping::SharedMap`]), the region file and the plex files;
+//! * [`events`]: the event ring;
+//! * [`connector`]: member slots, process identity, the connect latch, claims,
+//!   liveness and fencing;
 //! * [`lock`]: the lock word, record entries, and the latched entry protocol;
+//! * [`requests`]: the restart-request list;
 //! * [`recovery`]: cleaning up a dead member (retention), with its crash windows;
-//! * [`requests`] and [`events`]: the restart-request list and the event ring;
 //! * [`member`]: the API: connect, holders (lock requests), disconnect;
 //! * [`inspect`]: read-only views for the operator.
 //!
@@ -88,6 +96,7 @@ pub mod connector;
 pub mod crash;
 pub mod error;
 pub mod events;
+pub mod ids;
 #[cfg(not(loom))]
 pub mod inspect;
 pub mod lock;
@@ -117,13 +126,13 @@ pub use {
         AcquireError, CleanupError, ConnectError, CorruptError, DisconnectError, HolderError,
         RecoveryStateError, RegionError, RestartRequestError, Stuck, UnlockError,
     },
+    ids::{ConnectorId, EntryIndex, SlotIndex},
     layout::Sizes,
     lock::records::{Mode, Resource},
     member::holder::{Holder, HolderInfo, LockId, TryOutcome, WaitError, TRY_WAIT},
     member::{ConnectMode, DisconnectReport, Member},
     recovery::{cleanup_member, cleanup_member_as, CleanupOutcome, CleanupReport},
     region::{CreateOptions, Plex, Region},
-    shm::ids::{ConnectorId, EntryIndex, SlotIndex},
 };
 
 impl CreateOptions {
@@ -145,8 +154,8 @@ impl CreateOptions {
 #[cfg(not(loom))]
 #[doc(hidden)]
 pub mod testing {
+    use crate::ids::{ConnectorId, EntryIndex, SlotIndex};
     use crate::region::Region;
-    use crate::shm::ids::{ConnectorId, EntryIndex, SlotIndex};
     use crate::sync::Ordering;
 
     /// Make connector `id` look like a different process with the same PID
@@ -168,8 +177,8 @@ pub mod testing {
     /// The words a damage-injection test forges, from the real definitions
     /// (`lock/word.rs`, `lock/records.rs`), so tests never redefine bits.
     pub mod forge {
+        use crate::ids::{ConnectorId, EntryIndex};
         use crate::lock::{records, word};
-        use crate::shm::ids::{ConnectorId, EntryIndex};
 
         /// Tag state: a free record slot.
         pub const TAG_FREE: u32 = records::TAG_FREE;

@@ -84,7 +84,7 @@ use crate::connector::latch::ConnectLatch;
 use crate::connector::now_ns;
 use crate::connector::MemberState;
 use crate::error::{CorruptError, RestartRequestError, Stuck};
-use crate::shm::ids::ConnectorId;
+use crate::ids::ConnectorId;
 use crate::shm::region::Region;
 use crate::shm::slots::{self, RequestEntry};
 use crate::sync::Ordering;

@@ -127,13 +127,7 @@ impl ProcessId {
     }
 }
 
-/// This process's PID (modelled under loom).
-pub(crate) fn current_pid() -> u32 {
-    #[cfg(loom)]
-    return model::current();
-    #[cfg(not(loom))]
-    std::process::id()
-}
+pub(crate) use crate::sync::current_pid;
 
 /// Can some thread of process `pid` (whose leader's stat is `leader`) still
 /// run user code? The leader alone answers when it is neither a zombie nor
@@ -163,43 +157,8 @@ fn can_run(pid: u32, leader: &Stat) -> bool {
 #[cfg(not(loom))]
 const PF_EXITING: u64 = 0x4;
 
-/// Modelled processes for the loom models: a model thread names the process
-/// it plays with [`model::enter`]; a crash point kills it ([`model::kill`]).
 #[cfg(loom)]
-pub mod model {
-    use loom::sync::atomic::{AtomicBool, Ordering};
-
-    /// Processes a model may have (PIDs 1 to MAX).
-    pub const MAX: u32 = 8;
-
-    loom::lazy_static! {
-        static ref DEAD: Vec<AtomicBool> = (0..=MAX).map(|_| AtomicBool::new(false)).collect();
-    }
-    loom::thread_local! {
-        static CURRENT: std::cell::Cell<u32> = std::cell::Cell::new(1);
-    }
-
-    /// This model thread plays process `pid` (1 to MAX).
-    pub fn enter(pid: u32) {
-        assert!((1..=MAX).contains(&pid));
-        CURRENT.with(|c| c.set(pid));
-    }
-
-    /// The process this model thread plays (1 unless it called [`enter`]).
-    pub fn current() -> u32 {
-        CURRENT.with(|c| c.get())
-    }
-
-    /// Process `pid` is dead from now on.
-    pub fn kill(pid: u32) {
-        DEAD[pid as usize].store(true, Ordering::SeqCst);
-    }
-
-    /// Is modelled process `pid` (at most [`MAX`]) not killed yet?
-    pub fn is_alive(pid: u32) -> bool {
-        pid <= MAX && !DEAD[pid as usize].load(Ordering::SeqCst)
-    }
-}
+pub use crate::sync::model;
 
 #[cfg(not(loom))]
 struct Stat {

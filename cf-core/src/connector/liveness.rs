@@ -98,7 +98,7 @@ use crate::connector::snapshot;
 #[cfg(not(loom))]
 use crate::connector::MemberState;
 use crate::error::{CorruptError, IntervalError};
-use crate::shm::ids::ConnectorId;
+use crate::ids::ConnectorId;
 use crate::shm::region::Region;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;

@@ -35,7 +35,7 @@
 
 use crate::connector::identity::ProcessId;
 use crate::error::{ConnectError, CorruptError};
-use crate::shm::ids::ConnectorId;
+use crate::ids::ConnectorId;
 use crate::shm::region::Region;
 use crate::shm::slots::{self, ConnectorSlot};
 use crate::sync::Ordering;
@@ -225,12 +225,7 @@ pub(crate) fn name_of(region: &Region, id: ConnectorId) -> String {
     )
 }
 
-/// Wall-clock time in nanoseconds since the Unix epoch (event timestamps).
-pub fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
+pub use crate::sync::now_ns;
 
 /// Check a member name: 1 to [`MAX_NAME`] bytes of ASCII letters, digits,
 /// `-`, `_` and `.`. The error ([`ConnectError::BadName`]) says why not.

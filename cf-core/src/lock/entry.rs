@@ -117,11 +117,11 @@
 
 use crate::connector::{self, MemberState};
 use crate::error::{CleanupError, CorruptError, Stuck};
+use crate::ids::{ConnectorId, EntryIndex};
 use crate::lock::records::{
     self, Mode, RecordView, Resource, TAG_FREE, TAG_HELD, TAG_PENDING, TAG_URGENT,
 };
 use crate::lock::word::{self, Change, Latch};
-use crate::shm::ids::{ConnectorId, EntryIndex};
 use crate::shm::region::Region;
 use crate::sync::{trace, AtomicU64, Ordering};
 use std::time::{Duration, Instant};

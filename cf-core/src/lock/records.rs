@@ -20,7 +20,7 @@
 //! latch while the record is PENDING (read only under that latch).
 
 use crate::error::CorruptError;
-use crate::shm::ids::{ConnectorId, EntryIndex, SlotIndex};
+use crate::ids::{ConnectorId, EntryIndex, SlotIndex};
 use crate::shm::layout::{BLOCK_SLOTS, MAX_RESOURCE};
 use crate::shm::region::Region;
 use crate::shm::slots::{BlockHeader, RecordBody};

@@ -57,7 +57,7 @@
 //! its bit from its records. The order of word and record writes that makes
 //! that possible is described in `entry.rs`.
 
-use crate::shm::ids::ConnectorId;
+use crate::ids::ConnectorId;
 use crate::sync::{spin_hint, AtomicU64, Ordering};
 use std::time::Duration;
 

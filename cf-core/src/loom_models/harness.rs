@@ -1,7 +1,7 @@
 //! What the models share: a small region in loom's memory, modelled
 //! processes, and the protected data.
 
-use crate::shm::ids::{ConnectorId, EntryIndex};
+use crate::ids::{ConnectorId, EntryIndex};
 use crate::shm::layout::{Sizes, BLOCK_SLOTS};
 use crate::shm::region::Region;
 use crate::{Holder, LockId, Mode, Resource, TryOutcome};

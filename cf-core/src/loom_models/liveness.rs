@@ -9,7 +9,7 @@
 
 use super::harness::*;
 use crate::connector::liveness::{self, confirm_dead, survey, wait_any};
-use crate::shm::ids::ConnectorId;
+use crate::ids::ConnectorId;
 use crate::{cleanup_member_as, CleanupOutcome, Member, MemberState};
 use std::time::Duration;
 

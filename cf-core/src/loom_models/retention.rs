@@ -2,8 +2,8 @@
 //! and cleanups killed at their crash points.
 
 use super::harness::*;
+use crate::ids::ConnectorId;
 use crate::lock::records;
-use crate::shm::ids::ConnectorId;
 use crate::{cleanup_member, CleanupOutcome, Member, MemberState, Mode, TryOutcome};
 
 /// The modify records `member` keeps (as resource names).

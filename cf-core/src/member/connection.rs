@@ -4,9 +4,9 @@
 
 use crate::connector::{self, MemberState};
 use crate::error::{CorruptError, Stuck, UnlockError};
+use crate::ids::{ConnectorId, EntryIndex};
 use crate::lock::entry::{self, LatchError, LatchWait, OwnLatches};
 use crate::recovery;
-use crate::shm::ids::{ConnectorId, EntryIndex};
 use crate::shm::region::Region;
 use crate::sync::Ordering;
 use std::sync::atomic::AtomicU64 as StdAtomicU64;

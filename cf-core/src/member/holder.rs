@@ -21,12 +21,12 @@
 
 use crate::connector::{self, MemberState};
 use crate::error::{AcquireError, CleanupError, CorruptError, HolderError, UnlockError};
+use crate::ids::{ConnectorId, EntryIndex, SlotIndex};
 use crate::lock::entry::{self, Decision, LatchError, LatchWait, Request};
 use crate::lock::records::{self, Mode, RecordView, Resource, TAG_FREE, TAG_HELD, TAG_PENDING};
 use crate::lock::{service, word};
 use crate::member::connection::Connection;
 use crate::recovery::{self, CleanupOutcome};
-use crate::shm::ids::{ConnectorId, EntryIndex, SlotIndex};
 use crate::shm::layout::MAX_RESOURCE;
 use crate::shm::region::Region;
 use crate::shm::slots::RecordBody;

@@ -22,9 +22,9 @@ use crate::connector::{self, MemberState, SlotChoice, StateWord};
 use crate::error::{
     ConnectError, CorruptError, DisconnectError, HolderError, RecoveryStateError, UnlockError,
 };
+use crate::ids::{ConnectorId, SlotIndex};
 use crate::lock::records::{self, RecordView, TAG_HELD};
 use crate::recovery::{cleanup_member, CleanupOutcome};
-use crate::shm::ids::{ConnectorId, SlotIndex};
 use crate::shm::region::Region;
 use crate::sync::Ordering;
 use connection::Connection;

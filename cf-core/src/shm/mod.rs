@@ -1,7 +1,8 @@
 //! Shared memory: the region's layout ([`layout`]), its typed structures
 //! (`slots.rs`), and the file and mapping that hold them ([`region`]).
 
-pub mod ids;
+/// The index types (kept here too: they index the region's areas).
+pub use crate::ids;
 pub mod layout;
 pub mod region;
 pub(crate) mod slots;

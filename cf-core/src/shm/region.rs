@@ -12,7 +12,7 @@
 //! ones the models explore.
 
 use crate::error::CorruptError;
-use crate::shm::ids::{ConnectorId, EntryIndex};
+use crate::ids::{ConnectorId, EntryIndex};
 use crate::shm::layout::{Header, Layout, Sizes};
 use crate::shm::slots::{
     BlockHeader, ConnectorSlot, EventHeader, EventSlot, LockHeader, RecordBody, RequestEntry,

@@ -1,6 +1,12 @@
-//! Atomics, spinning, sleeping and the clock, from `loom` when the crate is
-//! model-checked (`--cfg loom`) and from `std` otherwise. Every protocol module
-//! uses only these, so the code that ships is the code loom explores.
+//! Atomics, spinning, sleeping, futexes and the clock, from `loom` when the
+//! crate is model-checked (`--cfg loom`) and from `std` (and the kernel)
+//! otherwise. Every protocol module uses only these, so the code that ships is
+//! the code loom explores. The lowest layer of the crate: it imports nothing
+//! from it.
+
+pub(crate) mod futex;
+#[cfg(loom)]
+pub mod model;
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -47,6 +53,23 @@ pub(crate) fn now() -> std::time::Instant {
     std::time::Instant::now()
 }
 
+/// Wall-clock time in nanoseconds since the Unix epoch (event timestamps,
+/// connection and failure times in the region).
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// This process's PID (modelled under loom: the model process this thread
+/// plays).
+pub(crate) fn current_pid() -> u32 {
+    #[cfg(loom)]
+    return model::current();
+    #[cfg(not(loom))]
+    std::process::id()
+}
+
 /// Time passed since `t` by [`now`].
 #[inline]
 pub(crate) fn since(t: std::time::Instant) -> Duration {
@@ -80,7 +103,7 @@ macro_rules! trace {
         #[cfg(loom)]
         {
             let line = format!("[t{:?} p{}] {}", loom::thread::current().id(),
-                crate::connector::identity::current_pid(), format!($($arg)*));
+                crate::sync::current_pid(), format!($($arg)*));
             crate::sync::TRACE.lock().unwrap_or_else(|p| p.into_inner()).push(line);
         }
     };
