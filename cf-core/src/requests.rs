@@ -84,6 +84,7 @@ use crate::connector::latch::ConnectLatch;
 use crate::connector::now_ns;
 use crate::connector::MemberState;
 use crate::error::CorruptError;
+use crate::events::{Completion, EventData};
 use crate::shm::ids::ConnectorId;
 use crate::shm::region::Region;
 use crate::shm::slots::{self, RequestEntry};
@@ -757,7 +758,7 @@ pub(crate) fn complete_outstanding(
         if now.state == RequestState::Free {
             return Ok(false);
         }
-        if complete_as(region, id, now.epoch, by, by, COMPLETED_BY_OWN_RESTART)? {
+        if complete_as(region, id, now.epoch, by, by, Completion::OwnRestart)? {
             return Ok(true);
         }
     }
@@ -782,23 +783,18 @@ pub fn complete(
     member: &str,
     by: &str,
 ) -> Result<bool, CorruptError> {
-    complete_as(region, id, epoch, member, by, 0)
+    complete_as(region, id, epoch, member, by, Completion::Completed)
 }
 
-/// `recovery_completed`'s `b` when the member's own normal restart
-/// completed the request, just before it became ACTIVE
-/// ([`complete_outstanding`]): a death after it is a new failure. (`b` = 1
-/// is a completion a handler records for its killed restart light.)
-pub const COMPLETED_BY_OWN_RESTART: u64 = 2;
-
-/// [`complete`], recording `how` as the event's `b`.
+/// [`complete`], recording `how` in the event (the member's own normal
+/// restart, [`complete_outstanding`], records [`Completion::OwnRestart`]).
 fn complete_as(
     region: &Region,
     id: ConnectorId,
     epoch: u32,
     member: &str,
     by: &str,
-    how: u64,
+    how: Completion,
 ) -> Result<bool, CorruptError> {
     let e = region.request(id)?;
     let now = load(id, e)?;
@@ -825,10 +821,9 @@ fn complete_as(
     };
     crate::events::record(
         region,
-        crate::events::EventKind::RecoveryCompleted,
         name,
         Some(by),
-        [epoch as u64, how, 0],
+        EventData::RecoveryCompleted { epoch, how },
     );
     bump(region);
     Ok(true)

@@ -4,7 +4,7 @@
 //! counters read from the region never overflow, and FAILED restart
 //! requests are not claimed again until re-posted.
 
-use cf_core::events::{self, EventKind};
+use cf_core::events::{self, EventData};
 use cf_core::requests::{self, ClaimOutcome, RequestState};
 use cf_core::testing::forge;
 use cf_core::ConnectorId;
@@ -136,7 +136,7 @@ fn a_read_only_region_serves_every_view_and_refuses_writers() {
     let e = Member::connect(ro.clone(), "B").unwrap_err();
     assert!(e.to_string().contains("read-only"), "{e}");
     assert!(cf_core::cleanup_member(&ro, ConnectorId::new(0)).is_err());
-    events::record(&ro, EventKind::Connected, "X", None, [0; 3]); // skipped, no fault
+    events::record(&ro, "X", None, EventData::Connected { pid: 0 }); // skipped, no fault
     a.disconnect().unwrap();
 }
 
@@ -145,11 +145,11 @@ fn an_event_counter_at_the_end_of_u64_is_damage_and_never_wraps() {
     let t = tempfile::tempdir().unwrap();
     let plex = plex_in(t.path());
     let r = create(&plex);
-    events::record(&r, EventKind::Connected, "A", None, [1, 0, 0]);
+    events::record(&r, "A", None, EventData::Connected { pid: 1 });
     let head_at = r.layout().events;
     poke(&plex, head_at, &u64::MAX.to_le_bytes());
     // Recording on it changes nothing (no `seq + 1` overflow) ...
-    events::record(&r, EventKind::Connected, "B", None, [2, 0, 0]);
+    events::record(&r, "B", None, EventData::Connected { pid: 2 });
     assert_eq!(events::next_seq(&r), u64::MAX);
     // ... and readers and verify say it is damaged instead of "no events".
     assert!(events::check(&r).is_err());
