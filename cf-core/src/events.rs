@@ -694,3 +694,282 @@ pub fn next_seq(region: &Region) -> u64 {
     region.event_header().head.load(Ordering::Acquire)
 }
 
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn completion() -> impl Strategy<Value = Completion> {
+        prop_oneof![
+            Just(Completion::Completed),
+            Just(Completion::ForKilledLight),
+            Just(Completion::OwnRestart),
+        ]
+    }
+
+    /// Any data of any kind.
+    fn data() -> impl Strategy<Value = EventData> {
+        use EventData::*;
+        prop_oneof![
+            any::<u32>().prop_map(|pid| Detected { pid }),
+            any::<(u64, u64, u64)>().prop_map(|(released, retained, discarded)| CleanedUp {
+                released,
+                retained,
+                discarded
+            }),
+            any::<u32>().prop_map(|epoch| RequestPosted { epoch }),
+            any::<(u32, bool)>().prop_map(|(pid, taken_over)| Claimed { pid, taken_over }),
+            any::<u32>().prop_map(|pid| RestartLightStarted { pid }),
+            any::<(u64, u64)>().prop_map(|(transactions, updates_undone)| BackedOut {
+                transactions,
+                updates_undone
+            }),
+            any::<u64>().prop_map(|locks| Released { locks }),
+            any::<(u64, u64, u64)>().prop_map(
+                |(peak_rss_kib, elapsed_ns, rss_without_region_kib)| TerminatedNormally {
+                    peak_rss_kib,
+                    elapsed_ns,
+                    rss_without_region_kib
+                }
+            ),
+            any::<(u64, u64, bool)>().prop_map(|(status, failures, gave_up)| {
+                RestartLightFailed {
+                    status,
+                    failures,
+                    gave_up,
+                }
+            }),
+            any::<u32>().prop_map(|pid| Connected { pid }),
+            Just(Disconnected),
+            any::<(u64, u64)>().prop_map(|(transactions, locks)| RecoveredAtRestart {
+                transactions,
+                locks
+            }),
+            (any::<u32>(), completion()).prop_map(|(epoch, how)| RecoveryCompleted { epoch, how }),
+            any::<u64>().prop_map(|heartbeat_age_ms| StatusUpdateMissing { heartbeat_age_ms }),
+            any::<(u64, u32, bool)>().prop_map(|(heartbeat_age_ms, pid, by_operator)| Fenced {
+                heartbeat_age_ms,
+                pid,
+                by_operator
+            }),
+            any::<u64>().prop_map(|missing_ms| StatusUpdateResumed { missing_ms }),
+        ]
+    }
+
+    /// Payload words near the edges of every field's range.
+    fn word() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            0u64..4,
+            Just(u64::from(u32::MAX)),
+            Just(u64::from(u32::MAX) + 1),
+            Just(u64::MAX),
+            any::<u64>(),
+        ]
+    }
+
+    fn kind() -> impl Strategy<Value = EventKind> {
+        proptest::sample::select(EventKind::ALL.to_vec())
+    }
+
+    proptest! {
+        #[test]
+        fn every_data_round_trips(d in data()) {
+            let (k, w) = d.encode();
+            prop_assert_eq!(k, d.kind());
+            prop_assert_eq!(EventData::decode(k, w), Some(d));
+        }
+
+        /// Whatever the words, decoding does not panic, and what it accepts
+        /// encodes back to the same words: no two slots decode alike, and
+        /// nothing out of range is clamped into a value.
+        #[test]
+        fn decode_accepts_only_what_encode_writes(k in kind(), w in [word(), word(), word()]) {
+            if let Some(d) = EventData::decode(k, w) {
+                prop_assert_eq!(d.encode(), (k, w));
+            }
+        }
+    }
+
+    /// One example of each kind's data, in the order of [`EventKind::ALL`].
+    fn one_of_each() -> Vec<EventData> {
+        use EventData::*;
+        vec![
+            Detected { pid: 7 },
+            CleanedUp {
+                released: 1,
+                retained: 2,
+                discarded: 3,
+            },
+            RequestPosted { epoch: 9 },
+            Claimed {
+                pid: 8,
+                taken_over: true,
+            },
+            RestartLightStarted { pid: u32::MAX },
+            BackedOut {
+                transactions: 2,
+                updates_undone: 5,
+            },
+            Released { locks: 4 },
+            TerminatedNormally {
+                peak_rss_kib: 1,
+                elapsed_ns: 2,
+                rss_without_region_kib: 3,
+            },
+            RestartLightFailed {
+                status: 137,
+                failures: 3,
+                gave_up: true,
+            },
+            Connected { pid: 1 },
+            Disconnected,
+            RecoveredAtRestart {
+                transactions: 1,
+                locks: 2,
+            },
+            RecoveryCompleted {
+                epoch: 3,
+                how: Completion::OwnRestart,
+            },
+            StatusUpdateMissing {
+                heartbeat_age_ms: 1500,
+            },
+            Fenced {
+                heartbeat_age_ms: 2000,
+                pid: 6,
+                by_operator: true,
+            },
+            StatusUpdateResumed { missing_ms: 30 },
+        ]
+    }
+
+    #[test]
+    fn every_kind_has_its_data_and_the_words_of_today() {
+        let all = one_of_each();
+        let kinds: Vec<EventKind> = all.iter().map(EventData::kind).collect();
+        assert_eq!(kinds, EventKind::ALL);
+        // The slot layout of the words, as writers before typed data wrote
+        // them (regions are shared with them: no layout version change).
+        let words: Vec<[u64; 3]> = all.iter().map(|d| d.encode().1).collect();
+        assert_eq!(
+            words,
+            [
+                [7, 0, 0],
+                [1, 2, 3],
+                [9, 0, 0],
+                [8, 1, 0],
+                [u64::from(u32::MAX), 0, 0],
+                [2, 5, 0],
+                [4, 0, 0],
+                [1, 2, 3],
+                [137, 3, 1],
+                [1, 0, 0],
+                [0, 0, 0],
+                [1, 2, 0],
+                [3, 2, 0],
+                [1500, 0, 0],
+                [2000, 6, 1],
+                [30, 0, 0],
+            ]
+        );
+        for (c, code) in [
+            (Completion::Completed, 0),
+            (Completion::ForKilledLight, 1),
+            (Completion::OwnRestart, 2),
+        ] {
+            let d = EventData::RecoveryCompleted { epoch: 1, how: c };
+            assert_eq!(d.encode().1, [1, code, 0]);
+        }
+    }
+
+    #[test]
+    fn damaged_payloads_decode_to_none() {
+        use EventKind::*;
+        let big = u64::from(u32::MAX) + 1;
+        for (k, w) in [
+            // A PID or an epoch above u32::MAX.
+            (Detected, [big, 0, 0]),
+            (RequestPosted, [u64::MAX, 0, 0]),
+            (Claimed, [big, 0, 0]),
+            (RestartLightStarted, [big, 0, 0]),
+            (Connected, [u64::MAX, 0, 0]),
+            (RecoveryCompleted, [big, 0, 0]),
+            (Fenced, [10, big, 0]),
+            // A flag word not 0 or 1.
+            (Claimed, [1, 2, 0]),
+            (RestartLightFailed, [137, 1, 2]),
+            (Fenced, [10, 1, u64::MAX]),
+            // An unknown completion code.
+            (RecoveryCompleted, [1, 3, 0]),
+            (RecoveryCompleted, [1, u64::MAX, 0]),
+            // A word the kind does not use, nonzero.
+            (Detected, [1, 1, 0]),
+            (Disconnected, [0, 0, 1]),
+            (BackedOut, [1, 1, 1]),
+            (StatusUpdateResumed, [5, 0, 9]),
+        ] {
+            assert_eq!(EventData::decode(k, w), None, "{k:?} {w:?}");
+        }
+    }
+
+    fn region() -> (tempfile::TempDir, crate::Plex, Region) {
+        let dir = tempfile::tempdir().unwrap();
+        let plex = crate::Plex {
+            dir: dir.path().join("p"),
+        };
+        let r = Region::create(&plex, &crate::CreateOptions::small_for_tests()).unwrap();
+        (dir, plex, r)
+    }
+
+    #[test]
+    fn recorded_data_is_read_back() {
+        let (_t, _plex, r) = region();
+        let all = one_of_each();
+        for (i, d) in all.iter().enumerate() {
+            let by = (i % 2 == 0).then_some("B");
+            record_at(&r, "A", by, *d, 1000 + i as u64);
+        }
+        check(&r).unwrap();
+        let got = read_all(&r);
+        assert_eq!(got.len(), all.len());
+        for (i, (e, d)) in got.iter().zip(&all).enumerate() {
+            assert_eq!(e.seq, i as u64);
+            assert_eq!(e.data, *d);
+            assert_eq!(e.kind(), d.kind());
+            assert_eq!(e.member, "A");
+            assert_eq!(e.by.as_deref(), (i % 2 == 0).then_some("B"));
+            assert_eq!(e.time_ns, 1000 + i as u64);
+        }
+    }
+
+    #[test]
+    fn a_slot_with_a_damaged_payload_is_skipped_and_reported() {
+        let (_t, _plex, r) = region();
+        record(&r, "A", None, EventData::Connected { pid: 1 });
+        record(
+            &r,
+            "A",
+            Some("B"),
+            EventData::Claimed {
+                pid: 2,
+                taken_over: false,
+            },
+        );
+        record(&r, "A", None, EventData::Disconnected);
+        // Another process writes a flag word of 7 into the claim (the mapping
+        // is shared: damage comes through the region, not through `record`).
+        r.event_slots()[1].payload[1].store(7, Ordering::Relaxed);
+        let got = read_all(&r);
+        let seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [0, 2], "the damaged claim is skipped");
+        let err = check(&r).unwrap_err().to_string();
+        assert!(
+            err.contains("slot 1 (event 1)") && err.contains("no claimed data"),
+            "{err}"
+        );
+        // Put back, the slot reads again.
+        r.event_slots()[1].payload[1].store(0, Ordering::Relaxed);
+        check(&r).unwrap();
+        assert_eq!(read_all(&r).len(), 3);
+    }
+}

@@ -163,6 +163,43 @@ fn an_event_counter_at_the_end_of_u64_is_damage_and_never_wraps() {
 }
 
 #[test]
+fn an_event_payload_out_of_range_is_skipped_and_reported() {
+    let t = tempfile::tempdir().unwrap();
+    let plex = plex_in(t.path());
+    let r = create(&plex);
+    events::record(&r, "A", None, EventData::Connected { pid: 1 });
+    events::record(
+        &r,
+        "A",
+        Some("B"),
+        EventData::Fenced {
+            heartbeat_age_ms: 10,
+            pid: 1,
+            by_operator: false,
+        },
+    );
+    assert_eq!(events::read_all(&r).len(), 2);
+    // Event 1's PID word (its payload's second, 24 + 8 bytes into the slot
+    // after the ring's header page) beyond u32::MAX.
+    let pid_at = r.layout().events + 4096 + cf_core::layout::EVENT_SIZE + 32;
+    poke(&plex, pid_at, &(u64::from(u32::MAX) + 1).to_le_bytes());
+    // Readers skip it (no panic, no PID cut to 32 bits) ...
+    let left = events::read_all(&r);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].data, EventData::Connected { pid: 1 });
+    // ... and `display events` and verify report it.
+    let err = events::check(&r).unwrap_err().to_string();
+    assert!(err.contains("no fenced data"), "{err}");
+    assert!(
+        inspect::verify(&r)
+            .iter()
+            .any(|p| p.contains("slot 1 (event 1)")),
+        "{:?}",
+        inspect::verify(&r)
+    );
+}
+
+#[test]
 fn verify_reports_what_other_readers_refuse() {
     let t = tempfile::tempdir().unwrap();
     let plex = plex_in(t.path());

@@ -525,6 +525,151 @@ mod tests {
         assert_eq!(seqs, [0, 2, 1, 3]);
     }
 
+    /// `display events` prints each kind's data under the names (JSON) and
+    /// in the words (text) it printed before the data was typed.
+    #[test]
+    fn every_kind_prints_its_named_fields() {
+        use cf_core::events::Completion;
+        use EventData::*;
+        let cases = [
+            (Detected { pid: 7 }, json!({"pid": 7}), "death of M (pid 7) detected by B"),
+            (
+                CleanedUp {
+                    released: 1,
+                    retained: 2,
+                    discarded: 3,
+                },
+                json!({"released": 1, "retained": 2, "discarded": 3}),
+                "B cleaned up M: 1 non-modify lock(s) released, 2 modify lock(s) retained",
+            ),
+            (
+                RequestPosted { epoch: 9 },
+                json!({}),
+                "restart request for M posted by B",
+            ),
+            (
+                Claimed {
+                    pid: 8,
+                    taken_over: true,
+                },
+                json!({"claimer_pid": 8, "taken_over": true}),
+                "restart request for M claimed by B (taken over from a dead claimer)",
+            ),
+            (
+                Claimed {
+                    pid: 8,
+                    taken_over: false,
+                },
+                json!({"claimer_pid": 8, "taken_over": false}),
+                "restart request for M claimed by B",
+            ),
+            (
+                RestartLightStarted { pid: 4 },
+                json!({"pid": 4}),
+                "restart light of M started by B (pid 4)",
+            ),
+            (
+                BackedOut {
+                    transactions: 2,
+                    updates_undone: 5,
+                },
+                json!({"transactions": 2, "updates": 5}),
+                "M: 2 transaction(s) backed out (5 update(s) undone)",
+            ),
+            (
+                Released { locks: 4 },
+                json!({"locks": 4}),
+                "M: 4 retained lock(s) released",
+            ),
+            (
+                TerminatedNormally {
+                    peak_rss_kib: 1,
+                    elapsed_ns: 2_500_000,
+                    rss_without_region_kib: 3,
+                },
+                json!({"peak_rss_kib": 1, "elapsed_ns": 2_500_000, "rss_without_region_kib": 3}),
+                "restart light of M terminated normally (peak RSS 1 KiB, 3 KiB without the region, 2.5 ms)",
+            ),
+            (
+                RestartLightFailed {
+                    status: 137,
+                    failures: 3,
+                    gave_up: true,
+                },
+                json!({"status": 137, "failures": 3, "gave_up": true}),
+                "restart light of M failed 3 time(s): request marked failed by B",
+            ),
+            (
+                RestartLightFailed {
+                    status: 137,
+                    failures: 1,
+                    gave_up: false,
+                },
+                json!({"status": 137, "failures": 1, "gave_up": false}),
+                "restart light of M failed (status 137)",
+            ),
+            (Connected { pid: 1 }, json!({"pid": 1}), "M connected (pid 1)"),
+            (Disconnected, json!({}), "M disconnected normally"),
+            (
+                RecoveredAtRestart {
+                    transactions: 1,
+                    locks: 2,
+                },
+                json!({"transactions": 1, "locks": 2}),
+                "M restarted normally and recovered itself: 1 transaction(s) backed out, 2 lock(s) released",
+            ),
+            (
+                RecoveryCompleted {
+                    epoch: 3,
+                    how: Completion::OwnRestart,
+                },
+                json!({}),
+                "restart request for M completed by B: recovery over",
+            ),
+            (
+                StatusUpdateMissing {
+                    heartbeat_age_ms: 1500,
+                },
+                json!({"heartbeat_age_ms": 1500}),
+                "status update missing for M: no heartbeat for 1500 ms (seen by B)",
+            ),
+            (
+                Fenced {
+                    heartbeat_age_ms: 2000,
+                    pid: 6,
+                    by_operator: true,
+                },
+                json!({"heartbeat_age_ms": 2000, "pid": 6, "by_operator": true}),
+                "M (pid 6) fenced by B after 2000 ms without a heartbeat",
+            ),
+            (
+                StatusUpdateResumed { missing_ms: 30 },
+                json!({"missing_ms": 30}),
+                "M beats again after 30 ms of status update missing",
+            ),
+        ];
+        for (data, fields, text) in cases {
+            let e = Event {
+                seq: 4,
+                member: "M".into(),
+                by: Some("B".into()),
+                time_ns: 5,
+                data,
+            };
+            let mut want = json!({"seq": 4, "kind": data.kind().as_str(), "member": "M",
+                                  "by": "B", "time_ns": 5});
+            want.as_object_mut()
+                .unwrap()
+                .extend(fields.as_object().unwrap().clone());
+            let got = event_json(&e);
+            assert_eq!(got, want, "{data:?}");
+            // The same keys in the same order as before.
+            let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+            assert_eq!(keys(&got), keys(&want), "{data:?}");
+            assert_eq!(event_text(&e), text, "{data:?}");
+        }
+    }
+
     #[test]
     fn event_times_are_dates() {
         let t = event_time(1_700_000_000_123_456_789);

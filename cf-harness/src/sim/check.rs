@@ -672,6 +672,16 @@ mod tests {
         );
         assert!(line.contains("connected #8"), "{line}");
         assert_eq!(c.evidence[0]["events"].as_array().map(|a| a.len()), Some(5));
+        // The evidence names each event's fields.
+        assert_eq!(
+            c.evidence[0]["events"][2],
+            json!({"seq": 11, "kind": "recovery_completed", "t_s": 0.021, "by": "M0",
+                   "epoch": 1, "how": "completed"})
+        );
+        assert_eq!(
+            c.evidence[0]["connected"],
+            json!({"seq": 8, "kind": "connected", "t_s": 0.009, "by": null, "pid": 11})
+        );
     }
 
     #[test]
