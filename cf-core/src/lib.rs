@@ -88,6 +88,7 @@
 //! ```
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 // The protocol modules' docs name the private functions that implement each
 // step (read them with `cargo doc --document-private-items`).
 #![allow(rustdoc::private_intra_doc_links)]

@@ -369,7 +369,7 @@ fn hole6a_a_late_completion_does_not_complete_a_newer_request_for_the_slot() {
         let reqs = requests::list(&r).unwrap();
         let completed: Vec<String> = events::read_since(&r, since)
             .into_iter()
-            .filter(|e| e.kind == EventKind::RecoveryCompleted)
+            .filter(|e| e.kind() == EventKind::RecoveryCompleted)
             .map(|e| e.member)
             .collect();
         assert!(
@@ -555,7 +555,7 @@ fn a_new_failure_of_a_reused_slot_gets_its_own_request() {
         assert_eq!(requests::list(&r).unwrap().len(), 1);
         let completed: Vec<String> = events::read_since(&r, since)
             .into_iter()
-            .filter(|e| e.kind == EventKind::RecoveryCompleted)
+            .filter(|e| e.kind() == EventKind::RecoveryCompleted)
             .map(|e| e.member)
             .collect();
         assert_eq!(completed, ["A"], "A's recovery completed exactly once");
