@@ -545,7 +545,11 @@ pub fn record_at(region: &Region, member: &str, by: Option<&str>, data: EventDat
     let Some(e) = region.event_slots().get((seq % EVENT_CAPACITY) as usize) else {
         return;
     };
-    e.seq.store(0, Ordering::Release);
+    e.seq.store(0, Ordering::Relaxed);
+    // The fields' stores may not be seen before the slot is marked invalid:
+    // a reader that sees a new field then sees 0 (or the new number) on its
+    // second read of `seq` and rejects (or accepts) the whole slot.
+    crate::sync::fence_release();
     e.kind
         .store(kind.code() | (by.is_some() as u64) << 32, Ordering::Relaxed);
     e.time_ns.store(time_ns, Ordering::Relaxed);
@@ -637,6 +641,13 @@ pub fn check(region: &Region) -> Result<(), CorruptError> {
             continue;
         };
         let seq = raw.published - 1;
+        // An event recorded during the scan is newer than the counter read
+        // before it: read the counter again before calling it damage.
+        let head = if seq >= head {
+            region.event_header().head.load(Ordering::Acquire)
+        } else {
+            head
+        };
         if seq % EVENT_CAPACITY != i as u64 || seq >= head {
             return Err(CorruptError::BadEvents(format!(
                 "slot {i} holds event {seq}, which cannot be there (counter {head})"
