@@ -218,6 +218,11 @@ pub mod testing {
     /// How often a waiting request may be bypassed before it turns urgent.
     pub const BYPASS_LIMIT: u32 = crate::lock::entry::BYPASS_LIMIT;
 
+    /// A lock word as stored (tests that watch the protocol from outside).
+    pub fn read_lock_word(region: &Region, entry: EntryIndex) -> u64 {
+        region.word(entry).map_or(0, |w| w.load(Ordering::Acquire))
+    }
+
     /// Overwrite a lock word (damage injection).
     pub fn write_lock_word(region: &Region, entry: EntryIndex, value: u64) {
         if let Ok(w) = region.word(entry) {

@@ -19,6 +19,7 @@
 mod harness;
 
 mod attack;
+mod attack12;
 mod attack2;
 mod attack3;
 mod claim;

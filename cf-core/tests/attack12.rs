@@ -1,0 +1,256 @@
+//! Adversarial tests (review `attack12`) of the waiting protocol and bounded
+//! bypass (`lock/entry.rs` rule 5, DESIGN section 4 "Waiting and waking"),
+//! with real threads in one process. Each `#[ignore]`d test failed on the
+//! code it was written against. (The loom models of the same review are in
+//! `src/loom_models/attack12.rs`.)
+
+mod common;
+
+use cf_core::lock::records;
+use cf_core::lock::word::Word;
+use cf_core::{inspect, testing, CreateOptions, Member, Mode, Plex, Region, Sizes, TryOutcome};
+use common::granted;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn region() -> (tempfile::TempDir, Arc<Region>) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = CreateOptions {
+        sizes: Sizes {
+            lock_entries: 16,
+            members: 4,
+            records_per_member: 256,
+        },
+        group_access: false,
+    };
+    let r = Arc::new(
+        Region::create(
+            &Plex {
+                dir: dir.path().into(),
+            },
+            &opts,
+        )
+        .unwrap(),
+    );
+    (dir, r)
+}
+
+fn urgent_records(r: &Region) -> usize {
+    r.connector_ids()
+        .flat_map(|c| records::all_records(r, c).unwrap())
+        .filter(|rec| rec.urgent)
+        .count()
+}
+
+/// Wait (at most 20 s) until `f` holds.
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let since = Instant::now();
+    while !f() {
+        assert!(since.elapsed() < Duration::from_secs(20), "never: {what}");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Finding 3. An URGENT writer is bypassed forever by two holders
+/// (threads) of one member taking turns at a share lock (rule 5: "once
+/// urgent, a request ... is granted after a bounded number of grants to
+/// others").
+///
+/// Member A's holder H1 holds R in share mode; member B's W asks for R
+/// exclusively (`lock`). A's two holders take turns: the idle one asks for
+/// R in share mode (granted beside the other's share), then the other
+/// releases. Each release changes the holdings, W looks again and is
+/// refused: after `BYPASS_LIMIT` bypasses its record is URGENT. From then
+/// on every further request of A for R should wait behind W, but
+/// `Latched::decide` drops URGENT conflicts whenever the requester's
+/// *member* holds the resource (`member_holds`, the exception meant for a
+/// member asking again for what it holds, which the urgent writer waits
+/// for): the other holder's share counts, so A's turns are granted for as
+/// long as A keeps them overlapping, and W is never granted R.
+///
+/// Hole: `entry.rs` `Latched::decide`, `member_holds` is computed over all
+/// the member's records. Fix: exempt only a request whose own *holder*
+/// holds the resource (a record in a block owned by the requesting
+/// holder's token: one thread asking again), not a sibling's holding: a
+/// sibling's request then waits behind the urgent writer, which waits only
+/// for the holdings of the moment.
+#[test]
+#[ignore = "attack12: an urgent writer is bypassed forever by two holders of one member taking turns at a share lock"]
+fn an_urgent_writer_is_bypassed_forever_by_sibling_readers_taking_turns() {
+    let (_d, r) = region();
+    let a = Member::connect(r.clone(), "A").unwrap();
+    let b = Member::connect(r.clone(), "B").unwrap();
+    let mut hs = [a.holder().unwrap(), a.holder().unwrap()];
+    let mut held = granted(hs[0].try_lock(b"r", Mode::Share).unwrap());
+    let mut cur = 0;
+    let entry = held.entry;
+    let w = std::thread::spawn(move || {
+        let mut h = b.holder().unwrap();
+        let id = h
+            .lock(b"r", Mode::Exclusive, Duration::from_secs(120))
+            .expect("W is granted R");
+        h.unlock(id).unwrap();
+        drop(h);
+        b.disconnect().unwrap();
+    });
+    // A takes turns; the idle holder's share is granted beside the other's.
+    let turn = |hs: &mut [cf_core::Holder; 2], held: &mut cf_core::LockId, cur: &mut usize| {
+        let other = 1 - *cur;
+        match hs[other].try_lock(b"r", Mode::Share).unwrap() {
+            TryOutcome::Granted(id) => {
+                hs[*cur].unlock(*held).unwrap();
+                *held = id;
+                *cur = other;
+                true
+            }
+            TryOutcome::Contention(h) => {
+                assert_eq!(h[0].name, "B", "{h:?}");
+                false
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    // Until W is URGENT: each turn lets W wake, look and be refused.
+    wait_until("W sleeps", || testing::holding_waiter_sleeps(&r, entry));
+    let since = Instant::now();
+    while urgent_records(&r) == 0 {
+        assert!(since.elapsed() < Duration::from_secs(20), "W never urgent");
+        assert!(
+            turn(&mut hs, &mut held, &mut cur),
+            "refused before W is urgent"
+        );
+        wait_until("W sleeps again", || {
+            testing::holding_waiter_sleeps(&r, entry) || urgent_records(&r) > 0
+        });
+    }
+    // W is urgent: A's turns must stop being granted at some point.
+    let mut grants = 0;
+    let refused = loop {
+        if grants == 100 {
+            break false;
+        }
+        if !turn(&mut hs, &mut held, &mut cur) {
+            break true;
+        }
+        grants += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let still_urgent = urgent_records(&r);
+    hs[cur].unlock(held).unwrap();
+    w.join().unwrap();
+    assert!(
+        refused,
+        "W's request was URGENT ({still_urgent} urgent record(s) after the turns), yet A was \
+         granted R in share mode {grants} times in a row and W never got it"
+    );
+    drop(hs);
+    a.disconnect().unwrap();
+}
+
+/// Finding 4 (minor). A waiter that times out leaves its announcement in
+/// the word: the next release makes a futex call although nobody sleeps
+/// (DESIGN section 4: "a release that finds no sleeper makes no futex
+/// call").
+///
+/// A holds R; B's `lock(R, 20 ms)` announces `HOLDING_WAITERS`, sleeps its
+/// slices, and times out: its last look ends with `step_out_for_good`, a
+/// `Change::Look` unlatch, which keeps `HOLDING_WAITERS`. Nobody waits any
+/// more, yet the word says a holding waiter sleeps, so A's release (a
+/// holdings change) calls `FUTEX_WAKE`.
+///
+/// Inherent in a one-bit announcement shared by several sleepers (the last
+/// waiter to leave cannot tell it is the last). Fix: count holding waiters
+/// instead of one bit (a few of the epoch's 23 bits, saturating: a
+/// saturated count is cleared only by a wake), or weaken the claim to "no
+/// futex call unless a waiter announced itself since the last wake".
+#[test]
+#[ignore = "attack12: a waiter that times out leaves HOLDING_WAITERS: the next release calls futex with no sleeper"]
+fn a_waiter_that_times_out_leaves_its_announcement() {
+    let (_d, r) = region();
+    let a = Member::connect(r.clone(), "A").unwrap();
+    let b = Member::connect(r.clone(), "B").unwrap();
+    let mut ha = a.holder().unwrap();
+    let held = granted(ha.try_lock(b"r", Mode::Exclusive).unwrap());
+    let mut hb = b.holder().unwrap();
+    match hb.lock(b"r", Mode::Exclusive, Duration::from_millis(20)) {
+        Err(cf_core::WaitError::Timeout(h)) => assert_eq!(h[0].name, "A"),
+        other => panic!("{other:?}"),
+    }
+    // Nobody waits for R now.
+    let w = Word(testing::read_lock_word(&r, held.entry));
+    ha.unlock(held).unwrap();
+    drop((ha, hb));
+    a.disconnect().unwrap();
+    b.disconnect().unwrap();
+    assert!(
+        w.0 & testing::forge::HOLDING_WAITERS == 0,
+        "nobody waits, yet the word announces a holding waiter ({:#x}): A's release called futex",
+        w.0
+    );
+}
+
+/// Finding 1 with real threads: three threads of one member hand R back
+/// and forth (`lock` with a long timeout, exclusive; at most 10 s), while a
+/// fourth samples the word. The loom model
+/// `attack12::a_sibling_waiter_announced_on_a_fast_word_is_never_woken`
+/// shows the interleaving; here it is seen as it happens: a waiter that
+/// stepped out to a free fast-mode word announces `HOLDING_WAITERS` on it,
+/// a word no protocol step may write (`Word::is_malformed`), and sleeps
+/// there until its slice ends (the sibling's latch converts the word and
+/// drops the bit without a wake). The sampler asserts the word is never
+/// malformed. (Outcome, not timing: on a 2-core machine it is seen within a
+/// second, after 10^4 to 10^6 hand-offs; with the fix suggested in the loom
+/// model, 10 s of hand-offs never show it.)
+#[test]
+#[ignore = "attack12: sibling hand-offs leave a waiter asleep on a malformed fast word (HOLDING_WAITERS without MIXED)"]
+fn sibling_hand_offs_never_leave_a_waiter_on_a_fast_word() {
+    let (_d, r) = region();
+    let a = Arc::new(Member::connect(r.clone(), "A").unwrap());
+    let entry = cf_core::Resource::new(b"r").unwrap().entry(16);
+    let stop = Arc::new(AtomicBool::new(false));
+    let malformed = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (r, stop, malformed) = (r.clone(), stop.clone(), malformed.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let w = Word(testing::read_lock_word(&r, entry));
+                if w.is_malformed() {
+                    malformed.store(w.0, Ordering::Relaxed);
+                    stop.store(true, Ordering::Relaxed);
+                }
+                std::hint::spin_loop();
+            }
+        })
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let (a, stop) = (a.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut h = a.holder().unwrap();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                    let id = h
+                        .lock(b"r", Mode::Exclusive, Duration::from_secs(60))
+                        .unwrap();
+                    std::hint::spin_loop();
+                    h.unlock(id).unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let rounds: u64 = workers.into_iter().map(|t| t.join().unwrap()).sum();
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let seen = malformed.load(Ordering::Relaxed);
+    assert!(inspect::verify(&r).is_empty(), "{:?}", inspect::verify(&r));
+    Arc::into_inner(a).unwrap().disconnect().unwrap();
+    assert_eq!(
+        seen, 0,
+        "a waiter announced itself on a fast-mode word: {seen:#x} (mixed clear, waiter bit set; \
+         after at most {rounds} hand-offs)"
+    );
+}
