@@ -76,7 +76,6 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 /// sibling's request then waits behind the urgent writer, which waits only
 /// for the holdings of the moment.
 #[test]
-#[ignore = "attack12: an urgent writer is bypassed forever by two holders of one member taking turns at a share lock"]
 fn an_urgent_writer_is_bypassed_forever_by_sibling_readers_taking_turns() {
     let (_d, r) = region();
     let a = Member::connect(r.clone(), "A").unwrap();
@@ -165,7 +164,6 @@ fn an_urgent_writer_is_bypassed_forever_by_sibling_readers_taking_turns() {
 /// saturated count is cleared only by a wake), or weaken the claim to "no
 /// futex call unless a waiter announced itself since the last wake".
 #[test]
-#[ignore = "attack12: a waiter that times out leaves HOLDING_WAITERS: the next release calls futex with no sleeper"]
 fn a_waiter_that_times_out_leaves_its_announcement() {
     let (_d, r) = region();
     let a = Member::connect(r.clone(), "A").unwrap();
@@ -203,7 +201,6 @@ fn a_waiter_that_times_out_leaves_its_announcement() {
 /// second, after 10^4 to 10^6 hand-offs; with the fix suggested in the loom
 /// model, 10 s of hand-offs never show it.)
 #[test]
-#[ignore = "attack12: sibling hand-offs leave a waiter asleep on a malformed fast word (HOLDING_WAITERS without MIXED)"]
 fn sibling_hand_offs_never_leave_a_waiter_on_a_fast_word() {
     let (_d, r) = region();
     let a = Arc::new(Member::connect(r.clone(), "A").unwrap());

@@ -578,6 +578,12 @@ pub(crate) fn claim_block(region: &Region, member: ConnectorId, token: u64) -> O
 }
 
 /// Does block `block` of `member` hold only free tags?
+/// The owner token of the block that holds record `slot` of `member` (the
+/// holder that claimed it), as stored; `None` if out of range.
+pub(crate) fn slot_owner(region: &Region, member: ConnectorId, slot: u32) -> Option<u64> {
+    block(region, member, slot / BLOCK_SLOTS).map(|b| b.owner.load(Ordering::Relaxed))
+}
+
 pub(crate) fn block_is_empty(region: &Region, member: ConnectorId, block: u32) -> bool {
     let first = (block * BLOCK_SLOTS) as usize;
     region.tags(member).is_ok_and(|tags| {

@@ -87,7 +87,6 @@ fn at_rest_problems(r: &crate::Region) -> Vec<String> {
 /// a request can settle it itself); or `try_latch`'s conversion must keep
 /// (and the unlatch honour) waiter bits.
 #[test]
-#[ignore = "attack12: a sibling hand-off loses the waiter's wake-up (announced on a fast word, erased by the conversion)"]
 fn a_sibling_waiter_announced_on_a_fast_word_is_never_woken() {
     check(2, || {
         let r = region(1, 2);
@@ -150,7 +149,6 @@ fn a_sibling_waiter_announced_on_a_fast_word_is_never_woken() {
 /// flag in the word that turns the latch holder's unlatch into
 /// `Change::Holdings`.
 #[test]
-#[ignore = "attack12: a waiter blocked by a half-made request that times out on the latch sleeps on nothing"]
 fn a_waiter_blocked_by_an_abandoned_half_made_request_is_never_woken() {
     check(3, || {
         let r = region(2, 2);
@@ -221,7 +219,6 @@ fn a_waiter_blocked_by_an_abandoned_half_made_request_is_never_woken() {
 /// finding 2 too), or let a record that must go wait for a non-sibling
 /// latch past its deadline for as long as a latch is normally held.
 #[test]
-#[ignore = "attack12: a half-made request abandoned on a third party's latch leaves its member's bit at rest"]
 fn an_abandoned_half_made_request_leaves_a_bit_behind_a_third_party_latch() {
     use crate::lock::entry::{self, Decision, LatchError, LatchWait, Request};
     use crate::lock::records::{TAG_FREE, TAG_HELD, TAG_PENDING};
@@ -268,6 +265,7 @@ fn an_abandoned_half_made_request_leaves_a_bit_behind_a_third_party_latch() {
                 mode: Mode::Exclusive,
                 member: a_id,
                 slot,
+                holder: records::slot_owner(&r2, a_id, slot).unwrap_or(0),
                 ticket: 0,
                 urgent: false,
                 half_made: true,

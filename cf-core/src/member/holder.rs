@@ -381,6 +381,7 @@ impl Holder {
             mode,
             member: me,
             slot,
+            holder: self.token,
             ticket: 0,
             urgent: false,
             half_made: true,
@@ -459,7 +460,7 @@ impl Holder {
                 }
                 Ok(Decision::Conflict) => {}
                 Err(e) => {
-                    l.unlatch_unchanged();
+                    l.unlatch_unchanged(region);
                     free_record(req.urgent || req.half_made);
                     return Err(e.into());
                 }
@@ -472,7 +473,7 @@ impl Holder {
             let class = match classify(region, conflicts) {
                 Ok(c) => c,
                 Err(e) => {
-                    l.unlatch_unchanged();
+                    l.unlatch_unchanged(region);
                     free_record(req.urgent || req.half_made);
                     return Err(e.into());
                 }
@@ -496,7 +497,7 @@ impl Holder {
                     // First wait: the ticket orders us among urgent requests.
                     req.ticket = records::take_wait_ticket(region);
                     if let Err(e) = records::set_wait_ticket(region, me, slot, req.ticket) {
-                        l.unlatch_unchanged();
+                        l.unlatch_unchanged(region);
                         free_record(req.urgent || req.half_made);
                         return Err(e.into());
                     }
@@ -504,7 +505,7 @@ impl Holder {
                 bypassed += u32::from(std::mem::take(&mut woken_by_change));
                 if bypassed == entry::BYPASS_LIMIT {
                     if let Err(e) = l.make_urgent(region, &req) {
-                        l.unlatch_unchanged();
+                        l.unlatch_unchanged(region);
                         free_record(req.urgent || req.half_made);
                         return Err(e.into());
                     }
