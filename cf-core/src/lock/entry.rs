@@ -56,15 +56,20 @@
 //!    record that stops waiting (a timeout) turns PENDING under the latch and
 //!    its unlatch wakes the holding waiters ([`Latched::give_up`],
 //!    [`Latched::step_out_for_good`]); one that must leave unlatched (its
-//!    latch wait timed out) does its best ([`abandon_unlatched`]), and waiters
-//!    behind it re-check at the end of their sleep slice. An URGENT record
+//!    latch wait timed out) latches at once if it can, and otherwise pokes
+//!    the latch holder ([`abandon_unlatched`], `latch_or_poke`,
+//!    [`word::poke`]): the holder's unlatch then heals the mask and wakes
+//!    every holding waiter (attack12). An URGENT record
 //!    never makes anything *less* conservative: it is never taken as held
 //!    (not retained, not released by a cleanup, which frees it like a
 //!    PENDING one). An urgent request waits for the holdings of the moment,
-//!    so it never makes wait a request of a member that already holds the
-//!    resource (a second share, say): that one would wait for the urgent
-//!    request, which waits for its member's holding (the attack3 test
+//!    so it never makes wait a request of a holder (thread) that already
+//!    holds the resource (a second share, say): that one would wait for the
+//!    urgent request, which waits for its own holding (the attack3 test
 //!    `a_reader_asking_again_waits_for_the_urgent_writer_that_waits_for_it`).
+//!    A sibling thread's holding does not exempt a request: the sibling lets
+//!    go whatever this thread waits for, and siblings taking turns would
+//!    otherwise bypass the urgent request forever (attack12).
 //!    A bypass is counted whenever the holdings changed and the request is
 //!    still refused, whoever changed them (conservative: a request may turn
 //!    urgent without having been overtaken).
@@ -766,9 +771,9 @@ fn recheck_own_bit(
 /// out, or an error) while it is URGENT or still half-made: the record turns
 /// PENDING, then one attempt at the latch recomputes the member's bit and
 /// wakes the holding waiters that may wait behind it or for it. If the latch
-/// cannot be had at once, its holder's decision drops a bit left behind, and
-/// those waiters look again when their sleep slice ends. The caller frees
-/// the record afterwards.
+/// cannot be had at once, its holder is poked ([`latch_or_poke`]): its
+/// unlatch heals the mask and wakes them. The caller frees the record
+/// afterwards.
 pub(crate) fn abandon_unlatched(
     region: &Region,
     member: ConnectorId,

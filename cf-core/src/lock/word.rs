@@ -47,8 +47,14 @@
 //! unlatch that changed the holdings ([`Change::Holdings`]) clears both bits
 //! and wakes both classes; one that only looked ([`Change::Look`]: a waiter
 //! finding the same conflict, a grant, a request giving up) keeps the holding
-//! waiters' bit and wakes only latch waiters. Sleeps are bounded slices (at
-//! most 20 ms), so a dead holder is noticed even with no monitor.
+//! waiters' bit and wakes only latch waiters. A request that changes the
+//! holdings *without* the latch (a record freed after its latch wait timed
+//! out) pokes a busy latch ([`poke`]: the latched word's epoch moves and the
+//! holding waiters wake), and the latch holder's unlatch, seeing its epoch
+//! moved ([`unlatch_checked`]), heals the mask and counts as a holdings
+//! change; a waiter never announces itself on a fast-mode word (nobody
+//! would wake it: it looks again instead). Sleeps are bounded slices (at
+//! most `entry::MAX_SLICE`, 100 ms), a backstop for a dead holder only.
 //!
 //! **Crash windows.** A process can die holding a word in any state: as the
 //! fast-mode holder, in the mask, or holding the latch. All are repaired by the
