@@ -14,11 +14,11 @@
 //! [`MAX_SEQ`] (2^62 events, which no run can write) is damage; nothing is
 //! recorded on top of it (no `seq + 1` can overflow) and [`check`] reports it.
 
-use crate::sync::now_ns;
 use crate::error::CorruptError;
 use crate::shm::layout::EVENT_CAPACITY;
 use crate::shm::region::Region;
 use crate::shm::slots;
+use crate::sync::now_ns;
 use crate::sync::Ordering;
 
 /// Kinds of events.
