@@ -212,8 +212,17 @@ pub enum RegionError {
         /// [`LAYOUT_VERSION`](crate::layout::LAYOUT_VERSION).
         expected: u32,
     },
-    /// The file's size is not the one its header gives (or it is shorter
-    /// than the header page).
+    /// The file is shorter than a region header: nothing in it can be read.
+    #[error("{path}: file is {actual} bytes, shorter than a region header ({header} bytes)")]
+    TooShort {
+        /// The file.
+        path: PathBuf,
+        /// Its size in bytes.
+        actual: u64,
+        /// The size of the header, in bytes.
+        header: u64,
+    },
+    /// The file's size is not the one its header gives.
     #[error(
         "{path}: file is {actual} bytes but its header says {expected} (truncated or extended)"
     )]

@@ -7,7 +7,6 @@
 mod common;
 
 use cf_core::lock::records;
-use cf_core::lock::word::Word;
 use cf_core::{inspect, testing, CreateOptions, Member, Mode, Plex, Region, Sizes, TryOutcome};
 use common::granted;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -176,7 +175,7 @@ fn a_waiter_that_times_out_leaves_its_announcement() {
         other => panic!("{other:?}"),
     }
     // Nobody waits for R now.
-    let w = Word(testing::read_lock_word(&r, held.entry));
+    let w = testing::read_lock_word(&r, held.entry);
     ha.unlock(held).unwrap();
     drop((ha, hb));
     a.disconnect().unwrap();
@@ -211,7 +210,7 @@ fn sibling_hand_offs_never_leave_a_waiter_on_a_fast_word() {
         let (r, stop, malformed) = (r.clone(), stop.clone(), malformed.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let w = Word(testing::read_lock_word(&r, entry));
+                let w = testing::read_lock_word(&r, entry);
                 if w.is_malformed() {
                     malformed.store(w.0, Ordering::Relaxed);
                     stop.store(true, Ordering::Relaxed);

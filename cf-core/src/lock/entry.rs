@@ -38,7 +38,10 @@
 //!    held there.
 //! 4. **Every decision on a mixed entry is made under its latch**, from the
 //!    HELD records of the named connectors, so two decisions never race. A
-//!    same-resource incompatible record is a conflict; a different resource is
+//!    same-resource record in a mode incompatible with the request's (the
+//!    table of `records::LockMode`) is a conflict; a compatible one is not,
+//!    even if both modes take exclusive interest in the word (IX beside IX:
+//!    the word could not tell, the records can); a different resource is
 //!    *false contention*, resolved from the records and granted.
 //! 5. **Bounded bypass.** A waiting request takes a *wait ticket* the first
 //!    time it is refused (a counter in the lock header: tickets order

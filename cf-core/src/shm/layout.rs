@@ -30,7 +30,11 @@ pub const MAGIC: [u8; 8] = *b"CFEMUREG";
 /// structure page the failure detection settings.
 /// 7: connector slots gained the beat period, the retained-lock refusals and
 /// the sampled service times.
-pub const LAYOUT_VERSION: u32 = 7;
+/// 8: a record's mode code holds the lock manager's six modes (S 0 and X 1 as
+/// before, IS 2, IX 3, U 4, SIX 5) and any of them may carry the modify flag
+/// (`lock/records.rs`): a version-7 program would take such a record for
+/// damage, so it must refuse the region instead.
+pub const LAYOUT_VERSION: u32 = 8;
 /// The header and the directory live in the first page.
 pub const HEADER_PAGE: u64 = 4096;
 /// Connector ids are bit positions in the 32-bit share/interest mask of a lock word.
