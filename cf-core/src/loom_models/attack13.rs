@@ -53,11 +53,13 @@ fn at_rest_problems(r: &crate::Region) -> Vec<String> {
 /// The setup of the poke models (a legal prefix, run sequentially): member
 /// A holds nothing on entry E but `half_made` half-made requests (records
 /// HELD, fast CAS failed, as `Holder::acquire` leaves them: each one a
-/// sibling thread of A about to turn PENDING and latch); E is mixed (B
+/// sibling thread of A about to turn PENDING and latch), for R2 and R2'
+/// (or both for R2, `same_resource`); E is mixed (B
 /// holds Q there) and names A for those records. Returns the region, A's
 /// id, E, the half-made slots and B's idle holder (for the raced request).
 fn half_made_setup(
     half_made: usize,
+    same_resource: bool,
 ) -> (
     Arc<crate::Region>,
     crate::ids::ConnectorId,
@@ -84,7 +86,8 @@ fn half_made_setup(
     let slots: Vec<u32> = [1u32, 2].into_iter().take(half_made).collect();
     for (i, &slot) in slots.iter().enumerate() {
         let body = &r.bodies(a_id).unwrap()[slot as usize];
-        records::write_body_and_hash(body, &names[2 + i], Mode::Exclusive);
+        let res = if same_resource { 2 } else { 2 + i };
+        records::write_body_and_hash(body, &names[res], Mode::Exclusive);
         let tag = records::tag(&r, a_id, slot).unwrap();
         tag.store(TAG_HELD | e.get(), Ordering::Release);
         assert!(!word::try_fast_exclusive(r.word(e).unwrap(), a_id));
@@ -144,7 +147,7 @@ fn abandon(r: &crate::Region, a_id: crate::ids::ConnectorId, e: crate::ids::Entr
 #[ignore = "attack13: a second poke after the latch holder's one recheck leaves the poker's bit behind at rest"]
 fn a_second_poke_after_the_recheck_leaves_a_bit_behind() {
     check(3, || {
-        let (r, a_id, e, slots, mut hb, names) = half_made_setup(2);
+        let (r, a_id, e, slots, mut hb, names) = half_made_setup(2, false);
         let r2 = r.clone();
         let t = process(1, move || {
             for &slot in &slots {
@@ -190,7 +193,7 @@ fn a_second_poke_after_the_recheck_leaves_a_bit_behind() {
 #[ignore = "attack13: the recheck after a poke reads the poker's record stale (Relaxed word load): the poker's bit is left at rest"]
 fn one_poke_is_seen_by_the_recheck() {
     check(3, || {
-        let (r, a_id, e, slots, mut hb, names) = half_made_setup(1);
+        let (r, a_id, e, slots, mut hb, names) = half_made_setup(1, false);
         let r2 = r.clone();
         let t = process(1, move || {
             for &slot in &slots {
@@ -210,5 +213,38 @@ fn one_poke_is_seen_by_the_recheck() {
         let problems = at_rest_problems(&r);
         assert!(problems.is_empty(), "{problems:?}");
         std::mem::forget(hb);
+    });
+}
+
+/// Checked and held: a waiter blocked by two half-made requests that both
+/// leave without the latch (each poking the waiter's latch, or latching
+/// after it) is woken and granted in every interleaving, whatever the
+/// recheck of finding 2 leaves in the mask (a poked unlatch is a holdings
+/// change, and the poke itself wakes the holding waiters).
+///
+/// `half_made_setup(2, true)`: A's two half-made requests are both for R2
+/// (exclusive). W (member B) asks for R2 in share mode (`lock`, long
+/// timeout) while A's requests are abandoned (`abandon`). (13390
+/// executions at bound 2; `LOOM_MAX_PREEMPTIONS=3`: 105419, 47 s, 0.8 GB.)
+#[test]
+fn a_waiter_blocked_by_two_abandoned_half_made_requests_is_woken() {
+    check(2, || {
+        let (r, a_id, e, slots, mut hw, names) = half_made_setup(2, true);
+        let r2 = r.clone();
+        let t = process(1, move || {
+            for &slot in &slots {
+                abandon(&r2, a_id, e, slot);
+            }
+        });
+        let n2 = names[2].clone();
+        let w = process(2, move || {
+            let id = hw
+                .lock(&n2, Mode::Share, std::time::Duration::from_secs(3600))
+                .expect("nobody holds R2 once A's requests are gone: W is granted it");
+            (hw, id)
+        });
+        t.join().unwrap().unwrap();
+        let (hw, _id) = w.join().unwrap().unwrap();
+        std::mem::forget(hw);
     });
 }
