@@ -515,6 +515,9 @@ pub enum ConnectError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HolderError {
+    /// This connection made 2^32 - 1 holders: reconnect for more.
+    #[error("this connection has made all the holders it can (2^32 - 1): reconnect")]
+    TokensExhausted,
     /// The member's record area has no free block.
     #[error("record area of this member is full ({0} records)")]
     RecordsFull(u32),

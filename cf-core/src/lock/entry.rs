@@ -674,19 +674,19 @@ impl<'r> Latched<'r> {
 
     /// Drop the latch as a request that stops waiting (out of time) and will
     /// free its record without latching again: an URGENT record turns
-    /// PENDING first, the member's bit is recomputed without it, and the
-    /// unlatch counts as a holdings change: it wakes the holding waiters
-    /// (requests may have been waiting behind an urgent one) and clears
-    /// their announcement, which this request may have made: a waiter that
-    /// still waits announces itself again, and a release with nobody asleep
-    /// makes no futex call (attack12).
+    /// PENDING first, the member's bit is recomputed without it, and, since
+    /// requests may have been waiting behind it, the unlatch wakes holding
+    /// waiters. (A plain waiter's unlatch is a look: making it a holdings
+    /// change to clear the holding-waiter bit it may have set made tries
+    /// waiting for a cleanup wake each other round and round, attack13; so
+    /// the bit may outlive the last sleeper, and the next release makes one
+    /// futex call with nobody asleep.)
     pub(crate) fn step_out_for_good(
         self,
         region: &Region,
         req: &Request,
     ) -> Result<u64, CorruptError> {
-        self.end_urgency(region, req)?;
-        let change = Change::Holdings;
+        let change = self.end_urgency(region, req)?;
         let mask = self.mask_recomputed(region, req.member, Some(req.slot));
         Ok(self.unlatch(region, mask, change))
     }

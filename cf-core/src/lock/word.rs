@@ -317,12 +317,19 @@ pub(crate) fn unlatch_checked(
     mut change: Change,
     recheck: impl Fn(u32) -> u32,
 ) -> u64 {
+    let computed = mask;
+    let mut last = latched;
     let mut rechecked = false;
-    let mut cur = word.load(Ordering::Relaxed);
+    // Acquire: a poke seen here (its epoch) comes with the record stores
+    // made before it, which the recheck then reads (attack13).
+    let mut cur = word.load(Ordering::Acquire);
     loop {
-        if !rechecked && latched.is_some_and(|e| Word(cur).epoch() != e) {
+        if last.is_some_and(|e| Word(cur).epoch() != e) {
+            // Every poke seen, not only the first: one may land between a
+            // recheck and the CAS, which then fails (attack13).
+            last = Some(Word(cur).epoch());
             rechecked = true;
-            mask = recheck(mask);
+            mask = recheck(computed);
             change = Change::Holdings;
         }
         // An entry left with no interest has nothing anyone could wait for.
@@ -344,8 +351,8 @@ pub(crate) fn unlatch_checked(
         };
         let new = epoch | body;
         // Only the latch holder changes a latched word, but a waiter may set
-        // its bit meanwhile: retry on that.
-        match word.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Relaxed) {
+        // its bit (or a poker move the epoch) meanwhile: retry on that.
+        match word.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
                 let woken = match change {
                     Change::Holdings => cur & WAITER_BITS,

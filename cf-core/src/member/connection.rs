@@ -39,15 +39,19 @@ impl Connection {
         }
     }
 
-    pub(crate) fn next_holder_token(&self) -> u64 {
-        // Nonzero, unique within this process; block owners are compared only
-        // with zero and with BLOCK_RETAINED.
-        (crate::connector::identity::current_pid() as u64) << 24
-            | (self
-                .next_holder
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                & 0xff_ffff)
-            | 1
+    /// A token for a new holder: the owner word of its record blocks.
+    /// Unique among the live holders of the region (the PID in the high
+    /// half, a per-connection count from 1 in the low half), never 0 (a free
+    /// block) nor `BLOCK_RETAINED`; a decision compares it with a record's
+    /// block owner to tell a request's own holdings from a sibling's
+    /// (`entry.rs` rule 5), so two holders may never share one. `None` once
+    /// 2^32 - 1 holders were made by this connection.
+    pub(crate) fn next_holder_token(&self) -> Option<u64> {
+        let n = self
+            .next_holder
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = u32::try_from(n).ok().filter(|&n| n != 0)?;
+        Some((crate::connector::identity::current_pid() as u64) << 32 | n as u64)
     }
 
     /// Is our connector still ours? (A member is cleaned up only if its

@@ -147,7 +147,7 @@ impl std::fmt::Debug for Holder {
 
 impl Holder {
     pub(crate) fn new(m: Arc<Connection>) -> Result<Holder, HolderError> {
-        let token = m.next_holder_token();
+        let token = m.next_holder_token().ok_or(HolderError::TokensExhausted)?;
         let region = &*m.region;
         let area = Area {
             tags: NonNull::from(region.tags(m.id)?),
