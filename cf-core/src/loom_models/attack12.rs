@@ -16,43 +16,6 @@ use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(3600);
 
-/// What `inspect::verify` checks of the lock words at rest (as in attack2):
-/// no latch held, no waiter bit in fast mode, every named connector has an
-/// interest (a held or urgent record) on the entry, every held record's
-/// connector is named.
-fn at_rest_problems(r: &crate::Region) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in r.entry_indices() {
-        let w = Word(r.word(e).unwrap().load(Ordering::Relaxed));
-        if w.is_mixed() && w.holder().is_some() {
-            out.push(format!("entry {e} latched at rest: {:#x}", w.0));
-        }
-        if w.is_malformed() {
-            out.push(format!("entry {e} malformed: {:#x}", w.0));
-        }
-        for c in crate::lock::entry::bits(w.named()) {
-            if !records::holds_other_on(r, c, e, None) {
-                out.push(format!(
-                    "entry {e} names {c}, which holds nothing there ({:#x})",
-                    w.0
-                ));
-            }
-        }
-    }
-    for c in r.connector_ids() {
-        for rec in records::all_records(r, c).unwrap() {
-            let w = Word(r.word(rec.entry).unwrap().load(Ordering::Relaxed));
-            if rec.held && w.named() & word::bit(c) == 0 {
-                out.push(format!(
-                    "{c} holds {:?} on {} unnamed ({:#x})",
-                    rec.resource, rec.entry, w.0
-                ));
-            }
-        }
-    }
-    out
-}
-
 /// Finding 1. A sibling hand-off loses the waiter's wake-up: the waiter
 /// announces itself on a *fast-mode* word, and the sibling's latch, which
 /// converts that word, erases the announcement (`word::try_latch`: "a

@@ -13,43 +13,6 @@ use crate::sync::Ordering;
 use crate::{Member, Mode, TryOutcome};
 use std::mem::ManuallyDrop;
 
-/// What `inspect::verify` checks of the lock words at rest (as in attack2
-/// and attack12): no latch held, no waiter bit in fast mode, every named
-/// connector has an interest (a held or urgent record) on the entry, every
-/// held record's connector is named.
-fn at_rest_problems(r: &crate::Region) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in r.entry_indices() {
-        let w = Word(r.word(e).unwrap().load(Ordering::Relaxed));
-        if w.is_mixed() && w.holder().is_some() {
-            out.push(format!("entry {e} latched at rest: {:#x}", w.0));
-        }
-        if w.is_malformed() {
-            out.push(format!("entry {e} malformed: {:#x}", w.0));
-        }
-        for c in entry::bits(w.named()) {
-            if !records::holds_other_on(r, c, e, None) {
-                out.push(format!(
-                    "entry {e} names {c}, which holds nothing there ({:#x})",
-                    w.0
-                ));
-            }
-        }
-    }
-    for c in r.connector_ids() {
-        for rec in records::all_records(r, c).unwrap() {
-            let w = Word(r.word(rec.entry).unwrap().load(Ordering::Relaxed));
-            if rec.held && w.named() & word::bit(c) == 0 {
-                out.push(format!(
-                    "{c} holds {:?} on {} unnamed ({:#x})",
-                    rec.resource, rec.entry, w.0
-                ));
-            }
-        }
-    }
-    out
-}
-
 /// The setup of the poke models (a legal prefix, run sequentially): member
 /// A holds nothing on entry E but `half_made` half-made requests (records
 /// HELD, fast CAS failed, as `Holder::acquire` leaves them: each one a
