@@ -1,9 +1,9 @@
 //! Adversarial models (review `attack13`) of the attack12 fixes: the poke
 //! (`word::poke`) of a busy latch by a request that frees its record
 //! without the latch, and the latch holder's checked unlatch
-//! (`word::unlatch_checked`), on the code that ships. Each `#[ignore]`d
-//! model fails on the code it was written against (ff8a62b); the others pin
-//! what was checked and held.
+//! (`word::unlatch_checked`), on the code that ships. The first two failed
+//! on the code they were written against (ff8a62b) and pass since the
+//! attack13 fixes; the last pins what was checked and held.
 
 use super::harness::*;
 use crate::lock::entry;
