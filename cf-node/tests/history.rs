@@ -9,7 +9,9 @@
 //! with a deadline that only turns a hang into a failure; processes are
 //! killed and reaped, and the plex removed, on drop (also on failure).
 
-use cf_core::events::{EventData, EventKind};
+#[cfg(feature = "crash-points")]
+use cf_core::events::EventData;
+use cf_core::events::EventKind;
 #[cfg(feature = "crash-points")]
 use cf_core::{Member, Mode, TryOutcome};
 use cf_node::history;

@@ -12,7 +12,9 @@
 //!
 //! The tests start several processes each, so they run one at a time.
 
-use cf_core::events::{Event, EventData, EventKind};
+#[cfg(feature = "crash-points")]
+use cf_core::events::Event;
+use cf_core::events::{EventData, EventKind};
 use cf_core::ConnectorId;
 use cf_core::{AcquireError, DisconnectError, HolderError, Member, Mode, TryOutcome, UnlockError};
 use cf_node::bank::Rng;
