@@ -30,7 +30,10 @@ pub const MAGIC: [u8; 8] = *b"CFEMUREG";
 /// structure page the failure detection settings.
 /// 7: connector slots gained the beat period, the retained-lock refusals and
 /// the sampled service times.
-pub const LAYOUT_VERSION: u32 = 7;
+/// 8: block headers grew to 128 bytes for a holder's wait record (deadlock
+/// detection), the lock structure page gained the detector's interval,
+/// claim, last round and victim count.
+pub const LAYOUT_VERSION: u32 = 8;
 /// The header and the directory live in the first page.
 pub const HEADER_PAGE: u64 = 4096;
 /// Connector ids are bit positions in the 32-bit share/interest mask of a lock word.
@@ -47,8 +50,8 @@ pub const BLOCK_SLOTS: u32 = 2;
 pub const CONNECTOR_SLOT_SIZE: u64 = 256;
 /// Size of one record body: 9 words (meta + 64 bytes of resource name).
 pub const RECORD_SIZE: u64 = 72;
-/// Size of one block header (owner, counters).
-pub const BLOCK_HEADER_SIZE: u64 = 64;
+/// Size of one block header (owner, counters, the holder's wait record).
+pub const BLOCK_HEADER_SIZE: u64 = 128;
 /// Largest lock table (the tag packs the entry index in 30 bits).
 pub const MAX_LOCK_ENTRIES: u32 = 1 << 30;
 /// Names in the directory.
