@@ -14,11 +14,11 @@
 //! [`MAX_SEQ`] (2^62 events, which no run can write) is damage; nothing is
 //! recorded on top of it (no `seq + 1` can overflow) and [`check`] reports it.
 
-use crate::sync::now_ns;
 use crate::error::CorruptError;
 use crate::shm::layout::EVENT_CAPACITY;
 use crate::shm::region::Region;
 use crate::shm::slots;
+use crate::sync::now_ns;
 use crate::sync::Ordering;
 
 /// Kinds of events.
@@ -56,9 +56,13 @@ pub enum EventKind {
     Fenced,
     /// A member declared status-update-missing beat again before it was fenced (`a`: how long it was missing, ms).
     StatusUpdateResumed,
+    /// A waiting request of the member was a deadlock victim and answered
+    /// `Deadlock` (`by`: the member whose detector told it; `a`: the cycle's
+    /// length, `b`: how long it had waited, ns, `c`: the lock table entry).
+    DeadlockVictim,
 }
 
-const KINDS: [EventKind; 16] = [
+const KINDS: [EventKind; 17] = [
     EventKind::Detected,
     EventKind::CleanedUp,
     EventKind::RequestPosted,
@@ -75,6 +79,7 @@ const KINDS: [EventKind; 16] = [
     EventKind::StatusUpdateMissing,
     EventKind::Fenced,
     EventKind::StatusUpdateResumed,
+    EventKind::DeadlockVictim,
 ];
 
 impl EventKind {
@@ -96,6 +101,7 @@ impl EventKind {
             EventKind::StatusUpdateMissing => "status_update_missing",
             EventKind::Fenced => "fenced",
             EventKind::StatusUpdateResumed => "status_update_resumed",
+            EventKind::DeadlockVictim => "deadlock_victim",
         }
     }
     fn code(self) -> u64 {
