@@ -324,6 +324,11 @@ pub fn event_json(e: &Event) -> Value {
             o["by_operator"] = json!(e.c == 1);
         }
         EventKind::StatusUpdateResumed => o["missing_ms"] = json!(e.a),
+        EventKind::DeadlockVictim => {
+            o["cycle_length"] = json!(e.a);
+            o["waited_ns"] = json!(e.b);
+            o["entry"] = json!(e.c);
+        }
         EventKind::RequestPosted | EventKind::Disconnected | EventKind::RecoveryCompleted => {}
     }
     o
@@ -365,6 +370,12 @@ pub fn event_text(e: &Event) -> String {
         EventKind::StatusUpdateMissing => format!("status update missing for {m}: no heartbeat for {} ms (seen by {by})", e.a),
         EventKind::Fenced => format!("{m} (pid {}) fenced by {by} after {} ms without a heartbeat", e.b, e.a),
         EventKind::StatusUpdateResumed => format!("{m} beats again after {} ms of status update missing", e.a),
+        EventKind::DeadlockVictim => format!(
+            "a request of {m} was a deadlock victim (told by {by}): a cycle of {} waiting request(s), it had waited {:.1} ms on entry {}",
+            e.a,
+            e.b as f64 / 1e6,
+            e.c
+        ),
     }
 }
 
