@@ -811,12 +811,12 @@ fn tell(region: &Region, me: Option<ConnectorId>, nodes: &[Node], cycle: &[Edge]
     {
         return false;
     }
-    crate::crash::point("deadlock.told");
-    wake(region, n.view.entry);
     region
         .lock_header()
         .deadlock_victims
         .fetch_add(1, Ordering::Relaxed);
+    crate::crash::point("deadlock.told");
+    wake(region, n.view.entry);
     true
 }
 
