@@ -522,8 +522,7 @@ impl Holder {
             if wait_for_live {
                 // Deadlock detection (`deadlock.rs`): a victim gives up its
                 // request, unless a holder it waits for died meanwhile (no
-                // cycle through a dead member); else the wait record says
-                // what we wait for.
+                // cycle through a dead member).
                 if self.wait.told(region) {
                     l.step_out_for_good(region, &req)?;
                     req.urgent = false;
@@ -538,10 +537,11 @@ impl Holder {
                     self.victim = Some(self.wait.victim_answer(region));
                     return Ok(TryOutcome::Contention(dedup_holders(region, conflicts)));
                 }
-                self.wait.waiting(region, slot, entry, conflicts);
             }
             let out_of_time = crate::sync::now() >= deadline;
             if wait_for_live && !out_of_time {
+                // The wait record says what we wait for (`deadlock.rs`).
+                self.wait.waiting(region, slot, entry, conflicts);
                 if req.ticket == 0 {
                     // First wait: the ticket orders us among urgent requests.
                     req.ticket = records::take_wait_ticket(region);
