@@ -237,6 +237,37 @@ fn waiters_without_a_cycle_are_left_alone() {
 }
 
 #[test]
+fn a_wait_for_a_sibling_threads_lock_is_no_deadlock() {
+    // Holders are told apart by their blocks' owner tokens: several holders
+    // of one member (once, the second and third shared a token, and a
+    // thread waiting for its sibling looked like one waiting for itself).
+    let (_d, r) = region();
+    let m = Member::connect(r.clone(), "M").unwrap();
+    let mut hs: Vec<Holder> = (0..4).map(|_| m.holder().unwrap()).collect();
+    for (i, j) in [(0, 1), (1, 2), (2, 3), (3, 0)] {
+        let held = hs[i].lock(b"r", Mode::Modify, PATIENCE).unwrap();
+        let mut waiter = hs.remove(j);
+        let t = std::thread::spawn(move || {
+            let id = waiter.lock(b"r", Mode::Modify, PATIENCE);
+            (waiter, id)
+        });
+        until_waiting(&r, 1);
+        let d = deadlock::detect_once(&r, None).unwrap();
+        assert!(
+            d.victims.is_empty() && d.waiting == 1,
+            "holders {i} and {j}: {d:?}"
+        );
+        hs[if i < j { i } else { i - 1 }].unlock(held).unwrap();
+        let (mut waiter, id) = t.join().unwrap();
+        waiter.unlock(id.unwrap()).unwrap();
+        hs.insert(j, waiter);
+    }
+    drop(hs);
+    clean(&r);
+    m.disconnect().unwrap();
+}
+
+#[test]
 fn a_holder_waiting_for_its_own_lock_is_its_own_deadlock() {
     // No promotion: a share holder asking for the resource exclusively
     // waits for itself.

@@ -40,14 +40,17 @@ impl Connection {
     }
 
     pub(crate) fn next_holder_token(&self) -> u64 {
-        // Nonzero, unique within this process; block owners are compared only
-        // with zero and with BLOCK_RETAINED.
-        (crate::connector::identity::current_pid() as u64) << 24
+        // Nonzero (the counter starts at 1), never BLOCK_RETAINED (a PID is
+        // below 2^23), and unique among this connection's holders: the
+        // deadlock detector (`deadlock.rs`) tells holders apart by the owner
+        // of their blocks. (It used to be `pid << 24 | n & 0xffffff | 1`,
+        // which gave holders 2 and 3 the same token: the detector took a
+        // wait for a sibling thread's lock for a wait for the holder's own.)
+        (crate::connector::identity::current_pid() as u64 & 0x7f_ffff) << 40
             | (self
                 .next_holder
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                & 0xff_ffff)
-            | 1
+                & 0xff_ffff_ffff)
     }
 
     /// Is our connector still ours? (A member is cleaned up only if its
