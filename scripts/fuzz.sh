@@ -6,14 +6,14 @@
 # a crash stops the run with the target's reproducer in fuzz/artifacts/.
 #
 # Usage: scripts/fuzz.sh [--short] [SECONDS_PER_TARGET]
-#   --short   about 75 s in all (15 s per target): what CI (.ci/run) runs
+#   --short   about 50 s in all (10 s per target): what CI (.ci/run) runs
 #   default   10 minutes per target
 # Environment: FUZZ_JOBS (parallel targets, default 1), FUZZ_SANITIZER
 # (address, default; "none" for a faster run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=600
-if [ "${1:-}" = "--short" ]; then SECS=15; shift; fi
+if [ "${1:-}" = "--short" ]; then SECS=10; shift; fi
 if [ -n "${1:-}" ]; then SECS=$1; fi
 SAN=${FUZZ_SANITIZER:-address}
 TARGETS="region accounts log history recovery"

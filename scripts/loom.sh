@@ -11,4 +11,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-  cargo test -p cf-core --release --lib loom_models -- --test-threads=1 "$@"
+  cargo test -p cf-core --release --lib loom_models -- --test-threads=2 "$@"

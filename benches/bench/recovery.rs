@@ -20,7 +20,7 @@ use super::stats::Stats;
 use super::Row;
 use anyhow::{bail, Context, Result};
 use cf_core::connector::now_ns;
-use cf_core::events::{self, EventKind};
+use cf_core::events::{self, EventData, EventKind};
 use cf_core::{CreateOptions, Member, Mode, Plex, Region, Sizes};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
@@ -317,11 +317,21 @@ fn one(exe: &Path, region: &Region, plex: &Path, n: u64, pool_mib: usize) -> Res
     loop {
         check_interrupted()?;
         let evs = events::read_since(region, from);
-        let mine = |k: EventKind| evs.iter().find(|e| e.kind == k && e.member == HOLDER);
-        if let Some(f) = mine(EventKind::RestartLightFailed) {
-            bail!("restart light of {HOLDER} failed (status {})", f.a);
+        let mine = |k: EventKind| evs.iter().find(|e| e.kind() == k && e.member == HOLDER);
+        if let Some(EventData::RestartLightFailed { status, .. }) =
+            mine(EventKind::RestartLightFailed).map(|e| e.data)
+        {
+            bail!("restart light of {HOLDER} failed (status {status})");
         }
-        if let Some(done) = mine(EventKind::TerminatedNormally) {
+        let ended = mine(EventKind::TerminatedNormally).and_then(|e| match e.data {
+            EventData::TerminatedNormally {
+                peak_rss_kib,
+                rss_without_region_kib,
+                ..
+            } => Some((e.time_ns, peak_rss_kib, rss_without_region_kib)),
+            _ => None,
+        });
+        if let Some((ended_ns, peak_rss_kib, rss_without_region_kib)) = ended {
             let at = |k: EventKind| {
                 mine(k)
                     .map(|e| e.time_ns.saturating_sub(t0))
@@ -332,7 +342,10 @@ fn one(exe: &Path, region: &Region, plex: &Path, n: u64, pool_mib: usize) -> Res
                         )
                     })
             };
-            let released = mine(EventKind::Released).map_or(0, |e| e.a);
+            let released = match mine(EventKind::Released).map(|e| e.data) {
+                Some(EventData::Released { locks }) => locks,
+                _ => 0,
+            };
             if released != n {
                 bail!("restart light released {released} retained locks, expected {n}");
             }
@@ -342,13 +355,13 @@ fn one(exe: &Path, region: &Region, plex: &Path, n: u64, pool_mib: usize) -> Res
             }
             return Ok(Times {
                 steps,
-                light_rss_kib: done.a,
-                light_own_kib: done.c,
+                light_rss_kib: peak_rss_kib,
+                light_own_kib: rss_without_region_kib,
                 exited,
                 detected: at(EventKind::Detected)?,
                 cleaned: at(EventKind::CleanedUp)?,
                 started: at(EventKind::RestartLightStarted)?,
-                released: done.time_ns.saturating_sub(t0),
+                released: ended_ns.saturating_sub(t0),
             });
         }
         if Instant::now() > deadline {

@@ -120,7 +120,7 @@ use crate::connector::claim::{self, Claim};
 use crate::connector::identity::ProcessId;
 use crate::connector::{self, liveness};
 use crate::error::DeadlockError;
-use crate::events::{self, EventKind};
+use crate::events::{self, EventData};
 use crate::ids::{ConnectorId, EntryIndex, SlotIndex};
 use crate::lock::records::{
     self, Mode, RecordView, Resource, BLOCK_RETAINED, TAG_FREE, TAG_HELD, TAG_PENDING, TAG_URGENT,
@@ -312,17 +312,20 @@ impl Waiter {
             }
         }
         let waited = clock_ns().saturating_sub(r.since_ns.load(Ordering::Relaxed));
-        let entry = r.request.load(Ordering::Relaxed) >> 32;
+        let entry = (r.request.load(Ordering::Relaxed) >> 32) as u32;
         let by = by
             .checked_sub(1)
             .and_then(|b| region.check_member(b).ok())
             .map(|b| connector::name_of(region, b));
         events::record(
             region,
-            EventKind::DeadlockVictim,
             &connector::name_of(region, self.member),
             by.as_deref(),
-            [len as u64, waited, entry],
+            EventData::DeadlockVictim {
+                cycle_length: len as u64,
+                waited_ns: waited,
+                entry,
+            },
         );
         Told { cycle }
     }
@@ -382,6 +385,9 @@ pub(crate) fn wake(region: &Region, entry: EntryIndex) {
 pub struct Waiting {
     /// The waiting holder's member.
     pub member: ConnectorId,
+    /// Its member name, as its slot said when the wait was read (untrusted:
+    /// print it through [`escape`](crate::inspect::escape)).
+    pub name: String,
     /// The waiting holder: its token (the owner of its blocks).
     pub holder: u64,
     /// The waiting request's record slot.
@@ -456,6 +462,7 @@ fn read_wait(
     Some(Node {
         view: Waiting {
             member,
+            name: connector::name_of(region, member),
             holder,
             slot: SlotIndex::new(slot),
             entry,

@@ -212,8 +212,17 @@ pub enum RegionError {
         /// [`LAYOUT_VERSION`](crate::layout::LAYOUT_VERSION).
         expected: u32,
     },
-    /// The file's size is not the one its header gives (or it is shorter
-    /// than the header page).
+    /// The file is shorter than a region header: nothing in it can be read.
+    #[error("{path}: file is {actual} bytes, shorter than a region header ({header} bytes)")]
+    TooShort {
+        /// The file.
+        path: PathBuf,
+        /// Its size in bytes.
+        actual: u64,
+        /// The size of the header, in bytes.
+        header: u64,
+    },
+    /// The file's size is not the one its header gives.
     #[error(
         "{path}: file is {actual} bytes but its header says {expected} (truncated or extended)"
     )]
@@ -550,6 +559,9 @@ pub enum ConnectError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HolderError {
+    /// This connection made 2^32 - 1 holders: reconnect for more.
+    #[error("this connection has made all the holders it can (2^32 - 1): reconnect")]
+    TokensExhausted,
     /// The member's record area has no free block.
     #[error("record area of this member is full ({0} records)")]
     RecordsFull(u32),

@@ -90,6 +90,7 @@
 //! ```
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 // The protocol modules' docs name the private functions that implement each
 // step (read them with `cargo doc --document-private-items`).
 #![allow(rustdoc::private_intra_doc_links)]
@@ -131,7 +132,7 @@ pub use {
     },
     ids::{ConnectorId, EntryIndex, SlotIndex},
     layout::Sizes,
-    lock::records::{Mode, Resource},
+    lock::records::{BadLockMode, LockMode, Mode, Resource},
     member::holder::{Holder, HolderInfo, LockId, TryOutcome, WaitError, TRY_WAIT},
     member::{ConnectMode, DisconnectReport, Member},
     recovery::{cleanup_member, cleanup_member_as, CleanupOutcome, CleanupReport},
@@ -215,6 +216,17 @@ pub mod testing {
         pub fn tag(state: u32, entry: EntryIndex) -> u32 {
             state | entry.get()
         }
+
+        /// The first word of a record body (length, mode code, modify flag;
+        /// no wait ticket) for a resource of `len` bytes held in `mode`.
+        pub fn record_meta(len: usize, mode: crate::Mode) -> u64 {
+            records::meta_word(len, mode)
+        }
+    }
+
+    /// The lock word of `entry` as it is now (0 if out of range).
+    pub fn read_lock_word(region: &Region, entry: EntryIndex) -> crate::lock::word::Word {
+        crate::lock::word::Word(region.word(entry).map_or(0, |w| w.load(Ordering::Acquire)))
     }
 
     /// How often a waiting request may be bypassed before it turns urgent.

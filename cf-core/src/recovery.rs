@@ -55,7 +55,7 @@ use crate::connector::claim::{self, Claim};
 use crate::connector::identity::ProcessId;
 use crate::connector::{self, MemberState, StateWord};
 use crate::error::{CleanupError, CorruptError, Stuck};
-use crate::events::{self, EventKind};
+use crate::events::{self, EventData};
 use crate::ids::ConnectorId;
 use crate::lock::entry::{self, LatchError, LatchWait};
 use crate::lock::records::{self, BLOCK_RETAINED};
@@ -268,30 +268,27 @@ fn announce(
     let by_name = by_name.as_deref();
     events::record_at(
         region,
-        EventKind::Detected,
         &rep.name,
         by_name,
-        [dead_pid as u64, 0, 0],
+        EventData::Detected { pid: dead_pid },
         seen_ns,
     );
     events::record(
         region,
-        EventKind::CleanedUp,
         &rep.name,
         by_name,
-        [
-            rep.released as u64,
-            rep.retained as u64,
-            rep.discarded as u64,
-        ],
+        EventData::CleanedUp {
+            released: rep.released as u64,
+            retained: rep.retained as u64,
+            discarded: rep.discarded as u64,
+        },
     );
     requests::post_claimed(region, c, by, |epoch| {
         events::record(
             region,
-            EventKind::RequestPosted,
             &rep.name,
             by_name,
-            [u64::from(epoch), 0, 0],
+            EventData::RequestPosted { epoch },
         )
     })?;
     Ok(())

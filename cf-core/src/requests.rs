@@ -84,6 +84,7 @@ use crate::connector::latch::ConnectLatch;
 use crate::connector::now_ns;
 use crate::connector::MemberState;
 use crate::error::{CorruptError, RestartRequestError, Stuck};
+use crate::events::{Completion, EventData};
 use crate::ids::ConnectorId;
 use crate::shm::region::Region;
 use crate::shm::slots::{self, RequestEntry};
@@ -249,7 +250,7 @@ fn load_name(e: &RequestEntry) -> String {
 fn bump(region: &Region) {
     let seq = &region.request_header().sequence;
     seq.fetch_add(1, Ordering::AcqRel);
-    crate::lock::futex::wake_all_u32(seq);
+    crate::sync::futex::wake_all_u32(seq);
 }
 
 /// The list's sequence word, to pass to [`wait_for_change`].
@@ -259,7 +260,7 @@ pub fn sequence(region: &Region) -> u32 {
 
 /// Sleep until the list changes from `seen` (or `timeout` passes).
 pub fn wait_for_change(region: &Region, seen: u32, timeout: Duration) {
-    crate::lock::futex::wait_u32(&region.request_header().sequence, seen, timeout);
+    crate::sync::futex::wait_u32(&region.request_header().sequence, seen, timeout);
 }
 
 /// Post a request to restart member `id` (by connector `by`, if a member).
@@ -788,7 +789,7 @@ pub(crate) fn complete_outstanding(
         if now.state == RequestState::Free {
             return Ok(false);
         }
-        if complete_as(region, id, now.epoch, by, by, COMPLETED_BY_OWN_RESTART)? {
+        if complete_as(region, id, now.epoch, by, by, Completion::OwnRestart)? {
             return Ok(true);
         }
     }
@@ -815,23 +816,18 @@ pub fn complete(
     by: &str,
 ) -> Result<bool, RestartRequestError> {
     writable(region, "completing a restart request")?;
-    complete_as(region, id, epoch, member, by, 0)
+    complete_as(region, id, epoch, member, by, Completion::Completed)
 }
 
-/// `recovery_completed`'s `b` when the member's own normal restart
-/// completed the request, just before it became ACTIVE
-/// ([`complete_outstanding`]): a death after it is a new failure. (`b` = 1
-/// is a completion a handler records for its killed restart light.)
-pub const COMPLETED_BY_OWN_RESTART: u64 = 2;
-
-/// [`complete`], recording `how` as the event's `b`.
+/// [`complete`], recording `how` in the event (the member's own normal
+/// restart, [`complete_outstanding`], records [`Completion::OwnRestart`]).
 fn complete_as(
     region: &Region,
     id: ConnectorId,
     epoch: u32,
     member: &str,
     by: &str,
-    how: u64,
+    how: Completion,
 ) -> Result<bool, RestartRequestError> {
     let e = region.request(id)?;
     let now = load(id, e)?;
@@ -858,10 +854,9 @@ fn complete_as(
     };
     crate::events::record(
         region,
-        crate::events::EventKind::RecoveryCompleted,
         name,
         Some(by),
-        [epoch as u64, how, 0],
+        EventData::RecoveryCompleted { epoch, how },
     );
     bump(region);
     Ok(true)

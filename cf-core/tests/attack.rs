@@ -304,12 +304,7 @@ fn forge_record(
     mode: Mode,
     state: u32,
 ) {
-    let (m, flags) = match mode {
-        Mode::Share => (0u64, 0u64),
-        Mode::Exclusive => (1, 0),
-        Mode::Modify => (1, 1),
-    };
-    testing::write_record_word(r, member, slot, 0, res.len() as u64 | m << 8 | flags << 16);
+    testing::write_record_word(r, member, slot, 0, forge::record_meta(res.len(), mode));
     for (i, chunk) in res.chunks(8).enumerate() {
         let mut b = [0u8; 8];
         b[..chunk.len()].copy_from_slice(chunk);

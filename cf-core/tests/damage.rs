@@ -299,7 +299,7 @@ fn record_body_with_bad_length_or_mode_is_a_typed_error() {
             (65, "resource length 65"),
             (0xff, "resource length 255"),
             (len | 7 << 8, "mode 7 flags 0"),
-            (len | 1 << 16, "mode 0 flags 1"),
+            (len | 6 << 8 | 1 << 16, "mode 6 flags 1"),
             (len | 1 << 8 | 0x80 << 16, "mode 1 flags 128"),
         ];
         for (meta, what) in cases {
@@ -765,7 +765,7 @@ fn tag_value() -> impl Strategy<Value = u32> {
 fn meta_value() -> impl Strategy<Value = u64> {
     prop_oneof![
         any::<u64>(),
-        (0u64..70, 0u64..3, 0u64..3).prop_map(|(len, m, f)| len | m << 8 | f << 16),
+        (0u64..70, 0u64..8, 0u64..3).prop_map(|(len, m, f)| len | m << 8 | f << 16),
     ]
 }
 

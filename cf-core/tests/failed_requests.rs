@@ -148,7 +148,7 @@ fn a_retry_racing_a_self_recovery_loses_the_completion() {
 
     let completions = events::read_since(&r, since)
         .into_iter()
-        .filter(|e| e.kind == EventKind::RecoveryCompleted)
+        .filter(|e| e.kind() == EventKind::RecoveryCompleted)
         .count();
     let (posted, done) = requests::totals(&r);
     let outstanding = requests::list(&r).unwrap();

@@ -11,7 +11,7 @@
 //! lasts a few instructions in a real process; forging it makes the window
 //! deterministic. The forging follows the current record encoding
 //! (`records.rs`: tag `[state:2][entry:30]`, HELD = 2 << 30; body word 0 =
-//! `len | mode << 8 | flags << 16`, words 1.. the resource bytes little-endian):
+//! `forge::record_meta`, words 1.. the resource bytes little-endian):
 //! a protocol that changes how a half-made request looks in the region must
 //! update [`forge_half_made`] to keep these tests meaningful.
 
@@ -115,12 +115,7 @@ fn forge_half_made(r: &Region, member: ConnectorId, slot: SlotIndex, res: &[u8],
         !slot_in_use(r, member, slot),
         "test setup: slot {slot} of connector {member} is in use"
     );
-    let (m, flags) = match mode {
-        Mode::Share => (0u64, 0u64),
-        Mode::Exclusive => (1, 0),
-        Mode::Modify => (1, 1),
-    };
-    testing::write_record_word(r, member, slot, 0, res.len() as u64 | m << 8 | flags << 16);
+    testing::write_record_word(r, member, slot, 0, forge::record_meta(res.len(), mode));
     for (i, chunk) in res.chunks(8).enumerate() {
         let mut b = [0u8; 8];
         b[..chunk.len()].copy_from_slice(chunk);
@@ -369,7 +364,7 @@ fn hole6a_a_late_completion_does_not_complete_a_newer_request_for_the_slot() {
         let reqs = requests::list(&r).unwrap();
         let completed: Vec<String> = events::read_since(&r, since)
             .into_iter()
-            .filter(|e| e.kind == EventKind::RecoveryCompleted)
+            .filter(|e| e.kind() == EventKind::RecoveryCompleted)
             .map(|e| e.member)
             .collect();
         assert!(
@@ -555,7 +550,7 @@ fn a_new_failure_of_a_reused_slot_gets_its_own_request() {
         assert_eq!(requests::list(&r).unwrap().len(), 1);
         let completed: Vec<String> = events::read_since(&r, since)
             .into_iter()
-            .filter(|e| e.kind == EventKind::RecoveryCompleted)
+            .filter(|e| e.kind() == EventKind::RecoveryCompleted)
             .map(|e| e.member)
             .collect();
         assert_eq!(completed, ["A"], "A's recovery completed exactly once");

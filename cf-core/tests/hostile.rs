@@ -4,7 +4,7 @@
 //! counters read from the region never overflow, and FAILED restart
 //! requests are not claimed again until re-posted.
 
-use cf_core::events::{self, EventKind};
+use cf_core::events::{self, EventData};
 use cf_core::requests::{self, ClaimOutcome, RequestState};
 use cf_core::testing::forge;
 use cf_core::ConnectorId;
@@ -156,7 +156,7 @@ fn a_read_only_region_serves_every_view_and_refuses_writers() {
     assert!(ro_err(requests::post(&ro, c0, None, |_| {}).map(|_| ())));
     assert!(!cf_core::connector::liveness::mark_missing(&ro, c0, 0));
     assert!(cf_core::connector::liveness::register_this_thread(&ro, c0, 1).is_err());
-    events::record(&ro, EventKind::Connected, "X", None, [0; 3]); // skipped, no fault
+    events::record(&ro, "X", None, EventData::Connected { pid: 0 }); // skipped, no fault
     a.disconnect().unwrap();
 }
 
@@ -165,11 +165,11 @@ fn an_event_counter_at_the_end_of_u64_is_damage_and_never_wraps() {
     let t = tempfile::tempdir().unwrap();
     let plex = plex_in(t.path());
     let r = create(&plex);
-    events::record(&r, EventKind::Connected, "A", None, [1, 0, 0]);
+    events::record(&r, "A", None, EventData::Connected { pid: 1 });
     let head_at = r.layout().events;
     poke(&plex, head_at, &u64::MAX.to_le_bytes());
     // Recording on it changes nothing (no `seq + 1` overflow) ...
-    events::record(&r, EventKind::Connected, "B", None, [2, 0, 0]);
+    events::record(&r, "B", None, EventData::Connected { pid: 2 });
     assert_eq!(events::next_seq(&r), u64::MAX);
     // ... and readers and verify say it is damaged instead of "no events".
     assert!(events::check(&r).is_err());
@@ -177,6 +177,43 @@ fn an_event_counter_at_the_end_of_u64_is_damage_and_never_wraps() {
         inspect::verify(&r)
             .iter()
             .any(|p| p.contains("event counter")),
+        "{:?}",
+        inspect::verify(&r)
+    );
+}
+
+#[test]
+fn an_event_payload_out_of_range_is_skipped_and_reported() {
+    let t = tempfile::tempdir().unwrap();
+    let plex = plex_in(t.path());
+    let r = create(&plex);
+    events::record(&r, "A", None, EventData::Connected { pid: 1 });
+    events::record(
+        &r,
+        "A",
+        Some("B"),
+        EventData::Fenced {
+            heartbeat_age_ms: 10,
+            pid: 1,
+            by_operator: false,
+        },
+    );
+    assert_eq!(events::read_all(&r).len(), 2);
+    // Event 1's PID word (its payload's second, 24 + 8 bytes into the slot
+    // after the ring's header page) beyond u32::MAX.
+    let pid_at = r.layout().events + 4096 + cf_core::layout::EVENT_SIZE + 32;
+    poke(&plex, pid_at, &(u64::from(u32::MAX) + 1).to_le_bytes());
+    // Readers skip it (no panic, no PID cut to 32 bits) ...
+    let left = events::read_all(&r);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].data, EventData::Connected { pid: 1 });
+    // ... and `display events` and verify report it.
+    let err = events::check(&r).unwrap_err().to_string();
+    assert!(err.contains("no fenced data"), "{err}");
+    assert!(
+        inspect::verify(&r)
+            .iter()
+            .any(|p| p.contains("slot 1 (event 1)")),
         "{:?}",
         inspect::verify(&r)
     );

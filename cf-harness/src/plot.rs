@@ -243,10 +243,10 @@ pub fn recovery_steps(
     let after: Vec<&Event> = events
         .values()
         .filter(|e| e.member == name && e.time_ns + 5_000_000 >= death_ns)
-        .take_while(|e| !(e.kind == EventKind::Connected && e.time_ns > death_ns))
+        .take_while(|e| !(e.kind() == EventKind::Connected && e.time_ns > death_ns))
         .collect();
     for (kind, label) in crate::sim::check::STEPS {
-        if let Some(e) = after.iter().find(|e| e.kind == kind) {
+        if let Some(e) = after.iter().find(|e| e.kind() == kind) {
             out.push((label, e.time_ns.saturating_sub(death_ns) as f64 / 1e6));
         }
     }

@@ -1,7 +1,7 @@
 //! `cf-node`: one member process, in normal (`run`) or light (`restart-light`) mode.
 
 use anyhow::{Context, Result};
-use cf_core::events::{self, EventKind};
+use cf_core::events::{self, EventData, EventKind};
 use cf_core::{Member, Plex, ProcessId, Region};
 use cf_node::bank::{Bank, BankConfig, Skew, KINDS};
 use cf_node::bufpool::{peak_rss_kib, BufferPool};
@@ -291,7 +291,7 @@ fn run(a: RunArgs) -> Result<()> {
         Ok(stopped) => {
             liveness.stop();
             member.disconnect()?;
-            events::record(&region, EventKind::Disconnected, &name, None, [0, 0, 0]);
+            events::record(&region, &name, None, EventData::Disconnected);
             print_summary(&a, &region, &stopped);
             Ok(())
         }
@@ -365,10 +365,12 @@ fn run_connected(
         if rep.backout.transactions > 0 || rep.released > 0 {
             events::record(
                 &region,
-                EventKind::RecoveredAtRestart,
                 &a.member,
                 Some(&a.member),
-                [rep.backout.transactions, rep.released, 0],
+                EventData::RecoveredAtRestart {
+                    transactions: rep.backout.transactions,
+                    locks: rep.released,
+                },
             );
         }
     }
@@ -380,10 +382,11 @@ fn run_connected(
     // Recorded after any self-recovery, so the events of the previous life come first.
     events::record(
         &region,
-        EventKind::Connected,
         &a.member,
         None,
-        [std::process::id() as u64, 0, 0],
+        EventData::Connected {
+            pid: std::process::id(),
+        },
     );
     let monitor = Arc::new(Monitor {
         region: region.clone(),
@@ -521,7 +524,7 @@ fn print_summary(a: &RunArgs, region: &Region, s: &Stopped) {
     // `detected` with this member as `by`.
     let detected_events = events::read_since(region, s.first_event)
         .iter()
-        .filter(|e| e.kind == EventKind::Detected && e.by.as_deref() == Some(a.member.as_str()))
+        .filter(|e| e.kind() == EventKind::Detected && e.by.as_deref() == Some(a.member.as_str()))
         .count() as u64;
     let detections = detected_events.max(s.monitor.detections.load(Ordering::Relaxed));
     let stats = s.bank.as_ref().map(|b| &b.stats);

@@ -34,7 +34,7 @@ use crate::pidfd;
 use cf_core::connector::liveness::{self, Isolate, Settings, Status};
 use cf_core::connector::{now_ns, slot_view};
 use cf_core::deadlock;
-use cf_core::events::{self, EventKind};
+use cf_core::events::{self, Completion, EventData};
 use cf_core::requests::{self, ClaimOutcome, RequestState};
 use cf_core::{cleanup_member_as, CleanupOutcome, ConnectorId, MemberState, ProcessId, Region};
 use std::collections::{HashMap, HashSet};
@@ -282,10 +282,11 @@ impl Monitor {
                     if !marked && liveness::mark_missing(&self.region, id, seen) {
                         events::record(
                             &self.region,
-                            EventKind::StatusUpdateMissing,
                             &slot.name,
                             Some(&self.me_name),
-                            [age_ms, 0, 0],
+                            EventData::StatusUpdateMissing {
+                                heartbeat_age_ms: age_ms,
+                            },
                         );
                     }
                     if s.isolate != Isolate::AtOnce {
@@ -330,10 +331,13 @@ impl Monitor {
             liveness::fence_confirmed(&self.region, slot.id, slot.generation, seen, |age_ms, p| {
                 events::record(
                     &self.region,
-                    EventKind::Fenced,
                     &slot.name,
                     Some(&self.me_name),
-                    [age_ms, p.pid as u64, 0],
+                    EventData::Fenced {
+                        heartbeat_age_ms: age_ms,
+                        pid: p.pid,
+                        by_operator: false,
+                    },
                 )
             });
         if let Err(e) = r {
@@ -410,10 +414,9 @@ impl Monitor {
         let _ = requests::post(&self.region, id, Some(self.me_id), |epoch| {
             events::record(
                 &self.region,
-                EventKind::RequestPosted,
                 name,
                 Some(&self.me_name),
-                [u64::from(epoch), 0, 0],
+                EventData::RequestPosted { epoch },
             )
         });
     }
@@ -425,15 +428,18 @@ impl Monitor {
     /// was recorded since our claim (`since`), record it for the light.
     fn record_lost_completion(&self, name: &str, epoch: u32, since: u64) {
         let recorded = events::read_since(&self.region, since).iter().any(|e| {
-            e.kind == EventKind::RecoveryCompleted && e.member == name && e.a == epoch as u64
+            e.member == name
+                && matches!(e.data, EventData::RecoveryCompleted { epoch: done, .. } if done == epoch)
         });
         if !recorded {
             events::record(
                 &self.region,
-                EventKind::RecoveryCompleted,
                 name,
                 Some(&self.me_name),
-                [epoch as u64, 1, 0],
+                EventData::RecoveryCompleted {
+                    epoch,
+                    how: Completion::ForKilledLight,
+                },
             );
         }
     }
@@ -509,10 +515,12 @@ impl Monitor {
             Ok(ClaimOutcome::Claimed { taken_over, epoch }) => {
                 events::record(
                     &self.region,
-                    EventKind::Claimed,
                     &name,
                     Some(&self.me_name),
-                    [self.me.pid as u64, taken_over as u64, 0],
+                    EventData::Claimed {
+                        pid: self.me.pid,
+                        taken_over,
+                    },
                 );
                 cf_core::crash::point("handler.claimed");
                 self.handle(id, epoch, &name);
@@ -614,10 +622,13 @@ impl Monitor {
                 }
                 events::record(
                     &self.region,
-                    EventKind::RestartLightFailed,
                     name,
                     Some(&self.me_name),
-                    [last_code, failures, u64::from(marked)],
+                    EventData::RestartLightFailed {
+                        status: last_code,
+                        failures,
+                        gave_up: marked,
+                    },
                 );
                 return;
             }
@@ -676,10 +687,13 @@ impl Monitor {
                     if failures <= MAX_FAILURE_EVENTS {
                         events::record(
                             &self.region,
-                            EventKind::RestartLightFailed,
                             name,
                             Some(&self.me_name),
-                            [code, failures, 0],
+                            EventData::RestartLightFailed {
+                                status: code,
+                                failures,
+                                gave_up: false,
+                            },
                         );
                     }
                 }

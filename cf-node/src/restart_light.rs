@@ -6,7 +6,7 @@
 //! reports its peak RSS.
 
 use crate::recover::{recover, Step};
-use cf_core::events::{self, EventKind};
+use cf_core::events::{self, EventData};
 use cf_core::{ConnectError, ConnectMode, Member, Plex, Region};
 use std::path::Path;
 use std::sync::Arc;
@@ -58,10 +58,11 @@ fn run_on(
     let t0 = Instant::now();
     events::record(
         region,
-        EventKind::RestartLightStarted,
         member,
         by,
-        [std::process::id() as u64, 0, 0],
+        EventData::RestartLightStarted {
+            pid: std::process::id(),
+        },
     );
     // Name ourselves as the request's worker at once (our claimer may die
     // before it does), so no other member starts a second restart light.
@@ -101,14 +102,19 @@ fn run_on(
     let report = recover(&m, plex_dir, |step| match step {
         Step::BackedOut(b) => events::record(
             region,
-            EventKind::BackedOut,
             member,
             Some(member),
-            [b.transactions, b.updates_undone, 0],
+            EventData::BackedOut {
+                transactions: b.transactions,
+                updates_undone: b.updates_undone,
+            },
         ),
-        Step::Released(n) => {
-            events::record(region, EventKind::Released, member, Some(member), [n, 0, 0])
-        }
+        Step::Released(n) => events::record(
+            region,
+            member,
+            Some(member),
+            EventData::Released { locks: n },
+        ),
     })?;
     // The request this recovery completes: the one outstanding now, while we
     // hold the member's slot (no newer failure of it can be posted meanwhile).
@@ -120,10 +126,13 @@ fn run_on(
     let elapsed = t0.elapsed().as_nanos() as u64;
     events::record(
         region,
-        EventKind::TerminatedNormally,
         member,
         Some(member),
-        [peak, elapsed, own],
+        EventData::TerminatedNormally {
+            peak_rss_kib: peak,
+            elapsed_ns: elapsed,
+            rss_without_region_kib: own,
+        },
     );
     if let Some((id, epoch)) = request {
         cf_core::requests::complete(region, id, epoch, member, member)?;

@@ -63,7 +63,7 @@ fn a_stopped_member_is_fenced_after_the_interval_and_recovered() {
         .events()
         .into_iter()
         .filter(|e| e.seq >= since && e.member == "V")
-        .map(|e| e.kind)
+        .map(|e| e.kind())
         .filter(|k| {
             matches!(
                 k,
@@ -293,7 +293,7 @@ fn a_member_killed_before_its_liveness_word_is_detected_by_the_backstop() {
     let d: Vec<_> = plex
         .events()
         .into_iter()
-        .filter(|e| e.seq >= since && e.member == "V" && e.kind == EventKind::Detected)
+        .filter(|e| e.seq >= since && e.member == "V" && e.kind() == EventKind::Detected)
         .collect();
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].by.as_deref(), Some("S"));

@@ -9,7 +9,7 @@
 //! with a deadline that only turns a hang into a failure; processes are
 //! killed and reaped, and the plex removed, on drop (also on failure).
 
-use cf_core::events::EventKind;
+use cf_core::events::{EventData, EventKind};
 #[cfg(feature = "crash-points")]
 use cf_core::{Member, Mode, TryOutcome};
 use cf_node::history;
@@ -278,12 +278,15 @@ fn a_member_restarted_over_its_own_torn_log_recovers_itself() {
     let ev: Vec<_> = plex
         .events()
         .into_iter()
-        .filter(|e| e.seq >= since && e.kind == EventKind::RecoveredAtRestart)
+        .filter(|e| e.seq >= since && e.kind() == EventKind::RecoveredAtRestart)
         .collect();
     assert_eq!(ev.len(), 1, "{}", plex.dump());
     assert_eq!(
-        (ev[0].a, ev[0].b),
-        (1, 2),
+        ev[0].data,
+        EventData::RecoveredAtRestart {
+            transactions: 1,
+            locks: 2
+        },
         "one transfer backed out, two locks released"
     );
     plex.wait("V to commit after its restart", || {

@@ -12,7 +12,7 @@
 //!
 //! The tests start several processes each, so they run one at a time.
 
-use cf_core::events::EventKind;
+use cf_core::events::{Event, EventData, EventKind};
 use cf_core::ConnectorId;
 use cf_core::{AcquireError, DisconnectError, HolderError, Member, Mode, TryOutcome, UnlockError};
 use cf_node::bank::Rng;
@@ -115,7 +115,11 @@ fn a_member_killed_inside_a_transaction_is_recovered_by_restart_light() {
         plex.count_events("V", since, EventKind::RecoveryCompleted) == 1
     });
     let ev = plex.assert_clean_recovery("V", since, 1, Some(2));
-    assert_eq!(ev[0].a, v.pid() as u64, "detected: the dead process's pid");
+    assert_eq!(
+        ev[0].data,
+        EventData::Detected { pid: v.pid() },
+        "detected: the dead process's pid"
+    );
     plex.wait("V to be gone", || plex.is_recovered("V", Some(v_id)));
     assert!(plex.requests().is_empty(), "{}", plex.dump());
     assert!(plex.retained_of("V").is_empty());
@@ -156,7 +160,7 @@ fn two_members_killed_at_once_are_both_recovered() {
             plex.count_events(name, since, EventKind::RecoveryCompleted) == 1
         });
         let ev = plex.assert_clean_recovery(name, since, 1, Some(2));
-        assert_eq!(ev[0].a, pids[i] as u64);
+        assert_eq!(ev[0].data, EventData::Detected { pid: pids[i] });
         plex.wait("the victims to be gone", || {
             plex.is_recovered(name, Some(ids[i]))
         });
@@ -204,7 +208,7 @@ fn a_restarter_killed_after_claiming_is_taken_over() {
         });
     }
     let ev = plex.recovery_events("V", since);
-    let kinds: Vec<EventKind> = ev.iter().map(|e| e.kind).collect();
+    let kinds: Vec<EventKind> = ev.iter().map(|e| e.kind()).collect();
     use EventKind::*;
     assert_eq!(
         kinds,
@@ -223,24 +227,43 @@ fn a_restarter_killed_after_claiming_is_taken_over() {
         "{}",
         plex.dump()
     );
+    let taken_over = |e: &Event| match e.data {
+        EventData::Claimed { taken_over, .. } => Some(taken_over),
+        _ => None,
+    };
     assert_eq!(
-        (ev[3].by.as_deref(), ev[3].b),
-        (Some("S1"), 0),
+        (ev[3].by.as_deref(), taken_over(&ev[3])),
+        (Some("S1"), Some(false)),
         "first claim"
     );
     assert_eq!(
-        (ev[4].by.as_deref(), ev[4].b),
-        (Some("S2"), 1),
+        (ev[4].by.as_deref(), taken_over(&ev[4])),
+        (Some("S2"), Some(true)),
         "taken over from the dead claimer"
     );
     assert_eq!(ev[5].by.as_deref(), Some("S2"));
-    assert!(ev[6].a >= 1, "V's transfer backed out");
-    assert_eq!(ev[7].a, held.len() as u64);
+    assert!(
+        matches!(
+            ev[6].data,
+            EventData::BackedOut {
+                transactions: 1..,
+                ..
+            }
+        ),
+        "V's transfer backed out: {:?}",
+        ev[6].data
+    );
+    assert_eq!(
+        ev[7].data,
+        EventData::Released {
+            locks: held.len() as u64
+        }
+    );
 
     // The dead restarter is recovered like any member, by S2.
     let ev = plex.assert_clean_recovery("S1", since, 0, None);
     assert_eq!(ev[0].by.as_deref(), Some("S2"));
-    assert_eq!(ev[0].a, s1.pid() as u64);
+    assert_eq!(ev[0].data, EventData::Detected { pid: s1.pid() });
 
     plex.wait("V and S1 to be gone", || {
         plex.is_recovered("V", Some(v_id)) && plex.is_recovered("S1", Some(s1_id))
@@ -288,13 +311,20 @@ fn restart_light_killed_at(point: &str) {
     let ev = plex.recovery_events("V", since);
     let failed: Vec<_> = ev
         .iter()
-        .filter(|e| e.kind == EventKind::RestartLightFailed)
+        .filter(|e| e.kind() == EventKind::RestartLightFailed)
         .collect();
     assert_eq!(failed.len(), 1, "{}", plex.dump());
-    assert_eq!(failed[0].a, 128 + libc::SIGKILL as u64, "killed by SIGKILL");
+    assert!(
+        matches!(
+            failed[0].data,
+            EventData::RestartLightFailed { status, .. } if status == 128 + libc::SIGKILL as u64
+        ),
+        "killed by SIGKILL: {:?}",
+        failed[0].data
+    );
     let claimers: Vec<_> = ev
         .iter()
-        .filter(|e| e.kind == EventKind::Claimed)
+        .filter(|e| e.kind() == EventKind::Claimed)
         .map(|e| e.by.clone())
         .collect();
     assert_eq!(claimers.len(), 1, "one claim: {}", plex.dump());
@@ -303,7 +333,7 @@ fn restart_light_killed_at(point: &str) {
     let terminated = plex.count_events("V", since, EventKind::TerminatedNormally);
     let completed: Vec<_> = ev
         .iter()
-        .filter(|e| e.kind == EventKind::RecoveryCompleted)
+        .filter(|e| e.kind() == EventKind::RecoveryCompleted)
         .map(|e| e.by.clone())
         .collect();
     if point == "restart_light.disconnected" {
@@ -322,8 +352,10 @@ fn restart_light_killed_at(point: &str) {
         // What the second restart light released: whatever the first left.
         let released: Vec<u64> = ev
             .iter()
-            .filter(|e| e.kind == EventKind::Released)
-            .map(|e| e.a)
+            .filter_map(|e| match e.data {
+                EventData::Released { locks } => Some(locks),
+                _ => None,
+            })
             .collect();
         let expect: &[u64] = match point {
             "restart_light.released_some" => &[1],
@@ -514,8 +546,10 @@ fn restart_light_killed_at_random_moments() {
         let failed: Vec<u64> = plex
             .recovery_events(&name, since)
             .iter()
-            .filter(|e| e.kind == EventKind::RestartLightFailed)
-            .map(|e| e.a)
+            .filter_map(|e| match e.data {
+                EventData::RestartLightFailed { status, .. } => Some(status),
+                _ => None,
+            })
             .collect();
         assert_eq!(
             failed,
@@ -588,7 +622,7 @@ fn all_members_killed_at_once_are_recovered_by_the_next_to_start() {
         });
         let (min, released) = if name == "A" { (1, Some(2)) } else { (0, None) };
         let ev = plex.assert_clean_recovery(name, since, min, released);
-        assert_eq!(ev[0].a, pids[i] as u64);
+        assert_eq!(ev[0].data, EventData::Detected { pid: pids[i] });
         assert_eq!(ev[0].by.as_deref(), Some("D"), "detected by the newcomer");
         assert_eq!(ev[3].by.as_deref(), Some("D"), "claimed by the newcomer");
     }
@@ -632,7 +666,7 @@ fn a_member_whose_pid_is_reused_is_treated_as_dead_by_a_watching_monitor() {
     });
     let ev = plex.assert_clean_recovery("X", since, 0, Some(0));
     assert_eq!(ev[0].by.as_deref(), Some("Y"), "detected by Y");
-    assert_eq!(ev[0].a, x.pid() as u64);
+    assert_eq!(ev[0].data, EventData::Detected { pid: x.pid() });
     assert_eq!(ev[3].by.as_deref(), Some("Y"), "claimed by Y");
 
     // X's process still runs, unaware; its next member operation fails.
@@ -683,7 +717,12 @@ fn a_process_with_a_members_pid_but_another_start_time_is_not_taken_for_it() {
     });
     let ev = plex.assert_clean_recovery("P", since, 0, Some(1));
     assert_eq!(ev[0].by.as_deref(), Some("Z"));
-    assert_eq!(ev[0].a, std::process::id() as u64);
+    assert_eq!(
+        ev[0].data,
+        EventData::Detected {
+            pid: std::process::id()
+        }
+    );
 
     // This process is still running with its `Member`: member operations
     // fail, its lock was released by restart light.

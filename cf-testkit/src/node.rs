@@ -8,7 +8,7 @@
 //! (with a dump of the plex); no test asserts how fast anything happens.
 
 use cf_core::connector::liveness;
-use cf_core::events::{self, Event, EventKind};
+use cf_core::events::{self, Event, EventData, EventKind};
 use cf_core::inspect::{self, LockView, MemberView};
 use cf_core::requests::{self, RequestView};
 use cf_core::ConnectorId;
@@ -145,7 +145,7 @@ impl TestPlex {
     pub fn count_any(&self, name: &str, since: u64, kind: EventKind) -> usize {
         self.events()
             .iter()
-            .filter(|e| e.seq >= since && e.member == name && e.kind == kind)
+            .filter(|e| e.seq >= since && e.member == name && e.kind() == kind)
             .count()
     }
 
@@ -237,14 +237,14 @@ impl TestPlex {
     pub fn recovery_events(&self, name: &str, since: u64) -> Vec<Event> {
         events::read_since(&self.region, since)
             .into_iter()
-            .filter(|e| e.member == name && RECOVERY_KINDS.contains(&e.kind))
+            .filter(|e| e.member == name && RECOVERY_KINDS.contains(&e.kind()))
             .collect()
     }
 
     pub fn count_events(&self, name: &str, since: u64, kind: EventKind) -> usize {
         self.recovery_events(name, since)
             .iter()
-            .filter(|e| e.kind == kind)
+            .filter(|e| e.kind() == kind)
             .count()
     }
 
@@ -394,14 +394,12 @@ impl TestPlex {
         s += "--- events\n";
         for e in events::read_all(&self.region) {
             s += &format!(
-                "  #{} {} {} by {:?} a={} b={} c={}\n",
+                "  #{} {} {} by {:?} {:?}\n",
                 e.seq,
-                e.kind.as_str(),
+                e.kind().as_str(),
                 e.member,
                 e.by,
-                e.a,
-                e.b,
-                e.c
+                e.data
             );
         }
         s
@@ -461,7 +459,7 @@ impl TestPlex {
         released: Option<u64>,
     ) -> Vec<Event> {
         let ev = self.recovery_events(name, since);
-        let kinds: Vec<EventKind> = ev.iter().map(|e| e.kind).collect();
+        let kinds: Vec<EventKind> = ev.iter().map(|e| e.kind()).collect();
         assert_eq!(
             kinds,
             [
@@ -478,26 +476,41 @@ impl TestPlex {
             "recovery events of {name}\n{}",
             self.dump()
         );
-        let by = |k: EventKind| ev.iter().find(|e| e.kind == k).unwrap();
+        let by = |k: EventKind| ev.iter().find(|e| e.kind() == k).unwrap();
         let claimer = by(EventKind::Claimed)
             .by
             .clone()
             .expect("claimed by someone");
         assert_ne!(claimer, name, "a member cannot claim its own death");
-        assert_eq!(by(EventKind::Claimed).b, 0, "not a takeover");
+        assert!(
+            matches!(
+                by(EventKind::Claimed).data,
+                EventData::Claimed {
+                    taken_over: false,
+                    ..
+                }
+            ),
+            "not a takeover"
+        );
         assert_eq!(
             by(EventKind::RestartLightStarted).by.as_deref(),
             Some(claimer.as_str()),
             "restart light started by its claimer"
         );
         assert!(by(EventKind::Detected).by.is_some());
+        let EventData::BackedOut { transactions, .. } = by(EventKind::BackedOut).data else {
+            unreachable!("found by its kind")
+        };
         assert!(
-            by(EventKind::BackedOut).a >= min_backed_out,
-            "{name}: backed out {} transactions, expected at least {min_backed_out}",
-            by(EventKind::BackedOut).a
+            transactions >= min_backed_out,
+            "{name}: backed out {transactions} transactions, expected at least {min_backed_out}"
         );
         if let Some(n) = released {
-            assert_eq!(by(EventKind::Released).a, n, "{name}: locks released");
+            assert_eq!(
+                by(EventKind::Released).data,
+                EventData::Released { locks: n },
+                "{name}: locks released"
+            );
         }
         ev
     }

@@ -18,13 +18,9 @@ pub struct DetectArgs {
     pub json: bool,
 }
 
-fn name(region: &Region, w: &Waiting) -> String {
-    cf_core::connector::slot_view(region, w.member).map_or_else(|_| String::new(), |s| s.name)
-}
-
-fn waiting_json(region: &Region, w: &Waiting) -> Value {
-    json!({ "member": name(region, w), "id": w.member, "holder": w.holder,
-            "resource": w.resource.display(), "mode": w.mode.as_str(), "entry": w.entry })
+fn waiting_json(w: &Waiting) -> Value {
+    json!({ "member": escape(&w.name), "id": w.member, "holder": w.holder,
+            "resource": escape(&w.resource.display()), "mode": w.mode.as_str(), "entry": w.entry })
 }
 
 pub fn detect(plex: &Plex, a: DetectArgs) -> Result<ExitCode> {
@@ -35,9 +31,9 @@ pub fn detect(plex: &Plex, a: DetectArgs) -> Result<ExitCode> {
             .victims
             .iter()
             .map(|v| {
-                let mut o = waiting_json(&region, &v.waiting);
+                let mut o = waiting_json(&v.waiting);
                 o["waited_ns"] = json!(v.waited.as_nanos() as u64);
-                o["cycle"] = v.cycle.iter().map(|w| waiting_json(&region, w)).collect();
+                o["cycle"] = v.cycle.iter().map(waiting_json).collect();
                 o
             })
             .collect();
@@ -68,7 +64,7 @@ pub fn detect(plex: &Plex, a: DetectArgs) -> Result<ExitCode> {
             .map(|w| {
                 format!(
                     "{} ({} {})",
-                    escape(&name(&region, w)),
+                    escape(&w.name),
                     w.mode,
                     escape(&w.resource.display())
                 )
@@ -76,7 +72,7 @@ pub fn detect(plex: &Plex, a: DetectArgs) -> Result<ExitCode> {
             .collect();
         outln!(
             "victim {}: waited {} ms; cycle {}",
-            escape(&name(&region, &v.waiting)),
+            escape(&v.waiting.name),
             v.waited.as_millis(),
             cycle.join(" -> ")
         );

@@ -78,7 +78,7 @@ fn wait_event(
     loop {
         if let Some(e) = events::read_since(region, from)
             .into_iter()
-            .find(|e| e.kind == kind && e.member == member)
+            .find(|e| e.kind() == kind && e.member == member)
         {
             return Ok(e);
         }

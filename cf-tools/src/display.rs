@@ -502,7 +502,8 @@ fn locks(list: Vec<LockView>, json: bool, empty: &str) {
             .map(|l| {
                 json!({
                     "member": escape(&l.member), "member_id": l.member_id, "resource": escape(&l.resource),
-                    "mode": l.mode.as_str(), "entry": l.entry, "slot": l.slot,
+                    "mode": l.mode.as_str(), "lock_mode": l.mode.lock_mode().as_str(),
+                    "modify": l.mode.is_modify(), "entry": l.entry, "slot": l.slot,
                     "state": lock_state(l),
                 })
             })
@@ -544,7 +545,9 @@ fn contention(region: &Region, a: &DisplayArgs, seen: &mut Seen) -> Result<()> {
     }
     by_res.retain(|_, v| {
         v.iter().any(|l| !l.held || l.retained)
-            || v.len() > 1 && v.iter().any(|l| l.mode != cf_core::Mode::Share)
+            || v.iter()
+                .enumerate()
+                .any(|(i, a)| v[i + 1..].iter().any(|b| !a.mode.compatible(b.mode)))
     });
     let now = Instant::now();
     let mut keep = HashMap::new();

@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Result};
 use cf_core::connector::liveness::{self, Fence};
-use cf_core::events::{self, EventKind};
+use cf_core::events::{self, EventData};
 use cf_core::{inspect, Plex, Region};
 use cf_harness::{exit, outln};
 use clap::Args;
@@ -37,10 +37,13 @@ pub fn run(plex: &Plex, a: FenceArgs) -> Result<ExitCode> {
     let out = liveness::fence(&region, m.id, m.generation, interval, a.force, |age, p| {
         events::record(
             &region,
-            EventKind::Fenced,
             &a.member,
             Some("operator"),
-            [age, p.pid as u64, 1],
+            EventData::Fenced {
+                heartbeat_age_ms: age,
+                pid: p.pid,
+                by_operator: true,
+            },
         )
     })?;
     let (word, code) = match out {

@@ -1,7 +1,7 @@
 //! `hold`, `try`, `cleanup`: lock requests from the command line.
 
 use anyhow::{bail, Context, Result};
-use cf_core::{HolderInfo, LockId, Member, Mode, Plex, Region, TryOutcome, WaitError};
+use cf_core::{HolderInfo, LockId, LockMode, Member, Mode, Plex, Region, TryOutcome, WaitError};
 use cf_harness::outln;
 use clap::Args;
 use serde_json::{json, Value};
@@ -23,6 +23,14 @@ pub struct HoldArgs {
     /// Resource to hold exclusively for modification (repeatable; retained if this member dies)
     #[arg(long = "modify", value_name = "RES")]
     modify: Vec<String>,
+    /// Resource to hold in lock mode MODE: is, ix, s, u, six or x (repeatable; released if this
+    /// member dies). The modes and their table are below
+    #[arg(long = "lock", value_name = "MODE:RES", value_parser = mode_and_resource)]
+    lock: Vec<(LockMode, String)>,
+    /// Resource to hold in lock mode MODE with the modify flag (repeatable; retained if this
+    /// member dies, refusing what MODE is incompatible with)
+    #[arg(long = "modify-lock", value_name = "MODE:RES", value_parser = mode_and_resource)]
+    modify_lock: Vec<(LockMode, String)>,
     /// Also hold N modify locks named <MEMBER>:<i>, each on its own lock table entry (names
     /// that would share an entry are skipped); the region needs N records per member
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -36,11 +44,71 @@ pub struct HoldArgs {
     pub json: bool,
 }
 
+/// `MODE:RESOURCE` of `--lock` and `--modify-lock` (the resource is what
+/// follows the first colon, and may hold colons of its own).
+fn mode_and_resource(s: &str) -> Result<(LockMode, String), String> {
+    let Some((mode, res)) = s.split_once(':') else {
+        return Err(format!(
+            "{s:?} is not MODE:RESOURCE (MODE one of {})",
+            mode_names()
+        ));
+    };
+    let mode = mode.parse::<LockMode>().map_err(|e| e.to_string())?;
+    Ok((mode, res.to_string()))
+}
+
+fn mode_names() -> String {
+    LockMode::ALL.map(LockMode::as_str).join(", ")
+}
+
+/// The help of `hold` and `try` after their options: the lock modes and
+/// their table (printed from cf-core's, so it cannot drift), and what is
+/// retained.
+pub fn modes_help() -> String {
+    let mut t = String::from(
+        "Lock modes (--lock MODE:RES, --modify-lock MODE:RES):\n  \
+         is intent share, ix intent exclusive, s share, u update, six share with intent \
+         exclusive, x exclusive.\n  \
+         --s RES is --lock s:RES, --x RES is --lock x:RES, --modify RES is --modify-lock x:RES.\n\n\
+         Which modes may be held on one resource at once (by two members, or two threads of \
+         one; symmetric):\n      ",
+    );
+    let mut header = String::new();
+    for m in LockMode::ALL {
+        header.push_str(&format!(" {:<4}", m.as_str()));
+    }
+    t.push_str(header.trim_end());
+    for held in LockMode::ALL {
+        let mut row = format!("\n  {:<4}", held.as_str());
+        for asked in LockMode::ALL {
+            let yes = if held.compatible(asked) { "yes" } else { "-" };
+            row.push_str(&format!(" {yes:<4}"));
+        }
+        t.push_str(row.trim_end());
+    }
+    t.push_str(
+        "\n\nA modify lock (--modify, --modify-lock) is retained if its member dies: until the \
+         member is recovered it refuses every request its mode is incompatible with (a retained \
+         ix refuses s, u, six and x, and grants is and ix). Other locks are released at the \
+         death.\nIn the lock word, is and s take share interest and the others exclusive \
+         interest: compatible modes with exclusive interest (ix beside ix) are granted from the \
+         record entries (XES contention).",
+    );
+    t
+}
+
 fn requests(a: &HoldArgs, entries: u32) -> Result<Vec<(String, Mode)>> {
     let mut v: Vec<(String, Mode)> = Vec::new();
     v.extend(a.share.iter().map(|r| (r.clone(), Mode::Share)));
     v.extend(a.exclusive.iter().map(|r| (r.clone(), Mode::Exclusive)));
     v.extend(a.modify.iter().map(|r| (r.clone(), Mode::Modify)));
+    v.extend(a.lock.iter().map(|(m, r)| (r.clone(), Mode::lock(*m))));
+    v.extend(
+        a.modify_lock
+            .iter()
+            .map(|(m, r)| (r.clone(), Mode::modify(*m))),
+    );
+    let asked = v.len() as u64;
     if a.modify_many > entries as u64 {
         bail!(
             "--modify-many {} is more than the {entries} lock table entries",
@@ -51,9 +119,7 @@ fn requests(a: &HoldArgs, entries: u32) -> Result<Vec<(String, Mode)>> {
     // resource-level path (whose cost grows with what the member holds).
     let mut used = vec![false; entries as usize];
     let mut i = 0u64;
-    while (v.len() as u64)
-        < a.modify_many + (a.share.len() + a.exclusive.len() + a.modify.len()) as u64
-    {
+    while (v.len() as u64) < a.modify_many + asked {
         let name = format!("{}:{i}", a.member);
         i += 1;
         let e = cf_core::Resource::new(name.as_bytes()).map_or(0, |r| r.entry(entries).index());
@@ -66,7 +132,8 @@ fn requests(a: &HoldArgs, entries: u32) -> Result<Vec<(String, Mode)>> {
 }
 
 fn holder_json(h: &HolderInfo) -> Value {
-    json!({ "member": h.name, "id": h.id, "pid": h.pid, "mode": h.mode.as_str() })
+    json!({ "member": h.name, "id": h.id, "pid": h.pid, "mode": h.mode.as_str(),
+            "lock_mode": h.mode.lock_mode().as_str(), "modify": h.mode.is_modify() })
 }
 
 /// Why a lock could not be taken, for the exit status.
@@ -104,7 +171,7 @@ pub fn hold(plex: &Plex, a: HoldArgs) -> Result<ExitCode> {
     let region = Arc::new(Region::open(plex)?);
     let wanted = requests(&a, region.lock_entries())?;
     if wanted.is_empty() {
-        bail!("nothing to hold: give --s, --x, --modify or --modify-many");
+        bail!("nothing to hold: give --s, --x, --modify, --lock, --modify-lock or --modify-many");
     }
     for (res, _) in &wanted {
         check_resource(res)?;
@@ -213,18 +280,33 @@ pub struct TryArgs {
     /// Ask for an exclusive modify lock
     #[arg(long = "modify", value_name = "RES", group = "request")]
     modify: Option<String>,
+    /// Ask for a lock in lock mode MODE: is, ix, s, u, six or x (the modes and their table are
+    /// below)
+    #[arg(long = "lock", value_name = "MODE:RES", group = "request", value_parser = mode_and_resource)]
+    lock: Option<(LockMode, String)>,
+    /// Ask for a lock in lock mode MODE with the modify flag
+    #[arg(long = "modify-lock", value_name = "MODE:RES", group = "request", value_parser = mode_and_resource)]
+    modify_lock: Option<(LockMode, String)>,
     /// Print the answer as JSON
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn try_once(plex: &Plex, a: TryArgs) -> Result<ExitCode> {
-    let (res, mode) = match (&a.share, &a.exclusive, &a.modify) {
-        (Some(r), None, None) => (r.clone(), Mode::Share),
-        (None, Some(r), None) => (r.clone(), Mode::Exclusive),
-        (None, None, Some(r)) => (r.clone(), Mode::Modify),
-        _ => bail!("give exactly one of --s, --x, --modify"),
+    let asked: Vec<(String, Mode)> = [
+        a.share.clone().map(|r| (r, Mode::Share)),
+        a.exclusive.clone().map(|r| (r, Mode::Exclusive)),
+        a.modify.clone().map(|r| (r, Mode::Modify)),
+        a.lock.clone().map(|(m, r)| (r, Mode::lock(m))),
+        a.modify_lock.clone().map(|(m, r)| (r, Mode::modify(m))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let [(res, mode)] = &asked[..] else {
+        bail!("give exactly one of --s, --x, --modify, --lock, --modify-lock");
     };
+    let (res, mode) = (res.clone(), *mode);
     // Every argument is checked before connecting: an error leaves no connector.
     cf_core::connector::check_name(&a.member)?;
     check_resource(&res)?;

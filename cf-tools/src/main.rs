@@ -62,11 +62,13 @@ enum Cmd {
     /// contention rates, retained locks, waits
     Report(report::ReportArgs),
     /// Connect as a member, take locks, and hold them until SIGTERM/SIGINT
+    #[command(after_help = locks::modes_help())]
     Hold(locks::HoldArgs),
     /// Connect as a member, make one try request, print the answer, disconnect
     ///
     /// Exit status: 0 granted, 2 contention, 3 retained, 1 error, 64 a command line that does not
     /// parse.
+    #[command(after_help = locks::modes_help())]
     Try(locks::TryArgs),
     /// Clean up every member whose process is dead (retaining its modify locks)
     Cleanup(locks::CleanupArgs),

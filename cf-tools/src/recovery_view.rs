@@ -1,7 +1,7 @@
 //! `display accounts|requests|events` and `restart-light`: the recovery side.
 
 use anyhow::{bail, Result};
-use cf_core::events::{Event, EventKind};
+use cf_core::events::{Event, EventData};
 use cf_core::inspect::escape;
 use cf_core::ConnectorId;
 use cf_core::{inspect, requests, MemberState, Plex, Region};
@@ -284,52 +284,82 @@ pub fn requests(region: &Region, as_json: bool) -> Result<()> {
 
 /// An event as JSON: `kind`, `member`, `by`, `time_ns`, and named payload fields.
 pub fn event_json(e: &Event) -> Value {
-    let mut o = json!({ "seq": e.seq, "kind": e.kind.as_str(), "member": escape(&e.member),
+    let mut o = json!({ "seq": e.seq, "kind": e.kind().as_str(), "member": escape(&e.member),
                         "by": e.by.as_deref().map(escape), "time_ns": e.time_ns });
-    match e.kind {
-        EventKind::Detected | EventKind::Connected => o["pid"] = json!(e.a),
-        EventKind::CleanedUp => {
-            o["released"] = json!(e.a);
-            o["retained"] = json!(e.b);
-            o["discarded"] = json!(e.c);
+    match e.data {
+        EventData::Detected { pid } | EventData::Connected { pid } => o["pid"] = json!(pid),
+        EventData::CleanedUp {
+            released,
+            retained,
+            discarded,
+        } => {
+            o["released"] = json!(released);
+            o["retained"] = json!(retained);
+            o["discarded"] = json!(discarded);
         }
-        EventKind::Claimed => {
-            o["claimer_pid"] = json!(e.a);
-            o["taken_over"] = json!(e.b == 1);
+        EventData::Claimed { pid, taken_over } => {
+            o["claimer_pid"] = json!(pid);
+            o["taken_over"] = json!(taken_over);
         }
-        EventKind::RestartLightStarted => o["pid"] = json!(e.a),
-        EventKind::BackedOut => {
-            o["transactions"] = json!(e.a);
-            o["updates"] = json!(e.b);
+        EventData::RestartLightStarted { pid } => o["pid"] = json!(pid),
+        EventData::BackedOut {
+            transactions,
+            updates_undone,
+        } => {
+            o["transactions"] = json!(transactions);
+            o["updates"] = json!(updates_undone);
         }
-        EventKind::Released => o["locks"] = json!(e.a),
-        EventKind::TerminatedNormally => {
-            o["peak_rss_kib"] = json!(e.a);
-            o["elapsed_ns"] = json!(e.b);
-            o["rss_without_region_kib"] = json!(e.c);
+        EventData::Released { locks } => o["locks"] = json!(locks),
+        EventData::TerminatedNormally {
+            peak_rss_kib,
+            elapsed_ns,
+            rss_without_region_kib,
+        } => {
+            o["peak_rss_kib"] = json!(peak_rss_kib);
+            o["elapsed_ns"] = json!(elapsed_ns);
+            o["rss_without_region_kib"] = json!(rss_without_region_kib);
         }
-        EventKind::RestartLightFailed => {
-            o["status"] = json!(e.a);
-            o["failures"] = json!(e.b);
-            o["gave_up"] = json!(e.c == 1);
+        EventData::RestartLightFailed {
+            status,
+            failures,
+            gave_up,
+        } => {
+            o["status"] = json!(status);
+            o["failures"] = json!(failures);
+            o["gave_up"] = json!(gave_up);
         }
-        EventKind::RecoveredAtRestart => {
-            o["transactions"] = json!(e.a);
-            o["locks"] = json!(e.b);
+        EventData::RecoveredAtRestart {
+            transactions,
+            locks,
+        } => {
+            o["transactions"] = json!(transactions);
+            o["locks"] = json!(locks);
         }
-        EventKind::StatusUpdateMissing => o["heartbeat_age_ms"] = json!(e.a),
-        EventKind::Fenced => {
-            o["heartbeat_age_ms"] = json!(e.a);
-            o["pid"] = json!(e.b);
-            o["by_operator"] = json!(e.c == 1);
+        EventData::StatusUpdateMissing { heartbeat_age_ms } => {
+            o["heartbeat_age_ms"] = json!(heartbeat_age_ms)
         }
-        EventKind::StatusUpdateResumed => o["missing_ms"] = json!(e.a),
-        EventKind::DeadlockVictim => {
-            o["cycle_length"] = json!(e.a);
-            o["waited_ns"] = json!(e.b);
-            o["entry"] = json!(e.c);
+        EventData::Fenced {
+            heartbeat_age_ms,
+            pid,
+            by_operator,
+        } => {
+            o["heartbeat_age_ms"] = json!(heartbeat_age_ms);
+            o["pid"] = json!(pid);
+            o["by_operator"] = json!(by_operator);
         }
-        EventKind::RequestPosted | EventKind::Disconnected | EventKind::RecoveryCompleted => {}
+        EventData::StatusUpdateResumed { missing_ms } => o["missing_ms"] = json!(missing_ms),
+        EventData::DeadlockVictim {
+            cycle_length,
+            waited_ns,
+            entry,
+        } => {
+            o["cycle_length"] = json!(cycle_length);
+            o["waited_ns"] = json!(waited_ns);
+            o["entry"] = json!(entry);
+        }
+        EventData::RequestPosted { .. }
+        | EventData::Disconnected
+        | EventData::RecoveryCompleted { .. } => {}
     }
     o
 }
@@ -338,43 +368,75 @@ pub fn event_json(e: &Event) -> Value {
 pub fn event_text(e: &Event) -> String {
     let by = &escape(e.by.as_deref().unwrap_or("-"));
     let m = &escape(&e.member);
-    match e.kind {
-        EventKind::Detected => format!("death of {m} (pid {}) detected by {by}", e.a),
-        EventKind::CleanedUp => format!(
-            "{by} cleaned up {m}: {} non-modify lock(s) released, {} modify lock(s) retained",
-            e.a, e.b
+    match e.data {
+        EventData::Detected { pid } => format!("death of {m} (pid {pid}) detected by {by}"),
+        EventData::CleanedUp {
+            released, retained, ..
+        } => format!(
+            "{by} cleaned up {m}: {released} non-modify lock(s) released, {retained} modify lock(s) retained"
         ),
-        EventKind::RequestPosted => format!("restart request for {m} posted by {by}"),
-        EventKind::Claimed => format!(
+        EventData::RequestPosted { .. } => format!("restart request for {m} posted by {by}"),
+        EventData::Claimed { taken_over, .. } => format!(
             "restart request for {m} claimed by {by}{}",
-            if e.b == 1 { " (taken over from a dead claimer)" } else { "" }
+            if taken_over { " (taken over from a dead claimer)" } else { "" }
         ),
-        EventKind::RestartLightStarted => format!("restart light of {m} started by {by} (pid {})", e.a),
-        EventKind::BackedOut => format!("{m}: {} transaction(s) backed out ({} update(s) undone)", e.a, e.b),
-        EventKind::Released => format!("{m}: {} retained lock(s) released", e.a),
-        EventKind::TerminatedNormally => format!(
-            "restart light of {m} terminated normally (peak RSS {} KiB, {} KiB without the region, {:.1} ms)",
-            e.a,
-            e.c,
-            e.b as f64 / 1e6
+        EventData::RestartLightStarted { pid } => {
+            format!("restart light of {m} started by {by} (pid {pid})")
+        }
+        EventData::BackedOut {
+            transactions,
+            updates_undone,
+        } => format!(
+            "{m}: {transactions} transaction(s) backed out ({updates_undone} update(s) undone)"
         ),
-        EventKind::RestartLightFailed if e.c == 1 => format!(
-            "restart light of {m} failed {} time(s): request marked failed by {by}",
-            e.b
+        EventData::Released { locks } => format!("{m}: {locks} retained lock(s) released"),
+        EventData::TerminatedNormally {
+            peak_rss_kib,
+            elapsed_ns,
+            rss_without_region_kib,
+        } => format!(
+            "restart light of {m} terminated normally (peak RSS {peak_rss_kib} KiB, {rss_without_region_kib} KiB without the region, {:.1} ms)",
+            elapsed_ns as f64 / 1e6
         ),
-        EventKind::RestartLightFailed => format!("restart light of {m} failed (status {})", e.a),
-        EventKind::Connected => format!("{m} connected (pid {})", e.a),
-        EventKind::Disconnected => format!("{m} disconnected normally"),
-        EventKind::RecoveryCompleted => format!("restart request for {m} completed by {by}: recovery over"),
-        EventKind::RecoveredAtRestart => format!("{m} restarted normally and recovered itself: {} transaction(s) backed out, {} lock(s) released", e.a, e.b),
-        EventKind::StatusUpdateMissing => format!("status update missing for {m}: no heartbeat for {} ms (seen by {by})", e.a),
-        EventKind::Fenced => format!("{m} (pid {}) fenced by {by} after {} ms without a heartbeat", e.b, e.a),
-        EventKind::StatusUpdateResumed => format!("{m} beats again after {} ms of status update missing", e.a),
-        EventKind::DeadlockVictim => format!(
-            "a request of {m} was a deadlock victim (told by {by}): a cycle of {} waiting request(s), it had waited {:.1} ms on entry {}",
-            e.a,
-            e.b as f64 / 1e6,
-            e.c
+        EventData::RestartLightFailed {
+            failures,
+            gave_up: true,
+            ..
+        } => format!(
+            "restart light of {m} failed {failures} time(s): request marked failed by {by}"
+        ),
+        EventData::RestartLightFailed { status, .. } => {
+            format!("restart light of {m} failed (status {status})")
+        }
+        EventData::Connected { pid } => format!("{m} connected (pid {pid})"),
+        EventData::Disconnected => format!("{m} disconnected normally"),
+        EventData::RecoveryCompleted { .. } => {
+            format!("restart request for {m} completed by {by}: recovery over")
+        }
+        EventData::RecoveredAtRestart {
+            transactions,
+            locks,
+        } => format!(
+            "{m} restarted normally and recovered itself: {transactions} transaction(s) backed out, {locks} lock(s) released"
+        ),
+        EventData::StatusUpdateMissing { heartbeat_age_ms } => format!(
+            "status update missing for {m}: no heartbeat for {heartbeat_age_ms} ms (seen by {by})"
+        ),
+        EventData::Fenced {
+            heartbeat_age_ms,
+            pid,
+            ..
+        } => format!("{m} (pid {pid}) fenced by {by} after {heartbeat_age_ms} ms without a heartbeat"),
+        EventData::StatusUpdateResumed { missing_ms } => {
+            format!("{m} beats again after {missing_ms} ms of status update missing")
+        }
+        EventData::DeadlockVictim {
+            cycle_length,
+            waited_ns,
+            entry,
+        } => format!(
+            "a request of {m} was a deadlock victim (told by {by}): a cycle of {cycle_length} waiting request(s), it had waited {:.1} ms on entry {entry}",
+            waited_ns as f64 / 1e6
         ),
     }
 }
@@ -432,10 +494,9 @@ pub fn post(plex: &Plex, member: &str) -> Result<()> {
     let posted = |epoch: u32| {
         cf_core::events::record(
             &region,
-            EventKind::RequestPosted,
             member,
             Some("cfctl"),
-            [u64::from(epoch), 0, 0],
+            EventData::RequestPosted { epoch },
         )
     };
     // A request that FAILED (its restart lights kept failing) is re-posted.
@@ -466,13 +527,10 @@ mod tests {
     fn ev(seq: u64, time_ns: u64) -> Event {
         Event {
             seq,
-            kind: EventKind::Connected,
             member: "M".into(),
             by: None,
             time_ns,
-            a: 0,
-            b: 0,
-            c: 0,
+            data: EventData::Connected { pid: 0 },
         }
     }
 
@@ -482,6 +540,151 @@ mod tests {
         let list = in_time_order(vec![ev(0, 10), ev(1, 30), ev(2, 20), ev(3, 30)]);
         let seqs: Vec<u64> = list.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [0, 2, 1, 3]);
+    }
+
+    /// `display events` prints each kind's data under the names (JSON) and
+    /// in the words (text) it printed before the data was typed.
+    #[test]
+    fn every_kind_prints_its_named_fields() {
+        use cf_core::events::Completion;
+        use EventData::*;
+        let cases = [
+            (Detected { pid: 7 }, json!({"pid": 7}), "death of M (pid 7) detected by B"),
+            (
+                CleanedUp {
+                    released: 1,
+                    retained: 2,
+                    discarded: 3,
+                },
+                json!({"released": 1, "retained": 2, "discarded": 3}),
+                "B cleaned up M: 1 non-modify lock(s) released, 2 modify lock(s) retained",
+            ),
+            (
+                RequestPosted { epoch: 9 },
+                json!({}),
+                "restart request for M posted by B",
+            ),
+            (
+                Claimed {
+                    pid: 8,
+                    taken_over: true,
+                },
+                json!({"claimer_pid": 8, "taken_over": true}),
+                "restart request for M claimed by B (taken over from a dead claimer)",
+            ),
+            (
+                Claimed {
+                    pid: 8,
+                    taken_over: false,
+                },
+                json!({"claimer_pid": 8, "taken_over": false}),
+                "restart request for M claimed by B",
+            ),
+            (
+                RestartLightStarted { pid: 4 },
+                json!({"pid": 4}),
+                "restart light of M started by B (pid 4)",
+            ),
+            (
+                BackedOut {
+                    transactions: 2,
+                    updates_undone: 5,
+                },
+                json!({"transactions": 2, "updates": 5}),
+                "M: 2 transaction(s) backed out (5 update(s) undone)",
+            ),
+            (
+                Released { locks: 4 },
+                json!({"locks": 4}),
+                "M: 4 retained lock(s) released",
+            ),
+            (
+                TerminatedNormally {
+                    peak_rss_kib: 1,
+                    elapsed_ns: 2_500_000,
+                    rss_without_region_kib: 3,
+                },
+                json!({"peak_rss_kib": 1, "elapsed_ns": 2_500_000, "rss_without_region_kib": 3}),
+                "restart light of M terminated normally (peak RSS 1 KiB, 3 KiB without the region, 2.5 ms)",
+            ),
+            (
+                RestartLightFailed {
+                    status: 137,
+                    failures: 3,
+                    gave_up: true,
+                },
+                json!({"status": 137, "failures": 3, "gave_up": true}),
+                "restart light of M failed 3 time(s): request marked failed by B",
+            ),
+            (
+                RestartLightFailed {
+                    status: 137,
+                    failures: 1,
+                    gave_up: false,
+                },
+                json!({"status": 137, "failures": 1, "gave_up": false}),
+                "restart light of M failed (status 137)",
+            ),
+            (Connected { pid: 1 }, json!({"pid": 1}), "M connected (pid 1)"),
+            (Disconnected, json!({}), "M disconnected normally"),
+            (
+                RecoveredAtRestart {
+                    transactions: 1,
+                    locks: 2,
+                },
+                json!({"transactions": 1, "locks": 2}),
+                "M restarted normally and recovered itself: 1 transaction(s) backed out, 2 lock(s) released",
+            ),
+            (
+                RecoveryCompleted {
+                    epoch: 3,
+                    how: Completion::OwnRestart,
+                },
+                json!({}),
+                "restart request for M completed by B: recovery over",
+            ),
+            (
+                StatusUpdateMissing {
+                    heartbeat_age_ms: 1500,
+                },
+                json!({"heartbeat_age_ms": 1500}),
+                "status update missing for M: no heartbeat for 1500 ms (seen by B)",
+            ),
+            (
+                Fenced {
+                    heartbeat_age_ms: 2000,
+                    pid: 6,
+                    by_operator: true,
+                },
+                json!({"heartbeat_age_ms": 2000, "pid": 6, "by_operator": true}),
+                "M (pid 6) fenced by B after 2000 ms without a heartbeat",
+            ),
+            (
+                StatusUpdateResumed { missing_ms: 30 },
+                json!({"missing_ms": 30}),
+                "M beats again after 30 ms of status update missing",
+            ),
+        ];
+        for (data, fields, text) in cases {
+            let e = Event {
+                seq: 4,
+                member: "M".into(),
+                by: Some("B".into()),
+                time_ns: 5,
+                data,
+            };
+            let mut want = json!({"seq": 4, "kind": data.kind().as_str(), "member": "M",
+                                  "by": "B", "time_ns": 5});
+            want.as_object_mut()
+                .unwrap()
+                .extend(fields.as_object().unwrap().clone());
+            let got = event_json(&e);
+            assert_eq!(got, want, "{data:?}");
+            // The same keys in the same order as before.
+            let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+            assert_eq!(keys(&got), keys(&want), "{data:?}");
+            assert_eq!(event_text(&e), text, "{data:?}");
+        }
     }
 
     #[test]

@@ -509,6 +509,110 @@ fn try_answers_name_both_modes_and_exit_statuses_follow_the_table() {
 }
 
 #[test]
+fn lock_modes_on_the_command_line_follow_the_table() {
+    let plex = TestPlex::small();
+    // IX beside IX: granted (XES contention, decided from the records).
+    let mut hold = plex.hold("A", &[("lock", "ix:T")]);
+    let f = plex.run(&["try", "--member", "B", "--lock", "ix:T", "--json"]);
+    assert_eq!(f.status.code(), Some(0), "granted: {f}");
+    let v = f.json();
+    assert_eq!(
+        (&v["result"], &v["mode"]),
+        (&"granted".into(), &"ix".into()),
+        "{v}"
+    );
+    // S against IX: contention, naming A and its mode.
+    let f = plex.run(&["try", "--member", "B", "--lock", "s:T", "--json"]);
+    assert_eq!(f.status.code(), Some(2), "contention: {f}");
+    let v = f.json();
+    assert_eq!(v["result"], "contention", "{v}");
+    assert_eq!(v["requested_mode"], "share", "--lock s is --s: {v}");
+    let h = &v["holders"][0];
+    assert_eq!(
+        (&h["member"], &h["mode"]),
+        (&"A".into(), &"ix".into()),
+        "{v}"
+    );
+    assert_eq!(
+        (&h["lock_mode"], &h["modify"]),
+        (&"ix".into(), &false.into()),
+        "{v}"
+    );
+    // The text answer names the mode too; display locks prints it.
+    let f = plex.run(&["try", "--member", "B", "--lock", "six:T"]);
+    assert_eq!(f.status.code(), Some(2), "contention: {f}");
+    let locks = plex.json(&["display", "locks"]);
+    assert!(
+        locks
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["member"] == "A" && l["mode"] == "ix"),
+        "{locks}"
+    );
+    hold.term();
+    hold.expect_exit_ok();
+
+    // A modify lock in IX, retained after a SIGKILL: refuses S, grants IS and IX.
+    let mut hold = plex.hold("A", &[("modify-lock", "ix:T"), ("lock", "u:U")]);
+    hold.kill_and_reap();
+    let f = plex.run(&["try", "--member", "B", "--lock", "s:T", "--json"]);
+    assert_eq!(f.status.code(), Some(3), "retained: {f}");
+    let v = f.json();
+    assert_eq!(
+        (&v["member"], &v["holder_mode"]),
+        (&"A".into(), &"ix+modify".into()),
+        "{v}"
+    );
+    for ok in ["is:T", "ix:T"] {
+        let f = plex.run(&["try", "--member", "B", "--lock", ok]);
+        assert_eq!(f.status.code(), Some(0), "{ok} beside a retained ix: {f}");
+    }
+    // Its U lock (no modify flag) was released at the death.
+    let f = plex.run(&["try", "--member", "B", "--x", "U"]);
+    assert_eq!(f.status.code(), Some(0), "{f}");
+    let r = plex.json(&["display", "retained"]);
+    let r = r.as_array().unwrap();
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(
+        (&r[0]["resource"], &r[0]["mode"]),
+        (&"T".into(), &"ix+modify".into())
+    );
+    plex.recover_light("A", &["T"]);
+
+    // A mode that is not one, and the help that lists them.
+    let f = plex.run(&["try", "--member", "B", "--lock", "q:T"]);
+    assert_eq!(f.status.code(), Some(64), "{f}");
+    assert!(f.stderr.contains("one of is, ix, s, u, six, x"), "{f}");
+    let f = plex.run(&["hold", "--member", "B", "--lock", "T"]);
+    assert_eq!(f.status.code(), Some(64), "{f}");
+    let f = plex.run(&["try", "--member", "B", "--lock", "ix:T", "--s", "T"]);
+    assert_eq!(f.status.code(), Some(64), "one request: {f}");
+    for cmd in ["hold", "try"] {
+        let help = plex.run(&[cmd, "--help"]).stdout;
+        for w in [
+            "--lock <MODE:RES>",
+            "--modify-lock <MODE:RES>",
+            "intent exclusive",
+            "retained ix",
+        ] {
+            assert!(help.contains(w), "{cmd} --help: {w:?} in {help}");
+        }
+        assert!(
+            help.lines().all(|l| l == l.trim_end()),
+            "no trailing spaces: {help:?}"
+        );
+        // The table's row of IX: compatible with IS and IX only.
+        assert!(
+            help.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                    == ["ix", "yes", "yes", "-", "-", "-", "-"]),
+            "{cmd} --help: {help}"
+        );
+    }
+}
+
+#[test]
 fn displays_an_operator_knows() {
     let plex = TestPlex::small();
     // display alone lists the displays (a usage error).

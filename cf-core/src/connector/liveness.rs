@@ -555,10 +555,11 @@ impl LivenessThread {
                         }
                         Ok(Beat::Resumed) => crate::events::record(
                             &region,
-                            crate::events::EventKind::StatusUpdateResumed,
                             &name,
                             None,
-                            [last.map_or(0, |l| now.saturating_sub(l)), 0, 0],
+                            crate::events::EventData::StatusUpdateResumed {
+                                missing_ms: last.map_or(0, |l| now.saturating_sub(l)),
+                            },
                         ),
                         Ok(Beat::Ok) | Ok(Beat::Repaired) | Ok(Beat::Gone) | Err(_) => {}
                     }

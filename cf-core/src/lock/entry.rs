@@ -38,7 +38,10 @@
 //!    held there.
 //! 4. **Every decision on a mixed entry is made under its latch**, from the
 //!    HELD records of the named connectors, so two decisions never race. A
-//!    same-resource incompatible record is a conflict; a different resource is
+//!    same-resource record in a mode incompatible with the request's (the
+//!    table of `records::LockMode`) is a conflict; a compatible one is not,
+//!    even if both modes take exclusive interest in the word (IX beside IX:
+//!    the word could not tell, the records can); a different resource is
 //!    *false contention*, resolved from the records and granted.
 //! 5. **Bounded bypass.** A waiting request takes a *wait ticket* the first
 //!    time it is refused (a counter in the lock header: tickets order
@@ -56,15 +59,20 @@
 //!    record that stops waiting (a timeout) turns PENDING under the latch and
 //!    its unlatch wakes the holding waiters ([`Latched::give_up`],
 //!    [`Latched::step_out_for_good`]); one that must leave unlatched (its
-//!    latch wait timed out) does its best ([`abandon_unlatched`]), and waiters
-//!    behind it re-check at the end of their sleep slice. An URGENT record
+//!    latch wait timed out) latches at once if it can, and otherwise pokes
+//!    the latch holder ([`abandon_unlatched`], `latch_or_poke`,
+//!    [`word::poke`]): the holder's unlatch then heals the mask and wakes
+//!    every holding waiter (attack12). An URGENT record
 //!    never makes anything *less* conservative: it is never taken as held
 //!    (not retained, not released by a cleanup, which frees it like a
 //!    PENDING one). An urgent request waits for the holdings of the moment,
-//!    so it never makes wait a request of a member that already holds the
-//!    resource (a second share, say): that one would wait for the urgent
-//!    request, which waits for its member's holding (the attack3 test
+//!    so it never makes wait a request of a holder (thread) that already
+//!    holds the resource (a second share, say): that one would wait for the
+//!    urgent request, which waits for its own holding (the attack3 test
 //!    `a_reader_asking_again_waits_for_the_urgent_writer_that_waits_for_it`).
+//!    A sibling thread's holding does not exempt a request: the sibling lets
+//!    go whatever this thread waits for, and siblings taking turns would
+//!    otherwise bypass the urgent request forever (attack12).
 //!    A bypass is counted whenever the holdings changed and the request is
 //!    still refused, whoever changed them (conservative: a request may turn
 //!    urgent without having been overtaken).
@@ -287,6 +295,24 @@ pub(crate) struct Latched<'r> {
     pub entry: EntryIndex,
     /// The connectors the word named when it was latched (a bit set).
     pub named: u64,
+    /// The word's epoch when it was latched: a change while latched is a
+    /// [`word::poke`] (holdings changed outside the latch).
+    pub epoch: u64,
+    /// The connector in whose name it is latched.
+    pub me: ConnectorId,
+}
+
+impl Latched<'_> {
+    /// Drop the latch publishing `mask` (see [`word::unlatch_checked`]): if
+    /// a request changed the holdings outside the latch meanwhile (a poke),
+    /// the mask is healed first (bits of connectors with nothing held on the
+    /// entry dropped, `me`'s kept as computed) and every waiter is woken.
+    fn unlatch(&self, region: &Region, mask: u32, change: Change) -> u64 {
+        let (entry, me) = (self.entry, self.me);
+        word::unlatch_checked(self.word, Some(self.epoch), mask, change, |m| {
+            (m as u64 & heal(region, entry, m as u64, me)) as u32
+        })
+    }
 }
 
 /// Latch `entry` as connector `as_id`, waiting for a live latch holder.
@@ -297,15 +323,21 @@ pub(crate) fn latch<'r>(
     how: &mut LatchWait,
 ) -> Result<Latched<'r>, LatchError> {
     let word = region.word(entry)?;
-    let latched = |named| Latched { word, entry, named };
+    let latched = |named, epoch| Latched {
+        word,
+        entry,
+        named,
+        epoch,
+        me: as_id,
+    };
     let mut slice = FIRST_SLICE;
     // The busy word (waiters bit aside) and since when it has not changed.
     let mut unchanged: Option<(u64, Instant)> = None;
     loop {
         let (holder, seen) = match word::try_latch(word, as_id) {
-            Latch::Latched { named } => {
+            Latch::Latched { named, epoch } => {
                 trace!("latched {entry} as {as_id}, named {named:#x}");
-                return Ok(latched(named));
+                return Ok(latched(named, epoch));
             }
             Latch::Busy { holder, seen } => (region.check_member(holder)?, seen),
         };
@@ -315,14 +347,14 @@ pub(crate) fn latch<'r>(
             // drops each latch before the next). Its decision is abandoned;
             // while mixed and latched only the waiter bits can change, so the
             // mask seen is the entry's interest.
-            return Ok(latched(seen.mask() as u64));
+            return Ok(latched(seen.mask() as u64, seen.epoch()));
         }
         if holder == as_id {
             if let Some(own) = how.own {
                 match own.alone(|| own_latch_is_stale(region, word, as_id, own.generation())) {
-                    Some(OwnLatch::Stale(mask)) => {
+                    Some(OwnLatch::Stale(mask, epoch)) => {
                         trace!("took over the stale latch of {entry} in our own name {as_id}");
-                        return Ok(latched(mask as u64));
+                        return Ok(latched(mask as u64, epoch));
                     }
                     Some(OwnLatch::Changed) => continue,
                     // A sibling's, or a cleaner's: waited for.
@@ -373,7 +405,7 @@ pub(crate) fn latch<'r>(
                         .compare_exchange(cur, new, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok()
                     {
-                        return Ok(latched(w.mask() as u64));
+                        return Ok(latched(w.mask() as u64, w.epoch()));
                     }
                 }
                 continue;
@@ -386,8 +418,8 @@ pub(crate) fn latch<'r>(
 
 /// What a latch in the caller's own name is, looked at alone.
 enum OwnLatch {
-    /// Nobody's: taken over, with this interest mask.
-    Stale(u32),
+    /// Nobody's: taken over, with this interest mask and epoch.
+    Stale(u32, u64),
     /// The word is no longer latched in our name: look again.
     Changed,
     /// Maybe a cleaner's (our connection is no longer ours): waited for.
@@ -424,7 +456,7 @@ fn own_latch_is_stale(
             if st.generation == generation
                 && matches!(st.state, MemberState::Active | MemberState::Recovering) =>
         {
-            OwnLatch::Stale(w.mask())
+            OwnLatch::Stale(w.mask(), w.epoch())
         }
         _ => OwnLatch::NotStale,
     }
@@ -463,6 +495,9 @@ pub(crate) struct Request<'a> {
     pub member: ConnectorId,
     /// The request's own (PENDING or URGENT) record slot.
     pub slot: u32,
+    /// The token of the holder (thread) asking: the owner of its record
+    /// blocks (`records::claim_block`).
+    pub holder: u64,
     /// Its wait ticket (0: it has not waited yet; `records::take_wait_ticket`).
     pub ticket: u32,
     /// Its record is URGENT (rule 5; the request's own thread keeps this).
@@ -527,9 +562,12 @@ impl<'r> Latched<'r> {
     ) -> Result<Decision, CorruptError> {
         conflicts.clear();
         let mut false_contention = false;
-        // Does the requester's member already hold the resource (another
-        // request of it, granted)? Then an urgent request waits for that
-        // holding, and must not make this one wait for it in turn (rule 5).
+        // Does the requesting holder (thread) already hold the resource
+        // (another request of its own, granted)? Then an urgent request
+        // waits for that holding, and must not make this one wait for it in
+        // turn (rule 5). A *sibling's* holding does not count: the sibling
+        // releases it whatever this thread waits for, and counting it let
+        // siblings taking turns bypass an urgent request forever (attack12).
         let mut member_holds = false;
         for c in bits(self.named) {
             let c = region.check_member(c)?;
@@ -539,7 +577,10 @@ impl<'r> Latched<'r> {
                 if c == req.member && r.slot.get() == req.slot {
                     return;
                 }
-                member_holds |= c == req.member && r.held && r.resource == *req.resource;
+                member_holds |= c == req.member
+                    && r.held
+                    && r.resource == *req.resource
+                    && records::slot_owner(region, c, r.slot.get()) == Some(req.holder);
                 if req.mode.compatible(r.mode) {
                     return;
                 }
@@ -597,8 +638,8 @@ impl<'r> Latched<'r> {
         // A grant frees nothing: holding waiters sleep on (unless one waits
         // for our half-made record, which is now a real holding: it wakes
         // and sleeps again).
-        word::unlatch(
-            self.word,
+        self.unlatch(
+            region,
             (self.named | word::bit(req.member)) as u32,
             first_unlatch_change(req),
         );
@@ -612,7 +653,7 @@ impl<'r> Latched<'r> {
         let change = self.end_urgency(region, req)?;
         let mask = self.mask_recomputed(region, req.member, Some(req.slot));
         let (word, entry) = (self.word, self.entry);
-        word::unlatch(word, mask, change);
+        self.unlatch(region, mask, change);
         if mask as u64 & word::bit(req.member) != 0 {
             recheck_own_bit(region, word, entry, req.member, req.slot);
         }
@@ -628,14 +669,18 @@ impl<'r> Latched<'r> {
     /// (`word::announce_holding_waiter`).
     pub(crate) fn step_out(self, region: &Region, req: &Request) -> u64 {
         let mask = self.mask_recomputed(region, req.member, None);
-        word::unlatch(self.word, mask, first_unlatch_change(req))
+        self.unlatch(region, mask, first_unlatch_change(req))
     }
 
     /// Drop the latch as a request that stops waiting (out of time) and will
     /// free its record without latching again: an URGENT record turns
     /// PENDING first, the member's bit is recomputed without it, and, since
     /// requests may have been waiting behind it, the unlatch wakes holding
-    /// waiters.
+    /// waiters. (A plain waiter's unlatch is a look: making it a holdings
+    /// change to clear the holding-waiter bit it may have set made tries
+    /// waiting for a cleanup wake each other round and round, attack13; so
+    /// the bit may outlive the last sleeper, and the next release makes one
+    /// futex call with nobody asleep.)
     pub(crate) fn step_out_for_good(
         self,
         region: &Region,
@@ -643,7 +688,7 @@ impl<'r> Latched<'r> {
     ) -> Result<u64, CorruptError> {
         let change = self.end_urgency(region, req)?;
         let mask = self.mask_recomputed(region, req.member, Some(req.slot));
-        Ok(word::unlatch(self.word, mask, change))
+        Ok(self.unlatch(region, mask, change))
     }
 
     /// An URGENT request that stops waiting turns PENDING under the latch;
@@ -660,8 +705,8 @@ impl<'r> Latched<'r> {
 
     /// Drop the latch publishing the mask as it was latched (nothing decided:
     /// an error on a damaged region).
-    pub(crate) fn unlatch_unchanged(self) {
-        word::unlatch(self.word, self.named as u32, Change::Look);
+    pub(crate) fn unlatch_unchanged(self, region: &Region) {
+        self.unlatch(region, self.named as u32, Change::Look);
     }
 }
 
@@ -694,7 +739,7 @@ pub(crate) fn release(
     } else {
         named & !bit
     };
-    word::unlatch(l.word, mask as u32, Change::Holdings);
+    l.unlatch(region, mask as u32, Change::Holdings);
     crate::crash::point("slow_release.after_unlatch");
     if mask & bit != 0 {
         recheck_own_bit(region, l.word, entry, member, slot);
@@ -719,19 +764,19 @@ fn recheck_own_bit(
     if records::holds_other_on(region, member, entry, Some(slot)) {
         return;
     }
-    if let Some(l) = latch_at_once(region, entry, member) {
+    latch_or_poke(region, word, entry, member, |l| {
         let mask = l.mask_recomputed(region, member, Some(slot));
-        word::unlatch(word, mask, Change::Look);
-    }
+        l.unlatch(region, mask, Change::Look);
+    });
 }
 
 /// A request whose record must go without the latch (its latch wait timed
 /// out, or an error) while it is URGENT or still half-made: the record turns
 /// PENDING, then one attempt at the latch recomputes the member's bit and
 /// wakes the holding waiters that may wait behind it or for it. If the latch
-/// cannot be had at once, its holder's decision drops a bit left behind, and
-/// those waiters look again when their sleep slice ends. The caller frees
-/// the record afterwards.
+/// cannot be had at once, its holder is poked ([`latch_or_poke`]): its
+/// unlatch heals the mask and wakes them. The caller frees the record
+/// afterwards.
 pub(crate) fn abandon_unlatched(
     region: &Region,
     member: ConnectorId,
@@ -742,9 +787,40 @@ pub(crate) fn abandon_unlatched(
         return;
     };
     tag.store(TAG_PENDING | entry.get(), Ordering::Release);
-    if let Some(l) = latch_at_once(region, entry, member) {
+    let Ok(word) = region.word(entry) else {
+        return;
+    };
+    latch_or_poke(region, word, entry, member, |l| {
         let mask = l.mask_recomputed(region, member, Some(slot));
-        word::unlatch(l.word, mask, Change::Holdings);
+        l.unlatch(region, mask, Change::Holdings);
+    });
+}
+
+/// How often [`latch_or_poke`] tries before it leaves the entry to the next
+/// latched operation (each try either latches or finds the latch taken and
+/// pokes it: failing all of them needs the latch to change hands that often).
+const POKE_TRIES: u32 = 64;
+
+/// Run `f` under the latch of `entry` if it can be had at once; if it is
+/// busy, poke the latch holder instead ([`word::poke`]): its unlatch then
+/// rechecks the interest (the bit `f` would have recomputed) and wakes every
+/// waiter. A waiter that counted a record this caller frees without the
+/// latch is thus woken either way, and no bit is left behind at rest.
+fn latch_or_poke(
+    region: &Region,
+    word: &AtomicU64,
+    entry: EntryIndex,
+    member: ConnectorId,
+    f: impl FnOnce(&Latched<'_>),
+) {
+    for _ in 0..POKE_TRIES {
+        if let Some(l) = latch_at_once(region, entry, member) {
+            f(&l);
+            return;
+        }
+        if word::poke(word) == word::Poke::Poked {
+            return;
+        }
     }
 }
 
@@ -793,8 +869,8 @@ pub(crate) fn release_entry(
 ) -> Result<usize, LatchError> {
     let l = latch(region, entry, member, how)?;
     let named = l.named & heal(region, entry, l.named, member);
-    word::unlatch(
-        l.word,
+    l.unlatch(
+        region,
         (named & !word::bit(member)) as u32,
         Change::Holdings,
     );
@@ -861,10 +937,10 @@ pub(crate) fn settle_dead(
         // The retained records cover the latch: free the others before the
         // unlatch, so waiters never see a record that is no longer held.
         free_tags(&free);
-        word::unlatch(l.word, (l.named | word::bit(c)) as u32, Change::Holdings);
+        l.unlatch(region, (l.named | word::bit(c)) as u32, Change::Holdings);
         crate::crash::point("cleanup.entry_unlatched");
     } else {
-        word::unlatch(l.word, (l.named & !word::bit(c)) as u32, Change::Holdings);
+        l.unlatch(region, (l.named & !word::bit(c)) as u32, Change::Holdings);
         crate::crash::point("cleanup.entry_unlatched");
         free_tags(&free);
     }

@@ -38,69 +38,268 @@ pub(crate) const BLOCK_RETAINED: u64 = u64::MAX;
 
 const FLAG_MODIFY: u64 = 1;
 
-/// Lock modes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Mode {
-    /// Share (read) interest: compatible with other share holders.
-    Share,
-    /// Exclusive, not modify: released when its holder dies.
-    Exclusive,
-    /// Exclusive, taken to change the data it protects: retained when its holder dies.
-    Modify,
+/// The lock manager's modes (IRLM's), from the weakest: what a holder may do
+/// with the resource, and so which other holders it tolerates (see
+/// [`LockMode::compatible`] for the table). A [`Mode`] is one of them and
+/// the modify flag.
+///
+/// | held \ asked | IS | IX | S | U | SIX | X |
+/// |---|---|---|---|---|---|---|
+/// | **IS**  | yes | yes | yes | yes | yes | no |
+/// | **IX**  | yes | yes | no  | no  | no  | no |
+/// | **S**   | yes | no  | yes | yes | no  | no |
+/// | **U**   | yes | no  | yes | no  | no  | no |
+/// | **SIX** | yes | no  | no  | no  | no  | no |
+/// | **X**   | no  | no  | no  | no  | no  | no |
+///
+/// In the lock word, IS and S take *share* interest (they are compatible
+/// with each other and with themselves, so the word's share CAS may grant
+/// them without reading any record); IX, U, SIX and X take *exclusive*
+/// interest ([`LockMode::takes_exclusive_interest`]). Two compatible modes
+/// with exclusive interest (IX beside IX, IS beside SIX) therefore meet on
+/// the latched path, which grants them from the records by the table: *XES
+/// contention*, the structure's interest conflicts but the modes do not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum LockMode {
+    /// Intent share: the holder reads parts of the resource (locks them in
+    /// S below it). Compatible with everything but X.
+    IS = CODE_IS,
+    /// Intent exclusive: the holder changes parts of the resource. Compatible
+    /// with IS and IX.
+    IX = CODE_IX,
+    /// Share: the holder reads the whole resource. Compatible with IS, S, U.
+    /// [`Mode::Share`] is S.
+    S = CODE_S,
+    /// Update: the holder reads and may upgrade to X; one at a time, beside
+    /// readers. Compatible with IS and S.
+    U = CODE_U,
+    /// Share with intent exclusive: S on the whole and IX on parts.
+    /// Compatible with IS only.
+    SIX = CODE_SIX,
+    /// Exclusive: compatible with nothing. [`Mode::Exclusive`] is X, and
+    /// [`Mode::Modify`] is X with the modify flag.
+    X = CODE_X,
 }
 
-/// The lock manager's modes as the record stores them: a *mode code* (the
-/// row and column of [`COMPATIBLE`]) and the modify flag. Adding a mode is a
-/// new code, a row and a column of the table, and its word interest
-/// ([`INTEREST_EXCLUSIVE`]); nothing else in the decision code changes.
-const CODE_SHARE: u8 = 0;
-const CODE_EXCLUSIVE: u8 = 1;
-const CODES: usize = 2;
+/// The mode code a record stores (the row and column of [`COMPATIBLE`]): the
+/// discriminant of [`LockMode`]. S and X keep the codes of layout 7's share
+/// and exclusive, so their records read as they did. Adding a mode is a new
+/// code, a row and a column of the table, and its word interest
+/// ([`INTEREST_EXCLUSIVE`]); nothing else in the decision code changes. The
+/// field is 8 bits of the record's meta word (`meta_word`): room for 256.
+const CODE_S: u8 = 0;
+const CODE_X: u8 = 1;
+const CODE_IS: u8 = 2;
+const CODE_IX: u8 = 3;
+const CODE_U: u8 = 4;
+const CODE_SIX: u8 = 5;
+const CODES: usize = 6;
 
 /// `COMPATIBLE[held][asked]`: may `asked` be granted beside `held` on the
-/// same resource? (Symmetric.)
-const COMPATIBLE: [[bool; CODES]; CODES] = [
-    //            share  exclusive
-    /* share */ [true, false],
-    /* excl. */ [false, false],
-];
+/// same resource? Indexed by code. (Symmetric: a unit test checks it.)
+const COMPATIBLE: [[bool; CODES]; CODES] = {
+    const T: bool = true;
+    const F: bool = false;
+    [
+        //           S  X  IS IX U  SIX
+        /* S   */ [T, F, T, F, T, F],
+        /* X   */ [F, F, F, F, F, F],
+        /* IS  */ [T, F, T, T, T, T],
+        /* IX  */ [F, F, T, T, F, F],
+        /* U   */ [T, F, T, F, F, F],
+        /* SIX */ [F, F, T, F, F, F],
+    ]
+};
 
 /// Which codes take exclusive interest in the lock word (the rest: share).
-const INTEREST_EXCLUSIVE: [bool; CODES] = [false, true];
+/// The share ones must be compatible with each other and themselves: the
+/// word's share CAS grants them beside each other without a record read.
+const INTEREST_EXCLUSIVE: [bool; CODES] = {
+    let mut t = [true; CODES];
+    t[CODE_S as usize] = false;
+    t[CODE_IS as usize] = false;
+    t
+};
+
+impl LockMode {
+    /// Every mode, weakest first (the order of the table above).
+    pub const ALL: [LockMode; 6] = [
+        LockMode::IS,
+        LockMode::IX,
+        LockMode::S,
+        LockMode::U,
+        LockMode::SIX,
+        LockMode::X,
+    ];
+
+    #[inline]
+    const fn code(self) -> usize {
+        self as usize
+    }
+
+    /// The mode of a record's code (`None`: no such mode).
+    fn from_code(code: u64) -> Option<LockMode> {
+        Some(match u8::try_from(code).ok()? {
+            CODE_S => LockMode::S,
+            CODE_X => LockMode::X,
+            CODE_IS => LockMode::IS,
+            CODE_IX => LockMode::IX,
+            CODE_U => LockMode::U,
+            CODE_SIX => LockMode::SIX,
+            _ => return None,
+        })
+    }
+
+    /// May `self` and `other` be held on one resource at once (by different
+    /// members, or by two threads of one)? The table of [`LockMode`];
+    /// symmetric.
+    ///
+    /// ```
+    /// use cf_core::LockMode::{self, *};
+    ///
+    /// assert!(IX.compatible(IX) && IX.compatible(IS) && IS.compatible(SIX));
+    /// assert!(!IX.compatible(S) && !U.compatible(U) && !SIX.compatible(SIX));
+    /// assert!(LockMode::ALL.iter().all(|m| !X.compatible(*m)));
+    /// ```
+    #[inline]
+    pub fn compatible(self, other: LockMode) -> bool {
+        COMPATIBLE[self.code()][other.code()]
+    }
+
+    /// Does the mode take exclusive interest in the lock word (IX, U, SIX,
+    /// X), or share interest (IS, S)? See [`LockMode`].
+    #[inline]
+    pub fn takes_exclusive_interest(self) -> bool {
+        INTEREST_EXCLUSIVE[self.code()]
+    }
+
+    /// The mode's name in lower case: `"is"`, `"ix"`, `"s"`, `"u"`, `"six"`,
+    /// `"x"` (what `cfctl --lock MODE:RESOURCE` takes).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::IS => "is",
+            LockMode::IX => "ix",
+            LockMode::S => "s",
+            LockMode::U => "u",
+            LockMode::SIX => "six",
+            LockMode::X => "x",
+        }
+    }
+}
+
+impl std::fmt::Display for LockMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not a [`LockMode`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no lock mode {0:?} (one of is, ix, s, u, six, x)")]
+pub struct BadLockMode(pub String);
+
+impl std::str::FromStr for LockMode {
+    type Err = BadLockMode;
+    /// A mode from its name, in any case (`"ix"`, `"IX"`).
+    fn from_str(s: &str) -> Result<LockMode, BadLockMode> {
+        LockMode::ALL
+            .into_iter()
+            .find(|m| m.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| BadLockMode(s.to_string()))
+    }
+}
+
+/// The mode of a lock request or holding: a [`LockMode`] and the *modify*
+/// flag. A modify lock is taken to change the data it protects: when its
+/// holder dies it is **retained** (it keeps refusing every request
+/// incompatible with its lock mode until the holder's recovery ends); every
+/// other lock is released at the death. Any lock mode may carry the flag.
+///
+/// The three modes of the first API are constants of this type, with their
+/// meaning and names unchanged: [`Mode::Share`] is S, [`Mode::Exclusive`] is
+/// X, [`Mode::Modify`] is X with the modify flag. Every other mode is made
+/// with [`Mode::new`] (or [`Mode::lock`], [`Mode::modify`]).
+///
+/// ```
+/// use cf_core::{LockMode, Mode};
+///
+/// assert_eq!(Mode::new(LockMode::S, false), Mode::Share);
+/// assert_eq!(Mode::modify(LockMode::X), Mode::Modify);
+/// let ix = Mode::lock(LockMode::IX);
+/// assert!(ix.compatible(Mode::modify(LockMode::IX)));
+/// assert!(!ix.compatible(Mode::Share));
+/// assert_eq!((ix.as_str(), Mode::modify(LockMode::IX).as_str()), ("ix", "ix+modify"));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mode {
+    lock: LockMode,
+    modify: bool,
+}
+
+#[allow(non_upper_case_globals)]
+impl Mode {
+    /// Share (read) interest: S. Compatible with other share holders (and
+    /// with IS and U). Displayed `"share"`.
+    pub const Share: Mode = Mode::new(LockMode::S, false);
+    /// Exclusive, not modify: X, released when its holder dies. Displayed
+    /// `"exclusive"`.
+    pub const Exclusive: Mode = Mode::new(LockMode::X, false);
+    /// Exclusive, taken to change the data it protects: X with the modify
+    /// flag, retained when its holder dies. Displayed `"modify"`.
+    pub const Modify: Mode = Mode::new(LockMode::X, true);
+}
 
 impl Mode {
+    /// Lock mode `lock`, with the modify flag if `modify`.
+    #[inline]
+    pub const fn new(lock: LockMode, modify: bool) -> Mode {
+        Mode { lock, modify }
+    }
+
+    /// Lock mode `lock` without the modify flag (released when its holder dies).
+    #[inline]
+    pub const fn lock(lock: LockMode) -> Mode {
+        Mode::new(lock, false)
+    }
+
+    /// Lock mode `lock` with the modify flag (retained when its holder dies).
+    #[inline]
+    pub const fn modify(lock: LockMode) -> Mode {
+        Mode::new(lock, true)
+    }
+
+    /// The lock mode (the modify flag aside).
+    #[inline]
+    pub const fn lock_mode(self) -> LockMode {
+        self.lock
+    }
+
     /// The mode's code (its row in the compatibility table) and modify flag.
     #[inline]
     fn encoded(self) -> (u8, bool) {
-        match self {
-            Mode::Share => (CODE_SHARE, false),
-            Mode::Exclusive => (CODE_EXCLUSIVE, false),
-            Mode::Modify => (CODE_EXCLUSIVE, true),
-        }
+        (self.lock as u8, self.modify)
     }
 
     /// The mode of a record's code and modify flag (`None`: no such mode).
     fn decoded(code: u64, modify: bool) -> Option<Mode> {
-        match (u8::try_from(code).ok()?, modify) {
-            (CODE_SHARE, false) => Some(Mode::Share),
-            (CODE_EXCLUSIVE, false) => Some(Mode::Exclusive),
-            (CODE_EXCLUSIVE, true) => Some(Mode::Modify),
-            _ => None,
-        }
+        LockMode::from_code(code).map(|l| Mode::new(l, modify))
     }
 
-    /// Does the mode take exclusive interest in the lock word?
+    /// Does the mode take exclusive interest in the lock word (IX, U, SIX,
+    /// X, with or without the modify flag)? Share interest: IS and S.
     #[inline]
     pub fn is_exclusive(self) -> bool {
-        INTEREST_EXCLUSIVE[self.encoded().0 as usize]
+        self.lock.takes_exclusive_interest()
     }
     /// Is it taken to change the data (retained when its holder dies)?
     #[inline]
     pub fn is_modify(self) -> bool {
-        self.encoded().1
+        self.modify
     }
-    /// May `self` and `other` be held on one resource at once? Only two
-    /// share holdings are; the relation is symmetric.
+    /// May `self` and `other` be held on one resource at once? The table of
+    /// their lock modes ([`LockMode::compatible`]; the modify flag does not
+    /// matter); symmetric.
     ///
     /// ```
     /// use cf_core::Mode;
@@ -112,15 +311,53 @@ impl Mode {
     /// ```
     #[inline]
     pub fn compatible(self, other: Mode) -> bool {
-        COMPATIBLE[self.encoded().0 as usize][other.encoded().0 as usize]
+        self.lock.compatible(other.lock)
     }
-    /// The mode's name as displays print it (`"share"`, `"exclusive"`,
-    /// `"modify"`); also its [`Display`](std::fmt::Display) form.
+    /// The mode's name as displays print it: `"share"`, `"exclusive"`,
+    /// `"modify"` for [`Mode::Share`], [`Mode::Exclusive`], [`Mode::Modify`]
+    /// (S, X, X with the modify flag), and for the others the lock mode's
+    /// name (`"is"`, `"ix"`, `"u"`, `"six"`), followed by `"+modify"` with the
+    /// modify flag (`"ix+modify"`, `"s+modify"`). Also its
+    /// [`Display`](std::fmt::Display) form; [`Mode::from_name`] reads it back.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Share => "share",
-            Mode::Exclusive => "exclusive",
-            Mode::Modify => "modify",
+        match (self.lock, self.modify) {
+            (LockMode::S, false) => "share",
+            (LockMode::X, false) => "exclusive",
+            (LockMode::X, true) => "modify",
+            (LockMode::IS, false) => "is",
+            (LockMode::IX, false) => "ix",
+            (LockMode::U, false) => "u",
+            (LockMode::SIX, false) => "six",
+            (LockMode::IS, true) => "is+modify",
+            (LockMode::IX, true) => "ix+modify",
+            (LockMode::S, true) => "s+modify",
+            (LockMode::U, true) => "u+modify",
+            (LockMode::SIX, true) => "six+modify",
+        }
+    }
+
+    /// Every mode: each lock mode without and with the modify flag.
+    pub fn all() -> impl Iterator<Item = Mode> {
+        [false, true]
+            .into_iter()
+            .flat_map(|m| LockMode::ALL.into_iter().map(move |l| Mode::new(l, m)))
+    }
+
+    /// The mode [`Mode::as_str`] names (`None`: no mode has that name).
+    pub fn from_name(name: &str) -> Option<Mode> {
+        Mode::all().find(|m| m.as_str() == name)
+    }
+}
+
+impl std::fmt::Debug for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Mode::Share => f.write_str("Share"),
+            Mode::Exclusive => f.write_str("Exclusive"),
+            Mode::Modify => f.write_str("Modify"),
+            Mode { lock, modify } => {
+                write!(f, "Mode({lock:?}{})", ["", "+modify"][modify as usize])
+            }
         }
     }
 }
@@ -369,7 +606,7 @@ pub(crate) fn ticket_older(a: u32, b: u32) -> bool {
 }
 
 #[inline]
-fn meta_word(len: usize, mode: Mode) -> u64 {
+pub(crate) fn meta_word(len: usize, mode: Mode) -> u64 {
     let (code, modify) = mode.encoded();
     let flags = if modify { FLAG_MODIFY } else { 0 };
     len as u64 | u64::from(code) << 8 | flags << 16
@@ -578,6 +815,12 @@ pub(crate) fn claim_block(region: &Region, member: ConnectorId, token: u64) -> O
 }
 
 /// Does block `block` of `member` hold only free tags?
+/// The owner token of the block that holds record `slot` of `member` (the
+/// holder that claimed it), as stored; `None` if out of range.
+pub(crate) fn slot_owner(region: &Region, member: ConnectorId, slot: u32) -> Option<u64> {
+    block(region, member, slot / BLOCK_SLOTS).map(|b| b.owner.load(Ordering::Relaxed))
+}
+
 pub(crate) fn block_is_empty(region: &Region, member: ConnectorId, block: u32) -> bool {
     let first = (block * BLOCK_SLOTS) as usize;
     region.tags(member).is_ok_and(|tags| {
@@ -676,5 +919,104 @@ mod tests {
             assert!(!Mode::Share.compatible(m));
             assert!(!m.compatible(m));
         }
+    }
+
+    /// The lock manager's table, written out pair by pair as the issue
+    /// states it: IS with IS, IX, S, U, SIX; IX with IS, IX; S with IS, S,
+    /// U; U with IS, S; SIX with IS; X with nothing.
+    fn expected(a: LockMode, b: LockMode) -> bool {
+        use LockMode::*;
+        let with = |m: LockMode| -> &'static [LockMode] {
+            match m {
+                IS => &[IS, IX, S, U, SIX],
+                IX => &[IS, IX],
+                S => &[IS, S, U],
+                U => &[IS, S],
+                SIX => &[IS],
+                X => &[],
+            }
+        };
+        with(a).contains(&b)
+    }
+
+    #[test]
+    fn the_table_is_the_lock_managers_every_pair_both_orders() {
+        for a in LockMode::ALL {
+            for b in LockMode::ALL {
+                assert_eq!(a.compatible(b), expected(a, b), "{a} held, {b} asked");
+                assert_eq!(a.compatible(b), b.compatible(a), "{a}/{b}: not symmetric");
+                // The modify flag never changes compatibility.
+                for (ma, mb) in [(false, false), (false, true), (true, false), (true, true)] {
+                    assert_eq!(
+                        Mode::new(a, ma).compatible(Mode::new(b, mb)),
+                        expected(a, b),
+                        "{a}{ma} / {b}{mb}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn share_interest_is_only_for_modes_compatible_with_each_other() {
+        use LockMode::*;
+        let share: Vec<LockMode> = LockMode::ALL
+            .into_iter()
+            .filter(|m| !m.takes_exclusive_interest())
+            .collect();
+        assert_eq!(share, [IS, S]);
+        // The fast share CAS grants these beside each other unread.
+        for a in &share {
+            for b in &share {
+                assert!(a.compatible(*b), "{a}/{b}");
+            }
+        }
+        assert!(Mode::Modify.is_exclusive() && Mode::Exclusive.is_exclusive());
+        assert!(!Mode::Share.is_exclusive());
+        assert!(Mode::modify(IX).is_exclusive() && !Mode::modify(IS).is_exclusive());
+    }
+
+    #[test]
+    fn the_old_three_keep_their_codes_and_names() {
+        assert_eq!(Mode::Share.encoded(), (0, false));
+        assert_eq!(Mode::Exclusive.encoded(), (1, false));
+        assert_eq!(Mode::Modify.encoded(), (1, true));
+        assert_eq!(
+            [Mode::Share, Mode::Exclusive, Mode::Modify].map(Mode::as_str),
+            ["share", "exclusive", "modify"]
+        );
+        assert_eq!(format!("{:?}", Mode::Modify), "Modify");
+        assert_eq!(
+            format!("{:?}", Mode::modify(LockMode::IX)),
+            "Mode(IX+modify)"
+        );
+    }
+
+    #[test]
+    fn every_mode_round_trips_through_the_record_and_its_name() {
+        let all: Vec<Mode> = Mode::all().collect();
+        assert_eq!(all.len(), 12);
+        let mut names = std::collections::HashSet::new();
+        for m in all {
+            let (code, modify) = m.encoded();
+            assert_eq!(Mode::decoded(code.into(), modify), Some(m));
+            assert_eq!(Mode::from_name(m.as_str()), Some(m));
+            assert!(names.insert(m.as_str()), "{m}: name used twice");
+            let body = RecordBody::default();
+            write_body_and_hash(&body, b"r", m);
+            let meta = body.meta.load(Ordering::Relaxed);
+            assert_eq!(
+                ((meta >> 8) & 0xff, (meta >> 16) & 0xff),
+                (code.into(), modify as u64)
+            );
+            assert_eq!(m.is_modify(), modify);
+        }
+        assert_eq!(Mode::decoded(CODES as u64, false), None);
+        assert_eq!(Mode::decoded(256, false), None);
+        for l in LockMode::ALL {
+            assert_eq!(l.as_str().parse::<LockMode>(), Ok(l));
+            assert_eq!(l.as_str().to_uppercase().parse::<LockMode>(), Ok(l));
+        }
+        assert!("sx".parse::<LockMode>().is_err());
     }
 }

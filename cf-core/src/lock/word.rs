@@ -47,8 +47,14 @@
 //! unlatch that changed the holdings ([`Change::Holdings`]) clears both bits
 //! and wakes both classes; one that only looked ([`Change::Look`]: a waiter
 //! finding the same conflict, a grant, a request giving up) keeps the holding
-//! waiters' bit and wakes only latch waiters. Sleeps are bounded slices (at
-//! most 20 ms), so a dead holder is noticed even with no monitor.
+//! waiters' bit and wakes only latch waiters. A request that changes the
+//! holdings *without* the latch (a record freed after its latch wait timed
+//! out) pokes a busy latch ([`poke`]: the latched word's epoch moves and the
+//! holding waiters wake), and the latch holder's unlatch, seeing its epoch
+//! moved ([`unlatch_checked`]), heals the mask and counts as a holdings
+//! change; a waiter never announces itself on a fast-mode word (nobody
+//! would wake it: it looks again instead). Sleeps are bounded slices (at
+//! most `entry::MAX_SLICE`, 100 ms), a backstop for a dead holder only.
 //!
 //! **Crash windows.** A process can die holding a word in any state: as the
 //! fast-mode holder, in the mask, or holding the latch. All are repaired by the
@@ -253,8 +259,9 @@ pub(crate) fn try_fast_release_share(word: &AtomicU64, me: ConnectorId, seen: u6
 /// Outcome of one latch attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Latch {
-    /// Latched; `named` is the set of connectors the word named (as a bit set).
-    Latched { named: u64 },
+    /// Latched; `named` is the set of connectors the word named (as a bit
+    /// set), `epoch` the word's epoch when it was latched.
+    Latched { named: u64, epoch: u64 },
     /// Another connector holds the latch; the word as seen.
     Busy { holder: ConnectorId, seen: Word },
 }
@@ -278,6 +285,7 @@ pub(crate) fn try_latch(word: &AtomicU64, me: ConnectorId) -> Latch {
             Ok(_) => {
                 return Latch::Latched {
                     named: Word(new).mask() as u64,
+                    epoch: Word(new).epoch(),
                 }
             }
             Err(now) => cur = now,
@@ -288,12 +296,46 @@ pub(crate) fn try_latch(word: &AtomicU64, me: ConnectorId) -> Latch {
 /// Drop the latch, publishing `mask` as the entry's interest (an empty mask
 /// returns the entry to fast mode), with the next epoch, and wake whom the
 /// `change` concerns (see the module docs). Returns the word as this unlatch
-/// left it.
+/// left it. (The protocol unlatches through [`unlatch_checked`]; this is
+/// the plain step, for the tests of the word.)
+#[cfg(all(test, not(loom)))]
 pub(crate) fn unlatch(word: &AtomicU64, mask: u32, change: Change) -> u64 {
-    // An entry left with no interest has nothing anyone could wait for.
-    let change = if mask == 0 { Change::Holdings } else { change };
-    let mut cur = word.load(Ordering::Relaxed);
+    unlatch_checked(word, None, mask, change, |m| m)
+}
+
+/// [`unlatch`] by a latch holder that latched at epoch `latched`: if the
+/// epoch moved meanwhile, a request outside the latch changed the holdings
+/// ([`poke`]: a record freed without the latch), so the mask is `recheck`ed
+/// (bits of connectors that hold nothing any more are dropped), the unlatch
+/// counts as a holdings change (next epoch, every waiter woken), and the word
+/// returned carries the latched epoch: a caller that waits on it looks again
+/// at once instead of waiting for a change that already happened.
+pub(crate) fn unlatch_checked(
+    word: &AtomicU64,
+    latched: Option<u64>,
+    mut mask: u32,
+    mut change: Change,
+    recheck: impl Fn(u32) -> u32,
+) -> u64 {
+    let computed = mask;
+    let mut last = latched;
+    let mut rechecked = false;
+    // Acquire: a poke seen here (its epoch) comes with the record stores
+    // made before it, which the recheck then reads (attack13).
+    let mut cur = word.load(Ordering::Acquire);
     loop {
+        if last.is_some_and(|e| Word(cur).epoch() != e) {
+            // Every poke seen, not only the first: one may land between a
+            // recheck and the CAS, which then fails (attack13).
+            last = Some(Word(cur).epoch());
+            rechecked = true;
+            mask = recheck(computed);
+            change = Change::Holdings;
+        }
+        // An entry left with no interest has nothing anyone could wait for.
+        if mask == 0 {
+            change = Change::Holdings;
+        }
         let keep = match change {
             Change::Holdings => 0,
             Change::Look => cur & HOLDING_WAITERS,
@@ -309,8 +351,8 @@ pub(crate) fn unlatch(word: &AtomicU64, mask: u32, change: Change) -> u64 {
         };
         let new = epoch | body;
         // Only the latch holder changes a latched word, but a waiter may set
-        // its bit meanwhile: retry on that.
-        match word.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Relaxed) {
+        // its bit (or a poker move the epoch) meanwhile: retry on that.
+        match word.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
                 let woken = match change {
                     Change::Holdings => cur & WAITER_BITS,
@@ -326,7 +368,44 @@ pub(crate) fn unlatch(word: &AtomicU64, mask: u32, change: Change) -> u64 {
                 if classes != 0 {
                     crate::lock::futex::wake_high(word, classes);
                 }
-                return new;
+                return match latched {
+                    Some(e) if rechecked => (new & !EPOCH_BITS) | e,
+                    _ => new,
+                };
+            }
+            Err(now) => cur = now,
+        }
+    }
+}
+
+/// What a [`poke`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Poke {
+    /// The word is latched: its epoch moved, so the latch holder rechecks
+    /// at its unlatch ([`unlatch_checked`]), and holding waiters were woken.
+    Poked,
+    /// The word is not latched (fast, or mixed and free): latch it instead.
+    NotLatched,
+}
+
+/// A request that changed the holdings of an entry without its latch (a
+/// record freed because its latch wait timed out) tells the latch holder:
+/// the epoch of the latched word moves (nothing else of it), and the holding
+/// waiters are woken (they look again: what they waited for may be gone).
+pub(crate) fn poke(word: &AtomicU64) -> Poke {
+    let mut cur = word.load(Ordering::Acquire);
+    loop {
+        let w = Word(cur);
+        if !w.is_mixed() || w.holder().is_none() {
+            return Poke::NotLatched;
+        }
+        let new = next_epoch(w) | (cur & !EPOCH_BITS & !HOLDING_WAITERS);
+        match word.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                if cur & HOLDING_WAITERS != 0 {
+                    crate::lock::futex::wake_high(word, crate::lock::futex::HOLDINGS);
+                }
+                return Poke::Poked;
             }
             Err(now) => cur = now,
         }
@@ -380,7 +459,13 @@ pub(crate) fn wait_for_holdings(
         if time_left.is_zero() {
             return HoldingsWait::SliceEnded;
         }
-        if w.is_mixed() && w.holder().is_some() {
+        if !w.is_mixed() {
+            // Back in fast mode with the epoch we left (our own step-out
+            // found nothing held): no one would wake a waiter announced
+            // here (a fast word has no waiter bits): look again (attack12).
+            return HoldingsWait::Changed;
+        }
+        if w.holder().is_some() {
             // Someone looks (or releases): wait for its unlatch.
             if let Some(high) = announce(word, cur, LATCH_WAITERS) {
                 if told() {
@@ -504,7 +589,7 @@ mod tests {
     fn latch_converts_and_names_the_exclusive_holder() {
         let w = AtomicU64::new(0);
         assert!(try_fast_exclusive(&w, c(7)));
-        assert_eq!(try_latch(&w, c(2)), Latch::Latched { named: 1 << 7 });
+        assert!(matches!(try_latch(&w, c(2)), Latch::Latched { named, .. } if named == 1 << 7));
         let seen = load(&w);
         assert!(seen.is_mixed());
         assert_eq!(seen.holder(), Some(c(2)));
@@ -514,7 +599,7 @@ mod tests {
         assert!(matches!(try_latch(&w, c(1)), Latch::Busy { holder, .. } if holder == c(2)));
         unlatch(&w, 1 << 7, Change::Look);
         assert_eq!(load(&w), Word(MIXED | 1 << 7));
-        assert_eq!(try_latch(&w, c(7)), Latch::Latched { named: 1 << 7 });
+        assert!(matches!(try_latch(&w, c(7)), Latch::Latched { named, .. } if named == 1 << 7));
         unlatch(&w, 0, Change::Holdings);
         assert_eq!(
             load(&w),

@@ -147,7 +147,7 @@ fn a_cleanup_posts_after_the_recovery_it_announces_has_ended() {
         second.join().unwrap().unwrap();
         let completed = crate::events::read_since(&r, since)
             .into_iter()
-            .filter(|e| e.kind == crate::events::EventKind::RecoveryCompleted)
+            .filter(|e| e.kind() == crate::events::EventKind::RecoveryCompleted)
             .count();
         assert_eq!(completed, 1);
         let reqs = crate::requests::list(&r).unwrap();

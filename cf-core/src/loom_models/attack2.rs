@@ -8,39 +8,6 @@ use crate::sync::Ordering;
 use crate::{cleanup_member, CleanupOutcome, ConnectMode, Member, MemberState, Mode, TryOutcome};
 use loom::thread;
 
-/// What `inspect::verify` (not built under loom) checks of the lock words at
-/// rest: no latch held, every named connector has a held record on the
-/// entry, every held record's connector is named.
-fn at_rest_problems(r: &crate::Region) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in r.entry_indices() {
-        let w = Word(r.word(e).unwrap().load(Ordering::Relaxed));
-        if w.is_mixed() && w.holder().is_some() {
-            out.push(format!("entry {e} latched at rest: {:#x}", w.0));
-        }
-        for c in crate::lock::entry::bits(w.named()) {
-            if !records::holds_other_on(r, c, e, None) {
-                out.push(format!(
-                    "entry {e} names {c}, which holds nothing there ({:#x})",
-                    w.0
-                ));
-            }
-        }
-    }
-    for c in r.connector_ids() {
-        for rec in records::all_records(r, c).unwrap() {
-            let w = Word(r.word(rec.entry).unwrap().load(Ordering::Relaxed));
-            if rec.held && w.named() & word::bit(c) == 0 {
-                out.push(format!(
-                    "{c} holds {:?} on {} unnamed ({:#x})",
-                    rec.resource, rec.entry, w.0
-                ));
-            }
-        }
-    }
-    out
-}
-
 /// A restart light's release of a retained lock synchronizes with the grant
 /// to the next requester: the light's back-out (a write of the data) happens
 /// before the requester's write (loom checks the guarded data), and the

@@ -8,7 +8,7 @@
 use super::harness::*;
 use crate::connector::identity::ProcessId;
 use crate::connector::slot_view;
-use crate::events::{self, EventKind};
+use crate::events::{self, Completion, EventData};
 use crate::ids::ConnectorId;
 use crate::requests::{self, ClaimOutcome, FailOutcome, RequestState};
 use crate::sync::Ordering;
@@ -82,11 +82,13 @@ fn handler(r: &Arc<Region>) -> Option<u32> {
 }
 
 /// The RecoveryCompleted events since `since`: (epoch, how).
-fn completions(r: &Region, since: u64) -> Vec<(u64, u64)> {
+fn completions(r: &Region, since: u64) -> Vec<(u32, Completion)> {
     events::read_since(r, since)
         .into_iter()
-        .filter(|e| e.kind == EventKind::RecoveryCompleted)
-        .map(|e| (e.a, e.b))
+        .filter_map(|e| match e.data {
+            EventData::RecoveryCompleted { epoch, how } => Some((epoch, how)),
+            _ => None,
+        })
         .collect()
 }
 
@@ -177,7 +179,7 @@ fn a_normal_restart_racing_a_retry_and_a_handler_completes_once() {
         assert!(left.is_empty(), "A is ACTIVE: {left:?}");
         let done = completions(&r, since);
         let (_, done1) = requests::totals(&r);
-        let mut epochs: Vec<u64> = done.iter().map(|c| c.0).collect();
+        let mut epochs: Vec<u32> = done.iter().map(|c| c.0).collect();
         epochs.dedup();
         assert_eq!(
             epochs.len(),
@@ -256,7 +258,7 @@ fn a_normal_restart_killed_after_completing_leaves_a_claimable_request() {
              request is not claimable: {q:?}"
         );
         let done = completions(&r, since);
-        let mut epochs: Vec<u64> = done.iter().map(|c| c.0).collect();
+        let mut epochs: Vec<u32> = done.iter().map(|c| c.0).collect();
         epochs.dedup();
         assert_eq!(
             epochs.len(),
@@ -264,7 +266,7 @@ fn a_normal_restart_killed_after_completing_leaves_a_claimable_request() {
             "an epoch completed twice: {done:?}"
         );
         assert!(
-            !epochs.contains(&u64::from(q.epoch)),
+            !epochs.contains(&q.epoch),
             "the outstanding request was completed already: {done:?} {q:?}"
         );
         if reposted.is_some() {
@@ -477,7 +479,7 @@ fn a_cleanup_repost_racing_a_due_claim_keeps_one_claimer() {
 /// completed + outstanding).
 #[test]
 fn a_normal_restart_racing_a_retry_and_a_due_claim_completes_once() {
-    use crate::events::{self, EventKind};
+    use crate::events::{self, EventData};
     check(2, || {
         let r = region(2, 1);
         a_failed_request_due_again(&r);
@@ -504,10 +506,12 @@ fn a_normal_restart_racing_a_retry_and_a_due_claim_completes_once() {
             at_active.is_empty(),
             "retry {reposted:?} claim {claimed:?}: {at_active:?}"
         );
-        let done: Vec<u64> = events::read_since(&r, since)
+        let done: Vec<u32> = events::read_since(&r, since)
             .into_iter()
-            .filter(|e| e.kind == EventKind::RecoveryCompleted)
-            .map(|e| e.a)
+            .filter_map(|e| match e.data {
+                EventData::RecoveryCompleted { epoch, .. } => Some(epoch),
+                _ => None,
+            })
             .collect();
         assert_eq!(done.len(), 1, "{done:?}");
         let (posted, completed) = requests::totals(&r);

@@ -186,3 +186,44 @@ impl Guarded {
         self.0.with(|p| unsafe { *p })
     }
 }
+
+/// What `inspect::verify` checks of the lock words at rest :
+/// no latch held, no waiter bit in fast mode, every named connector has an
+/// interest (a held or urgent record) on the entry, every held record's
+/// connector is named.
+pub(super) fn at_rest_problems(r: &crate::Region) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in r.entry_indices() {
+        let w = crate::lock::word::Word(r.word(e).unwrap().load(crate::sync::Ordering::Relaxed));
+        if w.is_mixed() && w.holder().is_some() {
+            out.push(format!("entry {e} latched at rest: {:#x}", w.0));
+        }
+        if w.is_malformed() {
+            out.push(format!("entry {e} malformed: {:#x}", w.0));
+        }
+        for c in crate::lock::entry::bits(w.named()) {
+            if !crate::lock::records::holds_other_on(r, c, e, None) {
+                out.push(format!(
+                    "entry {e} names {c}, which holds nothing there ({:#x})",
+                    w.0
+                ));
+            }
+        }
+    }
+    for c in r.connector_ids() {
+        for rec in crate::lock::records::all_records(r, c).unwrap() {
+            let w = crate::lock::word::Word(
+                r.word(rec.entry)
+                    .unwrap()
+                    .load(crate::sync::Ordering::Relaxed),
+            );
+            if rec.held && w.named() & crate::lock::word::bit(c) == 0 {
+                out.push(format!(
+                    "{c} holds {:?} on {} unnamed ({:#x})",
+                    rec.resource, rec.entry, w.0
+                ));
+            }
+        }
+    }
+    out
+}

@@ -187,3 +187,65 @@ fn two_threads_of_one_member() {
         Arc::into_inner(m).unwrap().disconnect().unwrap();
     });
 }
+
+/// Two members, or two threads of one member, ask for one resource in IX at
+/// once: both modes take exclusive interest in the word, so the second meets
+/// the first's fast holding (or its conversion) and is granted on the
+/// latched path by the table (XES contention). Both are granted at their
+/// first try, and the last one out leaves the word free (the member's bit
+/// recomputed from records that are compatible holdings of a sibling).
+fn intent_exclusive_twice(same_member: bool) {
+    use crate::LockMode;
+    check(3, move || {
+        let r = region(2, 2);
+        let a = Arc::new(Member::connect(r.clone(), "A").unwrap());
+        let b = if same_member {
+            a.clone()
+        } else {
+            crate::connector::identity::model::enter(2);
+            Arc::new(Member::connect(r.clone(), "B").unwrap())
+        };
+        let threads: Vec<_> = [(1, a), (2, b)]
+            .into_iter()
+            .map(|(pid, m)| {
+                let f = move || {
+                    let mut h = m.holder().unwrap();
+                    let out = h.try_lock(b"acct", Mode::lock(LockMode::IX)).unwrap();
+                    let TryOutcome::Granted(id) = out else {
+                        panic!("IX refused beside IX: {out:?}");
+                    };
+                    h.unlock(id).unwrap();
+                    drop(h);
+                    m
+                };
+                if same_member {
+                    // Two threads of process 1.
+                    thread::spawn(move || Some(f()))
+                } else {
+                    process(pid, f)
+                }
+            })
+            .collect();
+        let ms: Vec<_> = threads
+            .into_iter()
+            .map(|t| t.join().unwrap().unwrap())
+            .collect();
+        for m in ms {
+            if let Some(m) = Arc::into_inner(m) {
+                m.disconnect().unwrap();
+            }
+        }
+        let w = r.word(entry_of(b"acct")).unwrap().load(Ordering::Relaxed);
+        assert!(crate::lock::word::Word(w).is_free(), "{w:#x}");
+    });
+}
+
+#[test]
+fn intent_exclusive_beside_intent_exclusive_two_members() {
+    intent_exclusive_twice(false);
+}
+
+#[test]
+fn intent_exclusive_beside_intent_exclusive_two_threads() {
+    intent_exclusive_twice(true);
+}

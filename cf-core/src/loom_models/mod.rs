@@ -19,6 +19,8 @@
 mod harness;
 
 mod attack;
+mod attack12;
+mod attack13;
 mod attack2;
 mod attack3;
 mod claim;

@@ -55,7 +55,7 @@ fn a_late_completion_never_completes_a_newer_request() {
         ));
         let completions: Vec<String> = events::read_since(&r, since)
             .into_iter()
-            .filter(|e| e.kind == EventKind::RecoveryCompleted)
+            .filter(|e| e.kind() == EventKind::RecoveryCompleted)
             .map(|e| e.member)
             .collect();
         assert_eq!(completions, ["A"], "A's recovery completed exactly once");

@@ -39,18 +39,19 @@ impl Connection {
         }
     }
 
-    pub(crate) fn next_holder_token(&self) -> u64 {
-        // Nonzero (the counter starts at 1), never BLOCK_RETAINED (a PID is
-        // below 2^23), and unique among this connection's holders: the
-        // deadlock detector (`deadlock.rs`) tells holders apart by the owner
-        // of their blocks. (It used to be `pid << 24 | n & 0xffffff | 1`,
-        // which gave holders 2 and 3 the same token: the detector took a
-        // wait for a sibling thread's lock for a wait for the holder's own.)
-        (crate::connector::identity::current_pid() as u64 & 0x7f_ffff) << 40
-            | (self
-                .next_holder
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                & 0xff_ffff_ffff)
+    /// A token for a new holder: the owner word of its record blocks.
+    /// Unique among the live holders of the region (the PID in the high
+    /// half, a per-connection count from 1 in the low half), never 0 (a free
+    /// block) nor `BLOCK_RETAINED`; a decision compares it with a record's
+    /// block owner to tell a request's own holdings from a sibling's
+    /// (`entry.rs` rule 5), so two holders may never share one. `None` once
+    /// 2^32 - 1 holders were made by this connection.
+    pub(crate) fn next_holder_token(&self) -> Option<u64> {
+        let n = self
+            .next_holder
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = u32::try_from(n).ok().filter(|&n| n != 0)?;
+        Some((crate::connector::identity::current_pid() as u64) << 32 | n as u64)
     }
 
     /// Is our connector still ours? (A member is cleaned up only if its

@@ -3,12 +3,17 @@
 //! `lock/entry.rs` (which holds the invariants and crash windows): when to
 //! wait, when to answer, and cleaning up a dead holder met on the way.
 //!
-//! * **Fast path**: write the record (HELD), one CAS on the word; release:
-//!   mark the record PENDING (being released), one CAS back, then free the
-//!   record. No system call, no shared counter.
+//! * **Fast path**: write the record (HELD), one CAS on the word (the share
+//!   CAS for a mode with share interest, IS and S, the exclusive one for the
+//!   others: `Mode::is_exclusive`); release: mark the record PENDING (being
+//!   released), one CAS back, then free the record. No system call, no
+//!   shared counter.
 //! * **Slow path**: a request one CAS cannot settle turns its record PENDING
-//!   and latches the entry; the decision is `entry::Latched::decide`.
-//!   A conflict with a modify record of a member that is failed-persistent,
+//!   and latches the entry; the decision is `entry::Latched::decide`, by the
+//!   modes' compatibility table (so compatible modes with exclusive interest,
+//!   IX beside IX, are granted there).
+//!   A conflict (a record in a mode incompatible with the request's) with a
+//!   modify record, in any mode, of a member that is failed-persistent,
 //!   recovering or being cleaned up (its named modify records are retained,
 //!   `entry.rs`) is answered "retained by M" at once. A conflict with a live
 //!   holder waits (a waiting `lock`) or is answered "contention" (a `try`),
@@ -159,7 +164,7 @@ impl std::fmt::Debug for Holder {
 
 impl Holder {
     pub(crate) fn new(m: Arc<Connection>) -> Result<Holder, HolderError> {
-        let token = m.next_holder_token();
+        let token = m.next_holder_token().ok_or(HolderError::TokensExhausted)?;
         let region = &*m.region;
         let area = Area {
             tags: NonNull::from(region.tags(m.id)?),
@@ -410,6 +415,7 @@ impl Holder {
             mode,
             member: me,
             slot,
+            holder: self.token,
             ticket: 0,
             urgent: false,
             half_made: true,
@@ -488,7 +494,7 @@ impl Holder {
                 }
                 Ok(Decision::Conflict) => {}
                 Err(e) => {
-                    l.unlatch_unchanged();
+                    l.unlatch_unchanged(region);
                     free_record(req.urgent || req.half_made);
                     return Err(e.into());
                 }
@@ -501,7 +507,7 @@ impl Holder {
             let class = match classify(region, conflicts) {
                 Ok(c) => c,
                 Err(e) => {
-                    l.unlatch_unchanged();
+                    l.unlatch_unchanged(region);
                     free_record(req.urgent || req.half_made);
                     return Err(e.into());
                 }
@@ -546,7 +552,7 @@ impl Holder {
                     // First wait: the ticket orders us among urgent requests.
                     req.ticket = records::take_wait_ticket(region);
                     if let Err(e) = records::set_wait_ticket(region, me, slot, req.ticket) {
-                        l.unlatch_unchanged();
+                        l.unlatch_unchanged(region);
                         free_record(req.urgent || req.half_made);
                         return Err(e.into());
                     }
@@ -554,7 +560,7 @@ impl Holder {
                 bypassed += u32::from(std::mem::take(&mut woken_by_change));
                 if bypassed == entry::BYPASS_LIMIT {
                     if let Err(e) = l.make_urgent(region, &req) {
-                        l.unlatch_unchanged();
+                        l.unlatch_unchanged(region);
                         free_record(req.urgent || req.half_made);
                         return Err(e.into());
                     }
@@ -753,7 +759,10 @@ fn bad_resource(len: usize) -> AcquireError {
 /// The conflicting holders sorted by what they are.
 struct Classified {
     /// A modify record of a member whose modify locks are retained (or are
-    /// being made so by its cleanup): answered at once.
+    /// being made so by its cleanup): answered at once. The conflicts are
+    /// only records whose mode the table says is incompatible with the
+    /// request's, so a retained lock refuses exactly those (a retained IX
+    /// refuses S and X, never IS or IX), whatever its mode.
     retained: Option<HolderInfo>,
     /// The retaining member is still being cleaned up.
     retained_cleaning: bool,

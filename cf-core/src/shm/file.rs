@@ -117,13 +117,11 @@ impl Region {
             .ok_or_else(|| RegionError::NotFound { path: path.into() })?;
         let actual = file.metadata().map_err(io_err(path))?.len();
         let mut raw = vec![0u8; std::mem::size_of::<Header>()];
-        if actual < layout::HEADER_PAGE {
-            // Shorter than the header page no region is (the smallest is
-            // many pages): say what was checked.
-            return Err(RegionError::SizeMismatch {
+        if actual < raw.len() as u64 {
+            return Err(RegionError::TooShort {
                 path: path.into(),
                 actual,
-                expected: layout::HEADER_PAGE,
+                header: raw.len() as u64,
             });
         }
         file.read_exact(&mut raw).map_err(io_err(path))?;
@@ -258,7 +256,7 @@ mod tests {
         });
         assert!(matches!(e, RegionError::SizeMismatch { .. }), "{e}");
         let e = damaged(|f| f.set_len(10).unwrap());
-        assert!(matches!(e, RegionError::SizeMismatch { .. }), "{e}");
+        assert!(matches!(e, RegionError::TooShort { actual: 10, .. }), "{e}");
     }
 
     #[test]

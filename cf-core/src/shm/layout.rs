@@ -30,10 +30,14 @@ pub const MAGIC: [u8; 8] = *b"CFEMUREG";
 /// structure page the failure detection settings.
 /// 7: connector slots gained the beat period, the retained-lock refusals and
 /// the sampled service times.
-/// 8: block headers grew to 128 bytes for a holder's wait record (deadlock
+/// 8: a record's mode code holds the lock manager's six modes (S 0 and X 1 as
+/// before, IS 2, IX 3, U 4, SIX 5) and any of them may carry the modify flag
+/// (`lock/records.rs`): a version-7 program would take such a record for
+/// damage, so it must refuse the region instead.
+/// 9: block headers grew to 128 bytes for a holder's wait record (deadlock
 /// detection), the lock structure page gained the detector's interval,
 /// claim, last round and victim count.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 /// The header and the directory live in the first page.
 pub const HEADER_PAGE: u64 = 4096;
 /// Connector ids are bit positions in the 32-bit share/interest mask of a lock word.

@@ -76,6 +76,15 @@ pub(crate) fn since(t: std::time::Instant) -> Duration {
     now().saturating_duration_since(t)
 }
 
+/// A release fence (seqlock-style writes: mark invalid, fence, the fields).
+#[inline]
+pub(crate) fn fence_release() {
+    #[cfg(loom)]
+    loom::sync::atomic::fence(Ordering::Release);
+    #[cfg(not(loom))]
+    std::sync::atomic::fence(Ordering::Release);
+}
+
 /// An acquire fence (seqlock-style reads: fields, fence, re-read the sequence).
 #[inline]
 pub(crate) fn fence_acquire() {

@@ -5,7 +5,7 @@
 //! Every failed check says which member, which life or death, and which
 //! events break it, so that a failed soak can be diagnosed from its report.
 
-use cf_core::events::{Event, EventKind};
+use cf_core::events::{Completion, Event, EventData, EventKind};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -83,17 +83,17 @@ fn event_line(e: &Event, t0: u64) -> String {
     let by =
         e.by.as_deref()
             .map_or(String::new(), |b| format!(" by {b}"));
-    let pid = match e.kind {
-        EventKind::Detected
-        | EventKind::Connected
-        | EventKind::Claimed
-        | EventKind::RestartLightStarted => format!(" pid {}", e.a),
+    let pid = match e.data {
+        EventData::Detected { pid }
+        | EventData::Connected { pid }
+        | EventData::Claimed { pid, .. }
+        | EventData::RestartLightStarted { pid } => format!(" pid {pid}"),
         _ => String::new(),
     };
     format!(
         "#{} {} {}{}{}",
         e.seq,
-        e.kind.as_str(),
+        e.kind().as_str(),
         rel(e.time_ns, t0),
         by,
         pid
@@ -101,10 +101,30 @@ fn event_line(e: &Event, t0: u64) -> String {
 }
 
 fn event_json(e: &Event, t0: u64) -> Value {
-    json!({
-        "seq": e.seq, "kind": e.kind.as_str(), "t_s": (e.time_ns as f64 - t0 as f64) / 1e9,
-        "by": e.by, "a": e.a, "b": e.b, "c": e.c,
-    })
+    let mut v = json!({
+        "seq": e.seq, "kind": e.kind().as_str(), "t_s": (e.time_ns as f64 - t0 as f64) / 1e9,
+        "by": e.by,
+    });
+    add_data_fields(&mut v, &e.data);
+    v
+}
+
+/// Add the named fields of `data` (its `serde` form without its `kind`,
+/// e.g. `"pid"` and `"taken_over"` of a claim) to the JSON object `v`: the
+/// events of the sim's reports and of `--history-out`.
+pub fn add_data_fields(v: &mut Value, data: &EventData) {
+    let (Value::Object(o), Ok(Value::Object(fields))) = (v, serde_json::to_value(data)) else {
+        return;
+    };
+    o.extend(fields.into_iter().filter(|(k, _)| k != "kind"));
+}
+
+/// The epoch of the request a `recovery_completed` completes.
+fn completed_epoch(e: &Event) -> Option<u32> {
+    match e.data {
+        EventData::RecoveryCompleted { epoch, .. } => Some(epoch),
+        _ => None,
+    }
 }
 
 /// Sequence numbers below `head` that the sim never read (torn by a kill
@@ -112,8 +132,6 @@ fn event_json(e: &Event, t0: u64) -> Value {
 pub fn missing_seqs(events: &BTreeMap<u64, Event>, head: u64) -> BTreeSet<u64> {
     (0..head).filter(|q| !events.contains_key(q)).collect()
 }
-
-use cf_core::requests::COMPLETED_BY_OWN_RESTART;
 
 /// The verdict of `one_restart_per_death`.
 #[derive(Debug, Default)]
@@ -133,9 +151,9 @@ pub struct LifeCheck {
 /// the member connects again; a life without a death has no completion. A
 /// life of a member runs from one of its `connected` events to the next (a
 /// member records `connected` after any recovery of its previous life), or
-/// ends with the completion its own normal restart recorded (`b` = 1: the
-/// member is ACTIVE from there, so a death before its `connected` is a new
-/// life's).
+/// ends with the completion its own normal restart recorded
+/// ([`Completion::OwnRestart`]: the member is ACTIVE from there, so a death
+/// before its `connected` is a new life's).
 pub fn check_lives(events: &BTreeMap<u64, Event>, head: u64, t0: u64) -> LifeCheck {
     let missing = missing_seqs(events, head);
     let gap_in = |a: u64, b: u64| missing.range(a..=b).next().is_some();
@@ -148,14 +166,20 @@ pub fn check_lives(events: &BTreeMap<u64, Event>, head: u64, t0: u64) -> LifeChe
         // Split at `connected`: each life's events, with the `connected` that opened it.
         let mut lives: Vec<(Option<&Event>, Vec<&Event>)> = vec![(None, Vec::new())];
         for e in evs {
-            if e.kind == EventKind::Connected {
+            if e.kind() == EventKind::Connected {
                 lives.push((Some(e), Vec::new()));
                 continue;
             }
             if let Some(l) = lives.last_mut() {
                 l.1.push(e);
             }
-            if e.kind == EventKind::RecoveryCompleted && e.b == COMPLETED_BY_OWN_RESTART {
+            if matches!(
+                e.data,
+                EventData::RecoveryCompleted {
+                    how: Completion::OwnRestart,
+                    ..
+                }
+            ) {
                 lives.push((Some(e), Vec::new()));
             }
         }
@@ -168,24 +192,21 @@ pub fn check_lives(events: &BTreeMap<u64, Event>, head: u64, t0: u64) -> LifeChe
         for i in 1..lives.len() {
             let (before, after) = lives.split_at_mut(i);
             let here = &mut after[0].1;
-            let posted_here = |epoch: u64, evs: &[&Event]| {
+            let posted_here = |epoch: u32, evs: &[&Event]| {
                 evs.iter()
-                    .any(|e| e.kind == EventKind::RequestPosted && e.a == epoch)
+                    .any(|e| e.data == EventData::RequestPosted { epoch })
             };
             let mut k = 0;
             while k < here.len() {
                 let e = here[k];
-                let owner = (e.kind == EventKind::RecoveryCompleted && !posted_here(e.a, here))
-                    .then(|| {
+                let owner = completed_epoch(e)
+                    .filter(|&epoch| !posted_here(epoch, here))
+                    .and_then(|epoch| {
                         before.iter_mut().rev().find(|l| {
-                            posted_here(e.a, &l.1)
-                                && !l
-                                    .1
-                                    .iter()
-                                    .any(|x| x.kind == EventKind::RecoveryCompleted && x.a == e.a)
+                            posted_here(epoch, &l.1)
+                                && !l.1.iter().any(|x| completed_epoch(x) == Some(epoch))
                         })
-                    })
-                    .flatten();
+                    });
                 match owner {
                     Some(l) => {
                         l.1.push(e);
@@ -201,17 +222,16 @@ pub fn check_lives(events: &BTreeMap<u64, Event>, head: u64, t0: u64) -> LifeChe
                 continue;
             }
             out.lives += 1;
-            let count = |k: EventKind| evs.iter().filter(|e| e.kind == k).count();
+            let count = |k: EventKind| evs.iter().filter(|e| e.kind() == k).count();
             let deaths = count(EventKind::Detected);
-            // A completion is one request (its epoch, in `a`): recorded at
+            // A completion is one request (its epoch): recorded at
             // least once (a handler records the one a killed restart light
             // could not, and may race the light's own record), so the same
             // epoch twice is one completion.
             let done = evs
                 .iter()
-                .filter(|e| e.kind == EventKind::RecoveryCompleted)
-                .map(|e| e.a)
-                .collect::<std::collections::BTreeSet<u64>>()
+                .filter_map(|e| completed_epoch(e))
+                .collect::<std::collections::BTreeSet<u32>>()
                 .len();
             let ended = count(EventKind::TerminatedNormally);
             let ok = if deaths > 0 { done == 1 } else { done == 0 } && ended <= 1;
@@ -233,12 +253,15 @@ pub fn check_lives(events: &BTreeMap<u64, Event>, head: u64, t0: u64) -> LifeChe
                 }
             }
             let opened_s = match opened {
-                Some(c) if c.kind == EventKind::Connected => {
-                    format!("connected #{} {} pid {}", c.seq, rel(c.time_ns, t0), c.a)
-                }
+                Some(Event {
+                    seq,
+                    time_ns,
+                    data: EventData::Connected { pid },
+                    ..
+                }) => format!("connected #{seq} {} pid {pid}", rel(*time_ns, t0)),
                 Some(c) => format!(
                     "after its own restart's {} #{} {}",
-                    c.kind.as_str(),
+                    c.kind().as_str(),
                     c.seq,
                     rel(c.time_ns, t0)
                 ),
@@ -246,11 +269,18 @@ pub fn check_lives(events: &BTreeMap<u64, Event>, head: u64, t0: u64) -> LifeChe
             };
             let closed = lives.get(i + 1).and_then(|l| l.0);
             let closed_s = match closed {
+                Some(Event {
+                    seq,
+                    time_ns,
+                    data: EventData::Connected { pid },
+                    ..
+                }) => format!("next connected #{seq} {} pid {pid}", rel(*time_ns, t0)),
+                // The next life opens at its own restart's completion.
                 Some(c) => format!(
-                    "next connected #{} {} pid {}",
+                    "next life at its own restart's {} #{} {}",
+                    c.kind().as_str(),
                     c.seq,
-                    rel(c.time_ns, t0),
-                    c.a
+                    rel(c.time_ns, t0)
                 ),
                 None => "no later connect".into(),
             };
@@ -339,17 +369,20 @@ pub fn check_kills(
             .push((p.started_ns, Some(i)));
     }
     for e in events.values() {
-        if e.kind == EventKind::RestartLightStarted {
+        if let EventData::RestartLightStarted { pid } = e.data {
             owners
-                .entry((e.a as u32, e.member.as_str()))
+                .entry((pid, e.member.as_str()))
                 .or_default()
                 .push((e.time_ns, None));
         }
     }
     let mut detected: Vec<Vec<&Event>> = vec![Vec::new(); procs.len()];
-    for e in events.values().filter(|e| e.kind == EventKind::Detected) {
+    for (e, pid) in events.values().filter_map(|e| match e.data {
+        EventData::Detected { pid } => Some((e, pid)),
+        _ => None,
+    }) {
         let owner = owners
-            .get(&(e.a as u32, e.member.as_str()))
+            .get(&(pid, e.member.as_str()))
             .and_then(|v| {
                 v.iter()
                     .filter(|(start, _)| *start <= e.time_ns)
@@ -397,7 +430,7 @@ pub fn check_kills(
             let cleaned = events
                 .range(d.seq + 1..)
                 .map(|(_, e)| e)
-                .find(|e| e.kind == EventKind::CleanedUp && e.member == d.member && e.by == d.by);
+                .find(|e| e.kind() == EventKind::CleanedUp && e.member == d.member && e.by == d.by);
             if let Some(c) = cleaned.filter(|c| c.time_ns + 1_000_000 < t) {
                 out.declared_dead_alive.push(format!(
                     "{died} was cleaned up as dead before that: {}, {}",
@@ -413,7 +446,7 @@ pub fn check_kills(
         }
         out.deaths += 1;
         let completion = events.values().find(|e| {
-            e.kind == EventKind::RecoveryCompleted
+            e.kind() == EventKind::RecoveryCompleted
                 && e.member == p.name
                 && match det {
                     Some(d) => e.seq > d.seq,
@@ -435,7 +468,7 @@ pub fn check_kills(
                     .range(..d.seq)
                     .rev()
                     .map(|(_, e)| e)
-                    .find(|e| e.kind == EventKind::Fenced && e.member == p.name);
+                    .find(|e| e.kind() == EventKind::Fenced && e.member == p.name);
                 if let Some(f) = fenced.filter(|f| f.time_ns >= t) {
                     out.stop_to_fenced_ms.push((f.time_ns - t) as f64 / 1e6);
                 }
@@ -446,7 +479,7 @@ pub fn check_kills(
                     let at = events
                         .range(d.seq..=c.seq)
                         .map(|(_, e)| e)
-                        .find(|e| e.kind == kind && e.member == p.name);
+                        .find(|e| e.kind() == kind && e.member == p.name);
                     if let Some(e) = at {
                         out.steps_us
                             .entry(kind.as_str())
@@ -478,7 +511,7 @@ pub fn check_kills(
                 let cleaned = events
                     .range(from..)
                     .map(|(_, e)| e)
-                    .find(|e| e.member == p.name && e.kind == EventKind::CleanedUp);
+                    .find(|e| e.member == p.name && e.kind() == EventKind::CleanedUp);
                 let torn = cleaned.is_some_and(|c| missing.range(from..c.seq).next().is_some());
                 if torn {
                     out.unverifiable += 1;
@@ -504,7 +537,7 @@ pub fn check_kills(
                 let until = events
                     .range(from..)
                     .map(|(_, e)| e)
-                    .find(|e| e.member == p.name && e.kind == EventKind::Connected)
+                    .find(|e| e.member == p.name && e.kind() == EventKind::Connected)
                     .map_or(head, |e| e.seq);
                 if det.is_some() && missing.range(from..until).next().is_some() {
                     out.unverifiable += 1;
@@ -544,16 +577,44 @@ pub fn summarize(lines: &[String]) -> String {
 mod tests {
     use super::*;
 
-    fn ev(seq: u64, kind: EventKind, member: &str, by: Option<&str>, t_ms: u64, a: u64) -> Event {
+    fn ev(seq: u64, member: &str, by: Option<&str>, t_ms: u64, data: EventData) -> Event {
         Event {
             seq,
-            kind,
             member: member.into(),
             by: by.map(Into::into),
             time_ns: t_ms * 1_000_000,
-            a,
-            b: 0,
-            c: 0,
+            data,
+        }
+    }
+
+    fn cleaned() -> EventData {
+        EventData::CleanedUp {
+            released: 0,
+            retained: 0,
+            discarded: 0,
+        }
+    }
+
+    fn claimed(pid: u32) -> EventData {
+        EventData::Claimed {
+            pid,
+            taken_over: false,
+        }
+    }
+
+    fn terminated() -> EventData {
+        EventData::TerminatedNormally {
+            peak_rss_kib: 0,
+            elapsed_ns: 0,
+            rss_without_region_kib: 0,
+        }
+    }
+
+    /// Request `epoch` completed by its completer (a restart light, a handler).
+    fn completed(epoch: u32) -> EventData {
+        EventData::RecoveryCompleted {
+            epoch,
+            how: Completion::Completed,
         }
     }
 
@@ -564,17 +625,17 @@ mod tests {
 
     /// M1 connects (pid 10), dies, is recovered, connects again (pid 11).
     fn one_death() -> Vec<Event> {
-        use EventKind::*;
+        use EventData::*;
         vec![
-            ev(0, Connected, "M1", None, 1, 10),
-            ev(1, Detected, "M1", Some("M0"), 5, 10),
-            ev(2, CleanedUp, "M1", Some("M0"), 5, 0),
-            ev(3, RequestPosted, "M1", Some("M0"), 5, 0),
-            ev(4, Claimed, "M1", Some("M0"), 6, 20),
-            ev(5, RestartLightStarted, "M1", Some("M0"), 6, 30),
-            ev(6, TerminatedNormally, "M1", Some("M1"), 8, 0),
-            ev(7, RecoveryCompleted, "M1", Some("M1"), 8, 0),
-            ev(8, Connected, "M1", None, 9, 11),
+            ev(0, "M1", None, 1, Connected { pid: 10 }),
+            ev(1, "M1", Some("M0"), 5, Detected { pid: 10 }),
+            ev(2, "M1", Some("M0"), 5, cleaned()),
+            ev(3, "M1", Some("M0"), 5, RequestPosted { epoch: 0 }),
+            ev(4, "M1", Some("M0"), 6, claimed(20)),
+            ev(5, "M1", Some("M0"), 6, RestartLightStarted { pid: 30 }),
+            ev(6, "M1", Some("M1"), 8, terminated()),
+            ev(7, "M1", Some("M1"), 8, completed(0)),
+            ev(8, "M1", None, 9, Connected { pid: 11 }),
         ]
     }
 
@@ -590,14 +651,14 @@ mod tests {
     fn a_second_completion_in_a_life_is_named_with_its_events() {
         // A late completion (by M0, a handler finishing after a new request
         // was posted for the reused slot) completes the next life's request.
-        use EventKind::*;
+        use EventData::*;
         let mut v = one_death();
         v.extend([
-            ev(9, Detected, "M1", Some("M2"), 20, 11),
-            ev(10, RequestPosted, "M1", Some("M2"), 20, 0),
-            ev(11, RecoveryCompleted, "M1", Some("M0"), 21, 1),
-            ev(12, RequestPosted, "M1", Some("M2"), 120, 0),
-            ev(13, RecoveryCompleted, "M1", Some("M1"), 130, 2),
+            ev(9, "M1", Some("M2"), 20, Detected { pid: 11 }),
+            ev(10, "M1", Some("M2"), 20, RequestPosted { epoch: 0 }),
+            ev(11, "M1", Some("M0"), 21, completed(1)),
+            ev(12, "M1", Some("M2"), 120, RequestPosted { epoch: 0 }),
+            ev(13, "M1", Some("M1"), 130, completed(2)),
         ]);
         let (m, head) = map(v);
         let c = check_lives(&m, head, 0);
@@ -611,6 +672,16 @@ mod tests {
         );
         assert!(line.contains("connected #8"), "{line}");
         assert_eq!(c.evidence[0]["events"].as_array().map(|a| a.len()), Some(5));
+        // The evidence names each event's fields.
+        assert_eq!(
+            c.evidence[0]["events"][2],
+            json!({"seq": 11, "kind": "recovery_completed", "t_s": 0.021, "by": "M0",
+                   "epoch": 1, "how": "completed"})
+        );
+        assert_eq!(
+            c.evidence[0]["connected"],
+            json!({"seq": 8, "kind": "connected", "t_s": 0.009, "by": null, "pid": 11})
+        );
     }
 
     #[test]
@@ -618,20 +689,35 @@ mod tests {
         // M1 dies; its normal restart completes the request and is killed
         // before its `connected`: a second failure in the same life, with a
         // request and a completion of its own.
-        use EventKind::*;
+        use EventData::*;
         let mut v = one_death();
         v.truncate(4);
         v.extend([
-            ev(4, RecoveredAtRestart, "M1", Some("M1"), 6, 1),
-            Event {
-                b: COMPLETED_BY_OWN_RESTART,
-                ..ev(5, RecoveryCompleted, "M1", Some("M1"), 6, 1)
-            },
-            ev(6, Detected, "M1", None, 7, 12),
-            ev(7, CleanedUp, "M1", None, 7, 0),
-            ev(8, RequestPosted, "M1", None, 7, 0),
-            ev(9, RecoveryCompleted, "M1", Some("M1"), 9, 2),
-            ev(10, Connected, "M1", None, 9, 13),
+            ev(
+                4,
+                "M1",
+                Some("M1"),
+                6,
+                RecoveredAtRestart {
+                    transactions: 1,
+                    locks: 0,
+                },
+            ),
+            ev(
+                5,
+                "M1",
+                Some("M1"),
+                6,
+                RecoveryCompleted {
+                    epoch: 1,
+                    how: Completion::OwnRestart,
+                },
+            ),
+            ev(6, "M1", None, 7, Detected { pid: 12 }),
+            ev(7, "M1", None, 7, cleaned()),
+            ev(8, "M1", None, 7, RequestPosted { epoch: 0 }),
+            ev(9, "M1", Some("M1"), 9, completed(2)),
+            ev(10, "M1", None, 9, Connected { pid: 13 }),
         ]);
         let (m, head) = map(v.clone());
         let c = check_lives(&m, head, 0);
@@ -648,13 +734,13 @@ mod tests {
         // A handler records the completion its killed restart light could
         // not, racing a light that lived and records it too: one request (the
         // same epoch), at least once.
-        use EventKind::*;
+        use EventData::*;
         let mut v = one_death();
         v.extend([
-            ev(9, Detected, "M1", Some("M2"), 20, 11),
-            ev(10, RequestPosted, "M1", Some("M2"), 20, 0),
-            ev(11, RecoveryCompleted, "M1", Some("M1"), 21, 3),
-            ev(12, RecoveryCompleted, "M1", Some("M2"), 21, 3),
+            ev(9, "M1", Some("M2"), 20, Detected { pid: 11 }),
+            ev(10, "M1", Some("M2"), 20, RequestPosted { epoch: 0 }),
+            ev(11, "M1", Some("M1"), 21, completed(3)),
+            ev(12, "M1", Some("M2"), 21, completed(3)),
         ]);
         let (m, head) = map(v);
         let c = check_lives(&m, head, 0);
@@ -700,10 +786,10 @@ mod tests {
     fn kills_are_matched_to_the_detection_of_their_pid() {
         // The first life (pid 10) is killed at 4 ms; a later `detected` of
         // another pid must not be taken for it.
-        use EventKind::*;
+        use EventData::*;
         let mut v = one_death();
-        v.push(ev(9, Detected, "M1", Some("M0"), 900, 11));
-        v.push(ev(10, RecoveryCompleted, "M1", Some("M1"), 950, 0));
+        v.push(ev(9, "M1", Some("M0"), 900, Detected { pid: 11 }));
+        v.push(ev(10, "M1", Some("M1"), 950, completed(0)));
         let (m, head) = map(v);
         let procs = vec![
             proc("M1", 10, Some((4_000_000, EndHow::Killed("member")))),
@@ -722,10 +808,10 @@ mod tests {
 
     #[test]
     fn an_unrecovered_kill_names_member_pid_and_time() {
-        use EventKind::*;
+        use EventData::*;
         let (m, head) = map(vec![
-            ev(0, Connected, "M2", None, 1, 12),
-            ev(1, Detected, "M2", Some("M0"), 5, 12),
+            ev(0, "M2", None, 1, Connected { pid: 12 }),
+            ev(1, "M2", Some("M0"), 5, Detected { pid: 12 }),
         ]);
         let procs = vec![proc(
             "M2",
@@ -744,10 +830,10 @@ mod tests {
 
     #[test]
     fn a_live_member_declared_dead_is_reported() {
-        use EventKind::*;
+        use EventData::*;
         let (m, head) = map(vec![
-            ev(0, Connected, "M1", None, 1, 10),
-            ev(1, Detected, "M1", Some("M0"), 5, 10),
+            ev(0, "M1", None, 1, Connected { pid: 10 }),
+            ev(1, "M1", Some("M0"), 5, Detected { pid: 10 }),
         ]);
         let k = check_kills(
             &[proc("M1", 10, Some((9_000_000, EndHow::Stopped)))],
@@ -763,9 +849,9 @@ mod tests {
         assert!(k.declared_dead_alive.is_empty(), "{k:?}");
         assert_eq!(k.timed_before_death, 1);
         let (m, head) = map(vec![
-            ev(0, Connected, "M1", None, 1, 10),
-            ev(1, Detected, "M1", Some("M0"), 5, 10),
-            ev(2, CleanedUp, "M1", Some("M0"), 6, 0),
+            ev(0, "M1", None, 1, Connected { pid: 10 }),
+            ev(1, "M1", Some("M0"), 5, Detected { pid: 10 }),
+            ev(2, "M1", Some("M0"), 6, cleaned()),
         ]);
         let k = check_kills(&killed, &m, head, 0);
         assert_eq!(k.declared_dead_alive.len(), 1, "{k:?}");
@@ -777,14 +863,14 @@ mod tests {
         // pid 10 is M1's first life (killed at 4 ms), then a restart light of
         // M1 (started at 20 ms, killed), then M1 again (started at 50 ms,
         // stopped normally): each `detected` of pid 10 is its own process's.
-        use EventKind::*;
+        use EventData::*;
         let (m, head) = map(vec![
-            ev(0, Connected, "M1", None, 1, 10),
-            ev(1, Detected, "M1", Some("M0"), 5, 10),
-            ev(2, RestartLightStarted, "M1", Some("M0"), 20, 10),
-            ev(3, Detected, "M1", Some("M0"), 25, 10),
-            ev(4, RecoveryCompleted, "M1", Some("M1"), 30, 0),
-            ev(5, Connected, "M1", None, 51, 10),
+            ev(0, "M1", None, 1, Connected { pid: 10 }),
+            ev(1, "M1", Some("M0"), 5, Detected { pid: 10 }),
+            ev(2, "M1", Some("M0"), 20, RestartLightStarted { pid: 10 }),
+            ev(3, "M1", Some("M0"), 25, Detected { pid: 10 }),
+            ev(4, "M1", Some("M1"), 30, completed(0)),
+            ev(5, "M1", None, 51, Connected { pid: 10 }),
         ]);
         let mut later = proc("M1", 10, Some((90_000_000, EndHow::Stopped)));
         later.started_ns = 50_000_000;
@@ -821,21 +907,21 @@ mod tests {
     /// own. The check before a4dd1db (`done == 1` per life) rejected it.
     #[test]
     fn a_completion_with_no_recovery_followed_by_a_death_is_broken() {
-        use EventKind::*;
+        use EventData::*;
         let mut v = one_death();
         v.truncate(6); // connected, detected, cleaned_up, posted, claimed, light started
         v.extend([
             // Completed while the light recovers: no recovery ended.
-            ev(6, RecoveryCompleted, "M1", Some("M0"), 7, 0),
+            ev(6, "M1", Some("M0"), 7, completed(0)),
             // The light (still RECOVERING) killed: cleaned up, posted again.
-            ev(7, Detected, "M1", Some("M0"), 8, 30),
-            ev(8, CleanedUp, "M1", Some("M0"), 8, 0),
-            ev(9, RequestPosted, "M1", Some("M0"), 8, 0),
-            ev(10, Claimed, "M1", Some("M0"), 9, 20),
-            ev(11, RestartLightStarted, "M1", Some("M0"), 9, 31),
-            ev(12, TerminatedNormally, "M1", Some("M1"), 10, 0),
-            ev(13, RecoveryCompleted, "M1", Some("M1"), 10, 1),
-            ev(14, Connected, "M1", None, 11, 11),
+            ev(7, "M1", Some("M0"), 8, Detected { pid: 30 }),
+            ev(8, "M1", Some("M0"), 8, cleaned()),
+            ev(9, "M1", Some("M0"), 8, RequestPosted { epoch: 0 }),
+            ev(10, "M1", Some("M0"), 9, claimed(20)),
+            ev(11, "M1", Some("M0"), 9, RestartLightStarted { pid: 31 }),
+            ev(12, "M1", Some("M1"), 10, terminated()),
+            ev(13, "M1", Some("M1"), 10, completed(1)),
+            ev(14, "M1", None, 11, Connected { pid: 11 }),
         ]);
         let (m, head) = map(v);
         let c = check_lives(&m, head, 0);
@@ -854,20 +940,20 @@ mod tests {
     /// the bug). The check before a4dd1db (`ended <= 1` per life) rejected it.
     #[test]
     fn two_restart_lights_for_one_death_are_broken() {
-        use EventKind::*;
+        use EventData::*;
         let mut v = one_death();
         v.truncate(8); // ... light 30 terminated normally, completed epoch 0
         v.extend([
             // A second light (31), started for the same death, killed.
-            ev(8, RestartLightStarted, "M1", Some("M2"), 8, 31),
-            ev(9, Detected, "M1", Some("M0"), 9, 31),
-            ev(10, CleanedUp, "M1", Some("M0"), 9, 0),
-            ev(11, RequestPosted, "M1", Some("M0"), 9, 0),
-            ev(12, Claimed, "M1", Some("M0"), 9, 20),
-            ev(13, RestartLightStarted, "M1", Some("M0"), 9, 32),
-            ev(14, TerminatedNormally, "M1", Some("M1"), 10, 0),
-            ev(15, RecoveryCompleted, "M1", Some("M1"), 10, 1),
-            ev(16, Connected, "M1", None, 11, 11),
+            ev(8, "M1", Some("M2"), 8, RestartLightStarted { pid: 31 }),
+            ev(9, "M1", Some("M0"), 9, Detected { pid: 31 }),
+            ev(10, "M1", Some("M0"), 9, cleaned()),
+            ev(11, "M1", Some("M0"), 9, RequestPosted { epoch: 0 }),
+            ev(12, "M1", Some("M0"), 9, claimed(20)),
+            ev(13, "M1", Some("M0"), 9, RestartLightStarted { pid: 32 }),
+            ev(14, "M1", Some("M1"), 10, terminated()),
+            ev(15, "M1", Some("M1"), 10, completed(1)),
+            ev(16, "M1", None, 11, Connected { pid: 11 }),
         ]);
         let (m, head) = map(v);
         let c = check_lives(&m, head, 0);
@@ -884,7 +970,7 @@ mod tests {
     /// `terminated_normally` and completes its request: `requests::complete`
     /// is one CAS, then the event (requests.rs `complete_as`). Between the two
     /// (or: the light is killed after its CAS and its handler records the lost
-    /// completion, `b` = 1, once `child.wait` returns: monitor.rs
+    /// completion, [`Completion::ForKilledLight`], once `child.wait` returns: monitor.rs
     /// `record_lost_completion`), M1 restarts normally: it connects to the
     /// FREE slot as a fresh connection, `complete_for_name` finds nothing
     /// outstanding, and it records `connected` (cf-node main.rs
@@ -894,15 +980,15 @@ mod tests {
     /// was completed exactly once, after its recovery.
     #[test]
     fn a_completion_event_after_the_next_connected_is_legal() {
-        use EventKind::*;
+        use EventData::*;
         let mut v = one_death();
         v.truncate(7); // ... light 30 terminated normally (after its disconnect)
         v.extend([
             // M1 restarts normally into the FREE slot (nothing outstanding:
             // the light's CAS completed it) and records `connected`.
-            ev(7, Connected, "M1", None, 8, 11),
+            ev(7, "M1", None, 8, Connected { pid: 11 }),
             // The light's completion event (CAS done before M1 connected).
-            ev(8, RecoveryCompleted, "M1", Some("M1"), 8, 0),
+            ev(8, "M1", Some("M1"), 8, completed(0)),
         ]);
         let (m, head) = map(v);
         let c = check_lives(&m, head, 0);
@@ -915,15 +1001,23 @@ mod tests {
     }
 
     /// attack8: the same with the handler recording the completion of its
-    /// killed light (`b` = 1) after M1's normal restart connected.
+    /// killed light ([`Completion::ForKilledLight`]) after M1's normal restart connected.
     #[test]
     fn a_lost_completion_recorded_after_the_next_connected_is_legal() {
-        use EventKind::*;
+        use EventData::*;
         let mut v = one_death();
         v.truncate(7);
-        let mut lost = ev(8, RecoveryCompleted, "M1", Some("M0"), 9, 0);
-        lost.b = 1;
-        v.extend([ev(7, Connected, "M1", None, 8, 11), lost]);
+        let lost = ev(
+            8,
+            "M1",
+            Some("M0"),
+            9,
+            RecoveryCompleted {
+                epoch: 0,
+                how: Completion::ForKilledLight,
+            },
+        );
+        v.extend([ev(7, "M1", None, 8, Connected { pid: 11 }), lost]);
         let (m, head) = map(v);
         let c = check_lives(&m, head, 0);
         assert!(c.broken.is_empty(), "{:?}", c.broken);

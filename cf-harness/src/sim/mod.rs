@@ -23,7 +23,7 @@ pub mod points;
 use crate::outln;
 use crate::procs::{cf_node_binary, MemberProc, TempPlex};
 use anyhow::{bail, Result};
-use cf_core::events::{self, Event, EventKind};
+use cf_core::events::{self, Event, EventData, EventKind};
 use cf_core::{inspect, requests, CreateOptions, Plex, Region, Sizes};
 use cf_node::stats::Summary;
 use cf_node::store::Store;
@@ -551,7 +551,7 @@ impl Sim<'_> {
             let done = self
                 .events
                 .values()
-                .filter(|e| e.kind == EventKind::RecoveryCompleted)
+                .filter(|e| e.kind() == EventKind::RecoveryCompleted)
                 .count();
             self.progress.set_message(format!(
                 "{t:6.1}s  transactions {committed:>8}  faults {:>5}  ended {ended:>5}  recoveries {done:>5}  retained now {retained:>3}",
@@ -596,7 +596,7 @@ impl Sim<'_> {
         };
         // The marker's time may be kept at timer-tick granularity (a few ms
         // early); the death is after any event the process recorded itself.
-        let pid = r.life.pid as u64;
+        let pid = r.life.pid;
         let name = r.life.name.clone();
         let crash = crash.map(|(t, spec)| {
             let own = self
@@ -604,13 +604,12 @@ impl Sim<'_> {
                 .values()
                 .rev()
                 .take_while(|e| e.time_ns + 20_000_000 >= t)
-                .filter(|e| {
-                    e.a == pid
-                        && match e.kind {
-                            EventKind::Connected => e.member == name,
-                            EventKind::Claimed => e.by.as_deref() == Some(name.as_str()),
-                            _ => false,
-                        }
+                .filter(|e| match e.data {
+                    EventData::Connected { pid: p } => p == pid && e.member == name,
+                    EventData::Claimed { pid: p, .. } => {
+                        p == pid && e.by.as_deref() == Some(name.as_str())
+                    }
+                    _ => false,
                 })
                 .map(|e| e.time_ns)
                 .max()
@@ -972,23 +971,25 @@ impl Sim<'_> {
                     EventKind::RestartLightStarted
                 };
                 let seen = self.wait_event(from, Duration::from_secs(5), |e| {
-                    e.kind == kind && e.member == vname
+                    e.kind() == kind && e.member == vname
                 });
-                match (f, seen) {
-                    (Fault::Claimer(_), Some(e)) => {
+                match (f, seen.map(|e| (e.by, e.data))) {
+                    (Fault::Claimer(_), Some((by, EventData::Claimed { pid, .. }))) => {
                         // The member that claimed, if the process that claimed still runs.
                         let claimer = (0..self.members.len()).find(|&i| {
-                            e.by.as_deref() == Some(Self::name(i).as_str())
+                            by.as_deref() == Some(Self::name(i).as_str())
                                 && self.members[i]
                                     .as_ref()
-                                    .is_some_and(|l| l.proc.pid() as u64 == e.a)
+                                    .is_some_and(|l| l.proc.pid() == pid)
                         });
                         if let Some(i) = claimer {
                             self.kill(i, f.kind());
                         }
                     }
                     // Harmless if it already ended.
-                    (Fault::RestartLight(_), Some(e)) if self.kill_light(e.a as u32) => {
+                    (Fault::RestartLight(_), Some((_, EventData::RestartLightStarted { pid })))
+                        if self.kill_light(pid) =>
+                    {
                         self.light_kills += 1;
                     }
                     _ => {}
@@ -1368,11 +1369,12 @@ fn write_history(path: &Path, sim: &Sim) -> Result<()> {
         writeln!(w, "{v}").map_err(io)?;
     }
     for e in sim.events.values() {
-        let v = json!({"event": {
-            "seq": e.seq, "kind": e.kind.as_str(), "member": e.member, "by": e.by,
-            "t_s": (e.time_ns as f64 - t0) / 1e9, "a": e.a, "b": e.b, "c": e.c,
-        }});
-        writeln!(w, "{v}").map_err(io)?;
+        let mut v = json!({
+            "seq": e.seq, "kind": e.kind().as_str(), "member": e.member, "by": e.by,
+            "t_s": (e.time_ns as f64 - t0) / 1e9,
+        });
+        check::add_data_fields(&mut v, &e.data);
+        writeln!(w, "{}", json!({ "event": v })).map_err(io)?;
     }
     w.flush().map_err(io)
 }
@@ -1388,7 +1390,7 @@ fn report(
     let ev = &sim.events;
     let head = events::next_seq(region);
     let t0 = sim.t0_ns;
-    let count = |k: EventKind| ev.values().filter(|e| e.kind == k).count() as u64;
+    let count = |k: EventKind| ev.values().filter(|e| e.kind() == k).count() as u64;
     let procs: Vec<ProcLife> = sim.procs.iter().map(|p| p.life.clone()).collect();
     if let Some(path) = &a.history_out {
         write_history(path, sim)?;
@@ -1548,13 +1550,17 @@ fn report(
     let committed = inspect::committed_total(region);
     let backed_out: u64 = ev
         .values()
-        .filter(|e| matches!(e.kind, EventKind::BackedOut | EventKind::RecoveredAtRestart))
-        .map(|e| e.a)
+        .filter_map(|e| match e.data {
+            EventData::BackedOut { transactions, .. }
+            | EventData::RecoveredAtRestart { transactions, .. } => Some(transactions),
+            _ => None,
+        })
         .sum();
     let light_rss = Summary::of(
-        ev.values()
-            .filter(|e| e.kind == EventKind::TerminatedNormally)
-            .map(|e| e.a as f64),
+        ev.values().filter_map(|e| match e.data {
+            EventData::TerminatedNormally { peak_rss_kib, .. } => Some(peak_rss_kib as f64),
+            _ => None,
+        }),
         "KiB",
     );
     let member_rss = Summary::of(sim.normal_rss.iter().map(|&x| x as f64), "KiB");
