@@ -35,8 +35,8 @@
 //! A node is a waiting holder, `(member, holder token)`. Waiter `W` has an
 //! edge to holder `H` when a record of `H` on `W`'s entry, of a connector in
 //! `W`'s conflict mask, names `W`'s resource in a mode incompatible with
-//! `W`'s and is HELD, or is URGENT with an older wait ticket (unless `W`'s
-//! member already holds the resource: `lock/entry.rs` rule 5). The record's
+//! `W`'s and is HELD, or is URGENT with an older wait ticket (unless `W`
+//! itself already holds the resource: `lock/entry.rs` rule 5). The record's
 //! holder is the owner of its block. Only nodes have edges, so a waiter that
 //! waits for a holder that does not wait is in no cycle, and so is a waiter
 //! of a dead member (its slot has no process, or fails the identity check
@@ -689,14 +689,13 @@ fn edges(region: &Region, nodes: &[Node]) -> Vec<Vec<Edge>> {
                     }
                 });
             }
-            if cands.iter().any(|r| !r.held) && member_holds(region, v) {
+            if cands.iter().any(|r| !r.held) && holder_holds(region, v) {
                 cands.retain(|r| r.held);
             }
             cands
                 .iter()
                 .filter_map(|r| {
-                    let b = records::block(region, r.member, r.slot.get() / BLOCK_SLOTS)?;
-                    let owner = b.owner.load(Ordering::Acquire);
+                    let owner = records::slot_owner(region, r.member, r.slot.get())?;
                     let &t = index.get(&(r.member, owner))?;
                     Some((t, r.slot.get()))
                 })
@@ -705,11 +704,16 @@ fn edges(region: &Region, nodes: &[Node]) -> Vec<Vec<Edge>> {
         .collect()
 }
 
-/// Does the waiter's member hold its resource already (another record, HELD)?
-fn member_holds(region: &Region, v: &Waiting) -> bool {
+/// Does the waiting holder (thread) hold its resource already (another
+/// record of its own, HELD)? Then urgent requests do not make it wait (the
+/// decision's rule, `entry.rs` rule 5; a sibling's holding does not count).
+fn holder_holds(region: &Region, v: &Waiting) -> bool {
     let mut holds = false;
     let _ = records::for_each_interest_on(region, v.member, v.entry, |r| {
-        holds |= r.held && r.slot != v.slot && r.resource == v.resource;
+        holds |= r.held
+            && r.slot != v.slot
+            && r.resource == v.resource
+            && records::slot_owner(region, v.member, r.slot.get()) == Some(v.holder);
     });
     holds
 }
