@@ -37,6 +37,10 @@ pub const CRASH_POINTS: &[&str] = &[
     "liveness.before_word",
     "liveness.woken",
     "fence.marked",
+    // deadlock.rs: a round of the detector (claim, victim chosen, told)
+    "deadlock.claimed",
+    "deadlock.chosen",
+    "deadlock.told",
     // cf-node: restart light (restart_light.rs; backing out and releasing in
     // recover.rs) and the request handler (monitor.rs)
     "restart_light.connected",

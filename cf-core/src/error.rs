@@ -307,6 +307,50 @@ pub struct IntervalError {
     pub max: std::time::Duration,
 }
 
+/// A deadlock detection interval out of range
+/// (`liveness::check_deadlock_interval`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "deadlock detection interval must be from {} ms to {} s, got {} ms",
+    .min.as_millis(),
+    .max.as_secs(),
+    .got.as_millis()
+)]
+pub struct DeadlockIntervalError {
+    /// The interval asked for.
+    pub got: std::time::Duration,
+    /// `MIN_DEADLOCK_INTERVAL`.
+    pub min: std::time::Duration,
+    /// `MAX_DEADLOCK_INTERVAL`.
+    pub max: std::time::Duration,
+}
+
+/// Plex settings that cannot be stored (`liveness::set_settings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// The failure detection interval is out of range.
+    #[error(transparent)]
+    Interval(#[from] IntervalError),
+    /// The deadlock detection interval is out of range.
+    #[error(transparent)]
+    DeadlockInterval(#[from] DeadlockIntervalError),
+}
+
+/// Why a round of the deadlock detector could not run
+/// (`deadlock::detect_once`). A damaged wait record or record is not an
+/// error: that waiter is left out of the round.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeadlockError {
+    /// The region was opened read-only.
+    #[error("the region was opened read-only: the deadlock detector needs a writable region")]
+    ReadOnly,
+    /// This process could not read its own identity (`/proc/self/stat`).
+    #[error("reading this process's identity: {0}")]
+    Identity(std::io::Error),
+}
+
 /// A region header whose fields disagree with each other (`Layout::from_header`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

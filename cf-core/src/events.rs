@@ -78,10 +78,13 @@ pub enum EventKind {
     /// A member declared status-update-missing beat again before it was
     /// fenced ([`EventData::StatusUpdateResumed`]).
     StatusUpdateResumed,
+    /// A waiting request of the member was a deadlock victim and answered
+    /// `Deadlock` ([`EventData::DeadlockVictim`]).
+    DeadlockVictim,
 }
 
 /// Every kind, in the order of their codes in the slot's kind word (1-based).
-const KINDS: [EventKind; 16] = [
+const KINDS: [EventKind; 17] = [
     EventKind::Detected,
     EventKind::CleanedUp,
     EventKind::RequestPosted,
@@ -98,11 +101,12 @@ const KINDS: [EventKind; 16] = [
     EventKind::StatusUpdateMissing,
     EventKind::Fenced,
     EventKind::StatusUpdateResumed,
+    EventKind::DeadlockVictim,
 ];
 
 impl EventKind {
     /// Every kind, in the order of their codes.
-    pub const ALL: [EventKind; 16] = KINDS;
+    pub const ALL: [EventKind; 17] = KINDS;
 
     /// The kind's name as `display events --json` and the sim's reports
     /// print it (`snake_case`, e.g. `recovery_completed`).
@@ -124,6 +128,7 @@ impl EventKind {
             EventKind::StatusUpdateMissing => "status_update_missing",
             EventKind::Fenced => "fenced",
             EventKind::StatusUpdateResumed => "status_update_resumed",
+            EventKind::DeadlockVictim => "deadlock_victim",
         }
     }
     fn code(self) -> u64 {
@@ -300,6 +305,17 @@ pub enum EventData {
         /// How long its status update was missing, ms.
         missing_ms: u64,
     },
+    /// A waiting request of the member was a deadlock victim and answered
+    /// `Deadlock` (`deadlock.rs`); [`Event::by`] is the member whose
+    /// detector told it (none: a tool).
+    DeadlockVictim {
+        /// Requests in the cycle.
+        cycle_length: u64,
+        /// How long the victim had waited, ns.
+        waited_ns: u64,
+        /// The lock table entry it waited on.
+        entry: u32,
+    },
 }
 
 /// A word holding a PID or an epoch: `None` above `u32::MAX`.
@@ -341,6 +357,7 @@ impl EventData {
             EventData::StatusUpdateMissing { .. } => EventKind::StatusUpdateMissing,
             EventData::Fenced { .. } => EventKind::Fenced,
             EventData::StatusUpdateResumed { .. } => EventKind::StatusUpdateResumed,
+            EventData::DeadlockVictim { .. } => EventKind::DeadlockVictim,
         }
     }
 
@@ -388,6 +405,11 @@ impl EventData {
                 by_operator,
             } => [heartbeat_age_ms, u64::from(pid), u64::from(by_operator)],
             EventData::StatusUpdateResumed { missing_ms } => [missing_ms, 0, 0],
+            EventData::DeadlockVictim {
+                cycle_length,
+                waited_ns,
+                entry,
+            } => [cycle_length, waited_ns, u64::from(entry)],
         };
         (self.kind(), words)
     }
@@ -485,6 +507,11 @@ impl EventData {
                 unused(&[b, c])?;
                 EventData::StatusUpdateResumed { missing_ms: a }
             }
+            EventKind::DeadlockVictim => EventData::DeadlockVictim {
+                cycle_length: a,
+                waited_ns: b,
+                entry: word_u32(c)?,
+            },
         })
     }
 }
@@ -764,6 +791,13 @@ mod tests {
                 by_operator
             }),
             any::<u64>().prop_map(|missing_ms| StatusUpdateResumed { missing_ms }),
+            any::<(u64, u64, u32)>().prop_map(|(cycle_length, waited_ns, entry)| {
+                DeadlockVictim {
+                    cycle_length,
+                    waited_ns,
+                    entry,
+                }
+            }),
         ]
     }
 
@@ -851,6 +885,11 @@ mod tests {
                 by_operator: true,
             },
             StatusUpdateResumed { missing_ms: 30 },
+            DeadlockVictim {
+                cycle_length: 2,
+                waited_ns: 100,
+                entry: 5,
+            },
         ]
     }
 
@@ -881,6 +920,7 @@ mod tests {
                 [1500, 0, 0],
                 [2000, 6, 1],
                 [30, 0, 0],
+                [2, 100, 5],
             ]
         );
         for (c, code) in [

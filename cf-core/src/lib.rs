@@ -17,6 +17,8 @@
 //! * [`connector`]: member slots, process identity, the connect latch, claims,
 //!   liveness and fencing;
 //! * [`lock`]: the lock word, record entries, and the latched entry protocol;
+//! * [`deadlock`]: the waiting requests' wait records and the detector that
+//!   breaks the cycles of the wait-for graph;
 //! * [`requests`]: the restart-request list;
 //! * [`recovery`]: cleaning up a dead member (retention), with its crash windows;
 //! * [`member`]: the API: connect, holders (lock requests), disconnect;
@@ -95,6 +97,7 @@
 
 pub mod connector;
 pub mod crash;
+pub mod deadlock;
 pub mod error;
 pub mod events;
 pub mod ids;
@@ -291,6 +294,21 @@ pub mod testing {
             .lock_header()
             .connect_latch
             .store(token, Ordering::Relaxed);
+    }
+
+    /// Set the deadlock detector's claim word to `token` (a process
+    /// `ProcessId::token`, 0: free): simulates a detector at work, or one
+    /// that died in its round.
+    pub fn set_deadlock_claim(region: &Region, token: u64) {
+        region
+            .lock_header()
+            .deadlock_claim
+            .store(token, Ordering::Relaxed);
+    }
+
+    /// The deadlock detector's claim word (0: free).
+    pub fn deadlock_claim(region: &Region) -> u64 {
+        region.lock_header().deadlock_claim.load(Ordering::Relaxed)
     }
 
     /// Set connector `id`'s cleanup claim word to `token` (a process

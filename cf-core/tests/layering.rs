@@ -15,6 +15,7 @@ const LAYERS: &[&str] = &[
     "events",    // the event ring
     "connector", // member slots, identity, connect latch, claims, liveness
     "lock",      // lock word, records, the latched entry protocol
+    "deadlock",  // wait records, the wait-for graph, the detector
     "requests",  // the restart-request list
     "recovery",  // cleanup of a dead member (retention)
     "member",    // connect, holders (lock requests), disconnect

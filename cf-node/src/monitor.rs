@@ -23,10 +23,17 @@
 //!   events, so one failure never floods the event ring. The restarter
 //!   also posts a request for any failed-persistent member that has none (its
 //!   detector died before posting, or every member was dead at once).
+//! * **Deadlock detector** (one thread): every deadlock interval of the plex
+//!   (`cfctl create --deadlock-interval`), a round of
+//!   `cf_core::deadlock::detect_if_due`: if no member ran one for that long,
+//!   this one claims it, reads the members' wait records, and tells one
+//!   victim in each cycle of the wait-for graph (its `lock` answers
+//!   `Deadlock`).
 
 use crate::pidfd;
 use cf_core::connector::liveness::{self, Isolate, Settings, Status};
 use cf_core::connector::{now_ns, slot_view};
+use cf_core::deadlock;
 use cf_core::events::{self, Completion, EventData};
 use cf_core::requests::{self, ClaimOutcome, RequestState};
 use cf_core::{cleanup_member_as, CleanupOutcome, ConnectorId, MemberState, ProcessId, Region};
@@ -80,7 +87,37 @@ impl Monitor {
         std::thread::Builder::new()
             .name("restarter".into())
             .spawn(move || r.restart_loop())?;
+        let d = self.clone();
+        std::thread::Builder::new()
+            .name("deadlock".into())
+            .spawn(move || d.detect_deadlocks())?;
         Ok(())
+    }
+
+    // ---- deadlocks ----
+
+    /// The deadlock detector: a round every deadlock interval, if none ran
+    /// in the plex for that long (the claim makes it one member at a time).
+    /// The interval is read again every round.
+    fn detect_deadlocks(self: Arc<Self>) {
+        let mut reported = false;
+        while !self.stop.load(Ordering::Relaxed) {
+            let interval = liveness::settings(&self.region).deadlock_interval;
+            let wake = Instant::now() + interval;
+            while !self.stop.load(Ordering::Relaxed) && Instant::now() < wake {
+                std::thread::sleep(POLL.min(wake.saturating_duration_since(Instant::now())));
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if let Err(e) = deadlock::detect_if_due(&self.region, Some(self.me_id)) {
+                // (Only a region that cannot be written, or a process that
+                // cannot read its identity: say it once.)
+                if !std::mem::replace(&mut reported, true) {
+                    eprintln!("cf-node {}: deadlock detection: {e}", self.me_name);
+                }
+            }
+        }
     }
 
     fn log_err<T>(&self, what: &str, r: anyhow::Result<T>) -> Option<T> {

@@ -134,6 +134,7 @@ fn in_range_damage_to_the_interval_fences_no_healthy_member() {
         Settings {
             interval: Duration::from_millis(100),
             isolate: Isolate::AtOnce,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -128,8 +128,15 @@ impl TestPlex {
     /// [`TestPlex::with_history`] with these failure-detection settings.
     pub fn with_detection(interval: Duration, isolate: liveness::Isolate) -> TestPlex {
         let plex = TestPlex::with_history();
-        liveness::set_settings(plex.region(), liveness::Settings { interval, isolate })
-            .expect("failure detection settings");
+        liveness::set_settings(
+            plex.region(),
+            liveness::Settings {
+                interval,
+                isolate,
+                ..Default::default()
+            },
+        )
+        .expect("failure detection settings");
         plex
     }
 

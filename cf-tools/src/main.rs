@@ -1,5 +1,6 @@
 //! `cfctl`: the operator's and experimenter's tool for a coupling-facility plex.
 
+mod deadlocks;
 mod demo;
 mod display;
 mod fence;
@@ -71,6 +72,9 @@ enum Cmd {
     Try(locks::TryArgs),
     /// Clean up every member whose process is dead (retaining its modify locks)
     Cleanup(locks::CleanupArgs),
+    /// Run one round of the deadlock detector now: in each cycle of lock requests waiting for
+    /// each other, tell the youngest wait it is the victim (its request answers "deadlock")
+    DetectDeadlocks(deadlocks::DetectArgs),
     /// Fence a member whose status update is missing: SIGKILL after the identity check, then normal recovery
     ///
     /// Exit status: 0 fenced (or already fenced), 2 not missing (a live member in the way, as
@@ -148,6 +152,10 @@ fn main() -> ExitCode {
         Cmd::Cleanup(mut a) => {
             a.json |= j;
             locks::cleanup(&plex, a)
+        }
+        Cmd::DetectDeadlocks(mut a) => {
+            a.json |= j;
+            deadlocks::detect(&plex, a)
         }
         Cmd::Fence(mut a) => {
             a.json |= j;

@@ -39,6 +39,11 @@ pub struct CreateArgs {
     /// the identity check) and recovered at once, or shown until `cfctl fence`
     #[arg(long, value_enum, default_value_t = IsolateArg::AtOnce)]
     isolate: IsolateArg,
+    /// How often the deadlock detector runs (one member at a time breaks
+    /// each cycle of waiting lock requests by answering one of them
+    /// "deadlock"), from 10ms to 1h (e.g. 100ms, 1s; a bare number is milliseconds)
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_deadlock_interval)]
+    deadlock_interval: std::time::Duration,
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
@@ -50,6 +55,12 @@ pub enum IsolateArg {
     AtOnce,
     /// Show it as status-update-missing and wait for `cfctl fence MEMBER`
     Prompt,
+}
+
+fn parse_deadlock_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = cf_harness::duration::millis(s)?;
+    cf_core::connector::liveness::check_deadlock_interval(d).map_err(|e| e.to_string())?;
+    Ok(d)
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
@@ -112,6 +123,7 @@ pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
             IsolateArg::AtOnce => cf_core::connector::liveness::Isolate::AtOnce,
             IsolateArg::Prompt => cf_core::connector::liveness::Isolate::Prompt,
         },
+        deadlock_interval: a.deadlock_interval,
     };
     if let Err(e) = cf_core::connector::liveness::set_settings(&region, settings) {
         let _ = std::fs::remove_file(region.path());
@@ -144,6 +156,7 @@ pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
             "history": a.history,
             "failure_detection_interval_ms": settings.interval.as_millis() as u64,
             "isolate": settings.isolate.as_str(),
+            "deadlock_interval_ms": settings.deadlock_interval.as_millis() as u64,
         }));
     } else {
         outln!(
@@ -161,6 +174,10 @@ pub fn create(plex: &Plex, a: CreateArgs) -> Result<ExitCode> {
             "failure detection interval {} ms, isolate {}",
             settings.interval.as_millis(),
             settings.isolate.as_str()
+        );
+        outln!(
+            "deadlock detection every {} ms",
+            settings.deadlock_interval.as_millis()
         );
         if a.history {
             outln!(

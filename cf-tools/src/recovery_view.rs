@@ -348,6 +348,15 @@ pub fn event_json(e: &Event) -> Value {
             o["by_operator"] = json!(by_operator);
         }
         EventData::StatusUpdateResumed { missing_ms } => o["missing_ms"] = json!(missing_ms),
+        EventData::DeadlockVictim {
+            cycle_length,
+            waited_ns,
+            entry,
+        } => {
+            o["cycle_length"] = json!(cycle_length);
+            o["waited_ns"] = json!(waited_ns);
+            o["entry"] = json!(entry);
+        }
         EventData::RequestPosted { .. }
         | EventData::Disconnected
         | EventData::RecoveryCompleted { .. } => {}
@@ -421,6 +430,14 @@ pub fn event_text(e: &Event) -> String {
         EventData::StatusUpdateResumed { missing_ms } => {
             format!("{m} beats again after {missing_ms} ms of status update missing")
         }
+        EventData::DeadlockVictim {
+            cycle_length,
+            waited_ns,
+            entry,
+        } => format!(
+            "a request of {m} was a deadlock victim (told by {by}): a cycle of {cycle_length} waiting request(s), it had waited {:.1} ms on entry {entry}",
+            waited_ns as f64 / 1e6
+        ),
     }
 }
 

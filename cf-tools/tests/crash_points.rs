@@ -37,7 +37,9 @@ const COVERED: &[&str] = &[
 
 /// Crash points reached only by `cf-node` processes (restart light, its
 /// request handler, its transactions): `cfctl` never reaches them, so their
-/// scenarios belong with `cf-node`.
+/// scenarios belong with `cf-node`; and the deadlock detector's, whose
+/// scenarios (a member's detector killed and taken over) are in
+/// `cf-node/tests/deadlock.rs`.
 const CF_NODE_PREFIXES: &[&str] = &[
     "restart_light.",
     "handler.",
@@ -46,6 +48,7 @@ const CF_NODE_PREFIXES: &[&str] = &[
     "liveness.",
     "fence.",
     "recovery.",
+    "deadlock.",
 ];
 
 #[test]

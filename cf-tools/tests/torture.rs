@@ -153,11 +153,16 @@ fn two_hundred_faults_on_a_tiny_table_keep_every_invariant() {
         let mut fired = 0;
         let mut points = 0;
         for &p in cf_core_points() {
-            // (And not the two the sim does not draw, `sim/points.rs`
-            // UNREACHED: their scenarios are in cf-node/tests/fencing.rs.)
+            // (And not those the sim does not draw, `sim/points.rs`
+            // UNREACHED: their scenarios are in cf-node/tests/fencing.rs and
+            // deadlock.rs.)
             if matches!(
                 p,
-                "disconnect.released_some" | "fence.marked" | "liveness.before_word"
+                "disconnect.released_some"
+                    | "fence.marked"
+                    | "liveness.before_word"
+                    | "deadlock.chosen"
+                    | "deadlock.told"
             ) {
                 continue;
             }

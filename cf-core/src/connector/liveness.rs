@@ -97,7 +97,7 @@ use crate::connector::identity::ProcessId;
 use crate::connector::snapshot;
 #[cfg(not(loom))]
 use crate::connector::MemberState;
-use crate::error::{CorruptError, IntervalError};
+use crate::error::{CorruptError, DeadlockIntervalError, IntervalError, SettingsError};
 use crate::ids::ConnectorId;
 use crate::shm::region::Region;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
@@ -151,6 +151,11 @@ pub struct Settings {
     pub interval: Duration,
     /// What survivors do with a member whose status update is missing.
     pub isolate: Isolate,
+    /// How often the deadlock detector runs (`deadlock.rs`): one round per
+    /// interval in the whole plex, by whichever member claims it first.
+    /// [`MIN_DEADLOCK_INTERVAL`] to [`MAX_DEADLOCK_INTERVAL`], stored in
+    /// whole milliseconds.
+    pub deadlock_interval: Duration,
 }
 
 /// Default failure detection interval: more than 100 times the longest
@@ -164,13 +169,45 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// [`judged_interval`].
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// Default deadlock detection interval: a deadlock costs its waiters this
+/// long at most (plus one look), while a round that finds nothing reads
+/// only the wait records of the members' used blocks.
+pub const DEFAULT_DEADLOCK_INTERVAL: Duration = Duration::from_millis(100);
+/// Shortest deadlock detection interval a plex may have (10 ms).
+pub const MIN_DEADLOCK_INTERVAL: Duration = Duration::from_millis(10);
+/// Longest deadlock detection interval a plex may have (one hour).
+pub const MAX_DEADLOCK_INTERVAL: Duration = Duration::from_secs(3600);
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             interval: DEFAULT_INTERVAL,
             isolate: Isolate::AtOnce,
+            deadlock_interval: DEFAULT_DEADLOCK_INTERVAL,
         }
     }
+}
+
+/// Check a deadlock detection interval given by the user: from
+/// [`MIN_DEADLOCK_INTERVAL`] to [`MAX_DEADLOCK_INTERVAL`], both included.
+///
+/// ```
+/// use cf_core::connector::liveness::check_deadlock_interval;
+/// use std::time::Duration;
+///
+/// assert!(check_deadlock_interval(Duration::from_millis(100)).is_ok());
+/// assert!(check_deadlock_interval(Duration::from_millis(9)).is_err());
+/// assert!(check_deadlock_interval(Duration::from_secs(3601)).is_err());
+/// ```
+pub fn check_deadlock_interval(d: Duration) -> Result<(), DeadlockIntervalError> {
+    if d < MIN_DEADLOCK_INTERVAL || d > MAX_DEADLOCK_INTERVAL {
+        return Err(DeadlockIntervalError {
+            got: d,
+            min: MIN_DEADLOCK_INTERVAL,
+            max: MAX_DEADLOCK_INTERVAL,
+        });
+    }
+    Ok(())
 }
 
 /// Check an interval given by the user: from [`MIN_INTERVAL`] to
@@ -202,6 +239,7 @@ pub fn settings(region: &Region) -> Settings {
     let h = region.lock_header();
     let ms = h.failure_detection_ms.load(Ordering::Relaxed);
     let interval = Duration::from_millis(ms);
+    let deadlock = Duration::from_millis(h.deadlock_interval_ms.load(Ordering::Relaxed));
     Settings {
         interval: if check_interval(interval).is_ok() {
             interval
@@ -213,14 +251,21 @@ pub fn settings(region: &Region) -> Settings {
         } else {
             Isolate::AtOnce
         },
+        deadlock_interval: if check_deadlock_interval(deadlock).is_ok() {
+            deadlock
+        } else {
+            DEFAULT_DEADLOCK_INTERVAL
+        },
     }
 }
 
-/// Store the plex's settings (`cfctl create`); the interval is checked
-/// ([`check_interval`]) and stored in whole milliseconds. Members that
-/// already beat keep their beat period until they reconnect.
-pub fn set_settings(region: &Region, s: Settings) -> Result<(), IntervalError> {
+/// Store the plex's settings (`cfctl create`); the intervals are checked
+/// ([`check_interval`], [`check_deadlock_interval`]) and stored in whole
+/// milliseconds. Members that already beat keep their beat period until
+/// they reconnect; detectors read the deadlock interval at every round.
+pub fn set_settings(region: &Region, s: Settings) -> Result<(), SettingsError> {
     check_interval(s.interval)?;
+    check_deadlock_interval(s.deadlock_interval)?;
     if region.is_read_only() {
         // Nothing to store into (`cfctl create` maps its new region writable).
         return Ok(());
@@ -235,6 +280,8 @@ pub fn set_settings(region: &Region, s: Settings) -> Result<(), IntervalError> {
         },
         Ordering::Relaxed,
     );
+    h.deadlock_interval_ms
+        .store(s.deadlock_interval.as_millis() as u64, Ordering::Relaxed);
     Ok(())
 }
 

@@ -426,12 +426,21 @@ pub(crate) enum HoldingsWait {
 /// spin `spins` loads on the epoch, then announce ourselves and sleep at most
 /// `slice`. A busy latch (another waiter looking) is waited out as a latch
 /// waiter, without looking again at the entry.
+///
+/// `told`: a word and the value it had when the wait began (the waiter's
+/// wait record, `deadlock.rs`); once it differs the slice ends at once. It
+/// is read after each announcement and before the sleep: whoever changes it
+/// then clears the waiter bits with an RMW on this word and wakes
+/// (`deadlock::wake`), so either the read sees the change or the RMW comes
+/// after the announcement and the sleep does not last.
 pub(crate) fn wait_for_holdings(
     word: &AtomicU64,
     left: u64,
     spins: u32,
     slice: Duration,
+    told: Option<(&AtomicU64, u64)>,
 ) -> HoldingsWait {
+    let told = || told.is_some_and(|(w, v)| w.load(Ordering::Acquire) != v);
     let epoch = Word(left).epoch();
     for _ in 0..spins {
         if Word(word.load(Ordering::Relaxed)).epoch() != epoch {
@@ -459,11 +468,17 @@ pub(crate) fn wait_for_holdings(
         if w.holder().is_some() {
             // Someone looks (or releases): wait for its unlatch.
             if let Some(high) = announce(word, cur, LATCH_WAITERS) {
+                if told() {
+                    return HoldingsWait::SliceEnded;
+                }
                 sleep_latch(word, high, time_left);
             }
             continue;
         }
         if let Some(high) = announce(word, cur, HOLDING_WAITERS) {
+            if told() {
+                return HoldingsWait::SliceEnded;
+            }
             sleep_holding(word, high, time_left);
             return if Word(word.load(Ordering::Acquire)).epoch() != epoch {
                 HoldingsWait::Changed
@@ -604,7 +619,7 @@ mod tests {
         assert_eq!(Word(left).epoch(), 0, "a look keeps the epoch");
         // A holding waiter whose slice ends with nothing changed.
         assert_eq!(
-            wait_for_holdings(&w, left, 10, Duration::from_millis(1)),
+            wait_for_holdings(&w, left, 10, Duration::from_millis(1), None),
             HoldingsWait::SliceEnded
         );
         assert!(load(&w).0 & HOLDING_WAITERS != 0, "announced");
@@ -619,7 +634,7 @@ mod tests {
         assert!(!load(&w).has_waiters());
         assert_eq!(load(&w).epoch(), 1 << EPOCH_SHIFT);
         assert_eq!(
-            wait_for_holdings(&w, left, 0, Duration::from_secs(5)),
+            wait_for_holdings(&w, left, 0, Duration::from_secs(5), None),
             HoldingsWait::Changed
         );
     }

@@ -25,6 +25,7 @@ mod attack2;
 mod attack3;
 mod claim;
 mod connect;
+mod deadlock;
 mod failed_requests;
 mod liveness;
 mod locks;

@@ -25,6 +25,7 @@
 //!   under that deadline.
 
 use crate::connector::{self, MemberState};
+use crate::deadlock::{self, Waiter};
 use crate::error::{AcquireError, CleanupError, CorruptError, HolderError, UnlockError};
 use crate::ids::{ConnectorId, EntryIndex, SlotIndex};
 use crate::lock::entry::{self, Decision, LatchError, LatchWait, Request};
@@ -92,6 +93,17 @@ pub enum WaitError {
     /// A failed member retains the resource until its recovery ends.
     #[error("retained by {} (failed member, recovery pending)", .0.name)]
     Retained(HolderInfo),
+    /// The request was a deadlock victim (`deadlock.rs`): it waited in a
+    /// cycle of requests each waiting for the next, and the detector chose
+    /// it to break the cycle. It gave up only its own request: the caller
+    /// backs out and releases its locks, like any abort.
+    #[error("deadlock victim; cycle: {}", names(.cycle))]
+    Deadlock {
+        /// The members in the cycle from the victim's on, each with the mode
+        /// in which it holds what the one before it waits for (the victim
+        /// holds what the last waits for); at most `deadlock::CYCLE_KEPT`.
+        cycle: Vec<HolderInfo>,
+    },
     /// The request could not be answered.
     #[error(transparent)]
     Failed(#[from] AcquireError),
@@ -121,6 +133,11 @@ pub struct Holder {
     conflicts: Vec<RecordView>,
     /// The request being decided slept (a wait, not a synchronous answer).
     slept: bool,
+    /// This holder's wait record (`deadlock.rs`).
+    wait: Waiter,
+    /// The request that just ended was a deadlock victim (`lock` answers
+    /// `WaitError::Deadlock` instead of a timeout).
+    victim: Option<deadlock::Told>,
 }
 
 /// Where a holder's hot path reads and writes: slices of the region, which
@@ -154,6 +171,7 @@ impl Holder {
             bodies: NonNull::from(region.bodies(m.id)?),
             table: NonNull::from(region.lock_table()),
         };
+        let id = m.id;
         let mut h = Holder {
             m,
             area,
@@ -165,10 +183,13 @@ impl Holder {
             false_contention: 0,
             conflicts: Vec::new(),
             slept: false,
+            wait: Waiter::detached(id, token),
+            victim: None,
         };
         if !h.grow() {
             return Err(HolderError::RecordsFull(h.m.region.records_per_member()));
         }
+        h.wait.attach(&h.m.region, h.blocks[0]);
         Ok(h)
     }
 
@@ -256,7 +277,10 @@ impl Holder {
     ) -> Result<LockId, WaitError> {
         match self.acquire(resource, mode, Some(timeout))? {
             TryOutcome::Granted(id) => Ok(id),
-            TryOutcome::Contention(h) => Err(WaitError::Timeout(h)),
+            TryOutcome::Contention(h) => Err(match self.victim.take() {
+                Some(told) => self.deadlock_answer(told),
+                None => WaitError::Timeout(h),
+            }),
             TryOutcome::Retained(h) => Err(WaitError::Retained(h)),
         }
     }
@@ -348,6 +372,11 @@ impl Holder {
         let mut conflicts = std::mem::take(&mut self.conflicts);
         let out = self.slow_acquire(&res, mode, slot, entry, timeout, &mut conflicts);
         self.conflicts = conflicts;
+        // The wait is over, whatever the answer (not ours to write if we
+        // were cleaned up).
+        if !matches!(out, Err(AcquireError::Disconnected)) {
+            self.wait.clear(&m.region);
+        }
         if !matches!(out, Ok(TryOutcome::Granted(_))) {
             // The record was freed by slow_acquire; an error may have left it
             // pending: free it (nothing is latched any more). Not if we were
@@ -496,8 +525,29 @@ impl Holder {
                 }
                 return Ok(TryOutcome::Retained(h));
             }
+            if wait_for_live {
+                // Deadlock detection (`deadlock.rs`): a victim gives up its
+                // request, unless a holder it waits for died meanwhile (no
+                // cycle through a dead member).
+                if self.wait.told(region) {
+                    l.step_out_for_good(region, &req)?;
+                    req.urgent = false;
+                    req.half_made = false;
+                    let dead = clean_dead(region, me, conflicts, deadline)?;
+                    if dead.changed || dead.cleaning || class.being_cleaned {
+                        self.wait.untell(region);
+                        stale = false;
+                        continue;
+                    }
+                    free_record(false);
+                    self.victim = Some(self.wait.victim_answer(region));
+                    return Ok(TryOutcome::Contention(dedup_holders(region, conflicts)));
+                }
+            }
             let out_of_time = crate::sync::now() >= deadline;
             if wait_for_live && !out_of_time {
+                // The wait record says what we wait for (`deadlock.rs`).
+                self.wait.waiting(region, slot, entry, conflicts);
                 if req.ticket == 0 {
                     // First wait: the ticket orders us among urgent requests.
                     req.ticket = records::take_wait_ticket(region);
@@ -543,7 +593,8 @@ impl Holder {
                 // (a release, a cleanup's settle: a change since is not missed).
                 let time_left = deadline.saturating_duration_since(crate::sync::now());
                 self.slept = true;
-                stale = word::wait_for_holdings(word, left, 0, slice.min(time_left))
+                let told = self.wait.interrupt(region);
+                stale = word::wait_for_holdings(word, left, 0, slice.min(time_left), told)
                     == word::HoldingsWait::SliceEnded;
                 woken_by_change = !stale;
                 slice = (slice * 2).min(entry::MAX_SLICE);
@@ -558,7 +609,9 @@ impl Holder {
             req.half_made = false;
             let time_left = deadline.saturating_duration_since(crate::sync::now());
             self.slept = true;
-            let end = word::wait_for_holdings(word, left, crate::sync::SPINS, slice.min(time_left));
+            let told = self.wait.interrupt(region);
+            let end =
+                word::wait_for_holdings(word, left, crate::sync::SPINS, slice.min(time_left), told);
             stale = end == word::HoldingsWait::SliceEnded;
             woken_by_change = !stale;
             if stale {
@@ -623,6 +676,19 @@ impl Holder {
         self.m.release_slow(slot, id.entry)?;
         self.free.push(slot);
         Ok(())
+    }
+
+    /// The answer of a deadlock victim: the cycle the detector saw.
+    #[cold]
+    fn deadlock_answer(&self, told: deadlock::Told) -> WaitError {
+        let region = &self.m.region;
+        WaitError::Deadlock {
+            cycle: told
+                .cycle
+                .into_iter()
+                .map(|(id, mode)| holder_info(region, id, mode))
+                .collect(),
+        }
     }
 
     #[inline]

@@ -34,7 +34,10 @@ pub const MAGIC: [u8; 8] = *b"CFEMUREG";
 /// before, IS 2, IX 3, U 4, SIX 5) and any of them may carry the modify flag
 /// (`lock/records.rs`): a version-7 program would take such a record for
 /// damage, so it must refuse the region instead.
-pub const LAYOUT_VERSION: u32 = 8;
+/// 9: block headers grew to 128 bytes for a holder's wait record (deadlock
+/// detection), the lock structure page gained the detector's interval,
+/// claim, last round and victim count.
+pub const LAYOUT_VERSION: u32 = 9;
 /// The header and the directory live in the first page.
 pub const HEADER_PAGE: u64 = 4096;
 /// Connector ids are bit positions in the 32-bit share/interest mask of a lock word.
@@ -51,8 +54,8 @@ pub const BLOCK_SLOTS: u32 = 2;
 pub const CONNECTOR_SLOT_SIZE: u64 = 256;
 /// Size of one record body: 9 words (meta + 64 bytes of resource name).
 pub const RECORD_SIZE: u64 = 72;
-/// Size of one block header (owner, counters).
-pub const BLOCK_HEADER_SIZE: u64 = 64;
+/// Size of one block header (owner, counters, the holder's wait record).
+pub const BLOCK_HEADER_SIZE: u64 = 128;
 /// Largest lock table (the tag packs the entry index in 30 bits).
 pub const MAX_LOCK_ENTRIES: u32 = 1 << 30;
 /// Names in the directory.

@@ -84,9 +84,20 @@ pub(crate) struct LockHeader {
     /// The isolate action: 1 prompt (wait for `cfctl fence`), anything else
     /// at once.
     pub isolate: AtomicU64,
+    /// Plex setting (`connector/liveness.rs`): how often the deadlock
+    /// detector runs, in milliseconds (0: the default).
+    pub deadlock_interval_ms: AtomicU64,
+    /// The deadlock detector's claim (`deadlock.rs`): token of the process
+    /// running a round of it (0: none).
+    pub deadlock_claim: AtomicU64,
+    /// When the last round of the detector began: milliseconds of
+    /// CLOCK_MONOTONIC (0: never).
+    pub deadlock_last_ms: AtomicU64,
+    /// Deadlock victims told since the region was created.
+    pub deadlock_victims: AtomicU64,
 }
 
-/// One block header of a member area: 64 bytes. See `lock/records.rs`.
+/// One block header of a member area: 128 bytes. See `lock/records.rs`.
 #[repr(C)]
 #[derive(Default)]
 pub(crate) struct BlockHeader {
@@ -100,8 +111,41 @@ pub(crate) struct BlockHeader {
     pub contention: AtomicU64,
     /// The owning holder's false contentions, published likewise.
     pub false_contention: AtomicU64,
-    #[cfg(not(loom))]
-    _reserved: [AtomicU64; 4],
+    /// The wait record of the holder whose *first* block this is (unused in
+    /// its other blocks): what its waiting request waits for (`deadlock.rs`).
+    pub wait: WaitRecord,
+}
+
+/// Words of a wait record's cycle: two cycle members in each.
+pub(crate) const CYCLE_WORDS: usize = 6;
+
+/// A holder's wait record: 96 bytes, in its first block's header. Written
+/// by the holder's own thread, except `victim` and `cycle` (and the
+/// `VICTIM` flag of `state`), which the deadlock detector writes. See
+/// `deadlock.rs` for the protocol.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct WaitRecord {
+    /// `[seq:32][flags:32]`, flags `WAITING` 1 and `VICTIM` 2. Every start
+    /// and every end of a wait bumps the sequence number.
+    pub state: AtomicU64,
+    /// The token of the holder that wrote the record (its block's owner).
+    pub holder: AtomicU64,
+    /// `[entry:32][slot:32]`: the waiting request's record slot and its lock
+    /// table entry.
+    pub request: AtomicU64,
+    /// The connectors (a bit each) holding what the request conflicts with,
+    /// refreshed at every look (a hint: the detector checks their records).
+    pub conflicts: AtomicU64,
+    /// When the request began to wait: nanoseconds of CLOCK_MONOTONIC.
+    pub since_ns: AtomicU64,
+    /// The detector's: `[cycle length:32][its connector + 1:32]` (0: a tool
+    /// with no connector), valid while `state` has `VICTIM`.
+    pub victim: AtomicU64,
+    /// The detector's: the cycle from the victim on, `[connector + 1:8]
+    /// [slot:24]` per member (the record in which it holds what the one
+    /// before it waits for), two per word, the first twelve members.
+    pub cycle: [AtomicU64; CYCLE_WORDS],
 }
 
 /// One record body: 72 bytes (meta + 64 bytes of resource name).
@@ -218,7 +262,15 @@ mod pinned {
     const _: () = assert!(size_of::<LockHeader>() <= 4096);
     const _: () = assert!(offset_of!(LockHeader, connect_latch) == 64);
     const _: () = assert!(offset_of!(LockHeader, wait_ticket) == 72);
+    const _: () = assert!(offset_of!(LockHeader, isolate) == 88);
+    const _: () = assert!(offset_of!(LockHeader, deadlock_interval_ms) == 96);
+    const _: () = assert!(offset_of!(LockHeader, deadlock_claim) == 104);
+    const _: () = assert!(offset_of!(LockHeader, deadlock_victims) == 120);
     const _: () = assert!(size_of::<BlockHeader>() as u64 == BLOCK_HEADER_SIZE);
+    const _: () = assert!(offset_of!(BlockHeader, wait) == 32);
+    const _: () = assert!(size_of::<WaitRecord>() == 96);
+    const _: () = assert!(offset_of!(WaitRecord, since_ns) == 32);
+    const _: () = assert!(offset_of!(WaitRecord, cycle) == 48);
     const _: () = assert!(size_of::<RecordBody>() as u64 == RECORD_SIZE);
     const _: () = assert!(size_of::<RequestListHeader>() as u64 == REQUEST_SIZE);
     const _: () = assert!(offset_of!(RequestListHeader, sequence) == 56);

@@ -1085,6 +1085,7 @@ pub fn run(plex_arg: Option<&Path>, a: SimArgs) -> Result<ExitCode> {
         cf_core::connector::liveness::Settings {
             interval: a.failure_detection_interval,
             isolate: cf_core::connector::liveness::Isolate::AtOnce,
+            ..Default::default()
         },
     )
     .map_err(|e| anyhow::anyhow!(e))?;
