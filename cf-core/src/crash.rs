@@ -24,6 +24,7 @@ pub const CRASH_POINTS: &[&str] = &[
     "slow.granted_before_unlatch",
     "slow_release.latched",
     "slow_release.after_unlatch",
+    "convert.mode_written",
     // recovery.rs: cleanup of a dead member
     "cleanup.claimed",
     "cleanup.entry_latched",

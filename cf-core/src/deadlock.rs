@@ -37,7 +37,9 @@
 //! `W`'s conflict mask, names `W`'s resource in a mode incompatible with
 //! `W`'s and is HELD, or is URGENT with an older wait ticket (unless `W`
 //! itself already holds the resource: `lock/entry.rs` rule 5). The record's
-//! holder is the owner of its block. Only nodes have edges, so a waiter that
+//! holder is the owner of its block; a record of `W`'s own is no edge (a
+//! holder never waits for itself, rule 7: a conversion waits only for the
+//! others' holdings, not for the lock it converts). Only nodes have edges, so a waiter that
 //! waits for a holder that does not wait is in no cycle, and so is a waiter
 //! of a dead member (its slot has no process, or fails the identity check
 //! below): a dead member's waiters are not read, and a waiter that waits for
@@ -672,7 +674,8 @@ fn edges(region: &Region, nodes: &[Node]) -> Vec<Vec<Edge>> {
         .collect();
     nodes
         .iter()
-        .map(|w| {
+        .enumerate()
+        .map(|(i, w)| {
             let v = &w.view;
             let mut cands: Vec<RecordView> = Vec::new();
             for &c in &v.conflicts {
@@ -697,7 +700,8 @@ fn edges(region: &Region, nodes: &[Node]) -> Vec<Vec<Edge>> {
                 .filter_map(|r| {
                     let owner = records::slot_owner(region, r.member, r.slot.get())?;
                     let &t = index.get(&(r.member, owner))?;
-                    Some((t, r.slot.get()))
+                    // A holder never waits for itself (`entry.rs` rule 7).
+                    (t != i).then_some((t, r.slot.get()))
                 })
                 .collect()
         })

@@ -590,6 +590,10 @@ pub enum AcquireError {
     /// The member's record area has no free slot.
     #[error("record area of this member is full ({0} records)")]
     RecordsFull(u32),
+    /// A conversion (`Holder::convert`) of a lock this holder does not hold
+    /// in that slot.
+    #[error("lock to convert not held by this holder (slot {0})")]
+    NotHeld(SlotIndex),
     /// The connection was cleaned up as dead.
     #[error("this connector is no longer active (it was cleaned up as dead)")]
     Disconnected,

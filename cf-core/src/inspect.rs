@@ -92,17 +92,50 @@ pub struct LockView {
     pub retained: bool,
 }
 
-/// Lock-structure activity, summed over live holders, connectors and the past.
+/// Lock-structure activity, summed over live holders, connectors and the
+/// past. The three kinds of global contention are counted apart, once per
+/// request, as z/OS and Db2 reports do (`lock/entry.rs`, "Contention"):
+/// `contention` (IRLM), `xes_contention` and `false_contention`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Lock requests made.
     pub requests: u64,
-    /// Requests that met a real conflict (an incompatible holding of the
-    /// same resource), counted once per request.
+    /// IRLM contention: requests that met a real conflict (a holding of the
+    /// same resource in an incompatible mode, by another holder), counted
+    /// once per request.
     pub contention: u64,
-    /// Requests granted after meeting another resource hashed to the same
-    /// lock entry.
+    /// XES contention: requests granted after the lock word showed another
+    /// member's conflicting interest (exclusive against share or exclusive)
+    /// while its holdings of the resource were in compatible modes.
+    pub xes_contention: u64,
+    /// False contention: requests granted after meeting another member's
+    /// holding of another resource hashed to the same lock entry, with
+    /// conflicting interest in the word.
     pub false_contention: u64,
+    /// Requests refused because a failed member retains the resource
+    /// ("incompatible retained lock").
+    pub retained_refusals: u64,
+}
+
+impl Counters {
+    /// All global contention: IRLM, XES and false.
+    pub fn global_contention(&self) -> u64 {
+        self.contention
+            .saturating_add(self.xes_contention)
+            .saturating_add(self.false_contention)
+    }
+}
+
+impl From<&crate::connector::Activity> for Counters {
+    fn from(a: &crate::connector::Activity) -> Counters {
+        Counters {
+            requests: a.requests,
+            contention: a.contention,
+            xes_contention: a.xes_contention,
+            false_contention: a.false_contention,
+            retained_refusals: a.retained_refusals,
+        }
+    }
 }
 
 /// One structure of the directory ([`structures`]).
@@ -239,28 +272,26 @@ pub fn retained(region: &Region) -> Result<Vec<LockView>, CorruptError> {
 /// that left, plus every connector slot's, plus the blocks in use. Counters
 /// are summed saturating: they are read from the (untrusted) region.
 pub fn counters(region: &Region) -> Counters {
+    use crate::shm::slots::{
+        TOTAL_CONTENTION, TOTAL_FALSE, TOTAL_REQUESTS, TOTAL_RETAINED_REFUSALS, TOTAL_XES,
+    };
     let t = &region.lock_header().counters;
     let mut c = Counters {
-        requests: t[0].load(Ordering::Relaxed),
-        contention: t[1].load(Ordering::Relaxed),
-        false_contention: t[2].load(Ordering::Relaxed),
+        requests: t[TOTAL_REQUESTS].load(Ordering::Relaxed),
+        contention: t[TOTAL_CONTENTION].load(Ordering::Relaxed),
+        xes_contention: t[TOTAL_XES].load(Ordering::Relaxed),
+        false_contention: t[TOTAL_FALSE].load(Ordering::Relaxed),
+        retained_refusals: t[TOTAL_RETAINED_REFUSALS].load(Ordering::Relaxed),
     };
-    let mut add =
-        |r: &crate::sync::AtomicU64, n: &crate::sync::AtomicU64, f: &crate::sync::AtomicU64| {
-            c.requests = c.requests.saturating_add(r.load(Ordering::Relaxed));
-            c.contention = c.contention.saturating_add(n.load(Ordering::Relaxed));
-            c.false_contention = c.false_contention.saturating_add(f.load(Ordering::Relaxed));
-        };
     for id in region.connector_ids() {
-        let Ok(slot) = region.connector(id) else {
+        let Ok(a) = crate::connector::activity(region, id) else {
             continue;
         };
-        add(&slot.requests, &slot.contention, &slot.false_contention);
-        for b in region.blocks(id).unwrap_or(&[]) {
-            if b.owner.load(Ordering::Relaxed) != 0 {
-                add(&b.requests, &b.contention, &b.false_contention);
-            }
-        }
+        c.requests = c.requests.saturating_add(a.requests);
+        c.contention = c.contention.saturating_add(a.contention);
+        c.xes_contention = c.xes_contention.saturating_add(a.xes_contention);
+        c.false_contention = c.false_contention.saturating_add(a.false_contention);
+        c.retained_refusals = c.retained_refusals.saturating_add(a.retained_refusals);
     }
     c
 }
@@ -268,7 +299,8 @@ pub fn counters(region: &Region) -> Counters {
 /// Transactions applications reported committed (`Member::add_committed`),
 /// over every member past and present.
 pub fn committed_total(region: &Region) -> u64 {
-    let mut n = region.lock_header().counters[3].load(Ordering::Relaxed);
+    let mut n =
+        region.lock_header().counters[crate::shm::slots::TOTAL_COMMITTED].load(Ordering::Relaxed);
     for id in region.connector_ids() {
         if let Ok(slot) = region.connector(id) {
             n = n.saturating_add(slot.committed.load(Ordering::Relaxed));
@@ -499,7 +531,13 @@ pub fn verify(region: &Region) -> Vec<String> {
     for (res, rs) in by_res {
         for (i, a) in rs.iter().enumerate() {
             for b in &rs[i + 1..] {
-                if !a.mode.compatible(b.mode) {
+                // Two holdings of one holder never conflict (`lock/entry.rs`
+                // rule 7).
+                let one_holder = a.member == b.member
+                    && records::holder_token(region, a.member, a.slot.get()).is_some_and(|o| {
+                        records::holder_token(region, b.member, b.slot.get()) == Some(o)
+                    });
+                if !a.mode.compatible(b.mode) && !one_holder {
                     problems.push(format!(
                         "resource {} held {} by connector {} and {} by connector {}",
                         escape(&String::from_utf8_lossy(&res)),

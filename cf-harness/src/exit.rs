@@ -18,6 +18,9 @@ pub const CONTENTION: u8 = 2;
 pub const RETAINED: u8 = 3;
 /// A wait ran out (`hold --timeout`).
 pub const TIMED_OUT: u8 = 4;
+/// The request was chosen as a deadlock victim to break a cycle of waits
+/// (`hold`, its conversions included).
+pub const DEADLOCK: u8 = 6;
 /// An invariant broke: `verify` found damage, `sim`, `demo` or `stress`
 /// saw a broken invariant (the plex is kept for a look).
 pub const INVARIANT: u8 = 5;
@@ -37,6 +40,7 @@ pub const TABLE: &str = "Exit status:
   3    retained: the lock is retained by a failed member
   4    timed out waiting for a lock
   5    an invariant broke (verify found damage; sim, demo or stress saw a violation)
+  6    deadlock: the request was chosen as the victim of a cycle of waits (hold)
   64   usage: a command line that does not parse, a value out of its range
   130  interrupted by SIGINT/SIGTERM (partial report printed, members stopped normally)";
 

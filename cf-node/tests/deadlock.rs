@@ -10,7 +10,9 @@
 //! a time.
 
 use cf_core::deadlock;
-use cf_core::events::{EventData, EventKind};
+#[cfg(feature = "crash-points")]
+use cf_core::events::EventData;
+use cf_core::events::EventKind;
 use cf_core::{Holder, Member, Mode, Plex, Region, WaitError};
 use cf_testkit::node::*;
 use std::io::{BufRead, BufReader, Write};

@@ -31,6 +31,11 @@ pub struct HoldArgs {
     /// member dies, refusing what MODE is incompatible with)
     #[arg(long = "modify-lock", value_name = "MODE:RES", value_parser = mode_and_resource)]
     modify_lock: Vec<(LockMode, String)>,
+    /// Once every lock is taken, convert the lock held on RES to MODE without releasing it
+    /// (repeatable, in order): promotion (s to x, u to x, ix to six) or demotion (x to s),
+    /// waiting like a request; the modify flag is kept. RES must be one this command holds
+    #[arg(long = "convert", value_name = "MODE:RES", value_parser = mode_and_resource)]
+    convert: Vec<(LockMode, String)>,
     /// Also hold N modify locks named <MEMBER>:<i>, each on its own lock table entry (names
     /// that would share an entry are skipped); the region needs N records per member
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -176,6 +181,13 @@ pub fn hold(plex: &Plex, a: HoldArgs) -> Result<ExitCode> {
     for (res, _) in &wanted {
         check_resource(res)?;
     }
+    for (mode, res) in &a.convert {
+        if !wanted.iter().any(|(r, _)| r == res) {
+            cf_harness::usage!(
+                "--convert {mode}:{res}: {res} is not one of the locks this command takes"
+            );
+        }
+    }
     // What the member will hold must fit its record area: checked before
     // connecting, so a refusal leaves no connector behind.
     if wanted.len() as u64 > region.records_per_member() as u64 {
@@ -219,24 +231,38 @@ fn take_and_hold(
 ) -> Result<(&'static str, usize)> {
     let mut holder = member.holder()?;
     let mut held: Vec<(LockId, String)> = Vec::new();
-    for (res, mode) in wanted {
-        match holder.lock(res.as_bytes(), *mode, a.timeout_ms) {
-            Ok(id) => held.push((id, res.clone())),
-            Err(e) => {
-                for (id, _) in std::mem::take(&mut held) {
-                    let _ = holder.unlock(id);
-                }
-                let code = match e {
-                    WaitError::Retained(_) => cf_harness::exit::RETAINED,
-                    WaitError::Timeout(_) => cf_harness::exit::TIMED_OUT,
-                    e => return Err(e.into()),
-                };
-                return Err(NotTaken {
-                    text: format!("could not take {res} ({mode}): {e}"),
-                    code,
-                }
-                .into());
+    let steps = wanted
+        .iter()
+        .map(|(res, mode)| (res, *mode, false))
+        .chain(a.convert.iter().map(|(m, res)| (res, Mode::lock(*m), true)));
+    for (res, mode, convert) in steps {
+        let answer = if convert {
+            // Checked before connecting: the resource is held.
+            let i = held.iter().rposition(|(_, r)| r == res).unwrap_or_default();
+            holder
+                .convert(held[i].0, mode, a.timeout_ms)
+                .map(|id| held[i].0 = id)
+        } else {
+            holder
+                .lock(res.as_bytes(), mode, a.timeout_ms)
+                .map(|id| held.push((id, res.clone())))
+        };
+        if let Err(e) = answer {
+            for (id, _) in std::mem::take(&mut held) {
+                let _ = holder.unlock(id);
             }
+            let code = match e {
+                WaitError::Retained(_) => cf_harness::exit::RETAINED,
+                WaitError::Timeout(_) => cf_harness::exit::TIMED_OUT,
+                WaitError::Deadlock { .. } => cf_harness::exit::DEADLOCK,
+                e => return Err(e.into()),
+            };
+            let what = if convert { "convert" } else { "take" };
+            return Err(NotTaken {
+                text: format!("could not {what} {res} ({mode}): {e}"),
+                code,
+            }
+            .into());
         }
     }
     if a.json {

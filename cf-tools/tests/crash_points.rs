@@ -28,6 +28,7 @@ const COVERED: &[&str] = &[
     "slow.granted_before_unlatch",
     "slow_release.latched",
     "slow_release.after_unlatch",
+    "convert.mode_written",
     "cleanup.claimed",
     "cleanup.entry_latched",
     "cleanup.entry_unlatched",
@@ -377,6 +378,37 @@ fn slow_granted_before_unlatch() {
     });
     b.term();
     b.expect_exit_ok();
+    plex.assert_empty_and_clean();
+}
+
+#[test]
+fn convert_mode_written() {
+    // Died promoting IX (modify) to SIX under the latch, the new mode
+    // written, the conversion's own record still PENDING: the pending record
+    // is discarded and the lock retained in SIX, which refuses IX and grants
+    // IS, until restart light releases it.
+    let plex = TestPlex::small();
+    hold_dies(
+        &plex,
+        "A",
+        &[("modify-lock", "ix:r"), ("convert", "six:r")],
+        "convert.mode_written",
+    );
+    assert_report(&plex.cleanup(), "A", 1, 0, 1);
+    plex.assert_verify_clean();
+    let ret = plex.retained();
+    assert_eq!(ret.len(), 1, "{ret:?}");
+    assert_eq!(
+        (
+            ret[0].member.as_str(),
+            ret[0].resource.as_str(),
+            ret[0].mode.as_str()
+        ),
+        ("A", "r", "six+modify")
+    );
+    plex.assert_retained_by("B", "lock", "ix:r", "A");
+    plex.assert_granted("B", "lock", "is:r");
+    plex.recover_light("A", &["r"]);
     plex.assert_empty_and_clean();
 }
 

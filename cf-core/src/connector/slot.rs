@@ -341,6 +341,7 @@ pub(crate) fn occupy(
             &c.requests,
             &c.contention,
             &c.false_contention,
+            &c.xes_contention,
             &c.failed_ns,
             &c.committed,
             &c.retained_refusals,
@@ -398,14 +399,13 @@ pub(crate) fn vacate(
     }
     let totals = &region.lock_header().counters;
     for (i, f) in [
-        &c.requests,
-        &c.contention,
-        &c.false_contention,
-        &c.committed,
-    ]
-    .into_iter()
-    .enumerate()
-    {
+        (slots::TOTAL_REQUESTS, &c.requests),
+        (slots::TOTAL_CONTENTION, &c.contention),
+        (slots::TOTAL_FALSE, &c.false_contention),
+        (slots::TOTAL_COMMITTED, &c.committed),
+        (slots::TOTAL_XES, &c.xes_contention),
+        (slots::TOTAL_RETAINED_REFUSALS, &c.retained_refusals),
+    ] {
         totals[i].fetch_add(f.swap(0, Ordering::Relaxed), Ordering::Relaxed);
     }
     c.hwm.store(0, Ordering::Relaxed);
@@ -467,9 +467,14 @@ pub struct Activity {
     /// Requests that met a real conflict (an incompatible holding of the
     /// same resource, retained ones included), counted once per request.
     pub contention: u64,
-    /// Requests granted after meeting another resource hashed to the same
-    /// lock entry (false contention).
+    /// Requests granted after meeting another member's holding of another
+    /// resource hashed to the same lock entry, in a mode whose interest in
+    /// the word conflicts (false contention).
     pub false_contention: u64,
+    /// Requests granted after the lock word showed another member's
+    /// conflicting interest while every holding of the same resource was in
+    /// a compatible mode (XES contention: IX beside IX, S beside U).
+    pub xes_contention: u64,
     /// Transactions the member's application reported committed
     /// ([`Member::add_committed`](crate::Member::add_committed)).
     pub committed: u64,
@@ -490,6 +495,7 @@ pub fn activity(region: &Region, id: ConnectorId) -> Result<Activity, CorruptErr
         requests: slot.requests.load(Relaxed),
         contention: slot.contention.load(Relaxed),
         false_contention: slot.false_contention.load(Relaxed),
+        xes_contention: slot.xes_contention.load(Relaxed),
         committed: slot.committed.load(Relaxed),
         retained_refusals: slot.retained_refusals.load(Relaxed),
         service_ns: std::array::from_fn(|i| slot.service_ns[i].load(Relaxed)),

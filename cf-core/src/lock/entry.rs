@@ -86,6 +86,46 @@
 //!    (the attack3 loom model
 //!    `a_waiter_blocked_by_a_half_made_request_is_never_woken`).
 //!
+//! 7. **A holder never waits for itself.** A holder's own records (the
+//!    records in its blocks, `records::slot_owner`) never conflict with its
+//!    requests: a thread that holds S and asks X on the same resource gets
+//!    X at once if nobody else holds the resource (as IRLM's owner, a
+//!    transaction, is compatible with itself). A sibling thread's records
+//!    conflict as anyone's. The deadlock detector draws no edge from a
+//!    waiter to itself either (`deadlock.rs`).
+//! 8. **Conversion in place.** A holder converts a held lock (promotion S
+//!    to X, U to X, IX to SIX; demotion X to S) with a request for the same
+//!    resource in the new mode, on its own PENDING record, always on the
+//!    latched path (`member/holder.rs`, `Holder::convert`). It is decided,
+//!    waits, turns URGENT, is told it is a deadlock victim or refused for a
+//!    retained lock like any request; by rule 7 the lock it converts never
+//!    conflicts with it. Granted ([`Latched::grant_conversion`]), the
+//!    converted record takes the new mode in place under the latch and the
+//!    request's record is freed. Refused or out of time, the request's
+//!    record goes and the lock is still held in its old mode. The modify
+//!    flag is kept: a conversion may add it, never drop it. Two holders of
+//!    S that both convert to X wait for each other: a deadlock, whose
+//!    victim keeps its S lock (its caller backs out and releases it).
+//!
+//! # Contention (what the counters say)
+//! A request that cannot be settled by one CAS is decided here, and counted
+//! at most once, as the z/OS and Db2 reports count global contention:
+//! * **IRLM contention** (`contention`): a holding of the same resource by
+//!   another holder in an incompatible mode (a conflict: the request
+//!   waits, or is refused). Sibling threads' conflicts count too.
+//! * **XES contention**: granted, but another member held the same
+//!   resource in a compatible mode whose interest in the word conflicts
+//!   with the request's (IX beside IX, U beside S): the lock table alone
+//!   would have seen contention.
+//! * **False contention**: granted, and no XES contention, but another
+//!   member held another resource hashed to the entry with conflicting
+//!   interest (exclusive against share or exclusive).
+//!
+//! A request refused because a failed member retains the resource is also
+//! counted as a *retained refusal*. Requests that take the latched path for
+//! a sibling's holding, or for another member's share beside a share, meet
+//! no global contention.
+//!
 //! # Cleanup of a dead member `c` on an entry ([`settle_dead`])
 //! Under the latch taken in `c`'s own name (a latch `c` died holding is then
 //! already "its own"; a cleaner that dies holding it leaves it held by a dead
@@ -115,6 +155,9 @@
 //!   takes the latch over (it latches in `c`'s name) and frees the record.
 //! * `slow.granted_before_unlatch`: tag HELD under the latch, bit maybe unset:
 //!   decided by whether `c` was already named, as above.
+//! * `convert.mode_written`: under the latch, the converted record HELD in
+//!   its new mode, the conversion request's record PENDING: the pending one
+//!   is freed, the converted one released or retained in its new mode.
 //! * `slow_release.latched`: the record is PENDING under the latch: freed,
 //!   `c`'s bit recomputed from its held records. `slow_release.after_unlatch`:
 //!   latch dropped with `c`'s bit recomputed; the PENDING record is freed.
@@ -509,12 +552,24 @@ pub(crate) struct Request<'a> {
     pub half_made: bool,
 }
 
+/// The kind of global contention a granted request met on the latched path
+/// (see "Contention" in the module docs). A request that met a real
+/// conflict answers [`Decision::Conflict`] instead: IRLM contention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Contention {
+    /// Another member's interest in the word conflicts with the request's,
+    /// but every holding of the same resource is in a compatible mode.
+    Xes,
+    /// Another member holds another resource hashed to the entry, with
+    /// conflicting interest in the word (and nothing made it XES).
+    False,
+}
+
 /// What the latched path decided.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Decision {
-    Grant {
-        false_contention: bool,
-    },
+    /// Granted; `contention` says what global contention the request met.
+    Grant { contention: Option<Contention> },
     /// The records that conflict (left in the caller's buffer): HELD records
     /// of the same resource in an incompatible mode, and URGENT requests
     /// for it in an incompatible mode that began to wait before this one.
@@ -530,6 +585,14 @@ fn first_unlatch_change(req: &Request) -> Change {
     } else {
         Change::Look
     }
+}
+
+/// Does mode `to` admit a mode that `from` refuses (so a conversion from
+/// `from` to `to` lets a waiter in)?
+fn admits_more(to: Mode, from: Mode) -> bool {
+    records::LockMode::ALL
+        .iter()
+        .any(|&m| to.lock_mode().compatible(m) && !from.lock_mode().compatible(m))
 }
 
 /// Iterate the set bits of a connector mask.
@@ -561,32 +624,39 @@ impl<'r> Latched<'r> {
         conflicts: &mut Vec<RecordView>,
     ) -> Result<Decision, CorruptError> {
         conflicts.clear();
-        let mut false_contention = false;
+        let (mut xes, mut false_contention) = (false, false);
         // Does the requesting holder (thread) already hold the resource
-        // (another request of its own, granted)? Then an urgent request
-        // waits for that holding, and must not make this one wait for it in
-        // turn (rule 5). A *sibling's* holding does not count: the sibling
-        // releases it whatever this thread waits for, and counting it let
-        // siblings taking turns bypass an urgent request forever (attack12).
+        // (another request of its own, granted, or the lock it converts)?
+        // Then an urgent request waits for that holding, and must not make
+        // this one wait for it in turn (rule 5). A *sibling's* holding does
+        // not count: the sibling releases it whatever this thread waits for,
+        // and counting it let siblings taking turns bypass an urgent request
+        // forever (attack12).
         let mut member_holds = false;
         for c in bits(self.named) {
             let c = region.check_member(c)?;
             let mut any = false;
             records::for_each_interest_on(region, c, self.entry, |r| {
                 any = true;
-                if c == req.member && r.slot.get() == req.slot {
-                    return;
+                if c == req.member {
+                    // Rule 7: a holder's own records never conflict with
+                    // its requests (the lock it converts among them).
+                    if r.slot.get() == req.slot
+                        || records::slot_owner(region, c, r.slot.get()) == Some(req.holder)
+                    {
+                        member_holds |= r.held && r.resource == *req.resource;
+                        return;
+                    }
+                } else if r.held && (req.mode.is_exclusive() || r.mode.is_exclusive()) {
+                    // Another member's interest conflicts in the word: the
+                    // lock table alone would see contention here.
+                    if r.resource != *req.resource {
+                        false_contention = true;
+                    } else if req.mode.compatible(r.mode) {
+                        xes = true;
+                    }
                 }
-                member_holds |= c == req.member
-                    && r.held
-                    && r.resource == *req.resource
-                    && records::slot_owner(region, c, r.slot.get()) == Some(req.holder);
-                if req.mode.compatible(r.mode) {
-                    return;
-                }
-                if r.resource != *req.resource {
-                    false_contention |= r.held;
-                } else if blocks(&r, req) {
+                if r.resource == *req.resource && !req.mode.compatible(r.mode) && blocks(&r, req) {
                     conflicts.push(r);
                 }
             })?;
@@ -600,10 +670,16 @@ impl<'r> Latched<'r> {
         if member_holds {
             conflicts.retain(|r| r.held);
         }
-        Ok(if conflicts.is_empty() {
-            Decision::Grant { false_contention }
-        } else {
+        Ok(if !conflicts.is_empty() {
             Decision::Conflict
+        } else if xes {
+            Decision::Grant {
+                contention: Some(Contention::Xes),
+            }
+        } else {
+            Decision::Grant {
+                contention: false_contention.then_some(Contention::False),
+            }
         })
     }
 
@@ -643,6 +719,32 @@ impl<'r> Latched<'r> {
             (self.named | word::bit(req.member)) as u32,
             first_unlatch_change(req),
         );
+        Ok(())
+    }
+
+    /// Grant a conversion (rule 8): the holder's HELD record `converted`
+    /// takes the request's mode in place (the lock keeps its slot and its
+    /// id), then the request's own record is freed (the converted one still
+    /// covers the member's bit and the latch) and the latch dropped with the
+    /// member's bit set. A conversion that admits a mode the old one refused
+    /// (a demotion: X to S, SIX to IX) frees something: the unlatch wakes
+    /// the holding waiters, as does the end of an URGENT request.
+    pub(crate) fn grant_conversion(
+        self,
+        region: &Region,
+        req: &Request,
+        converted: u32,
+        from: Mode,
+    ) -> Result<(), CorruptError> {
+        records::set_mode(region, req.member, converted, req.mode)?;
+        crate::crash::point("convert.mode_written");
+        records::tag(region, req.member, req.slot)?.store(TAG_FREE, Ordering::Release);
+        let change = if req.urgent || admits_more(req.mode, from) {
+            Change::Holdings
+        } else {
+            first_unlatch_change(req)
+        };
+        self.unlatch(region, (self.named | word::bit(req.member)) as u32, change);
         Ok(())
     }
 

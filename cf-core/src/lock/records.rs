@@ -572,18 +572,41 @@ pub(crate) fn set_wait_ticket(
     slot: u32,
     ticket: u32,
 ) -> Result<(), CorruptError> {
-    let body =
-        region
-            .bodies(member)?
-            .get(slot as usize)
-            .ok_or_else(|| CorruptError::BadRecord {
-                member,
-                slot: SlotIndex::new(slot),
-                what: format!("slot out of range ({} slots)", region.records_per_member()),
-            })?;
+    let body = body_of(region, member, slot)?;
     let meta = body.meta.load(Ordering::Relaxed) & ((1 << TICKET_SHIFT) - 1);
     body.meta
         .store(meta | u64::from(ticket) << TICKET_SHIFT, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The body of `member`'s record `slot` (checked to be in its area).
+fn body_of(region: &Region, member: ConnectorId, slot: u32) -> Result<&RecordBody, CorruptError> {
+    region
+        .bodies(member)?
+        .get(slot as usize)
+        .ok_or_else(|| CorruptError::BadRecord {
+            member,
+            slot: SlotIndex::new(slot),
+            what: format!("slot out of range ({} slots)", region.records_per_member()),
+        })
+}
+
+/// Change the mode of `member`'s HELD record `slot` in place (a conversion,
+/// granted under the entry's latch by the record's own thread): the length
+/// and the wait ticket stay. Readers without the latch see the old mode or
+/// the new one (one store of the meta word).
+pub(crate) fn set_mode(
+    region: &Region,
+    member: ConnectorId,
+    slot: u32,
+    mode: Mode,
+) -> Result<(), CorruptError> {
+    let body = body_of(region, member, slot)?;
+    let meta = body.meta.load(Ordering::Relaxed);
+    let len = (meta & 0xff) as usize;
+    let kept = meta & !((1 << TICKET_SHIFT) - 1);
+    body.meta
+        .store(kept | meta_word(len, mode), Ordering::Release);
     Ok(())
 }
 
@@ -819,6 +842,12 @@ pub(crate) fn claim_block(region: &Region, member: ConnectorId, token: u64) -> O
 /// holder that claimed it), as stored; `None` if out of range.
 pub(crate) fn slot_owner(region: &Region, member: ConnectorId, slot: u32) -> Option<u64> {
     block(region, member, slot / BLOCK_SLOTS).map(|b| b.owner.load(Ordering::Relaxed))
+}
+
+/// The holder (thread) token owning `member`'s record `slot`: its block's
+/// owner, unless the block is free or holds retained records.
+pub(crate) fn holder_token(region: &Region, member: ConnectorId, slot: u32) -> Option<u64> {
+    slot_owner(region, member, slot).filter(|&o| o != 0 && o != BLOCK_RETAINED)
 }
 
 pub(crate) fn block_is_empty(region: &Region, member: ConnectorId, block: u32) -> bool {

@@ -25,6 +25,7 @@ mod attack2;
 mod attack3;
 mod claim;
 mod connect;
+mod convert;
 mod deadlock;
 mod failed_requests;
 mod liveness;

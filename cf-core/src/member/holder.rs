@@ -28,7 +28,7 @@ use crate::connector::{self, MemberState};
 use crate::deadlock::{self, Waiter};
 use crate::error::{AcquireError, CleanupError, CorruptError, HolderError, UnlockError};
 use crate::ids::{ConnectorId, EntryIndex, SlotIndex};
-use crate::lock::entry::{self, Decision, LatchError, LatchWait, Request};
+use crate::lock::entry::{self, Contention, Decision, LatchError, LatchWait, Request};
 use crate::lock::records::{self, Mode, RecordView, Resource, TAG_FREE, TAG_HELD, TAG_PENDING};
 use crate::lock::{service, word};
 use crate::member::connection::Connection;
@@ -138,6 +138,16 @@ pub struct Holder {
     /// The request that just ended was a deadlock victim (`lock` answers
     /// `WaitError::Deadlock` instead of a timeout).
     victim: Option<deadlock::Told>,
+}
+
+/// Where a request on the latched path lives: its own record slot, its
+/// lock table entry, and for a conversion the slot of the lock it converts
+/// with that lock's mode (`lock/entry.rs` rule 8).
+#[derive(Clone, Copy)]
+struct Place {
+    slot: u32,
+    entry: EntryIndex,
+    converts: Option<(u32, Mode)>,
 }
 
 /// Where a holder's hot path reads and writes: slices of the region, which
@@ -335,7 +345,111 @@ impl Holder {
                 mode,
             }));
         }
-        self.acquire_slow(resource, mode, slot, entry, timeout, t0)
+        let at = Place {
+            slot,
+            entry,
+            converts: None,
+        };
+        self.acquire_slow(resource, mode, at, timeout, t0)
+    }
+
+    /// Count the global contention a granted request met without a real
+    /// conflict (`lock/entry.rs`, "Contention").
+    fn count_global(&mut self, region: &Region, contention: Option<Contention>) {
+        match contention {
+            Some(Contention::False) => self.false_contention += 1,
+            Some(Contention::Xes) => {
+                if let Ok(c) = region.connector(self.m.id) {
+                    c.xes_contention.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Convert a lock this holder holds to `to` without releasing it:
+    /// promotion (S to X, U to X, IX to SIX) or demotion (X to S), waiting
+    /// up to `timeout` for live holders that conflict with the new mode
+    /// (`lock/entry.rs` rule 8). The answers are those of [`Holder::lock`]:
+    /// a conflict out of time, a retained lock or a deadlock leaves the lock
+    /// held in its old mode. The lock keeps its id but for the mode, which
+    /// the returned id carries; the modify flag is kept (a conversion may add
+    /// it, never drop it). The holder's own other locks never conflict.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use cf_core::{CreateOptions, LockMode, Member, Mode, Plex, Region};
+    /// use std::{sync::Arc, time::Duration};
+    /// let plex = Plex { dir: dir.path().into() };
+    /// let region = Arc::new(Region::create(&plex, &CreateOptions::small_for_tests())?);
+    /// let m = Member::connect(region, "SYSA")?;
+    /// let mut h = m.holder()?;
+    /// let s = h.lock(b"acct:1", Mode::Share, Duration::from_secs(1))?;
+    /// let x = h.convert(s, Mode::modify(LockMode::X), Duration::from_secs(1))?;
+    /// assert_eq!(x.mode, Mode::Modify);
+    /// let back = h.convert(x, Mode::Share, Duration::from_secs(1))?;
+    /// assert_eq!(back.mode, Mode::new(LockMode::S, true)); // modify is kept
+    /// h.unlock(back)?;
+    /// drop(h);
+    /// m.disconnect()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn convert(
+        &mut self,
+        id: LockId,
+        to: Mode,
+        timeout: Duration,
+    ) -> Result<LockId, WaitError> {
+        match self.convert_once(id, to, Some(timeout))? {
+            TryOutcome::Granted(id) => Ok(id),
+            TryOutcome::Contention(h) => Err(match self.victim.take() {
+                Some(told) => self.deadlock_answer(told),
+                None => WaitError::Timeout(h),
+            }),
+            TryOutcome::Retained(h) => Err(WaitError::Retained(h)),
+        }
+    }
+
+    /// Convert a held lock to `to` once, never waiting for a live holder:
+    /// granted (the id with its new mode), contention or retained (the lock
+    /// still held in its old mode). See [`Holder::convert`].
+    pub fn try_convert(&mut self, id: LockId, to: Mode) -> Result<TryOutcome, AcquireError> {
+        self.convert_once(id, to, None)
+    }
+
+    fn convert_once(
+        &mut self,
+        id: LockId,
+        to: Mode,
+        timeout: Option<Duration>,
+    ) -> Result<TryOutcome, AcquireError> {
+        let old = id.slot.get();
+        let held = records::tag(&self.m.region, self.m.id, old)
+            .map(|t| t.load(Ordering::Acquire))
+            .ok();
+        if !self.owns_slot(old) || held != Some(TAG_HELD | id.entry.get()) {
+            return Err(AcquireError::NotHeld(id.slot));
+        }
+        let view = records::read_record(&self.m.region, self.m.id, old, TAG_HELD | id.entry.get())?;
+        let to = Mode::new(to.lock_mode(), to.is_modify() || view.mode.is_modify());
+        if to == view.mode {
+            return Ok(TryOutcome::Granted(LockId { mode: to, ..id }));
+        }
+        let slot = self.alloc_slot()?;
+        let (tags, bodies, _) = self.area();
+        let (Some(body), Some(tag)) = (bodies.get(slot as usize), tags.get(slot as usize)) else {
+            return Err(AcquireError::RecordsFull(tags.len() as u32));
+        };
+        let resource = view.resource.bytes();
+        records::write_body_and_hash(body, &resource, to);
+        tag.store(TAG_PENDING | id.entry.get(), Ordering::Release);
+        self.requests += 1;
+        let at = Place {
+            slot,
+            entry: id.entry,
+            converts: Some((old, view.mode)),
+        };
+        self.acquire_slow(&resource, to, at, timeout, None)
     }
 
     /// Count a sampled request's service time since `t0` in this
@@ -355,11 +469,15 @@ impl Holder {
         &mut self,
         resource: &[u8],
         mode: Mode,
-        slot: u32,
-        entry: EntryIndex,
+        at: Place,
         timeout: Option<Duration>,
         t0: Option<Instant>,
     ) -> Result<TryOutcome, AcquireError> {
+        let Place {
+            slot,
+            entry,
+            converts,
+        } = at;
         let m = self.m.clone();
         self.slept = false;
         let tag = records::tag(&m.region, m.id, slot)?;
@@ -370,14 +488,18 @@ impl Holder {
         })?;
         // The clock is read only here: the fast path needs no deadline.
         let mut conflicts = std::mem::take(&mut self.conflicts);
-        let out = self.slow_acquire(&res, mode, slot, entry, timeout, &mut conflicts);
+        let out = self.slow_acquire(&res, mode, at, timeout, &mut conflicts);
         self.conflicts = conflicts;
         // The wait is over, whatever the answer (not ours to write if we
         // were cleaned up).
         if !matches!(out, Err(AcquireError::Disconnected)) {
             self.wait.clear(&m.region);
         }
-        if !matches!(out, Ok(TryOutcome::Granted(_))) {
+        if converts.is_some() && matches!(out, Ok(TryOutcome::Granted(_))) {
+            // Granted in place: the request's record was freed under the
+            // latch (`Latched::grant_conversion`).
+            self.free.push(slot);
+        } else if !matches!(out, Ok(TryOutcome::Granted(_))) {
             // The record was freed by slow_acquire; an error may have left it
             // pending: free it (nothing is latched any more). Not if we were
             // cleaned up: the slot is no longer ours to write.
@@ -398,11 +520,15 @@ impl Holder {
         &mut self,
         res: &Resource,
         mode: Mode,
-        slot: u32,
-        entry: EntryIndex,
+        at: Place,
         timeout: Option<Duration>,
         conflicts: &mut Vec<RecordView>,
     ) -> Result<TryOutcome, AcquireError> {
+        let Place {
+            slot,
+            entry,
+            converts,
+        } = at;
         let m = self.m.clone();
         let region = &*m.region;
         let me = m.id;
@@ -418,7 +544,8 @@ impl Holder {
             holder: self.token,
             ticket: 0,
             urgent: false,
-            half_made: true,
+            // A conversion's record was never HELD (rule 8).
+            half_made: converts.is_none(),
         };
         // Bounded bypass (`entry.rs` rule 5): how often the holdings changed
         // while we waited and we were still refused.
@@ -481,13 +608,22 @@ impl Holder {
             };
             crate::crash::point("slow.latched");
             match l.decide(region, &req, conflicts) {
-                Ok(Decision::Grant { false_contention }) => {
-                    l.grant(region, &req)?;
-                    if false_contention {
-                        self.false_contention += 1;
+                Ok(Decision::Grant { contention }) => {
+                    let granted = match converts {
+                        Some((old, from)) => {
+                            l.grant_conversion(region, &req, old, from)?;
+                            old
+                        }
+                        None => {
+                            l.grant(region, &req)?;
+                            slot
+                        }
+                    };
+                    if !counted_contention {
+                        self.count_global(region, contention);
                     }
                     return Ok(TryOutcome::Granted(LockId {
-                        slot: SlotIndex::new(slot),
+                        slot: SlotIndex::new(granted),
                         entry,
                         mode,
                     }));

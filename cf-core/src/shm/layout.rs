@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! offset 0        header (this struct) + structure directory   one page, checksummed
-//! connectors      [ConnectorSlot; members]                     256 bytes each
+//! connectors      [ConnectorSlot; members]                     320 bytes each
 //! lock structure  LockStructHeader (counters)                  one page
 //! lock table      [AtomicU64; lock_entries]                    the lock words
 //! restart list    header + [RequestEntry; members]             256 bytes each
@@ -37,7 +37,9 @@ pub const MAGIC: [u8; 8] = *b"CFEMUREG";
 /// 9: block headers grew to 128 bytes for a holder's wait record (deadlock
 /// detection), the lock structure page gained the detector's interval,
 /// claim, last round and victim count.
-pub const LAYOUT_VERSION: u32 = 9;
+/// 10: connector slots grew to 320 bytes for the XES contention count; the
+/// lock structure's totals gained XES contention and retained refusals.
+pub const LAYOUT_VERSION: u32 = 10;
 /// The header and the directory live in the first page.
 pub const HEADER_PAGE: u64 = 4096;
 /// Connector ids are bit positions in the 32-bit share/interest mask of a lock word.
@@ -51,7 +53,7 @@ pub const BLOCK_SLOTS: u32 = 64;
 #[cfg(loom)]
 pub const BLOCK_SLOTS: u32 = 2;
 /// Size of one connector slot.
-pub const CONNECTOR_SLOT_SIZE: u64 = 256;
+pub const CONNECTOR_SLOT_SIZE: u64 = 320;
 /// Size of one record body: 9 words (meta + 64 bytes of resource name).
 pub const RECORD_SIZE: u64 = 72;
 /// Size of one block header (owner, counters, the holder's wait record).

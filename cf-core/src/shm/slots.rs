@@ -61,17 +61,34 @@ pub(crate) struct ConnectorSlot {
     /// Sampled synchronous service times (`lock/service.rs`): how many of
     /// the sampled requests took each bucket's time.
     pub service_ns: [AtomicU64; crate::shm::layout::SERVICE_BUCKETS],
+    /// Lock requests of this connection granted after *XES contention*: the
+    /// lock word showed another connector's interest that conflicts with
+    /// this request's (exclusive against share or exclusive), but every such
+    /// holding of the same resource was in a compatible mode (IX beside IX).
+    /// Counted on the latched path only, by one RMW.
+    pub xes_contention: AtomicU64,
+    #[cfg(not(loom))]
+    _reserved: [AtomicU64; 7],
 }
+
+/// Indices of [`LockHeader::counters`].
+pub(crate) const TOTAL_REQUESTS: usize = 0;
+pub(crate) const TOTAL_CONTENTION: usize = 1;
+pub(crate) const TOTAL_FALSE: usize = 2;
+pub(crate) const TOTAL_COMMITTED: usize = 3;
+pub(crate) const TOTAL_XES: usize = 4;
+pub(crate) const TOTAL_RETAINED_REFUSALS: usize = 5;
 
 /// The lock structure's header (the rest of its page is reserved).
 #[repr(C)]
 #[derive(Default)]
 pub(crate) struct LockHeader {
     /// Folded in from connectors that left: requests, contention, false
-    /// contention, transactions committed.
-    pub counters: [AtomicU64; 4],
+    /// contention, transactions committed, XES contention, retained
+    /// refusals (the `TOTAL_*` indices).
+    pub counters: [AtomicU64; 6],
     #[cfg(not(loom))]
-    _reserved: [AtomicU64; 4],
+    _reserved: [AtomicU64; 2],
     /// The connect latch: token of the process changing the connector table.
     pub connect_latch: AtomicU64,
     /// The next wait ticket (`lock/records.rs`): taken by a request the first
@@ -259,6 +276,7 @@ mod pinned {
     const _: () = assert!(offset_of!(ConnectorSlot, heartbeat) == 136);
     const _: () = assert!(offset_of!(ConnectorSlot, beat_period_ms) == 144);
     const _: () = assert!(offset_of!(ConnectorSlot, service_ns) == 160);
+    const _: () = assert!(offset_of!(ConnectorSlot, xes_contention) == 256);
     const _: () = assert!(size_of::<LockHeader>() <= 4096);
     const _: () = assert!(offset_of!(LockHeader, connect_latch) == 64);
     const _: () = assert!(offset_of!(LockHeader, wait_ticket) == 72);
