@@ -151,6 +151,57 @@ fn hierarchy_with_kills_keeps_every_invariant() {
     assert!(reads > 0, "{doc:#}");
 }
 
+/// With `--lock-order random` the detector's crash points are reached:
+/// every start armed with one of `deadlock.*` (a detector killed after its
+/// claim, after choosing a victim, after telling it), and every invariant
+/// still holds (the next member's detector takes the claim over).
+#[cfg(feature = "crash-points")]
+#[test]
+fn detectors_killed_at_their_crash_points_under_random_lock_order() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let doc = sim(
+        "cycle-points",
+        &[
+            "--members",
+            "3",
+            "--threads",
+            "2",
+            "--accounts",
+            "8",
+            "--lock-entries",
+            "16",
+            "--lock-order",
+            "random",
+            "--duration",
+            "6s",
+            "--kill-every",
+            "1s",
+            "--crash-points",
+            "--crash-point-names",
+            "deadlock.",
+            "--arm-one-in",
+            "1",
+            "--seed",
+            "4",
+        ],
+    );
+    assert_eq!(doc["invariants_ok"], Value::Bool(true), "{doc:#}");
+    let by_point = doc["crash_points"]["by_point"]
+        .as_object()
+        .expect("by_point");
+    for p in ["deadlock.chosen", "deadlock.told"] {
+        assert!(
+            by_point[p]["armed"].as_u64() > Some(0),
+            "{p} never armed: {doc:#}"
+        );
+    }
+    let fired: u64 = ["deadlock.chosen", "deadlock.told"]
+        .iter()
+        .filter_map(|p| by_point[*p]["fired"].as_u64())
+        .sum();
+    assert!(fired > 0, "{doc:#}");
+}
+
 /// A lock order that is not one is a usage error (exit status 64), before
 /// anything is created; so is one given to cf-node.
 #[test]

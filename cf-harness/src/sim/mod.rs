@@ -1189,9 +1189,11 @@ pub fn run(plex_arg: Option<&Path>, a: SimArgs) -> Result<ExitCode> {
         stops_fenced: 0,
         stops_unfenced: Vec::new(),
         normal_rss: Vec::new(),
-        planner: a
-            .crash_points
-            .then(|| Planner::new(a.seed, scale, &sim_points)),
+        planner: a.crash_points.then(|| {
+            // Random lock order makes cycles: the detector's points are reached.
+            let cycles = a.lock_order == cf_node::bank::LockOrder::Random;
+            Planner::with_cycles(a.seed, scale, &sim_points, cycles)
+        }),
         arm_one_in: a.arm_one_in,
         armings: 0,
         final_phase: false,
