@@ -114,6 +114,8 @@ fn random_lock_order_with_kills_keeps_every_invariant_and_reports_deadlocks() {
     // member's count dies with it, its events stay.
     let counted = doc["deadlocks"].as_u64().unwrap_or(0);
     assert!(counted <= events, "{doc:#}");
+    let waits = &doc["deadlock_victim_waits_ms"];
+    assert_eq!(waits["count"].as_u64(), Some(events), "{doc:#}");
 }
 
 /// `--hierarchy` with reads, random lock order and kills: the table's IX

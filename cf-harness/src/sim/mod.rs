@@ -1603,6 +1603,14 @@ fn report(
     // Every victim of the run, killed members' included (their closing
     // counts die with them), as far as the event ring kept them.
     let victim_events = count(EventKind::DeadlockVictim);
+    // Their waits as the lock manager timed them (from the wait's start).
+    let victim_waits = Summary::of(
+        ev.values().filter_map(|e| match e.data {
+            EventData::DeadlockVictim { waited_ns, .. } => Some(waited_ns as f64 / 1e6),
+            _ => None,
+        }),
+        "ms",
+    );
     let detection = Summary::of(kills.detection_us.iter().copied(), "µs");
     let recovery = Summary::of(kills.recovery_ms.iter().copied(), "ms");
     let rate = |n: u64| {
@@ -1732,9 +1740,10 @@ fn report(
     doc["deadlocks"] = json!(sim.deadlocks);
     doc["deadlock_detection_ms"] = json!(deadlock_detection);
     doc["deadlocks_source"] = json!(
-        "closing summaries of the members stopped normally; deadlock_victim_events counts every victim's event"
+        "closing summaries of the members stopped normally; deadlock_victim_events and deadlock_victim_waits_ms: every victim's event (killed members' included)"
     );
     doc["deadlock_victim_events"] = json!(victim_events);
+    doc["deadlock_victim_waits_ms"] = json!(victim_waits);
     doc["stop_to_fenced"] = json!(Summary::of(kills.stop_to_fenced_ms.iter().copied(), "ms"));
     doc["stop_to_detected"] = json!(Summary::of(kills.stop_to_detected_ms.iter().copied(), "ms"));
     if let Some(dir) = &a.plot {
@@ -1785,9 +1794,13 @@ fn report(
             );
         }
         outln!(
-            "  deadlocks: {} victims in the members' closing summaries ({victim_events} deadlock_victim events), detection {}",
+            "  deadlocks: {} victims in the members' closing summaries, detection {}",
             sim.deadlocks,
             deadlock_detection.line()
+        );
+        outln!(
+            "    {victim_events} deadlock_victim events (killed members' too), waited {}",
+            victim_waits.line()
         );
         outln!(
             "  lock requests: {}, contention {:.3}%, false contention {:.3}%",
