@@ -12,6 +12,8 @@
 # Run:   scripts/soak.sh [FAULTS=10000] [SEED=1] [MEMBERS=4]
 # Knobs (environment): LOCK_ENTRIES=64 THREADS=3 ROUND_FAULTS=500 KILL_EVERY=40
 #        KILL_ALL_EVERY=3000 ARM_ONE_IN=2 OUT=/tmp/cf-soak-$$ (reports)
+#        LOCK_ORDER=sorted (random: the members deadlock on purpose and the
+#        detector's crash points are armed too) HIERARCHY= (1: --hierarchy)
 # Needs the binaries built with the crash points:
 #        cargo build --release --workspace --all-features
 set -euo pipefail
@@ -21,6 +23,8 @@ faults=${1:-10000}; seed=${2:-1}; members=${3:-4}
 lock_entries=${LOCK_ENTRIES:-64}; threads=${THREADS:-3}
 round_faults=${ROUND_FAULTS:-500}; kill_every=${KILL_EVERY:-40}
 kill_all_every=${KILL_ALL_EVERY:-3000}; arm_one_in=${ARM_ONE_IN:-2}
+lock_order=${LOCK_ORDER:-sorted}; hierarchy=()
+if [ -n "${HIERARCHY:-}" ]; then hierarchy=(--hierarchy); fi
 out=${OUT:-/tmp/cf-soak-$$}
 base=/dev/shm; [ -d "$base" ] || base=${TMPDIR:-/tmp}
 mkdir -p "$out"
@@ -49,6 +53,7 @@ while [ "$done_faults" -lt "$faults" ]; do
     --lock-entries "$lock_entries" --kills "$round_faults" --duration 3600 \
     --kill-every "$kill_every" --kill-restarters --kill-all-every "$kill_all_every" \
     --crash-points --arm-one-in "$arm_one_in" --pause-us 300 --buffer-pool-mb 4 \
+    --lock-order "$lock_order" ${hierarchy[@]+"${hierarchy[@]}"} \
     --seed "$s" --json > "$report" || status=$?
   kills=$(sub kills total "$report")
   if [ -z "$kills" ]; then

@@ -1,8 +1,9 @@
 //! The bank workload. A *transfer* takes modify locks on its accounts (in
-//! account order, so members never deadlock), logs each leg before the
-//! account changes, then a commit record, then releases the locks: the total
-//! of all balances never changes, and `--pause-us` pauses between the legs so
-//! that a kill often lands inside a transaction. A *read* (`--read-pct`)
+//! account order, so members never deadlock, unless `--lock-order random`
+//! below), logs each leg before the account changes, then a commit record,
+//! then releases the locks: the total of all balances never changes, and
+//! `--pause-us` pauses between the legs so that a kill often lands inside a
+//! transaction. A *read* (`--read-pct`)
 //! takes share locks on its accounts (in the same order), reads them and
 //! releases them: it writes no log record, so the committed-history archive
 //! and recovery see only transfers.
@@ -11,12 +12,33 @@
 //! thread gets its own stream): uniform, Zipfian, or a hot set taking a share
 //! of the accesses. `--tx-size` accounts per transaction, `--think` between
 //! transactions, and `--rate` a fixed rate instead of a closed loop.
+//!
+//! `--lock-order random` takes a transaction's account locks in an order
+//! drawn from the worker's stream instead of account order, so transactions
+//! deadlock on purpose. Every lock is taken before the first leg, so a
+//! [`WaitError::Deadlock`] answer (this worker's request was the victim the
+//! detector chose) finds nothing written: the worker gives back the locks it
+//! holds, counts a deadlock victim and its detection latency, and goes on
+//! with its next transaction. A victim is not retried: like a transfer
+//! skipped on a retained lock, it simply did not happen, and the next draw
+//! picks new accounts (retrying the same order against the same survivor
+//! would mostly meet it again).
+//!
+//! `--hierarchy` locks like a data-sharing workload: a transfer first takes
+//! IX with the modify flag on the table ([`Store::table_resource`]), then X
+//! with the modify flag on each account row; a read takes IS on the table
+//! and S on its rows. Rows are released first, then the table. The table's
+//! IX is a modify lock so that a killed member's table lock is retained with
+//! its rows, as on Db2 (locks held for changes keep the modify flag): a
+//! retained IX refuses only the modes incompatible with IX (S, U, SIX, X on
+//! the whole table), never another member's IX or IS, so the other members'
+//! transfers and reads go on while it waits for its restart light.
 
 use crate::bufpool::{BufferPool, PAGE};
 use crate::stats::{Recorder, Summary};
 use crate::store::Store;
 use crate::wal::{LogRecord, LogWriter};
-use cf_core::{Holder, Mode, WaitError};
+use cf_core::{Holder, LockMode, Mode, WaitError};
 use rand::{Rng as _, SeedableRng};
 use rand_distr::Distribution;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -83,6 +105,49 @@ impl std::fmt::Display for Skew {
     }
 }
 
+/// In which order a transaction takes its account locks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LockOrder {
+    /// Account order: transactions never wait for each other in a cycle.
+    #[default]
+    Sorted,
+    /// An order drawn from the worker's stream: transactions deadlock, and
+    /// the deadlock detector breaks each cycle.
+    Random,
+}
+
+impl std::str::FromStr for LockOrder {
+    type Err = String;
+    /// `sorted` or `random`.
+    fn from_str(s: &str) -> Result<LockOrder, String> {
+        match s {
+            "sorted" => Ok(LockOrder::Sorted),
+            "random" => Ok(LockOrder::Random),
+            _ => Err(format!("{s:?}: give sorted or random")),
+        }
+    }
+}
+
+impl std::fmt::Display for LockOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            LockOrder::Sorted => "sorted",
+            LockOrder::Random => "random",
+        })
+    }
+}
+
+/// The table lock of `--hierarchy` for a transfer: IX, modify (retained
+/// with the rows when its member dies; a retained IX refuses S, U, SIX and
+/// X, not another member's IX or IS).
+pub const TABLE_WRITE: Mode = Mode::modify(LockMode::IX);
+/// The table lock of `--hierarchy` for a read: IS.
+pub const TABLE_READ: Mode = Mode::lock(LockMode::IS);
+/// A transfer's row lock: X, modify (the same as [`Mode::Modify`]).
+pub const ROW_WRITE: Mode = Mode::modify(LockMode::X);
+/// A read's row lock: S (the same as [`Mode::Share`]).
+pub const ROW_READ: Mode = Mode::lock(LockMode::S);
+
 /// Settings of the workload.
 #[derive(Clone, Debug)]
 pub struct BankConfig {
@@ -100,6 +165,10 @@ pub struct BankConfig {
     pub think: Duration,
     /// Transactions per second of each worker (None: closed loop).
     pub rate: Option<f64>,
+    /// The order of a transaction's account locks.
+    pub lock_order: LockOrder,
+    /// Take IX (IS for a read) on the table before the rows.
+    pub hierarchy: bool,
 }
 
 impl Default for BankConfig {
@@ -114,6 +183,8 @@ impl Default for BankConfig {
             tx_size: 2,
             think: Duration::ZERO,
             rate: None,
+            lock_order: LockOrder::Sorted,
+            hierarchy: false,
         }
     }
 }
@@ -130,8 +201,15 @@ pub struct BankStats {
     /// Transfers not started because a lock was retained or timed out.
     pub skipped_retained: AtomicU64,
     pub skipped_timeout: AtomicU64,
+    /// Transactions that were a deadlock victim (not retried).
+    pub deadlocks: AtomicU64,
     /// Latency (lock to release) of each kind, in µs.
     latency: Mutex<Option<[Recorder; 2]>>,
+    /// Detection latency of each deadlock victim, in ms: from just before
+    /// the `lock` call that answered `Deadlock` to the answer. The victim is
+    /// the youngest wait of its cycle, so its wait began when the cycle
+    /// formed.
+    detection: Mutex<Option<Recorder>>,
 }
 
 impl BankStats {
@@ -139,6 +217,28 @@ impl BankStats {
         let mut l = self.latency.lock().unwrap_or_else(|p| p.into_inner());
         let r = l.get_or_insert_with(|| [Recorder::new("µs"), Recorder::new("µs")]);
         r[kind].record(took.as_nanos() as f64 / 1e3);
+    }
+
+    fn record_deadlock(&self, waited: Duration) {
+        self.deadlocks.fetch_add(1, Ordering::Relaxed);
+        let mut d = self.detection.lock().unwrap_or_else(|p| p.into_inner());
+        d.get_or_insert_with(|| Recorder::new("ms"))
+            .record(waited.as_nanos() as f64 / 1e6);
+    }
+
+    /// The detection latency of the deadlock victims (ms).
+    pub fn deadlock_detection(&self) -> Summary {
+        let d = self.detection.lock().unwrap_or_else(|p| p.into_inner());
+        match &*d {
+            Some(r) => r.summary(),
+            None => Summary::of([], "ms"),
+        }
+    }
+
+    /// The detection latency distribution as (ms, count) pairs.
+    pub fn deadlock_detection_buckets(&self) -> Vec<(f64, u64)> {
+        let d = self.detection.lock().unwrap_or_else(|p| p.into_inner());
+        d.as_ref().map(|r| r.buckets()).unwrap_or_default()
     }
 
     /// The latency distribution of each kind (`KINDS` order), as
@@ -197,6 +297,13 @@ impl Rng {
     /// True with probability `pct` percent.
     pub fn percent(&mut self, pct: f64) -> bool {
         pct > 0.0 && self.0.random::<f64>() * 100.0 < pct
+    }
+    /// Shuffle `v` in place (Fisher-Yates over this stream).
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            v.swap(i, j);
+        }
     }
 }
 
@@ -329,16 +436,16 @@ impl Bank {
     }
 
     /// Release `held` (on the way out of a transaction that could not take
-    /// all its locks) and count why.
+    /// all its locks), rows before the table, and count why. `waited`: how
+    /// long the request that answered `e` took.
     fn give_up(
         &self,
         h: &mut Holder,
         held: Vec<cf_core::LockId>,
         e: WaitError,
+        waited: Duration,
     ) -> anyhow::Result<()> {
-        for id in held {
-            h.unlock(id)?;
-        }
+        Self::release(h, held)?;
         match e {
             WaitError::Retained(_) => {
                 self.stats.skipped_retained.fetch_add(1, Ordering::Relaxed);
@@ -348,34 +455,67 @@ impl Bank {
             WaitError::Timeout(_) => {
                 self.stats.skipped_timeout.fetch_add(1, Ordering::Relaxed);
             }
+            // An answer: the detector chose this request to break a cycle.
+            // Nothing was written yet (every lock comes before the first
+            // leg), so giving the locks back is the whole back-out.
+            WaitError::Deadlock { .. } => self.stats.record_deadlock(waited),
             e => return Err(e.into()),
         }
         Ok(())
     }
 
-    /// Lock `accounts` (sorted) in `mode`; None (locks given back) if one was
-    /// retained or busy.
+    /// Release `held` in the reverse of the order taken (rows, then the
+    /// table of `--hierarchy`).
+    fn release(h: &mut Holder, held: Vec<cf_core::LockId>) -> anyhow::Result<()> {
+        for id in held.into_iter().rev() {
+            h.unlock(id)?;
+        }
+        Ok(())
+    }
+
+    /// The order in which a transaction on `accounts` takes its row locks:
+    /// account order, or with `--lock-order random` an order drawn from
+    /// `rng` (which then draws nothing in sorted mode, so its stream is
+    /// today's).
+    pub fn lock_order(&self, accounts: &[u64], rng: &mut Rng) -> Vec<u64> {
+        let mut order = accounts.to_vec();
+        match self.config.lock_order {
+            LockOrder::Sorted => order.sort_unstable(),
+            LockOrder::Random => rng.shuffle(&mut order),
+        }
+        order
+    }
+
+    /// Lock `table` (with `--hierarchy`), then `rows` in this order in
+    /// `mode`; None (locks given back) if one was retained, busy, or the
+    /// request was a deadlock victim.
     fn lock_all(
         &self,
         h: &mut Holder,
-        sorted: &[u64],
+        table: Option<Mode>,
+        rows: &[u64],
         mode: Mode,
     ) -> anyhow::Result<Option<Vec<cf_core::LockId>>> {
-        let mut held = Vec::with_capacity(sorted.len());
-        for &acct in sorted {
-            match h.lock(
-                Store::resource(acct).as_bytes(),
-                mode,
-                self.config.lock_timeout,
-            ) {
+        let mut held = Vec::with_capacity(rows.len() + 1);
+        let requests = table
+            .map(|m| (Store::table_resource().to_string(), m))
+            .into_iter()
+            .chain(rows.iter().map(|&a| (Store::resource(a), mode)));
+        for (resource, mode) in requests {
+            let asked = Instant::now();
+            match h.lock(resource.as_bytes(), mode, self.config.lock_timeout) {
                 Ok(id) => held.push(id),
-                Err(e @ (WaitError::Retained(_) | WaitError::Timeout(_))) => {
-                    self.give_up(h, held, e)?;
+                Err(
+                    e @ (WaitError::Retained(_)
+                    | WaitError::Timeout(_)
+                    | WaitError::Deadlock { .. }),
+                ) => {
+                    self.give_up(h, held, e, asked.elapsed())?;
                     return Ok(None);
                 }
                 Err(e) => {
                     // An error, not an answer: give back what was taken, then fail.
-                    for id in held {
+                    for id in held.into_iter().rev() {
                         let _ = h.unlock(id);
                     }
                     return Err(e.into());
@@ -396,9 +536,9 @@ impl Bank {
         if accounts.len() < 2 {
             anyhow::bail!("a transfer needs at least two accounts");
         }
-        let mut sorted = accounts.to_vec();
-        sorted.sort_unstable();
-        let Some(held) = self.lock_all(h, &sorted, Mode::Modify)? else {
+        let order = self.lock_order(accounts, rng);
+        let table = self.config.hierarchy.then_some(TABLE_WRITE);
+        let Some(held) = self.lock_all(h, table, &order, ROW_WRITE)? else {
             return Ok(false);
         };
         let txid = self.next_txid.fetch_add(1, Ordering::Relaxed);
@@ -423,9 +563,7 @@ impl Bank {
             })
             .collect();
         let Some(after) = after else {
-            for id in held {
-                h.unlock(id)?;
-            }
+            Self::release(h, held)?;
             anyhow::bail!(
                 "accounts {accounts:?} ({before:?}) would overflow by a transfer of {amount} \
                  to each: the accounts file holds impossible balances"
@@ -449,9 +587,7 @@ impl Bank {
         self.log
             .append(&LogRecord::Commit { txid }, false, true)
             .map_err(|e| poison(e.into()))?;
-        for id in held {
-            h.unlock(id)?;
-        }
+        Self::release(h, held)?;
         self.stats.committed.fetch_add(1, Ordering::Relaxed);
         h.add_committed(1);
         self.log.checkpoint(self.config.checkpoint_bytes)?;
@@ -468,20 +604,24 @@ impl Bank {
         self.transfer_between(h, &accounts, rng)
     }
 
-    /// One read-only transaction: share locks on `accounts`, read, release.
-    /// No log record. Returns false if it was skipped.
-    pub fn read_only(&self, h: &mut Holder, accounts: &[u64]) -> anyhow::Result<bool> {
-        let mut sorted = accounts.to_vec();
-        sorted.sort_unstable();
-        let Some(held) = self.lock_all(h, &sorted, Mode::Share)? else {
+    /// One read-only transaction: share locks on `accounts` (IS on the
+    /// table first with `--hierarchy`), read, release. No log record.
+    /// Returns false if it was skipped.
+    pub fn read_only(
+        &self,
+        h: &mut Holder,
+        accounts: &[u64],
+        rng: &mut Rng,
+    ) -> anyhow::Result<bool> {
+        let order = self.lock_order(accounts, rng);
+        let table = self.config.hierarchy.then_some(TABLE_READ);
+        let Some(held) = self.lock_all(h, table, &order, ROW_READ)? else {
             return Ok(false);
         };
-        for &a in &sorted {
+        for &a in &order {
             self.read(a)?;
         }
-        for id in held {
-            h.unlock(id)?;
-        }
+        Self::release(h, held)?;
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
@@ -514,7 +654,7 @@ impl Bank {
             let read = rng.percent(self.config.read_pct);
             let t = Instant::now();
             let done = if read {
-                self.read_only(&mut h, &accounts)
+                self.read_only(&mut h, &accounts, &mut rng)
             } else {
                 self.transfer_between(&mut h, &accounts, &mut rng)
             };
@@ -571,6 +711,54 @@ mod tests {
         for bad in ["zipf:0", "hot:0:50", "hot:5:101", "pareto", "zipf:x"] {
             assert!(bad.parse::<Skew>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn lock_orders_parse_and_print() {
+        for s in ["sorted", "random"] {
+            let o: LockOrder = s.parse().unwrap();
+            assert_eq!(o.to_string(), s);
+        }
+        assert_eq!(LockOrder::default(), LockOrder::Sorted);
+        for bad in ["", "Sorted", "rand", "reverse"] {
+            assert!(bad.parse::<LockOrder>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_shuffle_is_a_permutation_and_seeded() {
+        let mut r = Rng::seeded(3);
+        let mut seen_unsorted = false;
+        for _ in 0..100 {
+            let mut v: Vec<u64> = (0..5).collect();
+            r.shuffle(&mut v);
+            let mut d = v.clone();
+            d.sort();
+            assert_eq!(d, (0..5).collect::<Vec<_>>());
+            seen_unsorted |= v != d;
+        }
+        assert!(seen_unsorted);
+        let draw = |s| {
+            let mut v: Vec<u64> = (0..8).collect();
+            Rng::seeded(s).shuffle(&mut v);
+            v
+        };
+        assert_eq!(draw(9), draw(9));
+    }
+
+    #[test]
+    fn the_hierarchy_modes_are_compatible_as_documented() {
+        use LockMode::*;
+        // Transfers beside transfers and reads on the table; a retained
+        // (modify) IX refuses exactly S, U, SIX and X.
+        assert!(TABLE_WRITE.is_modify() && TABLE_WRITE.lock_mode() == IX);
+        assert!(TABLE_WRITE.compatible(TABLE_WRITE) && TABLE_WRITE.compatible(TABLE_READ));
+        for m in [S, U, SIX, X] {
+            assert!(!TABLE_WRITE.compatible(Mode::lock(m)), "{m}");
+        }
+        assert_eq!(ROW_WRITE, Mode::Modify);
+        assert_eq!(ROW_READ, Mode::Share);
+        assert!(!TABLE_READ.is_modify());
     }
 
     #[test]

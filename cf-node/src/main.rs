@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use cf_core::events::{self, EventData, EventKind};
 use cf_core::{Member, Plex, ProcessId, Region};
-use cf_node::bank::{Bank, BankConfig, Skew, KINDS};
+use cf_node::bank::{Bank, BankConfig, LockOrder, Skew, KINDS};
 use cf_node::bufpool::{peak_rss_kib, BufferPool};
 use cf_node::monitor::Monitor;
 use cf_node::recover::recover;
@@ -88,6 +88,18 @@ struct RunArgs {
     /// fast as it goes (closed loop)
     #[arg(long)]
     rate: Option<f64>,
+    /// The order in which a transaction takes its account locks: sorted (account order, no
+    /// deadlocks) or random (drawn from the worker's stream: transactions deadlock on purpose;
+    /// the victim the deadlock detector chooses gives its locks back before writing anything,
+    /// is counted in `deadlocks` with its detection latency, and is not retried)
+    #[arg(long, default_value = "sorted", value_name = "sorted|random")]
+    lock_order: LockOrder,
+    /// Lock like a data-sharing workload: a transfer takes IX (a modify lock, retained with its
+    /// rows if the member dies; a retained IX refuses S, U, SIX and X on the table, never another
+    /// member's IX or IS) on the table `bank.accounts`, then X modify on each account row; a read
+    /// takes IS on the table, then S on the rows. Rows are released first, then the table
+    #[arg(long)]
+    hierarchy: bool,
     /// Checkpoint (truncate) the log when it grows past this many bytes (archiving its committed transactions first when the plex keeps history)
     #[arg(long, default_value_t = 1 << 20)]
     checkpoint_bytes: u64,
@@ -223,14 +235,15 @@ fn prepare(a: &RunArgs) -> Result<Prepared> {
         }
     }
     if a.workload == Workload::Bank {
-        // Each worker holds up to --tx-size locks at once.
+        // Each worker holds up to --tx-size locks at once, and the table's with --hierarchy.
         let per = region.records_per_member() as u64;
-        let need = threads as u64 * a.tx_size as u64;
+        let need = threads as u64 * (a.tx_size as u64 + a.hierarchy as u64);
         if need > per {
             anyhow::bail!(
-                "--threads {} × --tx-size {} needs {need} record entries, the region has {per} per member",
+                "--threads {} × --tx-size {}{} needs {need} record entries, the region has {per} per member",
                 a.threads,
-                a.tx_size
+                a.tx_size,
+                if a.hierarchy { " (+ 1 for --hierarchy's table lock)" } else { "" }
             );
         }
     }
@@ -424,6 +437,8 @@ fn run_connected(
                 tx_size: a.tx_size,
                 think: a.think,
                 rate: a.rate,
+                lock_order: a.lock_order,
+                hierarchy: a.hierarchy,
             };
             let bank = Arc::new(Bank::new(store, log, Some(pool), cfg));
             // Every holder first (each claims a block: checked in `prepare`),
@@ -535,6 +550,7 @@ fn print_summary(a: &RunArgs, region: &Region, s: &Stopped) {
     let reads = get(|s| &s.reads);
     let skipped = get(|s| &s.skipped_retained);
     let timeouts = get(|s| &s.skipped_timeout);
+    let deadlocks = get(|s| &s.deadlocks);
     let restarts = s.monitor.restarts.load(Ordering::Relaxed);
     let rss = peak_rss_kib().unwrap_or(0);
     let (sig, seed) = (s.sig, s.seed);
@@ -555,18 +571,66 @@ fn print_summary(a: &RunArgs, region: &Region, s: &Stopped) {
                 .collect(),
             None => Default::default(),
         };
+        let detection = stats.map_or_else(
+            || cf_node::stats::Summary::of([], "ms"),
+            |s| s.deadlock_detection(),
+        );
+        let detection_buckets = stats
+            .map(|s| s.deadlock_detection_buckets())
+            .unwrap_or_default();
         serde_json::json!({
             "member": a.member, "seed": seed, "committed": committed, "reads": reads,
             "skipped_retained": skipped, "skipped_timeout": timeouts,
+            "deadlocks": deadlocks, "deadlock_detection_ms": detection,
+            "deadlock_detection_buckets_ms": detection_buckets,
             "detections": detections, "restarts": restarts, "peak_rss_kib": rss,
             "latency_us": latency, "latency_buckets_us": buckets,
         })
         .to_string()
     } else {
         format!(
-            "member {} stopped by {sig}: {committed} transfers committed, {reads} reads, {skipped} skipped on retained locks, {detections} deaths detected, {restarts} restarts run; peak RSS {rss} KiB; seed {seed}",
-            a.member
+            "member {} stopped by {sig}: {committed} transfers committed, {reads} reads, {skipped} skipped on retained locks, {deadlocks} deadlock victims{}, {detections} deaths detected, {restarts} restarts run; peak RSS {rss} KiB; seed {seed}",
+            a.member,
+            match stats {
+                Some(s) if deadlocks > 0 => format!(
+                    " (detected in {})",
+                    s.deadlock_detection().line()
+                ),
+                _ => String::new(),
+            }
         )
     };
     let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let argv = ["cf-node", "run", "--member", "A"].iter().chain(extra);
+        Cli::try_parse_from(argv).map(|c| match c.cmd {
+            Cmd::Run(a) => a,
+            Cmd::RestartLight(_) => unreachable!("parsed run"),
+        })
+    }
+
+    #[test]
+    fn lock_order_and_hierarchy_parse() {
+        let a = run_args(&[]).unwrap();
+        assert_eq!(a.lock_order, LockOrder::Sorted);
+        assert!(!a.hierarchy);
+        let a = run_args(&["--lock-order", "random", "--hierarchy"]).unwrap();
+        assert_eq!(a.lock_order, LockOrder::Random);
+        assert!(a.hierarchy);
+        let a = run_args(&["--lock-order", "sorted"]).unwrap();
+        assert_eq!(a.lock_order, LockOrder::Sorted);
+        for bad in [
+            &["--lock-order", "shuffled"][..],
+            &["--lock-order"],
+            &["--hierarchy", "yes"],
+        ] {
+            assert!(run_args(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -312,6 +312,12 @@ impl Store {
     pub fn resource(i: u64) -> String {
         format!("acct:{i}")
     }
+
+    /// The resource name of the accounts table's lock (the bank's
+    /// `--hierarchy`: IX or IS on it before X or S on the rows).
+    pub fn table_resource() -> &'static str {
+        "bank.accounts"
+    }
 }
 
 #[cfg(test)]

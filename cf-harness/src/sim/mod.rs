@@ -137,6 +137,17 @@ pub struct SimArgs {
     /// Transactions per second of each worker thread (a fixed rate, open loop; default: closed loop)
     #[arg(long)]
     pub rate: Option<f64>,
+    /// The order of a transaction's account locks (cf-node run --lock-order): sorted, or random
+    /// (transactions deadlock on purpose; each cycle's victim gives its locks back before
+    /// writing and is counted in `deadlocks`, with its detection latency)
+    #[arg(long, default_value = "sorted", value_name = "sorted|random")]
+    #[serde(serialize_with = "ser_display")]
+    pub lock_order: cf_node::bank::LockOrder,
+    /// Members lock like a data-sharing workload (cf-node run --hierarchy): IX modify on the
+    /// table, then X modify on the rows; IS then S for reads. A killed member's table IX is
+    /// retained with its rows and refuses no other member's IX or IS
+    #[arg(long)]
+    pub hierarchy: bool,
     /// Keep the plex afterwards (it is always kept when an invariant breaks)
     #[arg(long)]
     pub keep: bool,
@@ -215,11 +226,13 @@ impl SimArgs {
                 "--records-per-member must be a multiple of 64 from {least} (64 × (threads + 2)) to 2^24, got {r}"
             );
         }
-        if (self.threads * self.tx_size) as u64 > r as u64 {
+        // With --hierarchy each worker also holds the table's lock.
+        if (self.threads * (self.tx_size + self.hierarchy as u32)) as u64 > r as u64 {
             crate::usage!(
-                "--threads {} × --tx-size {} locks at once need more than --records-per-member {r}",
+                "--threads {} × --tx-size {}{} locks at once need more than --records-per-member {r}",
                 self.threads,
-                self.tx_size
+                self.tx_size,
+                if self.hierarchy { " (+ 1 for --hierarchy's table lock)" } else { "" }
             );
         }
         if self.accounts < 2 || self.accounts < self.tx_size as u64 {
@@ -517,6 +530,10 @@ struct Sim<'a> {
     /// Transactions by kind from the closing summaries of members stopped
     /// normally (a killed member's counts die with it): count and latency.
     by_kind: BTreeMap<String, (u64, cf_node::stats::Recorder)>,
+    /// Deadlock victims in the closing summaries of the members stopped
+    /// normally, and their detection latency (ms).
+    deadlocks: u64,
+    deadlock_detection: cf_node::stats::Recorder,
     progress: indicatif::ProgressBar,
 }
 
@@ -1000,8 +1017,17 @@ impl Sim<'_> {
     }
 
     /// Add a stopped member's transactions by kind (`cf-node run --json`'s
-    /// closing line: counts, and latency buckets in µs).
+    /// closing line: counts, and latency buckets in µs), and its deadlock
+    /// victims with their detection latency (buckets in ms).
     fn add_closing_summary(&mut self, v: &Value) {
+        self.deadlocks += v["deadlocks"].as_u64().unwrap_or(0);
+        if let Some(b) = v["deadlock_detection_buckets_ms"].as_array() {
+            for pair in b {
+                if let (Some(x), Some(n)) = (pair[0].as_f64(), pair[1].as_u64()) {
+                    self.deadlock_detection.record_n(x, n);
+                }
+            }
+        }
         for (kind, key) in [("transfer", "committed"), ("read", "reads")] {
             let e = self
                 .by_kind
@@ -1119,10 +1145,15 @@ pub fn run(plex_arg: Option<&Path>, a: SimArgs) -> Result<ExitCode> {
         a.tx_size.to_string(),
         "--think".into(),
         a.think.as_micros().to_string(),
+        "--lock-order".into(),
+        a.lock_order.to_string(),
         "--json".into(),
     ];
     if let Some(r) = a.rate {
         args.extend(["--rate".to_string(), r.to_string()]);
+    }
+    if a.hierarchy {
+        args.push("--hierarchy".into());
     }
     let scale = Scale {
         members: a.members,
@@ -1158,9 +1189,11 @@ pub fn run(plex_arg: Option<&Path>, a: SimArgs) -> Result<ExitCode> {
         stops_fenced: 0,
         stops_unfenced: Vec::new(),
         normal_rss: Vec::new(),
-        planner: a
-            .crash_points
-            .then(|| Planner::new(a.seed, scale, &sim_points)),
+        planner: a.crash_points.then(|| {
+            // Random lock order makes cycles: the detector's points are reached.
+            let cycles = a.lock_order == cf_node::bank::LockOrder::Random;
+            Planner::with_cycles(a.seed, scale, &sim_points, cycles)
+        }),
         arm_one_in: a.arm_one_in,
         armings: 0,
         final_phase: false,
@@ -1175,6 +1208,8 @@ pub fn run(plex_arg: Option<&Path>, a: SimArgs) -> Result<ExitCode> {
         last_sample: Instant::now(),
         fault_times: Vec::new(),
         by_kind: BTreeMap::new(),
+        deadlocks: 0,
+        deadlock_detection: cf_node::stats::Recorder::new("ms"),
         // Drawn on stderr only when it is a terminal (indicatif hides it otherwise).
         progress: if a.json || a.csv {
             indicatif::ProgressBar::hidden()
@@ -1564,6 +1599,18 @@ fn report(
         "KiB",
     );
     let member_rss = Summary::of(sim.normal_rss.iter().map(|&x| x as f64), "KiB");
+    let deadlock_detection = sim.deadlock_detection.summary();
+    // Every victim of the run, killed members' included (their closing
+    // counts die with them), as far as the event ring kept them.
+    let victim_events = count(EventKind::DeadlockVictim);
+    // Their waits as the lock manager timed them (from the wait's start).
+    let victim_waits = Summary::of(
+        ev.values().filter_map(|e| match e.data {
+            EventData::DeadlockVictim { waited_ns, .. } => Some(waited_ns as f64 / 1e6),
+            _ => None,
+        }),
+        "ms",
+    );
     let detection = Summary::of(kills.detection_us.iter().copied(), "µs");
     let recovery = Summary::of(kills.recovery_ms.iter().copied(), "ms");
     let rate = |n: u64| {
@@ -1690,6 +1737,13 @@ fn report(
         })
         .collect::<serde_json::Map<_, _>>()
         .into();
+    doc["deadlocks"] = json!(sim.deadlocks);
+    doc["deadlock_detection_ms"] = json!(deadlock_detection);
+    doc["deadlocks_source"] = json!(
+        "closing summaries of the members stopped normally; deadlock_victim_events and deadlock_victim_waits_ms: every victim's event (killed members' included)"
+    );
+    doc["deadlock_victim_events"] = json!(victim_events);
+    doc["deadlock_victim_waits_ms"] = json!(victim_waits);
     doc["stop_to_fenced"] = json!(Summary::of(kills.stop_to_fenced_ms.iter().copied(), "ms"));
     doc["stop_to_detected"] = json!(Summary::of(kills.stop_to_detected_ms.iter().copied(), "ms"));
     if let Some(dir) = &a.plot {
@@ -1715,13 +1769,15 @@ fn report(
             env!("CARGO_PKG_VERSION")
         );
         outln!(
-            "  workload: {} skew, {}% reads, {} accounts per transaction, think {}, {}",
+            "  workload: {} skew, {}% reads, {} accounts per transaction, think {}, {}, locks {}{}",
             a.skew,
             a.read_pct,
             a.tx_size,
             crate::duration::human(a.think),
             a.rate
-                .map_or("closed loop".to_string(), |r| format!("{r}/s per worker"))
+                .map_or("closed loop".to_string(), |r| format!("{r}/s per worker")),
+            a.lock_order,
+            if a.hierarchy { ", table then rows" } else { "" }
         );
         outln!(
             "  transactions: {committed} committed ({:.0}/s), {backed_out} backed out",
@@ -1737,6 +1793,15 @@ fn report(
                 l.line()
             );
         }
+        outln!(
+            "  deadlocks: {} victims in the members' closing summaries, detection {}",
+            sim.deadlocks,
+            deadlock_detection.line()
+        );
+        outln!(
+            "    {victim_events} deadlock_victim events (killed members' too), waited {}",
+            victim_waits.line()
+        );
         outln!(
             "  lock requests: {}, contention {:.3}%, false contention {:.3}%",
             c.requests,
@@ -1803,4 +1868,35 @@ fn report(
     } else {
         crate::exit::SUCCESS
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<SimArgs, clap::Error> {
+        Cmd::try_parse_from(["sim"].iter().chain(extra)).map(|c| c.sim)
+    }
+
+    #[test]
+    fn lock_order_and_hierarchy_parse_and_reach_the_config() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.lock_order, cf_node::bank::LockOrder::Sorted);
+        assert!(!a.hierarchy);
+        let a = parse(&["--lock-order", "random", "--hierarchy"]).unwrap();
+        assert_eq!(a.lock_order, cf_node::bank::LockOrder::Random);
+        assert!(a.hierarchy);
+        a.check().unwrap();
+        let config = serde_json::to_value(&a).unwrap();
+        assert_eq!(config["lock_order"], "random");
+        assert_eq!(config["hierarchy"], true);
+        assert!(parse(&["--lock-order", "backwards"]).is_err());
+    }
 }

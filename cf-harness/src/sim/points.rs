@@ -17,9 +17,10 @@ use rand::{Rng as _, SeedableRng};
 /// kills a start between its connect and its `connected` event, a death the
 /// sim's accounting by lives (from one `connected` to the next) cannot
 /// attribute; `deadlock.chosen` and `deadlock.told` only when a detector
-/// finds a cycle, which the bank's transfers (locks in account order) never
-/// make; `convert.mode_written` only in a lock conversion, which the bank
-/// never makes (its scenario is in cf-tools/tests/crash_points.rs).
+/// finds a cycle, which the bank's transfers never make in account order
+/// (they are drawn with `--lock-order random`: [`CYCLE_POINTS`]);
+/// `convert.mode_written` only in a lock conversion, which the bank never
+/// makes (its scenario is in cf-tools/tests/crash_points.rs).
 pub const UNREACHED: &[&str] = &[
     "fence.marked",
     "liveness.before_word",
@@ -27,6 +28,10 @@ pub const UNREACHED: &[&str] = &[
     "deadlock.chosen",
     "deadlock.told",
 ];
+
+/// The points of [`UNREACHED`] that a detector reaches when it finds a
+/// cycle: drawn when the members deadlock on purpose (`--lock-order random`).
+pub const CYCLE_POINTS: &[&str] = &["deadlock.chosen", "deadlock.told"];
 
 /// How often a crash point is reached, to scale its hit count.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -163,13 +168,19 @@ impl Rng {
 
 impl Planner {
     pub fn new(seed: u64, scale: Scale, points: &[&'static str]) -> Planner {
+        Planner::with_cycles(seed, scale, points, false)
+    }
+
+    /// Like [`Planner::new`]; with `cycles` (the members' transactions
+    /// deadlock) the [`CYCLE_POINTS`] of `points` are drawn too.
+    pub fn with_cycles(seed: u64, scale: Scale, points: &[&'static str], cycles: bool) -> Planner {
         Planner {
             rng: Rng::stream(seed, 0x00c0_ffee),
             scale,
             points: points
                 .iter()
                 .copied()
-                .filter(|p| !UNREACHED.contains(p))
+                .filter(|p| !UNREACHED.contains(p) || (cycles && CYCLE_POINTS.contains(p)))
                 .collect(),
             order: Vec::new(),
         }
@@ -226,6 +237,21 @@ mod tests {
             .collect();
         want.sort();
         assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn cycle_points_are_drawn_only_when_members_deadlock() {
+        let pts = cf_core::crash::CRASH_POINTS;
+        let n = pts.len() - UNREACHED.len() + CYCLE_POINTS.len();
+        let mut p = Planner::with_cycles(7, SCALE, pts, true);
+        let seen: Vec<&str> = (0..n).filter_map(|_| p.draw()).map(|a| a.point).collect();
+        for c in CYCLE_POINTS {
+            assert!(pts.contains(c), "{c} is no crash point");
+            assert!(seen.contains(c), "{c}: {seen:?}");
+        }
+        let mut p = Planner::with_cycles(7, SCALE, pts, false);
+        let seen: Vec<&str> = (0..n).filter_map(|_| p.draw()).map(|a| a.point).collect();
+        assert!(CYCLE_POINTS.iter().all(|c| !seen.contains(c)), "{seen:?}");
     }
 
     #[test]
