@@ -149,7 +149,7 @@ fn contended_threads(c: &mut Criterion) {
             "{name}: measured thread {ops} lock+unlock, partner {partner_ops} meanwhile; \
              {} requests, {} met contention",
             after.requests - before.requests,
-            after.contention - before.contention
+            after.irlm_contention - before.irlm_contention
         );
     }
     g.finish();

@@ -104,7 +104,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         elapsed.as_secs_f64(),
         1000 * ACCOUNTS,
         c.requests,
-        c.contention,
+        c.irlm_contention,
         c.false_contention
     );
     drop(region);

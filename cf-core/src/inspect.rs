@@ -95,7 +95,7 @@ pub struct LockView {
 /// Lock-structure activity, summed over live holders, connectors and the
 /// past. The three kinds of global contention are counted apart, once per
 /// request, as z/OS and Db2 reports do (`lock/entry.rs`, "Contention"):
-/// `contention` (IRLM), `xes_contention` and `false_contention`.
+/// `irlm_contention`, `xes_contention` and `false_contention`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Lock requests made.
@@ -103,7 +103,7 @@ pub struct Counters {
     /// IRLM contention: requests that met a real conflict (a holding of the
     /// same resource in an incompatible mode, by another holder), counted
     /// once per request.
-    pub contention: u64,
+    pub irlm_contention: u64,
     /// XES contention: requests granted after the lock word showed another
     /// member's conflicting interest (exclusive against share or exclusive)
     /// while its holdings of the resource were in compatible modes.
@@ -120,7 +120,7 @@ pub struct Counters {
 impl Counters {
     /// All global contention: IRLM, XES and false.
     pub fn global_contention(&self) -> u64 {
-        self.contention
+        self.irlm_contention
             .saturating_add(self.xes_contention)
             .saturating_add(self.false_contention)
     }
@@ -130,7 +130,7 @@ impl From<&crate::connector::Activity> for Counters {
     fn from(a: &crate::connector::Activity) -> Counters {
         Counters {
             requests: a.requests,
-            contention: a.contention,
+            irlm_contention: a.irlm_contention,
             xes_contention: a.xes_contention,
             false_contention: a.false_contention,
             retained_refusals: a.retained_refusals,
@@ -278,7 +278,7 @@ pub fn counters(region: &Region) -> Counters {
     let t = &region.lock_header().counters;
     let mut c = Counters {
         requests: t[TOTAL_REQUESTS].load(Ordering::Relaxed),
-        contention: t[TOTAL_CONTENTION].load(Ordering::Relaxed),
+        irlm_contention: t[TOTAL_CONTENTION].load(Ordering::Relaxed),
         xes_contention: t[TOTAL_XES].load(Ordering::Relaxed),
         false_contention: t[TOTAL_FALSE].load(Ordering::Relaxed),
         retained_refusals: t[TOTAL_RETAINED_REFUSALS].load(Ordering::Relaxed),
@@ -288,7 +288,7 @@ pub fn counters(region: &Region) -> Counters {
             continue;
         };
         c.requests = c.requests.saturating_add(a.requests);
-        c.contention = c.contention.saturating_add(a.contention);
+        c.irlm_contention = c.irlm_contention.saturating_add(a.irlm_contention);
         c.xes_contention = c.xes_contention.saturating_add(a.xes_contention);
         c.false_contention = c.false_contention.saturating_add(a.false_contention);
         c.retained_refusals = c.retained_refusals.saturating_add(a.retained_refusals);

@@ -389,7 +389,7 @@ fn irlm_xes_and_false_contention_are_counted_apart() {
     assert_eq!(after.requests - before.requests, 5);
     assert_eq!(after.xes_contention - before.xes_contention, 2);
     assert_eq!(after.false_contention - before.false_contention, 1);
-    assert_eq!(after.contention - before.contention, 1);
+    assert_eq!(after.irlm_contention - before.irlm_contention, 1);
     assert_eq!(after.retained_refusals, 0);
     let total = inspect::counters(&r);
     assert_eq!(total.xes_contention, 2);

@@ -77,7 +77,7 @@ fn false_contention_is_granted_and_counted() {
     ));
     let c = inspect::counters(&r);
     assert!(c.false_contention >= 1, "{c:?}");
-    assert_eq!(c.contention, 2);
+    assert_eq!(c.irlm_contention, 2);
     assert!(inspect::verify(&r).is_empty(), "{:?}", inspect::verify(&r));
     ha.unlock(l1).unwrap();
     hb.unlock(l2).unwrap();

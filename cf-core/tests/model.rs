@@ -458,7 +458,7 @@ impl World {
         // counted as false contention too.
         let met_conflict = !conflicts.is_empty();
         if met_conflict {
-            self.counters.contention += 1;
+            self.counters.irlm_contention += 1;
         }
         if retained(self, &conflicts).is_none() {
             let dead: BTreeSet<usize> = conflicts
@@ -495,6 +495,7 @@ impl World {
                 "model: {:?}",
                 conflicts
             );
+            self.counters.retained_refusals += 1;
             Expect::Retained(NAMES[x].to_string())
         } else {
             let mut c: BTreeMap<String, BTreeSet<&'static str>> = BTreeMap::new();
@@ -812,7 +813,19 @@ impl World {
         // request; the request count of a holder's fast path every 64 requests,
         // so the region may lag behind (and a dead holder's last few are lost).
         let c = inspect::counters(region);
-        prop_assert_eq!(c.contention, self.counters.contention, "contention");
+        prop_assert_eq!(
+            c.irlm_contention,
+            self.counters.irlm_contention,
+            "contention"
+        );
+        // Share and exclusive only: compatible modes never both take
+        // exclusive interest, so no XES contention.
+        prop_assert_eq!(c.xes_contention, 0, "XES contention");
+        prop_assert_eq!(
+            c.retained_refusals,
+            self.counters.retained_refusals,
+            "retained refusals"
+        );
         prop_assert_eq!(
             c.false_contention,
             self.counters.false_contention,

@@ -323,8 +323,12 @@ impl TestPlex {
             .clone();
         Counters {
             requests: lock["requests"].as_u64().expect("requests"),
-            contention: lock["contention"].as_u64().expect("contention"),
+            irlm_contention: lock["irlm_contention"].as_u64().expect("irlm_contention"),
+            xes_contention: lock["xes_contention"].as_u64().expect("xes_contention"),
             false_contention: lock["false_contention"].as_u64().expect("false_contention"),
+            retained_refusals: lock["retained_refusals"]
+                .as_u64()
+                .expect("retained_refusals"),
         }
     }
 
@@ -472,8 +476,10 @@ pub struct MemberRow {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Counters {
     pub requests: u64,
-    pub contention: u64,
+    pub irlm_contention: u64,
+    pub xes_contention: u64,
     pub false_contention: u64,
+    pub retained_refusals: u64,
 }
 
 /// The answer of `cfctl try --json`.

@@ -2,8 +2,9 @@
 //! displays (`D XCF,STR`, `D XCF,STR,STRNAME=...,CONNAME=ALL`, `D GRS,C`),
 //! once or every `--watch INTERVAL`.
 
+use crate::counts;
 use anyhow::{bail, Result};
-use cf_core::inspect::{self, escape, LockView, MemberView};
+use cf_core::inspect::{self, escape, Counters, LockView, MemberView};
 use cf_core::ConnectorId;
 use cf_core::{MemberState, Plex, Region};
 use cf_harness::outln;
@@ -192,11 +193,10 @@ fn filter(list: Vec<LockView>, a: &DisplayArgs) -> Vec<LockView> {
         .collect()
 }
 
-fn rate(n: u64, of: u64) -> f64 {
-    if of == 0 {
-        0.0
-    } else {
-        n as f64 / of as f64
+/// Add the fields of object `from` to object `o`.
+fn merge(o: &mut Value, from: Value) {
+    if let (Some(o), Value::Object(from)) = (o.as_object_mut(), from) {
+        o.extend(from);
     }
 }
 
@@ -248,11 +248,7 @@ fn structures(region: &Region, json: bool) -> Result<()> {
                     o["entries_in_use"] = json!(s.entries_in_use);
                 }
                 if let Some(c) = s.counters {
-                    o["requests"] = json!(c.requests);
-                    o["contention"] = json!(c.contention);
-                    o["false_contention"] = json!(c.false_contention);
-                    o["contention_rate"] = json!(rate(c.contention, c.requests));
-                    o["false_contention_rate"] = json!(rate(c.false_contention, c.requests));
+                    merge(&mut o, counts::json(&c));
                 }
                 if let Some(m) = s.members {
                     o["members"] = json!(m);
@@ -285,11 +281,9 @@ fn structures(region: &Region, json: bool) -> Result<()> {
         let kind = s.kind;
         let usage = match (s.lock_entries, s.counters, s.members, s.records_per_member) {
             (Some(n), Some(c), _, _) => format!(
-                "entries in use {} of {n}; requests {}, contention {:.3}%, false contention {:.3}%",
+                "entries in use {} of {n}; {}",
                 s.entries_in_use.unwrap_or(0),
-                c.requests,
-                100.0 * rate(c.contention, c.requests),
-                100.0 * rate(c.false_contention, c.requests)
+                counts::text(&c)
             ),
             (_, _, Some(m), _) => format!("connectors in use {} of {m}", members.len()),
             (_, _, _, Some(r)) => {
@@ -333,15 +327,16 @@ fn structures(region: &Region, json: bool) -> Result<()> {
 
 fn member_json(region: &Region, m: &MemberView, in_use: &HashMap<ConnectorId, usize>) -> Value {
     let act = cf_core::connector::activity(region, m.id).unwrap_or_default();
-    json!({
+    let mut o = json!({
         "name": escape(&m.name), "id": m.id, "state": state_text(m), "connector_state": m.state.as_str(),
         "status": m.status, "heartbeat_age_ms": m.heartbeat_age_ms, "liveness": m.liveness,
         "pid": m.pid, "generation": m.generation, "alive": m.alive, "held": m.held, "retained": m.retained,
         "records_in_use": in_use.get(&m.id).copied().unwrap_or(0),
-        "requests": act.requests, "contention": act.contention, "false_contention": act.false_contention,
         "committed": act.committed,
         "connected_unix_ns": m.connected_unix_ns, "failed_unix_ns": m.failed_unix_ns,
-    })
+    });
+    merge(&mut o, counts::json(&Counters::from(&act)));
+    o
 }
 
 fn connector_rows(
@@ -361,34 +356,30 @@ fn connector_rows(
                 m.held.to_string(),
                 m.retained.to_string(),
                 in_use.get(&m.id).copied().unwrap_or(0).to_string(),
-                act.requests.to_string(),
-                act.contention.to_string(),
-                act.false_contention.to_string(),
+            ]
+            .into_iter()
+            .chain(counts::cells(&Counters::from(&act)))
+            .chain([
                 act.committed.to_string(),
                 m.heartbeat_age_ms
                     .map_or_else(|| "-".to_string(), |a| format!("{:.1}s", a as f64 / 1000.0)),
                 m.liveness.to_string(),
-            ]
+            ])
+            .collect()
         })
         .collect()
 }
 
-const CONNECTOR_HEADER: [&str; 14] = [
-    "ID",
-    "NAME",
-    "STATE",
-    "PID",
-    "ALIVE",
-    "HELD",
-    "RETAINED",
-    "RECORDS",
-    "REQUESTS",
-    "CONTENTION",
-    "FALSE",
-    "COMMITTED",
-    "HEARTBEAT",
-    "LIVENESS",
-];
+/// The columns of [`connector_rows`].
+fn connector_header() -> Vec<&'static str> {
+    [
+        "ID", "NAME", "STATE", "PID", "ALIVE", "HELD", "RETAINED", "RECORDS",
+    ]
+    .into_iter()
+    .chain(counts::COLUMNS)
+    .chain(["COMMITTED", "HEARTBEAT", "LIVENESS"])
+    .collect()
+}
 
 fn members(region: &Region, a: &DisplayArgs) -> Result<()> {
     let list: Vec<MemberView> = inspect::members(region)?
@@ -410,7 +401,7 @@ fn members(region: &Region, a: &DisplayArgs) -> Result<()> {
     }
     outln!(
         "{}",
-        table(&CONNECTOR_HEADER, connector_rows(region, &list, &in_use))
+        table(&connector_header(), connector_rows(region, &list, &in_use))
     );
     Ok(())
 }
@@ -437,9 +428,7 @@ fn structure(region: &Region, name: &str, a: &DisplayArgs) -> Result<()> {
             o["entries_in_use"] = json!(s.entries_in_use);
         }
         if let Some(c) = s.counters {
-            o["requests"] = json!(c.requests);
-            o["contention"] = json!(c.contention);
-            o["false_contention"] = json!(c.false_contention);
+            merge(&mut o, counts::json(&c));
         }
         o["connectors"] = Value::Array(
             conns
@@ -458,13 +447,9 @@ fn structure(region: &Region, name: &str, a: &DisplayArgs) -> Result<()> {
     );
     if let (Some(n), Some(c)) = (s.lock_entries, s.counters) {
         outln!(
-            "  LOCK ENTRIES: {n}, IN USE: {}; REQUESTS: {}, CONTENTION: {} ({:.3}%), FALSE CONTENTION: {} ({:.3}%)",
+            "  LOCK ENTRIES: {n}, IN USE: {}; {}",
             s.entries_in_use.unwrap_or(0),
-            c.requests,
-            c.contention,
-            100.0 * rate(c.contention, c.requests),
-            c.false_contention,
-            100.0 * rate(c.false_contention, c.requests)
+            counts::text(&c).to_uppercase()
         );
     }
     if let Some(r) = s.records_per_member {
@@ -479,7 +464,7 @@ fn structure(region: &Region, name: &str, a: &DisplayArgs) -> Result<()> {
         outln!("  CONNECTORS (CONNAME=ALL):");
         outln!(
             "{}",
-            table(&CONNECTOR_HEADER, connector_rows(region, &conns, &in_use))
+            table(&connector_header(), connector_rows(region, &conns, &in_use))
         );
     }
     Ok(())
@@ -585,12 +570,46 @@ fn contention(region: &Region, a: &DisplayArgs, seen: &mut Seen) -> Result<()> {
         }
     }
     seen.waits = keep;
+    // The counts of the three kinds of global contention (and retained
+    // refusals), for the structure and each connector shown.
+    let total = inspect::counters(region);
+    let conns: Vec<(MemberView, Counters)> = inspect::members(region)?
+        .into_iter()
+        .filter(|m| a.member.as_deref().is_none_or(|n| m.name == n))
+        .map(|m| {
+            let act = cf_core::connector::activity(region, m.id).unwrap_or_default();
+            (m, Counters::from(&act))
+        })
+        .collect();
     if a.json {
+        let per_conn: Vec<Value> = conns
+            .iter()
+            .map(|(m, c)| {
+                let mut o = json!({"member": escape(&m.name), "id": m.id});
+                merge(&mut o, counts::json(c));
+                o
+            })
+            .collect();
         cf_harness::out::print_json(&json!({
             "contention": docs,
+            "lock_structure": counts::json(&total),
+            "connectors": per_conn,
             "note": "records carry no start time: seen_for_s is how long this display (--watch) has seen it",
         }));
         return Ok(());
+    }
+    outln!("LOCK STRUCTURE: {}", counts::text(&total));
+    if !conns.is_empty() {
+        let header: Vec<&str> = ["CONNECTOR"].into_iter().chain(counts::COLUMNS).collect();
+        let crows = conns
+            .iter()
+            .map(|(m, c)| {
+                std::iter::once(escape(&m.name))
+                    .chain(counts::cells(c))
+                    .collect()
+            })
+            .collect();
+        outln!("{}", table(&header, crows));
     }
     if rows.is_empty() {
         outln!("no resource in contention");

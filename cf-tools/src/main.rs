@@ -1,5 +1,6 @@
 //! `cfctl`: the operator's and experimenter's tool for a coupling-facility plex.
 
+mod counts;
 mod deadlocks;
 mod demo;
 mod display;

@@ -1,18 +1,20 @@
 //! `cfctl report`: an activity report in the manner of RMF's CF activity
 //! report, per interval and per connector.
 //!
-//! What cf-core counts, and so what is reported: lock requests, contention
-//! and false contention per connector (its slot and the record blocks it
-//! owns), requests refused because a failed member retains the resource,
+//! What cf-core counts, and so what is reported: lock requests and the
+//! three kinds of global contention, IRLM, XES and false (`counts.rs`),
+//! per connector (its slot and the record blocks it owns) and for the lock
+//! structure, requests refused because a failed member retains the resource,
 //! the synchronous service time of one request in 64 (`lock::service`: a
 //! histogram with buckets 4x apart, so a percentile is shown as the upper
 //! bound of its bucket, `<=`), transactions reported committed, locks held
 //! and retained, and requests waiting (PENDING records) at the end of the
 //! interval.
 
+use crate::counts;
 use anyhow::{bail, Result};
 use cf_core::connector::Activity;
-use cf_core::inspect::{self, MemberView};
+use cf_core::inspect::{self, Counters, MemberView};
 use cf_core::lock::service::{bucket_bounds_ns, percentile_bound_ns, BUCKETS};
 use cf_core::ConnectorId;
 use cf_core::{Plex, Region};
@@ -123,22 +125,16 @@ upper bound of a 4x bucket",
             // A connector new in this interval counts from zero.
             let zero = Activity::default();
             let b = before.get(key).map_or(&zero, |b| &b.act);
-            let req = s.act.requests.saturating_sub(b.requests);
-            let cont = s.act.contention.saturating_sub(b.contention);
-            let fals = s.act.false_contention.saturating_sub(b.false_contention);
-            let refused = s.act.retained_refusals.saturating_sub(b.retained_refusals);
+            let d = counts::since(&Counters::from(&s.act), &Counters::from(b));
+            let req = d.requests;
             let service: [u64; BUCKETS] =
                 std::array::from_fn(|i| s.act.service_ns[i].saturating_sub(b.service_ns[i]));
             let bound = |p: f64| percentile_bound_ns(&service, p);
             let state = crate::display::state_text(&s.view);
-            docs.push(json!({
+            let mut doc = json!({
                 "connector": s.view.name, "id": s.view.id, "state": state,
-                "requests_per_s": req as f64 / secs, "contention_per_s": cont as f64 / secs,
-                "false_contention_per_s": fals as f64 / secs,
-                "contention_pct": pct(cont, req), "false_contention_pct": pct(fals, req),
                 "committed_per_s": per_s(s.act.committed, b.committed),
                 "held": s.view.held, "retained": s.view.retained, "waits": s.waits,
-                "retained_refusals_per_s": refused as f64 / secs,
                 "service_time": {
                     "sampled": service.iter().fold(0u64, |a, &c| a.saturating_add(c)),
                     "p50_ns_at_most": bound(50.0).flatten(),
@@ -146,30 +142,32 @@ upper bound of a 4x bucket",
                     "p99_ns_at_most": bound(99.0).flatten(),
                     "buckets": service.iter().zip(bucket_bounds_ns()).map(|(c, hi)| json!({"below_ns": hi, "count": c})).collect::<Vec<_>>(),
                 },
-            }));
+            });
+            if let (Some(o), Value::Object(r)) =
+                (doc.as_object_mut(), counts::per_second_json(&d, secs))
+            {
+                o.extend(r);
+            }
+            docs.push(doc);
             rows.push(vec![
                 s.view.name.clone(),
                 state.to_string(),
                 format!("{:.0}", req as f64 / secs),
-                format!("{:.0}", cont as f64 / secs),
-                format!("{:.0}", fals as f64 / secs),
-                format!("{:.2}", pct(cont, req)),
-                format!("{:.2}", pct(fals, req)),
+                format!("{:.2}", pct(d.irlm_contention, req)),
+                format!("{:.2}", pct(d.xes_contention, req)),
+                format!("{:.2}", pct(d.false_contention, req)),
+                format!("{:.2}", pct(d.global_contention(), req)),
                 show_bound(bound(50.0)),
                 show_bound(bound(99.0)),
-                format!("{:.0}", refused as f64 / secs),
+                format!("{:.0}", d.retained_refusals as f64 / secs),
                 format!("{:.0}", per_s(s.act.committed, b.committed)),
                 s.view.held.to_string(),
                 s.view.retained.to_string(),
                 s.waits.to_string(),
             ]);
         }
-        let all_req = totals.requests.saturating_sub(totals_before.requests);
-        let structure = json!({
-            "requests_per_s": all_req as f64 / secs,
-            "contention_per_s": per_s(totals.contention, totals_before.contention),
-            "false_contention_per_s": per_s(totals.false_contention, totals_before.false_contention),
-        });
+        let all = counts::since(&totals, &totals_before);
+        let structure = counts::per_second_json(&all, secs);
         if a.json {
             let doc: Value = json!({
                 "start": wall_before.strftime("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string(),
@@ -179,13 +177,16 @@ upper bound of a 4x bucket",
             outln!("{doc}");
         } else {
             outln!(
-                "\nINTERVAL {} - {} ({})  LOCK STRUCTURE: {:.0} req/s, contention {:.0}/s, false contention {:.0}/s",
+                "\nINTERVAL {} - {} ({})  LOCK STRUCTURE: {:.0} req/s; contention IRLM {:.2}%, XES {:.2}%, FALSE {:.2}%, GLOBAL {:.2}%; retained refusals {:.0}/s",
                 wall_before.strftime("%H:%M:%S%.3f"),
                 wall.strftime("%H:%M:%S%.3f"),
                 cf_harness::duration::human(Duration::from_secs_f64(secs)),
-                all_req as f64 / secs,
-                per_s(totals.contention, totals_before.contention),
-                per_s(totals.false_contention, totals_before.false_contention)
+                all.requests as f64 / secs,
+                pct(all.irlm_contention, all.requests),
+                pct(all.xes_contention, all.requests),
+                pct(all.false_contention, all.requests),
+                pct(all.global_contention(), all.requests),
+                all.retained_refusals as f64 / secs
             );
             if rows.is_empty() {
                 outln!("no connectors");
@@ -197,10 +198,10 @@ upper bound of a 4x bucket",
                             "CONNECTOR",
                             "STATE",
                             "REQ/S",
-                            "CONT/S",
-                            "FALSE/S",
-                            "CONT%",
+                            "IRLM%",
+                            "XES%",
                             "FALSE%",
+                            "GLOBAL%",
                             "SYNC P50",
                             "SYNC P99",
                             "RETREF/S",

@@ -978,3 +978,132 @@ fn a_seeded_workload_of_every_shape_keeps_the_history() {
     assert_eq!(a.json()["balanced"], true, "{a}");
     let _ = ExitStatusExt::signal(&f.status);
 }
+
+#[test]
+fn the_three_kinds_of_contention_are_displayed_and_reported_apart() {
+    let plex = TestPlex::small();
+    let t2 = common::colliding("T", plex.entries(), "T-other-", &[]);
+    let mut hold = plex.hold("A", &[("lock", "ix:T")]);
+    // XES: IX beside IX. False: X on another resource of T's entry. IRLM:
+    // S against IX. A retained refusal needs a failed member: below.
+    plex.assert_granted("B", "lock", "ix:T");
+    plex.assert_granted("B", "x", &t2);
+    plex.assert_contention("B", "s", "T", &["A"]);
+    hold.term();
+    hold.expect_exit_ok();
+    let mut dead = plex.hold("C", &[("modify", "R")]);
+    dead.kill_and_reap();
+    plex.assert_retained_by("B", "s", "R", "C");
+    let c = plex.counters();
+    assert_eq!(
+        (
+            c.irlm_contention,
+            c.xes_contention,
+            c.false_contention,
+            c.retained_refusals
+        ),
+        (2, 1, 1, 1),
+        "{c:?}"
+    );
+    // display contention: the structure's counts and rates, per connector
+    // too (C's refused request was B's), and the retained resource.
+    let v = plex.json(&["display", "contention"]);
+    let s = &v["lock_structure"];
+    assert_eq!(
+        (
+            &s["irlm_contention"],
+            &s["xes_contention"],
+            &s["false_contention"],
+            &s["global_contention"]
+        ),
+        (&2.into(), &1.into(), &1.into(), &4.into()),
+        "{v}"
+    );
+    let rate = s["xes_contention_rate"].as_f64().unwrap();
+    let requests = s["requests"].as_u64().unwrap();
+    assert!((rate - 1.0 / requests as f64).abs() < 1e-12, "{v}");
+    let f = plex.run(&["display", "contention"]);
+    assert!(f.stdout.contains("XES 1 ("), "{f}");
+    assert!(f.stdout.contains("retained refusals 1"), "{f}");
+    assert!(f.stdout.contains("RETAINED"), "the retained resource: {f}");
+    // display structures and structure NAME show the same counts.
+    let f = plex.run(&["display", "structures"]);
+    assert!(f.stdout.contains("IRLM 2 ("), "{f}");
+    let v = plex.json(&["display", "structure", "LOCK"]);
+    assert_eq!(v["retained_refusals"], 1, "{v}");
+    // The activity report names each kind per second and in percent.
+    let f = plex.run(&["report", "--count", "1", "--interval", "100ms", "--json"]);
+    assert!(f.status.success(), "{f}");
+    let doc: Value = serde_json::from_str(f.stdout.lines().next().unwrap()).unwrap();
+    for key in [
+        "irlm_contention_pct",
+        "xes_contention_per_s",
+        "false_contention_pct",
+        "global_contention_pct",
+        "retained_refusals_per_s",
+    ] {
+        assert!(doc["lock_structure"][key].is_number(), "{key}: {doc}");
+    }
+    plex.recover_light("C", &["R"]);
+}
+
+#[test]
+fn hold_converts_a_lock_it_holds() {
+    let plex = TestPlex::small();
+    // S then X on one resource: promoted in place; the JSON shows the mode.
+    let mut p = plex.spawn(&[
+        "hold",
+        "--member",
+        "A",
+        "--s",
+        "acct",
+        "--convert",
+        "x:acct",
+        "--json",
+    ]);
+    let line = p.wait_holding();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["holding"][0]["mode"], "exclusive", "{v}");
+    assert_eq!(v["holding"].as_array().unwrap().len(), 1, "{v}");
+    plex.assert_contention("B", "s", "acct", &["A"]);
+    p.term();
+    p.expect_exit_ok();
+    // A promotion that has to wait for another member's S times out: exit 4,
+    // and the S it held is given back.
+    let mut other = plex.hold("B", &[("s", "acct")]);
+    let f = plex.run(&[
+        "hold",
+        "--member",
+        "A",
+        "--s",
+        "acct",
+        "--convert",
+        "x:acct",
+        "--timeout",
+        "200ms",
+    ]);
+    assert_eq!(f.status.code(), Some(4), "timed out: {f}");
+    assert!(f.stderr.contains("could not convert acct"), "{f}");
+    assert_eq!(
+        plex.locks().len(),
+        1,
+        "only B's S is left: {:?}",
+        plex.locks()
+    );
+    other.term();
+    other.expect_exit_ok();
+    // A resource the command does not take: a usage error, nothing connected.
+    let f = plex.run(&[
+        "hold",
+        "--member",
+        "A",
+        "--s",
+        "acct",
+        "--convert",
+        "x:other",
+    ]);
+    assert_eq!(f.status.code(), Some(64), "{f}");
+    assert!(f.stderr.contains("not one of the locks"), "{f}");
+    assert!(plex.members().is_empty());
+    plex.assert_empty_and_clean();
+}

@@ -464,9 +464,10 @@ impl SlotView {
 pub struct Activity {
     /// Lock requests made (the slot's folded count plus its blocks' in use).
     pub requests: u64,
-    /// Requests that met a real conflict (an incompatible holding of the
-    /// same resource, retained ones included), counted once per request.
-    pub contention: u64,
+    /// IRLM contention: requests that met a real conflict (an incompatible
+    /// holding of the same resource by another holder, retained ones
+    /// included), counted once per request.
+    pub irlm_contention: u64,
     /// Requests granted after meeting another member's holding of another
     /// resource hashed to the same lock entry, in a mode whose interest in
     /// the word conflicts (false contention).
@@ -493,7 +494,7 @@ pub fn activity(region: &Region, id: ConnectorId) -> Result<Activity, CorruptErr
     let slot = region.connector(id)?;
     let mut a = Activity {
         requests: slot.requests.load(Relaxed),
-        contention: slot.contention.load(Relaxed),
+        irlm_contention: slot.contention.load(Relaxed),
         false_contention: slot.false_contention.load(Relaxed),
         xes_contention: slot.xes_contention.load(Relaxed),
         committed: slot.committed.load(Relaxed),
@@ -503,7 +504,7 @@ pub fn activity(region: &Region, id: ConnectorId) -> Result<Activity, CorruptErr
     for b in region.blocks(id)? {
         if b.owner.load(Relaxed) != 0 {
             a.requests = a.requests.saturating_add(b.requests.load(Relaxed));
-            a.contention = a.contention.saturating_add(b.contention.load(Relaxed));
+            a.irlm_contention = a.irlm_contention.saturating_add(b.contention.load(Relaxed));
             a.false_contention = a
                 .false_contention
                 .saturating_add(b.false_contention.load(Relaxed));

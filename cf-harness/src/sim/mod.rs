@@ -1707,7 +1707,9 @@ fn report(
             "count": n, "per_s": *n as f64 / secs, "latency": l,
         }))).collect::<serde_json::Map<_, _>>(),
         "by_kind_source": "closing summaries of the members stopped normally (a killed member's counts die with it)",
-        "lock_requests": c.requests, "contention_rate": rate(c.contention), "false_contention_rate": rate(c.false_contention),
+        "lock_requests": c.requests, "irlm_contention_rate": rate(c.irlm_contention), "xes_contention_rate": rate(c.xes_contention),
+        "false_contention_rate": rate(c.false_contention), "global_contention_rate": rate(c.global_contention()),
+        "retained_refusals": c.retained_refusals,
         "detection": detection, "recovery": recovery,
         "slowest_detections": kills.slowest, "detections_timed_before_death": kills.timed_before_death,
         "restart_light_peak_rss": light_rss, "member_peak_rss": member_rss,
@@ -1803,10 +1805,12 @@ fn report(
             victim_waits.line()
         );
         outln!(
-            "  lock requests: {}, contention {:.3}%, false contention {:.3}%",
+            "  lock requests: {}, contention IRLM {:.3}%, XES {:.3}%, false {:.3}%; retained refusals {}",
             c.requests,
-            100.0 * rate(c.contention),
-            100.0 * rate(c.false_contention)
+            100.0 * rate(c.irlm_contention),
+            100.0 * rate(c.xes_contention),
+            100.0 * rate(c.false_contention),
+            c.retained_refusals
         );
         let list = |m: &BTreeMap<&str, u64>| {
             m.iter()
