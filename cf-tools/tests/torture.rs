@@ -154,16 +154,9 @@ fn two_hundred_faults_on_a_tiny_table_keep_every_invariant() {
         let mut points = 0;
         for &p in cf_core_points() {
             // (And not those the sim does not draw, `sim/points.rs`
-            // UNREACHED: their scenarios are in cf-node/tests/fencing.rs and
-            // deadlock.rs.)
-            if matches!(
-                p,
-                "disconnect.released_some"
-                    | "fence.marked"
-                    | "liveness.before_word"
-                    | "deadlock.chosen"
-                    | "deadlock.told"
-            ) {
+            // UNREACHED: their scenarios are in cf-node/tests/fencing.rs,
+            // deadlock.rs and cf-tools/tests/crash_points.rs.)
+            if p == "disconnect.released_some" || cf_harness::sim::points::UNREACHED.contains(&p) {
                 continue;
             }
             points += 1;
