@@ -73,7 +73,11 @@
 //!    granted first, the grant wins and the flag is forgotten. If a holder
 //!    it conflicts with is dead or being cleaned up (its locks go, or become
 //!    retained), the flag is taken back (`untell`) and the request looks
-//!    again: no cycle through a dead member ends in a victim.
+//!    again: no cycle through a dead member ends in a victim. That check
+//!    only reads the holders' slots, under the latch, before the request
+//!    gives anything up, so it waits on exactly as it was: an URGENT record
+//!    stays urgent (attack14: it used to turn PENDING first, and the untold
+//!    request then waited past its bypass limit as a plain one for ever).
 //! 5. **No lost wake-up of a victim.** The waiter, after announcing itself
 //!    on the word and before sleeping, reads its state (`word::
 //!    wait_for_holdings`); the detector, after its CAS, clears the waiter

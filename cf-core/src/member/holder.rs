@@ -661,20 +661,18 @@ impl Holder {
                 }
                 return Ok(TryOutcome::Retained(h));
             }
-            if wait_for_live {
+            if wait_for_live && self.wait.told(region) {
                 // Deadlock detection (`deadlock.rs`): a victim gives up its
-                // request, unless a holder it waits for died meanwhile (no
-                // cycle through a dead member).
-                if self.wait.told(region) {
+                // request, unless a holder it waits for is dead or being
+                // cleaned up (no cycle through a dead member): then the flag
+                // is taken back and the request waits on as it was (urgent
+                // if it was: attack14), its look cleaning the holder up first.
+                if class.being_cleaned || any_dead(region, conflicts)? {
+                    self.wait.untell(region);
+                    stale = true;
+                } else {
+                    // (Its unlatch wakes those behind an URGENT record.)
                     l.step_out_for_good(region, &req)?;
-                    req.urgent = false;
-                    req.half_made = false;
-                    let dead = clean_dead(region, me, conflicts, deadline)?;
-                    if dead.changed || dead.cleaning || class.being_cleaned {
-                        self.wait.untell(region);
-                        stale = false;
-                        continue;
-                    }
                     free_record(false);
                     self.victim = Some(self.wait.victim_answer(region));
                     return Ok(TryOutcome::Contention(dedup_holders(region, conflicts)));
@@ -934,6 +932,23 @@ struct DeadHolders {
     cleaning: bool,
 }
 
+/// A member whose process is dead (its slot says otherwise) or that is
+/// being cleaned up.
+fn is_dead(snap: &connector::Snapshot) -> bool {
+    snap.st.state == MemberState::Cleaning || (snap.st.state.has_process() && !snap.is_alive())
+}
+
+/// Is one of the conflicting holders dead ([`is_dead`])? Read only: the
+/// cleanup is [`clean_dead`]'s, without the latch.
+fn any_dead(region: &Region, conflicts: &[RecordView]) -> Result<bool, CorruptError> {
+    for r in conflicts {
+        if is_dead(&connector::snapshot(region, r.member)?) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Clean up the conflicting holders whose processes are dead, within the
 /// request's deadline, never waiting for another cleaner.
 fn clean_dead(
@@ -952,10 +967,7 @@ fn clean_dead(
             continue;
         }
         seen |= word::bit(r.member);
-        let snap = connector::snapshot(region, r.member)?;
-        let dead = snap.st.state == MemberState::Cleaning
-            || (snap.st.state.has_process() && !snap.is_alive());
-        if !dead {
+        if !is_dead(&connector::snapshot(region, r.member)?) {
             continue;
         }
         match recovery::try_clean(region, r.member, Some(me), 0, Some(deadline))? {
