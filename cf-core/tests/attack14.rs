@@ -163,3 +163,143 @@ fn an_untold_urgent_victim_stays_urgent() {
         m.disconnect().unwrap();
     }
 }
+
+/// A small xorshift generator: the same hostile values every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Untrusted region content: wait records, tags and bodies of any value
+/// (a record naming its block's owner, so that it is read, with a request
+/// slot whose tag says it waits) never make the detector or `waits` panic,
+/// index out of bounds or loop for ever; each round ends.
+#[test]
+fn hostile_wait_records_never_break_the_detector() {
+    use cf_core::testing::forge;
+    use cf_core::{EntryIndex, SlotIndex};
+    let (_d, r) = region_with(16);
+    let m = Member::connect(r.clone(), "M").unwrap();
+    let n = Member::connect(r.clone(), "N").unwrap();
+    let holders: Vec<_> = (0..3)
+        .map(|i| if i == 0 { n.holder() } else { m.holder() }.unwrap())
+        .collect();
+    let ids = [m.id(), n.id()];
+    let slots = r.records_per_member() as u64;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let (mut read, mut told) = (0, 0);
+    for round in 0..3000 {
+        let who = ids[rng.below(2) as usize];
+        let block = rng.below(4) as u32;
+        let owner = testing::block_owner(&r, who, block);
+        let entry = if rng.below(8) == 0 {
+            rng.next() >> 32
+        } else {
+            rng.below(16)
+        };
+        let slot = if rng.below(8) == 0 {
+            rng.next() & 0xffff_ffff
+        } else {
+            rng.below(slots)
+        };
+        let flags = [1, 3, 2, 0, rng.next()][rng.below(5) as usize];
+        let words = [
+            (rng.next() << 32) | (flags & 0xffff_ffff),
+            if rng.below(4) == 0 { rng.next() } else { owner },
+            entry << 32 | slot,
+            rng.next(),
+            if rng.below(2) == 0 { rng.next() } else { 0 },
+            rng.next(),
+        ];
+        for (i, w) in words.iter().enumerate() {
+            testing::write_wait_word(&r, who, block, i as u32, *w);
+        }
+        for i in 6..12 {
+            testing::write_wait_word(&r, who, block, i, rng.next());
+        }
+        // The request's tag and body, and some other records on the entry.
+        for _ in 0..3 {
+            let s = if rng.below(2) == 0 {
+                slot
+            } else {
+                rng.below(slots)
+            };
+            let c = ids[rng.below(2) as usize];
+            let state =
+                [forge::TAG_PENDING, forge::TAG_URGENT, forge::TAG_HELD][rng.below(3) as usize];
+            let e = EntryIndex::new(if rng.below(16) == 0 {
+                rng.next() as u32 & 0x3fff_ffff
+            } else {
+                entry as u32 & 0xf
+            });
+            testing::write_tag(&r, c, SlotIndex::new(s as u32), forge::tag(state, e));
+            let modes = [Mode::Share, Mode::Exclusive, Mode::Modify];
+            let meta = if rng.below(4) == 0 {
+                rng.next()
+            } else {
+                forge::record_meta(1 + rng.below(2) as usize, modes[rng.below(3) as usize])
+                    | rng.below(4) << 32
+            };
+            testing::write_record_word(&r, c, SlotIndex::new(s as u32), 0, meta);
+            testing::write_record_word(&r, c, SlotIndex::new(s as u32), 1, rng.below(3));
+        }
+        let _ = deadlock::waits(&r);
+        let d = deadlock::detect_once(&r, None).unwrap();
+        assert!(d.victims.len() <= d.waiting, "round {round}: {d:?}");
+        read += d.waiting;
+        told += d.victims.len();
+    }
+    // The forgeries were read as waits, and some made cycles.
+    assert!(read > 100 && told > 0, "{read} waits read, {told} told");
+    // Not released: the records are forged.
+    std::mem::forget(holders);
+    std::mem::forget(m);
+    std::mem::forget(n);
+}
+
+/// A hostile writer that sets `VICTIM` itself, with any cycle words: the
+/// waiter answers `Deadlock`, naming at most `CYCLE_KEPT` members, no panic.
+#[test]
+fn a_forged_victim_flag_with_a_garbage_cycle_is_answered() {
+    let (_d, r) = region_with(16);
+    let m = Member::connect(r.clone(), "M").unwrap();
+    let mut h = m.holder().unwrap();
+    let t = std::thread::spawn(move || {
+        let s = h.lock(b"r", Mode::Share, PATIENCE).unwrap();
+        let out = h.lock(b"r", Mode::Exclusive, PATIENCE).map(|_| ());
+        h.unlock(s).unwrap();
+        (h, out)
+    });
+    until_waiting(&r, 1);
+    let w = deadlock::waits(&r)[0].clone();
+    let block = (0..r.blocks_per_member())
+        .find(|&b| testing::block_owner(&r, m.id(), b) == w.holder)
+        .unwrap();
+    testing::write_wait_word(&r, m.id(), block, 5, u64::MAX);
+    for i in 6..12 {
+        testing::write_wait_word(&r, m.id(), block, i, 0x01ff_ffff_7fff_ffff ^ i as u64);
+    }
+    let s = testing::read_wait_word(&r, m.id(), block, 0);
+    assert_eq!(s & 3, 1, "waiting, not told");
+    testing::write_wait_word(&r, m.id(), block, 0, s | 2);
+    let (h, out) = t.join().unwrap();
+    match out {
+        Err(WaitError::Deadlock { cycle }) => {
+            assert!(cycle.len() <= deadlock::CYCLE_KEPT, "{cycle:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(h);
+    assert!(deadlock::waits(&r).is_empty());
+    assert!(inspect::locks(&r).unwrap().is_empty());
+    m.disconnect().unwrap();
+}
