@@ -303,3 +303,108 @@ fn a_forged_victim_flag_with_a_garbage_cycle_is_answered() {
     assert!(inspect::locks(&r).unwrap().is_empty());
     m.disconnect().unwrap();
 }
+
+/// Two resource names of the same entry of a table of `entries`.
+fn colliding_pair(entries: u32) -> (Vec<u8>, Vec<u8>) {
+    let first = b"res-0".to_vec();
+    let e = cf_core::Resource::new(&first).unwrap().entry(entries);
+    let other = (1..)
+        .map(|i| format!("res-{i}").into_bytes())
+        .find(|n| cf_core::Resource::new(n).unwrap().entry(entries) == e)
+        .unwrap();
+    (first, other)
+}
+
+/// A 16-entry table: B holds q, whose entry is also q2's; A waits for q2
+/// (held by C, which waits for nothing) and B for A's p. B's record of q on
+/// A's entry is false contention, not a wait: no edge A -> B, no cycle, no
+/// victim; each is granted in turn.
+#[test]
+fn false_contention_on_a_tiny_table_is_no_edge() {
+    let (_d, r) = region_with(16);
+    let (q, q2) = colliding_pair(16);
+    let (q, q2): (&'static [u8], &'static [u8]) = (q.leak(), q2.leak());
+    let ma = Member::connect(r.clone(), "A").unwrap();
+    let mb = Member::connect(r.clone(), "B").unwrap();
+    let mc = Member::connect(r.clone(), "C").unwrap();
+    let mut hc = mc.holder().unwrap();
+    let c_q2 = hc.lock(q2, Mode::Exclusive, PATIENCE).unwrap();
+    let go = Arc::new(Barrier::new(2));
+    let (mut ha, mut hb) = (ma.holder().unwrap(), mb.holder().unwrap());
+    let g = go.clone();
+    let ta = std::thread::spawn(move || {
+        let p = ha.lock(b"p", Mode::Exclusive, PATIENCE).unwrap();
+        g.wait();
+        let out = ha.lock(q2, Mode::Exclusive, PATIENCE);
+        if let Ok(id) = &out {
+            ha.unlock(*id).unwrap();
+        }
+        ha.unlock(p).unwrap();
+        out.map(|_| ())
+    });
+    let tb = std::thread::spawn(move || {
+        let l = hb.lock(q, Mode::Exclusive, PATIENCE).unwrap();
+        go.wait();
+        let out = hb.lock(b"p", Mode::Exclusive, PATIENCE);
+        if let Ok(id) = &out {
+            hb.unlock(*id).unwrap();
+        }
+        hb.unlock(l).unwrap();
+        out.map(|_| ())
+    });
+    until_waiting(&r, 2);
+    for _ in 0..3 {
+        let d = deadlock::detect_once(&r, None).unwrap();
+        assert!(d.victims.is_empty() && d.abandoned == 0, "{d:?}");
+    }
+    hc.unlock(c_q2).unwrap();
+    ta.join().unwrap().unwrap();
+    tb.join().unwrap().unwrap();
+    assert_eq!(deadlock::victims_told(&r), 0);
+    drop(hc);
+    assert!(inspect::locks(&r).unwrap().is_empty());
+    for m in [ma, mb, mc] {
+        m.disconnect().unwrap();
+    }
+}
+
+/// Two share holders of r both ask for it exclusively (no promotion): each
+/// waits for its own share lock (and the other's). Each is a deadlock of its
+/// own: both are told, both back out, nothing is left.
+#[test]
+fn two_share_holders_converting_both_back_out() {
+    let (_d, r) = region_with(1 << 10);
+    let ms: Vec<Member> = ["A", "B"]
+        .iter()
+        .map(|n| Member::connect(r.clone(), n).unwrap())
+        .collect();
+    let go = Arc::new(Barrier::new(2));
+    let ts: Vec<_> = ms
+        .iter()
+        .map(|m| {
+            let mut h = m.holder().unwrap();
+            let go = go.clone();
+            std::thread::spawn(move || {
+                let s = h.lock(b"r", Mode::Share, PATIENCE).unwrap();
+                go.wait();
+                let out = h.lock(b"r", Mode::Exclusive, PATIENCE);
+                if let Ok(id) = &out {
+                    h.unlock(*id).unwrap();
+                }
+                h.unlock(s).unwrap();
+                out.map(|_| ())
+            })
+        })
+        .collect();
+    until_waiting(&r, 2);
+    let d = deadlock::detect_once(&r, None).unwrap();
+    assert_eq!(d.victims.len(), 2, "{d:?}");
+    for t in ts {
+        assert!(matches!(t.join().unwrap(), Err(WaitError::Deadlock { .. })));
+    }
+    assert!(deadlock::waits(&r).is_empty());
+    assert!(inspect::locks(&r).unwrap().is_empty());
+    for m in ms {
+        m.disconnect().unwrap();
+    }
+}
