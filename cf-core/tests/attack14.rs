@@ -408,3 +408,34 @@ fn two_share_holders_converting_both_back_out() {
         m.disconnect().unwrap();
     }
 }
+
+/// A request that waits for ever (`Duration::MAX`, "no timeout") under
+/// contention: it waits, and as a deadlock victim it answers like any other
+/// (the deadline `now + timeout` overflowed: a panic that left the request's
+/// record pending).
+#[test]
+fn a_wait_without_end_is_a_victim_like_any_other() {
+    let (_d, r) = region_with(1 << 10);
+    let m = Member::connect(r.clone(), "M").unwrap();
+    let mut h = m.holder().unwrap();
+    let t = std::thread::spawn(move || {
+        let s = h.lock(b"r", Mode::Share, PATIENCE).unwrap();
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            h.lock(b"r", Mode::Exclusive, Duration::MAX).map(|_| ())
+        }));
+        h.unlock(s).unwrap();
+        (h, out.map_err(|_| "lock panicked"))
+    });
+    until("the request waits (or its thread ended)", || {
+        !deadlock::waits(&r).is_empty() || t.is_finished()
+    });
+    let _ = deadlock::detect_once(&r, None).unwrap();
+    let (h, out) = t.join().unwrap();
+    assert!(
+        matches!(out, Ok(Err(WaitError::Deadlock { .. }))),
+        "{out:?}"
+    );
+    drop(h);
+    assert!(inspect::locks(&r).unwrap().is_empty());
+    m.disconnect().unwrap();
+}

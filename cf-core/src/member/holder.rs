@@ -47,6 +47,10 @@ use std::time::{Duration, Instant};
 /// "contention", naming the holder, instead of hanging.
 pub const TRY_WAIT: Duration = Duration::from_secs(1);
 
+/// How long a `lock` whose timeout the clock cannot add (`Duration::MAX`)
+/// waits: a century.
+const NO_END: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// A lock held by a [`Holder`]: pass it back to [`Holder::unlock`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LockId {
@@ -277,7 +281,8 @@ impl Holder {
         self.acquire(resource, mode, None)
     }
 
-    /// Ask for `resource` in `mode`, waiting up to `timeout` for live holders.
+    /// Ask for `resource` in `mode`, waiting up to `timeout` for live holders
+    /// (`Duration::MAX`: no end).
     #[inline]
     pub fn lock(
         &mut self,
@@ -552,7 +557,12 @@ impl Holder {
         let mut bypassed = 0u32;
         let mut woken_by_change = false;
         let wait_for_live = timeout.is_some();
-        let deadline = crate::sync::now() + timeout.unwrap_or(TRY_WAIT);
+        // A timeout past what the clock can say (`Duration::MAX`: none) is
+        // a century: `now + timeout` would panic (attack14).
+        let now = crate::sync::now();
+        let deadline = now
+            .checked_add(timeout.unwrap_or(TRY_WAIT))
+            .unwrap_or_else(|| now + NO_END);
         let mut counted_contention = false;
         let mut slice = entry::FIRST_SLICE;
         // The last sleep passed a whole slice without the word changing:
