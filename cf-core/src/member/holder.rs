@@ -673,11 +673,13 @@ impl Holder {
             }
             if wait_for_live && self.wait.told(region) {
                 // Deadlock detection (`deadlock.rs`): a victim gives up its
-                // request, unless a holder it waits for is dead or being
-                // cleaned up (no cycle through a dead member): then the flag
-                // is taken back and the request waits on as it was (urgent
-                // if it was: attack14), its look cleaning the holder up first.
-                if class.being_cleaned || any_dead(region, conflicts)? {
+                // request, unless a member of its cycle died meanwhile (no
+                // cycle through a dead member): then the flag is taken back
+                // and the request waits on as it was (urgent if it was), its
+                // look cleaning a dead holder up first. A dead holder outside
+                // the cycle breaks nothing: the victim still backs out
+                // (attack14: it waited on as long as that cleanup lasted).
+                if self.wait.cycle_lost_a_member(region) {
                     self.wait.untell(region);
                     stale = true;
                 } else {
@@ -946,17 +948,6 @@ struct DeadHolders {
 /// being cleaned up.
 fn is_dead(snap: &connector::Snapshot) -> bool {
     snap.st.state == MemberState::Cleaning || (snap.st.state.has_process() && !snap.is_alive())
-}
-
-/// Is one of the conflicting holders dead ([`is_dead`])? Read only: the
-/// cleanup is [`clean_dead`]'s, without the latch.
-fn any_dead(region: &Region, conflicts: &[RecordView]) -> Result<bool, CorruptError> {
-    for r in conflicts {
-        if is_dead(&connector::snapshot(region, r.member)?) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// Clean up the conflicting holders whose processes are dead, within the
