@@ -122,12 +122,13 @@ fn an_untold_urgent_victim_stays_urgent() {
         }
     });
 
-    // V is told of the cycle V -> D -> V; then D dies, and a live process
-    // (this one) is at its cleanup.
+    // V was told of the cycle V -> D -> V, and D died just after the
+    // detector's checks; a live process (this one) is at its cleanup. (D
+    // dies first here: V, looking in between, waits on for the cleanup.)
+    testing::set_cleanup_claim(&r, d_id, ProcessId::current().unwrap().token());
+    testing::fake_reused_pid(&r, d_id);
     let v_holder = deadlock::waits(&r)[0].holder;
     tell(&r, v_id, v_holder, &[(v_id, 0), (d_id, d_r.slot.get())]);
-    testing::fake_reused_pid(&r, d_id);
-    testing::set_cleanup_claim(&r, d_id, ProcessId::current().unwrap().token());
     // V looks (its slice ends), finds D dead, takes the flag back, waits on.
     until("V untold", || {
         deadlock::waits(&r)
@@ -215,8 +216,8 @@ fn a_dead_holder_outside_the_cycle_does_not_save_the_victim() {
     v_go.wait();
     until_waiting(&r, 2);
 
-    testing::fake_reused_pid(&r, d_id);
     testing::set_cleanup_claim(&r, d_id, ProcessId::current().unwrap().token());
+    testing::fake_reused_pid(&r, d_id);
     let d = deadlock::detect_once(&r, None).unwrap();
     assert_eq!(d.victims.len(), 1, "{d:?}");
     assert_eq!(d.victims[0].waiting.member, v_id);
