@@ -334,8 +334,8 @@ fn hostile_wait_records_never_break_the_detector() {
         read += d.waiting;
         told += d.victims.len();
     }
-    // The forgeries were read as waits, and some made cycles.
-    assert!(read > 100 && told > 0, "{read} waits read, {told} told");
+    // The forgeries were read as waits (a few may even have made cycles).
+    assert!(read > 100, "{read} waits read, {told} told");
     // Not released: the records are forged.
     std::mem::forget(holders);
     std::mem::forget(m);
@@ -348,18 +348,17 @@ fn hostile_wait_records_never_break_the_detector() {
 fn a_forged_victim_flag_with_a_garbage_cycle_is_answered() {
     let (_d, r) = region_with(16);
     let m = Member::connect(r.clone(), "M").unwrap();
+    let n = Member::connect(r.clone(), "N").unwrap();
+    let mut hn = n.holder().unwrap();
+    let held = hn.lock(b"r", Mode::Exclusive, PATIENCE).unwrap();
     let mut h = m.holder().unwrap();
     let t = std::thread::spawn(move || {
-        let s = h.lock(b"r", Mode::Share, PATIENCE).unwrap();
         let out = h.lock(b"r", Mode::Exclusive, PATIENCE).map(|_| ());
-        h.unlock(s).unwrap();
         (h, out)
     });
     until_waiting(&r, 1);
     let w = deadlock::waits(&r)[0].clone();
-    let block = (0..r.blocks_per_member())
-        .find(|&b| testing::block_owner(&r, m.id(), b) == w.holder)
-        .unwrap();
+    let block = wait_block(&r, m.id(), w.holder);
     testing::write_wait_word(&r, m.id(), block, 5, u64::MAX);
     for i in 6..12 {
         testing::write_wait_word(&r, m.id(), block, i, 0x01ff_ffff_7fff_ffff ^ i as u64);
@@ -374,10 +373,12 @@ fn a_forged_victim_flag_with_a_garbage_cycle_is_answered() {
         }
         other => panic!("{other:?}"),
     }
-    drop(h);
+    hn.unlock(held).unwrap();
+    drop((h, hn));
     assert!(deadlock::waits(&r).is_empty());
     assert!(inspect::locks(&r).unwrap().is_empty());
     m.disconnect().unwrap();
+    n.disconnect().unwrap();
 }
 
 /// Two resource names of the same entry of a table of `entries`.
@@ -444,11 +445,11 @@ fn false_contention_on_a_tiny_table_is_no_edge() {
     }
 }
 
-/// Two share holders of r both ask for it exclusively (no promotion): each
-/// waits for its own share lock (and the other's). Each is a deadlock of its
-/// own: both are told, both back out, nothing is left.
+/// Two share holders of r both ask for it exclusively: each waits for the
+/// other's share lock (never for its own, `entry.rs` rule 7): one cycle, one
+/// victim; it backs out, the other is granted, nothing is left.
 #[test]
-fn two_share_holders_converting_both_back_out() {
+fn two_share_holders_asking_for_exclusive_one_backs_out() {
     let (_d, r) = region_with(1 << 10);
     let ms: Vec<Member> = ["A", "B"]
         .iter()
@@ -474,10 +475,14 @@ fn two_share_holders_converting_both_back_out() {
         .collect();
     until_waiting(&r, 2);
     let d = deadlock::detect_once(&r, None).unwrap();
-    assert_eq!(d.victims.len(), 2, "{d:?}");
-    for t in ts {
-        assert!(matches!(t.join().unwrap(), Err(WaitError::Deadlock { .. })));
-    }
+    assert_eq!(d.victims.len(), 1, "{d:?}");
+    let outs: Vec<_> = ts.into_iter().map(|t| t.join().unwrap()).collect();
+    let victims = outs
+        .iter()
+        .filter(|o| matches!(o, Err(WaitError::Deadlock { .. })))
+        .count();
+    assert_eq!(victims, 1, "{outs:?}");
+    assert_eq!(outs.iter().filter(|o| o.is_ok()).count(), 1, "{outs:?}");
     assert!(deadlock::waits(&r).is_empty());
     assert!(inspect::locks(&r).unwrap().is_empty());
     for m in ms {
@@ -486,32 +491,34 @@ fn two_share_holders_converting_both_back_out() {
 }
 
 /// A request that waits for ever (`Duration::MAX`, "no timeout") under
-/// contention: it waits, and as a deadlock victim it answers like any other
-/// (the deadline `now + timeout` overflowed: a panic that left the request's
-/// record pending).
+/// contention: it waits (a node of the detector's graph like any other) and
+/// is granted when the holder lets go. The deadline `now + timeout`
+/// overflowed: a panic that left the request's record pending.
 #[test]
-fn a_wait_without_end_is_a_victim_like_any_other() {
+fn a_wait_without_end_waits_and_is_granted() {
     let (_d, r) = region_with(1 << 10);
     let m = Member::connect(r.clone(), "M").unwrap();
+    let n = Member::connect(r.clone(), "N").unwrap();
+    let mut hn = n.holder().unwrap();
+    let held = hn.lock(b"r", Mode::Exclusive, PATIENCE).unwrap();
     let mut h = m.holder().unwrap();
     let t = std::thread::spawn(move || {
-        let s = h.lock(b"r", Mode::Share, PATIENCE).unwrap();
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            h.lock(b"r", Mode::Exclusive, Duration::MAX).map(|_| ())
+            h.lock(b"r", Mode::Exclusive, Duration::MAX)
+                .map(|id| h.unlock(id).unwrap())
         }));
-        h.unlock(s).unwrap();
         (h, out.map_err(|_| "lock panicked"))
     });
     until("the request waits (or its thread ended)", || {
         !deadlock::waits(&r).is_empty() || t.is_finished()
     });
-    let _ = deadlock::detect_once(&r, None).unwrap();
+    let d = deadlock::detect_once(&r, None).unwrap();
+    assert!(d.victims.is_empty(), "{d:?}");
+    hn.unlock(held).unwrap();
     let (h, out) = t.join().unwrap();
-    assert!(
-        matches!(out, Ok(Err(WaitError::Deadlock { .. }))),
-        "{out:?}"
-    );
-    drop(h);
+    assert!(matches!(out, Ok(Ok(()))), "{out:?}");
+    drop((h, hn));
     assert!(inspect::locks(&r).unwrap().is_empty());
     m.disconnect().unwrap();
+    n.disconnect().unwrap();
 }
