@@ -189,7 +189,14 @@ pub mod model {
         crate::sync::model::enter(pid);
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
             Ok(()) => true,
-            Err(p) if p.is::<Killed>() => false,
+            Err(p) if p.is::<Killed>() => {
+                // The killed process's destructors ran (acting as killed);
+                // the thread goes on as another process, whose destructors
+                // act (attack14: a connect latch was never let go by the
+                // thread's later disconnect, and the next one spun on it).
+                KILLED.with(|k| k.set(false));
+                false
+            }
             Err(p) => std::panic::resume_unwind(p),
         }
     }

@@ -70,10 +70,19 @@
 //!    entry, frees its waiting record, records `deadlock_victim` and answers
 //!    `WaitError::Deadlock` with the cycle; its granted locks are the
 //!    caller's, who backs out and releases them like any abort. If it is
-//!    granted first, the grant wins and the flag is forgotten. If a holder
-//!    it conflicts with is dead or being cleaned up (its locks go, or become
-//!    retained), the flag is taken back (`untell`) and the request looks
-//!    again: no cycle through a dead member ends in a victim.
+//!    granted first, the grant wins and the flag is forgotten. If a member
+//!    of the cycle the detector wrote (its first [`CYCLE_KEPT`]) is no
+//!    longer alive (it died after the checks: its locks go, or become
+//!    retained, and the cycle breaks), the flag is taken back (`untell`) and
+//!    the request looks again, cleaning its dead holders up: no cycle
+//!    through a dead member ends in a victim. A dead holder *outside* the
+//!    cycle breaks nothing: the victim backs out all the same (attack14: any
+//!    dead or cleaning holder it conflicted with used to save it, and the
+//!    cycle then lasted as long as that cleanup). That check only reads the
+//!    members' slots, under the latch, before the request gives anything
+//!    up, so it waits on exactly as it was: an URGENT record stays urgent
+//!    (attack14: it used to turn PENDING first, and the untold request then
+//!    waited past its bypass limit as a plain one for ever).
 //! 5. **No lost wake-up of a victim.** The waiter, after announcing itself
 //!    on the word and before sleeping, reads its state (`word::
 //!    wait_for_holdings`); the detector, after its CAS, clears the waiter
@@ -300,19 +309,10 @@ impl Waiter {
         let v = r.victim.load(Ordering::Relaxed);
         let len = (v >> 32) as usize;
         let by = (v & 0xffff_ffff) as u32;
-        let mut cycle = Vec::new();
-        for i in 0..len.min(CYCLE_KEPT) {
-            let w = r.cycle[i / 2].load(Ordering::Relaxed) >> (32 * (i % 2)) & 0xffff_ffff;
-            let Some(c) = ((w >> 24) as u32).checked_sub(1) else {
-                continue;
-            };
-            let Ok(c) = region.check_member(c) else {
-                continue;
-            };
-            if let Some(mode) = held_mode(region, c, (w & 0xff_ffff) as u32) {
-                cycle.push((c, mode));
-            }
-        }
+        let cycle = told_cycle(region, r)
+            .into_iter()
+            .filter_map(|(c, slot)| held_mode(region, c, slot).map(|mode| (c, mode)))
+            .collect();
         let waited = clock_ns().saturating_sub(r.since_ns.load(Ordering::Relaxed));
         let entry = (r.request.load(Ordering::Relaxed) >> 32) as u32;
         let by = by
@@ -332,6 +332,17 @@ impl Waiter {
         Told { cycle }
     }
 
+    /// Is a member of the cycle this wait was told of (as far as the
+    /// detector wrote it) no longer alive? Then its locks go or become
+    /// retained: the cycle breaks without a victim (invariant 4).
+    pub(crate) fn cycle_lost_a_member(&self, region: &Region) -> bool {
+        self.record(region).is_some_and(|r| {
+            told_cycle(region, r)
+                .into_iter()
+                .any(|(c, _)| !connector::snapshot(region, c).is_ok_and(|s| s.is_alive()))
+        })
+    }
+
     /// The request is over (whatever its answer): the wait ends.
     pub(crate) fn clear(&mut self, region: &Region) {
         if !self.set {
@@ -344,6 +355,24 @@ impl Waiter {
             r.state.swap(state(self.seq, 0), Ordering::AcqRel);
         }
     }
+}
+
+/// The cycle the detector wrote into a victim's record: `(member, slot)`
+/// from the victim on, the members it names (at most [`CYCLE_KEPT`]; the
+/// record is untrusted: a member out of range is left out).
+fn told_cycle(region: &Region, r: &WaitRecord) -> Vec<(ConnectorId, u32)> {
+    let len = (r.victim.load(Ordering::Relaxed) >> 32) as usize;
+    let mut cycle = Vec::new();
+    for i in 0..len.min(CYCLE_KEPT) {
+        let w = r.cycle[i / 2].load(Ordering::Relaxed) >> (32 * (i % 2)) & 0xffff_ffff;
+        let Some(c) = ((w >> 24) as u32).checked_sub(1) else {
+            continue;
+        };
+        if let Ok(c) = region.check_member(c) {
+            cycle.push((c, (w & 0xff_ffff) as u32));
+        }
+    }
+    cycle
 }
 
 /// The mode of a cycle member's record, as it says now (a record released

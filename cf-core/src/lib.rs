@@ -288,6 +288,49 @@ pub mod testing {
         }
     }
 
+    /// The word `i` of the wait record in block `block` of `member`
+    /// (`shm/slots.rs`, `WaitRecord`): 0 state, 1 holder, 2 request, 3
+    /// conflicts, 4 since_ns, 5 victim, 6..12 cycle; `None` out of range.
+    fn wait_word(
+        region: &Region,
+        member: ConnectorId,
+        block: u32,
+        i: u32,
+    ) -> Option<&crate::sync::AtomicU64> {
+        let w = &crate::lock::records::block(region, member, block)?.wait;
+        Some(match i {
+            0 => &w.state,
+            1 => &w.holder,
+            2 => &w.request,
+            3 => &w.conflicts,
+            4 => &w.since_ns,
+            5 => &w.victim,
+            6..=11 => &w.cycle[i as usize - 6],
+            _ => return None,
+        })
+    }
+
+    /// Overwrite word `i` (< 12, see [`read_wait_word`]) of the wait record
+    /// in block `block` of `member` (damage injection).
+    pub fn write_wait_word(region: &Region, member: ConnectorId, block: u32, i: u32, value: u64) {
+        if let Some(w) = wait_word(region, member, block, i) {
+            w.store(value, Ordering::Release);
+        }
+    }
+
+    /// Word `i` of the wait record in block `block` of `member`: 0 state, 1
+    /// holder, 2 request (`[entry:32][slot:32]`), 3 conflicts, 4 since_ns, 5
+    /// victim, 6..12 cycle (0 if out of range).
+    pub fn read_wait_word(region: &Region, member: ConnectorId, block: u32, i: u32) -> u64 {
+        wait_word(region, member, block, i).map_or(0, |w| w.load(Ordering::Acquire))
+    }
+
+    /// The owner token of block `block` of `member` (0: free).
+    pub fn block_owner(region: &Region, member: ConnectorId, block: u32) -> u64 {
+        crate::lock::records::block(region, member, block)
+            .map_or(0, |b| b.owner.load(Ordering::Acquire))
+    }
+
     /// Set the connect latch to `token` (a process `ProcessId::token`, 0: free).
     pub fn set_connect_latch(region: &Region, token: u64) {
         region

@@ -13,5 +13,5 @@ pub use slot::{
 };
 pub(crate) use slot::{
     cas_state, choose_slot, load_state, name_of, occupy, process_of, set_state, snapshot, vacate,
-    SlotChoice,
+    SlotChoice, Snapshot,
 };

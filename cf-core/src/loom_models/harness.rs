@@ -31,11 +31,20 @@ pub(super) fn check<F>(preemptions: usize, f: F) -> usize
 where
     F: Fn() + Sync + Send + 'static,
 {
+    check_long(preemptions, 20_000, f)
+}
+
+/// [`check`] for a model whose executions are long (more than 20 000
+/// branches each: several processes through several protocols).
+pub(super) fn check_long<F>(preemptions: usize, branches: usize, f: F) -> usize
+where
+    F: Fn() + Sync + Send + 'static,
+{
     let mut builder = loom::model::Builder::new();
     if builder.preemption_bound.is_none() {
         builder.preemption_bound = Some(preemptions);
     }
-    builder.max_branches = builder.max_branches.max(20_000);
+    builder.max_branches = builder.max_branches.max(branches);
     let executions = Arc::new(StdCounter::new(0));
     let counted = executions.clone();
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -47,6 +47,10 @@ use std::time::{Duration, Instant};
 /// "contention", naming the holder, instead of hanging.
 pub const TRY_WAIT: Duration = Duration::from_secs(1);
 
+/// How long a `lock` whose timeout the clock cannot add (`Duration::MAX`)
+/// waits: a century.
+const NO_END: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// A lock held by a [`Holder`]: pass it back to [`Holder::unlock`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LockId {
@@ -277,7 +281,8 @@ impl Holder {
         self.acquire(resource, mode, None)
     }
 
-    /// Ask for `resource` in `mode`, waiting up to `timeout` for live holders.
+    /// Ask for `resource` in `mode`, waiting up to `timeout` for live holders
+    /// (`Duration::MAX`: no end).
     #[inline]
     pub fn lock(
         &mut self,
@@ -552,7 +557,12 @@ impl Holder {
         let mut bypassed = 0u32;
         let mut woken_by_change = false;
         let wait_for_live = timeout.is_some();
-        let deadline = crate::sync::now() + timeout.unwrap_or(TRY_WAIT);
+        // A timeout past what the clock can say (`Duration::MAX`: none) is
+        // a century: `now + timeout` would panic (attack14).
+        let now = crate::sync::now();
+        let deadline = now
+            .checked_add(timeout.unwrap_or(TRY_WAIT))
+            .unwrap_or_else(|| now + NO_END);
         let mut counted_contention = false;
         let mut slice = entry::FIRST_SLICE;
         // The last sleep passed a whole slice without the word changing:
@@ -661,20 +671,20 @@ impl Holder {
                 }
                 return Ok(TryOutcome::Retained(h));
             }
-            if wait_for_live {
+            if wait_for_live && self.wait.told(region) {
                 // Deadlock detection (`deadlock.rs`): a victim gives up its
-                // request, unless a holder it waits for died meanwhile (no
-                // cycle through a dead member).
-                if self.wait.told(region) {
+                // request, unless a member of its cycle died meanwhile (no
+                // cycle through a dead member): then the flag is taken back
+                // and the request waits on as it was (urgent if it was), its
+                // look cleaning a dead holder up first. A dead holder outside
+                // the cycle breaks nothing: the victim still backs out
+                // (attack14: it waited on as long as that cleanup lasted).
+                if self.wait.cycle_lost_a_member(region) {
+                    self.wait.untell(region);
+                    stale = true;
+                } else {
+                    // (Its unlatch wakes those behind an URGENT record.)
                     l.step_out_for_good(region, &req)?;
-                    req.urgent = false;
-                    req.half_made = false;
-                    let dead = clean_dead(region, me, conflicts, deadline)?;
-                    if dead.changed || dead.cleaning || class.being_cleaned {
-                        self.wait.untell(region);
-                        stale = false;
-                        continue;
-                    }
                     free_record(false);
                     self.victim = Some(self.wait.victim_answer(region));
                     return Ok(TryOutcome::Contention(dedup_holders(region, conflicts)));
@@ -934,6 +944,12 @@ struct DeadHolders {
     cleaning: bool,
 }
 
+/// A member whose process is dead (its slot says otherwise) or that is
+/// being cleaned up.
+fn is_dead(snap: &connector::Snapshot) -> bool {
+    snap.st.state == MemberState::Cleaning || (snap.st.state.has_process() && !snap.is_alive())
+}
+
 /// Clean up the conflicting holders whose processes are dead, within the
 /// request's deadline, never waiting for another cleaner.
 fn clean_dead(
@@ -952,10 +968,7 @@ fn clean_dead(
             continue;
         }
         seen |= word::bit(r.member);
-        let snap = connector::snapshot(region, r.member)?;
-        let dead = snap.st.state == MemberState::Cleaning
-            || (snap.st.state.has_process() && !snap.is_alive());
-        if !dead {
+        if !is_dead(&connector::snapshot(region, r.member)?) {
             continue;
         }
         match recovery::try_clean(region, r.member, Some(me), 0, Some(deadline))? {
