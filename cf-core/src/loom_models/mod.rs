@@ -21,6 +21,7 @@ mod harness;
 mod attack;
 mod attack12;
 mod attack13;
+mod attack15;
 mod attack2;
 mod attack3;
 mod claim;

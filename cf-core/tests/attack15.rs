@@ -1,0 +1,396 @@
+//! attack15: lock conversion (rule 8), a holder never waiting for itself
+//! (rule 7) and the contention counters, attacked on the fast path's
+//! edges, with siblings, urgent requests, the detector and damage. On a
+//! tiny lock table (16 entries); deaths are faked (a reused PID).
+
+use cf_core::deadlock;
+use cf_core::{
+    connector, inspect, testing, CreateOptions, LockId, LockMode, Member, Mode, Plex, Region,
+    Sizes, TryOutcome, WaitError,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use LockMode::*;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn region() -> (tempfile::TempDir, Arc<Region>) {
+    let dir = tempfile::tempdir().unwrap();
+    let plex = Plex {
+        dir: dir.path().into(),
+    };
+    let opts = CreateOptions {
+        sizes: Sizes {
+            lock_entries: 16,
+            members: 4,
+            records_per_member: 256,
+        },
+        group_access: false,
+    };
+    let r = Arc::new(Region::create(&plex, &opts).unwrap());
+    (dir, r)
+}
+
+fn granted(o: TryOutcome) -> LockId {
+    match o {
+        TryOutcome::Granted(id) => id,
+        other => panic!("not granted: {other:?}"),
+    }
+}
+
+fn contention(o: TryOutcome) {
+    assert!(matches!(o, TryOutcome::Contention(_)), "{o:?}");
+}
+
+fn held(r: &Region) -> Vec<(String, String, Mode)> {
+    let mut v: Vec<_> = inspect::locks(r)
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.held)
+        .map(|l| (l.member, l.resource, l.mode))
+        .collect();
+    v.sort_by(|a, b| (&a.0, &a.1, a.2.as_str()).cmp(&(&b.0, &b.1, b.2.as_str())));
+    v
+}
+
+fn clean(r: &Region) {
+    assert!(inspect::verify(r).is_empty(), "{:?}", inspect::verify(r));
+}
+
+fn at_rest(r: &Region) {
+    assert!(deadlock::waits(r).is_empty(), "{:?}", deadlock::waits(r));
+    assert!(inspect::locks(r).unwrap().is_empty(), "{:?}", held(r));
+    clean(r);
+    for e in r.entry_indices() {
+        let w = testing::read_lock_word(r, e);
+        assert!(w.is_free(), "entry {e}: {:#x}", w.0);
+    }
+}
+
+/// S taken on the fast path, promoted to X, released with the *old* id (whose
+/// mode is S): the fast share release must not apply to the mixed word.
+#[test]
+fn s_taken_fast_promoted_and_unlocked_with_the_old_id() {
+    let (_d, r) = region();
+    let a = Member::connect(r.clone(), "A").unwrap();
+    let b = Member::connect(r.clone(), "B").unwrap();
+    let (mut ha, mut hb) = (a.holder().unwrap(), b.holder().unwrap());
+    let s = granted(ha.try_lock(b"acct", Mode::Share).unwrap());
+    assert!(!testing::read_lock_word(&r, s.entry).is_mixed(), "fast");
+    let x = granted(ha.try_convert(s, Mode::Exclusive).unwrap());
+    assert_eq!(x.slot, s.slot);
+    contention(hb.try_lock(b"acct", Mode::Share).unwrap());
+    clean(&r);
+    ha.unlock(s).unwrap();
+    let sb = granted(hb.try_lock(b"acct", Mode::Share).unwrap());
+    // The stale id is gone now.
+    assert!(ha.unlock(x).is_err());
+    hb.unlock(sb).unwrap();
+    drop((ha, hb));
+    at_rest(&r);
+    a.disconnect().unwrap();
+    b.disconnect().unwrap();
+}
+
+/// X taken on the fast path, demoted to S, another member takes S beside it;
+/// released with the old id (X) or the new one (S), in both orders.
+#[test]
+fn x_taken_fast_demoted_then_shared_then_unlocked_with_either_id() {
+    let (_d, r) = region();
+    let a = Member::connect(r.clone(), "A").unwrap();
+    let b = Member::connect(r.clone(), "B").unwrap();
+    let (mut ha, mut hb) = (a.holder().unwrap(), b.holder().unwrap());
+    for (old_id, a_first) in [(true, true), (true, false), (false, true), (false, false)] {
+        let x = granted(ha.try_lock(b"acct", Mode::Exclusive).unwrap());
+        let w = testing::read_lock_word(&r, x.entry);
+        assert!(!w.is_mixed() && w.holder() == Some(a.id()), "{:#x}", w.0);
+        let s = granted(ha.try_convert(x, Mode::Share).unwrap());
+        let sb = granted(hb.try_lock(b"acct", Mode::Share).unwrap());
+        contention(hb.try_lock(b"acct", Mode::Exclusive).unwrap());
+        clean(&r);
+        let mine = if old_id { x } else { s };
+        if a_first {
+            ha.unlock(mine).unwrap();
+            clean(&r);
+            hb.unlock(sb).unwrap();
+        } else {
+            hb.unlock(sb).unwrap();
+            clean(&r);
+            // B's S is gone: A's S is alone, a fast exclusive must not slip in.
+            let w = testing::read_lock_word(&r, x.entry);
+            assert!(w.is_mixed(), "{:#x}", w.0);
+            contention(hb.try_lock(b"acct", Mode::Exclusive).unwrap());
+            ha.unlock(mine).unwrap();
+        }
+        at_rest(&r);
+    }
+    drop((ha, hb));
+    a.disconnect().unwrap();
+    b.disconnect().unwrap();
+}
+
+/// Rule 7 on the fast path: X held fast, the same holder asks S and X again
+/// (granted on the latched path); released in every order, the word stays
+/// right and another member gets in exactly when it should.
+#[test]
+fn own_second_locks_beside_a_fast_x_released_in_any_order() {
+    let (_d, r) = region();
+    let a = Member::connect(r.clone(), "A").unwrap();
+    let b = Member::connect(r.clone(), "B").unwrap();
+    let (mut ha, mut hb) = (a.holder().unwrap(), b.holder().unwrap());
+    for order in 0..6usize {
+        let x = granted(ha.try_lock(b"page", Mode::Exclusive).unwrap());
+        let s = granted(ha.try_lock(b"page", Mode::Share).unwrap());
+        let x2 = granted(ha.try_lock(b"page", Mode::Exclusive).unwrap());
+        clean(&r);
+        let mut ids = vec![x, s, x2];
+        // A permutation of the three.
+        let perm = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]][order];
+        let ordered: Vec<LockId> = perm.iter().map(|&i| ids[i]).collect();
+        ids.clear();
+        for (k, id) in ordered.iter().enumerate() {
+            ha.unlock(*id).unwrap();
+            clean(&r);
+            let left: Vec<_> = ordered[k + 1..].to_vec();
+            let any_x = left.iter().any(|l| l.mode == Mode::Exclusive);
+            match hb.try_lock(b"page", Mode::Share).unwrap() {
+                TryOutcome::Granted(sb) => {
+                    assert!(!any_x, "S granted beside A's X: {:?}", held(&r));
+                    hb.unlock(sb).unwrap();
+                }
+                TryOutcome::Contention(_) => assert!(any_x, "{:?}", held(&r)),
+                other => panic!("{other:?}"),
+            }
+            clean(&r);
+        }
+        at_rest(&r);
+    }
+    drop((ha, hb));
+    a.disconnect().unwrap();
+    b.disconnect().unwrap();
+}
+
+/// Two sibling threads of one member both hold S and both promote to X: a
+/// deadlock between threads of one member, one victim, which keeps its S.
+#[test]
+fn two_sibling_promotions_are_a_deadlock_with_one_victim() {
+    let (_d, r) = region();
+    let a = Member::connect(r.clone(), "A").unwrap();
+    let (mut h1, mut h2) = (a.holder().unwrap(), a.holder().unwrap());
+    let s1 = h1.lock(b"page", Mode::Share, PATIENCE).unwrap();
+    let s2 = h2.lock(b"page", Mode::Share, PATIENCE).unwrap();
+    let t1 = std::thread::spawn(move || {
+        let out = h1.convert(s1, Mode::Exclusive, PATIENCE);
+        (h1, s1, out)
+    });
+    let t2 = std::thread::spawn(move || {
+        let out = h2.convert(s2, Mode::Exclusive, PATIENCE);
+        (h2, s2, out)
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while deadlock::waits(&r).len() < 2 {
+        assert!(Instant::now() < deadline, "{:?}", deadlock::waits(&r));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let d = deadlock::detect_once(&r, None).unwrap();
+    assert_eq!(d.victims.len(), 1, "{d:?}");
+    let victim_holder = d.victims[0].waiting.holder;
+    let (r1, r2) = (t1, t2);
+    // Whichever was told: it answers Deadlock and keeps S, then lets go.
+    let mut joined = Vec::new();
+    for t in [r1, r2] {
+        joined.push(t);
+    }
+    let mut results = Vec::new();
+    let mut pending = joined;
+    // The victim answers first; the other waits for the victim's S.
+    let start = Instant::now();
+    while !pending.is_empty() {
+        let mut i = 0;
+        while i < pending.len() {
+            if pending[i].is_finished() {
+                let (mut h, old, out) = pending.remove(i).join().unwrap();
+                match out {
+                    Err(WaitError::Deadlock { .. }) => {
+                        assert!(held(&r).contains(&("A".into(), "page".into(), Mode::Share)));
+                        h.unlock(old).unwrap();
+                        results.push(("victim", h, None));
+                    }
+                    Ok(x) => results.push(("winner", h, Some(x))),
+                    Err(e) => panic!("{e}"),
+                }
+            } else {
+                i += 1;
+            }
+        }
+        assert!(start.elapsed() < PATIENCE, "hang");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = victim_holder;
+    assert_eq!(results.iter().filter(|r| r.0 == "victim").count(), 1);
+    for (_, mut h, x) in results {
+        if let Some(x) = x {
+            h.unlock(x).unwrap();
+        }
+        drop(h);
+    }
+    at_rest(&r);
+    a.disconnect().unwrap();
+}
+
+/// A promotion that waits long enough to turn URGENT (the holdings of the
+/// entry change under it: a third member's IS comes and goes) and then times
+/// out leaves no urgent record, no wait record and no stray bit, and the old
+/// S lock is intact.
+#[test]
+fn an_urgent_promotion_that_times_out_leaves_nothing_behind() {
+    let (_d, r) = region();
+    let a = Member::connect(r.clone(), "A").unwrap();
+    let b = Member::connect(r.clone(), "B").unwrap();
+    let c = Member::connect(r.clone(), "C").unwrap();
+    let (mut ha, mut hb) = (a.holder().unwrap(), b.holder().unwrap());
+    let sa = ha.lock(b"row", Mode::Share, PATIENCE).unwrap();
+    let sb = hb.lock(b"row", Mode::Share, PATIENCE).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let st = stop.clone();
+    let churn = std::thread::spawn(move || {
+        let mut hc = c.holder().unwrap();
+        while !st.load(std::sync::atomic::Ordering::Relaxed) {
+            if let TryOutcome::Granted(id) = hc.try_lock(b"row", Mode::lock(IS)).unwrap() {
+                hc.unlock(id).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        drop(hc);
+        c
+    });
+    let out = ha.convert(sa, Mode::Exclusive, Duration::from_millis(600));
+    assert!(matches!(out, Err(WaitError::Timeout(_))), "{out:?}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let c = churn.join().unwrap();
+    assert!(deadlock::waits(&r).is_empty());
+    assert_eq!(
+        held(&r),
+        vec![
+            ("A".into(), "row".into(), Mode::Share),
+            ("B".into(), "row".into(), Mode::Share)
+        ]
+    );
+    assert!(inspect::locks(&r).unwrap().iter().all(|l| l.held));
+    clean(&r);
+    // The old id still works; so does a later promotion.
+    hb.unlock(sb).unwrap();
+    let x = granted(ha.try_convert(sa, Mode::Exclusive).unwrap());
+    ha.unlock(x).unwrap();
+    drop((ha, hb));
+    at_rest(&r);
+    for m in [a, b, c] {
+        m.disconnect().unwrap();
+    }
+}
+
+/// The counters of conversions: XES for a promotion beside another member's
+/// compatible holding, nothing for a sibling's, IRLM once for a promotion
+/// that waits and is then granted.
+#[test]
+fn conversions_are_counted_once_in_one_class() {
+    let (_d, r) = region();
+    let a = Member::connect(r.clone(), "A").unwrap();
+    let b = Member::connect(r.clone(), "B").unwrap();
+    let (mut ha, mut hb) = (a.holder().unwrap(), b.holder().unwrap());
+    let mut ha2 = a.holder().unwrap();
+    let before = connector::activity(&r, a.id()).unwrap();
+    // B holds IX; A's IS promoted to IX: compatible, exclusive interest
+    // both: XES.
+    let ixb = granted(hb.try_lock(b"t", Mode::lock(IX)).unwrap());
+    let isa = granted(ha.try_lock(b"t", Mode::lock(IS)).unwrap()); // XES (IS beside IX)
+    let ixa = granted(ha.try_convert(isa, Mode::lock(IX)).unwrap()); // XES
+    hb.unlock(ixb).unwrap();
+    // A sibling's IX beside it: no global contention.
+    let ix2 = granted(ha2.try_lock(b"t", Mode::lock(IX)).unwrap());
+    ha2.unlock(ix2).unwrap();
+    // Demotion with nobody else: none.
+    let isa = granted(ha.try_convert(ixa, Mode::lock(IS)).unwrap());
+    // B holds S; A's IS to X waits for it: IRLM once, then granted.
+    let sb = granted(hb.try_lock(b"t", Mode::Share).unwrap());
+    let t = std::thread::spawn(move || {
+        let out = ha.convert(isa, Mode::Exclusive, PATIENCE);
+        (ha, out)
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while deadlock::waits(&r).is_empty() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    hb.unlock(sb).unwrap();
+    let (mut ha, out) = t.join().unwrap();
+    let x = out.unwrap();
+    ha.unlock(x).unwrap();
+    drop((ha, ha2, hb));
+    let after = connector::activity(&r, a.id()).unwrap();
+    assert_eq!(after.requests - before.requests, 5, "{after:?}");
+    assert_eq!(after.xes_contention - before.xes_contention, 2, "{after:?}");
+    assert_eq!(after.false_contention - before.false_contention, 0, "{after:?}");
+    assert_eq!(after.irlm_contention - before.irlm_contention, 1, "{after:?}");
+    at_rest(&r);
+    a.disconnect().unwrap();
+    b.disconnect().unwrap();
+}
+
+/// Damage: the converted record's meta word is garbage (length 0, or a bad
+/// mode): the conversion is a typed error, never a panic or a grant, and
+/// nothing is left latched.
+#[test]
+fn a_conversion_of_a_damaged_record_is_a_typed_error() {
+    for meta in [0u64, 0xff, 4 | 0xee << 8, 4 | 3 << 8 | 0x7 << 16] {
+        let (_d, r) = region();
+        let a = Member::connect(r.clone(), "A").unwrap();
+        let mut ha = a.holder().unwrap();
+        let s = granted(ha.try_lock(b"acct", Mode::Share).unwrap());
+        testing::write_record_word(&r, a.id(), s.slot, 0, meta);
+        let out = ha.try_convert(s, Mode::Exclusive);
+        assert!(out.is_err(), "{meta:#x}: {out:?}");
+        let w = testing::read_lock_word(&r, s.entry);
+        assert!(!w.is_mixed() || w.holder().is_none(), "latched: {:#x}", w.0);
+        std::mem::forget(ha);
+        std::mem::forget(a);
+    }
+}
+
+/// The lock a conversion converts is released under it while it waits
+/// (`Member::release_record` by slot, which checks only that the record is
+/// held: the lock is gone, and another member may take it). Granted, the
+/// conversion would rewrite the mode of a freed record, answer "granted" for
+/// a lock nobody holds and publish its member's bit with nothing held.
+#[test]
+fn a_conversion_whose_lock_is_released_under_it_is_not_granted() {
+    let (_d, r) = region();
+    let a = Member::connect(r.clone(), "A").unwrap();
+    let b = Member::connect(r.clone(), "B").unwrap();
+    let (mut ha, mut hb) = (a.holder().unwrap(), b.holder().unwrap());
+    let sa = ha.lock(b"row", Mode::Share, PATIENCE).unwrap();
+    let sb = hb.lock(b"row", Mode::Share, PATIENCE).unwrap();
+    let t = std::thread::spawn(move || {
+        let out = ha.convert(sa, Mode::Exclusive, PATIENCE);
+        (ha, out)
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while deadlock::waits(&r).is_empty() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    a.release_record(sa.slot).unwrap();
+    hb.unlock(sb).unwrap();
+    let (mut ha, out) = t.join().unwrap();
+    assert!(out.is_err(), "granted a lock nobody holds: {out:?}");
+    assert!(held(&r).is_empty(), "{:?}", held(&r));
+    // B can have it exclusively: nothing is held.
+    let xb = granted(hb.try_lock(b"row", Mode::Exclusive).unwrap());
+    hb.unlock(xb).unwrap();
+    assert!(ha.unlock(sa).is_err());
+    drop((ha, hb));
+    at_rest(&r);
+    a.disconnect().unwrap();
+    b.disconnect().unwrap();
+}
