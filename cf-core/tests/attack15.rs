@@ -145,7 +145,14 @@ fn own_second_locks_beside_a_fast_x_released_in_any_order() {
         clean(&r);
         let mut ids = vec![x, s, x2];
         // A permutation of the three.
-        let perm = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]][order];
+        let perm = [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ][order];
         let ordered: Vec<LockId> = perm.iter().map(|&i| ids[i]).collect();
         ids.clear();
         for (k, id) in ordered.iter().enumerate() {
@@ -331,8 +338,16 @@ fn conversions_are_counted_once_in_one_class() {
     let after = connector::activity(&r, a.id()).unwrap();
     assert_eq!(after.requests - before.requests, 5, "{after:?}");
     assert_eq!(after.xes_contention - before.xes_contention, 2, "{after:?}");
-    assert_eq!(after.false_contention - before.false_contention, 0, "{after:?}");
-    assert_eq!(after.irlm_contention - before.irlm_contention, 1, "{after:?}");
+    assert_eq!(
+        after.false_contention - before.false_contention,
+        0,
+        "{after:?}"
+    );
+    assert_eq!(
+        after.irlm_contention - before.irlm_contention,
+        1,
+        "{after:?}"
+    );
     at_rest(&r);
     a.disconnect().unwrap();
     b.disconnect().unwrap();

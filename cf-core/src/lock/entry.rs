@@ -101,8 +101,11 @@
 //!    retained lock like any request; by rule 7 the lock it converts never
 //!    conflicts with it. Granted ([`Latched::grant_conversion`]), the
 //!    converted record takes the new mode in place under the latch and the
-//!    request's record is freed. Refused or out of time, the request's
-//!    record goes and the lock is still held in its old mode. The modify
+//!    request's record is freed; if the converted record is no longer HELD
+//!    then (released under the waiting request by slot,
+//!    `Member::release_record`, or damage), nothing is rewritten: the request
+//!    gives up and answers "not held" (attack15). Refused or out of time,
+//!    the request's record goes and the lock is still held in its old mode. The modify
 //!    flag is kept: a conversion may add it, never drop it. Two holders of
 //!    S that both convert to X wait for each other: a deadlock, whose
 //!    victim keeps its S lock (its caller backs out and releases it).

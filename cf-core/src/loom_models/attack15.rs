@@ -55,7 +55,11 @@ fn a_promotion_released_with_its_old_share_id() {
         tb.join().unwrap().unwrap().disconnect().unwrap();
         ta.join().unwrap().unwrap().disconnect().unwrap();
         assert!(word_is_free(&r));
-        assert!(at_rest_problems(&r).is_empty(), "{:?}", at_rest_problems(&r));
+        assert!(
+            at_rest_problems(&r).is_empty(),
+            "{:?}",
+            at_rest_problems(&r)
+        );
     });
 }
 
@@ -95,7 +99,11 @@ fn an_own_share_beside_a_fast_exclusive_then_the_exclusive_goes() {
         tb.join().unwrap().unwrap().disconnect().unwrap();
         ta.join().unwrap().unwrap().disconnect().unwrap();
         assert!(word_is_free(&r));
-        assert!(at_rest_problems(&r).is_empty(), "{:?}", at_rest_problems(&r));
+        assert!(
+            at_rest_problems(&r).is_empty(),
+            "{:?}",
+            at_rest_problems(&r)
+        );
     });
 }
 
@@ -133,6 +141,10 @@ fn a_demotion_released_with_its_old_exclusive_id() {
         tb.join().unwrap().unwrap().disconnect().unwrap();
         ta.join().unwrap().unwrap().disconnect().unwrap();
         assert!(word_is_free(&r));
-        assert!(at_rest_problems(&r).is_empty(), "{:?}", at_rest_problems(&r));
+        assert!(
+            at_rest_problems(&r).is_empty(),
+            "{:?}",
+            at_rest_problems(&r)
+        );
     });
 }

@@ -611,6 +611,17 @@ impl Holder {
                 Ok(Decision::Grant { contention }) => {
                     let granted = match converts {
                         Some((old, from)) => {
+                            // The lock converted must still be ours, held
+                            // (`Member::release_record` by slot, or damage,
+                            // may have let it go while we waited): else its
+                            // mode is not rewritten in a freed record, and
+                            // our bit is recomputed without it.
+                            if records::tag(region, me, old)?.load(Ordering::Acquire)
+                                != TAG_HELD | entry.get()
+                            {
+                                l.give_up(region, &req)?;
+                                return Err(AcquireError::NotHeld(SlotIndex::new(old)));
+                            }
                             l.grant_conversion(region, &req, old, from)?;
                             old
                         }
