@@ -105,10 +105,10 @@
 //!    then (released under the waiting request by slot,
 //!    `Member::release_record`, or damage), nothing is rewritten: the request
 //!    gives up and answers "not held" (attack15). Refused or out of time,
-//!    the request's record goes and the lock is still held in its old mode. The modify
-//!    flag is kept: a conversion may add it, never drop it. Two holders of
-//!    S that both convert to X wait for each other: a deadlock, whose
-//!    victim keeps its S lock (its caller backs out and releases it).
+//!    the request's record goes and the lock is still held in its old mode.
+//!    The modify flag is kept: a conversion may add it, never drop it. Two
+//!    holders of S that both convert to X wait for each other: a deadlock,
+//!    whose victim keeps its S lock (its caller backs out and releases it).
 //!
 //! # Contention (what the counters say)
 //! A request that cannot be settled by one CAS is decided here, and counted
