@@ -409,3 +409,237 @@ fn a_conversion_whose_lock_is_released_under_it_is_not_granted() {
     a.disconnect().unwrap();
     b.disconnect().unwrap();
 }
+
+/// A sequential random walk over try requests, conversions and releases of
+/// two holders in each of two members (so siblings and other members), on
+/// resources of which two share an entry: every answer is what the
+/// compatibility table says (a holder's own locks never conflict, rule 7;
+/// a conversion is judged against everyone else's locks, rule 8), a
+/// conversion keeps the slot, a release is made with the lock's id from
+/// before or after its conversions, and `inspect::verify` is clean after
+/// every step. The lock words' fast and mixed modes are all crossed.
+#[test]
+fn a_random_walk_of_conversions_and_own_locks_matches_the_table() {
+    let (_d, r) = region();
+    let a = Member::connect(r.clone(), "A").unwrap();
+    let b = Member::connect(r.clone(), "B").unwrap();
+    let mut hs = vec![
+        a.holder().unwrap(),
+        a.holder().unwrap(),
+        b.holder().unwrap(),
+        b.holder().unwrap(),
+    ];
+    // Two names on one entry, one elsewhere.
+    let mut names: Vec<Vec<u8>> = Vec::new();
+    {
+        let mut by_entry: std::collections::HashMap<u32, Vec<Vec<u8>>> = Default::default();
+        for i in 0..200 {
+            let n = format!("r{i}").into_bytes();
+            let id = granted(hs[0].try_lock(&n, Mode::Share).unwrap());
+            hs[0].unlock(id).unwrap();
+            by_entry.entry(id.entry.get()).or_default().push(n);
+        }
+        let mut groups: Vec<_> = by_entry.into_values().collect();
+        groups.sort_by_key(|g| std::cmp::Reverse(g.len()));
+        names.push(groups[0][0].clone());
+        names.push(groups[0][1].clone());
+        names.push(groups[1][0].clone());
+    }
+    let modes = [IS, IX, S, SIX, U, X];
+    // Per holder: (resource index, mode held, id as first granted, id now).
+    let mut held_by: Vec<Vec<(usize, Mode, LockId, LockId)>> = vec![Vec::new(); 4];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let compatible_with_others =
+        |held_by: &Vec<Vec<(usize, Mode, LockId, LockId)>>, me: usize, res: usize, mode: Mode| {
+            held_by.iter().enumerate().all(|(h, hl)| {
+                h == me
+                    || hl
+                        .iter()
+                        .all(|&(rr, m, _, _)| rr != res || m.compatible(mode))
+            })
+        };
+    for step in 0..4000 {
+        let h = rnd(4);
+        let op = rnd(3);
+        if op == 0 || held_by[h].is_empty() {
+            let res = rnd(3);
+            let mode = Mode::new(modes[rnd(6)], rnd(2) == 0);
+            let ok = compatible_with_others(&held_by, h, res, mode);
+            match hs[h].try_lock(&names[res], mode).unwrap() {
+                TryOutcome::Granted(id) => {
+                    assert!(
+                        ok,
+                        "step {step}: {h} granted {mode} on {res}: {:?}",
+                        held(&r)
+                    );
+                    held_by[h].push((res, mode, id, id));
+                }
+                TryOutcome::Contention(_) => {
+                    assert!(
+                        !ok,
+                        "step {step}: {h} refused {mode} on {res}: {:?}",
+                        held(&r)
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+        } else if op == 1 {
+            let i = rnd(held_by[h].len());
+            let (res, from, first, now) = held_by[h][i];
+            let to = Mode::new(modes[rnd(6)], rnd(2) == 0);
+            let want = Mode::new(to.lock_mode(), to.is_modify() || from.is_modify());
+            let ok = compatible_with_others(&held_by, h, res, want);
+            let id = if rnd(2) == 0 { first } else { now };
+            match hs[h].try_convert(id, to).unwrap() {
+                TryOutcome::Granted(c) => {
+                    assert!(
+                        ok || want == from,
+                        "step {step}: {h} converted {from} to {want} on {res}: {:?}",
+                        held(&r)
+                    );
+                    assert_eq!((c.slot, c.mode), (first.slot, want));
+                    held_by[h][i] = (res, want, first, c);
+                }
+                TryOutcome::Contention(_) => {
+                    assert!(!ok, "step {step}: {h} refused {from}->{want} on {res}")
+                }
+                other => panic!("{other:?}"),
+            }
+        } else {
+            let i = rnd(held_by[h].len());
+            let (_, _, first, now) = held_by[h].swap_remove(i);
+            hs[h].unlock(if rnd(2) == 0 { first } else { now }).unwrap();
+        }
+        assert!(
+            inspect::verify(&r).is_empty(),
+            "step {step}: {:?}",
+            inspect::verify(&r)
+        );
+        let n: usize = held_by.iter().map(|v| v.len()).sum();
+        assert_eq!(held(&r).len(), n, "step {step}");
+    }
+    for (h, hl) in held_by.into_iter().enumerate() {
+        for (_, _, first, _) in hl {
+            hs[h].unlock(first).unwrap();
+        }
+    }
+    drop(hs);
+    at_rest(&r);
+    a.disconnect().unwrap();
+    b.disconnect().unwrap();
+}
+
+/// The random walk, then member B dies (its holders' conversions and own
+/// second locks among what it holds): the cleanup keeps exactly B's modify
+/// locks, each in the mode its last conversion gave it, and A's requests
+/// are then refused as retained exactly where a kept lock conflicts.
+#[test]
+fn a_member_dying_after_a_random_walk_keeps_its_modify_locks_in_their_last_mode() {
+    for seed0 in [1u64, 7, 42, 1234, 99_999] {
+        let (_d, r) = region();
+        let a = Member::connect(r.clone(), "A").unwrap();
+        let b = Member::connect(r.clone(), "B").unwrap();
+        let mut hs = vec![
+            a.holder().unwrap(),
+            b.holder().unwrap(),
+            b.holder().unwrap(),
+        ];
+        let names: Vec<Vec<u8>> = (0..3).map(|i| format!("q{i}").into_bytes()).collect();
+        let modes = [IS, IX, S, SIX, U, X];
+        let mut held_by: Vec<Vec<(usize, Mode, LockId)>> = vec![Vec::new(); 3];
+        let mut seed = seed0.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut rnd = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for _ in 0..300 {
+            let h = rnd(3);
+            match rnd(3) {
+                0 => {
+                    let res = rnd(3);
+                    let mode = Mode::new(modes[rnd(6)], rnd(2) == 0);
+                    if let TryOutcome::Granted(id) = hs[h].try_lock(&names[res], mode).unwrap() {
+                        held_by[h].push((res, mode, id));
+                    }
+                }
+                1 if !held_by[h].is_empty() => {
+                    let i = rnd(held_by[h].len());
+                    let (res, _, id) = held_by[h][i];
+                    let to = Mode::new(modes[rnd(6)], rnd(2) == 0);
+                    if let TryOutcome::Granted(c) = hs[h].try_convert(id, to).unwrap() {
+                        held_by[h][i] = (res, c.mode, c);
+                    }
+                }
+                _ if !held_by[h].is_empty() => {
+                    let i = rnd(held_by[h].len());
+                    let (_, _, id) = held_by[h].swap_remove(i);
+                    hs[h].unlock(id).unwrap();
+                }
+                _ => {}
+            }
+        }
+        clean(&r);
+        // B dies.
+        let b_id = b.id();
+        let hb2 = hs.pop().unwrap();
+        let hb1 = hs.pop().unwrap();
+        std::mem::forget((hb1, hb2, b));
+        testing::fake_reused_pid(&r, b_id);
+        cf_core::recovery::cleanup_all_dead(&r).unwrap();
+        let mut want: Vec<(String, String, Mode)> = held_by[0]
+            .iter()
+            .map(|&(res, m, _)| ("A".into(), format!("q{res}"), m))
+            .chain(
+                held_by[1..]
+                    .iter()
+                    .flatten()
+                    .filter(|l| l.1.is_modify())
+                    .map(|&(res, m, _)| ("B".into(), format!("q{res}"), m)),
+            )
+            .collect();
+        want.sort_by(|a, b| (&a.0, &a.1, a.2.as_str()).cmp(&(&b.0, &b.1, b.2.as_str())));
+        assert_eq!(held(&r), want, "seed {seed0}");
+        assert!(
+            inspect::verify(&r).is_empty(),
+            "seed {seed0}: {:?}",
+            inspect::verify(&r)
+        );
+        // A's requests against B's kept locks.
+        let kept: Vec<(usize, Mode)> = held_by[1..]
+            .iter()
+            .flatten()
+            .filter(|l| l.1.is_modify())
+            .map(|l| (l.0, l.1))
+            .collect();
+        for res in 0..3 {
+            for &m in &modes {
+                let mode = Mode::lock(m);
+                let retained = kept
+                    .iter()
+                    .any(|&(r2, km)| r2 == res && !km.compatible(mode));
+                match hs[0].try_lock(&names[res], mode).unwrap() {
+                    TryOutcome::Granted(id) => {
+                        assert!(
+                            !retained,
+                            "seed {seed0}: {m:?} on q{res} granted: {:?}",
+                            held(&r)
+                        );
+                        hs[0].unlock(id).unwrap();
+                    }
+                    TryOutcome::Retained(_) => assert!(retained, "seed {seed0}"),
+                    other => panic!("seed {seed0}: {other:?}"),
+                }
+            }
+        }
+        std::mem::forget(hs);
+        std::mem::forget(a);
+    }
+}
