@@ -739,9 +739,19 @@ impl<'r> Latched<'r> {
         converted: u32,
         from: Mode,
     ) -> Result<(), CorruptError> {
-        records::set_mode(region, req.member, converted, req.mode)?;
+        // (An error leaves nothing latched: the caller frees the request's
+        // record.)
+        let tag = match records::set_mode(region, req.member, converted, req.mode)
+            .and_then(|()| records::tag(region, req.member, req.slot))
+        {
+            Ok(t) => t,
+            Err(e) => {
+                self.unlatch_unchanged(region);
+                return Err(e);
+            }
+        };
         crate::crash::point("convert.mode_written");
-        records::tag(region, req.member, req.slot)?.store(TAG_FREE, Ordering::Release);
+        tag.store(TAG_FREE, Ordering::Release);
         let change = if req.urgent || admits_more(req.mode, from) {
             Change::Holdings
         } else {

@@ -616,9 +616,9 @@ impl Holder {
                             // may have let it go while we waited): else its
                             // mode is not rewritten in a freed record, and
                             // our bit is recomputed without it.
-                            if records::tag(region, me, old)?.load(Ordering::Acquire)
-                                != TAG_HELD | entry.get()
-                            {
+                            let still =
+                                records::tag(region, me, old).map(|t| t.load(Ordering::Acquire));
+                            if still.ok() != Some(TAG_HELD | entry.get()) {
                                 l.give_up(region, &req)?;
                                 return Err(AcquireError::NotHeld(SlotIndex::new(old)));
                             }
