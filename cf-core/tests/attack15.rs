@@ -619,13 +619,13 @@ fn a_member_dying_after_a_random_walk_keeps_its_modify_locks_in_their_last_mode(
             .filter(|l| l.1.is_modify())
             .map(|l| (l.0, l.1))
             .collect();
-        for res in 0..3 {
+        for (res, name) in names.iter().enumerate() {
             for &m in &modes {
                 let mode = Mode::lock(m);
                 let retained = kept
                     .iter()
                     .any(|&(r2, km)| r2 == res && !km.compatible(mode));
-                match hs[0].try_lock(&names[res], mode).unwrap() {
+                match hs[0].try_lock(name, mode).unwrap() {
                     TryOutcome::Granted(id) => {
                         assert!(
                             !retained,
