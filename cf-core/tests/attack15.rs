@@ -643,3 +643,98 @@ fn a_member_dying_after_a_random_walk_keeps_its_modify_locks_in_their_last_mode(
         std::mem::forget(a);
     }
 }
+
+/// An urgent writer (rule 5) waits for two share holders that both promote
+/// to X (each waiting for the other's S, bypassing the urgent writer, which
+/// waits for their holdings anyway) while a reader waits behind the urgent
+/// writer: the detector breaks the promotions' cycle (one victim, which
+/// keeps its S and lets go), and then everyone is granted in turn: the
+/// promotion, the writer, the reader. Nothing is left behind.
+#[test]
+fn two_promotions_beside_an_urgent_writer_and_a_reader_behind_it_all_end() {
+    let (_d, r) = region();
+    let a = Member::connect(r.clone(), "A").unwrap();
+    let b = Member::connect(r.clone(), "B").unwrap();
+    let c = Member::connect(r.clone(), "C").unwrap();
+    let d = Member::connect(r.clone(), "D").unwrap();
+    let (mut ha, mut hb) = (a.holder().unwrap(), b.holder().unwrap());
+    let (mut hc, mut hd) = (c.holder().unwrap(), d.holder().unwrap());
+    let sa = ha.lock(b"page", Mode::Share, PATIENCE).unwrap();
+    let sb = hb.lock(b"page", Mode::Share, PATIENCE).unwrap();
+    let tc = std::thread::spawn(move || {
+        let x = hc.lock(b"page", Mode::Exclusive, PATIENCE).unwrap();
+        hc.unlock(x).unwrap();
+        hc
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while deadlock::waits(&r).is_empty() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // D's IS comes and goes (each a holdings change that bypasses C) until
+    // C is urgent and D is refused.
+    loop {
+        assert!(Instant::now() < deadline, "C never turned urgent");
+        match hd.try_lock(b"page", Mode::lock(IS)).unwrap() {
+            TryOutcome::Granted(id) => hd.unlock(id).unwrap(),
+            TryOutcome::Contention(_) => break,
+            other => panic!("{other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let td = std::thread::spawn(move || {
+        let is = hd.lock(b"page", Mode::lock(IS), PATIENCE).unwrap();
+        hd.unlock(is).unwrap();
+        hd
+    });
+    let ta = std::thread::spawn(move || {
+        let out = ha.convert(sa, Mode::Exclusive, PATIENCE);
+        (ha, sa, out)
+    });
+    let tb = std::thread::spawn(move || {
+        let out = hb.convert(sb, Mode::Exclusive, PATIENCE);
+        (hb, sb, out)
+    });
+    while deadlock::waits(&r).len() < 4 {
+        assert!(Instant::now() < deadline, "{:?}", deadlock::waits(&r));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let det = deadlock::detect_once(&r, None).unwrap();
+    assert_eq!(det.victims.len(), 1, "{det:?}");
+    let mut finished = Vec::new();
+    for t in [ta, tb] {
+        finished.push(t);
+    }
+    let mut left = finished;
+    let mut winner = None;
+    while !left.is_empty() {
+        assert!(Instant::now() < deadline, "promotions hang: {:?}", held(&r));
+        let mut i = 0;
+        while i < left.len() {
+            if left[i].is_finished() {
+                let (mut h, old, out) = left.remove(i).join().unwrap();
+                match out {
+                    Err(WaitError::Deadlock { .. }) => {
+                        h.unlock(old).unwrap();
+                        drop(h);
+                    }
+                    Ok(x) => winner = Some((h, x)),
+                    Err(e) => panic!("{e}"),
+                }
+            } else {
+                i += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (mut h, x) = winner.expect("one promotion granted");
+    assert_eq!(held(&r).len(), 1, "{:?}", held(&r));
+    h.unlock(x).unwrap();
+    drop(h);
+    drop(tc.join().unwrap());
+    drop(td.join().unwrap());
+    at_rest(&r);
+    for m in [a, b, c, d] {
+        m.disconnect().unwrap();
+    }
+}
