@@ -738,3 +738,69 @@ fn two_promotions_beside_an_urgent_writer_and_a_reader_behind_it_all_end() {
         m.disconnect().unwrap();
     }
 }
+
+/// A holds X; B waits for S, C waits for X. A's demotion to S lets B in at
+/// once (B's S beside A's S) and C still waits; A's promotion back to X then
+/// waits for B (not for C's request, which holds nothing) and C waits on;
+/// B lets go, A is promoted, lets go, and C is granted. Nothing is left.
+#[test]
+fn a_demotion_and_a_promotion_among_waiters() {
+    let (_d, r) = region();
+    let a = Member::connect(r.clone(), "A").unwrap();
+    let b = Member::connect(r.clone(), "B").unwrap();
+    let c = Member::connect(r.clone(), "C").unwrap();
+    let mut ha = a.holder().unwrap();
+    let (mut hb, mut hc) = (b.holder().unwrap(), c.holder().unwrap());
+    let x = ha.lock(b"row", Mode::Exclusive, PATIENCE).unwrap();
+    let (btx, brx) = std::sync::mpsc::channel::<()>();
+    let tb = std::thread::spawn(move || {
+        let s = hb.lock(b"row", Mode::Share, PATIENCE).unwrap();
+        brx.recv().unwrap();
+        hb.unlock(s).unwrap();
+        hb
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while deadlock::waits(&r).is_empty() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let tc = std::thread::spawn(move || {
+        let x = hc.lock(b"row", Mode::Exclusive, PATIENCE).unwrap();
+        hc.unlock(x).unwrap();
+        hc
+    });
+    while deadlock::waits(&r).len() < 2 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let s = ha.convert(x, Mode::Share, PATIENCE).unwrap();
+    while !held(&r).iter().any(|h| h.0 == "B") {
+        assert!(Instant::now() < deadline, "B not let in: {:?}", held(&r));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(deadlock::waits(&r).len(), 1, "C waits on");
+    clean(&r);
+    let ta = std::thread::spawn(move || {
+        let out = ha.convert(s, Mode::Exclusive, PATIENCE);
+        (ha, out)
+    });
+    while deadlock::waits(&r).len() < 2 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    btx.send(()).unwrap();
+    let hb = tb.join().unwrap();
+    let (mut ha, out) = ta.join().unwrap();
+    let x = out.unwrap();
+    assert_eq!(
+        held(&r),
+        vec![("A".to_string(), "row".to_string(), Mode::Exclusive)]
+    );
+    ha.unlock(x).unwrap();
+    let hc = tc.join().unwrap();
+    drop((ha, hb, hc));
+    at_rest(&r);
+    for m in [a, b, c] {
+        m.disconnect().unwrap();
+    }
+}
