@@ -804,3 +804,224 @@ fn a_demotion_and_a_promotion_among_waiters() {
         m.disconnect().unwrap();
     }
 }
+
+/// Threads of two members (two holders each) lock, convert and release at
+/// random with short waits, the deadlock detector running beside them; a
+/// victim backs out (releases everything). Each grant is checked against a
+/// registry of what every other holder holds: no two holders ever hold one
+/// resource in incompatible modes (a holder's own locks excepted, rule 7).
+/// A demotion is registered before it is asked for, a promotion once
+/// granted, a release before it is made. At the end nothing is left.
+#[test]
+fn concurrent_conversions_with_the_detector_never_overlap_incompatible_modes() {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering as O};
+    use std::sync::Mutex;
+    let (_d, r) = region();
+    let a = Member::connect(r.clone(), "A").unwrap();
+    let b = Member::connect(r.clone(), "B").unwrap();
+    // Two names on one entry, one elsewhere.
+    let names: Arc<Vec<Vec<u8>>> = {
+        let mut h = a.holder().unwrap();
+        let mut by: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+        for i in 0..200 {
+            let n = format!("c{i}").into_bytes();
+            let id = granted(h.try_lock(&n, Mode::Share).unwrap());
+            h.unlock(id).unwrap();
+            by.entry(id.entry.get()).or_default().push(n);
+        }
+        let mut g: Vec<_> = by.into_values().collect();
+        g.sort_by_key(|g| std::cmp::Reverse(g.len()));
+        Arc::new(vec![g[0][0].clone(), g[0][1].clone(), g[1][0].clone()])
+    };
+    // resource -> (holder, slot, mode)
+    type Reg = Mutex<HashMap<usize, Vec<(usize, u32, LockMode)>>>;
+    let reg: Arc<Reg> = Arc::new(Mutex::new(HashMap::new()));
+    let rr = r.clone();
+    let check_in = move |reg: &Reg, who: usize, res: usize, slot: u32, m: LockMode, how: &str| {
+        let mut g = reg.lock().unwrap();
+        let v = g.entry(res).or_default();
+        for &(h, _, om) in v.iter() {
+            assert!(
+                h == who || om.compatible(m),
+                "holder {who} got {m:?} on {res} ({how}) beside holder {h}'s {om:?}: {:?}",
+                held(&rr)
+            );
+        }
+        v.retain(|&(h, s, _)| !(h == who && s == slot));
+        v.push((who, slot, m));
+    };
+    let check_out = |reg: &Reg, who: usize, res: usize, slot: u32| {
+        let mut g = reg.lock().unwrap();
+        g.entry(res)
+            .or_default()
+            .retain(|&(h, s, _)| !(h == who && s == slot));
+    };
+    let weaker = |from: LockMode, to: LockMode| {
+        LockMode::ALL
+            .iter()
+            .all(|&m| !from.compatible(m) || to.compatible(m))
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let st = stop.clone();
+    let rd = r.clone();
+    let detector = std::thread::spawn(move || {
+        let (mut victims, mut rounds, mut rewoken, mut abandoned) = (0, 0, 0, 0);
+        while !st.load(O::Relaxed) {
+            let d = deadlock::detect_once(&rd, None).unwrap();
+            victims += d.victims.len();
+            for v in &d.victims {
+                // A cycle is of distinct waiting holders, at least two (no
+                // holder waits for itself, rule 7).
+                let mut ids: Vec<_> = v.cycle.iter().map(|w| (w.member, w.holder)).collect();
+                assert!(ids.len() >= 2, "{v:?}");
+                ids.sort();
+                ids.dedup();
+                assert_eq!(ids.len(), v.cycle.len(), "{v:?}");
+            }
+            rewoken += d.rewoken;
+            abandoned += d.abandoned;
+            rounds += 1;
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        (victims, rounds, rewoken, abandoned)
+    });
+    let mut threads = Vec::new();
+    for who in 0..4usize {
+        let mut h = if who < 2 {
+            a.holder().unwrap()
+        } else {
+            b.holder().unwrap()
+        };
+        let (reg, names, check_in) = (reg.clone(), names.clone(), check_in.clone());
+        let (rr2, me) = (r.clone(), h.member_id());
+        let told = told.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut seed = (who as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut rnd = move |n: usize| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed % n as u64) as usize
+            };
+            let modes = LockMode::ALL;
+            let wait = Duration::from_millis(20);
+            let mut mine: Vec<(usize, LockId)> = Vec::new();
+            let end = Instant::now() + Duration::from_secs(3);
+            let back_out = |h: &mut cf_core::Holder, mine: &mut Vec<(usize, LockId)>| {
+                for (res, id) in mine.drain(..) {
+                    check_out(&reg, who, res, id.slot.get());
+                    h.unlock(id).unwrap();
+                }
+            };
+            let mut last = String::new();
+            while Instant::now() < end {
+                // Every lock this thread believes it holds is held, as it
+                // believes.
+                let locks = inspect::locks(&rr2).unwrap();
+                for &(res, id) in &mine {
+                    let ok = locks.iter().any(|l| {
+                        l.member_id == me
+                            && l.slot == id.slot
+                            && l.held
+                            && l.mode == id.mode
+                            && l.resource.as_bytes() == names[res].as_slice()
+                    });
+                    assert!(
+                        ok,
+                        "holder {who} lost {id:?} on {res} after {last}: {:?}",
+                        held(&rr2)
+                    );
+                }
+                let op = rnd(3);
+                if mine.is_empty() || (op == 0 && mine.len() < 3) {
+                    let res = rnd(3);
+                    let m = modes[rnd(modes.len())];
+                    last = format!("lock {m:?} on {res}");
+                    match h.lock(&names[res], Mode::lock(m), wait) {
+                        Ok(id) => {
+                            check_in(&reg, who, res, id.slot.get(), m, "lock");
+                            mine.push((res, id));
+                        }
+                        Err(WaitError::Timeout(_)) => {}
+                        Err(WaitError::Deadlock { .. }) => {
+                            told.fetch_add(1, O::Relaxed);
+                            last += " (victim)";
+                            back_out(&mut h, &mut mine)
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                } else if op == 1 {
+                    let i = rnd(mine.len());
+                    let (res, id) = mine[i];
+                    let from = id.mode.lock_mode();
+                    let to = modes[rnd(modes.len())];
+                    let demotion = weaker(from, to);
+                    // A lateral conversion (U to IX, IX to S) lets in what
+                    // the new mode admits before its holder can register
+                    // it: the registry would cry wolf. Only comparable ones.
+                    if !demotion && !weaker(to, from) {
+                        continue;
+                    }
+                    if demotion {
+                        check_in(
+                            &reg,
+                            who,
+                            res,
+                            id.slot.get(),
+                            to,
+                            &format!("demoting {from:?}"),
+                        );
+                    }
+                    last = format!("convert {id:?} to {to:?}");
+                    match h.convert(id, Mode::lock(to), wait) {
+                        Ok(c) => {
+                            assert_eq!(c.slot, id.slot);
+                            if !demotion {
+                                check_in(
+                                    &reg,
+                                    who,
+                                    res,
+                                    id.slot.get(),
+                                    to,
+                                    &format!("promoted {from:?}"),
+                                );
+                            }
+                            mine[i] = (res, c);
+                        }
+                        Err(WaitError::Timeout(_)) => {
+                            assert!(!demotion, "a demotion waited");
+                        }
+                        Err(WaitError::Deadlock { .. }) => {
+                            told.fetch_add(1, O::Relaxed);
+                            assert!(!demotion, "a demotion was a victim");
+                            back_out(&mut h, &mut mine)
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                } else {
+                    let i = rnd(mine.len());
+                    let (res, id) = mine.swap_remove(i);
+                    last = format!("unlock {id:?}");
+                    check_out(&reg, who, res, id.slot.get());
+                    h.unlock(id).unwrap();
+                }
+            }
+            back_out(&mut h, &mut mine);
+            drop(h);
+        }));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    stop.store(true, O::Relaxed);
+    let victims = detector.join().unwrap();
+    eprintln!(
+        "deadlock (victims, rounds, rewoken, abandoned): {victims:?}, answered {}",
+        told.load(O::Relaxed)
+    );
+    at_rest(&r);
+    a.disconnect().unwrap();
+    b.disconnect().unwrap();
+}
