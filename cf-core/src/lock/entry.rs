@@ -101,11 +101,14 @@
 //!    retained lock like any request; by rule 7 the lock it converts never
 //!    conflicts with it. Granted ([`Latched::grant_conversion`]), the
 //!    converted record takes the new mode in place under the latch and the
-//!    request's record is freed. Refused or out of time, the request's
-//!    record goes and the lock is still held in its old mode. The modify
-//!    flag is kept: a conversion may add it, never drop it. Two holders of
-//!    S that both convert to X wait for each other: a deadlock, whose
-//!    victim keeps its S lock (its caller backs out and releases it).
+//!    request's record is freed; if the converted record is no longer HELD
+//!    then (released under the waiting request by slot,
+//!    `Member::release_record`, or damage), nothing is rewritten: the request
+//!    gives up and answers "not held" (attack15). Refused or out of time,
+//!    the request's record goes and the lock is still held in its old mode.
+//!    The modify flag is kept: a conversion may add it, never drop it. Two
+//!    holders of S that both convert to X wait for each other: a deadlock,
+//!    whose victim keeps its S lock (its caller backs out and releases it).
 //!
 //! # Contention (what the counters say)
 //! A request that cannot be settled by one CAS is decided here, and counted
@@ -736,9 +739,19 @@ impl<'r> Latched<'r> {
         converted: u32,
         from: Mode,
     ) -> Result<(), CorruptError> {
-        records::set_mode(region, req.member, converted, req.mode)?;
+        // (An error leaves nothing latched: the caller frees the request's
+        // record.)
+        let tag = match records::set_mode(region, req.member, converted, req.mode)
+            .and_then(|()| records::tag(region, req.member, req.slot))
+        {
+            Ok(t) => t,
+            Err(e) => {
+                self.unlatch_unchanged(region);
+                return Err(e);
+            }
+        };
         crate::crash::point("convert.mode_written");
-        records::tag(region, req.member, req.slot)?.store(TAG_FREE, Ordering::Release);
+        tag.store(TAG_FREE, Ordering::Release);
         let change = if req.urgent || admits_more(req.mode, from) {
             Change::Holdings
         } else {

@@ -22,6 +22,7 @@ mod attack;
 mod attack12;
 mod attack13;
 mod attack14;
+mod attack15;
 mod attack2;
 mod attack3;
 mod claim;

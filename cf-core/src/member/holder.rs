@@ -621,6 +621,17 @@ impl Holder {
                 Ok(Decision::Grant { contention }) => {
                     let granted = match converts {
                         Some((old, from)) => {
+                            // The lock converted must still be ours, held
+                            // (`Member::release_record` by slot, or damage,
+                            // may have let it go while we waited): else its
+                            // mode is not rewritten in a freed record, and
+                            // our bit is recomputed without it.
+                            let still =
+                                records::tag(region, me, old).map(|t| t.load(Ordering::Acquire));
+                            if still.ok() != Some(TAG_HELD | entry.get()) {
+                                l.give_up(region, &req)?;
+                                return Err(AcquireError::NotHeld(SlotIndex::new(old)));
+                            }
                             l.grant_conversion(region, &req, old, from)?;
                             old
                         }
