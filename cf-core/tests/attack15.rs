@@ -3,10 +3,12 @@
 //! edges, with siblings, urgent requests, the detector and damage. On a
 //! tiny lock table (16 entries); deaths are faked (a reused PID).
 
+mod common;
+use common::{granted, held, tiny_region};
+
 use cf_core::deadlock;
 use cf_core::{
-    connector, inspect, testing, CreateOptions, LockId, LockMode, Member, Mode, Plex, Region,
-    Sizes, TryOutcome, WaitError,
+    connector, inspect, testing, LockId, LockMode, Member, Mode, Region, TryOutcome, WaitError,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,43 +16,8 @@ use LockMode::*;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
-fn region() -> (tempfile::TempDir, Arc<Region>) {
-    let dir = tempfile::tempdir().unwrap();
-    let plex = Plex {
-        dir: dir.path().into(),
-    };
-    let opts = CreateOptions {
-        sizes: Sizes {
-            lock_entries: 16,
-            members: 4,
-            records_per_member: 256,
-        },
-        group_access: false,
-    };
-    let r = Arc::new(Region::create(&plex, &opts).unwrap());
-    (dir, r)
-}
-
-fn granted(o: TryOutcome) -> LockId {
-    match o {
-        TryOutcome::Granted(id) => id,
-        other => panic!("not granted: {other:?}"),
-    }
-}
-
 fn contention(o: TryOutcome) {
     assert!(matches!(o, TryOutcome::Contention(_)), "{o:?}");
-}
-
-fn held(r: &Region) -> Vec<(String, String, Mode)> {
-    let mut v: Vec<_> = inspect::locks(r)
-        .unwrap()
-        .into_iter()
-        .filter(|l| l.held)
-        .map(|l| (l.member, l.resource, l.mode))
-        .collect();
-    v.sort_by(|a, b| (&a.0, &a.1, a.2.as_str()).cmp(&(&b.0, &b.1, b.2.as_str())));
-    v
 }
 
 fn clean(r: &Region) {
@@ -71,7 +38,7 @@ fn at_rest(r: &Region) {
 /// mode is S): the fast share release must not apply to the mixed word.
 #[test]
 fn s_taken_fast_promoted_and_unlocked_with_the_old_id() {
-    let (_d, r) = region();
+    let (_d, r) = tiny_region();
     let a = Member::connect(r.clone(), "A").unwrap();
     let b = Member::connect(r.clone(), "B").unwrap();
     let (mut ha, mut hb) = (a.holder().unwrap(), b.holder().unwrap());
@@ -96,7 +63,7 @@ fn s_taken_fast_promoted_and_unlocked_with_the_old_id() {
 /// released with the old id (X) or the new one (S), in both orders.
 #[test]
 fn x_taken_fast_demoted_then_shared_then_unlocked_with_either_id() {
-    let (_d, r) = region();
+    let (_d, r) = tiny_region();
     let a = Member::connect(r.clone(), "A").unwrap();
     let b = Member::connect(r.clone(), "B").unwrap();
     let (mut ha, mut hb) = (a.holder().unwrap(), b.holder().unwrap());
@@ -134,7 +101,7 @@ fn x_taken_fast_demoted_then_shared_then_unlocked_with_either_id() {
 /// right and another member gets in exactly when it should.
 #[test]
 fn own_second_locks_beside_a_fast_x_released_in_any_order() {
-    let (_d, r) = region();
+    let (_d, r) = tiny_region();
     let a = Member::connect(r.clone(), "A").unwrap();
     let b = Member::connect(r.clone(), "B").unwrap();
     let (mut ha, mut hb) = (a.holder().unwrap(), b.holder().unwrap());
@@ -181,7 +148,7 @@ fn own_second_locks_beside_a_fast_x_released_in_any_order() {
 /// deadlock between threads of one member, one victim, which keeps its S.
 #[test]
 fn two_sibling_promotions_are_a_deadlock_with_one_victim() {
-    let (_d, r) = region();
+    let (_d, r) = tiny_region();
     let a = Member::connect(r.clone(), "A").unwrap();
     let (mut h1, mut h2) = (a.holder().unwrap(), a.holder().unwrap());
     let s1 = h1.lock(b"page", Mode::Share, PATIENCE).unwrap();
@@ -251,7 +218,7 @@ fn two_sibling_promotions_are_a_deadlock_with_one_victim() {
 /// S lock is intact.
 #[test]
 fn an_urgent_promotion_that_times_out_leaves_nothing_behind() {
-    let (_d, r) = region();
+    let (_d, r) = tiny_region();
     let a = Member::connect(r.clone(), "A").unwrap();
     let b = Member::connect(r.clone(), "B").unwrap();
     let c = Member::connect(r.clone(), "C").unwrap();
@@ -301,7 +268,7 @@ fn an_urgent_promotion_that_times_out_leaves_nothing_behind() {
 /// that waits and is then granted.
 #[test]
 fn conversions_are_counted_once_in_one_class() {
-    let (_d, r) = region();
+    let (_d, r) = tiny_region();
     let a = Member::connect(r.clone(), "A").unwrap();
     let b = Member::connect(r.clone(), "B").unwrap();
     let (mut ha, mut hb) = (a.holder().unwrap(), b.holder().unwrap());
@@ -359,7 +326,7 @@ fn conversions_are_counted_once_in_one_class() {
 #[test]
 fn a_conversion_of_a_damaged_record_is_a_typed_error() {
     for meta in [0u64, 0xff, 4 | 0xee << 8, 4 | 3 << 8 | 0x7 << 16] {
-        let (_d, r) = region();
+        let (_d, r) = tiny_region();
         let a = Member::connect(r.clone(), "A").unwrap();
         let mut ha = a.holder().unwrap();
         let s = granted(ha.try_lock(b"acct", Mode::Share).unwrap());
@@ -380,7 +347,7 @@ fn a_conversion_of_a_damaged_record_is_a_typed_error() {
 /// a lock nobody holds and publish its member's bit with nothing held.
 #[test]
 fn a_conversion_whose_lock_is_released_under_it_is_not_granted() {
-    let (_d, r) = region();
+    let (_d, r) = tiny_region();
     let a = Member::connect(r.clone(), "A").unwrap();
     let b = Member::connect(r.clone(), "B").unwrap();
     let (mut ha, mut hb) = (a.holder().unwrap(), b.holder().unwrap());
@@ -420,7 +387,7 @@ fn a_conversion_whose_lock_is_released_under_it_is_not_granted() {
 /// every step. The lock words' fast and mixed modes are all crossed.
 #[test]
 fn a_random_walk_of_conversions_and_own_locks_matches_the_table() {
-    let (_d, r) = region();
+    let (_d, r) = tiny_region();
     let a = Member::connect(r.clone(), "A").unwrap();
     let b = Member::connect(r.clone(), "B").unwrap();
     let mut hs = vec![
@@ -542,7 +509,7 @@ fn a_random_walk_of_conversions_and_own_locks_matches_the_table() {
 #[test]
 fn a_member_dying_after_a_random_walk_keeps_its_modify_locks_in_their_last_mode() {
     for seed0 in [1u64, 7, 42, 1234, 99_999] {
-        let (_d, r) = region();
+        let (_d, r) = tiny_region();
         let a = Member::connect(r.clone(), "A").unwrap();
         let b = Member::connect(r.clone(), "B").unwrap();
         let mut hs = vec![
@@ -652,7 +619,7 @@ fn a_member_dying_after_a_random_walk_keeps_its_modify_locks_in_their_last_mode(
 /// promotion, the writer, the reader. Nothing is left behind.
 #[test]
 fn two_promotions_beside_an_urgent_writer_and_a_reader_behind_it_all_end() {
-    let (_d, r) = region();
+    let (_d, r) = tiny_region();
     let a = Member::connect(r.clone(), "A").unwrap();
     let b = Member::connect(r.clone(), "B").unwrap();
     let c = Member::connect(r.clone(), "C").unwrap();
@@ -745,7 +712,7 @@ fn two_promotions_beside_an_urgent_writer_and_a_reader_behind_it_all_end() {
 /// B lets go, A is promoted, lets go, and C is granted. Nothing is left.
 #[test]
 fn a_demotion_and_a_promotion_among_waiters() {
-    let (_d, r) = region();
+    let (_d, r) = tiny_region();
     let a = Member::connect(r.clone(), "A").unwrap();
     let b = Member::connect(r.clone(), "B").unwrap();
     let c = Member::connect(r.clone(), "C").unwrap();
@@ -817,7 +784,7 @@ fn concurrent_conversions_with_the_detector_never_overlap_incompatible_modes() {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicBool, Ordering as O};
     use std::sync::Mutex;
-    let (_d, r) = region();
+    let (_d, r) = tiny_region();
     let a = Member::connect(r.clone(), "A").unwrap();
     let b = Member::connect(r.clone(), "B").unwrap();
     // Two names on one entry, one elsewhere.

@@ -7,10 +7,13 @@
 //! connector and per structure. On a tiny lock table (16 entries), as the
 //! bugs like it. Deaths are faked (a reused PID), as in `in_process.rs`.
 
+mod common;
+use common::{granted, held, tiny_region};
+
 use cf_core::deadlock;
 use cf_core::{
-    connector, inspect, testing, AcquireError, CreateOptions, EntryIndex, LockId, LockMode, Member,
-    Mode, Plex, Region, Sizes, TryOutcome, WaitError,
+    connector, inspect, testing, AcquireError, EntryIndex, LockMode, Member, Mode, Region,
+    TryOutcome, WaitError,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,42 +21,6 @@ use LockMode::*;
 
 /// Long enough never to end a wait in these tests: a hang, not a timeout.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-fn region() -> (tempfile::TempDir, Arc<Region>) {
-    let dir = tempfile::tempdir().unwrap();
-    let plex = Plex {
-        dir: dir.path().into(),
-    };
-    let opts = CreateOptions {
-        sizes: Sizes {
-            lock_entries: 16,
-            members: 4,
-            records_per_member: 256,
-        },
-        group_access: false,
-    };
-    let r = Arc::new(Region::create(&plex, &opts).unwrap());
-    (dir, r)
-}
-
-fn granted(o: TryOutcome) -> LockId {
-    match o {
-        TryOutcome::Granted(id) => id,
-        other => panic!("not granted: {other:?}"),
-    }
-}
-
-/// Every lock held now, as (member, resource, mode).
-fn held(r: &Region) -> Vec<(String, String, Mode)> {
-    let mut v: Vec<_> = inspect::locks(r)
-        .unwrap()
-        .into_iter()
-        .filter(|l| l.held)
-        .map(|l| (l.member, l.resource, l.mode))
-        .collect();
-    v.sort_by(|a, b| (&a.0, &a.1, a.2.as_str()).cmp(&(&b.0, &b.1, b.2.as_str())));
-    v
-}
 
 fn at_rest(r: &Region) {
     assert!(deadlock::waits(r).is_empty(), "{:?}", deadlock::waits(r));
@@ -71,7 +38,7 @@ fn every_conversion_against_every_other_holding_is_decided_by_the_table() {
     // is granted iff `to` is compatible with `other` (A's own lock never
     // conflicts); refused, A still holds `from`. Both orders of the two
     // members are covered since B's holding is also tried as the converter.
-    let (_d, r) = region();
+    let (_d, r) = tiny_region();
     let a = Member::connect(r.clone(), "A").unwrap();
     let b = Member::connect(r.clone(), "B").unwrap();
     let (mut ha, mut hb) = (a.holder().unwrap(), b.holder().unwrap());
@@ -115,7 +82,7 @@ fn every_conversion_against_every_other_holding_is_decided_by_the_table() {
 
 #[test]
 fn a_promotion_waits_for_the_other_share_holder_and_a_demotion_lets_a_waiter_in() {
-    let (_d, r) = region();
+    let (_d, r) = tiny_region();
     let a = Member::connect(r.clone(), "A").unwrap();
     let b = Member::connect(r.clone(), "B").unwrap();
     let mut ha = a.holder().unwrap();
@@ -175,7 +142,7 @@ fn a_promotion_waits_for_the_other_share_holder_and_a_demotion_lets_a_waiter_in(
 
 #[test]
 fn two_promotions_waiting_for_each_other_are_a_deadlock_with_one_victim() {
-    let (_d, r) = region();
+    let (_d, r) = tiny_region();
     let a = Member::connect(r.clone(), "A").unwrap();
     let b = Member::connect(r.clone(), "B").unwrap();
     let go = Arc::new(std::sync::Barrier::new(2));
@@ -247,7 +214,7 @@ fn two_promotions_waiting_for_each_other_are_a_deadlock_with_one_victim() {
 
 #[test]
 fn a_conversion_among_sibling_threads_waits_for_the_sibling_not_for_itself() {
-    let (_d, r) = region();
+    let (_d, r) = tiny_region();
     let a = Member::connect(r.clone(), "A").unwrap();
     let mut h1 = a.holder().unwrap();
     let mut h2 = a.holder().unwrap();
@@ -278,7 +245,7 @@ fn a_conversion_among_sibling_threads_waits_for_the_sibling_not_for_itself() {
 
 #[test]
 fn a_conversion_refused_by_a_retained_lock_keeps_the_old_mode() {
-    let (_d, r) = region();
+    let (_d, r) = tiny_region();
     let a = Member::connect(r.clone(), "A").unwrap();
     let b = Member::connect(r.clone(), "B").unwrap();
     let mut ha = a.holder().unwrap();
@@ -311,7 +278,7 @@ fn a_conversion_refused_by_a_retained_lock_keeps_the_old_mode() {
 
 #[test]
 fn converting_what_is_not_held_is_an_error() {
-    let (_d, r) = region();
+    let (_d, r) = tiny_region();
     let a = Member::connect(r.clone(), "A").unwrap();
     let mut h = a.holder().unwrap();
     let mut other = a.holder().unwrap();
@@ -355,7 +322,7 @@ fn same_entry(r: &Region, h: &mut cf_core::Holder) -> (Vec<u8>, Vec<u8>, EntryIn
 
 #[test]
 fn irlm_xes_and_false_contention_are_counted_apart() {
-    let (_d, r) = region();
+    let (_d, r) = tiny_region();
     let a = Member::connect(r.clone(), "A").unwrap();
     let b = Member::connect(r.clone(), "B").unwrap();
     let mut ha = a.holder().unwrap();

@@ -259,13 +259,18 @@ fn a_watcher_killed_before_passing_a_wake_on_leaves_nothing_undetected() {
     plex.wait("V to be recovered", || {
         plex.count_any("V", since, EventKind::RecoveryCompleted) == 1
     });
-    if !s1.is_running() {
-        plex.wait("S1 to be recovered", || {
-            plex.count_any("S1", since, EventKind::RecoveryCompleted) == 1
-        });
-        assert_eq!(plex.count_any("S1", since, EventKind::Detected), 1);
-    } else {
-        s1.stop().assert_success();
+    // S1 dies at `liveness.woken` if its watcher woke for V before V was
+    // recovered; it may also get there after (S2 was quicker), even while
+    // it is being stopped: then it ends by SIGKILL, not by its SIGTERM.
+    let stopped = s1.is_running().then(|| s1.stop());
+    match stopped {
+        Some(f) if f.status.signal() != Some(libc::SIGKILL) => f.assert_success(),
+        _ => {
+            plex.wait("S1 to be recovered", || {
+                plex.count_any("S1", since, EventKind::RecoveryCompleted) == 1
+            });
+            assert_eq!(plex.count_any("S1", since, EventKind::Detected), 1);
+        }
     }
     assert_eq!(plex.count_any("V", since, EventKind::Detected), 1);
     assert_eq!(plex.count_any("V", since, EventKind::CleanedUp), 1);

@@ -172,6 +172,27 @@ pub(super) fn take(h: &mut Holder, res: &[u8], mode: Mode) -> LockId {
     }
 }
 
+/// Convert `id` to `to` (a try-loop, like [`take`]).
+pub(super) fn convert(h: &mut Holder, id: LockId, to: Mode) -> LockId {
+    loop {
+        match h.try_convert(id, to) {
+            Ok(TryOutcome::Granted(id)) => return id,
+            Ok(TryOutcome::Contention(_)) => loom::thread::yield_now(),
+            other => panic!("convert to {to}: {other:?}"),
+        }
+    }
+}
+
+/// Is the lock word of `name`'s entry free (fast mode, nothing held)?
+pub(super) fn word_is_free(r: &Region, name: &[u8]) -> bool {
+    crate::lock::word::Word(
+        r.word(entry_of(name))
+            .unwrap()
+            .load(crate::sync::Ordering::Relaxed),
+    )
+    .is_free()
+}
+
 /// Data protected by a lock: loom checks that no two threads access it
 /// without a happens-before edge between them.
 pub(super) struct Guarded(UnsafeCell<u64>);

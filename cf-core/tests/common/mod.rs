@@ -20,15 +20,41 @@ use std::time::Duration;
 
 /// A small region: 16 lock entries, 4 members, 64 records each.
 pub fn small_region(dir: &Path) -> Arc<Region> {
+    region_with(dir, 16, 64)
+}
+
+/// A region of `lock_entries` entries and 4 members of `records` records
+/// each (a holder takes a block of 64: 256 records for up to 4 holders).
+pub fn region_with(dir: &Path, lock_entries: u32, records: u32) -> Arc<Region> {
     let opts = CreateOptions {
         sizes: Sizes {
-            lock_entries: 16,
+            lock_entries,
             members: 4,
-            records_per_member: 64,
+            records_per_member: records,
         },
         group_access: false,
     };
     Arc::new(Region::create(&Plex { dir: dir.into() }, &opts).unwrap())
+}
+
+/// A tiny table (16 entries), 4 members of 256 records, in a temporary
+/// directory removed on drop.
+pub fn tiny_region() -> (tempfile::TempDir, Arc<Region>) {
+    let dir = tempfile::tempdir().unwrap();
+    let r = region_with(dir.path(), 16, 256);
+    (dir, r)
+}
+
+/// Every lock held now, as (member, resource, mode), sorted.
+pub fn held(r: &Region) -> Vec<(String, String, Mode)> {
+    let mut v: Vec<_> = cf_core::inspect::locks(r)
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.held)
+        .map(|l| (l.member, l.resource, l.mode))
+        .collect();
+    v.sort_by(|a, b| (&a.0, &a.1, a.2.as_str()).cmp(&(&b.0, &b.1, b.2.as_str())));
+    v
 }
 
 /// The child's part, run by a `#[test]` of the calling file when `env` names
