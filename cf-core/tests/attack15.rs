@@ -341,8 +341,9 @@ fn a_conversion_of_a_damaged_record_is_a_typed_error() {
 }
 
 /// The lock a conversion converts is released under it while it waits
-/// (`Member::release_record` by slot, which checks only that the record is
-/// held: the lock is gone, and another member may take it). Granted, the
+/// (`Member::release_record` by slot did it when it checked only that the
+/// record is held; it now refuses a holder's lock, so damage does it here:
+/// the lock is gone, and another member may take it). Granted, the
 /// conversion would rewrite the mode of a freed record, answer "granted" for
 /// a lock nobody holds and publish its member's bit with nothing held.
 #[test]
@@ -362,7 +363,12 @@ fn a_conversion_whose_lock_is_released_under_it_is_not_granted() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(1));
     }
-    a.release_record(sa.slot).unwrap();
+    // A live holder's lock is its own to release.
+    assert!(matches!(
+        a.release_record(sa.slot),
+        Err(cf_core::UnlockError::NotHeld(_))
+    ));
+    testing::write_tag(&r, a.id(), sa.slot, testing::forge::TAG_FREE);
     hb.unlock(sb).unwrap();
     let (mut ha, out) = t.join().unwrap();
     assert!(out.is_err(), "granted a lock nobody holds: {out:?}");

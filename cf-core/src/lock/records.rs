@@ -846,7 +846,6 @@ pub(crate) fn slot_owner(region: &Region, member: ConnectorId, slot: u32) -> Opt
 
 /// The holder (thread) token owning `member`'s record `slot`: its block's
 /// owner, unless the block is free or holds retained records.
-#[cfg_attr(loom, allow(dead_code))] // `inspect` only, which loom does not build
 pub(crate) fn holder_token(region: &Region, member: ConnectorId, slot: u32) -> Option<u64> {
     slot_owner(region, member, slot).filter(|&o| o != 0 && o != BLOCK_RETAINED)
 }

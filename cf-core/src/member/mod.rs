@@ -235,8 +235,11 @@ impl Member {
             .collect())
     }
 
-    /// Release one held record of this connector by slot (for retained locks
-    /// taken back by a reconnect; holders release their own with `unlock`).
+    /// Release one held record of this connector by slot: a retained lock
+    /// taken back by a reconnect. A lock that a holder (thread) of this
+    /// connection owns is refused ([`UnlockError::NotHeld`]): it is the
+    /// holder's to release with `unlock`, and releasing it under the holder
+    /// (a conversion of it waiting, say) would free a lock still in use.
     pub fn release_record(&self, slot: SlotIndex) -> Result<(), UnlockError> {
         if !self.inner.still_connected()? {
             return Err(UnlockError::Disconnected);
@@ -245,7 +248,9 @@ impl Member {
         let tag = records::tag(region, self.inner.id, slot.get())
             .map_err(|_| UnlockError::NotHeld(slot))?
             .load(Ordering::Acquire);
-        if records::tag_state(tag) != TAG_HELD {
+        if records::tag_state(tag) != TAG_HELD
+            || records::holder_token(region, self.inner.id, slot.get()).is_some()
+        {
             return Err(UnlockError::NotHeld(slot));
         }
         self.inner.release_slow(slot.get(), records::tag_entry(tag))
