@@ -642,12 +642,17 @@ impl<'r> Latched<'r> {
             records::for_each_interest_on(region, c, self.entry, |r| {
                 any = true;
                 if c == req.member {
+                    // The member's records of other resources neither
+                    // conflict nor count as global contention.
+                    if r.resource != *req.resource {
+                        return;
+                    }
                     // Rule 7: a holder's own records never conflict with
                     // its requests (the lock it converts among them).
                     if r.slot.get() == req.slot
                         || records::slot_owner(region, c, r.slot.get()) == Some(req.holder)
                     {
-                        member_holds |= r.held && r.resource == *req.resource;
+                        member_holds |= r.held;
                         return;
                     }
                 } else if r.held && (req.mode.is_exclusive() || r.mode.is_exclusive()) {

@@ -290,7 +290,14 @@ impl Holder {
         mode: Mode,
         timeout: Duration,
     ) -> Result<LockId, WaitError> {
-        match self.acquire(resource, mode, Some(timeout))? {
+        let out = self.acquire(resource, mode, Some(timeout))?;
+        self.wait_answer(out)
+    }
+
+    /// A waiting request's answer: a conflict out of time is a timeout,
+    /// unless the request was a deadlock victim.
+    fn wait_answer(&mut self, out: TryOutcome) -> Result<LockId, WaitError> {
+        match out {
             TryOutcome::Granted(id) => Ok(id),
             TryOutcome::Contention(h) => Err(match self.victim.take() {
                 Some(told) => self.deadlock_answer(told),
@@ -405,14 +412,8 @@ impl Holder {
         to: Mode,
         timeout: Duration,
     ) -> Result<LockId, WaitError> {
-        match self.convert_once(id, to, Some(timeout))? {
-            TryOutcome::Granted(id) => Ok(id),
-            TryOutcome::Contention(h) => Err(match self.victim.take() {
-                Some(told) => self.deadlock_answer(told),
-                None => WaitError::Timeout(h),
-            }),
-            TryOutcome::Retained(h) => Err(WaitError::Retained(h)),
-        }
+        let out = self.convert_once(id, to, Some(timeout))?;
+        self.wait_answer(out)
     }
 
     /// Convert a held lock to `to` once, never waiting for a live holder:
